@@ -1,0 +1,1 @@
+"""CRIU over its RPC protocol (criu swrk), features, notifications, stats images."""

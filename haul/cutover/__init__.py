@@ -1,0 +1,1 @@
+"""Load-balancer cutover: hook scripts, HAProxy runtime API (issue: network follows)."""

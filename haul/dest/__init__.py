@@ -1,0 +1,1 @@
+"""Destination side: page server, restore, network rewiring, rootfs in."""

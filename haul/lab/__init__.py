@@ -1,0 +1,1 @@
+"""Hosts as network namespaces on one machine, for the demo and the tests."""

@@ -1,0 +1,1 @@
+"""Source-host side: workload drivers, dumps, network lock, rootfs out."""

@@ -1,0 +1,1 @@
+"""Moving images and pages between hosts: local copy, TCP, SSH, shared storage."""
