@@ -1,0 +1,196 @@
+"""Create, inspect and remove a lab: hosts as network namespaces on one bridge.
+
+Layout for prefix P and N hosts::
+
+    P-sw       switch namespace: bridge br0, one veth end per member
+    P-host1    eth0 10.77.0.1/24  ─┐
+    ...                            ├─ veths to br0 in P-sw
+    P-hostN    eth0 10.77.0.N/24   │
+    P-client   eth0 10.77.0.250/24 ┘
+
+Everything is made through pyroute2. Each namespace is written to the ledger
+before it is created; ``down`` kills every process inside the lab's
+namespaces, removes them, restores recorded sysctls, and deletes the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import AsyncIPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from haul.errors import LabError
+from haul.lab.ledger import Ledger, known_prefixes
+from haul.lab.spec import BRIDGE, HOST_IFNAME, HostSpec, LabSpec
+from haul.procfs import kill_netns_members, netns_inode, pids_in_ns
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    name: str
+    netns: str
+    address: str
+    present: bool
+    processes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    prefix: str
+    hosts: int
+    members: tuple[MemberStatus, ...]
+    switch_present: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.switch_present and all(m.present for m in self.members)
+
+
+def _netns_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def _create_netns(ledger: Ledger, name: str) -> None:
+    if _netns_exists(name):
+        raise LabError(f"network namespace {name} already exists; is a lab with this prefix up?")
+    ledger.record_netns(name)
+    netns.create(name)
+
+
+async def _up_link(ipr: AsyncIPRoute, ifname: str) -> int:
+    index: int = (await ipr.link_lookup(ifname=ifname))[0]
+    await ipr.link("set", index=index, state="up")
+    return index
+
+
+async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> None:
+    async with AsyncIPRoute(netns=spec.switch_netns) as sw:
+        await sw.link(
+            "add",
+            ifname=member.switch_port,
+            kind="veth",
+            peer={"ifname": HOST_IFNAME, "net_ns_fd": member.netns},
+        )
+        port = (await sw.link_lookup(ifname=member.switch_port))[0]
+        await sw.link("set", index=port, master=bridge_index, state="up")
+    async with AsyncIPRoute(netns=member.netns) as ipr:
+        await _up_link(ipr, "lo")
+        index = (await ipr.link_lookup(ifname=HOST_IFNAME))[0]
+        await ipr.addr(
+            "add",
+            index=index,
+            address=str(member.address.ip),
+            prefixlen=member.address.network.prefixlen,
+        )
+        await ipr.link("set", index=index, state="up")
+
+
+async def lab_up(spec: LabSpec) -> LabStatus:
+    """Create the lab; on any failure, remove what was made and raise LabError."""
+    if Ledger.load(spec.prefix) is not None:
+        raise LabError(
+            f"lab {spec.prefix!r} is already up (ledger {Ledger.path_for(spec.prefix)}); "
+            f"run 'haul lab down --prefix {spec.prefix}' first"
+        )
+    ledger = Ledger(prefix=spec.prefix, hosts=spec.hosts)
+    ledger.save()
+    try:
+        _create_netns(ledger, spec.switch_netns)
+        async with AsyncIPRoute(netns=spec.switch_netns) as sw:
+            await _up_link(sw, "lo")
+            await sw.link("add", ifname=BRIDGE, kind="bridge")
+            bridge_index = await _up_link(sw, BRIDGE)
+        for member in spec.members():
+            _create_netns(ledger, member.netns)
+            await _wire_member(spec, member, bridge_index)
+    except (NetlinkError, OSError, LabError) as exc:
+        lab_down(spec.prefix)
+        if isinstance(exc, LabError):
+            raise
+        raise LabError(f"lab {spec.prefix!r} could not be created: {exc}") from exc
+    log.info("lab %s up with %d hosts", spec.prefix, spec.hosts)
+    return lab_status(spec.prefix)
+
+
+def lab_down(prefix: str) -> list[str]:
+    """Remove everything the ledger of ``prefix`` lists; return what was removed.
+
+    Safe to call twice, after a crash, or for a lab that is not up.
+    """
+    ledger = Ledger.load(prefix)
+    if ledger is None:
+        return []
+    removed: list[str] = []
+    problems: list[str] = []
+    for name in reversed(ledger.netns):
+        if not _netns_exists(name):
+            continue
+        survivors = kill_netns_members(name)
+        if survivors:
+            problems.append(f"{name}: processes {survivors} survived SIGKILL")
+        try:
+            netns.remove(name)
+            removed.append(name)
+        except OSError as exc:
+            problems.append(f"{name}: {exc}")
+    for key, value in ledger.sysctls.items():
+        try:
+            Path("/proc/sys", key.replace(".", "/")).write_text(value)
+        except OSError as exc:
+            problems.append(f"sysctl {key}: {exc}")
+    if problems:
+        raise LabError(f"lab {prefix!r} only partly removed: " + "; ".join(problems))
+    ledger.delete()
+    log.info("lab %s down: removed %s", prefix, ", ".join(removed) or "nothing")
+    return removed
+
+
+def lab_status(prefix: str) -> LabStatus:
+    ledger = Ledger.load(prefix)
+    if ledger is None:
+        raise LabError(f"lab {prefix!r} is not up (no ledger at {Ledger.path_for(prefix)})")
+    spec = LabSpec(prefix=ledger.prefix, hosts=ledger.hosts)
+    members = []
+    for m in spec.members():
+        inode = netns_inode(m.netns)
+        procs = 0
+        if inode is not None:
+            procs = len([p for p in pids_in_ns("net", inode) if p != os.getpid()])
+        members.append(
+            MemberStatus(
+                name=m.name,
+                netns=m.netns,
+                address=str(m.address),
+                present=inode is not None,
+                processes=procs,
+            )
+        )
+    return LabStatus(
+        prefix=spec.prefix,
+        hosts=spec.hosts,
+        members=tuple(members),
+        switch_present=_netns_exists(spec.switch_netns),
+    )
+
+
+def all_labs() -> list[str]:
+    return known_prefixes()
+
+
+def set_sysctl(prefix: str, key: str, value: str) -> None:
+    """Set a machine-wide sysctl for the lab's lifetime; ``down`` puts it back."""
+    ledger = Ledger.load(prefix)
+    if ledger is None:
+        raise LabError(f"lab {prefix!r} is not up")
+    path = Path("/proc/sys", key.replace(".", "/"))
+    before = path.read_text().strip()
+    if key not in ledger.sysctls:
+        ledger.sysctls[key] = before
+        ledger.save()
+    path.write_text(value)

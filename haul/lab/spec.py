@@ -1,0 +1,86 @@
+"""The shape of a lab: names and addresses, derived from a prefix and a host count.
+
+Every name a lab creates starts with its prefix, so labs with different prefixes
+never collide and a leftover is attributable. Interfaces live inside the lab's
+namespaces (the bridge in its own switch namespace), so nothing is added to the
+machine's own network namespace and the test subnet is reachable only from
+inside the lab.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from haul.errors import UsageError
+
+DEFAULT_PREFIX = "haul"
+MAX_HOSTS = 50
+SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
+CLIENT_HOST_INDEX = 250
+BRIDGE = "br0"
+HOST_IFNAME = "eth0"
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    name: str  # "host1", "client"
+    netns: str  # "<prefix>-host1"
+    address: ipaddress.IPv4Interface
+    switch_port: str  # the veth end on the bridge, inside the switch namespace
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    prefix: str = DEFAULT_PREFIX
+    hosts: int = 2
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise UsageError(
+                f"lab prefix {self.prefix!r} must be 1-8 lowercase letters or digits, "
+                "starting with a letter"
+            )
+        if not 1 <= self.hosts <= MAX_HOSTS:
+            raise UsageError(f"a lab has 1 to {MAX_HOSTS} hosts, not {self.hosts}")
+
+    @property
+    def switch_netns(self) -> str:
+        return f"{self.prefix}-sw"
+
+    def host(self, index: int) -> HostSpec:
+        name = f"host{index}"
+        return HostSpec(
+            name=name,
+            netns=f"{self.prefix}-{name}",
+            address=_iface(index),
+            switch_port=name,
+        )
+
+    @property
+    def client(self) -> HostSpec:
+        return HostSpec(
+            name="client",
+            netns=f"{self.prefix}-client",
+            address=_iface(CLIENT_HOST_INDEX),
+            switch_port="client",
+        )
+
+    def members(self) -> tuple[HostSpec, ...]:
+        """Every namespace attached to the bridge: the hosts, then the client."""
+        return (*(self.host(i) for i in range(1, self.hosts + 1)), self.client)
+
+    def member(self, name: str) -> HostSpec:
+        for m in self.members():
+            if m.name == name:
+                return m
+        raise UsageError(
+            f"no host {name!r} in lab {self.prefix!r} "
+            f"(it has {', '.join(m.name for m in self.members())})"
+        )
+
+
+def _iface(index: int) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{SUBNET.network_address + index}/{SUBNET.prefixlen}")

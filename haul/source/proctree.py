@@ -1,0 +1,159 @@
+"""Plain process trees as workloads: start one, find it, resume it, stop it.
+
+A tree runs in its own PID, IPC and UTS namespaces (so CRIU restores it with
+the same PIDs anywhere, and never collides with PIDs of the host), inside a
+host's network namespace, sharing the host's mounts, with stdin from
+/dev/null and stdout and stderr appended to a log file, so that CRIU can dump
+every file it holds. Its PID 1 is :mod:`haul.source.pidinit`.
+
+See ../shared/docs/ENVIRONMENT.md: a private mount namespace on the host's
+root filesystem makes CRIU try to dump every host mount, so plain trees share
+the host's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from haul.errors import WorkloadError
+from haul.procfs import alive, signal_tree, tree_pids
+
+PIDINIT = Path(__file__).with_name("pidinit.py")
+START_TIMEOUT_S = 5.0
+
+
+class ProcessTree:
+    """A running (or stopped) workload tree, known by its root PID on this host.
+
+    ``launcher`` is the ``unshare`` process that started it, when this host
+    started it; a restored tree has none (it is haul's child via CRIU's
+    rst_sibling, or was re-parented to the machine's init).
+    """
+
+    def __init__(
+        self,
+        root_pid: int,
+        *,
+        launcher: asyncio.subprocess.Process | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.root_pid = root_pid
+        self.launcher = launcher
+        self.log_path = log_path
+
+    def __repr__(self) -> str:
+        return f"ProcessTree(root_pid={self.root_pid})"
+
+    @property
+    def alive(self) -> bool:
+        return alive(self.root_pid)
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.root_pid)
+
+    def resume(self) -> int:
+        """SIGCONT every process of the tree (after CRIU left it stopped)."""
+        return signal_tree(self.root_pid, signal.SIGCONT)
+
+    def terminate(self) -> None:
+        """SIGTERM the tree's init, which forwards it to every process of the tree."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.root_pid, signal.SIGTERM)
+
+    async def kill(self, timeout_s: float = 10.0) -> None:
+        """SIGKILL the tree's init (the kernel then kills the whole namespace) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.root_pid, signal.SIGKILL)
+        await self.wait(timeout_s)
+
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Wait until the tree's init has exited, reaping whatever haul is parent of."""
+        async with asyncio.timeout(timeout_s):
+            if self.launcher is not None:
+                await self.launcher.wait()
+                return
+            while True:
+                with contextlib.suppress(ChildProcessError):
+                    pid, _ = os.waitpid(self.root_pid, os.WNOHANG)
+                    if pid == self.root_pid:
+                        return
+                if not alive(self.root_pid):
+                    return
+                await asyncio.sleep(0.02)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+async def start_tree(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    netns: str | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ProcessTree:
+    """Start ``argv`` as a workload tree and return once its init runs."""
+    if not argv:
+        raise WorkloadError("no command to run")
+    cmd: list[str] = []
+    if netns is not None:
+        if not Path("/run/netns", netns).exists():
+            raise WorkloadError(f"network namespace {netns} does not exist")
+        cmd += ["nsenter", f"--net=/run/netns/{netns}", "--"]
+    cmd += ["unshare", "--pid", "--ipc", "--uts", "--fork", "--",
+            sys.executable, "-S", "-E", str(PIDINIT), *argv]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        try:
+            launcher = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkloadError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+    try:
+        root = await _find_init(launcher)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            launcher.kill()
+        await launcher.wait()
+        raise
+    return ProcessTree(root, launcher=launcher, log_path=log_path)
+
+
+async def _find_init(launcher: asyncio.subprocess.Process) -> int:
+    """The PID of pidinit, once it (not yet the forked unshare copy) is running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT_S
+    while loop.time() < deadline:
+        if launcher.returncode is not None:
+            raise WorkloadError(
+                f"workload launcher exited with status {launcher.returncode} before it started"
+            )
+        # unshare --fork: the child first is a copy of unshare, then execs pidinit
+        for child in _children(launcher.pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if str(PIDINIT).encode() in cmdline:
+                return child
+        await asyncio.sleep(0.01)
+    raise WorkloadError(f"workload init did not start within {START_TIMEOUT_S:.0f} s")
