@@ -47,14 +47,14 @@ from haul.errors import CriuError, CriuProtocolError, HaulError
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 20
-_REQ = rpc_pb2.criu_req_type
 #: how long a cancelled or failed session may take to wind down before it is killed
 DRAIN_TIMEOUT_S = 30.0
 
 
 def _type_name(value: int) -> str:
     try:
-        return _REQ.Name(value).lower().replace("_", "-")  # type: ignore[arg-type]
+        name: str = rpc_pb2.criu_req_type.Name(value)
+        return name.lower().replace("_", "-")
     except ValueError:
         return f"type-{value}"
 
@@ -180,7 +180,7 @@ class CriuSession:
         refusal: HaulError | None = None
         while True:
             resp, packet = await self._recv(name, log_path)
-            if resp.type != _REQ.NOTIFY:
+            if resp.type != rpc_pb2.NOTIFY:
                 break
             refusal = await self._answer(resp, packet, notify, name, log_path) or refusal
         if resp.type != req.type:
@@ -215,7 +215,7 @@ class CriuSession:
             packet.close_fds()
             self._broken = True
             raise CriuProtocolError("malformed answer from criu swrk", request=name) from exc
-        if resp.type != _REQ.NOTIFY:
+        if resp.type != rpc_pb2.NOTIFY:
             packet.close_fds()
         return resp, packet
 
@@ -249,21 +249,21 @@ class CriuSession:
             # Tell CRIU to give up so it undoes what it did, wait for that, then go.
             await asyncio.shield(self._refuse_and_drain(name, log_path))
             raise
-        reply = rpc_pb2.criu_req(type=_REQ.NOTIFY, notify_success=failure is None)
+        reply = rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=failure is None)
         await self._chan.send(reply.SerializeToString())
         return failure
 
     async def _refuse_and_drain(self, name: str, log_path: Path | None) -> None:
         assert self._chan is not None
         try:
-            reply = rpc_pb2.criu_req(type=_REQ.NOTIFY, notify_success=False)
+            reply = rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=False)
             await self._chan.send(reply.SerializeToString())
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 while True:
                     resp, _ = await self._recv(name, log_path)
-                    if resp.type != _REQ.NOTIFY:
+                    if resp.type != rpc_pb2.NOTIFY:
                         return
-                    fail = rpc_pb2.criu_req(type=_REQ.NOTIFY, notify_success=False)
+                    fail = rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=False)
                     await self._chan.send(fail.SerializeToString())
         except (HaulError, OSError, TimeoutError) as exc:
             log.warning("CRIU %s did not wind down cleanly after cancellation: %s", name, exc)
@@ -296,10 +296,10 @@ class CriuSession:
 
     async def pre_dump(self, opts: CriuOptions, notify: NotifyHandler | None = None) -> DumpResult:
         """One pre-dump iteration; the session stays open for the next one or the dump."""
-        return await self._dump_like(_REQ.PRE_DUMP, opts, notify)
+        return await self._dump_like(rpc_pb2.PRE_DUMP, opts, notify)
 
     async def dump(self, opts: CriuOptions, notify: NotifyHandler | None = None) -> DumpResult:
-        return await self._dump_like(_REQ.DUMP, opts, notify)
+        return await self._dump_like(rpc_pb2.DUMP, opts, notify)
 
     async def _dump_like(
         self, kind: int, opts: CriuOptions, notify: NotifyHandler | None
@@ -358,7 +358,7 @@ class Criu:
             dirs.close()
 
     async def version(self) -> CriuVersion:
-        resp = await self._one(rpc_pb2.criu_req(type=_REQ.VERSION))
+        resp = await self._one(rpc_pb2.criu_req(type=rpc_pb2.VERSION))
         v = resp.version
         return CriuVersion(
             major=v.major_number,
@@ -372,12 +372,12 @@ class Criu:
     async def check(self, work_dir: Path) -> None:
         """CRIU's own kernel check; raises CriuError naming what is missing."""
         await self._with_dirs(
-            _REQ.CHECK, CriuOptions(images_dir=work_dir, log_file="check.log")
+            rpc_pb2.CHECK, CriuOptions(images_dir=work_dir, log_file="check.log")
         )
 
     async def features(self) -> CriuFeatures:
         ask = rpc_pb2.criu_features(mem_track=True, lazy_pages=True, pidfd_store=True)
-        resp = await self._one(rpc_pb2.criu_req(type=_REQ.FEATURE_CHECK, features=ask))
+        resp = await self._one(rpc_pb2.criu_req(type=rpc_pb2.FEATURE_CHECK, features=ask))
         f = resp.features
         return CriuFeatures(
             mem_track=f.mem_track, lazy_pages=f.lazy_pages, pidfd_store=f.pidfd_store
@@ -385,12 +385,12 @@ class Criu:
 
     async def cpuinfo_dump(self, opts: CriuOptions) -> Path:
         """Write this CPU's description (cpuinfo.img) into ``opts.images_dir``."""
-        await self._with_dirs(_REQ.CPUINFO_DUMP, opts)
+        await self._with_dirs(rpc_pb2.CPUINFO_DUMP, opts)
         return opts.images_dir / "cpuinfo.img"
 
     async def cpuinfo_check(self, opts: CriuOptions) -> None:
         """Raise CriuError unless images dumped elsewhere can run on this CPU."""
-        await self._with_dirs(_REQ.CPUINFO_CHECK, opts)
+        await self._with_dirs(rpc_pb2.CPUINFO_CHECK, opts)
 
     async def dump(self, opts: CriuOptions, notify: NotifyHandler | None = None) -> DumpResult:
         async with self.session() as s:
@@ -399,7 +399,7 @@ class Criu:
     async def restore(
         self, opts: CriuOptions, notify: NotifyHandler | None = None
     ) -> RestoreResult:
-        resp = await self._with_dirs(_REQ.RESTORE, opts, notify)
+        resp = await self._with_dirs(rpc_pb2.RESTORE, opts, notify)
         return RestoreResult(
             pid=resp.restore.pid,
             stats=read_restore_stats(opts.work_dir or opts.images_dir),
@@ -413,5 +413,5 @@ class Criu:
         """
         if opts.page_server is None:
             raise ValueError("page_server needs opts.page_server (address and port)")
-        resp = await self._with_dirs(_REQ.PAGE_SERVER, opts)
+        resp = await self._with_dirs(rpc_pb2.PAGE_SERVER, opts)
         return PageServerInfo(pid=resp.ps.pid, port=resp.ps.port)

@@ -21,7 +21,7 @@ import time
 _stop = False
 
 
-def _on_term(signum, frame):
+def _on_term(signum: int, frame: object) -> None:
     global _stop
     _stop = True
 
