@@ -27,6 +27,7 @@ class Ledger:
     hosts: int
     netns: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)  # name -> value before the lab
+    dirs: list[str] = field(default_factory=list)
 
     @staticmethod
     def path_for(prefix: str) -> Path:
@@ -45,6 +46,7 @@ class Ledger:
             "hosts": self.hosts,
             "netns": self.netns,
             "sysctls": self.sysctls,
+            "dirs": self.dirs,
         }
         with tmp.open("w") as f:
             json.dump(data, f, indent=1)
@@ -55,6 +57,11 @@ class Ledger:
     def record_netns(self, name: str) -> None:
         if name not in self.netns:
             self.netns.append(name)
+            self.save()
+
+    def record_dir(self, path: Path) -> None:
+        if str(path) not in self.dirs:
+            self.dirs.append(str(path))
             self.save()
 
     @classmethod
@@ -71,6 +78,7 @@ class Ledger:
             hosts=int(data["hosts"]),
             netns=[str(n) for n in data.get("netns", [])],
             sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
+            dirs=[str(d) for d in data.get("dirs", [])],
         )
 
     def delete(self) -> None:

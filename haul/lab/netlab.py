@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,11 @@ async def lab_up(spec: LabSpec) -> LabStatus:
             f"lab {spec.prefix!r} is already up (ledger {Ledger.path_for(spec.prefix)}); "
             f"run 'haul lab down --prefix {spec.prefix}' first"
         )
+    if spec.root_dir.exists():
+        raise LabError(
+            f"{spec.root_dir} exists but no lab {spec.prefix!r} is recorded; "
+            "remove it or choose another prefix"
+        )
     ledger = Ledger(prefix=spec.prefix, hosts=spec.hosts)
     ledger.save()
     try:
@@ -109,6 +115,9 @@ async def lab_up(spec: LabSpec) -> LabStatus:
         for member in spec.members():
             _create_netns(ledger, member.netns)
             await _wire_member(spec, member, bridge_index)
+        ledger.record_dir(spec.root_dir)
+        for member in spec.members():
+            member.workdir.mkdir(parents=True, exist_ok=True)
     except (NetlinkError, OSError, LabError) as exc:
         lab_down(spec.prefix)
         if isinstance(exc, LabError):
@@ -139,6 +148,14 @@ def lab_down(prefix: str) -> list[str]:
             removed.append(name)
         except OSError as exc:
             problems.append(f"{name}: {exc}")
+    for d in ledger.dirs:
+        try:
+            shutil.rmtree(d)
+            removed.append(d)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"{d}: {exc.strerror}")
     for key, value in ledger.sysctls.items():
         try:
             Path("/proc/sys", key.replace(".", "/")).write_text(value)

@@ -10,8 +10,10 @@ inside the lab.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from haul.errors import UsageError
 
@@ -30,6 +32,7 @@ class HostSpec:
     netns: str  # "<prefix>-host1"
     address: ipaddress.IPv4Interface
     switch_port: str  # the veth end on the bridge, inside the switch namespace
+    workdir: Path  # a directory only this host uses (images, logs, workloads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,10 @@ class LabSpec:
             raise UsageError(f"a lab has 1 to {MAX_HOSTS} hosts, not {self.hosts}")
 
     @property
+    def root_dir(self) -> Path:
+        return lab_root() / self.prefix
+
+    @property
     def switch_netns(self) -> str:
         return f"{self.prefix}-sw"
 
@@ -57,6 +64,7 @@ class LabSpec:
             netns=f"{self.prefix}-{name}",
             address=_iface(index),
             switch_port=name,
+            workdir=self.root_dir / name,
         )
 
     @property
@@ -66,6 +74,7 @@ class LabSpec:
             netns=f"{self.prefix}-client",
             address=_iface(CLIENT_HOST_INDEX),
             switch_port="client",
+            workdir=self.root_dir / "client",
         )
 
     def members(self) -> tuple[HostSpec, ...]:
@@ -80,6 +89,10 @@ class LabSpec:
             f"no host {name!r} in lab {self.prefix!r} "
             f"(it has {', '.join(m.name for m in self.members())})"
         )
+
+
+def lab_root() -> Path:
+    return Path(os.environ.get("HAUL_LAB_ROOT", "/var/lib/haul/lab"))
 
 
 def _iface(index: int) -> ipaddress.IPv4Interface:

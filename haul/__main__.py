@@ -1,0 +1,3 @@
+from haul.cli import main
+
+main()

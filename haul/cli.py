@@ -1,0 +1,208 @@
+"""The ``haul`` command. Progress goes to stderr (rich), results to stdout.
+
+Exit codes: 0 done; 1 failed (the message says where the workload is); 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from haul import __version__
+from haul.errors import HaulError, UsageError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="haul",
+    help="Live migration of Linux containers and process trees between hosts, built on CRIU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+lab_app = typer.Typer(help="Hosts as network namespaces on this machine.", no_args_is_help=True)
+criu_app = typer.Typer(help="The CRIU haul uses, and what it can do here.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+app.add_typer(criu_app, name="criu")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+class Output(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+PrefixOpt = Annotated[str, typer.Option("--prefix", help="lab name prefix")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("this command needs root (namespaces and CRIU)")
+
+
+def _emit_json(value: object) -> None:
+    def default(o: object) -> object:
+        if dataclasses.is_dataclass(o) and not isinstance(o, type):
+            return dataclasses.asdict(o)
+        return str(o)
+
+    sys.stdout.write(json.dumps(value, default=default, indent=2) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"haul {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what haul does")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------- lab
+
+
+@lab_app.command("up")
+def lab_up_cmd(
+    hosts: Annotated[int, typer.Option("--hosts", "-n", help="number of hosts")] = 2,
+    prefix: PrefixOpt = "haul",
+    output: OutputOpt = Output.text,
+) -> None:
+    """Create hosts host1..hostN and a client, each a network namespace on one bridge."""
+    from haul.lab.netlab import lab_up
+    from haul.lab.spec import LabSpec
+
+    _need_root()
+    status = _run(lab_up(LabSpec(prefix=prefix, hosts=hosts)))
+    _print_status(status, output)
+
+
+@lab_app.command("down")
+def lab_down_cmd(
+    prefix: PrefixOpt = "haul",
+    all_labs: Annotated[bool, typer.Option("--all", help="every lab on this machine")] = False,
+) -> None:
+    """Remove everything 'lab up' made (processes inside it included)."""
+    from haul.lab.netlab import all_labs as list_labs
+    from haul.lab.netlab import lab_down
+
+    _need_root()
+    for p in list_labs() if all_labs else [prefix]:
+        removed = lab_down(p)
+        err.print(f"lab {p}: removed {len(removed)} namespaces and directories")
+
+
+@lab_app.command("status")
+def lab_status_cmd(prefix: PrefixOpt = "haul", output: OutputOpt = Output.text) -> None:
+    """Show the lab's hosts, addresses and how many processes run in each."""
+    from haul.lab.netlab import lab_status
+
+    _print_status(lab_status(prefix), output)
+
+
+def _print_status(status: Any, output: Output) -> None:
+    if output is Output.json:
+        _emit_json(dataclasses.asdict(status) | {"complete": status.complete})
+        return
+    table = Table(title=f"lab {status.prefix}")
+    for col in ("host", "netns", "address", "present", "processes"):
+        table.add_column(col)
+    for m in status.members:
+        table.add_row(m.name, m.netns, m.address, "yes" if m.present else "MISSING",
+                      str(m.processes))
+    out.print(table)
+
+
+# --------------------------------------------------------------------- criu
+
+
+@criu_app.command("info")
+def criu_info_cmd(output: OutputOpt = Output.text) -> None:
+    """CRIU's path, version, kernel features, and whether 'criu check' passes."""
+    from haul.config import criu_binary
+    from haul.criu.info import gather
+
+    _need_root()
+    info = _run(gather(criu_binary()))
+    if output is Output.json:
+        _emit_json(info)
+        return
+    out.print(f"criu       {info.path} ({info.version})")
+    out.print(f"check      {'passes' if info.check_ok else 'FAILS: ' + info.check_error}")
+    for name, value in dataclasses.asdict(info.features).items():
+        out.print(f"{name:<10} {'yes' if value else 'no'}")
+
+
+# --------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+def demo_cmd(
+    mem_mib: Annotated[int, typer.Option("--mem-mib", help="memory the workload holds")] = 64,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Move a sample workload host1 -> host2 -> host1 in a lab, checking its state."""
+    from haul.lab.demo import run_demo
+
+    _need_root()
+    if mem_mib < 0:
+        raise UsageError("--mem-mib must be 0 or more")
+    say = (lambda m: err.print(f"[dim]>[/dim] {m}")) if output is Output.text else (lambda m: None)
+    result = _run(run_demo(mem_mib=mem_mib, say=say))
+    if output is Output.json:
+        _emit_json(result)
+    else:
+        table = Table(title=f"haul demo: a {mem_mib} MiB counter moved through CRIU")
+        for col in ("move", "dump ms", "copy ms", "restore ms", "frozen ms", "images MiB",
+                    "count before", "count after"):
+            table.add_column(col, justify="right")
+        for h in result.hops:
+            r = h.report
+            table.add_row(
+                f"{h.source} -> {h.dest}", f"{r.dump_s * 1000:.0f}", f"{r.copy_s * 1000:.0f}",
+                f"{r.restore_s * 1000:.0f}", f"{r.frozen_s * 1000:.0f}",
+                f"{r.images_bytes / 2**20:.1f}", str(h.count_before), str(h.count_after),
+            )
+        out.print(table)
+        out.print(f"workload verdict: {result.verdict}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except HaulError as exc:
+        err.print(f"haul: error: {exc.one_line()}", markup=False)
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except KeyboardInterrupt:
+        err.print("haul: interrupted")
+        sys.exit(130)
