@@ -90,7 +90,7 @@ class CriuError(HaulError):
             parts.append(f"log: {err}")
         if self.log_path:
             parts.append(f"(full log {self.log_path})")
-        text = "; ".join(parts)
+        text = " ".join("; ".join(parts).split())
         if self.workload_state:
             text = f"{text}; workload: {self.workload_state}"
         return text

@@ -24,9 +24,11 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from google.protobuf.message import DecodeError
 
@@ -47,6 +49,8 @@ from haul.errors import CriuError, CriuProtocolError, HaulError
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 20
+#: request types CRIU answers with another type
+_ANSWER_TYPE = {rpc_pb2.PAGE_SERVER_CHLD: rpc_pb2.PAGE_SERVER}
 #: how long a cancelled or failed session may take to wind down before it is killed
 DRAIN_TIMEOUT_S = 30.0
 
@@ -104,20 +108,25 @@ class CriuSession:
         self._proc: asyncio.subprocess.Process | None = None
         self._chan: SeqPacketChannel | None = None
         self._broken = False
+        # CRIU's stderr goes to a file, not a pipe: a page server that swrk forks
+        # keeps it open long after swrk exits, and a pipe would hold us up.
+        self._stderr: IO[bytes] | None = None
 
     async def __aenter__(self) -> CriuSession:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._stderr = tempfile.TemporaryFile(prefix="haul-criu-stderr-")
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self._argv, "swrk", str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=self._stderr,
                 start_new_session=True,
             )
         except OSError as exc:
             ours.close()
+            self._stderr.close()
             raise CriuError(
                 f"cannot start {' '.join(self._argv)}: {exc.strerror}", request="swrk"
             ) from exc
@@ -145,6 +154,7 @@ class CriuSession:
         proc = self._proc
         if proc is None:
             return
+        self._proc = None
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_S):
                 await proc.wait()
@@ -153,16 +163,21 @@ class CriuSession:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)
             await proc.wait()
+        finally:
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
 
     async def _stderr_text(self) -> str:
-        proc = self._proc
-        if proc is None or proc.stderr is None:
+        """What CRIU (or nsenter before it) printed, once the process has exited."""
+        proc, f = self._proc, self._stderr
+        if proc is None or f is None:
             return ""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
-                data = await proc.stderr.read(4096)
-                return data.decode("utf-8", "replace").strip()
-        return ""
+                await proc.wait()
+        f.seek(0)
+        return " ".join(f.read(4096).decode("utf-8", "replace").split())
 
     async def request(
         self,
@@ -183,7 +198,7 @@ class CriuSession:
             if resp.type != rpc_pb2.NOTIFY:
                 break
             refusal = await self._answer(resp, packet, notify, name, log_path) or refusal
-        if resp.type != req.type:
+        if resp.type != _ANSWER_TYPE.get(req.type, req.type):
             self._broken = True
             raise CriuProtocolError(
                 f"answer of type {_type_name(resp.type)} to a {name} request",
@@ -410,8 +425,11 @@ class Criu:
 
         It listens on ``opts.page_server`` (port 0 picks one), serves one dump or
         pre-dump series, and exits when its sender closes the connection.
+        haul asks for PAGE_SERVER_CHLD: CRIU 4.1 answers a PAGE_SERVER request
+        with pid 0 (the daemon's PID is lost on the way), and haul needs the
+        real PID to stop a page server whose migration was aborted.
         """
         if opts.page_server is None:
             raise ValueError("page_server needs opts.page_server (address and port)")
-        resp = await self._with_dirs(rpc_pb2.PAGE_SERVER, opts)
+        resp = await self._with_dirs(rpc_pb2.PAGE_SERVER_CHLD, opts)
         return PageServerInfo(pid=resp.ps.pid, port=resp.ps.port)

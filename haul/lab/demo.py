@@ -8,21 +8,16 @@ verdict: PASS with a count that kept growing across both moves, or FAIL.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from haul.config import criu_binary
 from haul.criu.service import Criu
-from haul.errors import WorkloadError
-from haul.lab import samples
+from haul.lab.samples import Counter, start_counter
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.relocate import Endpoint, RelocationReport, relocate
 from haul.lab.spec import LabSpec
-from haul.source.proctree import ProcessTree, start_tree
 
-COUNTER = Path(samples.__file__).with_name("counter.py")
 DEMO_PREFIX = "demo"
 
 
@@ -46,27 +41,6 @@ class DemoResult:
         return self.verdict.startswith("PASS")
 
 
-def read_count(state_file: Path) -> int:
-    """The count the counter last wrote (``count N mem M``)."""
-    words = state_file.read_text().split()
-    if len(words) < 2 or words[0] != "count":
-        raise WorkloadError(f"counter state {state_file} reads {' '.join(words)!r}")
-    return int(words[1])
-
-
-async def wait_count(state_file: Path, above: int, timeout_s: float = 10.0) -> int:
-    """Wait until the counter has written a count greater than ``above``."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            try:
-                n = read_count(state_file)
-                if n > above:
-                    return n
-            except (FileNotFoundError, WorkloadError, ValueError):
-                pass
-            await asyncio.sleep(0.02)
-
-
 async def run_demo(
     mem_mib: int = 64, say: Callable[[str], None] = lambda _: None
 ) -> DemoResult:
@@ -84,34 +58,29 @@ async def run_demo(
 async def _moves(spec: LabSpec, mem_mib: int, say: Callable[[str], None]) -> DemoResult:
     criu = Criu(criu_binary())
     host1, host2 = spec.host(1), spec.host(2)
-    state = spec.root_dir / "counter.state"
-    tree: ProcessTree = await start_tree(
-        [sys.executable, "-S", "-E", str(COUNTER), str(state), "--mem-mib", str(mem_mib)],
-        log_path=host1.workdir / "counter.log",
-        netns=host1.netns,
+    counter: Counter = await start_counter(
+        host1, spec.root_dir / "counter.state", mem_mib=mem_mib, interval_ms=50
     )
-    say(f"started the counter ({mem_mib} MiB of memory) on host1, root PID {tree.root_pid}")
+    say(f"started the counter ({mem_mib} MiB of memory) on host1, "
+        f"root PID {counter.tree.root_pid}")
     hops: list[Hop] = []
     try:
-        before = await wait_count(state, 5, timeout_s=60)
         route = [(host1, host2), (host2, host1)]
         for n, (src, dst) in enumerate(route, start=1):
-            before = read_count(state)
-            tree, report = await relocate(
-                tree,
+            before = counter.count()
+            counter.tree, report = await relocate(
+                counter.tree,
                 Endpoint(criu.in_netns(src.netns), src.workdir / f"move{n}"),
                 Endpoint(criu.in_netns(dst.netns), dst.workdir / f"move{n}"),
             )
-            after = await wait_count(state, before)
+            after = await counter.wait_above(before)
             hops.append(Hop(src.name, dst.name, before, after, report))
             say(
                 f"moved {src.name} -> {dst.name}: frozen {report.frozen_s * 1000:.0f} ms, "
                 f"count {before} -> {after}"
             )
-        tree.terminate()
-        await tree.wait(timeout_s=30)
+        verdict = await counter.stop_and_verdict()
     finally:
-        if tree.alive:
-            await tree.kill()
-    verdict = state.read_text().strip()
+        if counter.tree.alive:
+            await counter.tree.kill()
     return DemoResult(mem_mib=mem_mib, hops=tuple(hops), verdict=verdict)

@@ -1,0 +1,70 @@
+"""Sample workloads for the demo and the tests, and handles to drive them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from haul.errors import WorkloadError
+from haul.lab.spec import HostSpec
+from haul.source.proctree import ProcessTree, start_tree
+
+COUNTER = Path(__file__).with_name("counter.py")
+
+
+class Counter:
+    """The counter sample (see counter.py) running as a workload tree."""
+
+    def __init__(self, tree: ProcessTree, state: Path) -> None:
+        self.tree = tree
+        self.state = state
+
+    def count(self) -> int:
+        """The count the counter last wrote (``count N mem M``)."""
+        words = self.state.read_text().split()
+        if len(words) < 2 or words[0] != "count":
+            raise WorkloadError(f"counter state {self.state} reads {' '.join(words)!r}")
+        return int(words[1])
+
+    async def wait_above(self, n: int, timeout_s: float = 20.0) -> int:
+        """Wait until the counter has written a count greater than ``n``; return it."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    now = self.count()
+                    if now > n:
+                        return now
+                except (FileNotFoundError, WorkloadError, ValueError):
+                    pass
+                await asyncio.sleep(0.01)
+
+    async def stop_and_verdict(self, timeout_s: float = 30.0) -> str:
+        """SIGTERM the tree and return the counter's last line: ``PASS n`` or ``FAIL ...``."""
+        self.tree.terminate()
+        await self.tree.wait(timeout_s=timeout_s)
+        return self.state.read_text().strip()
+
+
+async def start_counter(
+    host: HostSpec,
+    state: Path,
+    *,
+    mem_mib: int = 16,
+    interval_ms: int = 20,
+) -> Counter:
+    """Start the counter in ``host`` and return once it has counted past 2."""
+    tree = await start_tree(
+        [sys.executable, "-S", "-E", str(COUNTER), str(state),
+         "--mem-mib", str(mem_mib), "--interval-ms", str(interval_ms)],
+        log_path=host.workdir / "counter.log",
+        netns=host.netns,
+    )
+    counter = Counter(tree, state)
+    try:
+        # Filling the memory takes about 1 s per 200 MiB before counting starts.
+        await counter.wait_above(2, timeout_s=30 + mem_mib / 50)
+    except BaseException:
+        await tree.kill()
+        raise
+    return counter

@@ -1,0 +1,61 @@
+"""Fixtures for tests with real namespaces and real CRIU (root only)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from haul.config import criu_binary, criu_source
+from haul.criu.service import Criu
+from haul.errors import ConfigError
+from haul.lab.netlab import lab_down, lab_up
+from haul.lab.spec import LabSpec
+
+ZDTM_TESTS = ("env00", "maps00", "pthread00", "sockets00", "file_locks00")
+
+
+@pytest.fixture(scope="session")
+def criu_path() -> Path:
+    try:
+        return criu_binary()
+    except ConfigError as exc:
+        pytest.skip(f"no usable CRIU: {exc}")
+
+
+@pytest.fixture
+def criu(criu_path: Path) -> Criu:
+    return Criu(criu_path)
+
+
+@pytest_asyncio.fixture
+async def lab() -> AsyncIterator[LabSpec]:
+    """A two-host lab with a unique prefix, removed even when the test fails."""
+    spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
+    try:
+        await lab_up(spec)
+        yield spec
+    finally:
+        await asyncio.to_thread(lab_down, spec.prefix)
+
+
+@pytest.fixture(scope="session")
+def zdtm_dir() -> Path:
+    """CRIU's ZDTM static test programs, built in the source tree the installer kept."""
+    src = criu_source()
+    if src is None or not (src / "test" / "zdtm" / "static").is_dir():
+        pytest.skip("CRIU source tree not found (deploy/install.sh keeps one)")
+    static = src / "test" / "zdtm" / "static"
+    for cmd in (
+        ["make", "-s", "-C", str(src / "test" / "zdtm" / "lib")],
+        ["make", "-s", "-C", str(static), *ZDTM_TESTS],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"building ZDTM failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return static
