@@ -181,7 +181,7 @@ def demo_cmd(
         _emit_json(result)
     else:
         table = Table(title=f"haul demo: a {mem_mib} MiB counter moved through CRIU")
-        for col in ("move", "dump ms", "copy ms", "restore ms", "frozen ms", "images MiB",
+        for col in ("move", "dump ms", "copy ms", "restore ms", "frozen ms", "copied MiB",
                     "count before", "count after"):
             table.add_column(col, justify="right")
         for h in result.hops:
@@ -189,7 +189,7 @@ def demo_cmd(
             table.add_row(
                 f"{h.source} -> {h.dest}", f"{r.dump_s * 1000:.0f}", f"{r.copy_s * 1000:.0f}",
                 f"{r.restore_s * 1000:.0f}", f"{r.frozen_s * 1000:.0f}",
-                f"{r.images_bytes / 2**20:.1f}", str(h.count_before), str(h.count_after),
+                f"{r.bytes_copied / 2**20:.1f}", str(h.count_before), str(h.count_after),
             )
         out.print(table)
         out.print(f"workload verdict: {result.verdict}")

@@ -67,7 +67,7 @@ def criu_binary() -> Path:
                     f"in {INSTALL_RECORD}) or set HAUL_CRIU"
                 )
             path = Path(found)
-    if not os.access(path, os.X_OK):
+    if not (path.is_file() and os.access(path, os.X_OK)):
         raise ConfigError(f"CRIU at {path} is not an executable file")
     return path
 

@@ -64,6 +64,19 @@ def state(pid: int) -> str | None:
     return raw[raw.rindex(")") + 2]
 
 
+def describe(pid: int) -> str:
+    """A short account of a process for error messages: state, where it waits, signals."""
+    try:
+        status = (PROC / str(pid) / "status").read_text()
+        wchan = (PROC / str(pid) / "wchan").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return f"{pid} gone"
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    keep = ("Name", "State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "TracerPid")
+    info = " ".join(f"{k}={fields[k].strip()}" for k in keep if k in fields)
+    return f"{pid} {info} wchan={wchan or '-'}"
+
+
 def alive(pid: int) -> bool:
     s = state(pid)
     return s is not None and s not in ("Z", "X")

@@ -9,6 +9,7 @@ from pathlib import Path
 from haul.criu.results import CriuFeatures, CriuVersion
 from haul.criu.service import Criu
 from haul.errors import CriuError
+from haul.nsexec import HOST, HostNs
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +21,8 @@ class CriuInfo:
     check_error: str
 
 
-async def gather(binary: Path, netns: str | None = None) -> CriuInfo:
-    criu = Criu(binary, netns=netns)
+async def gather(binary: Path, host: HostNs = HOST) -> CriuInfo:
+    criu = Criu(binary, host=host)
     version = await criu.version()
     features = await criu.features()
     with tempfile.TemporaryDirectory(prefix="haul-check-") as d:

@@ -45,6 +45,7 @@ from haul.criu.results import (
 )
 from haul.criu.stats import read_dump_stats, read_restore_stats
 from haul.errors import CriuError, CriuProtocolError, HaulError
+from haul.nsexec import HOST, HostNs
 
 log = logging.getLogger(__name__)
 
@@ -332,20 +333,18 @@ class CriuSession:
 
 
 class Criu:
-    """Where and how to run CRIU: a binary, optionally inside a network namespace."""
+    """Where and how to run CRIU: a binary, on a host (its namespaces)."""
 
-    def __init__(self, binary: str | Path, *, netns: str | None = None) -> None:
+    def __init__(self, binary: str | Path, *, host: HostNs = HOST) -> None:
         self.binary = str(binary)
-        self.netns = netns
+        self.host = host
 
     def argv(self) -> list[str]:
-        prefix: list[str] = []
-        if self.netns is not None:
-            prefix = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
-        return [*prefix, self.binary]
+        return [*self.host.prefix(), self.binary]
 
-    def in_netns(self, netns: str | None) -> Criu:
-        return Criu(self.binary, netns=netns)
+    def on(self, host: HostNs) -> Criu:
+        """The same CRIU, run inside another host's namespaces."""
+        return Criu(self.binary, host=host)
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[CriuSession]:

@@ -75,7 +75,10 @@ def read_dump_stats(work_dir: Path) -> DumpStats | None:
     path = work_dir / DUMP_STATS_FILE
     if not path.exists():
         return None
-    d = _read_entry(path).dump
+    entry = _read_entry(path)
+    if not entry.HasField("dump") or not entry.dump.IsInitialized():
+        raise CriuError(f"{path} holds no complete dump stats", request="stats")
+    d = entry.dump
     return DumpStats(
         freezing_time_us=d.freezing_time,
         frozen_time_us=d.frozen_time,
@@ -92,7 +95,10 @@ def read_restore_stats(work_dir: Path) -> RestoreStats | None:
     path = work_dir / RESTORE_STATS_FILE
     if not path.exists():
         return None
-    r = _read_entry(path).restore
+    entry = _read_entry(path)
+    if not entry.HasField("restore") or not entry.restore.IsInitialized():
+        raise CriuError(f"{path} holds no complete restore stats", request="stats")
+    r = entry.restore
     return RestoreStats(
         forking_time_us=r.forking_time,
         restore_time_us=r.restore_time,

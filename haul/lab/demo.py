@@ -58,9 +58,7 @@ async def run_demo(
 async def _moves(spec: LabSpec, mem_mib: int, say: Callable[[str], None]) -> DemoResult:
     criu = Criu(criu_binary())
     host1, host2 = spec.host(1), spec.host(2)
-    counter: Counter = await start_counter(
-        host1, spec.root_dir / "counter.state", mem_mib=mem_mib, interval_ms=50
-    )
+    counter: Counter = await start_counter(spec, host1, mem_mib=mem_mib, interval_ms=50)
     say(f"started the counter ({mem_mib} MiB of memory) on host1, "
         f"root PID {counter.tree.root_pid}")
     hops: list[Hop] = []
@@ -70,9 +68,11 @@ async def _moves(spec: LabSpec, mem_mib: int, say: Callable[[str], None]) -> Dem
             before = counter.count()
             counter.tree, report = await relocate(
                 counter.tree,
-                Endpoint(criu.in_netns(src.netns), src.workdir / f"move{n}"),
-                Endpoint(criu.in_netns(dst.netns), dst.workdir / f"move{n}"),
+                Endpoint(criu.on(src.ns), src.workdir / f"move{n}", src.data_backing),
+                Endpoint(criu.on(dst.ns), dst.workdir / f"move{n}", dst.data_backing),
+                data_subdir=counter.subdir,
             )
+            counter.host = dst
             after = await counter.wait_above(before)
             hops.append(Hop(src.name, dst.name, before, after, report))
             say(

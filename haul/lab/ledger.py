@@ -28,6 +28,7 @@ class Ledger:
     netns: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)  # name -> value before the lab
     dirs: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)  # unmounted in reverse order
 
     @staticmethod
     def path_for(prefix: str) -> Path:
@@ -47,6 +48,7 @@ class Ledger:
             "netns": self.netns,
             "sysctls": self.sysctls,
             "dirs": self.dirs,
+            "mounts": self.mounts,
         }
         with tmp.open("w") as f:
             json.dump(data, f, indent=1)
@@ -64,6 +66,11 @@ class Ledger:
             self.dirs.append(str(path))
             self.save()
 
+    def record_mount(self, path: Path) -> None:
+        if str(path) not in self.mounts:
+            self.mounts.append(str(path))
+            self.save()
+
     @classmethod
     def load(cls, prefix: str) -> Ledger | None:
         path = cls.path_for(prefix)
@@ -73,13 +80,17 @@ class Ledger:
             return None
         except (OSError, ValueError) as exc:
             raise LabError(f"lab ledger {path} is unreadable: {exc}") from exc
-        return cls(
-            prefix=str(data["prefix"]),
-            hosts=int(data["hosts"]),
-            netns=[str(n) for n in data.get("netns", [])],
-            sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
-            dirs=[str(d) for d in data.get("dirs", [])],
-        )
+        try:
+            return cls(
+                prefix=str(data["prefix"]),
+                hosts=int(data["hosts"]),
+                netns=[str(n) for n in data.get("netns", [])],
+                sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
+                dirs=[str(d) for d in data.get("dirs", [])],
+                mounts=[str(m) for m in data.get("mounts", [])],
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LabError(f"lab ledger {path} is malformed: {exc!r}") from exc
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)

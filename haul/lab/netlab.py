@@ -15,9 +15,11 @@ namespaces, removes them, restores recorded sysctls, and deletes the ledger.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +118,10 @@ async def lab_up(spec: LabSpec) -> LabStatus:
             _create_netns(ledger, member.netns)
             await _wire_member(spec, member, bridge_index)
         ledger.record_dir(spec.root_dir)
+        spec.data_path.mkdir(parents=True)
         for member in spec.members():
-            member.workdir.mkdir(parents=True, exist_ok=True)
+            member.data_backing.mkdir(parents=True)
+        await _make_mount_namespaces(spec, ledger)
     except (NetlinkError, OSError, LabError) as exc:
         lab_down(spec.prefix)
         if isinstance(exc, LabError):
@@ -125,6 +129,49 @@ async def lab_up(spec: LabSpec) -> LabStatus:
         raise LabError(f"lab {spec.prefix!r} could not be created: {exc}") from exc
     log.info("lab %s up with %d hosts", spec.prefix, spec.hosts)
     return lab_status(spec.prefix)
+
+
+async def _run(*argv: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed: {stderr.decode(errors='replace').strip()}")
+
+
+async def _make_mount_namespaces(spec: LabSpec, ledger: Ledger) -> None:
+    """Give each member a mount namespace with its own data directory at the data path."""
+    ledger.record_dir(spec.mntns_dir)
+    spec.mntns_dir.mkdir(parents=True)
+    # nsfs can be bind-mounted only onto a mount that does not propagate.
+    ledger.record_mount(spec.mntns_dir)
+    await _run("mount", "--bind", str(spec.mntns_dir), str(spec.mntns_dir))
+    await _run("mount", "--make-private", str(spec.mntns_dir))
+    for member in spec.members():
+        member.mntns.touch()
+        ledger.record_mount(member.mntns)
+        await _run(
+            "unshare", f"--mount={member.mntns}", "--propagation", "private", "--",
+            "mount", "--bind", str(member.data_backing), str(spec.data_path),
+        )
+
+
+def _umount(path: str) -> str | None:
+    """Unmount ``path`` if it is a mount point; return a problem, or None."""
+    if not _mounted(path):
+        return None
+    done = subprocess.run(["umount", path], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"umount {path}: {done.stderr.strip()}"
+    return None
+
+
+def _mounted(path: str) -> bool:
+    """Whether ``path`` is a mount point here (a directory, or a file holding a namespace)."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
 
 
 def lab_down(prefix: str) -> list[str]:
@@ -138,11 +185,18 @@ def lab_down(prefix: str) -> list[str]:
     removed: list[str] = []
     problems: list[str] = []
     for name in reversed(ledger.netns):
-        if not _netns_exists(name):
-            continue
         survivors = kill_netns_members(name)
         if survivors:
             problems.append(f"{name}: processes {survivors} survived SIGKILL")
+    for mount in reversed(ledger.mounts):
+        problem = _umount(mount)
+        if problem is None:
+            removed.append(mount)
+        else:
+            problems.append(problem)
+    for name in reversed(ledger.netns):
+        if not _netns_exists(name):
+            continue
         try:
             netns.remove(name)
             removed.append(name)

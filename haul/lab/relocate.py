@@ -2,9 +2,10 @@
 
 This is stop-and-copy through CRIU's RPC with the commit rule of DESIGN.md,
 for hosts that share one machine: dump on the source with the tree left
-stopped, copy the images into a directory only the destination uses (with
-checksums), restore there with the tree left stopped, then commit: kill the
-source tree and resume the destination tree. Until that commit, any failure
+stopped, copy the images into a directory only the destination uses and the
+workload's data directory into the destination's data (both with checksums),
+restore there with the tree left stopped, then commit: kill the source tree,
+resume the destination tree, and remove the source's data. Until that commit, any failure
 (or cancellation) resumes the source tree and discards the destination's copy.
 The agents and the engine of the migrate issue build on the same steps.
 """
@@ -22,10 +23,11 @@ from haul.criu.notify import Action, Notification
 from haul.criu.options import CriuOptions
 from haul.criu.service import Criu
 from haul.criu.stats import DumpStats, RestoreStats
-from haul.errors import HaulError, RollbackFailed, WorkloadError
+from haul.errors import HaulError, RollbackFailed, UsageError, WorkloadError
 from haul.procfs import state
 from haul.source.proctree import ProcessTree
-from haul.transport.imagecopy import copy_images, verify_images
+from haul.transport.datasync import sync_tree
+from haul.transport.imagecopy import CopyReport, copy_images, verify_images
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,9 @@ class RelocationReport:
     restore_s: float
     #: from the moment CRIU froze the tree to the moment the new copy was resumed
     frozen_s: float
-    images_bytes: int
-    images_files: int
+    #: images plus the workload's data, copied in the frozen window
+    bytes_copied: int
+    files_copied: int
     dump_stats: DumpStats | None
     restore_stats: RestoreStats | None
     source_pid: int
@@ -47,10 +50,12 @@ class RelocationReport:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One side of a move: how to run CRIU there and a directory only it uses."""
+    """One side of a move: how to run CRIU there, a directory only the move uses
+    there, and (optionally) the host's data directory as haul sees it."""
 
     criu: Criu
     workdir: Path
+    data: Path | None = None
 
     @property
     def images(self) -> Path:
@@ -72,10 +77,16 @@ async def relocate(
     dest: Endpoint,
     *,
     options: CriuOptions | None = None,
+    data_subdir: str | None = None,
 ) -> tuple[ProcessTree, RelocationReport]:
-    """Move ``tree`` from ``source`` to ``dest``; return the new tree and what it took."""
+    """Move ``tree`` from ``source`` to ``dest``; return the new tree and what it took.
+
+    ``data_subdir`` names the workload's directory inside the hosts' data
+    directories; it moves with the workload during the frozen window.
+    """
     if not tree.alive:
         raise WorkloadError(f"no workload with root PID {tree.root_pid} is running here")
+    src_data, dst_data = _data_dirs(source, dest, data_subdir)
     base = options or default_options(source.images)
     for d in (source.images, source.logs):
         d.mkdir(parents=True, exist_ok=False)
@@ -101,28 +112,32 @@ async def relocate(
     try:
         manifest, copied = await asyncio.to_thread(copy_images, source.images, dest.images)
         await asyncio.to_thread(verify_images, dest.images, manifest)
+        if src_data is not None and dst_data is not None:
+            moved_data = await asyncio.to_thread(sync_tree, src_data, dst_data)
+            copied = CopyReport(copied.files + moved_data.files,
+                                copied.bytes + moved_data.bytes, 0.0)
         t2 = time.monotonic()
         dest.logs.mkdir(parents=True, exist_ok=True)
         restore_opts = replace(
             base, images_dir=dest.images, work_dir=dest.logs, pid=None,
-            leave_stopped=True, leave_running=False, rst_sibling=True,
+            leave_stopped=True, leave_running=False,
         )
         restored = await dest.criu.restore(restore_opts)
         new_tree = ProcessTree(restored.pid)
         t3 = time.monotonic()
     except BaseException as exc:
-        await asyncio.shield(_rollback(tree, dest, exc, new_tree))
+        await asyncio.shield(_rollback(tree, dest, exc, new_tree, dst_data))
         raise
     # Commit: from here on the destination copy is the workload.
-    await asyncio.shield(_commit(tree, new_tree))
+    await asyncio.shield(_commit(tree, new_tree, src_data))
     resumed = time.monotonic()
     report = RelocationReport(
         dump_s=t1 - t0,
         copy_s=t2 - t1,
         restore_s=t3 - t2,
         frozen_s=resumed - (frozen_at[0] if frozen_at else t0),
-        images_bytes=copied.bytes,
-        images_files=copied.files,
+        bytes_copied=copied.bytes,
+        files_copied=copied.files,
         dump_stats=dumped.stats,
         restore_stats=restored.stats,
         source_pid=tree.root_pid,
@@ -131,9 +146,29 @@ async def relocate(
     return new_tree, report
 
 
-async def _commit(old: ProcessTree, new: ProcessTree) -> None:
+def _data_dirs(
+    source: Endpoint, dest: Endpoint, subdir: str | None
+) -> tuple[Path | None, Path | None]:
+    """Check, before anything is touched, that the workload's data can move."""
+    if subdir is None:
+        return None, None
+    if source.data is None or dest.data is None:
+        raise UsageError("moving a data directory needs both hosts' data directories")
+    if not subdir or "/" in subdir or subdir in (".", ".."):
+        raise UsageError(f"data directory name {subdir!r} must be one plain path component")
+    src, dst = source.data / subdir, dest.data / subdir
+    if not src.is_dir():
+        raise WorkloadError(f"the workload's data directory {src} does not exist")
+    if dst.exists():
+        raise WorkloadError(f"{dst} already exists on the destination; refusing to overwrite it")
+    return src, dst
+
+
+async def _commit(old: ProcessTree, new: ProcessTree, old_data: Path | None) -> None:
     await old.kill()
     new.resume()
+    if old_data is not None:
+        await asyncio.to_thread(shutil.rmtree, old_data, True)
     log.info("committed: source tree %d killed, tree %d resumed", old.root_pid, new.root_pid)
 
 
@@ -142,6 +177,7 @@ async def _rollback(
     dest: Endpoint,
     cause: BaseException,
     restored: ProcessTree | None = None,
+    dest_data: Path | None = None,
 ) -> None:
     """Resume the source tree, discard the destination's copy; say where things are."""
     problems: list[str] = []
@@ -154,12 +190,15 @@ async def _rollback(
             problems.append(f"source processes {stopped} are still stopped")
     else:
         problems.append(f"the source tree (root PID {tree.root_pid}) is gone")
-    try:
-        shutil.rmtree(dest.images, ignore_errors=False)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        problems.append(f"could not remove {dest.images}: {exc.strerror}")
+    for discard in (dest.images, dest_data):
+        if discard is None:
+            continue
+        try:
+            shutil.rmtree(discard)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"could not remove {discard}: {exc.strerror}")
     if problems:
         raise RollbackFailed(
             "rollback incomplete: " + "; ".join(problems),

@@ -5,6 +5,11 @@ never collide and a leftover is attributable. Interfaces live inside the lab's
 namespaces (the bridge in its own switch namespace), so nothing is added to the
 machine's own network namespace and the test subnet is reachable only from
 inside the lab.
+
+Each member also has a mount namespace in which its own data directory
+(``<root>/<host>/data``) is mounted at the lab's common data path
+(``<root>/data``): a workload's files at that path are the host's own, as on
+separate machines, and moving a workload moves its files.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haul.errors import UsageError
+from haul.nsexec import HostNs
 
 DEFAULT_PREFIX = "haul"
 MAX_HOSTS = 50
@@ -32,7 +38,17 @@ class HostSpec:
     netns: str  # "<prefix>-host1"
     address: ipaddress.IPv4Interface
     switch_port: str  # the veth end on the bridge, inside the switch namespace
-    workdir: Path  # a directory only this host uses (images, logs, workloads)
+    workdir: Path  # a directory only this host uses (images, logs), as haul sees it
+    mntns: Path  # the file that holds this host's mount namespace
+
+    @property
+    def ns(self) -> HostNs:
+        return HostNs(net=self.netns, mnt=self.mntns)
+
+    @property
+    def data_backing(self) -> Path:
+        """This host's data directory as haul (outside the host) sees it."""
+        return self.workdir / "data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +57,7 @@ class LabSpec:
     hosts: int = 2
 
     def __post_init__(self) -> None:
-        if not _PREFIX_RE.match(self.prefix):
+        if not _PREFIX_RE.fullmatch(self.prefix):
             raise UsageError(
                 f"lab prefix {self.prefix!r} must be 1-8 lowercase letters or digits, "
                 "starting with a letter"
@@ -52,6 +68,16 @@ class LabSpec:
     @property
     def root_dir(self) -> Path:
         return lab_root() / self.prefix
+
+    @property
+    def data_path(self) -> Path:
+        """Where every host sees its own data directory."""
+        return self.root_dir / "data"
+
+    @property
+    def mntns_dir(self) -> Path:
+        """Holds the hosts' mount namespace files (a private bind mount of itself)."""
+        return mntns_root() / self.prefix
 
     @property
     def switch_netns(self) -> str:
@@ -65,6 +91,7 @@ class LabSpec:
             address=_iface(index),
             switch_port=name,
             workdir=self.root_dir / name,
+            mntns=self.mntns_dir / name,
         )
 
     @property
@@ -75,6 +102,7 @@ class LabSpec:
             address=_iface(CLIENT_HOST_INDEX),
             switch_port="client",
             workdir=self.root_dir / "client",
+            mntns=self.mntns_dir / "client",
         )
 
     def members(self) -> tuple[HostSpec, ...]:
@@ -89,6 +117,10 @@ class LabSpec:
             f"no host {name!r} in lab {self.prefix!r} "
             f"(it has {', '.join(m.name for m in self.members())})"
         )
+
+
+def mntns_root() -> Path:
+    return Path(os.environ.get("HAUL_LAB_MNTNS_ROOT", "/run/haul/lab-mnt"))
 
 
 def lab_root() -> Path:

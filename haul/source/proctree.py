@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from haul.errors import WorkloadError
-from haul.procfs import alive, signal_tree, tree_pids
+from haul.nsexec import HOST, HostNs
+from haul.procfs import alive, describe, signal_tree, tree_pids
 
 PIDINIT = Path(__file__).with_name("pidinit.py")
 START_TIMEOUT_S = 5.0
@@ -74,6 +75,15 @@ class ProcessTree:
 
     async def wait(self, timeout_s: float | None = None) -> None:
         """Wait until the tree's init has exited, reaping whatever haul is parent of."""
+        try:
+            await self._wait(timeout_s)
+        except TimeoutError:
+            raise WorkloadError(
+                f"workload tree {self.root_pid} still runs after {timeout_s} s: "
+                + "; ".join(describe(p) for p in self.pids())
+            ) from None
+
+    async def _wait(self, timeout_s: float | None) -> None:
         async with asyncio.timeout(timeout_s):
             if self.launcher is not None:
                 await self.launcher.wait()
@@ -100,34 +110,34 @@ async def start_tree(
     argv: Sequence[str],
     *,
     log_path: Path,
-    netns: str | None = None,
-    cwd: Path | None = None,
+    host: HostNs = HOST,
+    cwd: Path = Path("/"),
     env: Mapping[str, str] | None = None,
 ) -> ProcessTree:
-    """Start ``argv`` as a workload tree and return once its init runs."""
+    """Start ``argv`` as a workload tree on ``host`` and return once its init runs.
+
+    ``log_path`` and ``cwd`` are paths as the host sees them.
+    """
     if not argv:
         raise WorkloadError("no command to run")
-    cmd: list[str] = []
-    if netns is not None:
-        if not Path("/run/netns", netns).exists():
-            raise WorkloadError(f"network namespace {netns} does not exist")
-        cmd += ["nsenter", f"--net=/run/netns/{netns}", "--"]
-    cmd += ["unshare", "--pid", "--ipc", "--uts", "--fork", "--",
-            sys.executable, "-S", "-E", str(PIDINIT), *argv]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        try:
-            launcher = await asyncio.create_subprocess_exec(
-                *cmd,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                cwd=cwd,
-                env=dict(env) if env is not None else None,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise WorkloadError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+    missing = host.missing()
+    if missing is not None:
+        raise WorkloadError(f"cannot start {argv[0]}: {missing} does not exist")
+    cmd = [*host.prefix(), "unshare", "--pid", "--ipc", "--uts", "--fork", "--",
+           sys.executable, "-S", "-E", str(PIDINIT), "--log", str(log_path),
+           "--cwd", str(cwd), "--", *argv]
+    try:
+        launcher = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            cwd="/",
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise WorkloadError(f"cannot start {argv[0]}: {exc.strerror}") from exc
     try:
         root = await _find_init(launcher)
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -56,28 +57,37 @@ def _entries(src: Path) -> list[os.DirEntry[str]]:
     return entries
 
 
+def copy_file(src: Path, dst: Path, name: str) -> FileDigest:
+    """Copy one file to a new path ``dst``, hashing it on the way; name it ``name``."""
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            while chunk := fin.read(CHUNK):
+                h.update(chunk)
+                fout.write(chunk)
+                size += len(chunk)
+        shutil.copymode(src, dst)
+    except OSError as exc:
+        raise TransportError(f"copying {name} to {dst.parent} failed: {exc.strerror or exc}") from exc
+    return FileDigest(name, size, h.hexdigest())
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fin:
+        while chunk := fin.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def copy_images(src: Path, dst: Path) -> tuple[Manifest, CopyReport]:
     """Copy every file of ``src`` into ``dst`` (created, must be empty or absent)."""
     started = time.monotonic()
     dst.mkdir(parents=True, exist_ok=True)
     if any(dst.iterdir()):
         raise TransportError(f"destination images directory {dst} is not empty")
-    digests: list[FileDigest] = []
-    for entry in _entries(src):
-        h = hashlib.sha256()
-        size = 0
-        target = dst / entry.name
-        try:
-            with open(entry.path, "rb") as fin, open(target, "xb") as fout:
-                while chunk := fin.read(CHUNK):
-                    h.update(chunk)
-                    fout.write(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            raise TransportError(
-                f"copying {entry.name} to {dst} failed: {exc.strerror or exc}"
-            ) from exc
-        digests.append(FileDigest(entry.name, size, h.hexdigest()))
+    digests = [copy_file(Path(e.path), dst / e.name, e.name) for e in _entries(src)]
     manifest = Manifest(tuple(digests))
     return manifest, CopyReport(len(digests), manifest.bytes, time.monotonic() - started)
 
@@ -93,9 +103,5 @@ def verify_images(dst: Path, manifest: Manifest) -> None:
             f"images in {dst} differ from what was sent: missing {missing}, unexpected {extra}"
         )
     for f in manifest.files:
-        h = hashlib.sha256()
-        with open(dst / f.name, "rb") as fin:
-            while chunk := fin.read(CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != f.sha256:
+        if sha256_of(dst / f.name) != f.sha256:
             raise ChecksumMismatch(f"image {dst / f.name} does not match its checksum")

@@ -14,6 +14,7 @@ from haul.criu.service import Criu
 from haul.errors import CriuError, HaulError
 from haul.lab.spec import LabSpec
 from haul.procfs import state
+from haul.transport.datasync import sync_tree
 from haul.transport.imagecopy import copy_images
 
 from haul.lab.samples import Counter, start_counter
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def _counter(lab: LabSpec, mem_mib: int = 16) -> Counter:
-    return await start_counter(lab.host(1), lab.root_dir / "counter.state", mem_mib=mem_mib)
+    return await start_counter(lab, lab.host(1), mem_mib=mem_mib)
 
 
 def _free_pid() -> int:
@@ -71,7 +72,7 @@ async def test_dump_of_a_missing_pid_fails_clearly_and_leaves_the_workload(
     counter = await _counter(lab)
     pid = _free_pid()
     with pytest.raises(CriuError) as info:
-        await criu.in_netns(lab.host(1).netns).dump(
+        await criu.on(lab.host(1).ns).dump(
             CriuOptions(images_dir=tmp_path, pid=pid, leave_stopped=True)
         )
     err = info.value
@@ -93,7 +94,7 @@ async def test_restore_from_an_empty_directory_fails_clearly(
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CriuError) as info:
-        await criu.in_netns(lab.host(2).netns).restore(
+        await criu.on(lab.host(2).ns).restore(
             CriuOptions(images_dir=empty, rst_sibling=True, leave_stopped=True)
         )
     assert info.value.request == "restore"
@@ -111,12 +112,15 @@ async def test_restore_from_corrupt_images_fails_and_leaves_the_original(
     src = tmp_path / "a"
     src.mkdir()
     # A dump that leaves the original running, so there is something to compare with.
-    await criu.in_netns(lab.host(1).netns).dump(
+    await criu.on(lab.host(1).ns).dump(
         CriuOptions(images_dir=src, pid=counter.tree.root_pid, leave_running=True,
                     work_dir=tmp_path, file_locks=True)
     )
     dst = tmp_path / "b"
     copy_images(src, dst)
+    # host2 gets the workload's files too, so the images are all that is wrong.
+    sync_tree(lab.host(1).data_backing / counter.subdir,
+              lab.host(2).data_backing / counter.subdir)
     if damage == "truncate-pstree":
         (dst / "pstree.img").write_bytes((dst / "pstree.img").read_bytes()[:6])
     elif damage == "garble-core":
@@ -128,7 +132,7 @@ async def test_restore_from_corrupt_images_fails_and_leaves_the_original(
         for pages in dst.glob("pages-*.img"):
             pages.unlink()
     with pytest.raises(CriuError) as info:
-        await criu.in_netns(lab.host(2).netns).restore(
+        await criu.on(lab.host(2).ns).restore(
             CriuOptions(images_dir=dst, rst_sibling=True, leave_stopped=True, file_locks=True)
         )
     assert info.value.request == "restore"
@@ -159,7 +163,7 @@ async def test_notifications_arrive_in_order_and_can_hold_the_dump(
     images = tmp_path / "img"
     images.mkdir()
     before = counter.count()
-    await criu.in_netns(lab.host(1).netns).dump(
+    await criu.on(lab.host(1).ns).dump(
         CriuOptions(images_dir=images, pid=counter.tree.root_pid, leave_running=True), hold
     )
     assert seen.index("pre-dump") < seen.index("post-dump")
@@ -183,7 +187,7 @@ async def test_refusing_post_dump_fails_the_dump_and_resumes_the_tree(
     images = tmp_path / "img"
     images.mkdir()
     with pytest.raises(CriuError) as info:
-        await criu.in_netns(lab.host(1).netns).dump(
+        await criu.on(lab.host(1).ns).dump(
             CriuOptions(images_dir=images, pid=counter.tree.root_pid, leave_stopped=True),
             refuse,
         )
@@ -207,7 +211,7 @@ async def test_cancelling_at_post_dump_resumes_the_tree(
     images = tmp_path / "img"
     images.mkdir()
     task = asyncio.create_task(
-        criu.in_netns(lab.host(1).netns).dump(
+        criu.on(lab.host(1).ns).dump(
             CriuOptions(images_dir=images, pid=counter.tree.root_pid, leave_stopped=True),
             wait_forever,
         )
@@ -221,7 +225,7 @@ async def test_cancelling_at_post_dump_resumes_the_tree(
     # and it can be dumped again right away
     again = tmp_path / "again"
     again.mkdir()
-    res = await criu.in_netns(lab.host(1).netns).dump(
+    res = await criu.on(lab.host(1).ns).dump(
         CriuOptions(images_dir=again, pid=counter.tree.root_pid, leave_running=True)
     )
     assert res.stats is not None and res.stats.pages_written > 0
@@ -235,7 +239,7 @@ async def test_page_server_receives_the_pages_of_a_dump(
     host2 = lab.host(2)
     dest = tmp_path / "dest"
     dest.mkdir()
-    ps = await criu.in_netns(host2.netns).page_server(
+    ps = await criu.on(host2.ns).page_server(
         CriuOptions(images_dir=dest, log_file="page-server.log",
                     page_server=PageServer(str(host2.address.ip), 0))
     )
@@ -243,7 +247,7 @@ async def test_page_server_receives_the_pages_of_a_dump(
     assert Path(f"/proc/{ps.pid}/cmdline").read_bytes().startswith(b"criu"), "the real PID"
     src = tmp_path / "src"
     src.mkdir()
-    res = await criu.in_netns(lab.host(1).netns).dump(
+    res = await criu.on(lab.host(1).ns).dump(
         CriuOptions(images_dir=src, pid=counter.tree.root_pid, leave_running=True,
                     page_server=PageServer(str(host2.address.ip), ps.port))
     )

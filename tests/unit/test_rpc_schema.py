@@ -12,12 +12,12 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import Message
 
 from haul import config
 from haul.criu.options import CriuOptions, NetworkLock, PageServer
@@ -232,11 +232,13 @@ def _mutate_extra_message(fdp: descriptor_pb2.FileDescriptorProto) -> None:
         _mutate_extra_message,
     ],
 )
-def test_checker_reports_each_kind_of_incompatibility(mutate: object) -> None:
+def test_checker_reports_each_kind_of_incompatibility(
+    mutate: Callable[[descriptor_pb2.FileDescriptorProto], None],
+) -> None:
     reference = _haul_file(rpc_pb2)
     assert schema_differences(reference, reference) == []
     changed = copy.deepcopy(reference)
-    mutate(changed)  # type: ignore[operator]
+    mutate(changed)
     problems = schema_differences(changed, reference)
     assert len(problems) == 1, problems
 
@@ -291,7 +293,8 @@ def test_generated_modules_match_their_proto_files(tmp_path: Path) -> None:
 # -- messages across the two schemas -----------------------------------------
 
 
-def _criu_classes(tmp_path: Path) -> tuple[descriptor_pool.DescriptorPool, type[Message], type[Message]]:
+def _criu_classes(tmp_path: Path) -> tuple[descriptor_pool.DescriptorPool, Any, Any]:
+    """A pool holding CRIU's rpc.proto, and its criu_req and criu_resp classes."""
     pool = descriptor_pool.DescriptorPool()
     pool.Add(_criu_file("rpc.proto", tmp_path))
     req = message_factory.GetMessageClass(pool.FindMessageTypeByName("criu_req"))

@@ -7,18 +7,28 @@ import sys
 from pathlib import Path
 
 from haul.errors import WorkloadError
-from haul.lab.spec import HostSpec
+from haul.lab.spec import HostSpec, LabSpec
 from haul.source.proctree import ProcessTree, start_tree
 
 COUNTER = Path(__file__).with_name("counter.py")
 
 
 class Counter:
-    """The counter sample (see counter.py) running as a workload tree."""
+    """The counter sample (see counter.py) running as a workload tree in a lab host.
 
-    def __init__(self, tree: ProcessTree, state: Path) -> None:
+    Its state file lives in the workload's data directory, which moves with it;
+    ``host`` is where it runs now (set it after a move).
+    """
+
+    def __init__(self, tree: ProcessTree, host: HostSpec, subdir: str) -> None:
         self.tree = tree
-        self.state = state
+        self.host = host
+        self.subdir = subdir
+
+    @property
+    def state(self) -> Path:
+        """The state file, as haul sees it on the host the counter runs on now."""
+        return self.host.data_backing / self.subdir / "state"
 
     def count(self) -> int:
         """The count the counter last wrote (``count N mem M``)."""
@@ -47,20 +57,24 @@ class Counter:
 
 
 async def start_counter(
+    lab: LabSpec,
     host: HostSpec,
-    state: Path,
     *,
+    subdir: str = "counter",
     mem_mib: int = 16,
     interval_ms: int = 20,
 ) -> Counter:
     """Start the counter in ``host`` and return once it has counted past 2."""
+    (host.data_backing / subdir).mkdir(parents=True)
+    inside = lab.data_path / subdir  # the same directory, as the host sees it
     tree = await start_tree(
-        [sys.executable, "-S", "-E", str(COUNTER), str(state),
+        [sys.executable, "-S", "-E", str(COUNTER), str(inside / "state"),
          "--mem-mib", str(mem_mib), "--interval-ms", str(interval_ms)],
-        log_path=host.workdir / "counter.log",
-        netns=host.netns,
+        log_path=inside / "log",
+        host=host.ns,
+        cwd=inside,
     )
-    counter = Counter(tree, state)
+    counter = Counter(tree, host, subdir)
     try:
         # Filling the memory takes about 1 s per 200 MiB before counting starts.
         await counter.wait_above(2, timeout_s=30 + mem_mib / 50)

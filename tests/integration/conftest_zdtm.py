@@ -1,0 +1,26 @@
+"""How each ZDTM program is started (the arguments CRIU's Makefile gives it)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from haul.errors import WorkloadError
+from haul.source.proctree import ProcessTree
+
+ZDTM_ARGS: dict[str, list[str]] = {
+    "env00": ["--envname=ENV_00_TEST"],
+    "maps00": ["--filename=maps00.test"],
+    "pthread00": [],
+    "sockets00": ["--filename=sockets00.test"],
+    "file_locks00": ["--filename=file_locks00.test"],
+}
+
+
+async def wait_for_file(path: Path, tree: ProcessTree, timeout_s: float = 30.0) -> None:
+    """ZDTM programs write their pidfile once their state is set up."""
+    async with asyncio.timeout(timeout_s):
+        while not path.exists():
+            if not tree.alive:
+                raise WorkloadError(f"the test program exited before writing {path}")
+            await asyncio.sleep(0.01)

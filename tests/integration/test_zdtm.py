@@ -1,0 +1,49 @@
+"""CRIU's own ZDTM test programs as the oracle: each is started on host1, moved
+to host2, then SIGTERM'ed there, and must write PASS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from haul.criu.service import Criu
+from haul.lab.relocate import Endpoint, relocate
+from haul.lab.spec import LabSpec
+from haul.procfs import netns_inode, ns_inode
+from haul.source.proctree import start_tree
+
+from conftest_zdtm import ZDTM_ARGS, wait_for_file  # noqa: E402
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.mark.parametrize("name", sorted(ZDTM_ARGS))
+async def test_zdtm_program_survives_a_move(
+    name: str, criu: Criu, lab: LabSpec, zdtm_dir: Path
+) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    subdir = f"zdtm-{name}"
+    (h1.data_backing / subdir).mkdir()
+    run = lab.data_path / subdir  # as the hosts see it
+    args = ZDTM_ARGS[name]  # file names are relative to the run directory
+    tree = await start_tree(
+        [str(zdtm_dir / name), f"--pidfile={run}/{name}.pid", f"--outfile={run}/{name}.out",
+         *args],
+        log_path=run / "stdio.log",
+        host=h1.ns,
+        cwd=run,
+    )
+    await wait_for_file(h1.data_backing / subdir / f"{name}.pid", tree)
+    moved, _ = await relocate(
+        tree,
+        Endpoint(criu.on(h1.ns), h1.workdir / "move", h1.data_backing),
+        Endpoint(criu.on(h2.ns), h2.workdir / "move", h2.data_backing),
+        data_subdir=subdir,
+    )
+    assert not tree.alive
+    assert ns_inode(moved.root_pid, "net") == netns_inode(h2.netns)
+    moved.terminate()
+    await moved.wait(timeout_s=30)
+    out = (h2.data_backing / subdir / f"{name}.out").read_text()
+    assert "PASS" in out, f"{name} on host2 wrote:\n{out}"
