@@ -31,7 +31,7 @@ trap 'die "step failed at line $LINENO (exit $?): see the output above"' ERR
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- packages
-RUNTIME_PKGS=(iproute2 nftables runc iputils-arping haproxy openssh-server
+RUNTIME_PKGS=(iproute2 nftables runc iputils-arping iputils-ping haproxy openssh-server
               python3-venv util-linux procps ca-certificates)
 BUILD_PKGS=(build-essential pkgconf libbsd-dev libcap-dev libgnutls28-dev
             libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev

@@ -201,7 +201,7 @@ def main() -> None:
     try:
         app()
     except HaulError as exc:
-        err.print(f"haul: error: {exc.one_line()}", markup=False)
+        sys.stderr.write(f"haul: error: {exc.one_line()}\n")
         sys.exit(2 if isinstance(exc, UsageError) else 1)
     except KeyboardInterrupt:
         err.print("haul: interrupted")
