@@ -47,6 +47,10 @@ class Counter:
                         return now
                 except (FileNotFoundError, WorkloadError, ValueError):
                     pass
+                if not self.tree.alive:
+                    log = self.state.with_name("log")
+                    tail = log.read_text()[-300:] if log.exists() else ""
+                    raise WorkloadError(f"the counter exited: {' '.join(tail.split())}")
                 await asyncio.sleep(0.01)
 
     async def stop_and_verdict(self, timeout_s: float = 30.0) -> str:

@@ -13,7 +13,6 @@ that continues the one written before the move.
 
 import hashlib
 import os
-import random
 import signal
 import sys
 import time
@@ -44,7 +43,10 @@ def main() -> int:
             sys.stderr.write(f"counter.py: unknown option {args[i]}\n")
             return 2
         i += 2
-    memory = bytearray(random.Random(0x6861756C).randbytes(mem_mib << 20))
+    memory = bytearray(mem_mib << 20)
+    for start in range(0, len(memory), 16 << 20):
+        chunk = memory[start : start + (16 << 20)]
+        memory[start : start + len(chunk)] = os.urandom(len(chunk))
     digest = hashlib.sha256(memory).digest()
     signal.signal(signal.SIGTERM, _on_term)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
