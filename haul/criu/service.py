@@ -125,12 +125,16 @@ class CriuSession:
                 stderr=self._stderr,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except BaseException as exc:
+            # Cancelled or failed before the process ran: nothing to wind down.
             ours.close()
             self._stderr.close()
-            raise CriuError(
-                f"cannot start {' '.join(self._argv)}: {exc.strerror}", request="swrk"
-            ) from exc
+            self._stderr = None
+            if isinstance(exc, OSError):
+                raise CriuError(
+                    f"cannot start {' '.join(self._argv)}: {exc.strerror}", request="swrk"
+                ) from exc
+            raise
         finally:
             theirs.close()
         self._chan = SeqPacketChannel(ours)
