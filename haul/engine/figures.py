@@ -1,0 +1,64 @@
+"""Measured figures the ports report to the engine (all units in the names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What one host's kernel and CRIU allow (from FEATURE_CHECK and the host's checks)."""
+
+    criu_version: str
+    mem_track: bool
+    lazy_pages: bool
+    #: fs.pipe-max-size is large enough for CRIU's lazy transfer
+    lazy_pipe_ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightReport:
+    source: Capabilities
+    dest: Capabilities
+    #: problems that refuse the migration before anything is touched (empty = go)
+    problems: tuple[str, ...] = ()
+    #: resident memory of the workload tree, for the policy's first estimate
+    workload_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IterationFigures:
+    """One pre-copy round: what CRIU wrote and how long it took."""
+
+    iteration: int
+    pages_written: int
+    pages_skipped_parent: int
+    bytes_sent: int
+    duration_s: float
+
+    @property
+    def throughput_bytes_per_s(self) -> float:
+        return self.bytes_sent / self.duration_s if self.duration_s > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DumpFigures:
+    """The final dump, reported when the source is frozen with its images written."""
+
+    frozen_at_s: float  # monotonic clock of the source host
+    pages_written: int
+    pages_lazy: int
+    bytes_written: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFigures:
+    files: int
+    bytes_sent: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreFigures:
+    dest_pid: int
+    duration_s: float
