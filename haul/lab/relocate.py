@@ -124,7 +124,7 @@ async def relocate(
         )
         restored = await dest.criu.restore(restore_opts)
         new_tree = ProcessTree(restored.pid)
-        await _ensure_stopped(new_tree)
+        await new_tree.wait_stopped()
         t3 = time.monotonic()
     except BaseException as exc:
         await asyncio.shield(_rollback(tree, dest, exc, new_tree, dst_data))
@@ -163,25 +163,6 @@ def _data_dirs(
     if dst.exists():
         raise WorkloadError(f"{dst} already exists on the destination; refusing to overwrite it")
     return src, dst
-
-
-async def _ensure_stopped(tree: ProcessTree, timeout_s: float = 2.0) -> None:
-    """Check the restored copy is stopped before the commit: it must not run yet.
-
-    CRIU stops each restored task with a SIGSTOP queued just before it lets
-    the tasks go, so a task may take a moment to reach the stopped state.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        running = [p for p in tree.pids() if state(p) not in ("T", "t")]
-        if not running:
-            return
-        if time.monotonic() > deadline:
-            raise WorkloadError(
-                f"restored processes {running} are running before the commit; "
-                "refusing to keep two copies"
-            )
-        await asyncio.sleep(0.005)
 
 
 async def _commit(old: ProcessTree, new: ProcessTree, old_data: Path | None) -> None:

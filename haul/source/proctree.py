@@ -23,7 +23,7 @@ from pathlib import Path
 
 from haul.errors import WorkloadError
 from haul.nsexec import HOST, HostNs
-from haul.procfs import alive, describe, signal_tree, tree_pids
+from haul.procfs import alive, describe, signal_tree, state, tree_pids
 
 PIDINIT = Path(__file__).with_name("pidinit.py")
 START_TIMEOUT_S = 5.0
@@ -61,6 +61,36 @@ class ProcessTree:
     def resume(self) -> int:
         """SIGCONT every process of the tree (after CRIU left it stopped)."""
         return signal_tree(self.root_pid, signal.SIGCONT)
+
+    async def wait_stopped(self, timeout_s: float = 2.0) -> None:
+        """Wait until every process of the tree is stopped; raise WorkloadError if not.
+
+        CRIU stops restored tasks with a SIGSTOP queued just before it lets them
+        go, so a task may take a moment to reach the stopped state.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            running = [p for p in self.pids() if state(p) not in ("T", "t")]
+            if not running:
+                return
+            if loop.time() > deadline:
+                raise WorkloadError(
+                    f"processes {running} of tree {self.root_pid} run when they must be stopped"
+                )
+            await asyncio.sleep(0.005)
+
+    def resident_bytes(self) -> int:
+        """Resident memory of the whole tree (VmRSS summed), for estimates."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total
 
     def terminate(self) -> None:
         """SIGTERM the tree's init, which forwards it to every process of the tree."""

@@ -81,22 +81,28 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def copy_images(src: Path, dst: Path) -> tuple[Manifest, CopyReport]:
-    """Copy every file of ``src`` into ``dst`` (created, must be empty or absent)."""
+def copy_images(src: Path, dst: Path, *, merge: bool = False) -> tuple[Manifest, CopyReport]:
+    """Copy every file of ``src`` into ``dst``.
+
+    ``dst`` must be empty or absent, unless ``merge``: then it may already hold
+    other files (the pages a CRIU page server wrote there), but none of the
+    same name.
+    """
     started = time.monotonic()
     dst.mkdir(parents=True, exist_ok=True)
-    if any(dst.iterdir()):
+    if not merge and any(dst.iterdir()):
         raise TransportError(f"destination images directory {dst} is not empty")
     digests = [copy_file(Path(e.path), dst / e.name, e.name) for e in _entries(src)]
     manifest = Manifest(tuple(digests))
     return manifest, CopyReport(len(digests), manifest.bytes, time.monotonic() - started)
 
 
-def verify_images(dst: Path, manifest: Manifest) -> None:
-    """Raise ChecksumMismatch unless ``dst`` holds exactly the manifest's files and bytes."""
+def verify_images(dst: Path, manifest: Manifest, *, merge: bool = False) -> None:
+    """Raise ChecksumMismatch unless ``dst`` holds exactly the manifest's files and bytes
+    (with ``merge``: at least them; other files are someone else's)."""
     present = {e.name for e in _entries(dst)}
     expected = {f.name for f in manifest.files}
-    if present != expected:
+    if present != expected and not (merge and expected <= present):
         extra = sorted(present - expected)
         missing = sorted(expected - present)
         raise ChecksumMismatch(

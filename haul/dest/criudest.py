@@ -1,0 +1,133 @@
+"""The destination side of a migration with CRIU: implements the engine's DestPort.
+
+It owns a working directory for one incoming migration: ``images/`` (what the
+transport delivers and, for stop-and-copy and pre-copy, what the local CRIU
+page server writes), ``work/`` (logs, the lazy-pages socket), and the
+workload's data directory under the host's data root. Restores leave the tree
+stopped; only ``resume`` (after the commit) lets it run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from haul.criu.lazypages import LazyPagesDaemon
+from haul.criu.options import CriuOptions, PageServer
+from haul.criu.service import Criu
+from haul.engine.figures import Capabilities, RestoreFigures
+from haul.engine.phases import Strategy
+from haul.errors import TransportError, WorkloadError
+from haul.source.criusource import host_capabilities
+from haul.source.proctree import ProcessTree
+
+#: room asked for beyond the workload's resident size (images carry metadata too)
+SPACE_MARGIN = 1.2
+
+
+class CriuDestination:
+    """``listen``: where this host's page server listens (stop-and-copy, pre-copy).
+    ``lazy_source``: post-copy, the source's lazy page server."""
+
+    def __init__(
+        self,
+        criu: Criu,
+        workdir: Path,
+        *,
+        data: Path | None = None,
+        listen: PageServer | None = None,
+        lazy_source: PageServer | None = None,
+    ) -> None:
+        self.criu = criu
+        self.workdir = workdir
+        self.images = workdir / "images"
+        self.logs = workdir / "work"
+        self.data = data
+        self.listen = listen
+        self.lazy_source = lazy_source
+        self.page_server_port: int | None = None
+        self._page_server_pid: int | None = None
+        self._daemon: LazyPagesDaemon | None = None
+        self.tree: ProcessTree | None = None
+        #: the workload's data directory here, once this migration may create it
+        self._data_dir: Path | None = None
+
+    async def capabilities(self) -> Capabilities:
+        return await host_capabilities(self.criu)
+
+    async def check_free(self, workload: str, needed_bytes: int) -> None:
+        if self.data is not None:
+            if (self.data / workload).exists():
+                raise WorkloadError(f"{self.data / workload} already exists on the destination")
+            self._data_dir = self.data / workload
+        probe = self.workdir.parent
+        probe.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(probe).free
+        if free < needed_bytes * SPACE_MARGIN:
+            raise TransportError(
+                f"not enough room on the destination: {free >> 20} MiB free in {probe}, "
+                f"about {int(needed_bytes * SPACE_MARGIN) >> 20} MiB needed"
+            )
+
+    async def prepare(self, strategy: Strategy) -> None:
+        for d in (self.images, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        if strategy in (Strategy.STOP_AND_COPY, Strategy.PRE_COPY) and self.listen is not None:
+            info = await self.criu.page_server(CriuOptions(
+                images_dir=self.images, work_dir=self.logs, log_file="page-server.log",
+                page_server=self.listen,
+            ))
+            self.page_server_port, self._page_server_pid = info.port, info.pid
+
+    async def restore(self, lazy: bool) -> RestoreFigures:
+        started = time.monotonic()
+        if lazy:
+            if self.lazy_source is None:
+                raise WorkloadError("post-copy restore needs the source's lazy page server")
+            self._daemon = LazyPagesDaemon(
+                self.criu, images_dir=self.images, work_dir=self.logs, source=self.lazy_source
+            )
+            await self._daemon.start()
+        result = await self.criu.restore(CriuOptions(
+            images_dir=self.images, work_dir=self.logs, leave_stopped=True,
+            lazy_pages=lazy, file_locks=True, link_remap=True,
+        ))
+        self.tree = ProcessTree(result.pid)
+        await self.tree.wait_stopped()
+        return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started)
+
+    async def resume(self) -> None:
+        if self.tree is None:
+            raise WorkloadError("nothing was restored here to resume")
+        self.tree.resume()
+
+    async def wait_pages(self) -> None:
+        if self._daemon is not None:
+            await self._daemon.wait()
+
+    async def discard(self) -> None:
+        if self.tree is not None and self.tree.alive:
+            await self.tree.kill()
+        if self._daemon is not None:
+            await self._daemon.stop()
+        await self._stop_page_server()
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        if self._data_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._data_dir, True)
+
+    async def _stop_page_server(self) -> None:
+        pid = self._page_server_pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self._page_server_pid = None
+
+    async def cleanup(self) -> None:
+        await self._stop_page_server()
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)

@@ -1,0 +1,208 @@
+"""The source side of a migration with CRIU: implements the engine's SourcePort.
+
+The final dump is held at CRIU's post-dump notification: the tree is frozen
+and its images are written, and CRIU waits for haul's answer. ``release``
+gives it: "go on" (commit) lets CRIU finish with the tree left stopped (or,
+post-copy, start its lazy page server); "fail" (rollback) makes CRIU resume
+the tree as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from haul.criu.notify import Action, Notification
+from haul.criu.options import CriuOptions, PageServer
+from haul.criu.results import DumpResult
+from haul.criu.service import Criu
+from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
+from haul.errors import HaulError, WorkloadError
+from haul.source.proctree import ProcessTree
+
+PIPE_MAX_SIZE_NEEDED = 4 << 20
+
+
+class RolledBackAtPostDump(HaulError):
+    """haul's answer to a held post-dump when the migration rolls back."""
+
+
+def lazy_pipe_ok() -> bool:
+    """CRIU's lazy transfer resizes pipes to 4 MiB; without CAP_SYS_RESOURCE it needs
+    fs.pipe-max-size at least that large (see ENVIRONMENT.md)."""
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text()) >= PIPE_MAX_SIZE_NEEDED
+    except (OSError, ValueError):
+        return False
+
+
+async def host_capabilities(criu: Criu) -> Capabilities:
+    version = await criu.version()
+    features = await criu.features()
+    return Capabilities(
+        criu_version=str(version),
+        mem_track=features.mem_track,
+        lazy_pages=features.lazy_pages,
+        lazy_pipe_ok=lazy_pipe_ok(),
+    )
+
+
+class CriuSource:
+    """Dumps ``tree`` with ``criu`` into ``workdir``.
+
+    ``dest_page_server``: where the final dump (and pre-dumps) send pages
+    (the destination's CRIU page server); None writes pages locally.
+    ``lazy_listen``: post-copy, where this host's lazy page server listens.
+    """
+
+    def __init__(
+        self,
+        criu: Criu,
+        tree: ProcessTree,
+        workdir: Path,
+        *,
+        base: CriuOptions | None = None,
+        dest_page_server: PageServer | None = None,
+        lazy_listen: PageServer | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
+        self.criu = criu
+        self.tree = tree
+        self.workdir = workdir
+        self.images = workdir / "images"
+        self.logs = workdir / "work"
+        self._base = base or CriuOptions(images_dir=self.images, file_locks=True, link_remap=True)
+        self.dest_page_server = dest_page_server
+        self.lazy_listen = lazy_listen
+        #: the workload's files on this host; removed once the workload has left
+        self.data_dir = data_dir
+        self._dump: asyncio.Task[DumpResult] | None = None
+        self._decision: asyncio.Future[bool] | None = None
+        self._frozen: asyncio.Future[float] | None = None
+        self._lazy = False
+
+    async def capabilities(self) -> Capabilities:
+        return await host_capabilities(self.criu)
+
+    async def check_workload(self) -> int:
+        if not self.tree.alive:
+            raise WorkloadError(f"no workload tree with root PID {self.tree.root_pid} runs here")
+        return self.tree.resident_bytes()
+
+    async def pre_dump(self, iteration: int) -> IterationFigures:
+        # Each round is a fresh images dir whose parent is the previous round's.
+        images = self.workdir / f"pre{iteration}"
+        images.mkdir(parents=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        opts = replace(
+            self._base, images_dir=images, work_dir=self.logs, pid=self.tree.root_pid,
+            track_mem=True, leave_running=False, leave_stopped=False,
+            parent_img=f"../pre{iteration - 1}" if iteration > 1 else None,
+            page_server=self.dest_page_server, log_file=f"pre-dump-{iteration}.log",
+        )
+        started = time.monotonic()
+        async with self.criu.session() as s:
+            result = await s.pre_dump(opts)
+        stats = result.stats
+        written = stats.pages_written if stats else 0
+        return IterationFigures(
+            iteration=iteration,
+            pages_written=written,
+            pages_skipped_parent=stats.pages_skipped_parent if stats else 0,
+            bytes_sent=written * 4096,
+            duration_s=time.monotonic() - started,
+        )
+
+    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
+        if self._dump is not None:
+            raise WorkloadError("the final dump was already started")
+        if lazy and self.lazy_listen is None:
+            raise WorkloadError("post-copy needs an address for the source's lazy page server")
+        for d in (self.images, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lazy = lazy
+        loop = asyncio.get_running_loop()
+        self._decision = loop.create_future()
+        self._frozen = loop.create_future()
+        frozen_at: list[float] = []
+        decision, frozen = self._decision, self._frozen
+
+        async def hold(note: Notification) -> None:
+            if note.action is Action.PRE_DUMP:
+                frozen_at.append(time.monotonic())  # CRIU freezes right after this answer
+            elif note.action is Action.POST_DUMP:
+                if not frozen.done():
+                    frozen.set_result(frozen_at[0] if frozen_at else time.monotonic())
+                if not await decision:
+                    raise RolledBackAtPostDump("the migration rolled back")
+
+        parent = self._last_pre_dump()
+        opts = replace(
+            self._base, images_dir=self.images, work_dir=self.logs, pid=self.tree.root_pid,
+            leave_stopped=True, leave_running=False, lazy_pages=lazy,
+            page_server=self.lazy_listen if lazy else self.dest_page_server,
+            track_mem=parent is not None, parent_img=parent,
+        )
+        self._dump = asyncio.create_task(self.criu.dump(opts, hold))
+        dump = self._dump
+        dump.add_done_callback(lambda _: frozen.done() or frozen.cancel())
+        try:
+            frozen_at_s = await asyncio.shield(frozen)
+        except asyncio.CancelledError:
+            if not dump.done():
+                raise  # we were cancelled; the caller rolls back through release/resume
+            dump.result()  # the dump ended before post-dump: raise its error
+            raise WorkloadError("CRIU finished the dump without stopping at post-dump") from None
+        pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
+        return DumpFigures(
+            frozen_at_s=frozen_at_s,
+            pages_written=pages // 4096,
+            pages_lazy=0,
+            bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
+        )
+
+    def _last_pre_dump(self) -> str | None:
+        rounds = sorted(
+            (int(p.name[3:]) for p in self.workdir.glob("pre*") if p.name[3:].isdigit()),
+        )
+        return f"../pre{rounds[-1]}" if rounds else None
+
+    async def release(self, commit: bool) -> None:
+        if self._decision is None or self._dump is None:
+            return
+        if not self._decision.done():
+            self._decision.set_result(commit)
+        if commit:
+            if not self._lazy:
+                await self._dump  # CRIU finishes; the tree stays stopped
+            # post-copy: CRIU now serves pages until the destination has them all
+            return
+        with contextlib.suppress(HaulError):
+            await self._dump  # CRIU reports the refusal and resumes the tree
+
+    async def wait_pages_served(self) -> None:
+        if self._dump is not None:
+            await self._dump
+
+    async def kill(self) -> None:
+        await self.tree.kill()
+
+    async def resume(self) -> None:
+        if self._dump is not None and not self._dump.done():
+            if self._decision is not None and not self._decision.done():
+                self._decision.set_result(False)
+            with contextlib.suppress(HaulError):
+                await self._dump
+        if self.tree.alive:
+            self.tree.resume()
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+    async def cleanup(self) -> None:
+        """After the commit: the images and the workload's files here are no longer needed."""
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        if self.data_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
