@@ -1,0 +1,199 @@
+"""The destination agent's incoming migrations: one CriuDestination each, and the
+files the source sends, checked as they land.
+
+Names coming over the wire are checked here, once: image names are plain file
+names, data paths are relative paths that stay inside the workload's data
+directory (no "..", no absolute paths, no links followed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from haul.criu.options import PageServer
+from haul.criu.service import Criu
+from haul.dest.criudest import CriuDestination
+from haul.engine.figures import RestoreFigures
+from haul.engine.phases import Strategy
+from haul.errors import ChecksumMismatch, TransportError, UsageError
+
+IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MIGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+WORKLOAD_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def check_id(value: str) -> str:
+    if not MIGRATION_ID.fullmatch(value):
+        raise UsageError(f"bad migration id {value!r}")
+    return value
+
+
+def check_workload(value: str) -> str:
+    if not WORKLOAD_NAME.fullmatch(value) or value in (".", ".."):
+        raise UsageError(f"bad workload name {value!r}")
+    return value
+
+
+def check_image_name(value: str) -> str:
+    if not IMAGE_NAME.fullmatch(value):
+        raise UsageError(f"bad image name {value!r}")
+    return value
+
+
+def check_data_path(value: str) -> PurePosixPath:
+    p = PurePosixPath(value)
+    if p.is_absolute() or not p.parts or any(part in ("..", ".", "") for part in p.parts):
+        raise UsageError(f"bad data path {value!r}: must be relative and stay inside")
+    return p
+
+
+@dataclass(slots=True)
+class Incoming:
+    migration_id: str
+    workload: str
+    strategy: Strategy
+    dest: CriuDestination
+    received: dict[str, str] = field(default_factory=dict)  # name -> sha256
+
+
+async def _write_checked(
+    target: Path, chunks: AsyncIterator[bytes], sha256: str, mode: int = 0o644
+) -> int:
+    h = hashlib.sha256()
+    size = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        async for chunk in chunks:
+            h.update(chunk)
+            size += len(chunk)
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+    except OSError as exc:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise TransportError(f"writing {target.name} failed: {exc.strerror}") from exc
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    if h.hexdigest() != sha256.lower():
+        target.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{target.name} arrived corrupt (SHA-256 mismatch)")
+    return size
+
+
+class IncomingRegistry:
+    """Every incoming migration of one destination host."""
+
+    def __init__(
+        self,
+        criu: Criu,
+        root: Path,
+        *,
+        data_root: Path | None,
+        listen_address: str,
+    ) -> None:
+        self.criu = criu
+        self.root = root
+        self.data_root = data_root
+        self.listen_address = listen_address
+        self._items: dict[str, Incoming] = {}
+
+    def get(self, migration_id: str) -> Incoming:
+        try:
+            return self._items[check_id(migration_id)]
+        except KeyError:
+            raise UsageError(f"no incoming migration {migration_id!r} here") from None
+
+    async def open(
+        self,
+        migration_id: str,
+        workload: str,
+        strategy: Strategy,
+        needed_bytes: int,
+        lazy_source: PageServer | None,
+    ) -> Incoming:
+        check_id(migration_id)
+        check_workload(workload)
+        if migration_id in self._items:
+            raise UsageError(f"migration {migration_id} is already open here")
+        dest = CriuDestination(
+            self.criu, self.root / migration_id, data=self.data_root,
+            listen=PageServer(self.listen_address, 0), lazy_source=lazy_source,
+        )
+        await dest.check_free(workload, needed_bytes)
+        await dest.prepare(strategy)
+        if self.data_root is not None:
+            (self.data_root / workload).mkdir(parents=True)
+        item = Incoming(migration_id, workload, strategy, dest)
+        self._items[migration_id] = item
+        return item
+
+    async def receive_image(
+        self, migration_id: str, name: str, chunks: AsyncIterator[bytes], sha256: str
+    ) -> int:
+        item = self.get(migration_id)
+        check_image_name(name)
+        size = await _write_checked(item.dest.images / name, chunks, sha256)
+        item.received[name] = sha256
+        return size
+
+    async def receive_data(
+        self, migration_id: str, path: str, chunks: AsyncIterator[bytes], sha256: str,
+        mode: int = 0o644,
+    ) -> int:
+        item = self.get(migration_id)
+        rel = check_data_path(path)
+        if self.data_root is None:
+            raise UsageError("this host keeps no workload data directories")
+        base = self.data_root / item.workload
+        target = base.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # No component of the way may be a link (a path trick from an earlier file).
+        probe = target.parent
+        while probe != base.parent:
+            if probe.is_symlink():
+                raise UsageError(f"bad data path {path!r}: goes through a link")
+            probe = probe.parent
+        return await _write_checked(target, chunks, sha256, mode & 0o777)
+
+    def make_dirs(self, migration_id: str, paths: list[str]) -> None:
+        """Create the workload's (possibly empty) sub-directories, parents first."""
+        item = self.get(migration_id)
+        if self.data_root is None:
+            raise UsageError("this host keeps no workload data directories")
+        base = self.data_root / item.workload
+        for path in paths:
+            rel = check_data_path(path)
+            target = base.joinpath(*rel.parts)
+            if target.parent.is_symlink() or not target.parent.is_dir():
+                raise UsageError(f"bad data path {path!r}: its parent is not a directory")
+            target.mkdir(exist_ok=True)
+
+    async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
+        return await self.get(migration_id).dest.restore(lazy)
+
+    async def resume(self, migration_id: str) -> None:
+        await self.get(migration_id).dest.resume()
+
+    async def wait_pages(self, migration_id: str) -> None:
+        await self.get(migration_id).dest.wait_pages()
+
+    async def discard(self, migration_id: str) -> None:
+        item = self._items.pop(check_id(migration_id), None)
+        if item is not None:
+            await item.dest.discard()
+
+    async def finish(self, migration_id: str) -> Incoming:
+        """After the commit: forget the migration, keep the running copy."""
+        item = self._items.pop(check_id(migration_id))
+        await item.dest.cleanup()
+        return item
