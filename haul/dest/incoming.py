@@ -66,7 +66,12 @@ async def _write_checked(
 ) -> int:
     h = hashlib.sha256()
     size = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise UsageError(f"{target.name} was already received; refusing to overwrite") from None
+    except OSError as exc:
+        raise TransportError(f"cannot create {target.name}: {exc.strerror}") from exc
     try:
         async for chunk in chunks:
             h.update(chunk)
