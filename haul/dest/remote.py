@@ -1,0 +1,138 @@
+"""The destination agent seen from the source agent: DestPort and IncomingUploads
+over the agents' HTTP API (``/v1/incoming/...``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from haul.criu.options import PageServer
+from haul.engine.figures import Capabilities, RestoreFigures
+from haul.engine.phases import Strategy
+from haul.errors import PeerError, TransportError
+
+CHUNK = 1 << 20
+
+
+async def _file_chunks(path: Path):  # type: ignore[no-untyped-def]
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+class IncomingClient:
+    """Calls one destination agent. ``session`` carries auth (token header, TLS)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, where: str) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.where = where
+
+    async def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        url = self.base + path
+        try:
+            async with self.session.request(method, url, **kw) as resp:
+                text = await resp.text()
+                body: dict[str, Any] = json.loads(text) if text else {}
+                if resp.status >= 400:
+                    err = body.get("error", {}) if isinstance(body, dict) else {}
+                    raise PeerError(
+                        f"{self.where}: {err.get('message') or resp.reason}",
+                        code=str(err.get("code") or resp.status),
+                    )
+                return body
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"{self.where} unreachable: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise PeerError(f"{self.where} answered with malformed JSON", code="bad-json") from exc
+
+    # -- uploads (haul.transport.http.IncomingUploads) ----------------------
+
+    async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None:
+        await self.call(
+            "PUT", f"/v1/incoming/{migration_id}/images/{quote(name)}",
+            data=_file_chunks(path), headers={"X-Haul-SHA256": sha256},
+        )
+
+    async def put_data(
+        self, migration_id: str, rel: str, path: Path, sha256: str, mode: int
+    ) -> None:
+        await self.call(
+            "PUT", f"/v1/incoming/{migration_id}/data/{quote(rel)}",
+            data=_file_chunks(path),
+            headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"},
+        )
+
+    async def make_dirs(self, migration_id: str, rels: list[str]) -> None:
+        await self.call("POST", f"/v1/incoming/{migration_id}/dirs", json={"paths": rels})
+
+
+class RemoteDestination:
+    """DestPort for one migration to a destination agent."""
+
+    def __init__(
+        self,
+        client: IncomingClient,
+        migration_id: str,
+        workload: str,
+        *,
+        lazy_source: PageServer | None = None,
+    ) -> None:
+        self.client = client
+        self.migration_id = migration_id
+        self.workload = workload
+        self.lazy_source = lazy_source
+        self.needed_bytes = 0
+        #: the destination's page server, once prepared (stop-and-copy, pre-copy)
+        self.page_server: PageServer | None = None
+
+    async def capabilities(self) -> Capabilities:
+        info = await self.client.call("GET", "/v1/info")
+        criu = info["criu"]
+        return Capabilities(
+            criu_version=str(criu["version"]),
+            mem_track=bool(criu["features"]["mem_track"]),
+            lazy_pages=bool(criu["features"]["lazy_pages"]),
+            lazy_pipe_ok=bool(info.get("lazy_pipe_ok", False)),
+        )
+
+    async def check_free(self, workload: str, needed_bytes: int) -> None:
+        self.needed_bytes = needed_bytes
+        await self.client.call(
+            "POST", "/v1/incoming-check", json={"workload": workload, "needed_bytes": needed_bytes}
+        )
+
+    async def prepare(self, strategy: Strategy) -> None:
+        body: dict[str, Any] = {
+            "id": self.migration_id, "workload": self.workload, "strategy": strategy.value,
+            "needed_bytes": self.needed_bytes,
+        }
+        if self.lazy_source is not None:
+            body["lazy_source"] = {"address": self.lazy_source.address,
+                                   "port": self.lazy_source.port}
+        answer = await self.client.call("POST", "/v1/incoming", json=body)
+        ps = answer.get("page_server")
+        if ps:
+            self.page_server = PageServer(str(ps["address"]), int(ps["port"]))
+
+    async def restore(self, lazy: bool) -> RestoreFigures:
+        answer = await self.client.call(
+            "POST", f"/v1/incoming/{self.migration_id}/restore", json={"lazy": lazy}
+        )
+        return RestoreFigures(dest_pid=int(answer["pid"]), duration_s=float(answer["duration_s"]))
+
+    async def resume(self) -> None:
+        await self.client.call("POST", f"/v1/incoming/{self.migration_id}/resume")
+
+    async def wait_pages(self) -> None:
+        await self.client.call("POST", f"/v1/incoming/{self.migration_id}/wait-pages")
+
+    async def discard(self) -> None:
+        await self.client.call("POST", f"/v1/incoming/{self.migration_id}/discard")
+
+    async def cleanup(self) -> None:
+        await self.client.call("POST", f"/v1/incoming/{self.migration_id}/finish")
