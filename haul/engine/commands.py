@@ -36,7 +36,13 @@ class FreezeAndDump(Command):
 
 @dataclass(frozen=True, slots=True)
 class TransferImages(Command):
-    pass
+    """Move the non-page images to the destination.
+
+    ``lazy`` (post-copy): first answer the held post-dump with ``commit=True``, so
+    that CRIU starts serving the pages the destination will fault in.
+    """
+
+    lazy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,13 @@ class CommitRecorded(Event):
 
 @dataclass(frozen=True, slots=True)
 class SwitchedOver(Event):
-    """The source tree is killed and the destination copy resumed."""
+    """The source tree is killed and the destination copy resumed.
+
+    Post-copy: the destination copy is resumed; the source stays stopped, serving pages.
+    ``frozen_s``: how long the workload was frozen, when the reporter measured it.
+    """
+
+    frozen_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,14 @@ def _umount(path: str) -> str | None:
     return None
 
 
+def _mounts_under(directory: str) -> list[str]:
+    """Mount points strictly inside ``directory``, deepest first."""
+    prefix = directory.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
 def _mounted(path: str) -> bool:
     """Whether ``path`` is a mount point here (a directory, or a file holding a namespace)."""
     with open("/proc/self/mountinfo") as f:
@@ -203,6 +211,11 @@ def lab_down(prefix: str) -> list[str]:
         except OSError as exc:
             problems.append(f"{name}: {exc}")
     for d in ledger.dirs:
+        # Whatever was mounted inside the lab's directories (a test's tmpfs) goes too.
+        for mount in _mounts_under(d):
+            problem = _umount(mount)
+            if problem is not None:
+                problems.append(problem)
         try:
             shutil.rmtree(d)
             removed.append(d)

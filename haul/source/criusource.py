@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +87,7 @@ class CriuSource:
         self._decision: asyncio.Future[bool] | None = None
         self._frozen: asyncio.Future[float] | None = None
         self._lazy = False
+        self._swrk_pid: int | None = None
 
     async def capabilities(self) -> Capabilities:
         return await host_capabilities(self.criu)
@@ -147,7 +151,7 @@ class CriuSource:
             page_server=self.lazy_listen if lazy else self.dest_page_server,
             track_mem=parent is not None, parent_img=parent,
         )
-        self._dump = asyncio.create_task(self.criu.dump(opts, hold))
+        self._dump = asyncio.create_task(self._dump_in_session(opts, hold))
         dump = self._dump
         dump.add_done_callback(lambda _: frozen.done() or frozen.cancel())
         try:
@@ -164,6 +168,13 @@ class CriuSource:
             pages_lazy=0,
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
         )
+
+    async def _dump_in_session(
+        self, opts: CriuOptions, hold: Callable[[Notification], Awaitable[None]]
+    ) -> DumpResult:
+        async with self.criu.session() as session:
+            self._swrk_pid = session.pid
+            return await session.dump(opts, hold)
 
     def _last_pre_dump(self) -> str | None:
         rounds = sorted(
@@ -195,6 +206,12 @@ class CriuSource:
         if self._dump is not None and not self._dump.done():
             if self._decision is not None and not self._decision.done():
                 self._decision.set_result(False)
+            elif self._lazy and self._swrk_pid is not None:
+                # Post-copy, released: CRIU's lazy page server waits for a destination
+                # that will never connect. Ending CRIU detaches it from the tree
+                # (ptrace ends with the tracer), and the tree is resumed below.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self._swrk_pid, signal.SIGKILL)
             with contextlib.suppress(HaulError):
                 await self._dump
         if self.tree.alive:

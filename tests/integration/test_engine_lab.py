@@ -1,0 +1,123 @@
+"""The engine with the real CRIU adapters between two lab hosts (no agents):
+each strategy this kernel allows, there and back, and failures before the commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from haul.criu.service import Criu
+from haul.engine.events import DestinationPrepared, Event
+from haul.engine.phases import Phase, Strategy
+from haul.lab.migrate import migrate_in_lab
+from haul.lab.netlab import set_sysctl
+from haul.lab.samples import start_counter
+from haul.lab.spec import HostSpec, LabSpec
+from haul.procfs import netns_inode, ns_inode, pids_in_ns, state
+
+pytestmark = pytest.mark.asyncio
+
+
+def _procs(host: HostSpec) -> list[int]:
+    inode = netns_inode(host.netns)
+    assert inode is not None
+    return pids_in_ns("net", inode)
+
+
+@pytest.mark.parametrize("strategy", [Strategy.STOP_AND_COPY, Strategy.POST_COPY])
+async def test_there_and_back(criu: Criu, lab: LabSpec, strategy: Strategy) -> None:
+    set_sysctl(lab.prefix, "fs.pipe-max-size", "4194304")
+    h1, h2 = lab.host(1), lab.host(2)
+    counter = await start_counter(lab, h1, mem_mib=48)
+    for src, dst in ((h1, h2), (h2, h1)):
+        before = counter.count()
+        result = await migrate_in_lab(criu, counter.tree, counter.subdir, src, dst,
+                                      strategy=strategy)
+        assert result.outcome.phase is Phase.DONE, result.outcome.reason
+        assert result.migration.strategy is strategy
+        new = result.new_tree
+        assert new is not None and new.alive
+        assert not counter.tree.alive, "the source copy is gone"
+        assert ns_inode(new.root_pid, "net") == netns_inode(dst.netns)
+        assert _procs(src) == []
+        assert not (src.data_backing / counter.subdir).exists()
+        counter.tree, counter.host = new, dst
+        assert await counter.wait_above(before) > before
+        stats = result.outcome.stats
+        assert stats.frozen_s is not None and stats.frozen_s > 0
+        journal = (src.workdir / "journal" / f"{result.migration.spec.migration_id}.jsonl")
+        phases = [json.loads(line)["phase"] for line in journal.read_text().splitlines()]
+        assert "commit" in phases and phases[-1] == "done"
+    assert (await counter.stop_and_verdict()).startswith("PASS")
+
+
+async def test_auto_picks_post_copy_when_allowed_and_stop_and_copy_otherwise(
+    criu: Criu, lab: LabSpec
+) -> None:
+    h1, h2 = lab.host(1), lab.host(2)
+    counter = await start_counter(lab, h1)
+    # fs.pipe-max-size is at its default: lazy transfer is not possible here.
+    result = await migrate_in_lab(criu, counter.tree, counter.subdir, h1, h2)
+    assert result.outcome.phase is Phase.DONE, result.outcome.reason
+    assert result.migration.strategy is Strategy.STOP_AND_COPY
+    assert result.new_tree is not None
+    counter.tree, counter.host = result.new_tree, h2
+    set_sysctl(lab.prefix, "fs.pipe-max-size", "4194304")
+    result = await migrate_in_lab(criu, counter.tree, counter.subdir, h2, h1)
+    assert result.migration.strategy is Strategy.POST_COPY
+    assert result.new_tree is not None
+    counter.tree, counter.host = result.new_tree, h1
+    assert (await counter.stop_and_verdict()).startswith("PASS")
+
+
+@pytest.fixture
+def small_disk(lab: LabSpec):  # type: ignore[no-untyped-def]
+    """A 256 MiB tmpfs in host2's work directory, for a destination whose disk fills up."""
+    where = lab.host(2).workdir / "small"
+    where.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "haul-test-small", str(where)],
+                   check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.parametrize("strategy", [Strategy.STOP_AND_COPY, Strategy.POST_COPY])
+async def test_destination_disk_filling_up_rolls_back_to_a_running_source(
+    criu: Criu, lab: LabSpec, small_disk: Path, strategy: Strategy
+) -> None:
+    set_sysctl(lab.prefix, "fs.pipe-max-size", "4194304")
+    h1, h2 = lab.host(1), lab.host(2)
+    counter = await start_counter(lab, h1, mem_mib=64)
+    tree = counter.tree
+
+    def fill_disk_after_preflight(phase: Phase, event: Event) -> None:
+        if isinstance(event, DestinationPrepared):
+            free = shutil.disk_usage(small_disk).free
+            with open(small_disk / "filler", "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, free - (256 << 10))
+
+    result = await migrate_in_lab(
+        criu, tree, counter.subdir, h1, h2, strategy=strategy, dest_workdir=small_disk,
+        on_event=fill_disk_after_preflight,
+    )
+    assert result.outcome.phase is Phase.ROLLED_BACK, result.outcome.reason
+    assert tree.alive and all(state(p) not in ("T", "t") for p in tree.pids())
+    assert _procs(h2) == [], "nothing of the workload runs on the destination"
+    assert not (h2.data_backing / counter.subdir).exists()
+    assert [p.name for p in small_disk.iterdir()] == ["filler"], "the partial copy is gone"
+    n = counter.count()
+    assert await counter.wait_above(n) > n
+    # With room again, the next migration succeeds.
+    (small_disk / "filler").unlink()
+    again = await migrate_in_lab(criu, tree, counter.subdir, h1, h2, strategy=strategy)
+    assert again.outcome.phase is Phase.DONE, again.outcome.reason
+    assert again.new_tree is not None
+    counter.tree, counter.host = again.new_tree, h2
+    assert (await counter.stop_and_verdict()).startswith("PASS")
