@@ -63,7 +63,7 @@ class ProcessTree:
         return signal_tree(self.root_pid, signal.SIGCONT)
 
     async def wait_stopped(self, timeout_s: float = 2.0) -> None:
-        """Wait until every process of the tree is stopped; raise WorkloadError if not.
+        """Wait until every process of the tree is stopped (zombies run nothing); raise if not.
 
         CRIU stops restored tasks with a SIGSTOP queued just before it lets them
         go, so a task may take a moment to reach the stopped state.
@@ -71,7 +71,7 @@ class ProcessTree:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            running = [p for p in self.pids() if state(p) not in ("T", "t")]
+            running = [p for p in self.pids() if state(p) not in ("T", "t", "Z", None)]
             if not running:
                 return
             if loop.time() > deadline:

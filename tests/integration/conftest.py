@@ -17,7 +17,8 @@ from haul.errors import ConfigError
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
 
-ZDTM_TESTS = ("env00", "maps00", "pthread00", "sockets00", "file_locks00")
+ZDTM_TESTS = ("env00", "maps00", "pthread00", "sockets00", "file_locks00",
+              "timerfd", "posix_timers", "inotify00", "pipe00", "zombie00")
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,14 @@ ZDTM_ARGS: dict[str, list[str]] = {
     "sockets00": ["--filename=sockets00.test"],
     "file_locks00": ["--filename=file_locks00.test"],
 }
+#: the set the migrate issue asks for, on top of the above
+ZDTM_MORE_ARGS: dict[str, list[str]] = {
+    "timerfd": [],
+    "posix_timers": [],
+    "inotify00": ["--dirname=inotify00.test"],
+    "pipe00": [],
+    "zombie00": [],
+}
 
 
 async def wait_for_file(path: Path, tree: ProcessTree, timeout_s: float = 30.0) -> None:
