@@ -35,6 +35,10 @@ lab_app = typer.Typer(help="Hosts as network namespaces on this machine.", no_ar
 criu_app = typer.Typer(help="The CRIU haul uses, and what it can do here.", no_args_is_help=True)
 app.add_typer(lab_app, name="lab")
 app.add_typer(criu_app, name="criu")
+from haul.agent.cli import agent_cli, ca_app  # noqa: E402
+
+app.add_typer(agent_cli, name="agent")
+app.add_typer(ca_app, name="ca")
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

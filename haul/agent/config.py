@@ -1,0 +1,274 @@
+"""The agent's configuration: the ``[agent]`` table of haul's TOML file.
+
+The file (default ``/etc/haul/haul.toml``) may hold other tables for other
+parts of haul; the agent reads only ``[agent]`` and refuses keys it does not
+know there, so a typo is an error, not a silently ignored setting. Relative
+paths are taken from the file's own directory. A token file is read once, at
+load, and must not be readable by group or others.
+
+Every loading error is one :class:`~haul.errors.ConfigError` line naming the
+file and the field: ``/etc/haul/haul.toml: agent.port: ...``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from haul.config import criu_binary
+from haul.errors import ConfigError
+from haul.nsexec import HostNs
+
+DEFAULT_CONFIG_PATH = Path("/etc/haul/haul.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/haul/agent")
+DEFAULT_SOCKET = Path("/run/haul/agent.sock")
+DEFAULT_PORT = 7477
+DEFAULT_MIN_FREE_MIB = 512
+
+HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+def _host_name(value: str) -> str:
+    if not HOST_NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a host name (letters, digits, '-' and '.')")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _netns_name(value: str) -> str:
+    if not _NETNS_RE.fullmatch(value) or value in (".", ".."):
+        raise ValueError(f"{value!r} is not a network namespace name")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
+NetnsName = Annotated[str, AfterValidator(_netns_name)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthConfig(_Section):
+    """Bearer token for TCP callers: inline, or in a file only root can read."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AuthConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("token is empty")
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The token callers must present (read from token_file at load), or None."""
+        return self.token.get_secret_value().strip() if self.token is not None else None
+
+
+class TlsConfig(_Section):
+    """Mutual TLS on the TCP listener: callers need a certificate signed by ``ca``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class HostNsConfig(_Section):
+    """The namespaces of the host this agent serves, when it is a lab host."""
+
+    netns: NetnsName | None = None
+    mntns: Path | None = None
+
+    def host_ns(self) -> HostNs:
+        return HostNs(net=self.netns, mnt=self.mntns)
+
+
+class AgentConfig(_Section):
+    #: the name this agent answers to (and the name in its certificate)
+    host: HostName = Field(default_factory=socket.gethostname)
+    #: the TCP listener: address and port (0: any free port)
+    address: IpAddress = "0.0.0.0"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    #: the unix socket for local callers (root only, mode 0600)
+    socket: Path = DEFAULT_SOCKET
+    #: everything the agent writes lives here
+    state_dir: Path = DEFAULT_STATE_DIR
+    #: the CRIU binary; default: the one the installer recorded (haul.config.criu_binary)
+    criu: Path | None = None
+    #: /readyz fails when the state directory's file system has less free space than this
+    min_free_mib: int = Field(default=DEFAULT_MIN_FREE_MIB, ge=0)
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig | None = None
+    host_ns: HostNsConfig | None = None
+
+    @model_validator(mode="after")
+    def _tcp_needs_auth(self) -> AgentConfig:
+        if self.tls is None and self.auth.token is None and self.auth.token_file is None:
+            raise ValueError(
+                "the TCP listener needs a way to authenticate callers: "
+                "set auth.token, auth.token_file or the [agent.tls] table"
+            )
+        return self
+
+    def host_namespaces(self) -> HostNs:
+        return self.host_ns.host_ns() if self.host_ns is not None else HostNs()
+
+    def criu_path(self) -> Path:
+        """The CRIU binary the agent runs (raises ConfigError when there is none)."""
+        if self.criu is None:
+            return criu_binary()
+        if not (self.criu.is_file() and os.access(self.criu, os.X_OK)):
+            raise ConfigError(f"agent.criu: {self.criu} is not an executable file")
+        return self.criu
+
+    @property
+    def workloads_dir(self) -> Path:
+        return self.state_dir / "workloads"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.state_dir / "journal"
+
+    @property
+    def min_free_bytes(self) -> int:
+        return self.min_free_mib * 2**20
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(["agent", *(str(part) for part in loc)])
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        msg = _first_line(str(error["msg"])).removeprefix("Value error, ")
+        parts.append(f"{_loc(error['loc'])}: {msg}" if error["loc"] else f"agent: {msg}")
+    return "; ".join(parts)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
+    """Take every relative path in ``config`` from ``base`` (the config file's directory)."""
+    update: dict[str, Any] = {
+        "socket": _resolve(base, config.socket),
+        "state_dir": _resolve(base, config.state_dir),
+    }
+    if config.criu is not None:
+        update["criu"] = _resolve(base, config.criu)
+    if config.auth.token_file is not None:
+        update["auth"] = config.auth.model_copy(
+            update={"token_file": _resolve(base, config.auth.token_file)}
+        )
+    if config.tls is not None:
+        update["tls"] = TlsConfig(
+            ca=_resolve(base, config.tls.ca),
+            cert=_resolve(base, config.tls.cert),
+            key=_resolve(base, config.tls.key),
+        )
+    if config.host_ns is not None and config.host_ns.mntns is not None:
+        update["host_ns"] = config.host_ns.model_copy(
+            update={"mntns": _resolve(base, config.host_ns.mntns)}
+        )
+    return config.model_copy(update=update)
+
+
+def _read_token_file(where: str, path: Path) -> str:
+    try:
+        st = path.stat()
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: agent.auth.token_file: cannot read {path}: "
+                          f"{exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{where}: agent.auth.token_file: {path} is readable by others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
+        )
+    token = text.strip()
+    if not token:
+        raise ConfigError(f"{where}: agent.auth.token_file: {path} is empty")
+    return token
+
+
+def _check_tls_files(where: str, tls: TlsConfig) -> None:
+    for field in ("ca", "cert", "key"):
+        path: Path = getattr(tls, field)
+        if not path.is_file():
+            raise ConfigError(f"{where}: agent.tls.{field}: {path} is not a file")
+
+
+def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | None = None
+                 ) -> AgentConfig:
+    """Validate a parsed TOML document (its ``[agent]`` table) into an AgentConfig.
+
+    ``where`` names the source in error messages; ``base`` is the directory
+    relative paths are taken from (default: the current directory).
+    """
+    section = data.get("agent", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: agent: must be a table ([agent])")
+    try:
+        config = AgentConfig.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_describe(exc)}") from None
+    config = _with_paths_from(config, base if base is not None else Path.cwd())
+    if config.auth.token_file is not None:
+        token = _read_token_file(where, config.auth.token_file)
+        config = config.model_copy(
+            update={"auth": config.auth.model_copy(update={"token": SecretStr(token)})}
+        )
+    if config.tls is not None:
+        _check_tls_files(where, config.tls)
+    return config
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    """Read and validate the agent's configuration from ``path`` (default /etc/haul/haul.toml)."""
+    path = path if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (the agent's configuration; see "
+                          "deploy/haul.toml.example)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {_first_line(str(exc))}") from None
+    return parse_config(data, where=str(path), base=path.parent.absolute())

@@ -1,0 +1,233 @@
+"""Migrations this agent runs as the source: one engine run per job, in the background.
+
+The source agent runs the engine, so a closed terminal never strands a
+migration: the CLI only starts a job and watches it. A job's ports are the
+local CRIU (CriuSource), the destination agent over HTTP (RemoteDestination,
+HttpTransport) and this agent's journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from haul.agent.journal import Journal
+from haul.criu.options import PageServer
+from haul.criu.service import Criu
+from haul.dest.remote import IncomingClient, RemoteDestination
+from haul.engine.events import Event
+from haul.engine.figures import Capabilities, RestoreFigures
+from haul.engine.machine import Migration
+from haul.engine.phases import BEFORE_COMMIT, TERMINAL, Phase, Strategy
+from haul.engine.runner import Outcome, run
+from haul.engine.spec import MigrationSpec
+from haul.engine.timeouts import scaled
+from haul.errors import HaulError, UsageError
+from haul.source.criusource import CriuSource
+from haul.source.proctree import ProcessTree
+from haul.transport.http import HttpTransport
+
+log = logging.getLogger(__name__)
+
+LAZY_PORTS = (20000, 40000)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another agent: how to reach it and prove who we are."""
+
+    url: str
+    token: str | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    migration: Migration
+    started_at: float
+    task: asyncio.Task[Outcome] | None = None
+    outcome: Outcome | None = None
+    #: (seconds since start, phase, event name) as they happened
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.migration.spec.migration_id
+
+    @property
+    def phase(self) -> Phase:
+        return self.migration.phase
+
+
+class _LinkedDest:
+    """The destination port, telling the source where the destination's page server
+    listens once it is prepared (its port is chosen then)."""
+
+    def __init__(self, dest: RemoteDestination, source: CriuSource) -> None:
+        self._dest = dest
+        self._source = source
+
+    async def capabilities(self) -> Capabilities:
+        return await self._dest.capabilities()
+
+    async def check_free(self, workload: str, needed_bytes: int) -> None:
+        await self._dest.check_free(workload, needed_bytes)
+
+    async def prepare(self, strategy: Strategy) -> None:
+        await self._dest.prepare(strategy)
+        self._source.dest_page_server = self._dest.page_server
+
+    async def restore(self, lazy: bool) -> RestoreFigures:
+        return await self._dest.restore(lazy)
+
+    async def resume(self) -> None:
+        await self._dest.resume()
+
+    async def wait_pages(self) -> None:
+        await self._dest.wait_pages()
+
+    async def discard(self) -> None:
+        await self._dest.discard()
+
+    async def cleanup(self) -> None:
+        await self._dest.cleanup()
+
+
+class MigrationJobs:
+    def __init__(
+        self,
+        *,
+        host: str,
+        criu: Criu,
+        state_dir: Path,
+        data_root: Path,
+        journal: Journal,
+        advertise_address: str,
+        peers: Mapping[str, Peer],
+        tree_of: Callable[[str], ProcessTree],
+        on_moved: Callable[[str], None],
+    ) -> None:
+        self.host = host
+        self.criu = criu
+        self.state_dir = state_dir
+        self.data_root = data_root
+        self.journal = journal
+        self.advertise_address = advertise_address
+        self.peers = peers
+        self._tree_of = tree_of
+        self._on_moved = on_moved
+        self._jobs: dict[str, Job] = {}
+        self._moving: set[str] = set()
+
+    def get(self, migration_id: str) -> Job:
+        try:
+            return self._jobs[migration_id]
+        except KeyError:
+            raise UsageError(f"no migration {migration_id!r} on this host") from None
+
+    def list(self) -> list[Job]:
+        return sorted(self._jobs.values(), key=lambda j: j.started_at)
+
+    def peer(self, name: str) -> Peer:
+        try:
+            return self.peers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.peers)) or "none"
+            raise UsageError(f"unknown destination host {name!r} (peers: {known})") from None
+
+    async def start(
+        self,
+        workload: str,
+        to: str,
+        *,
+        strategy: Strategy = Strategy.AUTO,
+        max_downtime_ms: float = 300.0,
+        max_iterations: int = 8,
+        timeout_s: float | None = None,
+    ) -> Job:
+        if to == self.host:
+            raise UsageError(f"{workload} already runs on {to}")
+        peer = self.peer(to)
+        tree = self._tree_of(workload)  # raises when there is no such workload
+        if workload in self._moving:
+            raise UsageError(f"{workload} is already being migrated")
+        mid = f"m{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        spec = MigrationSpec(
+            migration_id=mid, workload=workload, source_host=self.host, dest_host=to,
+            strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
+        )
+        job = Job(Migration(spec), started_at=time.monotonic())
+        self._jobs[mid] = job
+        self._moving.add(workload)
+        job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s))
+        return job
+
+    async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None
+                   ) -> Outcome:
+        spec = job.migration.spec
+        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+        data = self.data_root / spec.workload
+        try:
+            async with aiohttp.ClientSession(headers=headers) as session:
+                client = IncomingClient(session, peer.url, where=f"destination {spec.dest_host}")
+                source = CriuSource(
+                    self.criu, tree, self.state_dir / "outgoing" / job.id,
+                    lazy_listen=PageServer(
+                        self.advertise_address, secrets.choice(range(*LAZY_PORTS))
+                    ),
+                    data_dir=data,
+                )
+                dest = RemoteDestination(client, job.id, spec.workload,
+                                         lazy_source=source.lazy_listen)
+                transport = HttpTransport(client, job.id, source.images, source_data=data)
+
+                def seen(phase: Phase, event: Event) -> None:
+                    job.events.append(
+                        (time.monotonic() - job.started_at, phase.value, type(event).__name__)
+                    )
+
+                outcome = await run(
+                    job.migration, source=source, dest=_LinkedDest(dest, source),
+                    transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
+                    on_event=seen,
+                )
+            job.outcome = outcome
+            if outcome.phase is Phase.DONE:
+                self._on_moved(spec.workload)
+            return outcome
+        except HaulError as exc:
+            job.error = exc.one_line()
+            raise
+        finally:
+            self._moving.discard(spec.workload)
+
+    def abort(self, migration_id: str) -> Job:
+        job = self.get(migration_id)
+        if job.phase in TERMINAL:
+            raise UsageError(f"migration {migration_id} has already ended ({job.phase.value})")
+        if job.phase not in BEFORE_COMMIT:
+            raise UsageError(
+                f"migration {migration_id} is past its commit point ({job.phase.value}); "
+                "it can only finish"
+            )
+        if job.task is not None:
+            job.task.cancel()
+        return job
+
+    async def aclose(self) -> None:
+        for job in self._jobs.values():
+            if job.task is not None and not job.task.done():
+                job.task.cancel()
+        for job in self._jobs.values():
+            if job.task is not None:
+                try:
+                    await job.task
+                except (asyncio.CancelledError, HaulError) as exc:
+                    log.info("migration %s ended while closing: %r", job.id, exc)

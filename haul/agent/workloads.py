@@ -1,0 +1,323 @@
+"""The workloads an agent runs on its host, and the registry file that outlives the agent.
+
+A workload is a process tree started by :func:`haul.source.proctree.start_tree`
+inside the host's namespaces, its log in ``STATE/workloads/NAME/log``. The
+registry (``STATE/workloads.json``) maps each name to its root PID, the
+kernel's start time of that PID, its command and when it started; it is
+rewritten atomically (temporary file, fsync, rename, fsync of the directory)
+after every change, so a restarted agent still knows what it started, and it
+never mistakes a reused PID for its workload (the start time would differ).
+A name is taken from the moment a start begins until its tree is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from haul.agent.models import (
+    WORKLOAD_NAME_RE,
+    WorkloadSpec,
+    WorkloadStatus,
+    WorkloadView,
+)
+from haul.agent.wire import BadRequest, Conflict, NotFound
+from haul.errors import WorkloadError
+from haul.nsexec import HOST, HostNs
+from haul.procfs import state
+from haul.source.proctree import ProcessTree, start_tree
+
+log = logging.getLogger(__name__)
+
+REGISTRY_NAME = "workloads.json"
+REGISTRY_VERSION = 1
+KILL_TIMEOUT_S = 10.0
+
+
+class StartTree(Protocol):
+    """How a workload tree is started: :func:`start_tree`; tests pass one that needs no root."""
+
+    async def __call__(
+        self, argv: Sequence[str], *, log_path: Path, host: HostNs = ..., cwd: Path = ...
+    ) -> ProcessTree: ...
+
+
+class WorkloadRecord(BaseModel):
+    """One registry entry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    argv: list[str]
+    root_pid: int
+    #: field 22 of /proc/PID/stat when it started: tells the workload from a reused PID
+    start_ticks: int
+    started_at: datetime
+    cwd: str
+    data_dir: str | None
+    log_path: str
+
+
+class _RegistryFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int
+    workloads: list[WorkloadRecord]
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (None if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # fields after the command (which may hold spaces and parentheses): state is field 3
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def check_name(name: str) -> str:
+    if not WORKLOAD_NAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"bad workload name {name!r}: 1-63 of a-z 0-9 _ . -, starting with a letter "
+            "or digit", code="bad_name",
+        )
+    return name
+
+
+def status_of(record: WorkloadRecord) -> WorkloadStatus:
+    letter = state(record.root_pid)
+    if letter is None or letter in ("Z", "X") or start_ticks(record.root_pid) != record.start_ticks:
+        return WorkloadStatus.GONE
+    if letter in ("T", "t"):
+        return WorkloadStatus.STOPPED
+    return WorkloadStatus.RUNNING
+
+
+def view_of(record: WorkloadRecord, status: WorkloadStatus | None = None) -> WorkloadView:
+    return WorkloadView(
+        name=record.name,
+        argv=record.argv,
+        root_pid=record.root_pid,
+        started_at=record.started_at,
+        status=status if status is not None else status_of(record),
+        cwd=record.cwd,
+        data_dir=record.data_dir,
+        log_path=record.log_path,
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    """The registry file: read whole, written whole and atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, WorkloadRecord]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise WorkloadError(f"cannot read the workload registry {self.path}: "
+                                f"{exc.strerror}") from exc
+        try:
+            data = _RegistryFile.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            raise WorkloadError(
+                f"the workload registry {self.path} is damaged ({first['msg']}); "
+                "fix or remove it (its workloads are then no longer known)"
+            ) from None
+        if data.version != REGISTRY_VERSION:
+            raise WorkloadError(f"the workload registry {self.path} has version "
+                                f"{data.version}; this agent reads {REGISTRY_VERSION}")
+        return {r.name: r for r in data.workloads}
+
+    def save(self, records: Mapping[str, WorkloadRecord]) -> None:
+        data = _RegistryFile(version=REGISTRY_VERSION,
+                             workloads=sorted(records.values(), key=lambda r: r.name))
+        text = data.model_dump_json(indent=1) + "\n"
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise WorkloadError(f"cannot write the workload registry {self.path}: "
+                                f"{exc.strerror}") from exc
+
+
+class WorkloadManager:
+    """Starts, lists and kills this host's workloads; owns the registry.
+
+    No I/O happens until :meth:`open`.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: HostNs = HOST,
+        start: StartTree = start_tree,
+        kill_timeout_s: float = KILL_TIMEOUT_S,
+    ) -> None:
+        self.state_dir = state_dir
+        self.host = host
+        self._start = start
+        self.kill_timeout_s = kill_timeout_s
+        self.registry = Registry(state_dir / REGISTRY_NAME)
+        self._records: dict[str, WorkloadRecord] = {}
+        #: trees this agent started (it holds their launchers); others are known by PID only
+        self._trees: dict[str, ProcessTree] = {}
+        #: names being started or killed right now
+        self._busy: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    @property
+    def workloads_dir(self) -> Path:
+        return self.state_dir / "workloads"
+
+    def directory(self, name: str) -> Path:
+        return self.workloads_dir / check_name(name)
+
+    async def open(self) -> None:
+        """Create the directories and read the registry a previous agent left."""
+        self.workloads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._records = await asyncio.to_thread(self.registry.load)
+        for record in self._records.values():
+            log.info("known workload %s: root pid %d, %s", record.name, record.root_pid,
+                     status_of(record).value)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[WorkloadRecord]:
+        return sorted(self._records.values(), key=lambda r: r.name)
+
+    def get(self, name: str) -> WorkloadRecord:
+        record = self._records.get(check_name(name))
+        if record is None:
+            raise NotFound(f"no workload {name!r} on this host", code="no_workload")
+        return record
+
+    def tree(self, name: str) -> ProcessTree:
+        """The workload's tree (with its launcher when this agent started it)."""
+        record = self.get(name)
+        tree = self._trees.get(name)
+        if tree is None or tree.root_pid != record.root_pid:
+            tree = ProcessTree(record.root_pid, log_path=Path(record.log_path))
+        return tree
+
+    async def start(self, spec: WorkloadSpec) -> WorkloadRecord:
+        name = check_name(spec.name)
+        async with self._lock:
+            if name in self._records or name in self._busy:
+                raise Conflict(f"a workload named {name!r} exists on this host",
+                               code="workload_exists")
+            self._busy.add(name)
+        try:
+            return await self._start_registered(name, spec)
+        finally:
+            self._busy.discard(name)
+
+    async def _start_registered(self, name: str, spec: WorkloadSpec) -> WorkloadRecord:
+        directory = self.directory(name)
+        cwd = Path(spec.data_dir) if spec.data_dir is not None else directory
+        if spec.data_dir is not None and not await self._host_has_dir(cwd):
+            raise BadRequest(f"data_dir {cwd} is not a directory on this host",
+                             code="no_data_dir")
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log_path = directory / "log"
+        tree = await self._start(list(spec.argv), log_path=log_path, host=self.host, cwd=cwd)
+        try:
+            ticks = start_ticks(tree.root_pid)
+            if ticks is None:
+                raise WorkloadError(f"workload {name} exited as soon as it started; "
+                                    f"see {log_path}")
+            record = WorkloadRecord(
+                name=name, argv=list(spec.argv), root_pid=tree.root_pid, start_ticks=ticks,
+                started_at=datetime.now(UTC), cwd=str(cwd), data_dir=spec.data_dir,
+                log_path=str(log_path),
+            )
+            async with self._lock:
+                records = {**self._records, name: record}
+                await asyncio.to_thread(self.registry.save, records)
+                self._records = records
+                self._trees[name] = tree
+        except BaseException:
+            # not registered: nobody would know of this tree, so it must not outlive the start
+            await asyncio.shield(self._kill_quietly(tree))
+            raise
+        log.info("started workload %s: root pid %d: %s", name, tree.root_pid,
+                 " ".join(spec.argv))
+        return record
+
+    async def _host_has_dir(self, path: Path) -> bool:
+        """Whether ``path`` is a directory as the host (inside its namespaces) sees it."""
+        if not self.host.prefix():
+            return path.is_dir()
+        proc = await asyncio.create_subprocess_exec(
+            *self.host.prefix(), "test", "-d", str(path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return await proc.wait() == 0
+
+    async def _kill_quietly(self, tree: ProcessTree) -> None:
+        try:
+            await tree.kill(self.kill_timeout_s)
+        except WorkloadError as exc:
+            log.error("could not kill an unregistered workload tree: %s", exc.one_line())
+
+    async def remove(self, name: str) -> WorkloadView:
+        """Kill the workload's tree (when it is still the one this agent started) and forget it."""
+        async with self._lock:
+            record = self.get(name)
+            if name in self._busy:
+                raise Conflict(f"workload {name!r} is being started or removed",
+                               code="workload_busy")
+            self._busy.add(name)
+        try:
+            status = status_of(record)
+            if status is not WorkloadStatus.GONE:
+                await self.tree(name).kill(self.kill_timeout_s)
+            async with self._lock:
+                records = {k: v for k, v in self._records.items() if k != name}
+                await asyncio.to_thread(self.registry.save, records)
+                self._records = records
+                self._trees.pop(name, None)
+            await asyncio.to_thread(shutil.rmtree, self.directory(name), True)
+        finally:
+            self._busy.discard(name)
+        log.info("removed workload %s (root pid %d, was %s)", name, record.root_pid,
+                 status.value)
+        return view_of(record, WorkloadStatus.GONE)
+
+    async def aclose(self) -> None:
+        """Forget the launchers; the workloads keep running (they outlive the agent)."""
+        self._trees.clear()
+

@@ -1,0 +1,126 @@
+"""Fakes and helpers for the agent's unit tests: no root, no CRIU, no namespaces.
+
+Trees are started as plain ``sleep`` processes (in their own session, not in
+new namespaces) and CRIU answers from a table. Every process a test starts is
+killed when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from haul.agent.app import make_app
+from haul.agent.config import AgentConfig, parse_config
+from haul.agent.context import AgentContext
+from haul.agent.models import WorkloadStatus
+from haul.agent.workloads import status_of
+from haul.criu.info import CriuInfo
+from haul.criu.results import CriuFeatures, CriuVersion
+from haul.errors import HaulError
+from haul.nsexec import HostNs
+from haul.procfs import alive
+from haul.source.proctree import ProcessTree
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def criu_info(check_ok: bool = True) -> CriuInfo:
+    return CriuInfo(
+        path="/fake/criu",
+        version=CriuVersion(4, 1, 1),
+        features=CriuFeatures(mem_track=False, lazy_pages=True, pidfd_store=True),
+        check_ok=check_ok,
+        check_error="" if check_ok else "Error (criu/cr-check.c:1): fake check fails",
+    )
+
+
+@dataclass
+class FakeCriu:
+    """What gather() answers; ``error`` makes it raise instead."""
+
+    info: CriuInfo = field(default_factory=criu_info)
+    error: HaulError | None = None
+    calls: int = 0
+
+    async def __call__(self) -> CriuInfo:
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return self.info
+
+
+@dataclass
+class FakeStarter:
+    """Starts ``argv`` as a plain process (no namespaces), as start_tree would be called."""
+
+    calls: list[list[str]] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
+
+    async def __call__(
+        self, argv: Sequence[str], *, log_path: Path, host: HostNs = HostNs(),
+        cwd: Path = Path("/"),
+    ) -> ProcessTree:
+        self.calls.append(list(argv))
+        with log_path.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                cwd=cwd, start_new_session=True,
+            )
+        self.pids.append(proc.pid)
+        return ProcessTree(proc.pid, launcher=proc, log_path=log_path)
+
+    def kill_all(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def alive(self) -> list[int]:
+        return [p for p in self.pids if alive(p)]
+
+
+def make_config(tmp_path: Path, **agent: object) -> AgentConfig:
+    table: dict[str, object] = {
+        "host": "host1",
+        "state_dir": str(tmp_path / "state"),
+        "socket": str(tmp_path / "agent.sock"),
+        "min_free_mib": 0,
+        "auth": {"token": TOKEN},
+    }
+    table.update(agent)
+    return parse_config({"agent": table}, base=tmp_path)
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: web.Application) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The app served on 127.0.0.1 (a free port) and a client of it, closed afterwards."""
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def agent_client(ctx: AgentContext) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """``ctx``'s app served and a client of it; its workloads are killed at the end."""
+    async with app_client(make_app(ctx)) as client:
+        try:
+            yield client
+        finally:
+            await kill_workloads(ctx)
+
+
+async def kill_workloads(ctx: AgentContext) -> None:
+    """Kill every registered workload's process while the event loop still runs."""
+    for record in ctx.workloads.records():
+        if status_of(record) is not WorkloadStatus.GONE:
+            with contextlib.suppress(HaulError):
+                await ctx.workloads.tree(record.name).kill(5.0)
+

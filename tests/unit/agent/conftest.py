@@ -1,0 +1,39 @@
+"""Fixtures for the agent's unit tests (the fakes are in agentfakes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from agentfakes import FakeCriu, FakeStarter, make_config
+
+from haul.agent.config import AgentConfig
+from haul.agent.context import AgentContext
+
+
+@pytest.fixture
+def fake_criu() -> FakeCriu:
+    return FakeCriu()
+
+
+@pytest.fixture
+def starter() -> Iterator[FakeStarter]:
+    s = FakeStarter()
+    yield s
+    s.kill_all()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AgentConfig:
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def make_ctx(
+    fake_criu: FakeCriu, starter: FakeStarter
+) -> Callable[[AgentConfig], AgentContext]:
+    def make(config: AgentConfig) -> AgentContext:
+        return AgentContext.create(config, gather_criu=fake_criu, start=starter)
+
+    return make
