@@ -39,6 +39,9 @@ from haul.agent.cli import agent_cli, ca_app  # noqa: E402
 
 app.add_typer(agent_cli, name="agent")
 app.add_typer(ca_app, name="ca")
+from haul.cli_migrate import register as register_migrate  # noqa: E402
+
+register_migrate(app)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)

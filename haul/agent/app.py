@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from haul.agent.auth import AuthPolicy, auth_middleware, route_key
 from haul.agent.context import CONTEXT, AgentContext
 from haul.agent.metrics import AgentMetrics
-from haul.agent.routes import health, workloads
+from haul.agent.routes import health, incoming, migrations, workloads
 from haul.agent.routing import METHODS, ROUTES, Route, RouteTable
 from haul.agent.wire import error_response, http_status_of, one_line
 from haul.errors import HaulError
@@ -31,7 +31,8 @@ from haul.errors import HaulError
 log = logging.getLogger(__name__)
 
 #: every area of the API, in the order the OpenAPI document lists them
-TABLES: tuple[RouteTable, ...] = (health.table, workloads.table)
+TABLES: tuple[RouteTable, ...] = (health.table, workloads.table, migrations.table,
+                                  incoming.table)
 #: the largest request body accepted (the 413 beyond is JSON too)
 MAX_BODY_BYTES = 1 << 20
 

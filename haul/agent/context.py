@@ -17,9 +17,35 @@ from haul.agent.config import AgentConfig
 from haul.agent.hostinfo import CriuProbe, GatherCriu
 from haul.agent.journal import Journal
 from haul.agent.metrics import AgentMetrics
+from haul.agent.jobs import MigrationJobs, Peer
 from haul.agent.workloads import StartTree, WorkloadManager
+from haul.criu.service import Criu
+from haul.dest.incoming import IncomingRegistry
 from haul.criu.info import CriuInfo, gather
 from haul.source.proctree import start_tree
+
+
+@dataclass(slots=True)
+class MigrationParts:
+    """What migrations need, built on first use (it needs a usable CRIU)."""
+
+    incoming: IncomingRegistry
+    jobs: MigrationJobs
+
+
+def _advertise(config: AgentConfig) -> str:
+    chosen = getattr(config, "advertise_address", None)
+    if chosen:
+        return str(chosen)
+    return config.address if config.address not in ("0.0.0.0", "::") else "127.0.0.1"
+
+
+def _peers(config: AgentConfig) -> dict[str, Peer]:
+    peers: dict[str, Peer] = {}
+    for name, peer in (getattr(config, "peers", None) or {}).items():
+        token = peer.bearer_token() if hasattr(peer, "bearer_token") else None
+        peers[str(name)] = Peer(url=str(peer.url), token=token)
+    return peers
 
 
 @dataclass(slots=True)
@@ -29,6 +55,26 @@ class AgentContext:
     journal: Journal
     criu: CriuProbe
     metrics: AgentMetrics
+    _migrations: MigrationParts | None = None
+
+    def migrations(self) -> MigrationParts:
+        if self._migrations is None:
+            criu = Criu(self.config.criu_path(), host=self.config.host_namespaces())
+            address = _advertise(self.config)
+            data_root = self.workloads.workloads_dir
+            self._migrations = MigrationParts(
+                incoming=IncomingRegistry(criu, self.config.state_dir / "incoming",
+                                          data_root=data_root, listen_address=address),
+                jobs=MigrationJobs(
+                    host=self.config.host, criu=criu,
+                    state_dir=self.config.state_dir, data_root=data_root,
+                    journal=self.journal, advertise_address=address,
+                    peers=_peers(self.config), tree_of=self.workloads.tree,
+                    argv_of=lambda name: list(self.workloads.get(name).argv),
+                    on_moved=self.workloads.forget,
+                ),
+            )
+        return self._migrations
 
     @classmethod
     def create(
@@ -59,6 +105,8 @@ class AgentContext:
         self.metrics.workloads.set_function(lambda: len(self.workloads))
 
     async def aclose(self) -> None:
+        if self._migrations is not None:
+            await self._migrations.jobs.aclose()
         await self.workloads.aclose()
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,8 @@ class MigrationJobs:
         advertise_address: str,
         peers: Mapping[str, Peer],
         tree_of: Callable[[str], ProcessTree],
-        on_moved: Callable[[str], None],
+        argv_of: Callable[[str], list[str]],
+        on_moved: Callable[[str], Awaitable[None]],
     ) -> None:
         self.host = host
         self.criu = criu
@@ -122,6 +124,7 @@ class MigrationJobs:
         self.advertise_address = advertise_address
         self.peers = peers
         self._tree_of = tree_of
+        self._argv_of = argv_of
         self._on_moved = on_moved
         self._jobs: dict[str, Job] = {}
         self._moving: set[str] = set()
@@ -184,8 +187,11 @@ class MigrationJobs:
                     ),
                     data_dir=data,
                 )
-                dest = RemoteDestination(client, job.id, spec.workload,
-                                         lazy_source=source.lazy_listen)
+                dest = RemoteDestination(
+                    client, job.id, spec.workload, lazy_source=source.lazy_listen,
+                    argv=self._argv_of(spec.workload),
+                    data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
+                )
                 transport = HttpTransport(client, job.id, source.images, source_data=data)
 
                 def seen(phase: Phase, event: Event) -> None:
@@ -200,7 +206,7 @@ class MigrationJobs:
                 )
             job.outcome = outcome
             if outcome.phase is Phase.DONE:
-                self._on_moved(spec.workload)
+                await self._on_moved(spec.workload)
             return outcome
         except HaulError as exc:
             job.error = exc.one_line()

@@ -317,6 +317,37 @@ class WorkloadManager:
                  status.value)
         return view_of(record, WorkloadStatus.GONE)
 
+    async def adopt(self, name: str, tree: ProcessTree, argv: list[str]) -> WorkloadRecord:
+        """Register a workload that arrived by migration (its files are already here)."""
+        name = check_name(name)
+        ticks = start_ticks(tree.root_pid)
+        if ticks is None:
+            raise WorkloadError(f"the migrated workload {name} is not running here")
+        directory = self.directory(name)
+        record = WorkloadRecord(
+            name=name, argv=list(argv), root_pid=tree.root_pid, start_ticks=ticks,
+            started_at=datetime.now(UTC), cwd=str(directory), data_dir=None,
+            log_path=str(directory / "log"),
+        )
+        async with self._lock:
+            if name in self._records:
+                raise Conflict(f"a workload named {name!r} exists on this host",
+                               code="workload_exists")
+            records = {**self._records, name: record}
+            await asyncio.to_thread(self.registry.save, records)
+            self._records = records
+            self._trees[name] = tree
+        log.info("adopted migrated workload %s: root pid %d", name, tree.root_pid)
+        return record
+
+    async def forget(self, name: str) -> None:
+        """Unregister a workload that has moved to another host (nothing is killed)."""
+        async with self._lock:
+            records = {k: v for k, v in self._records.items() if k != name}
+            await asyncio.to_thread(self.registry.save, records)
+            self._records = records
+            self._trees.pop(name, None)
+
     async def aclose(self) -> None:
         """Forget the launchers; the workloads keep running (they outlive the agent)."""
         self._trees.clear()

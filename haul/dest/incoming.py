@@ -58,6 +58,7 @@ class Incoming:
     workload: str
     strategy: Strategy
     dest: CriuDestination
+    argv: list[str] = field(default_factory=list)
     received: dict[str, str] = field(default_factory=dict)  # name -> sha256
 
 
@@ -118,6 +119,12 @@ class IncomingRegistry:
         except KeyError:
             raise UsageError(f"no incoming migration {migration_id!r} here") from None
 
+    async def check(self, workload: str, needed_bytes: int) -> None:
+        """Pre-flight: nothing of that name here, and room for it."""
+        check_workload(workload)
+        probe = CriuDestination(self.criu, self.root / "preflight", data=self.data_root)
+        await probe.check_free(workload, needed_bytes)
+
     async def open(
         self,
         migration_id: str,
@@ -125,6 +132,9 @@ class IncomingRegistry:
         strategy: Strategy,
         needed_bytes: int,
         lazy_source: PageServer | None,
+        *,
+        argv: list[str] | None = None,
+        data_mode: int = 0o700,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
@@ -138,7 +148,8 @@ class IncomingRegistry:
         await dest.prepare(strategy)
         if self.data_root is not None:
             (self.data_root / workload).mkdir(parents=True)
-        item = Incoming(migration_id, workload, strategy, dest)
+            os.chmod(self.data_root / workload, data_mode & 0o7777)
+        item = Incoming(migration_id, workload, strategy, dest, argv=list(argv or []))
         self._items[migration_id] = item
         return item
 
@@ -170,18 +181,21 @@ class IncomingRegistry:
             probe = probe.parent
         return await _write_checked(target, chunks, sha256, mode & 0o777)
 
-    def make_dirs(self, migration_id: str, paths: list[str]) -> None:
+    def make_dirs(self, migration_id: str, paths: list[str], modes: list[int] | None = None
+                  ) -> None:
         """Create the workload's (possibly empty) sub-directories, parents first."""
         item = self.get(migration_id)
         if self.data_root is None:
             raise UsageError("this host keeps no workload data directories")
         base = self.data_root / item.workload
-        for path in paths:
+        modes = modes or []
+        for i, path in enumerate(paths):
             rel = check_data_path(path)
             target = base.joinpath(*rel.parts)
             if target.parent.is_symlink() or not target.parent.is_dir():
                 raise UsageError(f"bad data path {path!r}: its parent is not a directory")
             target.mkdir(exist_ok=True)
+            os.chmod(target, (modes[i] if i < len(modes) else 0o755) & 0o7777)
 
     async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
         return await self.get(migration_id).dest.restore(lazy)

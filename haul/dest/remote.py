@@ -62,13 +62,14 @@ class IncomingClient:
         self, migration_id: str, rel: str, path: Path, sha256: str, mode: int
     ) -> None:
         await self.call(
-            "PUT", f"/v1/incoming/{migration_id}/data/{quote(rel)}",
-            data=_file_chunks(path),
+            "PUT", f"/v1/incoming/{migration_id}/data",
+            params={"path": rel}, data=_file_chunks(path),
             headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"},
         )
 
-    async def make_dirs(self, migration_id: str, rels: list[str]) -> None:
-        await self.call("POST", f"/v1/incoming/{migration_id}/dirs", json={"paths": rels})
+    async def make_dirs(self, migration_id: str, rels: list[str], modes: list[int]) -> None:
+        await self.call("POST", f"/v1/incoming/{migration_id}/dirs",
+                        json={"paths": rels, "modes": modes})
 
 
 class RemoteDestination:
@@ -81,8 +82,12 @@ class RemoteDestination:
         workload: str,
         *,
         lazy_source: PageServer | None = None,
+        argv: list[str] | None = None,
+        data_mode: int = 0o700,
     ) -> None:
         self.client = client
+        self.argv = list(argv or [])
+        self.data_mode = data_mode
         self.migration_id = migration_id
         self.workload = workload
         self.lazy_source = lazy_source
@@ -91,13 +96,12 @@ class RemoteDestination:
         self.page_server: PageServer | None = None
 
     async def capabilities(self) -> Capabilities:
-        info = await self.client.call("GET", "/v1/info")
-        criu = info["criu"]
+        caps = await self.client.call("GET", "/v1/incoming-capabilities")
         return Capabilities(
-            criu_version=str(criu["version"]),
-            mem_track=bool(criu["features"]["mem_track"]),
-            lazy_pages=bool(criu["features"]["lazy_pages"]),
-            lazy_pipe_ok=bool(info.get("lazy_pipe_ok", False)),
+            criu_version=str(caps["criu_version"]),
+            mem_track=bool(caps["mem_track"]),
+            lazy_pages=bool(caps["lazy_pages"]),
+            lazy_pipe_ok=bool(caps["lazy_pipe_ok"]),
         )
 
     async def check_free(self, workload: str, needed_bytes: int) -> None:
@@ -109,7 +113,7 @@ class RemoteDestination:
     async def prepare(self, strategy: Strategy) -> None:
         body: dict[str, Any] = {
             "id": self.migration_id, "workload": self.workload, "strategy": strategy.value,
-            "needed_bytes": self.needed_bytes,
+            "needed_bytes": self.needed_bytes, "argv": self.argv, "data_mode": self.data_mode,
         }
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,

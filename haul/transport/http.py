@@ -30,7 +30,7 @@ class IncomingUploads(Protocol):
         self, migration_id: str, rel: str, path: Path, sha256: str, mode: int
     ) -> None: ...
 
-    async def make_dirs(self, migration_id: str, rels: list[str]) -> None: ...
+    async def make_dirs(self, migration_id: str, rels: list[str], modes: list[int]) -> None: ...
 
 
 class HttpTransport:
@@ -65,12 +65,14 @@ class HttpTransport:
 
     async def _send_data(self, root: Path) -> tuple[int, int]:
         dirs: list[str] = []
+        modes: list[int] = []
         regular: list[tuple[str, Path, int]] = []
         for current, subdirs, names in os.walk(root):
             rel_dir = Path(current).relative_to(root)
             for name in sorted(subdirs):
                 if not (Path(current) / name).is_symlink():
                     dirs.append(str(rel_dir / name))
+                    modes.append(stat.S_IMODE(os.lstat(Path(current) / name).st_mode))
             for name in sorted(names):
                 p = Path(current) / name
                 mode = os.lstat(p).st_mode
@@ -82,7 +84,7 @@ class HttpTransport:
                     raise TransportError(f"{p} is not a regular file or directory; not sent")
             subdirs[:] = [n for n in subdirs if not (Path(current) / n).is_symlink()]
         if dirs:
-            await self.uploads.make_dirs(self.migration_id, dirs)
+            await self.uploads.make_dirs(self.migration_id, dirs, modes)
         sent = 0
         for rel, path, mode in regular:
             digest = await asyncio.to_thread(sha256_of, path)

@@ -1,0 +1,128 @@
+"""The JSON bodies of the migration routes (source: /v1/migrations; destination:
+/v1/incoming...). Figures carry their units in their names."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from haul.agent.models import WorkloadName
+from haul.engine.phases import Strategy
+
+MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Done(_Answer):
+    ok: bool = True
+
+
+# ------------------------------------------------------------ destination side
+
+
+class CapabilitiesView(_Answer):
+    criu_version: str
+    mem_track: bool
+    lazy_pages: bool
+    lazy_pipe_ok: bool
+
+
+class IncomingCheck(_Request):
+    workload: WorkloadName
+    needed_bytes: int = Field(ge=0)
+
+
+class Endpoint(_Request):
+    address: str
+    port: int = Field(ge=1, le=65535)
+
+
+class IncomingOpen(_Request):
+    id: str = Field(pattern=MIGRATION_ID_PATTERN)
+    workload: WorkloadName
+    strategy: Strategy
+    needed_bytes: int = Field(ge=0)
+    lazy_source: Endpoint | None = None
+    #: the workload's registry entry on the source, adopted here after the commit
+    argv: list[str] = Field(default_factory=list)
+    #: the permission bits of the workload's data directory (CRIU checks them)
+    data_mode: int = Field(default=0o700, ge=0, le=0o7777)
+
+
+class IncomingOpened(_Answer):
+    page_server: Endpoint | None = None
+
+
+class Paths(_Request):
+    paths: list[str] = Field(max_length=100_000)
+    #: permission bits, one per path (default 0o755)
+    modes: list[int] = Field(default_factory=list, max_length=100_000)
+
+
+class Received(_Answer):
+    bytes: int
+
+
+class RestoreAsk(_Request):
+    lazy: bool = False
+
+
+class Restored(_Answer):
+    pid: int
+    duration_s: float
+
+
+# ----------------------------------------------------------------- source side
+
+
+class MigrateAsk(_Request):
+    workload: WorkloadName
+    to: str = Field(min_length=1, max_length=63)
+    strategy: Strategy = Strategy.AUTO
+    max_downtime_ms: float = Field(default=300.0, gt=0)
+    max_iterations: int = Field(default=8, ge=1, le=100)
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class EventView(_Answer):
+    t_s: float
+    phase: str
+    event: str
+
+
+class StatsView(_Answer):
+    strategy: str
+    iterations: int
+    bytes_sent: int
+    dump_bytes: int
+    transfer_bytes: int
+    frozen_ms: float | None
+    expected_downtime_ms: float | None
+
+
+class MigrationView(_Answer):
+    id: str
+    workload: str
+    source: str
+    dest: str
+    phase: str
+    strategy: str
+    committed: bool
+    finished: bool
+    #: how it ended: done, rolled-back, refused, failed (empty while it runs)
+    outcome: str = ""
+    reason: str = ""
+    problems: list[str] = Field(default_factory=list)
+    elapsed_s: float
+    stats: StatsView
+    events: list[EventView] = Field(default_factory=list)
+
+
+class MigrationList(_Answer):
+    migrations: list[MigrationView]

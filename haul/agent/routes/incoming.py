@@ -1,0 +1,144 @@
+"""The destination side of a migration: what the source agent calls on this host."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from haul.agent.context import CONTEXT
+from haul.agent.migration_models import (
+    CapabilitiesView,
+    Done,
+    Endpoint,
+    IncomingCheck,
+    IncomingOpen,
+    IncomingOpened,
+    Paths,
+    Received,
+    Restored,
+    RestoreAsk,
+)
+from haul.agent.routing import RouteTable
+from haul.agent.wire import BadRequest, Conflict
+from haul.criu.options import PageServer
+from haul.dest.incoming import IncomingRegistry
+from haul.source.criusource import host_capabilities
+
+table = RouteTable("incoming")
+ID = {"id": "the migration's id"}
+
+
+def _incoming(request: web.Request) -> IncomingRegistry:
+    return request.app[CONTEXT].migrations().incoming
+
+
+@table.json("GET", "/v1/incoming-capabilities", name="incomingCapabilities",
+            response=CapabilitiesView, summary="What this host's kernel and CRIU allow")
+async def capabilities(request: web.Request) -> CapabilitiesView:
+    caps = await host_capabilities(_incoming(request).criu)
+    return CapabilitiesView(criu_version=caps.criu_version, mem_track=caps.mem_track,
+                            lazy_pages=caps.lazy_pages, lazy_pipe_ok=caps.lazy_pipe_ok)
+
+
+@table.json_body("POST", "/v1/incoming-check", body=IncomingCheck, response=Done,
+                 name="incomingCheck", errors={409: "the name is taken here"},
+                 summary="Pre-flight: the workload's name is free here and there is room")
+async def check(request: web.Request, ask: IncomingCheck) -> Done:
+    ctx = request.app[CONTEXT]
+    if any(r.name == ask.workload for r in ctx.workloads.records()):
+        raise Conflict(f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
+                       code="workload_exists")
+    await _incoming(request).check(ask.workload, ask.needed_bytes)
+    return Done()
+
+
+@table.json_body("POST", "/v1/incoming", body=IncomingOpen, response=IncomingOpened,
+                 status=201, name="openIncoming", summary="Prepare for an incoming migration")
+async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
+    lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
+    item = await _incoming(request).open(ask.id, ask.workload, ask.strategy, ask.needed_bytes,
+                                         lazy, argv=ask.argv, data_mode=ask.data_mode)
+    port = item.dest.page_server_port
+    if port is None:
+        return IncomingOpened()
+    return IncomingOpened(page_server=Endpoint(address=_incoming(request).listen_address,
+                                               port=port))
+
+
+def _sha(request: web.Request) -> str:
+    sha = request.headers.get("X-Haul-SHA256", "")
+    if len(sha) != 64:
+        raise BadRequest("X-Haul-SHA256 must carry the file's SHA-256 in hex", code="no_sha256")
+    return sha
+
+
+@table.raw("PUT", "/v1/incoming/{id}/images/{name}", name="putImage",
+           summary="One image file (body), checked against X-Haul-SHA256",
+           media_type="application/json")
+async def put_image(request: web.Request) -> web.StreamResponse:
+    size = await _incoming(request).receive_image(
+        request.match_info["id"], request.match_info["name"],
+        request.content.iter_chunked(1 << 20), _sha(request),
+    )
+    return web.json_response(Received(bytes=size).model_dump())
+
+
+@table.raw("PUT", "/v1/incoming/{id}/data", name="putData",
+           summary="One file of the workload's data (body; its relative path in ?path=), "
+                   "checked against X-Haul-SHA256",
+           media_type="application/json")
+async def put_data(request: web.Request) -> web.StreamResponse:
+    try:
+        mode = int(request.headers.get("X-Haul-Mode", "644"), 8)
+    except ValueError:
+        raise BadRequest("X-Haul-Mode must be an octal file mode", code="bad_mode") from None
+    size = await _incoming(request).receive_data(
+        request.match_info["id"], request.query.get("path", ""),
+        request.content.iter_chunked(1 << 20), _sha(request), mode,
+    )
+    return web.json_response(Received(bytes=size).model_dump())
+
+
+@table.json_body("POST", "/v1/incoming/{id}/dirs", body=Paths, response=Done, params=ID,
+                 name="makeDirs", summary="The workload's sub-directories, parents first")
+async def make_dirs(request: web.Request, ask: Paths) -> Done:
+    _incoming(request).make_dirs(request.match_info["id"], ask.paths, ask.modes)
+    return Done()
+
+
+@table.json_body("POST", "/v1/incoming/{id}/restore", body=RestoreAsk, response=Restored,
+                 params=ID, name="restoreIncoming",
+                 summary="Restore the received images, the tree left stopped")
+async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
+    figures = await _incoming(request).restore(request.match_info["id"], ask.lazy)
+    return Restored(pid=figures.dest_pid, duration_s=figures.duration_s)
+
+
+@table.json("POST", "/v1/incoming/{id}/resume", response=Done, params=ID, name="resumeIncoming",
+            summary="After the commit: let the restored tree run")
+async def resume(request: web.Request) -> Done:
+    await _incoming(request).resume(request.match_info["id"])
+    return Done()
+
+
+@table.json("POST", "/v1/incoming/{id}/wait-pages", response=Done, params=ID,
+            name="waitPages", summary="Post-copy: return once every page has arrived")
+async def wait_pages(request: web.Request) -> Done:
+    await _incoming(request).wait_pages(request.match_info["id"])
+    return Done()
+
+
+@table.json("POST", "/v1/incoming/{id}/discard", response=Done, params=ID,
+            name="discardIncoming", summary="Rollback: kill any restored copy, remove everything")
+async def discard(request: web.Request) -> Done:
+    await _incoming(request).discard(request.match_info["id"])
+    return Done()
+
+
+@table.json("POST", "/v1/incoming/{id}/finish", response=Done, params=ID,
+            name="finishIncoming", summary="After the commit: register the workload here")
+async def finish(request: web.Request) -> Done:
+    ctx = request.app[CONTEXT]
+    item = await _incoming(request).finish(request.match_info["id"])
+    if item.dest.tree is not None:
+        await ctx.workloads.adopt(item.workload, item.dest.tree, item.argv)
+    return Done()

@@ -1,0 +1,75 @@
+"""Migrations this host runs as the source: start, watch, abort."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from haul.agent.context import CONTEXT
+from haul.agent.jobs import Job
+from haul.agent.migration_models import (
+    EventView,
+    MigrateAsk,
+    MigrationList,
+    MigrationView,
+    StatsView,
+)
+from haul.agent.routing import RouteTable
+from haul.engine.phases import TERMINAL
+
+table = RouteTable("migrations")
+ID = {"id": "the migration's id"}
+
+
+def view(job: Job) -> MigrationView:
+    m = job.migration
+    s = m.stats()
+    outcome = job.outcome
+    return MigrationView(
+        id=job.id, workload=m.spec.workload, source=m.spec.source_host, dest=m.spec.dest_host,
+        phase=m.phase.value, strategy=m.strategy.value, committed=m.committed,
+        finished=m.phase in TERMINAL and (job.task is None or job.task.done()),
+        outcome=outcome.phase.value if outcome else (m.phase.value if m.phase in TERMINAL else ""),
+        reason=outcome.reason if outcome else (job.error or m.reason),
+        problems=list(outcome.problems) if outcome else [],
+        elapsed_s=time.monotonic() - job.started_at,
+        stats=StatsView(
+            strategy=s.strategy.value, iterations=s.iterations, bytes_sent=s.bytes_sent,
+            dump_bytes=s.dump_bytes, transfer_bytes=s.transfer_bytes,
+            frozen_ms=s.frozen_s * 1000 if s.frozen_s is not None else None,
+            expected_downtime_ms=s.expected_downtime_ms,
+        ),
+        events=[EventView(t_s=t, phase=p, event=e) for t, p, e in job.events],
+    )
+
+
+@table.json_body("POST", "/v1/migrations", body=MigrateAsk, response=MigrationView, status=202,
+                 name="startMigration", errors={404: "no such workload"},
+                 summary="Move a workload of this host to another host (runs in the agent)")
+async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
+    jobs = request.app[CONTEXT].migrations().jobs
+    job = await jobs.start(ask.workload, ask.to, strategy=ask.strategy,
+                           max_downtime_ms=ask.max_downtime_ms,
+                           max_iterations=ask.max_iterations, timeout_s=ask.timeout_s)
+    return view(job)
+
+
+@table.json("GET", "/v1/migrations", response=MigrationList, name="listMigrations",
+            summary="Migrations this agent ran or runs")
+async def list_migrations(request: web.Request) -> MigrationList:
+    jobs = request.app[CONTEXT].migrations().jobs
+    return MigrationList(migrations=[view(j) for j in jobs.list()])
+
+
+@table.json("GET", "/v1/migrations/{id}", response=MigrationView, params=ID,
+            name="getMigration", summary="One migration: phase, figures, events")
+async def get(request: web.Request) -> MigrationView:
+    return view(request.app[CONTEXT].migrations().jobs.get(request.match_info["id"]))
+
+
+@table.json("POST", "/v1/migrations/{id}/abort", response=MigrationView, params=ID,
+            name="abortMigration", errors={409: "past the commit point, or already ended"},
+            summary="Abort before the commit: the workload keeps running here")
+async def abort(request: web.Request) -> MigrationView:
+    return view(request.app[CONTEXT].migrations().jobs.abort(request.match_info["id"]))

@@ -1,0 +1,230 @@
+"""`haul migrate` and `haul jobs`: start a migration on the source agent and watch it.
+
+The source agent runs the migration; this command only starts it and shows
+its progress, so closing the terminal strands nothing. Ctrl-C before the
+commit asks the agent to abort (the workload keeps running where it was);
+after the commit it is refused with a message and the command keeps watching.
+
+Exit codes: 0 done; 1 failed and rolled back (running on the source);
+2 usage; 3 refused at pre-flight, nothing touched; 4 failed with the rollback
+incomplete, or after the commit (the message says what is where).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from haul.agent.client import AgentClient
+from haul.agent.migration_models import MigrateAsk, MigrationList, MigrationView
+from haul.agent.models import WorkloadList
+from haul.engine.phases import Strategy
+from haul.errors import HaulError, PeerError, UsageError
+from haul.inventory import HostEntry, Inventory, load_inventory
+
+EXIT = {"done": 0, "rolled-back": 1, "refused": 3, "failed": 4}
+POLL_S = 0.2
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="hosts inventory (TOML)")]
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="text or json")]
+
+
+def client_for(entry: HostEntry) -> AgentClient:
+    return AgentClient(entry.url, token=entry.bearer())
+
+
+async def find_host(inv: Inventory, workload: str) -> str:
+    """The one host whose agent runs ``workload``."""
+    found: list[str] = []
+    for name, entry in sorted(inv.hosts.items()):
+        async with client_for(entry) as agent:
+            _, raw = await agent.request("GET", "/v1/workloads")
+            listing = WorkloadList.model_validate_json(raw)
+            if any(w.name == workload and w.status != "gone" for w in listing.workloads):
+                found.append(name)
+    if not found:
+        raise UsageError(f"no host in the inventory runs a workload named {workload!r}")
+    if len(found) > 1:
+        raise UsageError(f"{workload!r} runs on several hosts ({', '.join(found)}); use --from")
+    return found[0]
+
+
+def _progress(view: MigrationView) -> Table:
+    t = Table.grid(padding=(0, 2))
+    s = view.stats
+    t.add_row("migration", view.id, "phase", view.phase)
+    t.add_row("workload", f"{view.workload}: {view.source} -> {view.dest}",
+              "strategy", view.strategy)
+    t.add_row("sent", f"{s.bytes_sent / 2**20:.1f} MiB", "iterations", str(s.iterations))
+    t.add_row("elapsed", f"{view.elapsed_s:.1f} s", "frozen",
+              f"{s.frozen_ms:.0f} ms" if s.frozen_ms is not None else "-")
+    return t
+
+
+async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
+    aborting = False
+
+    async def poll() -> MigrationView:
+        _, raw = await agent.request("GET", f"/v1/migrations/{mid}")
+        return MigrationView.model_validate_json(raw)
+
+    view = await poll()
+    ctx = Live(_progress(view), console=err, refresh_per_second=8, transient=True) if live else None
+    try:
+        if ctx is not None:
+            ctx.start()
+        while not view.finished:
+            try:
+                await asyncio.sleep(POLL_S)
+                view = await poll()
+                if ctx is not None:
+                    ctx.update(_progress(view))
+            except asyncio.CancelledError:
+                # Ctrl-C (asyncio.run cancels the main task): ask for an abort once.
+                task = asyncio.current_task()
+                if aborting or task is None:
+                    raise
+                task.uncancel()
+                aborting = True
+                try:
+                    await agent.request("POST", f"/v1/migrations/{mid}/abort")
+                    err.print("aborting: the workload stays where it was")
+                except PeerError as exc:
+                    err.print(f"not aborted: {exc.one_line()}")
+        return view
+    finally:
+        if ctx is not None:
+            ctx.stop()
+
+
+def _result(view: MigrationView, output: str) -> None:
+    if output == "json":
+        s = view.stats
+        sys.stdout.write(json.dumps({
+            "id": view.id, "workload": view.workload, "source": view.source, "dest": view.dest,
+            "outcome": view.outcome, "reason": view.reason, "strategy": view.strategy,
+            "iterations": s.iterations, "bytes_sent": s.bytes_sent, "frozen_ms": s.frozen_ms,
+            "downtime_ms": s.frozen_ms, "total_ms": round(view.elapsed_s * 1000, 1),
+            "problems": view.problems,
+            "phases": [e.model_dump() for e in view.events],
+        }) + "\n")
+        return
+    table = Table(title=f"{view.workload}: {view.source} -> {view.dest} ({view.strategy})")
+    for col in ("outcome", "frozen ms", "total ms", "sent MiB", "iterations"):
+        table.add_column(col, justify="right")
+    s = view.stats
+    table.add_row(view.outcome, f"{s.frozen_ms:.0f}" if s.frozen_ms is not None else "-",
+                  f"{view.elapsed_s * 1000:.0f}", f"{s.bytes_sent / 2**20:.1f}",
+                  str(s.iterations))
+    out.print(table)
+    if view.outcome != "done":
+        err.print(f"haul: {view.outcome}: {view.reason}", markup=False)
+    for p in view.problems:
+        err.print(f"  {p}", markup=False)
+
+
+async def migrate(
+    workload: str, to: str, source: str | None, ask: MigrateAsk, hosts: Path | None,
+    output: str,
+) -> int:
+    inv = load_inventory(hosts)
+    inv.host(to)
+    src = source or await find_host(inv, workload)
+    if src == to:
+        raise UsageError(f"{workload} already runs on {to}")
+    async with client_for(inv.host(src)) as agent:
+        _, raw = await agent.request("POST", "/v1/migrations", body=ask, ok=(202,))
+        started = MigrationView.model_validate_json(raw)
+        view = await watch(agent, started.id, live=sys.stderr.isatty() and output == "text")
+    _result(view, output)
+    return EXIT.get(view.outcome, 4)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("migrate")
+    def migrate_cmd(
+        workload: Annotated[str, typer.Argument(help="the workload's name")],
+        to: Annotated[str, typer.Option("--to", help="destination host")],
+        source: Annotated[str | None, typer.Option("--from", help="source host")] = None,
+        strategy: Annotated[Strategy, typer.Option("--strategy")] = Strategy.AUTO,
+        max_downtime: Annotated[float, typer.Option("--max-downtime", help="ms")] = 300.0,
+        max_iterations: Annotated[int, typer.Option("--max-iterations")] = 8,
+        timeout: Annotated[float | None, typer.Option("--timeout", help="s per phase")] = None,
+        hosts: HostsOpt = None,
+        output: OutputOpt = "text",
+    ) -> None:
+        """Move a running workload to another host; exactly one copy runs at any time."""
+        if output not in ("text", "json"):
+            raise UsageError("--output is text or json")
+        ask = MigrateAsk(workload=workload, to=to, strategy=strategy,
+                         max_downtime_ms=max_downtime, max_iterations=max_iterations,
+                         timeout_s=timeout)
+        code = asyncio.run(migrate(workload, to, source, ask, hosts, output))
+        raise typer.Exit(code)
+
+    jobs = typer.Typer(help="Migrations the agents ran or run.", no_args_is_help=True)
+    app.add_typer(jobs, name="jobs")
+
+    @jobs.command("list")
+    def jobs_list(hosts: HostsOpt = None, output: OutputOpt = "text") -> None:
+        """Every migration every agent of the inventory knows."""
+        views = asyncio.run(_all_jobs(load_inventory(hosts)))
+        if output == "json":
+            sys.stdout.write(json.dumps([v.model_dump() for v in views]) + "\n")
+            return
+        table = Table()
+        for col in ("id", "workload", "from", "to", "phase", "strategy", "frozen ms"):
+            table.add_column(col)
+        for v in views:
+            table.add_row(v.id, v.workload, v.source, v.dest, v.phase, v.strategy,
+                          f"{v.stats.frozen_ms:.0f}" if v.stats.frozen_ms is not None else "-")
+        out.print(table)
+
+    @jobs.command("show")
+    def jobs_show(mid: str, hosts: HostsOpt = None) -> None:
+        views = [v for v in asyncio.run(_all_jobs(load_inventory(hosts))) if v.id == mid]
+        if not views:
+            raise UsageError(f"no migration {mid!r} on any host")
+        sys.stdout.write(views[0].model_dump_json(indent=2) + "\n")
+
+    @jobs.command("abort")
+    def jobs_abort(mid: str, hosts: HostsOpt = None) -> None:
+        """Abort a migration before its commit point (it rolls back)."""
+        asyncio.run(_abort(load_inventory(hosts), mid))
+        err.print(f"migration {mid}: abort requested")
+
+
+async def _all_jobs(inv: Inventory) -> list[MigrationView]:
+    views: list[MigrationView] = []
+    for _, entry in sorted(inv.hosts.items()):
+        async with client_for(entry) as agent:
+            _, raw = await agent.request("GET", "/v1/migrations")
+            views += MigrationList.model_validate_json(raw).migrations
+    return views
+
+
+async def _abort(inv: Inventory, mid: str) -> None:
+    for _, entry in sorted(inv.hosts.items()):
+        async with client_for(entry) as agent:
+            try:
+                await agent.request("POST", f"/v1/migrations/{mid}/abort")
+                return
+            except PeerError as exc:
+                if "no migration" in exc.one_line():
+                    continue
+                raise
+    raise UsageError(f"no migration {mid!r} on any host")
+
+
+__all__ = ["register", "HaulError"]
