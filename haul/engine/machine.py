@@ -199,7 +199,9 @@ def resolve_strategy(
 
     no_track = lacking(lambda c: c.mem_track, "has no memory change tracking (soft-dirty)")
     no_lazy = lacking(lambda c: c.lazy_pages, "has no lazy pages (userfaultfd)") + lacking(
-        lambda c: c.lazy_pipe_ok, "has fs.pipe-max-size too small for lazy pages"
+        lambda c: c.lazy_pipe_ok,
+        "has fs.pipe-max-size too small for lazy pages "
+        "(fix: sysctl fs.pipe-max-size=4194304)",
     )
     if requested is Strategy.AUTO:
         if not no_track:
