@@ -393,9 +393,10 @@ def test_auto_picks_the_best_both_ends_allow(
          "host2 has no memory change tracking (soft-dirty)"),
         (S.POST_COPY, BASIC, FULL,
          "post-copy is impossible: host1 has no lazy pages (userfaultfd), host1 has "
-         "fs.pipe-max-size too small for lazy pages"),
+         "fs.pipe-max-size too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)"),
         (S.POST_COPY, FULL, NO_PIPE,
-         "post-copy is impossible: host2 has fs.pipe-max-size too small for lazy pages"),
+         "post-copy is impossible: host2 has fs.pipe-max-size too small for lazy pages "
+         "(fix: sysctl fs.pipe-max-size=4194304)"),
     ],
 )
 def test_an_impossible_strategy_is_refused(
