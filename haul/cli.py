@@ -42,6 +42,9 @@ app.add_typer(ca_app, name="ca")
 from haul.cli_migrate import register as register_migrate  # noqa: E402
 
 register_migrate(app)
+from haul.cli_hosts import register as register_host_commands  # noqa: E402
+
+register_host_commands(app)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -102,13 +105,19 @@ def lab_up_cmd(
     hosts: Annotated[int, typer.Option("--hosts", "-n", help="number of hosts")] = 2,
     prefix: PrefixOpt = "haul",
     output: OutputOpt = Output.text,
+    write_inventory: Annotated[bool, typer.Option(
+        "--write-inventory/--no-write-inventory",
+        help="write the hosts inventory ($HAUL_HOSTS or ~/.config/haul/hosts.toml) naming "
+        "the lab's agents (for the default prefix only)")] = True,
 ) -> None:
-    """Create hosts host1..hostN and a client, each a network namespace on one bridge."""
+    """Create hosts host1..hostN (each running a haul agent) and a client, on one bridge."""
+    from haul.inventory import inventory_path
     from haul.lab.netlab import lab_up
-    from haul.lab.spec import LabSpec
+    from haul.lab.spec import DEFAULT_PREFIX, LabSpec
 
     _need_root()
-    status = _run(lab_up(LabSpec(prefix=prefix, hosts=hosts)))
+    inventory = inventory_path() if write_inventory and prefix == DEFAULT_PREFIX else None
+    status = _run(lab_up(LabSpec(prefix=prefix, hosts=hosts), inventory=inventory))
     _print_status(status, output)
 
 

@@ -20,6 +20,7 @@ import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -65,9 +66,23 @@ def _netns_name(value: str) -> str:
     return value
 
 
+def _peer_url(value: str) -> str:
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValueError(f"{value!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not http(s)://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{value!r} must be only http(s)://HOST:PORT (no path, no user)")
+    return value.rstrip("/")
+
+
 HostName = Annotated[str, AfterValidator(_host_name)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 NetnsName = Annotated[str, AfterValidator(_netns_name)]
+PeerUrl = Annotated[str, AfterValidator(_peer_url)]
 
 
 class _Section(BaseModel):
@@ -101,6 +116,30 @@ class TlsConfig(_Section):
     key: Path
 
 
+class PeerConfig(_Section):
+    """How this agent reaches another host's agent (for migrations it drives).
+
+    ``url`` is the peer's TCP listener; over https the peer checks this
+    agent's own certificate (``[agent.tls]``), so a token is optional there.
+    """
+
+    url: PeerUrl
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PeerConfig:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        if self.token is not None and not self.token.get_secret_value().strip():
+            raise ValueError("token is empty")
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The token to present to the peer (read from token_file at load), or None."""
+        return self.token.get_secret_value().strip() if self.token is not None else None
+
+
 class HostNsConfig(_Section):
     """The namespaces of the host this agent serves, when it is a lab host."""
 
@@ -128,6 +167,11 @@ class AgentConfig(_Section):
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig | None = None
     host_ns: HostNsConfig | None = None
+    #: the address other hosts reach this agent at (and send migrated pages to);
+    #: default: ``address``, unless that is a wildcard (0.0.0.0 or ::)
+    advertise_address: IpAddress | None = None
+    #: the other hosts' agents, by host name: how this agent reaches them
+    peers: dict[HostName, PeerConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:
@@ -137,6 +181,32 @@ class AgentConfig(_Section):
                 "set auth.token, auth.token_file or the [agent.tls] table"
             )
         return self
+
+    @model_validator(mode="after")
+    def _addresses_and_peers(self) -> AgentConfig:
+        if (self.advertise_address is not None
+                and ipaddress.ip_address(self.advertise_address).is_unspecified):
+            raise ValueError(f"advertise_address {self.advertise_address} is a wildcard; "
+                             "give the address other hosts reach this agent at")
+        if self.host in self.peers:
+            raise ValueError(f"peers: {self.host!r} is this agent's own host name")
+        return self
+
+    def advertised_address(self) -> str | None:
+        """The address other hosts reach this agent at, or None when it is not known."""
+        if self.advertise_address is not None:
+            return self.advertise_address
+        if ipaddress.ip_address(self.address).is_unspecified:
+            return None
+        return self.address
+
+    def peer(self, host: str) -> PeerConfig:
+        """How to reach ``host``'s agent (raises ConfigError when it is not a peer)."""
+        try:
+            return self.peers[host]
+        except KeyError:
+            known = ", ".join(sorted(self.peers)) or "none"
+            raise ConfigError(f"agent.peers: no peer {host!r} (known: {known})") from None
 
     def host_namespaces(self) -> HostNs:
         return self.host_ns.host_ns() if self.host_ns is not None else HostNs()
@@ -204,24 +274,29 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
         update["host_ns"] = config.host_ns.model_copy(
             update={"mntns": _resolve(base, config.host_ns.mntns)}
         )
+    if any(peer.token_file is not None for peer in config.peers.values()):
+        update["peers"] = {
+            name: peer if peer.token_file is None
+            else peer.model_copy(update={"token_file": _resolve(base, peer.token_file)})
+            for name, peer in config.peers.items()
+        }
     return config.model_copy(update=update)
 
 
-def _read_token_file(where: str, path: Path) -> str:
+def _read_token_file(where: str, path: Path, field: str = "agent.auth.token_file") -> str:
     try:
         st = path.stat()
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{where}: agent.auth.token_file: cannot read {path}: "
-                          f"{exc.strerror}") from exc
+        raise ConfigError(f"{where}: {field}: cannot read {path}: {exc.strerror}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(
-            f"{where}: agent.auth.token_file: {path} is readable by others "
+            f"{where}: {field}: {path} is readable by others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
         )
     token = text.strip()
     if not token:
-        raise ConfigError(f"{where}: agent.auth.token_file: {path} is empty")
+        raise ConfigError(f"{where}: {field}: {path} is empty")
     return token
 
 
@@ -252,6 +327,15 @@ def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | No
         config = config.model_copy(
             update={"auth": config.auth.model_copy(update={"token": SecretStr(token)})}
         )
+    if any(peer.token_file is not None for peer in config.peers.values()):
+        peers = {}
+        for name, peer in config.peers.items():
+            if peer.token_file is not None:
+                token = _read_token_file(where, peer.token_file,
+                                         f"agent.peers.{name}.token_file")
+                peer = peer.model_copy(update={"token": SecretStr(token)})
+            peers[name] = peer
+        config = config.model_copy(update={"peers": peers})
     if config.tls is not None:
         _check_tls_files(where, config.tls)
     return config

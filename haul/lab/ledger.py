@@ -29,6 +29,9 @@ class Ledger:
     sysctls: dict[str, str] = field(default_factory=dict)  # name -> value before the lab
     dirs: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)  # unmounted in reverse order
+    agents: dict[str, int] = field(default_factory=dict)  # host name -> the agent's PID
+    inventory: str | None = None  # the hosts inventory 'up' wrote, removed by 'down'
+    token_sha256: str | None = None  # the lab token's hash: tells our inventory from others'
 
     @staticmethod
     def path_for(prefix: str) -> Path:
@@ -49,6 +52,9 @@ class Ledger:
             "sysctls": self.sysctls,
             "dirs": self.dirs,
             "mounts": self.mounts,
+            "agents": self.agents,
+            "inventory": self.inventory,
+            "token_sha256": self.token_sha256,
         }
         with tmp.open("w") as f:
             json.dump(data, f, indent=1)
@@ -88,12 +94,19 @@ class Ledger:
                 sysctls={str(k): str(v) for k, v in data.get("sysctls", {}).items()},
                 dirs=[str(d) for d in data.get("dirs", [])],
                 mounts=[str(m) for m in data.get("mounts", [])],
+                agents={str(k): int(v) for k, v in data.get("agents", {}).items()},
+                inventory=_optional_str(data.get("inventory")),
+                token_sha256=_optional_str(data.get("token_sha256")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LabError(f"lab ledger {path} is malformed: {exc!r}") from exc
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def known_prefixes() -> list[str]:

@@ -11,6 +11,8 @@ Layout for prefix P and N hosts::
 Everything is made through pyroute2. Each namespace is written to the ledger
 before it is created; ``down`` kills every process inside the lab's
 namespaces, removes them, restores recorded sysctls, and deletes the ledger.
+Unless told not to, ``up`` also starts a ``haul agent`` in each host
+(:mod:`haul.lab.agents`), which ``down`` stops first.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from haul.errors import LabError
+from haul.errors import LabError, UsageError
+from haul.lab.agents import start_agents, stop_agents
 from haul.lab.ledger import Ledger, known_prefixes
 from haul.lab.spec import BRIDGE, HOST_IFNAME, HostSpec, LabSpec
 from haul.procfs import kill_netns_members, netns_inode, pids_in_ns
@@ -94,8 +97,15 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
         await ipr.link("set", index=index, state="up")
 
 
-async def lab_up(spec: LabSpec) -> LabStatus:
-    """Create the lab; on any failure, remove what was made and raise LabError."""
+async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None = None
+                 ) -> LabStatus:
+    """Create the lab; on any failure, remove what was made and raise LabError.
+
+    With ``agents``, a ``haul agent`` runs in every host (see haul.lab.agents)
+    and ``inventory``, when given, is written to name them.
+    """
+    if inventory is not None and not agents:
+        raise UsageError("a lab without agents has no inventory to write")
     if Ledger.load(spec.prefix) is not None:
         raise LabError(
             f"lab {spec.prefix!r} is already up (ledger {Ledger.path_for(spec.prefix)}); "
@@ -122,6 +132,9 @@ async def lab_up(spec: LabSpec) -> LabStatus:
         for member in spec.members():
             member.data_backing.mkdir(parents=True)
         await _make_mount_namespaces(spec, ledger)
+        _raise_pipe_size(spec.prefix)
+        if agents:
+            await start_agents(spec, ledger, inventory=inventory)
     except (NetlinkError, OSError, LabError) as exc:
         lab_down(spec.prefix)
         if isinstance(exc, LabError):
@@ -191,7 +204,7 @@ def lab_down(prefix: str) -> list[str]:
     if ledger is None:
         return []
     removed: list[str] = []
-    problems: list[str] = []
+    problems: list[str] = stop_agents(ledger)
     for name in reversed(ledger.netns):
         survivors = kill_netns_members(name)
         if survivors:
@@ -223,7 +236,9 @@ def lab_down(prefix: str) -> list[str]:
             pass
         except OSError as exc:
             problems.append(f"{d}: {exc.strerror}")
-    for key, value in ledger.sysctls.items():
+    # A machine-wide setting goes back only when no other lab still relies on it.
+    others_up = [p for p in known_prefixes() if p != prefix]
+    for key, value in ({} if others_up else ledger.sysctls).items():
         try:
             Path("/proc/sys", key.replace(".", "/")).write_text(value)
         except OSError as exc:
@@ -265,6 +280,17 @@ def lab_status(prefix: str) -> LabStatus:
 
 def all_labs() -> list[str]:
     return known_prefixes()
+
+
+#: CRIU's lazy transfer (post-copy) resizes pipes to this; without CAP_SYS_RESOURCE the
+#: machine's limit must allow it (ENVIRONMENT.md)
+LAZY_PIPE_BYTES = 4 << 20
+
+
+def _raise_pipe_size(prefix: str) -> None:
+    current = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    if current < LAZY_PIPE_BYTES:
+        set_sysctl(prefix, "fs.pipe-max-size", str(LAZY_PIPE_BYTES))
 
 
 def set_sysctl(prefix: str, key: str, value: str) -> None:

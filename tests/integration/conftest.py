@@ -36,11 +36,23 @@ def criu(criu_path: Path) -> Criu:
 
 @pytest_asyncio.fixture
 async def lab() -> AsyncIterator[LabSpec]:
-    """A two-host lab with a unique prefix, removed even when the test fails."""
+    """A two-host lab (no agents) with a unique prefix, removed even when the test fails."""
     spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
     try:
-        await lab_up(spec)
+        await lab_up(spec, agents=False)
         yield spec
+    finally:
+        await asyncio.to_thread(lab_down, spec.prefix)
+
+
+@pytest_asyncio.fixture
+async def lab_with_agents(tmp_path: Path) -> AsyncIterator[tuple[LabSpec, Path]]:
+    """A two-host lab with an agent in each host, and the inventory (in tmp_path) naming them."""
+    spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
+    inventory = tmp_path / "hosts.toml"
+    try:
+        await lab_up(spec, inventory=inventory)
+        yield spec, inventory
     finally:
         await asyncio.to_thread(lab_down, spec.prefix)
 

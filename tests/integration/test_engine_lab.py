@@ -61,7 +61,8 @@ async def test_auto_picks_post_copy_when_allowed_and_stop_and_copy_otherwise(
 ) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     counter = await start_counter(lab, h1)
-    # fs.pipe-max-size is at its default: lazy transfer is not possible here.
+    # With fs.pipe-max-size at the kernel's default, lazy transfer is not possible here.
+    set_sysctl(lab.prefix, "fs.pipe-max-size", "1048576")
     result = await migrate_in_lab(criu, counter.tree, counter.subdir, h1, h2)
     assert result.outcome.phase is Phase.DONE, result.outcome.reason
     assert result.migration.strategy is Strategy.STOP_AND_COPY

@@ -74,7 +74,7 @@ async def test_up_makes_hosts_that_reach_each_other_and_down_removes_all() -> No
 async def test_down_kills_processes_left_in_the_hosts() -> None:
     spec = _fresh()
     try:
-        await lab_up(spec)
+        await lab_up(spec, agents=False)
         sleeper = subprocess.Popen(["ip", "netns", "exec", spec.host(2).netns, "sleep", "600"])
         await asyncio.sleep(0.2)
         assert lab_status(spec.prefix).members[1].processes == 1

@@ -1,0 +1,261 @@
+"""``haul ps``, ``haul run`` and ``haul kill``: workloads on the hosts of the inventory.
+
+Each command asks the agents named in the hosts inventory (``--hosts FILE``,
+``HAUL_HOSTS``, or ``~/.config/haul/hosts.toml``; ``haul lab up`` writes one)
+through :class:`haul.agent.client.AgentClient`. Results go to stdout: a table,
+or JSON (``-o json``: ``ps`` gives an array of workloads, ``run`` and ``kill``
+the one workload) whose figures have their unit in their name. Failures
+are :class:`~haul.errors.HaulError` lines printed by ``haul``'s ``main()``:
+an unknown host or workload exits 1, a malformed request 2.
+
+``haul/cli.py`` adds these commands with :func:`register`. Heavy imports
+(aiohttp) happen inside the commands, so ``haul --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from haul.errors import ConfigError, HaulError, PeerError, UsageError, WorkloadError
+from haul.inventory import HostEntry, Inventory, load_inventory
+
+if TYPE_CHECKING:
+    from haul.agent.client import AgentClient
+    from haul.agent.models import WorkloadView
+
+#: how long one call to an agent may take
+AGENT_TIMEOUT_S = 30.0
+NOT_FOUND = "no_workload"
+
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+class Output(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+HostsFileOpt = Annotated[
+    Path | None,
+    typer.Option("--hosts", help="the hosts inventory (default: $HAUL_HOSTS, then "
+                 "~/.config/haul/hosts.toml)", show_default=False),
+]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+
+
+# ------------------------------------------------------------------ agents
+
+
+def _select(inventory: Inventory, host: str | None) -> list[tuple[str, HostEntry]]:
+    """The inventory entries to ask: ``host`` alone, or every host."""
+    if host is None:
+        if not inventory.hosts:
+            raise ConfigError("the hosts inventory names no hosts")
+        return sorted(inventory.hosts.items())
+    try:
+        return [(host, inventory.host(host))]
+    except UsageError as exc:  # an unknown host is not a malformed request: exit 1
+        raise ConfigError(exc.message) from None
+
+
+def client_for(entry: HostEntry) -> AgentClient:
+    """A client of the agent an inventory entry names, with its token or certificate."""
+    from haul.agent.client import AgentClient
+
+    ssl_context = None
+    if entry.url.startswith("https://") and entry.ca is not None:
+        from haul.agent.ca import client_ssl_context
+
+        ssl_context = client_ssl_context(entry.ca, entry.cert, entry.key)
+    return AgentClient(entry.url, token=entry.bearer(), ssl_context=ssl_context,
+                       timeout_s=AGENT_TIMEOUT_S)
+
+
+def _one_line(host: str, exc: HaulError) -> str:
+    return f"{host}: {exc.one_line()}"
+
+
+async def _list_on(entry: HostEntry) -> list[WorkloadView]:
+    async with client_for(entry) as agent:
+        return await agent.workloads()
+
+
+async def _list_all(
+    hosts: Sequence[tuple[str, HostEntry]],
+) -> tuple[list[tuple[str, WorkloadView]], list[str]]:
+    """Every host's workloads, and one line per host that could not be asked."""
+    results = await asyncio.gather(*(_list_on(e) for _, e in hosts), return_exceptions=True)
+    rows: list[tuple[str, WorkloadView]] = []
+    failed: list[str] = []
+    for (host, _), result in zip(hosts, results, strict=True):
+        if isinstance(result, HaulError):
+            failed.append(_one_line(host, result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            rows += [(host, w) for w in result]
+    return rows, failed
+
+
+async def _find_on(host: str, entry: HostEntry, name: str) -> WorkloadView | None:
+    async with client_for(entry) as agent:
+        try:
+            return await agent.workload(name)
+        except PeerError as exc:
+            if exc.code == NOT_FOUND:
+                return None
+            raise
+
+
+async def _locate(hosts: Sequence[tuple[str, HostEntry]], name: str) -> tuple[str, HostEntry]:
+    """The one host that runs workload ``name``."""
+    results = await asyncio.gather(*(_find_on(h, e, name) for h, e in hosts),
+                                   return_exceptions=True)
+    found: list[tuple[str, HostEntry]] = []
+    failed: list[str] = []
+    for (host, entry), result in zip(hosts, results, strict=True):
+        if isinstance(result, HaulError):
+            failed.append(_one_line(host, result))
+        elif isinstance(result, BaseException):
+            raise result
+        elif result is not None:
+            found.append((host, entry))
+    if len(found) > 1:
+        raise WorkloadError(f"workload {name!r} is on several hosts "
+                            f"({', '.join(h for h, _ in found)}); pick one with --host")
+    if found:
+        return found[0]
+    asked = ", ".join(h for h, _ in hosts)
+    if failed:
+        raise WorkloadError(f"no workload {name!r} on the hosts that answered ({asked}); "
+                            f"could not ask: {'; '.join(failed)}")
+    raise WorkloadError(f"no workload {name!r} on {'host ' if len(hosts) == 1 else ''}{asked}")
+
+
+# ------------------------------------------------------------------ output
+
+
+def _started(when: datetime) -> str:
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> dict[str, object]:
+    now = now if now is not None else datetime.now(timezone.utc)
+    return {
+        "host": host,
+        "name": w.name,
+        "status": w.status.value,
+        "root_pid": w.root_pid,
+        "started_at": w.started_at.isoformat(),
+        "uptime_s": round(max(0.0, (now - w.started_at).total_seconds()), 3),
+        "argv": list(w.argv),
+        "cwd": w.cwd,
+        "data_dir": w.data_dir,
+        "log_path": w.log_path,
+    }
+
+
+def _emit(rows: Sequence[tuple[str, WorkloadView]], output: Output, *, title: str | None,
+          single: bool = False) -> None:
+    if output is Output.json:
+        docs = [workload_json(h, w) for h, w in rows]
+        value: object = docs[0] if single else docs
+        sys.stdout.write(json.dumps(value, indent=2) + "\n")
+        return
+    table = Table(title=title)
+    for col in ("host", "name", "status", "root pid", "started", "argv"):
+        table.add_column(col, justify="right" if col == "root pid" else "left")
+    for host, w in rows:
+        table.add_row(host, w.name, w.status.value, str(w.root_pid), _started(w.started_at),
+                      shlex.join(w.argv))
+    out.print(table)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def ps_cmd(
+    host: Annotated[str | None, typer.Option("--host", help="only this host (default: every "
+                                             "host of the inventory)", show_default=False)
+                    ] = None,
+    output: OutputOpt = Output.text,
+    hosts_file: HostsFileOpt = None,
+) -> None:
+    """List the workloads on one host, or on every host of the inventory."""
+    hosts = _select(load_inventory(hosts_file), host)
+    rows, failed = asyncio.run(_list_all(hosts))
+    rows.sort(key=lambda r: (r[0], r[1].name))
+    _emit(rows, output, title=None if host is None else f"workloads on {host}")
+    if failed:
+        raise ConfigError("could not list every host: " + "; ".join(failed))
+
+
+def run_cmd(
+    argv: Annotated[list[str], typer.Argument(help="the command to run, after --",
+                                              metavar="CMD", show_default=False)],
+    name: Annotated[str, typer.Option("--name", help="the workload's name", show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="the host to run it on",
+                                      show_default=False)],
+    data_dir: Annotated[str | None, typer.Option(
+        "--data-dir", help="its data directory and cwd, as the host sees it "
+        "(default: one the agent makes)", show_default=False)] = None,
+    output: OutputOpt = Output.text,
+    hosts_file: HostsFileOpt = None,
+) -> None:
+    """Start CMD as workload NAME on HOST, through that host's agent."""
+    (_, entry), = _select(load_inventory(hosts_file), host)
+
+    async def start() -> WorkloadView:
+        async with client_for(entry) as agent:
+            return await agent.start_workload(name, argv, data_dir=data_dir)
+
+    view = asyncio.run(start())
+    _emit([(host, view)], output, title=f"started on {host}", single=True)
+
+
+def kill_cmd(
+    name: Annotated[str, typer.Argument(help="the workload's name", show_default=False)],
+    host: Annotated[str | None, typer.Option("--host", help="the host that runs it "
+                                             "(default: ask every host)", show_default=False)
+                    ] = None,
+    output: OutputOpt = Output.text,
+    hosts_file: HostsFileOpt = None,
+) -> None:
+    """Kill workload NAME's process tree on whichever host runs it, and forget it."""
+    from haul.agent.models import WORKLOAD_NAME_RE
+
+    if not WORKLOAD_NAME_RE.fullmatch(name):
+        raise UsageError(f"{name!r} is not a workload name ({WORKLOAD_NAME_RE.pattern})")
+    hosts = _select(load_inventory(hosts_file), host)
+
+    async def kill() -> tuple[str, WorkloadView]:
+        where, entry = await _locate(hosts, name)
+        async with client_for(entry) as agent:
+            try:
+                return where, await agent.delete_workload(name)
+            except PeerError as exc:
+                if exc.code == NOT_FOUND:  # it ended and was removed meanwhile
+                    raise WorkloadError(f"no workload {name!r} on {where}") from None
+                raise
+
+    where, view = asyncio.run(kill())
+    _emit([(where, view)], output, title=f"killed on {where}", single=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ps``, ``run`` and ``kill`` to ``app`` (the ``haul`` command)."""
+    app.command("ps")(ps_cmd)
+    app.command("run", context_settings={"allow_interspersed_args": False})(run_cmd)
+    app.command("kill")(kill_cmd)

@@ -1,0 +1,301 @@
+"""A ``haul agent`` in every lab host, and the hosts inventory that names them.
+
+Each host's agent runs inside the host's namespaces, as it would on a machine
+of its own, so every path in its configuration is as the host sees it:
+
+- its state directory is ``<data path>/agent``, inside the host's own data
+  directory (a workload's files sit at the same path on every host);
+- its TCP listener is the host's lab address, port 7477, with the lab token
+  (one random token per lab; no TLS in the lab);
+- its unix socket is ``<lab state dir>/<prefix>/agents/<host>.sock``: /run
+  is shared by every mount namespace, so haul's CLI reaches it from outside;
+- every other host is a peer, at ``http://<its address>:7477`` with the token.
+
+Its configuration (mode 0600) and its log are in the host's work directory.
+``up`` records each agent's PID in the ledger as soon as it is started, and
+the inventory it wrote with the token's hash; ``down`` stops the agents
+(SIGTERM, then SIGKILL), removes their sockets, and removes the inventory if
+it still names only this lab's agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from haul.agent.client import AgentClient
+from haul.agent.config import parse_config
+from haul.errors import ConfigError, HaulError, LabError, UsageError
+from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
+from haul.lab.ledger import Ledger, state_dir
+from haul.lab.spec import HostSpec, LabSpec
+from haul.procfs import netns_inode, ns_inode, wait_gone
+
+log = logging.getLogger(__name__)
+
+AGENT_PORT = 7477
+#: how long each agent has to answer GET /healthz on its socket after it is started
+START_TIMEOUT_S = 20.0
+#: how long ``down`` gives the agents to stop after SIGTERM, before SIGKILL
+STOP_TIMEOUT_S = 10.0
+KILL_TIMEOUT_S = 5.0
+LOG_TAIL_LINES = 12
+_POLL_S = 0.1
+
+
+def lab_dir(prefix: str) -> Path:
+    """The lab's directory under the lab state directory (on /run, seen by every host)."""
+    return state_dir() / prefix
+
+
+def sockets_dir(prefix: str) -> Path:
+    return lab_dir(prefix) / "agents"
+
+
+def agent_socket(prefix: str, host: str) -> Path:
+    return sockets_dir(prefix) / f"{host}.sock"
+
+
+def agent_config_path(host: HostSpec) -> Path:
+    """The agent's configuration file, as haul sees it (the host sees the same path)."""
+    return host.workdir / "agent.toml"
+
+
+def agent_log_path(host: HostSpec) -> Path:
+    return host.workdir / "agent.log"
+
+
+def peer_url(host: HostSpec) -> str:
+    """How the other hosts (and the client) reach this host's agent."""
+    return f"http://{host.address.ip}:{AGENT_PORT}"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _toml_str(value: object) -> str:
+    # A JSON string of printable text is a valid TOML basic string.
+    return json.dumps(str(value))
+
+
+def agent_config_toml(spec: LabSpec, index: int, token: str) -> str:
+    """The ``[agent]`` table for host ``index``: every path as that host sees it."""
+    host = spec.host(index)
+    lines = [
+        "# written by 'haul lab up'; removed by 'haul lab down'",
+        "[agent]",
+        f"host = {_toml_str(host.name)}",
+        f"address = {_toml_str(host.address.ip)}",
+        f"advertise_address = {_toml_str(host.address.ip)}",
+        f"port = {AGENT_PORT}",
+        f"socket = {_toml_str(agent_socket(spec.prefix, host.name))}",
+        f"state_dir = {_toml_str(spec.data_path / 'agent')}",
+        "",
+        "[agent.auth]",
+        f"token = {_toml_str(token)}",
+    ]
+    for i in range(1, spec.hosts + 1):
+        if i == index:
+            continue
+        peer = spec.host(i)
+        lines += [
+            "",
+            f"[agent.peers.{peer.name}]",
+            f"url = {_toml_str(peer_url(peer))}",
+            f"token = {_toml_str(token)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def lab_inventory(spec: LabSpec, token: str) -> Inventory:
+    """The inventory naming every host's agent: its socket here, its address for peers."""
+    return Inventory(hosts={
+        h.name: HostEntry(url=f"unix://{agent_socket(spec.prefix, h.name)}",
+                          peer_url=peer_url(h), token=token)
+        for h in (spec.host(i) for i in range(1, spec.hosts + 1))
+    })
+
+
+def _is_lab_inventory(path: Path) -> bool:
+    """Whether ``path`` holds an inventory some lab wrote (every agent on a lab socket)."""
+    try:
+        inventory = load_inventory(path)
+    except ConfigError:
+        return False
+    lab_urls = f"unix://{state_dir()}/"
+    return bool(inventory.hosts) and all(
+        h.url.startswith(lab_urls) for h in inventory.hosts.values())
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(tail) or "(empty log)"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+async def _spawn(host: HostSpec, config: Path) -> asyncio.subprocess.Process:
+    argv = [*host.ns.prefix(), sys.executable, "-m", "haul", "agent", "--config", str(config)]
+    with agent_log_path(host).open("ab") as logfile:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd="/",
+            start_new_session=True,  # not in the terminal's process group: Ctrl-C spares it
+        )
+
+
+async def _wait_healthy(host: HostSpec, proc: asyncio.subprocess.Process, socket: Path,
+                        timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with AgentClient(f"unix://{socket}", timeout_s=2.0) as agent:
+        while True:
+            if proc.returncode is not None:
+                raise LabError(
+                    f"the agent on {host.name} exited with status {proc.returncode}: "
+                    f"{log_tail(agent_log_path(host))}"
+                )
+            with contextlib.suppress(HaulError):
+                if (await agent.health()).ok:
+                    return
+            if loop.time() >= deadline:
+                raise LabError(
+                    f"the agent on {host.name} did not answer on {socket} within "
+                    f"{timeout_s:.0f} s: {log_tail(agent_log_path(host))}"
+                )
+            await asyncio.sleep(_POLL_S)
+
+
+async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, asyncio.subprocess.Process, Path]],
+                            timeout_s: float) -> None:
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for host, proc, socket in waits:
+                tg.create_task(_wait_healthy(host, proc, socket, timeout_s))
+    except* LabError as group:
+        raise group.exceptions[0] from None
+
+
+async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None = None,
+                       timeout_s: float = START_TIMEOUT_S) -> None:
+    """Start an agent in each host and wait until each answers; write the inventory.
+
+    The lab's namespaces and directories must exist. Everything made is in the
+    ledger before it is made, so ``lab_down`` undoes a failure half way.
+    """
+    if inventory is not None and inventory.exists() and not _is_lab_inventory(inventory):
+        raise LabError(f"{inventory} exists and is not a lab's inventory; "
+                       "give another path or move it away")
+    token = secrets.token_urlsafe(32)
+    ledger.token_sha256 = token_digest(token)
+    ledger.record_dir(lab_dir(spec.prefix))
+    sockets_dir(spec.prefix).mkdir(parents=True, exist_ok=True, mode=0o755)
+    hosts = [spec.host(i) for i in range(1, spec.hosts + 1)]
+    configs: list[Path] = []
+    for i, host in enumerate(hosts, start=1):
+        text = agent_config_toml(spec, i, token)
+        path = agent_config_path(host)
+        try:  # a config the agent would refuse is haul's bug: say so here, not in a log
+            parse_config(tomllib.loads(text), where=str(path), base=host.workdir)
+        except (ConfigError, tomllib.TOMLDecodeError) as exc:
+            raise LabError(f"the agent config for {host.name} is invalid: {exc}") from exc
+        _write_private(path, text)
+        configs.append(path)
+    waits = []
+    for host, config in zip(hosts, configs, strict=True):
+        proc = await _spawn(host, config)
+        ledger.agents[host.name] = proc.pid
+        ledger.save()
+        waits.append((host, proc, agent_socket(spec.prefix, host.name)))
+    await _wait_all_healthy(waits, timeout_s)
+    log.info("lab %s: agents up on %s", spec.prefix, ", ".join(h.name for h in hosts))
+    if inventory is not None:
+        ledger.inventory = str(inventory)
+        ledger.save()
+        write_inventory(inventory, lab_inventory(spec, token))
+
+
+def _our_agents(ledger: Ledger) -> list[int]:
+    """The recorded agent PIDs that still run inside their host's network namespace."""
+    spec = LabSpec(prefix=ledger.prefix, hosts=ledger.hosts)
+    pids = []
+    for name, pid in ledger.agents.items():
+        try:
+            host = spec.member(name)
+        except UsageError:
+            continue
+        inode = netns_inode(host.netns)
+        if inode is not None and ns_inode(pid, "net") == inode:  # not a reused PID
+            pids.append(pid)
+    return pids
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _forget_inventory(ledger: Ledger) -> list[str]:
+    """Remove the inventory ``up`` wrote if every entry still holds this lab's token."""
+    if ledger.inventory is None or ledger.token_sha256 is None:
+        return []
+    path = Path(ledger.inventory)
+    if not path.exists():
+        return []
+    try:
+        inventory = load_inventory(path)
+    except ConfigError:
+        return []  # someone else's now
+    entries = inventory.hosts.values()
+    if entries and all(h.token is not None and token_digest(h.token) == ledger.token_sha256
+                       for h in entries):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return [f"inventory {path}: {exc.strerror}"]
+    return []
+
+
+def stop_agents(ledger: Ledger) -> list[str]:
+    """Stop the lab's agents (SIGTERM, then SIGKILL), remove their sockets and the
+    inventory ``up`` wrote; return what could not be done."""
+    problems: list[str] = []
+    pids = _our_agents(ledger)
+    _signal(pids, signal.SIGTERM)
+    stubborn = wait_gone(pids, STOP_TIMEOUT_S)
+    if stubborn:
+        log.warning("lab %s: agents %s ignored SIGTERM; killing them", ledger.prefix, stubborn)
+        _signal(stubborn, signal.SIGKILL)
+        left = wait_gone(stubborn, KILL_TIMEOUT_S)
+        if left:
+            problems.append(f"agents {left} survived SIGKILL")
+    for name in ledger.agents:
+        with contextlib.suppress(FileNotFoundError):
+            agent_socket(ledger.prefix, name).unlink()
+    problems += _forget_inventory(ledger)
+    return problems

@@ -1,0 +1,133 @@
+"""haul migrate through real agents in lab hosts: the README's operator story.
+
+Each test checks both ends: exactly one live copy, its state intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from haul.lab.spec import LabSpec
+
+COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "counter.py"
+
+
+def haul(inventory: Path, *args: str, timeout: float = 180, netns: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run([*prefix, sys.executable, "-m", "haul", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HAUL_HOSTS": str(inventory)})
+
+
+def ps(inventory: Path) -> list[dict[str, object]]:
+    done = haul(inventory, "ps", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    return [r for r in rows if r.get("status") != "gone"]
+
+
+def state_file(lab: LabSpec, host: str, name: str) -> Path:
+    return lab.member(host).data_backing / "agent" / "workloads" / name / "state"
+
+
+def count(lab: LabSpec, host: str, name: str) -> int:
+    return int(state_file(lab, host, name).read_text().split()[1])
+
+
+def wait_count_above(lab: LabSpec, host: str, name: str, n: int, timeout_s: float = 20) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            now = count(lab, host, name)
+            if now > n:
+                return now
+        except (FileNotFoundError, ValueError, IndexError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{name} on {host} did not count past {n}")
+
+
+def start_counter(inventory: Path, lab: LabSpec, name: str, mem_mib: int = 32) -> None:
+    done = haul(inventory, "run", "--name", name, "--host", "host1", "--",
+                sys.executable, "-S", "-E", str(COUNTER), "state", "--mem-mib", str(mem_mib))
+    assert done.returncode == 0, done.stderr
+    wait_count_above(lab, "host1", name, 2)
+
+
+def verdict(lab: LabSpec, inventory: Path, host: str, name: str) -> str:
+    """SIGTERM the workload (its init forwards it) and read the counter's verdict."""
+    rows = [r for r in ps(inventory) if r["name"] == name]
+    assert len(rows) == 1 and rows[0]["host"] == host, rows
+    os.kill(int(rows[0]["root_pid"]), signal.SIGTERM)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = state_file(lab, host, name).read_text()
+        if text.startswith(("PASS", "FAIL")):
+            return text.strip()
+        time.sleep(0.05)
+    raise AssertionError("no verdict")
+
+
+@pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
+def test_migrate_there_and_back(lab_with_agents: tuple[LabSpec, Path], strategy: str) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "web1")
+    for src, dst in (("host1", "host2"), ("host2", "host1")):
+        before = count(lab, src, "web1")
+        done = haul(inventory, "migrate", "web1", "--to", dst, "--strategy", strategy,
+                    "-o", "json")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["outcome"] == "done" and result["strategy"] == strategy
+        assert result["source"] == src and result["dest"] == dst
+        assert result["downtime_ms"] > 0 and result["total_ms"] >= result["downtime_ms"]
+        where = [(r["host"], r["name"]) for r in ps(inventory)]
+        assert where == [(dst, "web1")], "exactly one copy, on the destination"
+        assert not state_file(lab, src, "web1").exists(), "nothing left on the source"
+        assert wait_count_above(lab, dst, "web1", before) > before
+    assert verdict(lab, inventory, "host1", "web1").startswith("PASS")
+
+
+def test_wrong_token_is_refused_and_nothing_moves(
+    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
+) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "web2")
+    # From the lab's client machine, over TCP, with a token that is off by one character.
+    import tomllib
+
+    hosts = tomllib.loads(inventory.read_text())["hosts"]
+    lines = []
+    for name, entry in hosts.items():
+        lines += [f"[hosts.{name}]", f'url = "{entry["peer_url"]}"',
+                  f'token = "{entry["token"]}x"', ""]
+    bad = tmp_path / "bad.toml"
+    bad.write_text("\n".join(lines))
+    done = haul(bad, "migrate", "web2", "--to", "host2", "--from", "host1",
+                netns=lab.client.netns)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "token is not valid" in done.stderr
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web2")]
+    n = count(lab, "host1", "web2")
+    assert wait_count_above(lab, "host1", "web2", n) > n
+    # and the right token still works
+    done = haul(inventory, "migrate", "web2", "--to", "host2", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert verdict(lab, inventory, "host2", "web2").startswith("PASS")
+
+
+def test_unknown_workload_and_host_fail_in_one_line(lab_with_agents: tuple[LabSpec, Path]) -> None:
+    _, inventory = lab_with_agents
+    done = haul(inventory, "migrate", "nope", "--to", "host2")
+    assert done.returncode == 2 and done.stderr.startswith("haul: error:")
+    assert "nope" in done.stderr and done.stderr.count("\n") == 1
+    done = haul(inventory, "migrate", "nope", "--to", "host9")
+    assert done.returncode == 2 and "host9" in done.stderr

@@ -1,0 +1,95 @@
+"""haul.lab.agents without root: the agents' configs, the inventory, and what 'down' removes."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from haul.agent.config import parse_config
+from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
+from haul.lab.agents import (
+    agent_config_toml,
+    agent_socket,
+    lab_inventory,
+    stop_agents,
+    token_digest,
+)
+from haul.lab.ledger import Ledger
+from haul.lab.spec import LabSpec
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "run"
+    monkeypatch.setenv("HAUL_LAB_STATE_DIR", str(d))
+    monkeypatch.setenv("HAUL_LAB_ROOT", str(tmp_path / "lab"))
+    return d
+
+
+def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state: Path) -> None:
+    spec = LabSpec(prefix="t1", hosts=3)
+    config = parse_config(tomllib.loads(agent_config_toml(spec, 2, "tok")))
+    assert config.host == "host2"
+    assert (config.address, config.port, config.advertised_address()) == (
+        "10.77.0.2", 7477, "10.77.0.2")
+    assert config.socket == state / "t1" / "agents" / "host2.sock"
+    assert config.state_dir == spec.data_path / "agent"  # the same path on every host
+    assert config.host_ns is None and config.tls is None  # it runs inside the host
+    assert config.auth.bearer_token() == "tok"
+    assert {name: (p.url, p.bearer_token()) for name, p in config.peers.items()} == {
+        "host1": ("http://10.77.0.1:7477", "tok"),
+        "host3": ("http://10.77.0.3:7477", "tok"),
+    }
+
+
+def test_the_inventory_names_each_agents_socket_and_its_address_for_peers(
+    tmp_path: Path, state: Path,
+) -> None:
+    spec = LabSpec(prefix="t1", hosts=2)
+    path = tmp_path / "hosts.toml"
+    write_inventory(path, lab_inventory(spec, "tok"))
+    inventory = load_inventory(path)
+    assert inventory.host("host2") == HostEntry(
+        url=f"unix://{state}/t1/agents/host2.sock", peer_url="http://10.77.0.2:7477",
+        token="tok")
+    assert sorted(inventory.hosts) == ["host1", "host2"]
+
+
+def _ledger_with_inventory(path: Path, token: str) -> Ledger:
+    ledger = Ledger(prefix="t1", hosts=2, inventory=str(path), token_sha256=token_digest(token))
+    ledger.save()
+    return ledger
+
+
+def test_down_removes_the_inventory_up_wrote_and_the_sockets(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    write_inventory(path, lab_inventory(LabSpec(prefix="t1", hosts=2), "tok"))
+    ledger = _ledger_with_inventory(path, "tok")
+    ledger.agents = {"host1": 2**22 + 1}  # not running: nothing to signal
+    sock = agent_socket("t1", "host1")
+    sock.parent.mkdir(parents=True)
+    sock.touch()
+    assert stop_agents(ledger) == []
+    assert not path.exists() and not sock.exists()
+
+
+def test_down_keeps_an_inventory_that_holds_another_token(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    write_inventory(path, Inventory(hosts={
+        "host1": HostEntry(url="unix:///x.sock", token="tok"),
+        "web": HostEntry(url="https://10.0.0.1:7477", token="other"),
+    }))
+    assert stop_agents(_ledger_with_inventory(path, "tok")) == []
+    assert path.exists()
+
+
+def test_the_ledger_keeps_agents_and_inventory(state: Path) -> None:
+    ledger = Ledger(prefix="t2", hosts=2, agents={"host1": 10, "host2": 11},
+                    inventory="/tmp/hosts.toml", token_sha256="ab" * 32)
+    ledger.save()
+    assert Ledger.load("t2") == ledger
+    Ledger(prefix="t3", hosts=1).save()
+    loaded = Ledger.load("t3")
+    assert loaded is not None and (loaded.agents, loaded.inventory) == ({}, None)
