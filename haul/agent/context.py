@@ -9,6 +9,7 @@ trees, so the API runs without root.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -21,6 +22,9 @@ from haul.agent.jobs import MigrationJobs, Peer
 from haul.agent.workloads import StartTree, WorkloadManager
 from haul.criu.service import Criu
 from haul.dest.incoming import IncomingRegistry
+from haul.errors import HaulError
+
+log = logging.getLogger(__name__)
 from haul.criu.info import CriuInfo, gather
 from haul.source.proctree import start_tree
 
@@ -102,6 +106,16 @@ class AgentContext:
     async def open(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.workloads.open()
+        try:
+            removed, kept = self.migrations().incoming.sweep()
+        except HaulError as exc:  # no usable CRIU yet: nothing can have been migrated here
+            log.warning("incoming migrations not swept: %s", exc.one_line())
+        else:
+            for mid in removed:
+                log.warning("removed what an earlier agent left of incoming migration %s", mid)
+            for mid in kept:
+                log.warning("incoming migration %s has a restored copy waiting for its "
+                            "source's decision; it is left stopped", mid)
         self.metrics.workloads.set_function(lambda: len(self.workloads))
 
     async def aclose(self) -> None:

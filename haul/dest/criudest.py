@@ -26,6 +26,8 @@ from haul.errors import TransportError, WorkloadError
 from haul.source.criusource import host_capabilities
 from haul.source.proctree import ProcessTree
 
+#: in a migration's work directory once a copy is restored there
+RESTORED_MARK = "restored.pid"
 #: room asked for beyond the workload's resident size (images carry metadata too)
 SPACE_MARGIN = 1.2
 
@@ -98,6 +100,9 @@ class CriuDestination:
             lazy_pages=lazy, file_locks=True, link_remap=True,
         ))
         self.tree = ProcessTree(result.pid)
+        # Written before anything else can happen: an agent that restarts finds a
+        # restored copy waiting for the source's decision and must not drop it.
+        (self.workdir / RESTORED_MARK).write_text(f"{result.pid}\n")
         await self.tree.wait_stopped()
         return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started)
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
-from haul.dest.criudest import CriuDestination
+from haul.dest.criudest import RESTORED_MARK, CriuDestination
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import ChecksumMismatch, TransportError, UsageError
@@ -113,6 +114,29 @@ class IncomingRegistry:
         self.listen_address = listen_address
         self._items: dict[str, Incoming] = {}
 
+    def sweep(self) -> tuple[list[str], list[str]]:
+        """At agent start: nothing is in flight yet, so whatever an earlier agent left
+        of incoming migrations that never restored anything is removed. A migration
+        with a restored copy is kept: the copy waits for the source's decision.
+        Returns (removed, kept)."""
+        removed: list[str] = []
+        kept: list[str] = []
+        if not self.root.is_dir():
+            return removed, kept
+        for d in sorted(self.root.iterdir()):
+            if (d / RESTORED_MARK).exists():
+                kept.append(d.name)
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+            marker = d.with_name(d.name + ".workload")
+            if marker.exists():
+                name = marker.read_text().strip()
+                if self.data_root is not None and WORKLOAD_NAME.fullmatch(name):
+                    shutil.rmtree(self.data_root / name, ignore_errors=True)
+                marker.unlink()
+        return removed, kept
+
     def get(self, migration_id: str) -> Incoming:
         try:
             return self._items[check_id(migration_id)]
@@ -145,6 +169,9 @@ class IncomingRegistry:
             listen=PageServer(self.listen_address, 0), lazy_source=lazy_source,
         )
         await dest.check_free(workload, needed_bytes)
+        # Which workload's data this migration may create, for a sweep after a crash.
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / f"{migration_id}.workload").write_text(workload + "\n")
         await dest.prepare(strategy)
         if self.data_root is not None:
             (self.data_root / workload).mkdir(parents=True)
@@ -210,9 +237,11 @@ class IncomingRegistry:
         item = self._items.pop(check_id(migration_id), None)
         if item is not None:
             await item.dest.discard()
+        (self.root / f"{migration_id}.workload").unlink(missing_ok=True)
 
     async def finish(self, migration_id: str) -> Incoming:
         """After the commit: forget the migration, keep the running copy."""
         item = self._items.pop(check_id(migration_id))
         await item.dest.cleanup()
+        (self.root / f"{migration_id}.workload").unlink(missing_ok=True)
         return item

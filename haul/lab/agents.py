@@ -28,10 +28,12 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from haul.agent.client import AgentClient
 from haul.agent.config import parse_config
@@ -166,7 +168,12 @@ async def _spawn(host: HostSpec, config: Path) -> asyncio.subprocess.Process:
         )
 
 
-async def _wait_healthy(host: HostSpec, proc: asyncio.subprocess.Process, socket: Path,
+class _HasReturncode(Protocol):
+    @property
+    def returncode(self) -> int | None: ...
+
+
+async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
                         timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -299,3 +306,56 @@ def stop_agents(ledger: Ledger) -> list[str]:
             agent_socket(ledger.prefix, name).unlink()
     problems += _forget_inventory(ledger)
     return problems
+
+
+async def restart_agent(spec: LabSpec, name: str, *, kill_only: bool = False,
+                        timeout_s: float = START_TIMEOUT_S) -> int | None:
+    """Kill one lab host's agent (SIGKILL, as a crash would) and, unless ``kill_only``,
+    start it again with the same config; return the new PID."""
+    ledger = Ledger.load(spec.prefix)
+    if ledger is None:
+        raise LabError(f"lab {spec.prefix!r} is not up")
+    host = spec.member(name)
+    old = ledger.agents.get(name)
+    if old is not None and old in _our_agents(ledger):
+        _signal([old], signal.SIGKILL)
+        for _ in range(500):
+            if not Path(f"/proc/{old}").exists() or _zombie(old):
+                break
+            await asyncio.sleep(0.01)
+    agent_socket(spec.prefix, name).unlink(missing_ok=True)
+    if kill_only:
+        return None
+    # Not an asyncio child: the restarted agent outlives the caller's event loop.
+    argv = [*host.ns.prefix(), sys.executable, "-m", "haul", "agent",
+            "--config", str(agent_config_path(host))]
+    with agent_log_path(host).open("ab") as logfile:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                                stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+    _RESTARTED.append(proc)  # kept, so it is reaped and never collected while running
+    ledger.agents[name] = proc.pid
+    ledger.save()
+    await _wait_healthy(host, _Polled(proc), agent_socket(spec.prefix, name), timeout_s)
+    return proc.pid
+
+
+_RESTARTED: list[subprocess.Popen[bytes]] = []
+
+
+class _Polled:
+    """A Popen seen through the one attribute _wait_healthy reads."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"

@@ -131,3 +131,79 @@ def test_unknown_workload_and_host_fail_in_one_line(lab_with_agents: tuple[LabSp
     assert "nope" in done.stderr and done.stderr.count("\n") == 1
     done = haul(inventory, "migrate", "nope", "--to", "host9")
     assert done.returncode == 2 and "host9" in done.stderr
+
+
+def _start_migration(inventory: Path, workload: str, to: str, strategy: str
+                     ) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "haul", "migrate", workload, "--to", to,
+         "--strategy", strategy, "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HAUL_HOSTS": str(inventory)},
+    )
+
+
+def _wait_phase(inventory: Path, phases: set[str], timeout_s: float = 60) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = haul(inventory, "jobs", "list", "-o", "json")
+        if done.returncode == 0:
+            running = [j for j in json.loads(done.stdout) if not j["finished"]]
+            if running and running[-1]["phase"] in phases:
+                return str(running[-1]["id"])
+        time.sleep(0.02)
+    raise AssertionError(f"no migration reached {phases}")
+
+
+def test_abort_during_the_final_dump_rolls_back(lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "big", mem_mib=512)
+    migrating = _start_migration(inventory, "big", "host2", "stop-and-copy")
+    mid = _wait_phase(inventory, {"freeze"})
+    aborted = haul(inventory, "jobs", "abort", mid)
+    assert aborted.returncode == 0, aborted.stderr
+    out, errs = migrating.communicate(timeout=120)
+    assert migrating.returncode == 1, errs
+    assert json.loads(out)["outcome"] == "rolled-back"
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big")]
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/*")), "host2 is clean"
+    n = count(lab, "host1", "big")
+    assert wait_count_above(lab, "host1", "big", n) > n
+    done = haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "post-copy")
+    assert done.returncode == 0, done.stderr
+    assert verdict(lab, inventory, "host2", "big").startswith("PASS")
+
+
+def test_destination_agent_killed_mid_migration(lab_with_agents: tuple[LabSpec, Path]) -> None:
+    import asyncio
+
+    from haul.lab.agents import restart_agent
+
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "big2", mem_mib=512)
+    migrating = _start_migration(inventory, "big2", "host2", "stop-and-copy")
+    _wait_phase(inventory, {"freeze"})
+    asyncio.run(restart_agent(lab, "host2", kill_only=True))
+    out, errs = migrating.communicate(timeout=180)
+    result = json.loads(out)
+    # Before the commit: the source runs again. The destination could not be told to
+    # discard its copy (its agent is gone), so the rollback says so.
+    assert result["outcome"] in ("rolled-back", "failed"), result
+    assert migrating.returncode in (1, 4)
+    host1 = [(r["host"], r["name"]) for r in ps_host(inventory, "host1")]
+    assert host1 == [("host1", "big2")]
+    n = count(lab, "host1", "big2")
+    assert wait_count_above(lab, "host1", "big2", n) > n
+    # The agent comes back, sweeps what was left, and the next migration succeeds.
+    asyncio.run(restart_agent(lab, "host2"))
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/*"))
+    assert not (lab.host(2).data_backing / "agent" / "workloads" / "big2").exists()
+    done = haul(inventory, "migrate", "big2", "--to", "host2")
+    assert done.returncode == 0, done.stderr
+    assert verdict(lab, inventory, "host2", "big2").startswith("PASS")
+
+
+def ps_host(inventory: Path, host: str) -> list[dict[str, object]]:
+    done = haul(inventory, "ps", "--host", host, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    return [r for r in json.loads(done.stdout) if r.get("status") != "gone"]
