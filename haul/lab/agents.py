@@ -155,17 +155,18 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-async def _spawn(host: HostSpec, config: Path) -> asyncio.subprocess.Process:
+def _spawn(host: HostSpec, config: Path) -> _Polled:
+    """Start the host's agent. Not an asyncio child: the agent outlives the event loop
+    (and the command) that started it."""
     argv = [*host.ns.prefix(), sys.executable, "-m", "haul", "agent", "--config", str(config)]
     with agent_log_path(host).open("ab") as logfile:
-        return await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=logfile,
-            stderr=asyncio.subprocess.STDOUT,
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
             cwd="/",
             start_new_session=True,  # not in the terminal's process group: Ctrl-C spares it
         )
+    _RESTARTED.append(proc)  # kept, so it is reaped and never collected while running
+    return _Polled(proc)
 
 
 class _HasReturncode(Protocol):
@@ -195,7 +196,7 @@ async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
             await asyncio.sleep(_POLL_S)
 
 
-async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, asyncio.subprocess.Process, Path]],
+async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, _HasReturncode, Path]],
                             timeout_s: float) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
@@ -232,7 +233,7 @@ async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None 
         configs.append(path)
     waits = []
     for host, config in zip(hosts, configs, strict=True):
-        proc = await _spawn(host, config)
+        proc = _spawn(host, config)
         ledger.agents[host.name] = proc.pid
         ledger.save()
         waits.append((host, proc, agent_socket(spec.prefix, host.name)))
@@ -326,16 +327,10 @@ async def restart_agent(spec: LabSpec, name: str, *, kill_only: bool = False,
     agent_socket(spec.prefix, name).unlink(missing_ok=True)
     if kill_only:
         return None
-    # Not an asyncio child: the restarted agent outlives the caller's event loop.
-    argv = [*host.ns.prefix(), sys.executable, "-m", "haul", "agent",
-            "--config", str(agent_config_path(host))]
-    with agent_log_path(host).open("ab") as logfile:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                                stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
-    _RESTARTED.append(proc)  # kept, so it is reaped and never collected while running
+    proc = _spawn(host, agent_config_path(host))
     ledger.agents[name] = proc.pid
     ledger.save()
-    await _wait_healthy(host, _Polled(proc), agent_socket(spec.prefix, name), timeout_s)
+    await _wait_healthy(host, proc, agent_socket(spec.prefix, name), timeout_s)
     return proc.pid
 
 
@@ -343,10 +338,11 @@ _RESTARTED: list[subprocess.Popen[bytes]] = []
 
 
 class _Polled:
-    """A Popen seen through the one attribute _wait_healthy reads."""
+    """A Popen seen through what _wait_healthy and the ledger read."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
+        self.pid = proc.pid
 
     @property
     def returncode(self) -> int | None:

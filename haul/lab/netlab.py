@@ -132,7 +132,7 @@ async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None =
         for member in spec.members():
             member.data_backing.mkdir(parents=True)
         await _make_mount_namespaces(spec, ledger)
-        _raise_pipe_size(spec.prefix)
+        _raise_pipe_size(ledger)
         if agents:
             await start_agents(spec, ledger, inventory=inventory)
     except (NetlinkError, OSError, LabError) as exc:
@@ -287,10 +287,13 @@ def all_labs() -> list[str]:
 LAZY_PIPE_BYTES = 4 << 20
 
 
-def _raise_pipe_size(prefix: str) -> None:
-    current = int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    if current < LAZY_PIPE_BYTES:
-        set_sysctl(prefix, "fs.pipe-max-size", str(LAZY_PIPE_BYTES))
+def _raise_pipe_size(ledger: Ledger) -> None:
+    path = Path("/proc/sys/fs/pipe-max-size")
+    current = path.read_text().strip()
+    if int(current) < LAZY_PIPE_BYTES:
+        ledger.sysctls.setdefault("fs.pipe-max-size", current)
+        ledger.save()
+        path.write_text(str(LAZY_PIPE_BYTES))
 
 
 def set_sysctl(prefix: str, key: str, value: str) -> None:
