@@ -89,14 +89,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AuthConfig(_Section):
-    """Bearer token for TCP callers: inline, or in a file only root can read."""
+class _Token(_Section):
+    """A bearer token: inline, or in a file only root can read (read at load)."""
 
     token: SecretStr | None = None
     token_file: Path | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> AuthConfig:
+    def _one_source(self) -> _Token:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give token or token_file, not both")
         if self.token is not None and not self.token.get_secret_value().strip():
@@ -104,8 +104,12 @@ class AuthConfig(_Section):
         return self
 
     def bearer_token(self) -> str | None:
-        """The token callers must present (read from token_file at load), or None."""
+        """The token (read from token_file at load), or None."""
         return self.token.get_secret_value().strip() if self.token is not None else None
+
+
+class AuthConfig(_Token):
+    """Bearer token TCP callers must present."""
 
 
 class TlsConfig(_Section):
@@ -116,7 +120,7 @@ class TlsConfig(_Section):
     key: Path
 
 
-class PeerConfig(_Section):
+class PeerConfig(_Token):
     """How this agent reaches another host's agent (for migrations it drives).
 
     ``url`` is the peer's TCP listener; over https the peer checks this
@@ -124,20 +128,6 @@ class PeerConfig(_Section):
     """
 
     url: PeerUrl
-    token: SecretStr | None = None
-    token_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PeerConfig:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give token or token_file, not both")
-        if self.token is not None and not self.token.get_secret_value().strip():
-            raise ValueError("token is empty")
-        return self
-
-    def bearer_token(self) -> str | None:
-        """The token to present to the peer (read from token_file at load), or None."""
-        return self.token.get_secret_value().strip() if self.token is not None else None
 
 
 class HostNsConfig(_Section):
