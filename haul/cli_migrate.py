@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 
 from haul.agent.client import AgentClient
-from haul.agent.migration_models import MigrateAsk, MigrationList, MigrationView
+from haul.agent.migration_models import CheckView, MigrateAsk, MigrationList, MigrationView
 from haul.agent.models import WorkloadList
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, PeerError, UsageError
@@ -134,6 +134,29 @@ def _result(view: MigrationView, output: str) -> None:
         err.print(f"  {p}", markup=False)
 
 
+async def check(
+    workload: str, to: str, source: str | None, ask: MigrateAsk, hosts: Path | None,
+    output: str,
+) -> int:
+    """Pre-flight only: print what a migration would do; 0 if it would go, 3 if not."""
+    inv = load_inventory(hosts)
+    inv.host(to)
+    src = source or await find_host(inv, workload)
+    async with client_for(inv.host(src)) as agent:
+        _, raw = await agent.request("POST", "/v1/migrations/check", body=ask)
+    view = CheckView.model_validate_json(raw)
+    if output == "json":
+        sys.stdout.write(view.model_dump_json() + "\n")
+    elif view.ok:
+        out.print(f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
+                  f"({view.workload_bytes / 2**20:.1f} MiB resident; CRIU {view.source_criu} "
+                  f"-> {view.dest_criu}); nothing was touched")
+    else:
+        for problem in view.problems:
+            err.print(f"haul: refused: {problem}", markup=False)
+    return 0 if view.ok else 3
+
+
 async def migrate(
     workload: str, to: str, source: str | None, ask: MigrateAsk, hosts: Path | None,
     output: str,
@@ -161,6 +184,7 @@ def register(app: typer.Typer) -> None:
         max_downtime: Annotated[float, typer.Option("--max-downtime", help="ms")] = 300.0,
         max_iterations: Annotated[int, typer.Option("--max-iterations")] = 8,
         timeout: Annotated[float | None, typer.Option("--timeout", help="s per phase")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="pre-flight only")] = False,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
@@ -170,8 +194,21 @@ def register(app: typer.Typer) -> None:
         ask = MigrateAsk(workload=workload, to=to, strategy=strategy,
                          max_downtime_ms=max_downtime, max_iterations=max_iterations,
                          timeout_s=timeout)
-        code = asyncio.run(migrate(workload, to, source, ask, hosts, output))
-        raise typer.Exit(code)
+        run = check if dry_run else migrate
+        raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
+
+    @app.command("check")
+    def check_cmd(
+        workload: Annotated[str, typer.Argument(help="the workload's name")],
+        to: Annotated[str, typer.Option("--to", help="destination host")],
+        source: Annotated[str | None, typer.Option("--from", help="source host")] = None,
+        strategy: Annotated[Strategy, typer.Option("--strategy")] = Strategy.AUTO,
+        hosts: HostsOpt = None,
+        output: OutputOpt = "text",
+    ) -> None:
+        """Pre-flight only: would this migration go, and how? Nothing is touched."""
+        ask = MigrateAsk(workload=workload, to=to, strategy=strategy)
+        raise typer.Exit(asyncio.run(check(workload, to, source, ask, hosts, output)))
 
     jobs = typer.Typer(help="Migrations the agents ran or run.", no_args_is_help=True)
     app.add_typer(jobs, name="jobs")

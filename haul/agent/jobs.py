@@ -25,13 +25,14 @@ from haul.criu.service import Criu
 from haul.dest.remote import IncomingClient, RemoteDestination
 from haul.engine.events import Event
 from haul.engine.figures import Capabilities, RestoreFigures
-from haul.engine.machine import Migration
+from haul.engine.figures import PreflightReport
+from haul.engine.machine import Migration, resolve_strategy
 from haul.engine.phases import BEFORE_COMMIT, TERMINAL, Phase, Strategy
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
 from haul.errors import HaulError, UsageError
-from haul.source.criusource import CriuSource
+from haul.source.criusource import CriuSource, host_capabilities
 from haul.source.proctree import ProcessTree
 from haul.transport.http import HttpTransport
 
@@ -135,7 +136,7 @@ class MigrationJobs:
         except KeyError:
             raise UsageError(f"no migration {migration_id!r} on this host") from None
 
-    def list(self) -> list[Job]:
+    def all(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
     def peer(self, name: str) -> Peer:
@@ -213,6 +214,36 @@ class MigrationJobs:
             raise
         finally:
             self._moving.discard(spec.workload)
+
+    async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
+                    ) -> tuple[Strategy | None, list[str], PreflightReport | None]:
+        """Pre-flight only (``haul check``, ``--dry-run``): what a migration would do, or
+        why it would be refused. Touches nothing on either host."""
+        problems: list[str] = []
+        if to == self.host:
+            return None, [f"{workload} already runs on {to}"], None
+        peer = self.peer(to)
+        tree = self._tree_of(workload)
+        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            client = IncomingClient(session, peer.url, where=f"destination {to}")
+            dest = RemoteDestination(client, "check", workload)
+            source_caps = await host_capabilities(self.criu)
+            dest_caps = await dest.capabilities()
+            resident = 0
+            try:
+                resident = tree.resident_bytes() if tree.alive else 0
+                if not tree.alive:
+                    problems.append(f"{workload} is not running on {self.host}")
+                await dest.check_free(workload, resident)
+            except HaulError as exc:
+                problems.append(exc.one_line())
+        report = PreflightReport(source=source_caps, dest=dest_caps,
+                                 problems=tuple(problems), workload_bytes=resident)
+        chosen, why = resolve_strategy(strategy, report, source_host=self.host, dest_host=to)
+        if chosen is None:
+            problems.append(why)
+        return (chosen if not problems else None), problems, report
 
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)

@@ -82,6 +82,20 @@ class MigrateAsk(_Request):
     timeout_s: float | None = Field(default=None, gt=0)
 
 
+class CheckView(_Answer):
+    """Pre-flight only: would this migration go, and how."""
+
+    ok: bool
+    workload: str
+    source: str
+    dest: str
+    strategy: str = ""
+    problems: list[str] = Field(default_factory=list)
+    workload_bytes: int = 0
+    source_criu: str = ""
+    dest_criu: str = ""
+
+
 class EventView(_Answer):
     t_s: float
     phase: str

@@ -207,3 +207,21 @@ def ps_host(inventory: Path, host: str) -> list[dict[str, object]]:
     done = haul(inventory, "ps", "--host", host, "-o", "json")
     assert done.returncode == 0, done.stderr
     return [r for r in json.loads(done.stdout) if r.get("status") != "gone"]
+
+
+def test_check_and_dry_run_touch_nothing(lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "web3", mem_mib=16)
+    done = haul(inventory, "check", "web3", "--to", "host2", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert view["ok"] and view["strategy"] == "post-copy"  # auto, on this kernel
+    assert view["workload_bytes"] >= 16 << 20
+    refused = haul(inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy",
+                   "--dry-run")
+    assert refused.returncode == 3
+    assert "soft-dirty" in refused.stderr
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web3")]
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/*"))
+    done = haul(inventory, "jobs", "list", "-o", "json")
+    assert json.loads(done.stdout) == [], "a check starts no migration"

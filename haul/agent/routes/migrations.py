@@ -9,6 +9,7 @@ from aiohttp import web
 from haul.agent.context import CONTEXT
 from haul.agent.jobs import Job
 from haul.agent.migration_models import (
+    CheckView,
     EventView,
     MigrateAsk,
     MigrationList,
@@ -55,11 +56,27 @@ async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
     return view(job)
 
 
+@table.json_body("POST", "/v1/migrations/check", body=MigrateAsk, response=CheckView,
+                 name="checkMigration", errors={404: "no such workload"},
+                 summary="Pre-flight only: would this migration go? Nothing is touched")
+async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
+    ctx = request.app[CONTEXT]
+    jobs = ctx.migrations().jobs
+    chosen, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
+    return CheckView(
+        ok=chosen is not None, workload=ask.workload, source=ctx.config.host, dest=ask.to,
+        strategy=chosen.value if chosen else "", problems=problems,
+        workload_bytes=report.workload_bytes if report else 0,
+        source_criu=report.source.criu_version if report else "",
+        dest_criu=report.dest.criu_version if report else "",
+    )
+
+
 @table.json("GET", "/v1/migrations", response=MigrationList, name="listMigrations",
             summary="Migrations this agent ran or runs")
 async def list_migrations(request: web.Request) -> MigrationList:
     jobs = request.app[CONTEXT].migrations().jobs
-    return MigrationList(migrations=[view(j) for j in jobs.list()])
+    return MigrationList(migrations=[view(j) for j in jobs.all()])
 
 
 @table.json("GET", "/v1/migrations/{id}", response=MigrationView, params=ID,
