@@ -225,3 +225,19 @@ def test_check_and_dry_run_touch_nothing(lab_with_agents: tuple[LabSpec, Path]) 
     assert not list((lab.host(2).data_backing / "agent").glob("incoming/*"))
     done = haul(inventory, "jobs", "list", "-o", "json")
     assert json.loads(done.stdout) == [], "a check starts no migration"
+
+
+def test_ctrl_c_before_the_commit_rolls_back(lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "big3", mem_mib=512)
+    migrating = _start_migration(inventory, "big3", "host2", "stop-and-copy")
+    _wait_phase(inventory, {"freeze"})
+    migrating.send_signal(signal.SIGINT)
+    out, errs = migrating.communicate(timeout=120)
+    assert migrating.returncode == 1, errs
+    assert "aborting" in errs
+    assert json.loads(out)["outcome"] == "rolled-back"
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big3")]
+    n = count(lab, "host1", "big3")
+    assert wait_count_above(lab, "host1", "big3", n) > n
+    assert verdict(lab, inventory, "host1", "big3").startswith("PASS")
