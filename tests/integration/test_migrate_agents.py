@@ -241,3 +241,42 @@ def test_ctrl_c_before_the_commit_rolls_back(lab_with_agents: tuple[LabSpec, Pat
     n = count(lab, "host1", "big3")
     assert wait_count_above(lab, "host1", "big3", n) > n
     assert verdict(lab, inventory, "host1", "big3").startswith("PASS")
+
+
+def test_zdtm_programs_through_the_agents(
+    lab_with_agents: tuple[LabSpec, Path], zdtm_dir: Path
+) -> None:
+    """CRIU's own oracle, the operator's way: haul run, haul migrate, SIGTERM, PASS."""
+    from conftest_zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
+
+    lab, inventory = lab_with_agents
+    programs = ZDTM_ARGS | ZDTM_MORE_ARGS
+    for name in sorted(programs):
+        w = f"z-{name.replace('_', '-')}"
+        done = haul(inventory, "run", "--name", w, "--host", "host1", "--",
+                    str(zdtm_dir / name), f"--pidfile={name}.pid", f"--outfile={name}.out",
+                    *programs[name])
+        assert done.returncode == 0, done.stderr
+        wdir = lab.host(1).data_backing / "agent" / "workloads" / w
+        deadline = time.monotonic() + 30
+        while not (wdir / f"{name}.pid").exists():
+            assert time.monotonic() < deadline, f"{name} never became ready"
+            time.sleep(0.02)
+    for name in sorted(programs):
+        w = f"z-{name.replace('_', '-')}"
+        done = haul(inventory, "migrate", w, "--to", "host2", "--strategy", "stop-and-copy",
+                    "-o", "json")
+        assert done.returncode == 0, f"{name}: {done.stdout} {done.stderr}"
+    rows = {r["name"]: r for r in ps(inventory)}
+    for name in sorted(programs):
+        w = f"z-{name.replace('_', '-')}"
+        assert rows[w]["host"] == "host2"
+        os.kill(int(rows[w]["root_pid"]), signal.SIGTERM)  # type: ignore[call-overload]
+    for name in sorted(programs):
+        w = f"z-{name.replace('_', '-')}"
+        out = lab.host(2).data_backing / "agent" / "workloads" / w / f"{name}.out"
+        deadline = time.monotonic() + 30
+        while not out.exists():
+            assert time.monotonic() < deadline, f"{name} wrote no verdict on host2"
+            time.sleep(0.05)
+        assert "PASS" in out.read_text(), f"{name}: {out.read_text()}"
