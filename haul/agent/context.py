@@ -9,6 +9,7 @@ trees, so the API runs without root.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -60,6 +61,7 @@ class AgentContext:
     criu: CriuProbe
     metrics: AgentMetrics
     _migrations: MigrationParts | None = None
+    _recovery: asyncio.Task[None] | None = None
 
     def migrations(self) -> MigrationParts:
         if self._migrations is None:
@@ -116,9 +118,19 @@ class AgentContext:
             for mid in kept:
                 log.warning("incoming migration %s has a restored copy waiting for its "
                             "source's decision; it is left stopped", mid)
+            self._recovery = asyncio.create_task(self._recover())
         self.metrics.workloads.set_function(lambda: len(self.workloads))
 
+    async def _recover(self) -> None:
+        try:
+            for line in await self.migrations().jobs.recover():
+                log.warning("recovered: %s", line)
+        except HaulError as exc:
+            log.error("recovering migrations failed: %s", exc.one_line())
+
     async def aclose(self) -> None:
+        if self._recovery is not None:
+            await self._recovery
         if self._migrations is not None:
             await self._migrations.jobs.aclose()
         await self.workloads.aclose()

@@ -9,8 +9,11 @@ HttpTransport) and this agent's journal.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,7 +30,8 @@ from haul.engine.events import Event
 from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration, resolve_strategy
-from haul.engine.phases import BEFORE_COMMIT, TERMINAL, Phase, Strategy
+from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
+from haul.engine.ports import JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
@@ -168,6 +172,7 @@ class MigrationJobs:
             strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
         )
         job = Job(Migration(spec), started_at=time.monotonic())
+        self._write_intent(mid, workload, to)
         self._jobs[mid] = job
         self._moving.add(workload)
         job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s))
@@ -208,12 +213,89 @@ class MigrationJobs:
             job.outcome = outcome
             if outcome.phase is Phase.DONE:
                 await self._on_moved(spec.workload)
+            self._intent_path(job.id).unlink(missing_ok=True)
             return outcome
         except HaulError as exc:
             job.error = exc.one_line()
             raise
         finally:
             self._moving.discard(spec.workload)
+
+    # -- what a restarted agent finds ------------------------------------------
+
+    def _intent_path(self, migration_id: str) -> Path:
+        return self.state_dir / "outgoing" / f"{migration_id}.json"
+
+    def _write_intent(self, migration_id: str, workload: str, to: str) -> None:
+        """What a restarted agent needs to finish a migration this one started."""
+        path = self._intent_path(migration_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            json.dump({"workload": workload, "to": to}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    async def recover(self) -> list[str]:
+        """Finish what an earlier agent left in flight, by its journal: before the commit,
+        the source runs and the destination discards; after it, the destination runs
+        and the source is killed. Returns one line per migration handled."""
+        done: list[str] = []
+        outgoing = self.state_dir / "outgoing"
+        for intent in sorted(outgoing.glob("*.json")) if outgoing.is_dir() else []:
+            mid = intent.stem
+            try:
+                data = json.loads(intent.read_text())
+                workload, to = str(data["workload"]), str(data["to"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("unreadable migration intent %s: %s", intent, exc)
+                continue
+            entries = self.journal.read(mid)
+            last = entries[-1].record.phase if entries else Phase.NEW
+            if last in TERMINAL:
+                intent.unlink(missing_ok=True)
+                continue
+            committed = last in AFTER_COMMIT
+            line = await self._finish_recovered(mid, workload, to, committed)
+            await self.journal.append(JournalRecord(
+                mid, Phase.DONE if committed else Phase.ROLLED_BACK, "recovered", line))
+            intent.unlink(missing_ok=True)
+            shutil.rmtree(outgoing / mid, ignore_errors=True)
+            log.warning("recovered migration %s: %s", mid, line)
+            done.append(f"{mid}: {line}")
+        return done
+
+    async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool
+                                ) -> str:
+        problems: list[str] = []
+        try:
+            peer = self.peer(to)
+            headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+            async with aiohttp.ClientSession(headers=headers) as session:
+                dest = RemoteDestination(IncomingClient(session, peer.url, f"destination {to}"),
+                                         mid, workload)
+                if committed:
+                    await dest.resume()
+                    await dest.cleanup()
+                else:
+                    await dest.discard()
+        except HaulError as exc:
+            problems.append(exc.one_line())
+        try:
+            tree = self._tree_of(workload)
+        except HaulError:
+            tree = None
+        if committed:
+            if tree is not None and tree.alive:
+                await tree.kill()
+            await self._on_moved(workload)
+            line = f"committed before the agent stopped: {workload} runs on {to}"
+        else:
+            if tree is not None and tree.alive:
+                tree.resume()
+            line = f"not committed when the agent stopped: {workload} runs on {self.host}"
+        return line + ("; " + "; ".join(problems) if problems else "")
 
     async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
                     ) -> tuple[Strategy | None, list[str], PreflightReport | None]:

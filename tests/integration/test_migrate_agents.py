@@ -280,3 +280,39 @@ def test_zdtm_programs_through_the_agents(
             assert time.monotonic() < deadline, f"{name} wrote no verdict on host2"
             time.sleep(0.05)
         assert "PASS" in out.read_text(), f"{name}: {out.read_text()}"
+
+
+def test_source_agent_killed_mid_migration_recovers_on_restart(
+    lab_with_agents: tuple[LabSpec, Path]
+) -> None:
+    import asyncio
+
+    from haul.lab.agents import restart_agent
+
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "big4", mem_mib=512)
+    migrating = _start_migration(inventory, "big4", "host2", "stop-and-copy")
+    mid = _wait_phase(inventory, {"freeze"})
+    asyncio.run(restart_agent(lab, "host1", kill_only=True))
+    migrating.communicate(timeout=120)
+    assert migrating.returncode != 0, "the watch lost its agent"
+    # Before the commit, CRIU resumes the tree itself when the agent's socket closes
+    # (the agent died while CRIU waited at post-dump); the restarted agent closes the
+    # journal and has the destination discard its part.
+    asyncio.run(restart_agent(lab, "host1"))
+    deadline = time.monotonic() + 30
+    journal = lab.host(1).data_backing / "agent" / "journal" / f"{mid}.jsonl"
+    while time.monotonic() < deadline:
+        last = json.loads(journal.read_text().splitlines()[-1])
+        if last["phase"] == "rolled-back":
+            break
+        time.sleep(0.1)
+    assert last["phase"] == "rolled-back" and last["cause"] == "recovered", last
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big4")]
+    n = count(lab, "host1", "big4")
+    assert wait_count_above(lab, "host1", "big4", n) > n, "the restarted agent resumed it"
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/m*/")), \
+        "the destination discarded its part"
+    done = haul(inventory, "migrate", "big4", "--to", "host2")
+    assert done.returncode == 0, done.stderr
+    assert verdict(lab, inventory, "host2", "big4").startswith("PASS")
