@@ -25,7 +25,7 @@ from rich.table import Table
 
 from haul.agent.client import AgentClient
 from haul.agent.migration_models import CheckView, MigrateAsk, MigrationList, MigrationView
-from haul.agent.models import WorkloadList
+from haul.agent.models import AdoptSpec, WorkloadList, WorkloadView
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, PeerError, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory
@@ -163,6 +163,8 @@ async def migrate(
 ) -> int:
     inv = load_inventory(hosts)
     inv.host(to)
+    if workload.startswith("pid:"):
+        workload, ask = await _adopt(inv, workload, source, ask)
     src = source or await find_host(inv, workload)
     if src == to:
         raise UsageError(f"{workload} already runs on {to}")
@@ -172,6 +174,22 @@ async def migrate(
         view = await watch(agent, started.id, live=sys.stderr.isatty() and output == "text")
     _result(view, output)
     return EXIT.get(view.outcome, 4)
+
+
+async def _adopt(inv: Inventory, target: str, source: str | None, ask: MigrateAsk
+                 ) -> tuple[str, MigrateAsk]:
+    """``pid:PID``: register that tree with the source's agent, then move it by name."""
+    if source is None:
+        raise UsageError("pid:PID needs --from HOST (a PID means something on one host only)")
+    try:
+        pid = int(target.removeprefix("pid:"))
+    except ValueError:
+        raise UsageError(f"{target!r} is not pid:NUMBER") from None
+    async with client_for(inv.host(source)) as agent:
+        _, raw = await agent.request("POST", "/v1/workloads/adopt",
+                                     body=AdoptSpec(pid=pid), ok=(201,))
+    name = WorkloadView.model_validate_json(raw).name
+    return name, ask.model_copy(update={"workload": name})
 
 
 def register(app: typer.Typer) -> None:
@@ -191,9 +209,9 @@ def register(app: typer.Typer) -> None:
         """Move a running workload to another host; exactly one copy runs at any time."""
         if output not in ("text", "json"):
             raise UsageError("--output is text or json")
-        ask = MigrateAsk(workload=workload, to=to, strategy=strategy,
-                         max_downtime_ms=max_downtime, max_iterations=max_iterations,
-                         timeout_s=timeout)
+        ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",
+                         to=to, strategy=strategy, max_downtime_ms=max_downtime,
+                         max_iterations=max_iterations, timeout_s=timeout)
         run = check if dry_run else migrate
         raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
 

@@ -121,6 +121,14 @@ class WorkloadSpec(_Request):
     data_dir: AbsolutePath | None = None
 
 
+class AdoptSpec(_Request):
+    """An existing process tree to register as a workload (for `haul migrate pid:PID`)."""
+
+    pid: int = Field(ge=2)
+    #: default: pid-PID
+    name: WorkloadName | None = None
+
+
 class WorkloadStatus(str, enum.Enum):
     RUNNING = "running"
     STOPPED = "stopped"

@@ -74,6 +74,17 @@ class _RegistryFile(BaseModel):
     workloads: list[WorkloadRecord]
 
 
+def _nspid(pid: int) -> list[str] | None:
+    """The PID in each namespace from this one down (/proc/PID/status NSpid), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return line.split()[1:]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks after boot (None if it is gone)."""
     try:
@@ -339,6 +350,27 @@ class WorkloadManager:
             self._trees[name] = tree
         log.info("adopted migrated workload %s: root pid %d", name, tree.root_pid)
         return record
+
+    async def adopt_pid(self, pid: int, name: str | None) -> WorkloadRecord:
+        """Register a tree this agent did not start, by its root PID (``pid:PID``).
+
+        CRIU moves a tree whose root is the init of its own PID namespace; a process
+        in the host's PID namespace is refused (start such workloads with haul run)."""
+        name = check_name(name or f"pid-{pid}")
+        nspid = _nspid(pid)
+        if nspid is None:
+            raise NotFound(f"no process {pid} on this host", code="no_process")
+        if len(nspid) < 2 or nspid[-1] != "1":
+            raise BadRequest(
+                f"process {pid} is not the init of its own PID namespace; haul moves such "
+                "trees only (start workloads with 'haul run')", code="not_a_tree")
+        try:
+            argv = [a.decode(errors="replace") for a in
+                    Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            argv = []
+        self.directory(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+        return await self.adopt(name, ProcessTree(pid), argv or [f"pid:{pid}"])
 
     async def forget(self, name: str) -> None:
         """Unregister a workload that has moved to another host (nothing is killed)."""

@@ -316,3 +316,48 @@ def test_source_agent_killed_mid_migration_recovers_on_restart(
     done = haul(inventory, "migrate", "big4", "--to", "host2")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big4").startswith("PASS")
+
+
+def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
+    """`haul migrate pid:PID --from HOST`: a tree haul did not start, moved by its PID."""
+    from haul.source.proctree import PIDINIT
+
+    lab, inventory = lab_with_agents
+    state = tmp_path / "state"  # outside the hosts' data: both hosts see it
+    launcher = subprocess.Popen([
+        *lab.host(1).ns.prefix(), "unshare", "--pid", "--ipc", "--uts", "--fork", "--",
+        sys.executable, "-S", "-E", str(PIDINIT), "--log", str(tmp_path / "log"),
+        "--cwd", str(tmp_path), "--", sys.executable, "-S", "-E", str(COUNTER), str(state),
+        "--mem-mib", "8"])
+    deadline = time.monotonic() + 20
+    while not state.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()
+    root_pid = int(children[0])
+    plain = subprocess.Popen(["sleep", "60"])
+    try:
+        refused = haul(inventory, "migrate", f"pid:{plain.pid}", "--from", "host1",
+                       "--to", "host2")
+        assert refused.returncode == 1 and "own PID namespace" in refused.stderr
+    finally:
+        plain.kill()
+        plain.wait()
+    no_from = haul(inventory, "migrate", f"pid:{root_pid}", "--to", "host2")
+    assert no_from.returncode == 2 and "--from" in no_from.stderr
+    done = haul(inventory, "migrate", f"pid:{root_pid}", "--from", "host1", "--to",
+                "host2", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["workload"] == f"pid-{root_pid}"
+    rows = ps(inventory)
+    assert [(r["host"], r["name"]) for r in rows] == [("host2", f"pid-{root_pid}")]
+    before = int(state.read_text().split()[1])
+    time.sleep(0.3)
+    assert int(state.read_text().split()[1]) > before
+    os.kill(int(rows[0]["root_pid"]), signal.SIGTERM)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 30
+    while not state.read_text().startswith(("PASS", "FAIL")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert state.read_text().startswith("PASS")
+    launcher.wait(timeout=10)  # its tree was killed at the commit; it has exited

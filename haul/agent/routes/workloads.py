@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from haul.agent.context import CONTEXT
-from haul.agent.models import WorkloadList, WorkloadSpec, WorkloadView
+from haul.agent.models import AdoptSpec, WorkloadList, WorkloadSpec, WorkloadView
 from haul.agent.routing import RouteTable
 from haul.agent.workloads import view_of
 
@@ -21,6 +21,15 @@ async def start_workload(request: web.Request, spec: WorkloadSpec) -> WorkloadVi
     ctx = request.app[CONTEXT]
     record = await ctx.workloads.start(spec)
     return view_of(record)
+
+
+@table.json_body("POST", "/v1/workloads/adopt", body=AdoptSpec, response=WorkloadView,
+                 status=201, name="adoptWorkload",
+                 errors={404: "no such process", 409: "the name is taken"},
+                 summary="Register an existing tree (the init of its own PID namespace)")
+async def adopt_workload(request: web.Request, spec: AdoptSpec) -> WorkloadView:
+    ctx = request.app[CONTEXT]
+    return view_of(await ctx.workloads.adopt_pid(spec.pid, spec.name))
 
 
 @table.json("GET", "/v1/workloads", name="listWorkloads", response=WorkloadList,
