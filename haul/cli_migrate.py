@@ -202,6 +202,8 @@ def register(app: typer.Typer) -> None:
         max_downtime: Annotated[float, typer.Option("--max-downtime", help="ms")] = 300.0,
         max_iterations: Annotated[int, typer.Option("--max-iterations")] = 8,
         timeout: Annotated[float | None, typer.Option("--timeout", help="s per phase")] = None,
+        shared_dir: Annotated[Path | None, typer.Option(
+            "--shared-dir", help="memory through this directory (both hosts see it)")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="pre-flight only")] = False,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
@@ -211,7 +213,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--output is text or json")
         ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",
                          to=to, strategy=strategy, max_downtime_ms=max_downtime,
-                         max_iterations=max_iterations, timeout_s=timeout)
+                         max_iterations=max_iterations, timeout_s=timeout,
+                         shared_dir=str(shared_dir.resolve()) if shared_dir else None)
         run = check if dry_run else migrate
         raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
 

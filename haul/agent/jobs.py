@@ -159,9 +159,18 @@ class MigrationJobs:
         max_downtime_ms: float = 300.0,
         max_iterations: int = 8,
         timeout_s: float | None = None,
+        shared_dir: Path | None = None,
     ) -> Job:
         if to == self.host:
             raise UsageError(f"{workload} already runs on {to}")
+        if shared_dir is not None:
+            if strategy is Strategy.POST_COPY:
+                raise UsageError("post-copy pulls pages from the source; --shared-dir "
+                                 "goes with stop-and-copy or pre-copy")
+            if not shared_dir.is_dir():
+                raise UsageError(f"shared directory {shared_dir} does not exist here")
+            if strategy is Strategy.AUTO:
+                strategy = Strategy.STOP_AND_COPY
         peer = self.peer(to)
         tree = self._tree_of(workload)  # raises when there is no such workload
         if workload in self._moving:
@@ -175,19 +184,21 @@ class MigrationJobs:
         self._write_intent(mid, workload, to)
         self._jobs[mid] = job
         self._moving.add(workload)
-        job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s))
+        job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir))
         return job
 
-    async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None
-                   ) -> Outcome:
+    async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None,
+                   shared_dir: Path | None = None) -> Outcome:
         spec = job.migration.spec
         headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
         data = self.data_root / spec.workload
         try:
             async with aiohttp.ClientSession(headers=headers) as session:
                 client = IncomingClient(session, peer.url, where=f"destination {spec.dest_host}")
+                workdir = (shared_dir if shared_dir is not None
+                           else self.state_dir / "outgoing") / job.id
                 source = CriuSource(
-                    self.criu, tree, self.state_dir / "outgoing" / job.id,
+                    self.criu, tree, workdir,
                     lazy_listen=PageServer(
                         self.advertise_address, secrets.choice(range(*LAZY_PORTS))
                     ),
@@ -197,8 +208,10 @@ class MigrationJobs:
                     client, job.id, spec.workload, lazy_source=source.lazy_listen,
                     argv=self._argv_of(spec.workload),
                     data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
+                    shared_images=source.images if shared_dir is not None else None,
                 )
-                transport = HttpTransport(client, job.id, source.images, source_data=data)
+                transport = HttpTransport(client, job.id, source.images, source_data=data,
+                                          skip_pages=shared_dir is not None)
 
                 def seen(phase: Phase, event: Event) -> None:
                     job.events.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from haul.agent.models import WorkloadName, _Answer, _Request
+from haul.agent.models import AbsolutePath, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -45,6 +45,8 @@ class IncomingOpen(_Request):
     argv: list[str] = Field(default_factory=list)
     #: the permission bits of the workload's data directory (CRIU checks them)
     data_mode: int = Field(default=0o700, ge=0, le=0o7777)
+    #: where the source wrote the pages, when the hosts share a directory for them
+    shared_images: AbsolutePath | None = None
 
 
 class IncomingOpened(_Answer):
@@ -80,6 +82,8 @@ class MigrateAsk(_Request):
     max_downtime_ms: float = Field(default=300.0, gt=0)
     max_iterations: int = Field(default=8, ge=1, le=100)
     timeout_s: float | None = Field(default=None, gt=0)
+    #: memory through this directory, which both hosts see, instead of a page server
+    shared_dir: AbsolutePath | None = None
 
 
 class CheckView(_Answer):

@@ -44,8 +44,11 @@ class CriuDestination:
         data: Path | None = None,
         listen: PageServer | None = None,
         lazy_source: PageServer | None = None,
+        shared_images: Path | None = None,
     ) -> None:
         self.criu = criu
+        #: where the source wrote the pages, in a directory both hosts see
+        self.shared_images = shared_images
         self.workdir = workdir
         self.images = workdir / "images"
         self.logs = workdir / "work"
@@ -88,6 +91,8 @@ class CriuDestination:
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
+        if self.shared_images is not None:
+            await asyncio.to_thread(self._take_shared_pages, self.shared_images)
         if lazy:
             if self.lazy_source is None:
                 raise WorkloadError("post-copy restore needs the source's lazy page server")
@@ -105,6 +110,18 @@ class CriuDestination:
         (self.workdir / RESTORED_MARK).write_text(f"{result.pid}\n")
         await self.tree.wait_stopped()
         return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started)
+
+    def _take_shared_pages(self, shared: Path) -> None:
+        """Bring the pages the source left in the shared directory into the images
+        (a hard link when the file system allows, else a copy)."""
+        if not shared.is_dir():
+            raise TransportError(f"the shared directory {shared} is not visible here")
+        for page in sorted(shared.glob("pages-*.img")):
+            target = self.images / page.name
+            try:
+                os.link(page, target)
+            except OSError:
+                shutil.copyfile(page, target)
 
     async def resume(self) -> None:
         if self.tree is None:

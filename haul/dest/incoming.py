@@ -159,6 +159,7 @@ class IncomingRegistry:
         *,
         argv: list[str] | None = None,
         data_mode: int = 0o700,
+        shared_images: Path | None = None,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
@@ -166,7 +167,8 @@ class IncomingRegistry:
             raise UsageError(f"migration {migration_id} is already open here")
         dest = CriuDestination(
             self.criu, self.root / migration_id, data=self.data_root,
-            listen=PageServer(self.listen_address, 0), lazy_source=lazy_source,
+            listen=None if shared_images is not None else PageServer(self.listen_address, 0),
+            lazy_source=lazy_source, shared_images=shared_images,
         )
         await dest.check_free(workload, needed_bytes)
         # Which workload's data this migration may create, for a sweep after a crash.

@@ -84,8 +84,10 @@ class RemoteDestination:
         lazy_source: PageServer | None = None,
         argv: list[str] | None = None,
         data_mode: int = 0o700,
+        shared_images: Path | None = None,
     ) -> None:
         self.client = client
+        self.shared_images = shared_images
         self.argv = list(argv or [])
         self.data_mode = data_mode
         self.migration_id = migration_id
@@ -115,6 +117,8 @@ class RemoteDestination:
             "id": self.migration_id, "workload": self.workload, "strategy": strategy.value,
             "needed_bytes": self.needed_bytes, "argv": self.argv, "data_mode": self.data_mode,
         }
+        if self.shared_images is not None:
+            body["shared_images"] = str(self.shared_images)
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,
                                    "port": self.lazy_source.port}

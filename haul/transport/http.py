@@ -41,8 +41,11 @@ class HttpTransport:
         source_images: Path,
         *,
         source_data: Path | None = None,
+        skip_pages: bool = False,
     ) -> None:
         self.uploads = uploads
+        #: the pages stay where they are (a directory both hosts see)
+        self.skip_pages = skip_pages
         self.migration_id = migration_id
         self.source_images = source_images
         self.source_data = source_data
@@ -53,6 +56,8 @@ class HttpTransport:
         for entry in sorted(os.scandir(self.source_images), key=lambda e: e.name):
             if not entry.is_file(follow_symlinks=False):
                 raise TransportError(f"{entry.path} is not a regular file; refusing to send it")
+            if self.skip_pages and entry.name.startswith("pages-"):
+                continue
             path = Path(entry.path)
             digest = await asyncio.to_thread(sha256_of, path)
             await self.uploads.put_image(self.migration_id, entry.name, path, digest)

@@ -361,3 +361,26 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
         time.sleep(0.05)
     assert state.read_text().startswith("PASS")
     launcher.wait(timeout=10)  # its tree was killed at the commit; it has exited
+
+
+def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path],
+                                           tmp_path: Path) -> None:
+    lab, inventory = lab_with_agents
+    shared = tmp_path / "shared"  # outside the hosts' private data: both see it
+    shared.mkdir()
+    start_counter(inventory, lab, "web5", mem_mib=32)
+    before = count(lab, "host1", "web5")
+    done = haul(inventory, "migrate", "web5", "--to", "host2", "--shared-dir", str(shared),
+                "-o", "json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["outcome"] == "done" and result["strategy"] == "stop-and-copy"
+    shown = json.loads(haul(inventory, "jobs", "show", result["id"]).stdout)
+    assert shown["stats"]["transfer_bytes"] < 4 << 20, "the pages did not go over the API"
+    assert shown["stats"]["dump_bytes"] >= 32 << 20, "they were written to the shared dir"
+    assert list(shared.iterdir()) == [], "the shared directory is cleaned up"
+    assert wait_count_above(lab, "host2", "web5", before) > before
+    refused = haul(inventory, "migrate", "web5", "--to", "host1", "--shared-dir", str(shared),
+                   "--strategy", "post-copy")
+    assert refused.returncode == 1 and "post-copy" in refused.stderr
+    assert verdict(lab, inventory, "host2", "web5").startswith("PASS")

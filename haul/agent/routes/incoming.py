@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aiohttp import web
 
 from haul.agent.context import CONTEXT
@@ -56,7 +58,9 @@ async def check(request: web.Request, ask: IncomingCheck) -> Done:
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
     item = await _incoming(request).open(ask.id, ask.workload, ask.strategy, ask.needed_bytes,
-                                         lazy, argv=ask.argv, data_mode=ask.data_mode)
+                                         lazy, argv=ask.argv, data_mode=ask.data_mode,
+                                         shared_images=Path(ask.shared_images)
+                                         if ask.shared_images else None)
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()

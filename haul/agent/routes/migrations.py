@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -52,7 +53,8 @@ async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
     jobs = request.app[CONTEXT].migrations().jobs
     job = await jobs.start(ask.workload, ask.to, strategy=ask.strategy,
                            max_downtime_ms=ask.max_downtime_ms,
-                           max_iterations=ask.max_iterations, timeout_s=ask.timeout_s)
+                           max_iterations=ask.max_iterations, timeout_s=ask.timeout_s,
+                           shared_dir=Path(ask.shared_dir) if ask.shared_dir else None)
     return view(job)
 
 
