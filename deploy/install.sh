@@ -6,12 +6,16 @@
 # Idempotent: each step checks first and does nothing when its result is there.
 # Usage: deploy/install.sh            (from a clone of haul)
 # Environment:
-#   HAUL_CRIU_VERSION   Debian source version to build when needed (default 4.1.1-1)
+#   HAUL_CRIU_CANDIDATES  Debian SUITE:VERSION source packages to build, best first
+#                         (default "sid:4.2.1-1 trixie:4.1.1-1")
 #   HAUL_VENV           virtualenv path (default: .venv in the clone)
 set -euo pipefail
 
-CRIU_DEB_VERSION=${HAUL_CRIU_VERSION:-4.1.1-1}
-CRIU_UPSTREAM=${CRIU_DEB_VERSION%-*}
+# Best first. 4.2.1 dumps TCP and UDP sockets on Linux 6.18, where 4.1.1 fails
+# ("sockets: Can't get 1:16 opt": SO_PASSCRED on an inet socket); only unstable
+# carries 4.2.1, and unstable moves on, so Debian 13's 4.1.1, which stays in the
+# archive, is the fallback.
+CRIU_CANDIDATES=${HAUL_CRIU_CANDIDATES:-"sid:4.2.1-1 trixie:4.1.1-1"}
 CRIU_MIN=4.1
 MIRROR=http://deb.debian.org/debian
 PREFIX=/usr/local
@@ -75,50 +79,87 @@ criu_ok() {  # criu_ok PATH: new enough and `criu check` passes
     "$bin" check >/dev/null 2>&1
 }
 
-fetch_criu_source() {  # the orig tarball from Debian 13's source package
-    local dir=$1 tmp
+fetch_criu_source() {  # fetch_criu_source SUITE DEBIAN_VERSION: unpack the orig tarball
+    local suite=$1 debver=$2 upstream=${2%-*} tmp
     tmp=$(mktemp -d)
     mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial"
-    echo "deb-src $MIRROR trixie main" > "$tmp/sources.list"
+    echo "deb-src $MIRROR $suite main" > "$tmp/sources.list"
     local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list"
                 -o "Dir::Etc::SourceParts=/dev/null"
                 -o "Dir::State::Lists=$tmp/lists"
                 -o "Dir::Cache=$tmp/cache"
                 -o "APT::Sandbox::User=root")
-    note "fetching criu_${CRIU_UPSTREAM}.orig.tar.gz (Debian source $CRIU_DEB_VERSION)"
-    apt-get "${opts[@]}" update -qq
-    (cd "$tmp" && apt-get "${opts[@]}" source --download-only -qq "criu=$CRIU_DEB_VERSION" \
+    note "fetching criu_${upstream}.orig.tar.* (Debian $suite source $debver)"
+    apt-get "${opts[@]}" update -qq || { rm -rf "$tmp"; return 1; }
+    # The debian.tar part may be gone while the orig tarball is still there: only it is needed.
+    (cd "$tmp" && apt-get "${opts[@]}" source --download-only -qq "criu=$debver" \
         >/dev/null 2>&1) || true
     local orig
-    orig=$(ls "$tmp"/criu_"$CRIU_UPSTREAM".orig.tar.* 2>/dev/null | head -n1)
-    [ -n "$orig" ] || die "could not fetch CRIU $CRIU_DEB_VERSION source from $MIRROR (trixie)"
+    orig=$(ls "$tmp"/criu_"$upstream".orig.tar.* 2>/dev/null | head -n1)
+    if [ -z "$orig" ]; then
+        note "criu $debver is not in $suite any more"
+        rm -rf "$tmp"
+        return 1
+    fi
     mkdir -p "$SRC_ROOT"
     tar -C "$SRC_ROOT" -xf "$orig"
-    [ -d "$dir" ] || die "unpacked CRIU source is not at $dir"
     rm -rf "$tmp"
+    [ -d "$SRC_ROOT/criu-$upstream" ]
 }
 
-step "CRIU >= $CRIU_MIN"
-CRIU_SRC=$SRC_ROOT/criu-$CRIU_UPSTREAM
+build_criu() {  # build_criu UPSTREAM: build the unpacked source, install it if it works
+    local src=$SRC_ROOT/criu-$1
+    note "building in $src"
+    if ! make -C "$src" -j"$(nproc)" criu >"$src/haul-build.log" 2>&1; then
+        tail -n 20 "$src/haul-build.log" >&2
+        note "CRIU $1 did not build (log: $src/haul-build.log)"
+        return 1
+    fi
+    if ! criu_ok "$src/criu/criu"; then
+        "$src/criu/criu" check 2>&1 | tail -n 5 >&2 || true
+        note "CRIU $1 built but fails 'criu check'"
+        return 1
+    fi
+    install -m 0755 "$src/criu/criu" $PREFIX/sbin/criu
+}
+
+criu_version() { "$1" --version 2>/dev/null | awk '/^Version:/ {print $2}'; }
+
+step "CRIU (wanted: ${CRIU_CANDIDATES})"
+WANTED=${CRIU_CANDIDATES%% *}
+WANTED=${WANTED#*:}
+WANTED=${WANTED%-*}
 CRIU_BIN=""
-if criu_ok /usr/sbin/criu; then
+if criu_ok /usr/sbin/criu && version_ge "$(criu_version /usr/sbin/criu)" "$WANTED"; then
     CRIU_BIN=/usr/sbin/criu
     note "the distribution's CRIU works: $CRIU_BIN"
-elif criu_ok $PREFIX/sbin/criu; then
+elif criu_ok $PREFIX/sbin/criu && version_ge "$(criu_version $PREFIX/sbin/criu)" "$WANTED"; then
     CRIU_BIN=$PREFIX/sbin/criu
     note "already built: $CRIU_BIN"
 else
-    [ -e /usr/sbin/criu ] && note "/usr/sbin/criu is unusable here (too old or 'criu check' fails); building $CRIU_UPSTREAM"
-    [ -d "$CRIU_SRC" ] || fetch_criu_source "$CRIU_SRC"
-    note "building in $CRIU_SRC"
-    make -C "$CRIU_SRC" -j"$(nproc)" criu >"$CRIU_SRC/haul-build.log" 2>&1 \
-        || { tail -n 30 "$CRIU_SRC/haul-build.log" >&2; die "CRIU build failed (log: $CRIU_SRC/haul-build.log)"; }
-    install -m 0755 "$CRIU_SRC/criu/criu" $PREFIX/sbin/criu
-    CRIU_BIN=$PREFIX/sbin/criu
-    criu_ok "$CRIU_BIN" || { "$CRIU_BIN" check || true; die "built CRIU fails 'criu check'"; }
+    [ -e /usr/sbin/criu ] && note "/usr/sbin/criu is older than $WANTED or fails 'criu check'"
+    for candidate in $CRIU_CANDIDATES; do
+        suite=${candidate%%:*}
+        debver=${candidate#*:}
+        upstream=${debver%-*}
+        if { [ -d "$SRC_ROOT/criu-$upstream" ] || fetch_criu_source "$suite" "$debver"; } \
+            && build_criu "$upstream"; then
+            CRIU_BIN=$PREFIX/sbin/criu
+            break
+        fi
+    done
+    if [ -z "$CRIU_BIN" ]; then  # nothing better could be had: keep a working older one
+        for bin in $PREFIX/sbin/criu /usr/sbin/criu; do
+            if criu_ok "$bin"; then CRIU_BIN=$bin; break; fi
+        done
+    fi
+    [ -n "$CRIU_BIN" ] || die "no CRIU >= $CRIU_MIN that passes 'criu check' could be built"
 fi
-CRIU_VERSION=$("$CRIU_BIN" --version | awk '/^Version:/ {print $2}')
+CRIU_VERSION=$(criu_version "$CRIU_BIN")
+CRIU_SRC=$SRC_ROOT/criu-$CRIU_VERSION
 note "using $CRIU_BIN ($CRIU_VERSION)"
+version_ge "$CRIU_VERSION" "$WANTED" \
+    || note "warning: CRIU $CRIU_VERSION cannot dump TCP/UDP sockets on Linux 6.18; $WANTED can"
 
 # runc and anything else that finds `criu` on PATH must get this one.
 if [ "$CRIU_BIN" = "$PREFIX/sbin/criu" ] && [ -e /usr/sbin/criu ]; then
@@ -127,8 +168,13 @@ fi
 
 step "CRIU source tree (for ZDTM test programs)"
 if [ ! -d "$CRIU_SRC" ]; then
-    fetch_criu_source "$CRIU_SRC"
+    for candidate in $CRIU_CANDIDATES; do
+        debver=${candidate#*:}
+        if [ "${debver%-*}" = "$CRIU_VERSION" ] && fetch_criu_source "${candidate%%:*}" "$debver"
+        then break; fi
+    done
 fi
+[ -d "$CRIU_SRC" ] || die "no source tree for CRIU $CRIU_VERSION (ZDTM test programs need it)"
 note "$CRIU_SRC"
 
 step "record choices in $ETC/install.toml"

@@ -384,3 +384,32 @@ def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path]
                    "--strategy", "post-copy")
     assert refused.returncode == 1 and "post-copy" in refused.stderr
     assert verdict(lab, inventory, "host2", "web5").startswith("PASS")
+
+
+def _http_status(lab: LabSpec, url: str) -> int:
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab.client.netns, sys.executable, "-c",
+         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"],
+        capture_output=True, text=True, timeout=30)
+    return int(done.stdout.strip()) if done.returncode == 0 else -1
+
+
+def test_a_listening_server_moves_and_answers_on_the_destination(
+    lab_with_agents: tuple[LabSpec, Path], criu_path: Path
+) -> None:
+    version = subprocess.run([str(criu_path), "--version"], capture_output=True,
+                             text=True).stdout.split()[1]
+    if tuple(int(x) for x in version.split(".")[:2]) < (4, 2):
+        pytest.skip(f"CRIU {version} cannot dump TCP sockets on this kernel (4.2 can)")
+    lab, inventory = lab_with_agents
+    done = haul(inventory, "run", "--name", "www", "--host", "host1", "--",
+                sys.executable, "-m", "http.server", "8000")
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 20
+    while _http_status(lab, "http://10.77.0.1:8000/") != 200:
+        assert time.monotonic() < deadline, "the server never answered on host1"
+        time.sleep(0.1)
+    done = haul(inventory, "migrate", "www", "--to", "host2", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    assert _http_status(lab, "http://10.77.0.2:8000/") == 200
+    assert _http_status(lab, "http://10.77.0.1:8000/") == -1, "nothing answers on host1"
