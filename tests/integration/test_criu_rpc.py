@@ -38,9 +38,12 @@ async def test_version_and_features(criu: Criu) -> None:
     v = await criu.version()
     assert v.at_least(4, 1), f"haul needs CRIU >= 4.1, the install gave {v}"
     f = await criu.features()
-    # This machine's kernel: userfaultfd yes, soft-dirty no (ENVIRONMENT.md).
-    assert f.lazy_pages is Path("/proc/sys/vm/unprivileged_userfaultfd").exists() or f.lazy_pages
-    assert isinstance(f.mem_track, bool)
+    # CRIU's answers agree with what the kernel shows: userfaultfd is there exactly when
+    # the vm.unprivileged_userfaultfd knob is; soft-dirty exactly when pagemap reports it.
+    assert f.lazy_pages is Path("/proc/sys/vm/unprivileged_userfaultfd").exists()
+    kconfig = Path(f"/boot/config-{os.uname().release}")
+    if kconfig.exists():
+        assert f.mem_track is ("CONFIG_MEM_SOFT_DIRTY=y" in kconfig.read_text())
 
 
 async def test_check_passes(criu: Criu, tmp_path: Path) -> None:
