@@ -9,6 +9,7 @@ HttpTransport) and this agent's journal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,9 @@ import aiohttp
 from haul.agent.journal import Journal
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
+from haul.dest.linked import LinkedDest
 from haul.dest.remote import IncomingClient, RemoteDestination
 from haul.engine.events import Event
-from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration, resolve_strategy
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
@@ -72,38 +73,12 @@ class Job:
         return self.migration.phase
 
 
-class _LinkedDest:
-    """The destination port, telling the source where the destination's page server
-    listens once it is prepared (its port is chosen then)."""
-
-    def __init__(self, dest: RemoteDestination, source: CriuSource) -> None:
-        self._dest = dest
-        self._source = source
-
-    async def capabilities(self) -> Capabilities:
-        return await self._dest.capabilities()
-
-    async def check_free(self, workload: str, needed_bytes: int) -> None:
-        await self._dest.check_free(workload, needed_bytes)
-
-    async def prepare(self, strategy: Strategy) -> None:
-        await self._dest.prepare(strategy)
-        self._source.dest_page_server = self._dest.page_server
-
-    async def restore(self, lazy: bool) -> RestoreFigures:
-        return await self._dest.restore(lazy)
-
-    async def resume(self) -> None:
-        await self._dest.resume()
-
-    async def wait_pages(self) -> None:
-        await self._dest.wait_pages()
-
-    async def discard(self) -> None:
-        await self._dest.discard()
-
-    async def cleanup(self) -> None:
-        await self._dest.cleanup()
+@contextlib.asynccontextmanager
+async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
+    """A client of the destination agent ``name``, with this agent's credentials for it."""
+    headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        yield IncomingClient(session, peer.url, where=f"destination {name}")
 
 
 class MigrationJobs:
@@ -190,11 +165,9 @@ class MigrationJobs:
     async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None,
                    shared_dir: Path | None = None) -> Outcome:
         spec = job.migration.spec
-        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
         data = self.data_root / spec.workload
         try:
-            async with aiohttp.ClientSession(headers=headers) as session:
-                client = IncomingClient(session, peer.url, where=f"destination {spec.dest_host}")
+            async with _peer_client(peer, spec.dest_host) as client:
                 workdir = (shared_dir if shared_dir is not None
                            else self.state_dir / "outgoing") / job.id
                 source = CriuSource(
@@ -219,7 +192,7 @@ class MigrationJobs:
                     )
 
                 outcome = await run(
-                    job.migration, source=source, dest=_LinkedDest(dest, source),
+                    job.migration, source=source, dest=LinkedDest(dest, source),
                     transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
                     on_event=seen,
                 )
@@ -284,10 +257,8 @@ class MigrationJobs:
         problems: list[str] = []
         try:
             peer = self.peer(to)
-            headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
-            async with aiohttp.ClientSession(headers=headers) as session:
-                dest = RemoteDestination(IncomingClient(session, peer.url, f"destination {to}"),
-                                         mid, workload)
+            async with _peer_client(peer, to) as client:
+                dest = RemoteDestination(client, mid, workload)
                 if committed:
                     await dest.resume()
                     await dest.cleanup()
@@ -319,9 +290,7 @@ class MigrationJobs:
             return None, [f"{workload} already runs on {to}"], None
         peer = self.peer(to)
         tree = self._tree_of(workload)
-        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
-        async with aiohttp.ClientSession(headers=headers) as session:
-            client = IncomingClient(session, peer.url, where=f"destination {to}")
+        async with _peer_client(peer, to) as client:
             dest = RemoteDestination(client, "check", workload)
             source_caps = await host_capabilities(self.criu)
             dest_caps = await dest.capabilities()

@@ -62,6 +62,13 @@ class CriuDestination:
         #: the workload's data directory here, once this migration may create it
         self._data_dir: Path | None = None
 
+    @property
+    def page_server(self) -> PageServer | None:
+        """Where this host's page server listens, once prepared with one."""
+        if self.listen is None or not self.page_server_port:
+            return None
+        return PageServer(self.listen.address, self.page_server_port)
+
     async def capabilities(self) -> Capabilities:
         return await host_capabilities(self.criu)
 

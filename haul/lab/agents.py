@@ -40,6 +40,7 @@ from haul.agent.config import parse_config
 from haul.errors import ConfigError, HaulError, LabError, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
 from haul.lab.ledger import Ledger, state_dir
+from haul.procfs import alive
 from haul.lab.spec import HostSpec, LabSpec
 from haul.procfs import netns_inode, ns_inode, wait_gone
 
@@ -165,7 +166,7 @@ def _spawn(host: HostSpec, config: Path) -> _Polled:
             cwd="/",
             start_new_session=True,  # not in the terminal's process group: Ctrl-C spares it
         )
-    _RESTARTED.append(proc)  # kept, so it is reaped and never collected while running
+    _SPAWNED.append(proc)  # kept, so it is reaped and never collected while running
     return _Polled(proc)
 
 
@@ -321,7 +322,7 @@ async def restart_agent(spec: LabSpec, name: str, *, kill_only: bool = False,
     if old is not None and old in _our_agents(ledger):
         _signal([old], signal.SIGKILL)
         for _ in range(500):
-            if not Path(f"/proc/{old}").exists() or _zombie(old):
+            if not alive(old):
                 break
             await asyncio.sleep(0.01)
     agent_socket(spec.prefix, name).unlink(missing_ok=True)
@@ -334,7 +335,7 @@ async def restart_agent(spec: LabSpec, name: str, *, kill_only: bool = False,
     return proc.pid
 
 
-_RESTARTED: list[subprocess.Popen[bytes]] = []
+_SPAWNED: list[subprocess.Popen[bytes]] = []
 
 
 class _Polled:
@@ -348,10 +349,3 @@ class _Polled:
     def returncode(self) -> int | None:
         return self._proc.poll()
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"

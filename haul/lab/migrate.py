@@ -19,6 +19,7 @@ from haul.agent.journal import Journal
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
+from haul.dest.linked import LinkedDest
 from haul.engine.events import Event
 from haul.engine.machine import Migration
 from haul.engine.phases import Phase, Strategy
@@ -29,25 +30,6 @@ from haul.lab.spec import HostSpec
 from haul.source.criusource import CriuSource
 from haul.source.proctree import ProcessTree
 from haul.transport.local import LocalTransport
-
-
-class _Linked:
-    """The destination port, telling the source where the page server listens once
-    the destination is prepared (the port is chosen then)."""
-
-    def __init__(self, dest: CriuDestination, source: CriuSource) -> None:
-        self._dest = dest
-        self._source = source
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._dest, name)
-
-    async def prepare(self, strategy: Strategy) -> None:
-        await self._dest.prepare(strategy)
-        if self._dest.listen is not None and self._dest.page_server_port:
-            self._source.dest_page_server = PageServer(
-                self._dest.listen.address, self._dest.page_server_port
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +78,7 @@ async def migrate_in_lab(
     )
     migration = Migration(spec)
     outcome = await run(
-        migration, source=source, dest=_Linked(dest, source),  # type: ignore[arg-type]
+        migration, source=source, dest=LinkedDest(dest, source),
         transport=transport, journal=Journal(src.workdir / "journal"),
         timeouts=timeouts if timeouts is not None else DEFAULT_TIMEOUTS_S, on_event=on_event,
     )
