@@ -164,6 +164,8 @@ def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> di
         "cwd": w.cwd,
         "data_dir": w.data_dir,
         "log_path": w.log_path,
+        "address": w.net.address if w.net is not None else None,
+        "port": w.net.port if w.net is not None else None,
     }
 
 
@@ -175,11 +177,13 @@ def _emit(rows: Sequence[tuple[str, WorkloadView]], output: Output, *, title: st
         sys.stdout.write(json.dumps(value, indent=2) + "\n")
         return
     table = Table(title=title)
-    for col in ("host", "name", "status", "root pid", "started", "argv"):
+    for col in ("host", "name", "status", "root pid", "address", "started", "argv"):
         table.add_column(col, justify="right" if col == "root pid" else "left")
     for host, w in rows:
-        table.add_row(host, w.name, w.status.value, str(w.root_pid), _started(w.started_at),
-                      shlex.join(w.argv))
+        address = "-" if w.net is None else (
+            w.net.address + (f" :{w.net.port}" if w.net.port else ""))
+        table.add_row(host, w.name, w.status.value, str(w.root_pid), address,
+                      _started(w.started_at), shlex.join(w.argv))
     out.print(table)
 
 
@@ -211,15 +215,33 @@ def run_cmd(
     data_dir: Annotated[str | None, typer.Option(
         "--data-dir", help="its data directory and cwd, as the host sees it "
         "(default: one the agent makes)", show_default=False)] = None,
+    ip: Annotated[str | None, typer.Option(
+        "--ip", help="an address of its own, with prefix length (e.g. 10.77.0.101/24): it "
+        "runs in its own network namespace on the host's bridge, and the address moves "
+        "with it", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(
+        "--port", help="the port it serves on (told to hooks and load balancers)",
+        show_default=False)] = None,
+    gateway: Annotated[str | None, typer.Option(
+        "--gateway", help="its default route (with --ip)", show_default=False)] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
 ) -> None:
     """Start CMD as workload NAME on HOST, through that host's agent."""
+    from haul.agent.models import NetSpec
+    from haul.net.spec import WorkloadNet
+
     (_, entry), = _select(load_inventory(hosts_file), host)
+    if ip is None and (port is not None or gateway is not None):
+        raise UsageError("--port and --gateway go with --ip")
+    net = None
+    if ip is not None:
+        WorkloadNet.parse(ip, port, gateway)  # bad input: one line here, before any call
+        net = NetSpec(address=ip, port=port, gateway=gateway)
 
     async def start() -> WorkloadView:
         async with client_for(entry) as agent:
-            return await agent.start_workload(name, argv, data_dir=data_dir)
+            return await agent.start_workload(name, argv, data_dir=data_dir, net=net)
 
     view = asyncio.run(start())
     _emit([(host, view)], output, title=f"started on {host}", single=True)

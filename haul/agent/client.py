@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from haul.agent.models import (
     AgentInfo,
     Health,
+    NetSpec,
     Readiness,
     WorkloadList,
     WorkloadSpec,
@@ -167,9 +168,10 @@ class AgentClient:
     # ---------------------------------------------------------------- workloads
 
     async def start_workload(self, name: str, argv: Sequence[str],
-                             data_dir: str | None = None) -> WorkloadView:
+                             data_dir: str | None = None, net: NetSpec | None = None
+                             ) -> WorkloadView:
         try:
-            spec = WorkloadSpec(name=name, argv=list(argv), data_dir=data_dir)
+            spec = WorkloadSpec(name=name, argv=list(argv), data_dir=data_dir, net=net)
         except ValidationError as exc:
             raise UsageError(f"workload {name!r}: {describe_validation(exc)}") from None
         _, raw = await self.request("POST", "/v1/workloads", body=spec, ok=(201,))

@@ -82,6 +82,7 @@ def _peer_url(value: str) -> str:
 HostName = Annotated[str, AfterValidator(_host_name)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 NetnsName = Annotated[str, AfterValidator(_netns_name)]
+IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 PeerUrl = Annotated[str, AfterValidator(_peer_url)]
 
 
@@ -162,6 +163,10 @@ class AgentConfig(_Section):
     advertise_address: IpAddress | None = None
     #: the other hosts' agents, by host name: how this agent reaches them
     peers: dict[HostName, PeerConfig] = Field(default_factory=dict)
+    #: the bridge that workloads with an address of their own are attached to (their
+    #: veth's host end); it must hold this host's uplink (see haul/net/spec.py).
+    #: None: workloads here share the host's network and cannot be given an address
+    bridge: IfName | None = None
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:

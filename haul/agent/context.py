@@ -70,13 +70,15 @@ class AgentContext:
             data_root = self.workloads.workloads_dir
             self._migrations = MigrationParts(
                 incoming=IncomingRegistry(criu, self.config.state_dir / "incoming",
-                                          data_root=data_root, listen_address=address),
+                                          data_root=data_root, listen_address=address,
+                                          bridge=self.config.bridge),
                 jobs=MigrationJobs(
                     host=self.config.host, criu=criu,
                     state_dir=self.config.state_dir, data_root=data_root,
                     journal=self.journal, advertise_address=address,
                     peers=_peers(self.config), tree_of=self.workloads.tree,
                     argv_of=lambda name: list(self.workloads.get(name).argv),
+                    net_of=lambda name: self.workloads.get(name).net,
                     on_moved=self.workloads.forget,
                 ),
             )
@@ -98,7 +100,8 @@ class AgentContext:
         return cls(
             config=config,
             workloads=WorkloadManager(
-                config.state_dir, host=host, start=start if start is not None else start_tree
+                config.state_dir, host=host, start=start if start is not None else start_tree,
+                bridge=config.bridge,
             ),
             journal=Journal(config.journal_dir),
             criu=CriuProbe(gather_criu if gather_criu is not None else gather_real),

@@ -24,7 +24,8 @@ from pathlib import Path
 import aiohttp
 
 from haul.agent.journal import Journal
-from haul.criu.options import PageServer
+from haul.agent.models import NetSpec
+from haul.criu.options import CriuOptions, NetworkLock, PageServer
 from haul.criu.service import Criu
 from haul.dest.linked import LinkedDest
 from haul.dest.remote import IncomingClient, RemoteDestination
@@ -81,6 +82,14 @@ async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
         yield IncomingClient(session, peer.url, where=f"destination {name}")
 
 
+def dump_options(images: Path, *, own_network: bool) -> CriuOptions:
+    """How a workload is dumped. The network is locked with nftables (this machine
+    has no iptables tools). A workload with a network namespace of its own takes
+    its TCP connections along (``tcp_established``): its address goes with it."""
+    return CriuOptions(images_dir=images, file_locks=True, link_remap=True,
+                       network_lock=NetworkLock.NFTABLES, tcp_established=own_network)
+
+
 class MigrationJobs:
     def __init__(
         self,
@@ -95,6 +104,7 @@ class MigrationJobs:
         tree_of: Callable[[str], ProcessTree],
         argv_of: Callable[[str], list[str]],
         on_moved: Callable[[str], Awaitable[None]],
+        net_of: Callable[[str], NetSpec | None] = lambda name: None,
     ) -> None:
         self.host = host
         self.criu = criu
@@ -105,6 +115,7 @@ class MigrationJobs:
         self.peers = peers
         self._tree_of = tree_of
         self._argv_of = argv_of
+        self._net_of = net_of
         self._on_moved = on_moved
         self._jobs: dict[str, Job] = {}
         self._moving: set[str] = set()
@@ -170,8 +181,10 @@ class MigrationJobs:
             async with _peer_client(peer, spec.dest_host) as client:
                 workdir = (shared_dir if shared_dir is not None
                            else self.state_dir / "outgoing") / job.id
+                net = self._net_of(spec.workload)
                 source = CriuSource(
                     self.criu, tree, workdir,
+                    base=dump_options(workdir / "images", own_network=net is not None),
                     lazy_listen=PageServer(
                         self.advertise_address, secrets.choice(range(*LAZY_PORTS))
                     ),
@@ -182,6 +195,7 @@ class MigrationJobs:
                     argv=self._argv_of(spec.workload),
                     data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
                     shared_images=source.images if shared_dir is not None else None,
+                    net=net.model_dump() if net is not None else None,
                 )
                 transport = HttpTransport(client, job.id, source.images, source_data=data,
                                           skip_pages=shared_dir is not None)

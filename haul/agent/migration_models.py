@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from haul.agent.models import AbsolutePath, WorkloadName, _Answer, _Request
+from haul.agent.models import AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -28,6 +28,8 @@ class CapabilitiesView(_Answer):
 class IncomingCheck(_Request):
     workload: WorkloadName
     needed_bytes: int = Field(ge=0)
+    #: the workload's own address: it must be free on the destination
+    net: NetSpec | None = None
 
 
 class Endpoint(_Request):
@@ -47,6 +49,8 @@ class IncomingOpen(_Request):
     data_mode: int = Field(default=0o700, ge=0, le=0o7777)
     #: where the source wrote the pages, when the hosts share a directory for them
     shared_images: AbsolutePath | None = None
+    #: the workload's own address, which comes along (its veth is re-attached here)
+    net: NetSpec | None = None
 
 
 class IncomingOpened(_Answer):

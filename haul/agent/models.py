@@ -111,14 +111,27 @@ class AgentInfo(_Answer):
 # ------------------------------------------------------------------ workloads
 
 
+class NetSpec(_Request):
+    """A workload's own address: it then runs in a network namespace of its own, on the
+    host's bridge (haul/net/spec.py)."""
+
+    #: with its prefix length, e.g. 10.77.0.101/24
+    address: str = Field(max_length=64)
+    #: the port it serves on (for hooks and load balancers; nothing is opened)
+    port: int | None = Field(default=None, ge=1, le=65535)
+    gateway: str | None = Field(default=None, max_length=64)
+
+
 class WorkloadSpec(_Request):
-    """What to start: a name, a command, and optionally the workload's data directory."""
+    """What to start: a name, a command, and optionally the workload's data directory
+    and an address of its own."""
 
     name: WorkloadName
     argv: Annotated[list[Arg], Field(min_length=1, max_length=MAX_ARGV)]
     #: the workload's data directory as the host sees it (it must exist); default: a
     #: directory the agent makes in its state directory. It is the workload's cwd.
     data_dir: AbsolutePath | None = None
+    net: NetSpec | None = None
 
 
 class AdoptSpec(_Request):
@@ -144,6 +157,8 @@ class WorkloadView(_Answer):
     cwd: str
     data_dir: str | None
     log_path: str
+    #: the workload's own address, when it has one
+    net: NetSpec | None = None
 
 
 class WorkloadList(_Answer):

@@ -26,12 +26,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from haul.agent.models import (
     WORKLOAD_NAME_RE,
+    NetSpec,
     WorkloadSpec,
     WorkloadStatus,
     WorkloadView,
 )
 from haul.agent.wire import BadRequest, Conflict, NotFound
-from haul.errors import WorkloadError
+from haul.errors import UsageError, WorkloadError
+from haul.net import veth
+from haul.net.spec import WorkloadNet
 from haul.nsexec import HOST, HostNs
 from haul.procfs import state
 from haul.source.proctree import ProcessTree, start_tree
@@ -47,7 +50,8 @@ class StartTree(Protocol):
     """How a workload tree is started: :func:`start_tree`; tests pass one that needs no root."""
 
     async def __call__(
-        self, argv: Sequence[str], *, log_path: Path, host: HostNs = ..., cwd: Path = ...
+        self, argv: Sequence[str], *, log_path: Path, host: HostNs = ..., cwd: Path = ...,
+        net: bool = ...,
     ) -> ProcessTree: ...
 
 
@@ -65,6 +69,8 @@ class WorkloadRecord(BaseModel):
     cwd: str
     data_dir: str | None
     log_path: str
+    #: its own address (it runs in a network namespace of its own), or None
+    net: NetSpec | None = None
 
 
 class _RegistryFile(BaseModel):
@@ -124,7 +130,26 @@ def view_of(record: WorkloadRecord, status: WorkloadStatus | None = None) -> Wor
         cwd=record.cwd,
         data_dir=record.data_dir,
         log_path=record.log_path,
+        net=record.net,
     )
+
+
+def workload_net(spec: NetSpec | None) -> WorkloadNet | None:
+    """The checked network of a request or record (BadRequest for bad input)."""
+    if spec is None:
+        return None
+    try:
+        return WorkloadNet.parse(spec.address, spec.port, spec.gateway)
+    except UsageError as exc:
+        raise BadRequest(str(exc), code="bad_net") from None
+
+
+def net_spec(net: WorkloadNet | None) -> NetSpec | None:
+    """The wire/registry form of a workload's network."""
+    if net is None:
+        return None
+    return NetSpec(address=str(net.address), port=net.port,
+                   gateway=str(net.gateway) if net.gateway is not None else None)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -195,9 +220,12 @@ class WorkloadManager:
         host: HostNs = HOST,
         start: StartTree = start_tree,
         kill_timeout_s: float = KILL_TIMEOUT_S,
+        bridge: str | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.host = host
+        #: where workloads with an address of their own are attached (None: nowhere)
+        self.bridge = bridge
         self._start = start
         self.kill_timeout_s = kill_timeout_s
         self.registry = Registry(state_dir / REGISTRY_NAME)
@@ -206,6 +234,8 @@ class WorkloadManager:
         self._trees: dict[str, ProcessTree] = {}
         #: names being started or killed right now
         self._busy: set[str] = set()
+        #: addresses of workloads being started right now
+        self._addresses_busy: set[str] = set()
         self._lock = asyncio.Lock()
 
     @property
@@ -235,6 +265,28 @@ class WorkloadManager:
             raise NotFound(f"no workload {name!r} on this host", code="no_workload")
         return record
 
+    def net(self, name: str) -> WorkloadNet | None:
+        """The workload's own address, or None when it shares the host's network."""
+        return workload_net(self.get(name).net)
+
+    def check_net(self, net: WorkloadNet) -> None:
+        """Raise unless a workload (started or arriving) may have ``net`` here."""
+        self._check_net("", net)
+
+    def _check_net(self, name: str, net: WorkloadNet) -> None:
+        if self.bridge is None:
+            raise BadRequest(
+                "this host gives workloads no addresses of their own: its agent has no "
+                "bridge configured (agent.bridge in haul.toml)", code="no_bridge")
+        if net.ip in self._addresses_busy:
+            raise Conflict(f"address {net.ip} is being given to another workload on this "
+                           "host", code="address_taken")
+        for other in self._records.values():
+            theirs = workload_net(other.net)
+            if theirs is not None and theirs.address.ip == net.address.ip:
+                raise Conflict(f"address {net.ip} is taken by workload {other.name} on "
+                               "this host", code="address_taken")
+
     def tree(self, name: str) -> ProcessTree:
         """The workload's tree (with its launcher when this agent started it)."""
         record = self.get(name)
@@ -261,10 +313,31 @@ class WorkloadManager:
         if spec.data_dir is not None and not await self._host_has_dir(cwd):
             raise BadRequest(f"data_dir {cwd} is not a directory on this host",
                              code="no_data_dir")
+        net = workload_net(spec.net)
+        if net is not None:
+            async with self._lock:
+                self._check_net(name, net)
+                self._addresses_busy.add(net.ip)
+        try:
+            return await self._start_tree(name, spec, cwd, net)
+        finally:
+            if net is not None:
+                self._addresses_busy.discard(net.ip)
+
+    async def _start_tree(self, name: str, spec: WorkloadSpec, cwd: Path,
+                          net: WorkloadNet | None) -> WorkloadRecord:
+        directory = self.directory(name)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = directory / "log"
-        tree = await self._start(list(spec.argv), log_path=log_path, host=self.host, cwd=cwd)
+        if net is None:
+            tree = await self._start(list(spec.argv), log_path=log_path, host=self.host,
+                                     cwd=cwd)
+        else:
+            tree = await self._start(list(spec.argv), log_path=log_path, host=self.host,
+                                     cwd=cwd, net=True)
         try:
+            if net is not None and self.bridge is not None:
+                await veth.attach(name, tree.root_pid, net, self.bridge)
             ticks = start_ticks(tree.root_pid)
             if ticks is None:
                 raise WorkloadError(f"workload {name} exited as soon as it started; "
@@ -272,7 +345,7 @@ class WorkloadManager:
             record = WorkloadRecord(
                 name=name, argv=list(spec.argv), root_pid=tree.root_pid, start_ticks=ticks,
                 started_at=datetime.now(UTC), cwd=str(cwd), data_dir=spec.data_dir,
-                log_path=str(log_path),
+                log_path=str(log_path), net=spec.net,
             )
             async with self._lock:
                 records = {**self._records, name: record}
@@ -328,7 +401,8 @@ class WorkloadManager:
                  status.value)
         return view_of(record, WorkloadStatus.GONE)
 
-    async def adopt(self, name: str, tree: ProcessTree, argv: list[str]) -> WorkloadRecord:
+    async def adopt(self, name: str, tree: ProcessTree, argv: list[str],
+                    net: NetSpec | None = None) -> WorkloadRecord:
         """Register a workload that arrived by migration (its files are already here)."""
         name = check_name(name)
         ticks = start_ticks(tree.root_pid)
@@ -338,7 +412,7 @@ class WorkloadManager:
         record = WorkloadRecord(
             name=name, argv=list(argv), root_pid=tree.root_pid, start_ticks=ticks,
             started_at=datetime.now(UTC), cwd=str(directory), data_dir=None,
-            log_path=str(directory / "log"),
+            log_path=str(directory / "log"), net=net,
         )
         async with self._lock:
             if name in self._records:

@@ -5,6 +5,12 @@ transport delivers and, for stop-and-copy and pre-copy, what the local CRIU
 page server writes), ``work/`` (logs, the lazy-pages socket), and the
 workload's data directory under the host's data root. Restores leave the tree
 stopped; only ``resume`` (after the commit) lets it run.
+
+A workload with an address of its own (``net``) arrives with its network
+namespace: CRIU re-creates its veth with the host end on this host's bridge
+and restores its TCP connections. haul locks the restored namespace at CRIU's
+post-restore notification (:mod:`haul.net.lock`) and unlocks it only in
+``resume``, followed by a gratuitous ARP (:mod:`haul.net.announce`).
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from haul.criu.lazypages import LazyPagesDaemon
-from haul.criu.options import CriuOptions, PageServer
+from haul.criu.notify import Action, Notification
+from haul.criu.options import CriuOptions, NetworkLock, PageServer
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import TransportError, WorkloadError
+from haul.net import lock, veth
+from haul.net.announce import announce
+from haul.net.spec import INNER_IFNAME, WorkloadNet, host_ifname
 from haul.source.criusource import host_capabilities
 from haul.source.proctree import ProcessTree
 
@@ -45,8 +56,17 @@ class CriuDestination:
         listen: PageServer | None = None,
         lazy_source: PageServer | None = None,
         shared_images: Path | None = None,
+        workload: str = "",
+        net: WorkloadNet | None = None,
+        bridge: str | None = None,
     ) -> None:
+        if net is not None and (bridge is None or not workload):
+            raise WorkloadError("a workload with its own address needs a bridge on this host "
+                                "(agent.bridge) to attach it to")
         self.criu = criu
+        self.workload = workload
+        self.net = net
+        self.bridge = bridge
         #: where the source wrote the pages, in a directory both hosts see
         self.shared_images = shared_images
         self.workdir = workdir
@@ -107,16 +127,31 @@ class CriuDestination:
                 self.criu, images_dir=self.images, work_dir=self.logs, source=self.lazy_source
             )
             await self._daemon.start()
-        result = await self.criu.restore(CriuOptions(
-            images_dir=self.images, work_dir=self.logs, leave_stopped=True,
-            lazy_pages=lazy, file_locks=True, link_remap=True,
-        ))
+        result = await self.criu.restore(self._restore_options(lazy), self._hold_network)
         self.tree = ProcessTree(result.pid)
         # Written before anything else can happen: an agent that restarts finds a
         # restored copy waiting for the source's decision and must not drop it.
         (self.workdir / RESTORED_MARK).write_text(f"{result.pid}\n")
         await self.tree.wait_stopped()
         return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started)
+
+    def _restore_options(self, lazy: bool) -> CriuOptions:
+        opts = CriuOptions(
+            images_dir=self.images, work_dir=self.logs, leave_stopped=True,
+            lazy_pages=lazy, file_locks=True, link_remap=True,
+            network_lock=NetworkLock.NFTABLES,
+        )
+        if self.net is None:
+            return opts
+        return replace(
+            opts, tcp_established=True,
+            external=(f"veth[{INNER_IFNAME}]:{host_ifname(self.workload)}@{self.bridge}",),
+        )
+
+    async def _hold_network(self, note: Notification) -> None:
+        """At post-restore, before CRIU unlocks the restored namespace: haul's own lock."""
+        if self.net is not None and note.action is Action.POST_RESTORE and note.pid:
+            await lock.lock(note.pid)
 
     def _take_shared_pages(self, shared: Path) -> None:
         """Bring the pages the source left in the shared directory into the images
@@ -133,6 +168,9 @@ class CriuDestination:
     async def resume(self) -> None:
         if self.tree is None:
             raise WorkloadError("nothing was restored here to resume")
+        if self.net is not None:
+            await lock.unlock(self.tree.root_pid)
+            await announce(self.tree.root_pid, self.net)
         self.tree.resume()
 
     async def wait_pages(self) -> None:
@@ -142,6 +180,8 @@ class CriuDestination:
     async def discard(self) -> None:
         if self.tree is not None and self.tree.alive:
             await self.tree.kill()
+        if self.net is not None:
+            await veth.detach(self.workload)  # a restore that failed half way may leave it
         if self._daemon is not None:
             await self._daemon.stop()
         await self._stop_page_server()

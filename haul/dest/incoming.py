@@ -22,6 +22,7 @@ from haul.dest.criudest import RESTORED_MARK, CriuDestination
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import ChecksumMismatch, TransportError, UsageError
+from haul.net.spec import WorkloadNet
 
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MIGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -61,6 +62,8 @@ class Incoming:
     dest: CriuDestination
     argv: list[str] = field(default_factory=list)
     received: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    #: the workload's own address, for its registry entry here after the commit
+    net: WorkloadNet | None = None
 
 
 async def _write_checked(
@@ -107,8 +110,11 @@ class IncomingRegistry:
         *,
         data_root: Path | None,
         listen_address: str,
+        bridge: str | None = None,
     ) -> None:
         self.criu = criu
+        #: where arriving workloads with their own address get their veth attached
+        self.bridge = bridge
         self.root = root
         self.data_root = data_root
         self.listen_address = listen_address
@@ -160,6 +166,7 @@ class IncomingRegistry:
         argv: list[str] | None = None,
         data_mode: int = 0o700,
         shared_images: Path | None = None,
+        net: WorkloadNet | None = None,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
@@ -169,6 +176,7 @@ class IncomingRegistry:
             self.criu, self.root / migration_id, data=self.data_root,
             listen=None if shared_images is not None else PageServer(self.listen_address, 0),
             lazy_source=lazy_source, shared_images=shared_images,
+            workload=workload, net=net, bridge=self.bridge,
         )
         await dest.check_free(workload, needed_bytes)
         # Which workload's data this migration may create, for a sweep after a crash.
@@ -178,7 +186,8 @@ class IncomingRegistry:
         if self.data_root is not None:
             (self.data_root / workload).mkdir(parents=True)
             os.chmod(self.data_root / workload, data_mode & 0o7777)
-        item = Incoming(migration_id, workload, strategy, dest, argv=list(argv or []))
+        item = Incoming(migration_id, workload, strategy, dest, argv=list(argv or []),
+                        net=net)
         self._items[migration_id] = item
         return item
 

@@ -85,8 +85,11 @@ class RemoteDestination:
         argv: list[str] | None = None,
         data_mode: int = 0o700,
         shared_images: Path | None = None,
+        net: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
+        #: the workload's own address (NetSpec fields), which goes with it
+        self.net = net
         self.shared_images = shared_images
         self.argv = list(argv or [])
         self.data_mode = data_mode
@@ -108,9 +111,10 @@ class RemoteDestination:
 
     async def check_free(self, workload: str, needed_bytes: int) -> None:
         self.needed_bytes = needed_bytes
-        await self.client.call(
-            "POST", "/v1/incoming-check", json={"workload": workload, "needed_bytes": needed_bytes}
-        )
+        body: dict[str, Any] = {"workload": workload, "needed_bytes": needed_bytes}
+        if self.net is not None:
+            body["net"] = self.net
+        await self.client.call("POST", "/v1/incoming-check", json=body)
 
     async def prepare(self, strategy: Strategy) -> None:
         body: dict[str, Any] = {
@@ -119,6 +123,8 @@ class RemoteDestination:
         }
         if self.shared_images is not None:
             body["shared_images"] = str(self.shared_images)
+        if self.net is not None:
+            body["net"] = self.net
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,
                                    "port": self.lazy_source.port}

@@ -41,7 +41,7 @@ from haul.errors import ConfigError, HaulError, LabError, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
 from haul.lab.ledger import Ledger, state_dir
 from haul.procfs import alive
-from haul.lab.spec import HostSpec, LabSpec
+from haul.lab.spec import HOST_BRIDGE, HostSpec, LabSpec
 from haul.procfs import netns_inode, ns_inode, wait_gone
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def agent_config_toml(spec: LabSpec, index: int, token: str) -> str:
         f"port = {AGENT_PORT}",
         f"socket = {_toml_str(agent_socket(spec.prefix, host.name))}",
         f"state_dir = {_toml_str(spec.data_path / 'agent')}",
+        f"bridge = {_toml_str(HOST_BRIDGE)}",
         "",
         "[agent.auth]",
         f"token = {_toml_str(token)}",

@@ -3,10 +3,14 @@
 Layout for prefix P and N hosts::
 
     P-sw       switch namespace: bridge br0, one veth end per member
-    P-host1    eth0 10.77.0.1/24  ─┐
-    ...                            ├─ veths to br0 in P-sw
-    P-hostN    eth0 10.77.0.N/24   │
-    P-client   eth0 10.77.0.250/24 ┘
+    P-host1    hbr0 10.77.0.1/24 ⊃ eth0  ─┐
+    ...                                   ├─ veths to br0 in P-sw
+    P-hostN    hbr0 10.77.0.N/24 ⊃ eth0   │
+    P-client   eth0 10.77.0.250/24       ─┘
+
+Each host's uplink ``eth0`` is a port of the host's own bridge ``hbr0``, which
+holds the host's address; workloads given an address of their own are
+attached to ``hbr0`` too, so they sit on the lab's segment (haul/net/spec.py).
 
 Everything is made through pyroute2. Each namespace is written to the ledger
 before it is created; ``down`` kills every process inside the lab's
@@ -31,7 +35,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from haul.errors import LabError, UsageError
 from haul.lab.agents import start_agents, stop_agents
 from haul.lab.ledger import Ledger, known_prefixes
-from haul.lab.spec import BRIDGE, HOST_IFNAME, HostSpec, LabSpec
+from haul.lab.spec import BRIDGE, HOST_BRIDGE, HOST_IFNAME, HostSpec, LabSpec
 from haul.procfs import kill_netns_members, netns_inode, pids_in_ns
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,11 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
     async with AsyncIPRoute(netns=member.netns) as ipr:
         await _up_link(ipr, "lo")
         index = (await ipr.link_lookup(ifname=HOST_IFNAME))[0]
+        if member.name != spec.client.name:
+            await ipr.link("add", ifname=HOST_BRIDGE, kind="bridge")
+            bridge = (await ipr.link_lookup(ifname=HOST_BRIDGE))[0]
+            await ipr.link("set", index=index, master=bridge, state="up")
+            index = bridge
         await ipr.addr(
             "add",
             index=index,

@@ -29,6 +29,9 @@ SUBNET = ipaddress.IPv4Network("10.77.0.0/24")
 CLIENT_HOST_INDEX = 250
 BRIDGE = "br0"
 HOST_IFNAME = "eth0"
+#: in every host (not the client): holds the host's uplink and address, and the host
+#: ends of its workloads' veths (haul/net/spec.py)
+HOST_BRIDGE = "hbr0"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 

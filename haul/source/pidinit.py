@@ -1,7 +1,10 @@
 """The init of a workload's PID namespace: start the command, reap, forward signals.
 
-Run as ``python3 -S -E pidinit.py [--log PATH] [--cwd DIR] -- CMD [ARG...]``
-as PID 1 of a new PID namespace. It first points stdin at /dev/null and
+Run as ``python3 -S -E pidinit.py [--log PATH] [--cwd DIR] [--wait-net IF:SECONDS]
+-- CMD [ARG...]`` as PID 1 of a new PID namespace. With ``--wait-net`` (a tree
+in a network namespace of its own), it first waits until interface IF is up
+and has an IPv4 address (the agent wires it meanwhile), and exits with status
+125 if that does not happen in time. It first points stdin at /dev/null and
 stdout and stderr at the log (appending), and changes to DIR, all opened from
 inside the host's namespaces: a descriptor inherited from another mount
 namespace is one CRIU cannot dump. It then starts its own session (so CRIU can dump the tree without
@@ -16,9 +19,13 @@ blocking wait and be left unhandled. A handler is still installed for each:
 the kernel drops signals that an init leaves at their default action.
 """
 
+import fcntl
 import os
 import signal
+import socket
+import struct
 import sys
+import time
 
 FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 WAITED = FORWARDED | {signal.SIGCHLD}
@@ -42,18 +49,41 @@ def _reap(child: int, status: int) -> tuple[int, bool]:
             status = code if code >= 0 else 128 - code
 
 
-def _parse(args: list[str]) -> tuple[str, str, list[str]]:
-    log, cwd = "/dev/null", "/"
+def _parse(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    opts = {"--log": "/dev/null", "--cwd": "/", "--wait-net": ""}
     while args and args[0] != "--":
-        if args[0] in ("--log", "--cwd") and len(args) > 1:
-            if args[0] == "--log":
-                log = args[1]
-            else:
-                cwd = args[1]
+        if args[0] in opts and len(args) > 1:
+            opts[args[0]] = args[1]
             args = args[2:]
         else:
             raise SystemExit(f"pidinit: unknown argument {args[0]}")
-    return log, cwd, args[1:]
+    return opts, args[1:]
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCGIFADDR = 0x8915
+IFF_UP = 0x1
+
+
+def _net_ready(probe: socket.socket, ifname: str) -> bool:
+    req = struct.pack("16s16x", ifname.encode())
+    try:
+        flags = struct.unpack_from("16xH", fcntl.ioctl(probe, SIOCGIFFLAGS, req))[0]
+        fcntl.ioctl(probe, SIOCGIFADDR, req)  # fails until the interface has an address
+    except OSError:
+        return False
+    return bool(flags & IFF_UP)
+
+
+def _wait_net(spec: str) -> bool:
+    ifname, _, seconds = spec.partition(":")
+    deadline = time.monotonic() + float(seconds or "10")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        while not _net_ready(probe, ifname):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+    return True
 
 
 def _stdio(log: str, cwd: str) -> None:
@@ -69,11 +99,14 @@ def _stdio(log: str, cwd: str) -> None:
 
 
 def main() -> int:
-    log, cwd, argv = _parse(sys.argv[1:])
+    opts, argv = _parse(sys.argv[1:])
     if not argv:
         sys.stderr.write("pidinit: no command given\n")
         return 2
-    _stdio(log, cwd)
+    _stdio(opts["--log"], opts["--cwd"])
+    if opts["--wait-net"] and not _wait_net(opts["--wait-net"]):
+        sys.stderr.write(f"pidinit: network {opts['--wait-net']} not ready; giving up\n")
+        return 125
     os.setsid()
     for sig in WAITED:
         signal.signal(sig, _unexpected)

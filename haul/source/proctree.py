@@ -27,6 +27,8 @@ from haul.procfs import alive, describe, signal_tree, state, tree_pids
 
 PIDINIT = Path(__file__).with_name("pidinit.py")
 START_TIMEOUT_S = 5.0
+#: how long a tree with its own network waits for its interface; then its init gives up
+NET_WAIT_S = 10.0
 
 
 class ProcessTree:
@@ -143,19 +145,25 @@ async def start_tree(
     host: HostNs = HOST,
     cwd: Path = Path("/"),
     env: Mapping[str, str] | None = None,
+    net: bool = False,
 ) -> ProcessTree:
     """Start ``argv`` as a workload tree on ``host`` and return once its init runs.
 
-    ``log_path`` and ``cwd`` are paths as the host sees them.
+    ``log_path`` and ``cwd`` are paths as the host sees them. With ``net`` the
+    tree gets a network namespace of its own and its init waits (up to
+    NET_WAIT_S) for ``eth0`` to be up with an address before it runs ``argv``:
+    the caller wires it (:func:`haul.net.veth.attach`) meanwhile.
     """
     if not argv:
         raise WorkloadError("no command to run")
     missing = host.missing()
     if missing is not None:
         raise WorkloadError(f"cannot start {argv[0]}: {missing} does not exist")
-    cmd = [*host.prefix(), "unshare", "--pid", "--ipc", "--uts", "--fork", "--",
+    namespaces = ["--pid", "--ipc", "--uts", *(["--net"] if net else [])]
+    waits = ["--wait-net", f"eth0:{NET_WAIT_S:g}"] if net else []
+    cmd = [*host.prefix(), "unshare", *namespaces, "--fork", "--",
            sys.executable, "-S", "-E", str(PIDINIT), "--log", str(log_path),
-           "--cwd", str(cwd), "--", *argv]
+           "--cwd", str(cwd), *waits, "--", *argv]
     try:
         launcher = await asyncio.create_subprocess_exec(
             *cmd,

@@ -20,7 +20,10 @@ from haul.agent.migration_models import (
     RestoreAsk,
 )
 from haul.agent.routing import RouteTable
+from haul.agent.models import NetSpec
 from haul.agent.wire import BadRequest, Conflict
+from haul.agent.workloads import net_spec, workload_net
+from haul.net.spec import WorkloadNet
 from haul.criu.options import PageServer
 from haul.dest.incoming import IncomingRegistry
 from haul.source.criusource import host_capabilities
@@ -49,18 +52,30 @@ async def check(request: web.Request, ask: IncomingCheck) -> Done:
     if any(r.name == ask.workload for r in ctx.workloads.records()):
         raise Conflict(f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
                        code="workload_exists")
+    _check_net(request, ask.net)
     await _incoming(request).check(ask.workload, ask.needed_bytes)
     return Done()
+
+
+def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None:
+    """The arriving workload's own address must be free here, and this host must have
+    a bridge to attach it to."""
+    net = workload_net(spec)
+    if net is not None:
+        request.app[CONTEXT].workloads.check_net(net)
+    return net
 
 
 @table.json_body("POST", "/v1/incoming", body=IncomingOpen, response=IncomingOpened,
                  status=201, name="openIncoming", summary="Prepare for an incoming migration")
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
+    net = _check_net(request, ask.net)
     item = await _incoming(request).open(ask.id, ask.workload, ask.strategy, ask.needed_bytes,
                                          lazy, argv=ask.argv, data_mode=ask.data_mode,
                                          shared_images=Path(ask.shared_images)
-                                         if ask.shared_images else None)
+                                         if ask.shared_images else None,
+                                         net=net)
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()
@@ -144,5 +159,6 @@ async def finish(request: web.Request) -> Done:
     ctx = request.app[CONTEXT]
     item = await _incoming(request).finish(request.match_info["id"])
     if item.dest.tree is not None:
-        await ctx.workloads.adopt(item.workload, item.dest.tree, item.argv)
+        await ctx.workloads.adopt(item.workload, item.dest.tree, item.argv,
+                                  net_spec(item.net))
     return Done()

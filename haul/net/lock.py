@@ -1,0 +1,66 @@
+"""The network lock of a restored copy, held by haul until the commit.
+
+CRIU locks the workload's namespace while it dumps (``network_lock``
+nftables) and, on rollback, unlocks it. On the destination, CRIU unlocks the
+restored namespace at the end of its restore, before the copy has been
+committed: its restored TCP sockets would then answer the peers (ACK data the
+frozen source never sees) and the switch would learn the copy's MAC. So at
+CRIU's post-restore notification haul puts a lock of its own on the restored
+namespace: one nftables table that drops every packet in and out except on
+loopback. It is removed right before the copy is resumed, after the commit;
+a discarded copy takes it along with its namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from haul.errors import WorkloadError
+from haul.net.veth import netns_path
+
+TABLE = "haul_lock"
+
+_LOCK = f"""
+table inet {TABLE} {{
+    chain input {{
+        type filter hook input priority -300; policy drop;
+        iif "lo" accept
+    }}
+    chain output {{
+        type filter hook output priority -300; policy drop;
+        oif "lo" accept
+    }}
+}}
+"""
+
+
+async def _nft(pid: int, *args: str, script: str | None = None) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns_path(pid)}", "--", "nft", *args,
+        stdin=asyncio.subprocess.PIPE if script is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate(script.encode() if script is not None else None)
+    if proc.returncode != 0:
+        raise WorkloadError(
+            f"nft {' '.join(args)} in the network namespace of {pid} failed: "
+            f"{err.decode(errors='replace').strip()}"
+        )
+
+
+async def lock(pid: int) -> None:
+    """Drop all traffic of ``pid``'s network namespace but loopback."""
+    await _nft(pid, "-f", "-", script=_LOCK)
+
+
+async def unlock(pid: int) -> None:
+    await _nft(pid, "delete", "table", "inet", TABLE)
+
+
+async def is_locked(pid: int) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns_path(pid)}", "--", "nft", "list", "table", "inet", TABLE,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await proc.wait() == 0
