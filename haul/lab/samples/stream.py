@@ -79,7 +79,9 @@ def serve(outfile: str, port: int) -> int:
 
 
 def send(host: str, port: int, duration_s: float, interval_s: float) -> int:
-    result = {"sent": 0, "echoed": 0, "largest_gap_ms": 0.0, "error": ""}
+    counts = {"sent": 0, "echoed": 0}
+    largest_gap_s = 0.0
+    error = ""
     conn = socket.create_connection((host, port), timeout=5)
     conn.settimeout(30)
     started = last = time.monotonic()
@@ -88,7 +90,7 @@ def send(host: str, port: int, duration_s: float, interval_s: float) -> int:
         while time.monotonic() - started < duration_s:
             out = record(n)
             conn.sendall(out)
-            result["sent"] = n + 1
+            counts["sent"] = n + 1
             got = b""
             while len(got) < RECORD:
                 chunk = conn.recv(RECORD - len(got))
@@ -98,18 +100,18 @@ def send(host: str, port: int, duration_s: float, interval_s: float) -> int:
             if got != out:
                 raise ValueError(f"echo of record {n} was {got!r}")
             now = time.monotonic()
-            result["largest_gap_ms"] = max(float(result["largest_gap_ms"]), (now - last) * 1000)
+            largest_gap_s = max(largest_gap_s, now - last)
             last = now
             n += 1
-            result["echoed"] = n
+            counts["echoed"] = n
             time.sleep(interval_s)
     except (OSError, ValueError) as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        error = f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
-    result["largest_gap_ms"] = round(float(result["largest_gap_ms"]), 1)
-    print(json.dumps(result), flush=True)
-    return 1 if result["error"] else 0
+    print(json.dumps({**counts, "largest_gap_ms": round(largest_gap_s * 1000, 1),
+                      "error": error}), flush=True)
+    return 1 if error else 0
 
 
 def main() -> int:
