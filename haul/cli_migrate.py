@@ -66,10 +66,33 @@ def _progress(view: MigrationView) -> Table:
     t.add_row("migration", view.id, "phase", view.phase)
     t.add_row("workload", f"{view.workload}: {view.source} -> {view.dest}",
               "strategy", view.strategy)
-    t.add_row("sent", f"{s.bytes_sent / 2**20:.1f} MiB", "iterations", str(s.iterations))
-    t.add_row("elapsed", f"{view.elapsed_s:.1f} s", "frozen",
-              f"{s.frozen_ms:.0f} ms" if s.frozen_ms is not None else "-")
+    t.add_row("sent", f"{s.bytes_sent / 2**20:.1f} MiB, {s.pages_sent} pages",
+              "iterations", str(s.iterations))
+    t.add_row("throughput", _rate(s.throughput_bytes_per_s),
+              "dirty rate", _rate(s.dirty_rate_bytes_per_s))
+    t.add_row("expected downtime", _ms(s.expected_downtime_ms), "frozen", _ms(s.frozen_ms))
+    t.add_row("elapsed", f"{view.elapsed_s:.1f} s", "", "")
     return t
+
+
+def _rate(bytes_per_s: float | None) -> str:
+    return "-" if bytes_per_s is None else f"{bytes_per_s / 2**20:.0f} MiB/s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None or value == float("inf") else f"{value:.0f} ms"
+
+
+def phase_times_ms(view: MigrationView) -> dict[str, float]:
+    """How long each phase lasted, from the job's events. An event is recorded with the
+    phase it ended, so a phase lasted from the event before it to its own event; a
+    phase entered twice (pre-copy rounds) adds up."""
+    times: dict[str, float] = {}
+    before = 0.0
+    for e in view.events:
+        times[e.phase] = times.get(e.phase, 0.0) + max(0.0, e.t_s - before) * 1000
+        before = e.t_s
+    return {phase: round(ms, 1) for phase, ms in times.items()}
 
 
 async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
@@ -116,18 +139,27 @@ def _result(view: MigrationView, output: str) -> None:
             "outcome": view.outcome, "reason": view.reason, "strategy": view.strategy,
             "iterations": s.iterations, "bytes_sent": s.bytes_sent, "frozen_ms": s.frozen_ms,
             "downtime_ms": s.frozen_ms, "total_ms": round(view.elapsed_s * 1000, 1),
+            "pages_sent": s.pages_sent, "throughput_bytes_per_s": s.throughput_bytes_per_s,
+            "dirty_rate_bytes_per_s": s.dirty_rate_bytes_per_s,
+            "phase_ms": phase_times_ms(view),
             "problems": view.problems,
             "phases": [e.model_dump() for e in view.events],
         }) + "\n")
         return
     table = Table(title=f"{view.workload}: {view.source} -> {view.dest} ({view.strategy})")
-    for col in ("outcome", "frozen ms", "total ms", "sent MiB", "iterations"):
+    for col in ("outcome", "frozen ms", "total ms", "sent MiB", "throughput", "iterations"):
         table.add_column(col, justify="right")
     s = view.stats
     table.add_row(view.outcome, f"{s.frozen_ms:.0f}" if s.frozen_ms is not None else "-",
                   f"{view.elapsed_s * 1000:.0f}", f"{s.bytes_sent / 2**20:.1f}",
-                  str(s.iterations))
+                  _rate(s.throughput_bytes_per_s), str(s.iterations))
     out.print(table)
+    phases = Table(title="time per phase")
+    for col in ("phase", "ms"):
+        phases.add_column(col, justify="right" if col == "ms" else "left")
+    for phase, ms in phase_times_ms(view).items():
+        phases.add_row(phase, f"{ms:.0f}")
+    out.print(phases)
     if view.outcome != "done":
         err.print(f"haul: {view.outcome}: {view.reason}", markup=False)
     for p in view.problems:

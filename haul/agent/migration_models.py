@@ -74,6 +74,8 @@ class RestoreAsk(_Request):
 class Restored(_Answer):
     pid: int
     duration_s: float
+    #: page bytes that arrived before the restore (page server or shared directory)
+    pages_bytes: int = 0
 
 
 # ----------------------------------------------------------------- source side
@@ -118,6 +120,9 @@ class StatsView(_Answer):
     transfer_bytes: int
     frozen_ms: float | None
     expected_downtime_ms: float | None
+    pages_sent: int = 0
+    throughput_bytes_per_s: float | None = None
+    dirty_rate_bytes_per_s: float | None = None
 
 
 class MigrationView(_Answer):

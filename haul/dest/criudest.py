@@ -120,6 +120,7 @@ class CriuDestination:
         started = time.monotonic()
         if self.shared_images is not None:
             await asyncio.to_thread(self._take_shared_pages, self.shared_images)
+        pages_bytes = 0 if lazy else sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         if lazy:
             if self.lazy_source is None:
                 raise WorkloadError("post-copy restore needs the source's lazy page server")
@@ -133,7 +134,8 @@ class CriuDestination:
         # restored copy waiting for the source's decision and must not drop it.
         (self.workdir / RESTORED_MARK).write_text(f"{result.pid}\n")
         await self.tree.wait_stopped()
-        return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started)
+        return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started,
+                              pages_bytes=pages_bytes)
 
     def _restore_options(self, lazy: bool) -> CriuOptions:
         opts = CriuOptions(

@@ -137,7 +137,8 @@ class RemoteDestination:
         answer = await self.client.call(
             "POST", f"/v1/incoming/{self.migration_id}/restore", json={"lazy": lazy}
         )
-        return RestoreFigures(dest_pid=int(answer["pid"]), duration_s=float(answer["duration_s"]))
+        return RestoreFigures(dest_pid=int(answer["pid"]), duration_s=float(answer["duration_s"]),
+                              pages_bytes=int(answer.get("pages_bytes", 0)))
 
     async def resume(self) -> None:
         await self.client.call("POST", f"/v1/incoming/{self.migration_id}/resume")

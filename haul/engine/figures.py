@@ -49,6 +49,9 @@ class DumpFigures:
     pages_written: int
     pages_lazy: int
     bytes_written: int
+    #: from the dump request to the post-dump notification (pages sent to a page
+    #: server went out in that time)
+    duration_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +65,6 @@ class TransferFigures:
 class RestoreFigures:
     dest_pid: int
     duration_s: float
+    #: page bytes the destination's page server received during the final dump
+    #: (0 when the pages came some other way: lazily, or through a shared directory)
+    pages_bytes: int = 0

@@ -91,7 +91,9 @@ from haul.engine.figures import (
     TransferFigures,
 )
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
-from haul.engine.policy import Decision, decide
+from haul.engine.policy import Decision, decide, dirty_rate_bytes_per_s
+
+PAGE_SIZE: Final = 4096
 from haul.engine.spec import MigrationSpec
 from haul.errors import IllegalTransition
 
@@ -173,8 +175,8 @@ class MigrationStats:
     precopy_bytes: int
     dump_bytes: int
     transfer_bytes: int
-    #: everything the engine was told was sent (pre-copy, final dump, images);
-    #: post-copy's lazy pages are not counted
+    #: what went to the destination: images and files over haul's transport, and the
+    #: page bytes the destination holds at restore; post-copy's lazy pages are not counted
     bytes_sent: int
     #: how long the workload was frozen, when measured
     frozen_s: float | None
@@ -182,6 +184,13 @@ class MigrationStats:
     expected_downtime_ms: float | None
     precopy_stop_reason: str
     restore_s: float | None
+    #: pages that went to the destination's page server (pre-copy rounds, final dump)
+    pages_sent: int = 0
+    #: bytes moved over the seconds spent moving them (pre-copy rounds, final dump,
+    #: images), as measured so far
+    throughput_bytes_per_s: float | None = None
+    #: pre-copy: how fast the workload dirties its memory, from the last two rounds
+    dirty_rate_bytes_per_s: float | None = None
 
 
 def resolve_strategy(
@@ -275,19 +284,30 @@ class Migration:
         precopy = sum(f.bytes_sent for f in self._history)
         dump = self._dump.bytes_written if self._dump else 0
         transfer = self._transfer.bytes_sent if self._transfer else 0
+        # What went to the destination: the images and files, and the pages it holds
+        # at restore (every pre-copy round's included; the rounds' own count when it
+        # could not say). Post-copy's lazy pages are not counted.
+        pages = self._restore.pages_bytes if self._restore else 0
+        moved = transfer + max(pages, precopy)
+        seconds = (sum(f.duration_s for f in self._history)
+                   + (self._dump.duration_s if self._dump else 0.0)
+                   + (self._transfer.duration_s if self._transfer else 0.0))
         return MigrationStats(
             strategy=self._strategy,
             iterations=len(self._history),
             precopy_bytes=precopy,
             dump_bytes=dump,
             transfer_bytes=transfer,
-            bytes_sent=precopy + dump + transfer,
+            bytes_sent=moved,
             frozen_s=self._frozen_s,
             expected_downtime_ms=self._decision.expected_downtime_ms if self._decision else None,
             precopy_stop_reason=(
                 self._decision.reason if self._decision and self._decision.stop else ""
             ),
             restore_s=self._restore.duration_s if self._restore else None,
+            pages_sent=max(pages, precopy) // PAGE_SIZE,
+            throughput_bytes_per_s=moved / seconds if seconds > 0 and moved > 0 else None,
+            dirty_rate_bytes_per_s=dirty_rate_bytes_per_s(self._history),
         )
 
     def handle(self, event: Event) -> list[Command]:

@@ -57,6 +57,24 @@ def expected_downtime_ms(
     return dirty_bytes / (sent_bytes / seconds) * 1000.0 + freeze_cost_ms
 
 
+def throughput_bytes_per_s(history: Sequence[IterationFigures]) -> float | None:
+    """Every round's bytes over every round's seconds (None before a measurable round)."""
+    seconds = sum(f.duration_s for f in history)
+    sent = sum(f.bytes_sent for f in history)
+    return sent / seconds if seconds > 0 and sent > 0 else None
+
+
+def dirty_rate_bytes_per_s(
+    history: Sequence[IterationFigures], page_size: int = 4096
+) -> float | None:
+    """How fast the workload dirties memory: what the last round found dirty, over the
+    time the round before it took (the time in which those pages were written).
+    None before two rounds."""
+    if len(history) < 2 or history[-2].duration_s <= 0:
+        return None
+    return history[-1].pages_written * page_size / history[-2].duration_s
+
+
 def decide(
     history: Sequence[IterationFigures],
     *,

@@ -151,6 +151,7 @@ class CriuSource:
             page_server=self.lazy_listen if lazy else self.dest_page_server,
             track_mem=parent is not None, parent_img=parent,
         )
+        started = time.monotonic()
         self._dump = asyncio.create_task(self._dump_in_session(opts, hold))
         dump = self._dump
         dump.add_done_callback(lambda _: frozen.done() or frozen.cancel())
@@ -167,6 +168,7 @@ class CriuSource:
             pages_written=pages // 4096,
             pages_lazy=0,
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
+            duration_s=time.monotonic() - started,
         )
 
     async def _dump_in_session(

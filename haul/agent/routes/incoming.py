@@ -129,7 +129,8 @@ async def make_dirs(request: web.Request, ask: Paths) -> Done:
                  summary="Restore the received images, the tree left stopped")
 async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     figures = await _incoming(request).restore(request.match_info["id"], ask.lazy)
-    return Restored(pid=figures.dest_pid, duration_s=figures.duration_s)
+    return Restored(pid=figures.dest_pid, duration_s=figures.duration_s,
+                    pages_bytes=figures.pages_bytes)
 
 
 @table.json("POST", "/v1/incoming/{id}/resume", response=Done, params=ID, name="resumeIncoming",

@@ -41,6 +41,8 @@ def view(job: Job) -> MigrationView:
             dump_bytes=s.dump_bytes, transfer_bytes=s.transfer_bytes,
             frozen_ms=s.frozen_s * 1000 if s.frozen_s is not None else None,
             expected_downtime_ms=s.expected_downtime_ms,
+            pages_sent=s.pages_sent, throughput_bytes_per_s=s.throughput_bytes_per_s,
+            dirty_rate_bytes_per_s=s.dirty_rate_bytes_per_s,
         ),
         events=[EventView(t_s=t, phase=p, event=e) for t, p, e in job.events],
     )

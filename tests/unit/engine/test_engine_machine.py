@@ -461,12 +461,33 @@ def test_stats_after_a_pre_copy_migration() -> None:
     assert stats.strategy is S.PRE_COPY
     assert stats.iterations == 2
     assert stats.precopy_bytes == BIG.bytes_sent + SMALL.bytes_sent
-    assert stats.bytes_sent == stats.precopy_bytes + DUMP.bytes_written + TRANSFER.bytes_sent
+    # the destination could not count its pages (RESTORE.pages_bytes == 0): the rounds count
+    assert stats.bytes_sent == stats.precopy_bytes + TRANSFER.bytes_sent
+    assert stats.pages_sent == stats.precopy_bytes // 4096
+    seconds = BIG.duration_s + SMALL.duration_s + DUMP.duration_s + TRANSFER.duration_s
+    assert stats.throughput_bytes_per_s == pytest.approx(stats.bytes_sent / seconds)
+    assert stats.dirty_rate_bytes_per_s == pytest.approx(
+        SMALL.pages_written * 4096 / BIG.duration_s)
     assert stats.frozen_s == 1.5
     assert stats.restore_s == RESTORE.duration_s
     assert stats.expected_downtime_ms is not None and stats.expected_downtime_ms < 300
     assert stats.precopy_stop_reason.startswith("expected downtime")
     assert dataclasses.asdict(stats)["iterations"] == 2
+
+
+def test_stats_count_the_pages_the_destination_received() -> None:
+    m = Migration(spec(strategy=S.STOP_AND_COPY))
+    dump = dataclasses.replace(DUMP, duration_s=0.5)
+    restore = dataclasses.replace(RESTORE, pages_bytes=64 << 20)
+    events = [SourceFrozen(dump) if isinstance(e, SourceFrozen) else e
+              for e in happy(S.STOP_AND_COPY)]
+    feed(m, [RestoredStopped(restore) if isinstance(e, RestoredStopped) else e for e in events])
+    stats = m.stats()
+    assert stats.bytes_sent == (64 << 20) + TRANSFER.bytes_sent
+    assert stats.pages_sent == (64 << 20) // 4096
+    assert stats.throughput_bytes_per_s == pytest.approx(
+        stats.bytes_sent / (0.5 + TRANSFER.duration_s))
+    assert stats.dirty_rate_bytes_per_s is None  # no pre-copy rounds
 
 
 def test_plain_accessors() -> None:

@@ -154,3 +154,18 @@ def test_decision_is_frozen() -> None:
     decision = decide(CONVERGING, max_downtime_ms=100, max_iterations=8, freeze_cost_ms=50)
     with pytest.raises(dataclasses.FrozenInstanceError):
         decision.stop = False  # type: ignore[misc]
+
+
+def test_throughput_and_dirty_rate_from_recorded_rounds() -> None:
+    from haul.engine.policy import dirty_rate_bytes_per_s, throughput_bytes_per_s
+    first = IterationFigures(1, pages_written=100_000, pages_skipped_parent=0,
+                             bytes_sent=409_600_000, duration_s=0.5)
+    second = IterationFigures(2, pages_written=2_000, pages_skipped_parent=98_000,
+                              bytes_sent=8_192_000, duration_s=0.02)
+    assert throughput_bytes_per_s([]) is None
+    assert throughput_bytes_per_s([first]) == 409_600_000 / 0.5
+    assert throughput_bytes_per_s([first, second]) == (409_600_000 + 8_192_000) / 0.52
+    assert dirty_rate_bytes_per_s([first]) is None
+    # 2,000 pages were dirtied during the 0.5 s the first round took
+    assert dirty_rate_bytes_per_s([first, second]) == 2_000 * 4096 / 0.5
+    assert dirty_rate_bytes_per_s([dataclasses.replace(first, duration_s=0), second]) is None
