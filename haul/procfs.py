@@ -109,7 +109,13 @@ def kill_netns_members(name: str, timeout_s: float = 5.0) -> list[int]:
     inode = netns_inode(name)
     if inode is None:
         return []
-    pids = [p for p in pids_in_ns("net", inode) if p != os.getpid()]
+    return kill_ns_members("net", inode, timeout_s)
+
+
+def kill_ns_members(kind: str, inode: int, timeout_s: float = 5.0) -> list[int]:
+    """SIGKILL every process (but haul) whose KIND namespace has this inode; return any
+    survivors."""
+    pids = [p for p in pids_in_ns(kind, inode) if p != os.getpid()]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)

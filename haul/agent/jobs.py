@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -39,6 +40,7 @@ from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
 from haul.errors import HaulError, UsageError
 from haul.source.criusource import CriuSource, host_capabilities
+from haul.source.freezer import Hold
 from haul.source.proctree import ProcessTree
 from haul.transport.http import HttpTransport
 
@@ -268,7 +270,22 @@ class MigrationJobs:
 
     async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool
                                 ) -> str:
+        """Committed: kill the source tree first (it may be frozen in its hold, or, with no
+        hold, running again since CRIU let it go), then resume the destination's copy.
+        Not committed: the destination discards, then the source tree runs."""
         problems: list[str] = []
+        try:
+            tree: ProcessTree | None = self._tree_of(workload)
+        except HaulError:
+            tree = None
+        hold = Hold(mid)  # the source tree may still be frozen in it
+        if committed:
+            if tree is not None and tree.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(tree.root_pid, signal.SIGKILL)
+            hold.thaw()  # only now can the killed tree die (without running again)
+            if tree is not None and tree.alive:
+                await tree.kill()
         try:
             peer = self.peer(to)
             async with _peer_client(peer, to) as client:
@@ -280,16 +297,11 @@ class MigrationJobs:
                     await dest.discard()
         except HaulError as exc:
             problems.append(exc.one_line())
-        try:
-            tree = self._tree_of(workload)
-        except HaulError:
-            tree = None
         if committed:
-            if tree is not None and tree.alive:
-                await tree.kill()
             await self._on_moved(workload)
             line = f"committed before the agent stopped: {workload} runs on {to}"
         else:
+            hold.thaw()
             if tree is not None and tree.alive:
                 tree.resume()
             line = f"not committed when the agent stopped: {workload} runs on {self.host}"

@@ -46,7 +46,10 @@ class SeqPacketChannel:
         self._probe = bytearray(1)
 
     async def send(self, data: bytes) -> None:
-        await self._loop.sock_sendall(self._sock, data)
+        try:
+            await self._loop.sock_sendall(self._sock, data)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ChannelClosed("peer closed the connection") from exc
 
     async def recv(self, max_fds: int = 4) -> Packet:
         while True:

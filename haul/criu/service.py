@@ -195,8 +195,7 @@ class CriuSession:
         if self._chan is None or self._broken:
             raise CriuProtocolError("session is closed", request=_type_name(req.type))
         name = _type_name(req.type)
-        chan = self._chan
-        await chan.send(req.SerializeToString())
+        await self._send(req, name, log_path)
         refusal: HaulError | None = None
         while True:
             resp, packet = await self._recv(name, log_path)
@@ -212,6 +211,21 @@ class CriuSession:
         if not resp.success:
             raise self._failure(name, resp, log_path, refusal)
         return resp
+
+    async def _send(self, req: rpc_pb2.criu_req, name: str, log_path: Path | None) -> None:
+        assert self._chan is not None
+        try:
+            await self._chan.send(req.SerializeToString())
+        except ChannelClosed as exc:
+            self._broken = True
+            stderr = await self._stderr_text()
+            raise CriuProtocolError(
+                "criu swrk is gone (the connection is closed)"
+                + (f" ({stderr})" if stderr else ""),
+                request=name,
+                log_path=str(log_path) if log_path else None,
+                log_tail=log_tail(log_path) if log_path else (),
+            ) from exc
 
     async def _recv(
         self, name: str, log_path: Path | None
@@ -270,7 +284,7 @@ class CriuSession:
             await asyncio.shield(self._refuse_and_drain(name, log_path))
             raise
         reply = rpc_pb2.criu_req(type=rpc_pb2.NOTIFY, notify_success=failure is None)
-        await self._chan.send(reply.SerializeToString())
+        await self._send(reply, name, log_path)
         return failure
 
     async def _refuse_and_drain(self, name: str, log_path: Path | None) -> None:

@@ -22,10 +22,12 @@ Unless told not to, ``up`` also starts a ``haul agent`` in each host
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,8 @@ from haul.errors import LabError, UsageError
 from haul.lab.agents import start_agents, stop_agents
 from haul.lab.ledger import Ledger, known_prefixes
 from haul.lab.spec import BRIDGE, HOST_BRIDGE, HOST_IFNAME, HostSpec, LabSpec
-from haul.procfs import kill_netns_members, netns_inode, pids_in_ns
+from haul.procfs import kill_netns_members, kill_ns_members, netns_inode, pids_in_ns
+from haul.source.freezer import Hold, holds_of
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +207,26 @@ def _mounted(path: str) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
+def _ns_file_inode(path: str) -> int | None:
+    """The namespace inode of a mounted namespace file, else None."""
+    if not Path(path).is_file() or not _mounted(path):
+        return None
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _kill_all(problems: list[str], where: str, kill: Callable[[], list[int]]) -> None:
+    survivors = kill()
+    if survivors:
+        for hold in holds_of(survivors):
+            Hold(hold).thaw()
+        survivors = kill()
+    if survivors:
+        problems.append(f"{where}: processes {survivors} survived SIGKILL")
+
+
 def lab_down(prefix: str) -> list[str]:
     """Remove everything the ledger of ``prefix`` lists; return what was removed.
 
@@ -214,10 +237,14 @@ def lab_down(prefix: str) -> list[str]:
         return []
     removed: list[str] = []
     problems: list[str] = stop_agents(ledger)
+    # Workloads with a network namespace of their own are found by their host's mount
+    # namespace; those frozen in a migration's hold die only once it is thawed.
+    for mount in ledger.mounts:
+        inode = _ns_file_inode(mount)
+        if inode is not None:
+            _kill_all(problems, mount, functools.partial(kill_ns_members, "mnt", inode))
     for name in reversed(ledger.netns):
-        survivors = kill_netns_members(name)
-        if survivors:
-            problems.append(f"{name}: processes {survivors} survived SIGKILL")
+        _kill_all(problems, name, functools.partial(kill_netns_members, name))
     for mount in reversed(ledger.mounts):
         problem = _umount(mount)
         if problem is None:

@@ -5,12 +5,17 @@ and its images are written, and CRIU waits for haul's answer. ``release``
 gives it: "go on" (commit) lets CRIU finish with the tree left stopped (or,
 post-copy, start its lazy page server); "fail" (rollback) makes CRIU resume
 the tree as if nothing happened.
+
+At post-dump the tree is also put into a freezer cgroup of the migration's
+own (:mod:`haul.source.freezer`), so that it stays frozen if CRIU or the agent
+dies; ``resume`` and ``kill`` thaw it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -25,7 +30,10 @@ from haul.criu.results import DumpResult
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
 from haul.errors import HaulError, WorkloadError
+from haul.source.freezer import Hold
 from haul.source.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
 
 PIPE_MAX_SIZE_NEEDED = 4 << 20
 
@@ -88,6 +96,13 @@ class CriuSource:
         self._frozen: asyncio.Future[float] | None = None
         self._lazy = False
         self._swrk_pid: int | None = None
+        #: the freezer cgroup that keeps the frozen tree frozen whatever happens to CRIU
+        self.hold = Hold(workdir.name)
+
+    @property
+    def criu_pid(self) -> int | None:
+        """The CRIU process running the final dump, once it started."""
+        return self._swrk_pid
 
     async def capabilities(self) -> Capabilities:
         return await host_capabilities(self.criu)
@@ -139,6 +154,10 @@ class CriuSource:
             if note.action is Action.PRE_DUMP:
                 frozen_at.append(time.monotonic())  # CRIU freezes right after this answer
             elif note.action is Action.POST_DUMP:
+                try:
+                    await self.hold.freeze(self.tree.pids())
+                except WorkloadError as exc:
+                    log.warning("the frozen tree is held by CRIU only: %s", exc.one_line())
                 if not frozen.done():
                     frozen.set_result(frozen_at[0] if frozen_at else time.monotonic())
                 if not await decision:
@@ -191,17 +210,30 @@ class CriuSource:
             self._decision.set_result(commit)
         if commit:
             if not self._lazy:
-                await self._dump  # CRIU finishes; the tree stays stopped
+                # After the commit (the only time this runs): CRIU finishes, the tree
+                # stays stopped. If CRIU died meanwhile the tree is still frozen in the
+                # hold, and must be killed all the same: go on to kill().
+                try:
+                    await self._dump
+                except HaulError as exc:
+                    log.warning("CRIU did not finish the committed dump (%s); the tree is "
+                                "%s", exc.one_line(),
+                                "frozen in its hold" if self.hold.exists else "NOT held")
             # post-copy: CRIU now serves pages until the destination has them all
             return
         with contextlib.suppress(HaulError):
             await self._dump  # CRIU reports the refusal and resumes the tree
+        self.hold.thaw()
 
     async def wait_pages_served(self) -> None:
         if self._dump is not None:
             await self._dump
 
     async def kill(self) -> None:
+        # A frozen task dies only once thawed, and then without running again.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.tree.root_pid, signal.SIGKILL)
+        self.hold.thaw()
         await self.tree.kill()
 
     async def resume(self) -> None:
@@ -216,12 +248,14 @@ class CriuSource:
                     os.kill(self._swrk_pid, signal.SIGKILL)
             with contextlib.suppress(HaulError):
                 await self._dump
+        self.hold.thaw()
         if self.tree.alive:
             self.tree.resume()
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
     async def cleanup(self) -> None:
         """After the commit: the images and the workload's files here are no longer needed."""
+        self.hold.thaw()
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.data_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self.data_dir, True)

@@ -1,0 +1,63 @@
+"""A source frozen at post-dump stays frozen if CRIU dies: the migration's freezer hold.
+
+Without the hold, CRIU's death ends its ptrace and the tree runs again by
+itself; after a commit that would be a second live copy. These tests kill
+CRIU while it holds the final dump and check the counter does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from haul.criu.service import Criu
+from haul.lab.samples import start_counter
+from haul.lab.spec import LabSpec
+from haul.procfs import state
+from haul.source.criusource import CriuSource
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _frozen_source(criu: Criu, lab: LabSpec, tmp_path: Path) -> tuple[CriuSource, int]:
+    host = lab.host(1)
+    counter = await start_counter(lab, host, mem_mib=8, interval_ms=5)
+    source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / "mhold1")
+    await source.freeze_and_dump(lazy=False)
+    assert source.hold.exists
+    assert source.criu_pid is not None
+    os.kill(source.criu_pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)  # long enough for a running counter to count 50 times
+    return source, counter.count()
+
+
+async def test_killed_criu_leaves_the_tree_frozen_until_resumed(
+        criu: Criu, lab: LabSpec, tmp_path: Path) -> None:
+    source, frozen_at = await _frozen_source(criu, lab, tmp_path)
+    counter_state = lab.host(1).data_backing / "counter" / "state"
+    await asyncio.sleep(0.3)
+    assert int(counter_state.read_text().split()[1]) == frozen_at, "the tree ran without CRIU"
+    assert all(state(p) == "D" for p in source.tree.pids())  # in the freezer, not running
+    await source.resume()
+    assert not source.hold.exists
+    deadline = asyncio.get_running_loop().time() + 10
+    while int(counter_state.read_text().split()[1]) <= frozen_at:
+        assert asyncio.get_running_loop().time() < deadline, "the tree did not resume"
+        await asyncio.sleep(0.02)
+    source.tree.terminate()
+    await source.tree.wait(10)
+    assert counter_state.read_text().startswith("PASS")
+
+
+async def test_a_held_tree_killed_after_the_commit_never_runs_again(
+        criu: Criu, lab: LabSpec, tmp_path: Path) -> None:
+    source, frozen_at = await _frozen_source(criu, lab, tmp_path)
+    await source.release(commit=True)  # CRIU is gone: the commit goes on all the same
+    await source.kill()
+    assert not source.tree.alive and not source.hold.exists
+    counter_state = lab.host(1).data_backing / "counter" / "state"
+    assert int(counter_state.read_text().split()[1]) == frozen_at
