@@ -123,6 +123,9 @@ def test_ticks_are_round_numbers() -> None:
     assert nice_step(1234, 6) == 500
     assert [tick_label(v, 0.2) for v in (0, 0.2, 0.4000000001)] == ["0", "0.2", "0.4"]
     assert tick_label(25, 5) == "25" and tick_label(0.05, 0.05) == "0.05"
+    # a 6 s run that ended a moment late keeps a 6 s axis; a longer one gets the next tick
+    assert LatencyChart([Point(0, 0.001)], duration_s=6.001).x_max == 6
+    assert LatencyChart([Point(0, 0.001)], duration_s=6.2).x_max == 7
 
 
 def synthetic() -> tuple[list[Point], list[Band]]:
