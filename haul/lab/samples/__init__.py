@@ -168,7 +168,7 @@ async def start_web(
     )
     web = Web(tree, host, subdir, port, mem_mib, seed)
     try:
-        # Filling the memory takes about 0.15 s per 100 MiB here, more on a busy machine.
+        # Filling the memory takes 0.15 to 0.6 s per 100 MiB here (idle to busy machine).
         await web.wait_ready(timeout_s=30 + mem_mib / 20)
     except BaseException:
         await tree.kill()
