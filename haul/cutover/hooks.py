@@ -78,6 +78,8 @@ def check_hook_path(path: str | Path, *, host: str) -> Path:
     """``path`` if it is an absolute path to an executable file here, else one UsageError
     line that says what is wrong and on which host (hooks run on the source host)."""
     text = str(path)
+    if "\x00" in text:
+        raise UsageError(f"hook {text!r}: a path may not contain a NUL byte")
     if not text.startswith("/") or any(part in (".", "..") for part in text.split("/")):
         raise UsageError(f"hook {text!r}: give an absolute path on {host}, where hooks run")
     try:
