@@ -237,16 +237,33 @@ def register(app: typer.Typer) -> None:
         shared_dir: Annotated[Path | None, typer.Option(
             "--shared-dir", help="memory through this directory (both hosts see it)")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="pre-flight only")] = False,
+        hook: Annotated[list[str] | None, typer.Option(
+            "--hook", help="executable on the source host, called at each hook point "
+            "(repeatable; after the agent's [agent.hooks])")] = None,
+        hook_timeout: Annotated[float | None, typer.Option(
+            "--hook-timeout", help="s per --hook call (default: the agent's)")] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
-        """Move a running workload to another host; exactly one copy runs at any time."""
+        """Move a running workload to another host; exactly one copy runs at any time.
+
+        Hooks: a failing hook before the commit (pre-migrate, pre-freeze, restored)
+        aborts the migration, which rolls back; after it (post-commit, rolled-back) it
+        is reported and changes nothing. See deploy/hooks/README.md.
+        """
         if output not in ("text", "json"):
             raise UsageError("--output is text or json")
+        for path in hook or []:
+            if not path.startswith("/"):
+                raise UsageError(f"--hook {path}: give an absolute path on the source host "
+                                 "(hooks run there)")
+        if hook_timeout is not None and not 0 < hook_timeout <= 3600:
+            raise UsageError("--hook-timeout must be more than 0 and at most 3600 s")
         ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",
                          to=to, strategy=strategy, max_downtime_ms=max_downtime,
                          max_iterations=max_iterations, timeout_s=timeout,
-                         shared_dir=str(shared_dir.resolve()) if shared_dir else None)
+                         shared_dir=str(shared_dir.resolve()) if shared_dir else None,
+                         hooks=hook or [], hook_timeout_s=hook_timeout)
         run = check if dry_run else migrate
         raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
 

@@ -41,6 +41,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/haul/agent")
 DEFAULT_SOCKET = Path("/run/haul/agent.sock")
 DEFAULT_PORT = 7477
 DEFAULT_MIN_FREE_MIB = 512
+DEFAULT_HOOK_TIMEOUT_S = 30.0
 
 HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                           r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
@@ -141,6 +142,16 @@ class HostNsConfig(_Section):
         return HostNs(net=self.netns, mnt=self.mntns)
 
 
+class HooksConfig(_Section):
+    """Hook executables run (on this host) for every migration this agent drives as the
+    source, before any ``haul migrate --hook``; see haul/cutover/hooks.py."""
+
+    #: absolute paths (or relative to the config file's directory), run in this order
+    scripts: list[Path] = Field(default_factory=list, max_length=32)
+    #: each script's time limit; also the default for ``haul migrate --hook``
+    timeout_s: float = Field(default=DEFAULT_HOOK_TIMEOUT_S, gt=0, le=3600)
+
+
 class AgentConfig(_Section):
     #: the name this agent answers to (and the name in its certificate)
     host: HostName = Field(default_factory=socket.gethostname)
@@ -167,6 +178,8 @@ class AgentConfig(_Section):
     #: veth's host end); it must hold this host's uplink (see haul/net/spec.py).
     #: None: workloads here share the host's network and cannot be given an address
     bridge: IfName | None = None
+    #: hook executables for the migrations this agent drives
+    hooks: HooksConfig = HooksConfig()
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:
@@ -269,6 +282,10 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
         update["host_ns"] = config.host_ns.model_copy(
             update={"mntns": _resolve(base, config.host_ns.mntns)}
         )
+    if config.hooks.scripts:
+        update["hooks"] = config.hooks.model_copy(
+            update={"scripts": [_resolve(base, p) for p in config.hooks.scripts]}
+        )
     if any(peer.token_file is not None for peer in config.peers.values()):
         update["peers"] = {
             name: peer if peer.token_file is None
@@ -302,6 +319,13 @@ def _check_tls_files(where: str, tls: TlsConfig) -> None:
             raise ConfigError(f"{where}: agent.tls.{field}: {path} is not a file")
 
 
+def _check_hooks(where: str, hooks: HooksConfig) -> None:
+    for i, path in enumerate(hooks.scripts):
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ConfigError(f"{where}: agent.hooks.scripts.{i}: {path} is not an "
+                              "executable file")
+
+
 def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | None = None
                  ) -> AgentConfig:
     """Validate a parsed TOML document (its ``[agent]`` table) into an AgentConfig.
@@ -333,6 +357,7 @@ def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | No
         config = config.model_copy(update={"peers": peers})
     if config.tls is not None:
         _check_tls_files(where, config.tls)
+    _check_hooks(where, config.hooks)
     return config
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -34,7 +35,7 @@ from haul.engine.events import Event
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration, resolve_strategy
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
-from haul.engine.ports import JournalRecord
+from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
@@ -148,6 +149,7 @@ class MigrationJobs:
         max_iterations: int = 8,
         timeout_s: float | None = None,
         shared_dir: Path | None = None,
+        hooks: HooksPort | None = None,
     ) -> Job:
         if to == self.host:
             raise UsageError(f"{workload} already runs on {to}")
@@ -167,16 +169,20 @@ class MigrationJobs:
         spec = MigrationSpec(
             migration_id=mid, workload=workload, source_host=self.host, dest_host=to,
             strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
+            source_address=self.advertise_address,
+            dest_address=urlsplit(peer.url).hostname or "",
         )
         job = Job(Migration(spec), started_at=time.monotonic())
         self._write_intent(mid, workload, to)
         self._jobs[mid] = job
         self._moving.add(workload)
-        job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir))
+        job.task = asyncio.create_task(
+            self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
 
     async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None,
-                   shared_dir: Path | None = None) -> Outcome:
+                   shared_dir: Path | None = None, hooks: HooksPort | None = None
+                   ) -> Outcome:
         spec = job.migration.spec
         data = self.data_root / spec.workload
         try:
@@ -210,7 +216,7 @@ class MigrationJobs:
                 outcome = await run(
                     job.migration, source=source, dest=LinkedDest(dest, source),
                     transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
-                    on_event=seen,
+                    on_event=seen, hooks=hooks,
                 )
             job.outcome = outcome
             if outcome.phase is Phase.DONE:

@@ -90,6 +90,10 @@ class MigrateAsk(_Request):
     timeout_s: float | None = Field(default=None, gt=0)
     #: memory through this directory, which both hosts see, instead of a page server
     shared_dir: AbsolutePath | None = None
+    #: hook executables on the source host, run after the agent's own [agent.hooks]
+    hooks: list[str] = Field(default_factory=list, max_length=32)
+    #: each of ``hooks``' time limit (default: the agent's [agent.hooks] timeout_s)
+    hook_timeout_s: float | None = Field(default=None, gt=0, le=3600)
 
 
 class CheckView(_Answer):

@@ -41,6 +41,11 @@ The commit rule (DESIGN.md): the decision is journaled before anything irreversi
 
 Terminal phases accept no event. The diagram in :mod:`haul.engine.diagram` is drawn
 from :data:`TRANSITIONS`; keep every way out of a phase in the table.
+
+Hooks (:class:`~haul.engine.ports.HooksPort`) are not in the table: they decide no
+phase. The runner fires them inside the steps of PREPARE, FREEZE and RESTORE (a
+failure there is that step's ``StepFailed``, so the commit rule above rolls back),
+and best effort after the switch-over and at the end of a rollback.
 """
 
 from __future__ import annotations

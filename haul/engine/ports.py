@@ -2,14 +2,16 @@
 
 ``source/`` implements :class:`SourcePort` with CRIU on the source host,
 ``dest/`` implements :class:`DestPort` (an HTTP client of the destination
-agent), ``transport/`` implements :class:`TransportPort`, and ``agent/``
-implements :class:`JournalPort`. Unit tests implement them with fakes.
+agent), ``transport/`` implements :class:`TransportPort`, ``agent/``
+implements :class:`JournalPort`, and ``cutover/`` implements :class:`HooksPort`
+(hook scripts, load-balancer cutovers). Unit tests implement them with fakes.
 Every method may raise ``haul.errors.HaulError``; the runner turns that into
-a ``StepFailed`` event for the machine.
+a ``StepFailed`` event for the machine (hooks: see :class:`HooksPort`).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -113,3 +115,69 @@ class JournalPort(Protocol):
 
 class Clock(Protocol):
     def monotonic(self) -> float: ...
+
+
+class HookPoint(enum.Enum):
+    """The fixed points at which the runner calls :meth:`HooksPort.fire`, in order."""
+
+    #: the pre-flight passed; nothing is touched yet
+    PRE_MIGRATE = "pre-migrate"
+    #: right before the final dump freezes the workload (not before pre-dumps)
+    PRE_FREEZE = "pre-freeze"
+    #: the destination restored its copy, stopped; the commit is not recorded yet
+    RESTORED = "restored"
+    #: the commit is recorded and the destination copy runs
+    POST_COMMIT = "post-commit"
+    #: a rollback ended (the workload runs on the source, if the rollback was complete)
+    ROLLED_BACK = "rolled-back"
+
+    @property
+    def aborts(self) -> bool:
+        """True before the commit: a failure here aborts the migration (rollback).
+        After it (post-commit, rolled-back) a failure is reported, not fatal."""
+        return self in _ABORTING
+
+
+_ABORTING = frozenset({HookPoint.PRE_MIGRATE, HookPoint.PRE_FREEZE, HookPoint.RESTORED})
+
+
+@dataclass(frozen=True, slots=True)
+class HookFacts:
+    """What a hook is told about the migration when it is called."""
+
+    migration_id: str
+    workload: str
+    source_host: str
+    dest_host: str
+    #: where the workload answers on the source and on the destination ("" = not known)
+    source_address: str
+    dest_address: str
+    #: the strategy in use (resolved: never AUTO once the pre-flight passed)
+    strategy: Strategy
+    #: the migration's phase when the hook is called
+    phase: Phase
+    #: rolled-back only: why the migration rolled back, and what the rollback left
+    reason: str = ""
+
+
+class HooksPort(Protocol):
+    """Hooks: scripts, load-balancer cutovers, anything told about a migration's progress.
+
+    The runner calls :meth:`fire` at each :class:`HookPoint` (hooks=None: never):
+
+    * ``PRE_MIGRATE`` first in PREPARE, before the destination is prepared;
+    * ``PRE_FREEZE`` first in FREEZE, before the final dump (once per migration);
+    * ``RESTORED`` in RESTORE, after the destination restored its copy stopped;
+    * ``POST_COMMIT`` after the switch-over (the destination copy runs; post-copy:
+      before its last pages have arrived);
+    * ``ROLLED_BACK`` last in a rollback, if ``PRE_MIGRATE`` was fired.
+
+    A ``HaulError`` at a point that :attr:`~HookPoint.aborts` fails that step: the
+    migration rolls back and the workload keeps running on the source. At
+    ``POST_COMMIT`` and ``ROLLED_BACK`` it goes to ``Outcome.problems`` and changes
+    nothing. Its message is one line that names the hook and the point. ``fire``
+    is cancelled when the migration is aborted before the commit; it must then
+    stop what it started (and let ``CancelledError`` through).
+    """
+
+    async def fire(self, point: HookPoint, facts: HookFacts) -> None: ...

@@ -28,7 +28,36 @@ Rollback (``Rollback``, never raises; each action under ``timeouts[ROLLING_BACK]
     Nothing, if only the pre-flight ran (nothing was touched). Otherwise:
     ``source.release(commit=False)`` if the final dump is held at post-dump (CRIU
     resumes the tree), ``source.resume()``, ``dest.discard()``. Every failure is
-    collected as one line into ``RolledBack(problems)``, which ends FAILED.
+    collected as one line into ``RolledBack(problems)``, which ends FAILED. Then
+    the ``rolled-back`` hook, if there are hooks and ``pre-migrate`` was fired.
+
+Hooks (``hooks``, a :class:`~haul.engine.ports.HooksPort`; None: no calls)
+    Hooks are not phases and not commands: the machine never waits for them, and
+    the diagram has no arrow for them. The runner fires them inside the steps of
+    the phases they belong to, so a hook failure before the commit is that step's
+    ``StepFailed`` and the machine's commit rule applies unchanged:
+
+    * ``pre-migrate``: first in PREPARE's step, before ``dest.prepare`` (the
+      pre-flight passed; nothing is touched yet);
+    * ``pre-freeze``: first in FREEZE's step, before ``source.freeze_and_dump``,
+      once per migration: pre-copy rounds do not fire it (the workload keeps
+      serving through them; ``pre-migrate`` comes before the first one). The
+      frozen window is measured from after the hook;
+    * ``restored``: in RESTORE's step, after ``dest.restore`` returned (the copy
+      is restored and stopped; the commit is not recorded);
+    * ``post-commit``: after the switch-over step succeeded (the destination copy
+      runs; post-copy: before ``AwaitPages``), before ``SwitchedOver`` is fed;
+    * ``rolled-back``: the last action of a rollback (see above), told the reason.
+
+    These three are under their phase's timeout, with the step; a ``HaulError``
+    (or the timeout, or a cancellation) there rolls back: the workload keeps
+    running on the source and the destination discards its copy. ``post-commit``
+    (under ``timeouts[COMMIT]``) and ``rolled-back`` (under
+    ``timeouts[ROLLING_BACK]``) are best effort: a failure is one line in
+    ``Outcome.problems`` and changes nothing. Every hook failure is also recorded
+    in the journal (cause ``hook POINT failed``, detail the one line), best
+    effort. A migration that fails after the commit without finishing the
+    switch-over fires neither ``post-commit`` nor ``rolled-back``.
 
 Post-copy (lazy) and the source's held dump
     CRIU starts its lazy page server only after the post-dump notification is
@@ -107,6 +136,9 @@ from haul.engine.phases import BEFORE_COMMIT, Phase
 from haul.engine.ports import (
     Clock,
     DestPort,
+    HookFacts,
+    HookPoint,
+    HooksPort,
     JournalPort,
     JournalRecord,
     SourcePort,
@@ -121,6 +153,8 @@ P = ParamSpec("P")
 
 #: the reason fed with AbortRequested when the caller cancels :func:`run`
 CANCELLED = "cancelled by the caller"
+#: StepFailed.where (and the problems' prefix) for a hook's failure
+_HOOKS = "hooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +178,14 @@ async def run(
     timeouts: Mapping[Phase, float] | None = None,
     on_event: Callable[[Phase, Event], None] | None = None,
     clock: Clock | None = None,
+    hooks: HooksPort | None = None,
 ) -> Outcome:
     """Run ``migration`` (in phase NEW) to its end; see the module's docstring.
 
     ``on_event(phase, event)`` is called with every event before the machine
     handles it, ``phase`` being the phase the event happened in. ``clock`` measures
-    the frozen window (default: ``time.monotonic``).
+    the frozen window (default: ``time.monotonic``). ``hooks`` are told of the
+    migration's progress at fixed points (module docstring, *Hooks*).
     """
     if migration.phase is not Phase.NEW:
         raise HaulError(f"migration {migration.spec.migration_id} already ran "
@@ -157,6 +193,7 @@ async def run(
     runner = _Runner(
         migration, source=source, dest=dest, transport=transport, journal=journal,
         timeouts=timeouts or {}, on_event=on_event, clock=clock or _MonotonicClock(),
+        hooks=hooks,
     )
     drive = asyncio.create_task(runner.drive(), name=f"migration {migration.spec.migration_id}")
     cancelled: asyncio.CancelledError | None = None
@@ -219,6 +256,7 @@ class _Runner:
         timeouts: Mapping[Phase, float],
         on_event: Callable[[Phase, Event], None] | None,
         clock: Clock,
+        hooks: HooksPort | None = None,
     ) -> None:
         self._m = migration
         self._spec = migration.spec
@@ -229,6 +267,9 @@ class _Runner:
         self._timeouts = timeouts
         self._on_event = on_event
         self._clock = clock
+        self._hooks = hooks
+        #: pre-migrate was fired: the hooks are owed a rolled-back if it rolls back
+        self._hooks_fired = False
         self._src = f"source {self._spec.source_host}"
         self._dst = f"dest {self._spec.dest_host}"
         self._xfer = f"transport {self._spec.source_host}->{self._spec.dest_host}"
@@ -275,6 +316,8 @@ class _Runner:
                 event = await self._clean_up()
             else:
                 event = await self._run_step(command)
+                if isinstance(event, SwitchedOver):
+                    await self._fire_quietly(HookPoint.POST_COMMIT, Phase.COMMIT)
             if event is not None:
                 command = self._feed(event)
         await self._finish(command)
@@ -380,6 +423,7 @@ class _Runner:
             case RunPreflight():
                 return PreflightFinished(await self._preflight())
             case PrepareDestination(strategy=strategy):
+                await self._fire(HookPoint.PRE_MIGRATE)
                 self._touched = True
                 await self._call(self._dst, self._dest.prepare, strategy)
                 return DestinationPrepared()
@@ -389,6 +433,7 @@ class _Runner:
                     await self._call(self._src, self._source.pre_dump, iteration)
                 )
             case FreezeAndDump(lazy=lazy):
+                await self._fire(HookPoint.PRE_FREEZE)
                 self._touched = True
                 self._frozen_from = self._clock.monotonic()
                 figures = await self._call(self._src, self._source.freeze_and_dump, lazy)
@@ -404,7 +449,9 @@ class _Runner:
                     await self._call(self._xfer, self._transport.transfer_images)
                 )
             case RestoreStopped(lazy=lazy):
-                return RestoredStopped(await self._call(self._dst, self._dest.restore, lazy))
+                restored = await self._call(self._dst, self._dest.restore, lazy)
+                await self._fire(HookPoint.RESTORED)
+                return RestoredStopped(restored)
             case RecordCommit():
                 await self._append(
                     Phase.COMMIT, "commit",
@@ -418,6 +465,46 @@ class _Runner:
                 await self._await_pages()
                 return PagesDelivered()
         raise AssertionError(f"the runner cannot execute {command!r} as a step")
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _facts(self, reason: str = "") -> HookFacts:
+        spec = self._spec
+        return HookFacts(
+            migration_id=spec.migration_id, workload=spec.workload,
+            source_host=spec.source_host, dest_host=spec.dest_host,
+            source_address=spec.source_address, dest_address=spec.dest_address,
+            strategy=self._m.strategy, phase=self._m.phase, reason=reason,
+        )
+
+    async def _fire(self, point: HookPoint) -> None:
+        """A hook before the commit, inside a step: its failure fails the step."""
+        if self._hooks is None:
+            return
+        if point is HookPoint.PRE_MIGRATE:
+            self._hooks_fired = True
+        log.info("migration %s: hook %s", self._spec.migration_id, point.value)
+        try:
+            await self._call(_HOOKS, self._hooks.fire, point, self._facts())
+        except _PortFailed as exc:
+            await self._record_quietly(self._m.phase, f"hook {point.value} failed", exc.error)
+            raise
+
+    async def _fire_quietly(self, point: HookPoint, limit_phase: Phase, reason: str = ""
+                            ) -> None:
+        """A hook after the commit or after a rollback: its failure is only reported."""
+        if self._hooks is None:
+            return
+        hooks, facts = self._hooks, self._facts(reason)
+
+        async def fire() -> None:
+            await hooks.fire(point, facts)
+
+        log.info("migration %s: hook %s", self._spec.migration_id, point.value)
+        problem = await self._attempt(_HOOKS, point.value, fire, self._timeouts.get(limit_phase))
+        if problem is not None:
+            self._problems.append(problem)
+            await self._record_quietly(self._m.phase, f"hook {point.value} failed", problem)
 
     async def _preflight(self) -> PreflightReport:
         source_caps = await self._call(self._src, self._source.capabilities)
@@ -491,8 +578,15 @@ class _Runner:
 
     async def _roll_back(self, command: Rollback) -> RolledBack:
         await self._record_quietly(Phase.ROLLING_BACK, self._cause, command.reason)
-        if not self._touched:
-            return RolledBack(())
+        problems = await self._undo() if self._touched else []
+        if self._hooks_fired:
+            reason = command.reason + (
+                "; rollback incomplete: " + "; ".join(problems) if problems else "")
+            await self._fire_quietly(HookPoint.ROLLED_BACK, Phase.ROLLING_BACK, reason)
+        return RolledBack(tuple(problems))
+
+    async def _undo(self) -> list[str]:
+        """Resume the source, discard the destination; what went wrong, one line each."""
         limit = self._timeouts.get(Phase.ROLLING_BACK)
         source, dest = self._source, self._dest
 
@@ -513,7 +607,7 @@ class _Runner:
                 problems.append(problem)
             elif call is release:
                 self._held = False
-        return RolledBack(tuple(problems))
+        return problems
 
     async def _clean_up(self) -> CleanedUp:
         await self._record_quietly(Phase.CLEANUP, self._cause, "")

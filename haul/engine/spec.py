@@ -35,6 +35,9 @@ class MigrationSpec:
     page_size: int = 4096
     #: after the commit, how many times a failed step is tried again before FAILED
     max_retries: int = 3
+    #: where the workload answers on each host ("" = not known); told to the hooks
+    source_address: str = ""
+    dest_address: str = ""
 
     def __post_init__(self) -> None:
         for name in ("migration_id", "workload", "source_host", "dest_host"):

@@ -23,6 +23,7 @@ from haul.dest.linked import LinkedDest
 from haul.engine.events import Event
 from haul.engine.machine import Migration
 from haul.engine.phases import Phase, Strategy
+from haul.engine.ports import HooksPort
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import DEFAULT_TIMEOUTS_S
@@ -56,6 +57,7 @@ async def migrate_in_lab(
     timeouts: Mapping[Phase, float] | None = None,
     on_event: Callable[[Phase, Event], None] | None = None,
     dest_workdir: Path | None = None,
+    hooks: HooksPort | None = None,
 ) -> LabMigration:
     mid = "m" + secrets.token_hex(6)
     source = CriuSource(
@@ -75,11 +77,13 @@ async def migrate_in_lab(
     spec = MigrationSpec(
         migration_id=mid, workload=workload, source_host=src.name, dest_host=dst.name,
         strategy=strategy, max_downtime_ms=max_downtime_ms,
+        source_address=str(src.address.ip), dest_address=str(dst.address.ip),
     )
     migration = Migration(spec)
     outcome = await run(
         migration, source=source, dest=LinkedDest(dest, source),
         transport=transport, journal=Journal(src.workdir / "journal"),
         timeouts=timeouts if timeouts is not None else DEFAULT_TIMEOUTS_S, on_event=on_event,
+        hooks=hooks,
     )
     return LabMigration(migration, outcome, source, dest)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from haul.agent.config import AgentConfig
 from haul.agent.context import CONTEXT
 from haul.agent.jobs import Job
 from haul.agent.migration_models import (
@@ -18,6 +19,7 @@ from haul.agent.migration_models import (
     StatsView,
 )
 from haul.agent.routing import RouteTable
+from haul.cutover.hooks import HookScript, ScriptHooks, check_hook_path
 from haul.engine.phases import TERMINAL
 
 table = RouteTable("migrations")
@@ -48,15 +50,29 @@ def view(job: Job) -> MigrationView:
     )
 
 
+def script_hooks(config: AgentConfig, ask: MigrateAsk) -> ScriptHooks | None:
+    """The agent's [agent.hooks] scripts, then the request's; each must be an executable
+    here (UsageError, a 400, otherwise)."""
+    asked = ask.hook_timeout_s if ask.hook_timeout_s is not None else config.hooks.timeout_s
+    scripts = [
+        HookScript(check_hook_path(path, host=config.host), timeout)
+        for paths, timeout in ((config.hooks.scripts, config.hooks.timeout_s),
+                               (ask.hooks, asked))
+        for path in paths
+    ]
+    return ScriptHooks(scripts) if scripts else None
+
+
 @table.json_body("POST", "/v1/migrations", body=MigrateAsk, response=MigrationView, status=202,
                  name="startMigration", errors={404: "no such workload"},
                  summary="Move a workload of this host to another host (runs in the agent)")
 async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
-    jobs = request.app[CONTEXT].migrations().jobs
-    job = await jobs.start(ask.workload, ask.to, strategy=ask.strategy,
-                           max_downtime_ms=ask.max_downtime_ms,
-                           max_iterations=ask.max_iterations, timeout_s=ask.timeout_s,
-                           shared_dir=Path(ask.shared_dir) if ask.shared_dir else None)
+    ctx = request.app[CONTEXT]
+    hooks = script_hooks(ctx.config, ask)
+    job = await ctx.migrations().jobs.start(
+        ask.workload, ask.to, strategy=ask.strategy, max_downtime_ms=ask.max_downtime_ms,
+        max_iterations=ask.max_iterations, timeout_s=ask.timeout_s,
+        shared_dir=Path(ask.shared_dir) if ask.shared_dir else None, hooks=hooks)
     return view(job)
 
 
@@ -65,6 +81,7 @@ async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
                  summary="Pre-flight only: would this migration go? Nothing is touched")
 async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
     ctx = request.app[CONTEXT]
+    script_hooks(ctx.config, ask)  # a hook that cannot run is refused here too
     jobs = ctx.migrations().jobs
     chosen, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
     return CheckView(

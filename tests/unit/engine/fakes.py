@@ -19,7 +19,7 @@ from haul.engine.figures import (
     TransferFigures,
 )
 from haul.engine.phases import Phase, Strategy
-from haul.engine.ports import JournalRecord
+from haul.engine.ports import HookFacts, HookPoint, JournalRecord
 
 FULL = Capabilities("3.19", mem_track=True, lazy_pages=True, lazy_pipe_ok=True)
 LAZY_ONLY = Capabilities("3.19", mem_track=False, lazy_pages=True, lazy_pipe_ok=True)
@@ -183,6 +183,31 @@ class FakeJournal:
 
 def journal_call(phase: Phase, cause: str) -> str:
     return f"journal({phase.value}, {cause})"
+
+
+class FakeHooks:
+    """Logs ``hook(<point>)``; keeps what each call was told, and which were cancelled."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.fired: list[tuple[HookPoint, HookFacts]] = []
+        self.cancelled: list[HookPoint] = []
+
+    async def fire(self, point: HookPoint, facts: HookFacts) -> None:
+        self.fired.append((point, facts))
+        try:
+            await self.world.enter(hook_call(point))
+        except asyncio.CancelledError:
+            self.cancelled.append(point)
+            raise
+
+    @property
+    def points(self) -> list[HookPoint]:
+        return [point for point, _ in self.fired]
+
+
+def hook_call(point: HookPoint) -> str:
+    return f"hook({point.value})"
 
 
 class FakeClock:
