@@ -166,11 +166,15 @@ class MigrationJobs:
         if workload in self._moving:
             raise UsageError(f"{workload} is already being migrated")
         mid = f"m{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        # Where the workload answers: its own address, which moves with it, or else
+        # its host's (hooks and load balancers are told).
+        net = self._net_of(workload)
+        own = net.address.split("/")[0] if net is not None else None
         spec = MigrationSpec(
             migration_id=mid, workload=workload, source_host=self.host, dest_host=to,
             strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
-            source_address=self.advertise_address,
-            dest_address=urlsplit(peer.url).hostname or "",
+            source_address=own or self.advertise_address,
+            dest_address=own or urlsplit(peer.url).hostname or "",
         )
         job = Job(Migration(spec), started_at=time.monotonic())
         self._write_intent(mid, workload, to)

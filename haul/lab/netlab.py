@@ -96,7 +96,12 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
         await _up_link(ipr, "lo")
         index = (await ipr.link_lookup(ifname=HOST_IFNAME))[0]
         if member.name != spec.client.name:
-            await ipr.link("add", ifname=HOST_BRIDGE, kind="bridge")
+            # The bridge gets its uplink's MAC, set explicitly: a bridge left to choose
+            # takes its ports' lowest MAC and changes it as workload veths come and go,
+            # and its neighbours' ARP caches then point at a MAC no longer here.
+            (uplink,) = await ipr.link("get", index=index)
+            await ipr.link("add", ifname=HOST_BRIDGE, kind="bridge",
+                           address=uplink.get("IFLA_ADDRESS"))
             bridge = (await ipr.link_lookup(ifname=HOST_BRIDGE))[0]
             await ipr.link("set", index=index, master=bridge, state="up")
             index = bridge

@@ -54,7 +54,12 @@ async def lock(pid: int) -> None:
 
 
 async def unlock(pid: int) -> None:
-    await _nft(pid, "delete", "table", "inet", TABLE)
+    """Remove haul's lock; harmless when it is gone already (a repeated resume)."""
+    try:
+        await _nft(pid, "delete", "table", "inet", TABLE)
+    except WorkloadError:
+        if await is_locked(pid):
+            raise
 
 
 async def is_locked(pid: int) -> bool:

@@ -14,6 +14,12 @@ which a gratuitous ARP from the workload announces.
 
 The host end's name is derived from the workload's name, so both hosts use
 the same one and a leftover is attributable.
+
+The host's bridge must have a MAC address of its own, set explicitly (the lab
+gives it its uplink's): a bridge left to choose takes the lowest MAC of its
+ports and changes it whenever a workload's veth joins or leaves, and the
+host's neighbours then send to a MAC that is no longer there until their ARP
+entries expire (tens of seconds without traffic to the host itself).
 """
 
 from __future__ import annotations
