@@ -47,6 +47,8 @@ class IncomingOpen(_Request):
     data_mode: int = Field(default=0o700, ge=0, le=0o7777)
     #: where the source wrote the pages, when the hosts share a directory for them
     shared_images: AbsolutePath | None = None
+    #: the page channels are TLS (both agents have certificates from one CA)
+    page_tls: bool = False
 
 
 class IncomingOpened(_Answer):

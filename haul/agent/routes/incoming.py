@@ -60,7 +60,8 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
     item = await _incoming(request).open(ask.id, ask.workload, ask.strategy, ask.needed_bytes,
                                          lazy, argv=ask.argv, data_mode=ask.data_mode,
                                          shared_images=Path(ask.shared_images)
-                                         if ask.shared_images else None)
+                                         if ask.shared_images else None,
+                                         page_tls=ask.page_tls)
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()
