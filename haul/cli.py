@@ -109,6 +109,9 @@ def lab_up_cmd(
         "--write-inventory/--no-write-inventory",
         help="write the hosts inventory ($HAUL_HOSTS or ~/.config/haul/hosts.toml) naming "
         "the lab's agents (for the default prefix only)")] = True,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="a CA for the lab; the agents do mutual TLS, and so do the page "
+        "transfers between them")] = False,
 ) -> None:
     """Create hosts host1..hostN (each running a haul agent) and a client, on one bridge."""
     from haul.inventory import inventory_path
@@ -117,7 +120,7 @@ def lab_up_cmd(
 
     _need_root()
     inventory = inventory_path() if write_inventory and prefix == DEFAULT_PREFIX else None
-    status = _run(lab_up(LabSpec(prefix=prefix, hosts=hosts), inventory=inventory))
+    status = _run(lab_up(LabSpec(prefix=prefix, hosts=hosts), inventory=inventory, tls=tls))
     _print_status(status, output)
 
 

@@ -41,7 +41,14 @@ OutputOpt = Annotated[str, typer.Option("--output", "-o", help="text or json")]
 
 
 def client_for(entry: HostEntry) -> AgentClient:
-    return AgentClient(entry.url, token=entry.bearer())
+    """A client of the agent an inventory entry names: its token, and over https the
+    entry's client certificate (the agent's is checked against the entry's CA)."""
+    ssl_context = None
+    if entry.url.startswith("https://") and entry.ca is not None:
+        from haul.agent.ca import client_ssl_context
+
+        ssl_context = client_ssl_context(entry.ca, entry.cert, entry.key)
+    return AgentClient(entry.url, token=entry.bearer(), ssl_context=ssl_context)
 
 
 async def find_host(inv: Inventory, workload: str) -> str:

@@ -6,10 +6,18 @@ it, naming the host (DNS) and its addresses (IP) as subject alternative
 names, good both as a server certificate (the agent's listener) and as a
 client certificate (one agent or the CLI calling another). Keys are written
 mode 0600 and never replaced unless asked.
+
+The addresses matter: whoever connects to a host checks that its certificate
+names the address it connected to. Python's TLS does for the agents' API, and
+CRIU (GnuTLS) does for pages sent to a page server, so an agent's certificate
+must name the address other hosts reach it at (its ``advertise_address``; the
+agent refuses to start otherwise). A HOST that is itself an IP address is
+named as one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -176,6 +184,10 @@ def issue(directory: Path, host: str, ips: Sequence[str] = (), *, days: int = CE
     now = _now()
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     names: list[x509.GeneralName] = [x509.DNSName(host)]
+    with contextlib.suppress(ValueError):
+        as_ip = ipaddress.ip_address(host)
+        if as_ip not in addresses:
+            addresses.insert(0, as_ip)
     names += [x509.IPAddress(a) for a in addresses]
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (

@@ -88,11 +88,19 @@ def ca_issue_cmd(
     days: Annotated[int, typer.Option("--days", help="how long it is valid")] = 825,
     force: ForceOpt = False,
 ) -> None:
-    """Issue DIR/HOST.key (mode 0600) and DIR/HOST.crt, for server and client use."""
+    """Issue DIR/HOST.key (mode 0600) and DIR/HOST.crt, for server and client use.
+
+    Give every address other hosts reach HOST at (--ip): they check it."""
     from haul.agent.ca import issue
 
     pair = issue(directory, host, ips or [], days=days, overwrite=force)
     sys.stdout.write(f"{pair.cert}\n{pair.key}\n")
+    from haul.agent.config import certificate_addresses
+
+    if not certificate_addresses(pair.cert):
+        sys.stderr.write(f"note: {pair.cert.name} names no --ip address; an agent using it "
+                         "must be reached by name, and CRIU's TLS page transfer to it needs "
+                         "its address (haul ca issue HOST --ip ADDRESS --force)\n")
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from haul.config import criu_binary
+from haul.criu.options import TlsFiles
 from haul.errors import ConfigError
 from haul.nsexec import HostNs
 
@@ -115,11 +116,21 @@ class AuthConfig(_Token):
 
 
 class TlsConfig(_Section):
-    """Mutual TLS on the TCP listener: callers need a certificate signed by ``ca``."""
+    """Mutual TLS on the TCP listener: callers need a certificate signed by ``ca``.
+
+    The same files serve this agent's calls to https peers and, in migrations
+    between two agents with certificates, CRIU's page channels (which check
+    that a certificate names the address the pages go to: ``cert`` must name
+    the advertised address, ``haul ca issue HOST --ip ADDRESS``).
+    """
 
     ca: Path
     cert: Path
     key: Path
+
+    def files(self) -> TlsFiles:
+        """The files as CRIU takes them."""
+        return TlsFiles(cacert=self.ca, cert=self.cert, key=self.key)
 
 
 class PeerConfig(_Token):
@@ -326,6 +337,42 @@ def _check_hooks(where: str, hooks: HooksConfig) -> None:
                               "executable file")
 
 
+def certificate_addresses(path: Path) -> set[str]:
+    """The IP addresses a PEM certificate names (its subject alternative names)."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a PEM certificate: {exc}") from exc
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
+def _check_cert_names(where: str, config: AgentConfig) -> None:
+    """The agent's certificate must name the address other hosts reach it at: agents
+    calling it over https check that, and so does CRIU on every TLS page channel."""
+    if config.tls is None:
+        return
+    address = config.advertised_address()
+    if address is None:
+        return
+    try:
+        named = certificate_addresses(config.tls.cert)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: agent.tls.cert: {exc.message}") from None
+    if address not in named:
+        raise ConfigError(
+            f"{where}: agent.tls.cert: {config.tls.cert} does not name {address}, the "
+            f"address other hosts reach this agent at (it names "
+            f"{', '.join(sorted(named)) or 'no address'}); issue one that does: "
+            f"haul ca issue {config.host} --ip {address}"
+        )
+
+
 def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | None = None
                  ) -> AgentConfig:
     """Validate a parsed TOML document (its ``[agent]`` table) into an AgentConfig.
@@ -357,6 +404,7 @@ def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | No
         config = config.model_copy(update={"peers": peers})
     if config.tls is not None:
         _check_tls_files(where, config.tls)
+        _check_cert_names(where, config)
     _check_hooks(where, config.hooks)
     return config
 

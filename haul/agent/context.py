@@ -47,9 +47,10 @@ def _advertise(config: AgentConfig) -> str:
 
 def _peers(config: AgentConfig) -> dict[str, Peer]:
     peers: dict[str, Peer] = {}
+    tls = config.tls.files() if config.tls is not None else None
     for name, peer in (getattr(config, "peers", None) or {}).items():
         token = peer.bearer_token() if hasattr(peer, "bearer_token") else None
-        peers[str(name)] = Peer(url=str(peer.url), token=token)
+        peers[str(name)] = Peer(url=str(peer.url), token=token, tls=tls)
     return peers
 
 
@@ -69,9 +70,11 @@ class AgentContext:
             address = _advertise(self.config)
             data_root = self.workloads.workloads_dir
             self._migrations = MigrationParts(
-                incoming=IncomingRegistry(criu, self.config.state_dir / "incoming",
-                                          data_root=data_root, listen_address=address,
-                                          bridge=self.config.bridge),
+                incoming=IncomingRegistry(
+                    criu, self.config.state_dir / "incoming", data_root=data_root,
+                    listen_address=address, bridge=self.config.bridge,
+                    tls=self.config.tls.files() if self.config.tls is not None else None,
+                ),
                 jobs=MigrationJobs(
                     host=self.config.host, criu=criu,
                     state_dir=self.config.state_dir, data_root=data_root,

@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl as ssl_module
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,9 +26,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from haul.agent.ca import client_ssl_context
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
-from haul.criu.options import CriuOptions, NetworkLock, PageServer
+from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.linked import LinkedDest
 from haul.dest.remote import IncomingClient, RemoteDestination
@@ -39,7 +41,7 @@ from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
-from haul.errors import HaulError, UsageError
+from haul.errors import ConfigError, HaulError, UsageError
 from haul.source.criusource import CriuSource, host_capabilities
 from haul.source.freezer import Hold
 from haul.source.proctree import ProcessTree
@@ -56,6 +58,9 @@ class Peer:
 
     url: str
     token: str | None = None
+    #: this agent's certificate, key and CA: an https peer is called with them,
+    #: and the migration's page channels to it are TLS
+    tls: TlsFiles | None = None
 
 
 @dataclass(slots=True)
@@ -79,10 +84,21 @@ class Job:
 
 @contextlib.asynccontextmanager
 async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
-    """A client of the destination agent ``name``, with this agent's credentials for it."""
+    """A client of the destination agent ``name``, with this agent's credentials for it:
+    its token, and over https its certificate (the peer's is checked against the CA)."""
     headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
-    async with aiohttp.ClientSession(headers=headers) as session:
-        yield IncomingClient(session, peer.url, where=f"destination {name}")
+    tls = None
+    if peer.url.startswith("https://"):
+        if peer.tls is None:
+            raise ConfigError(f"agent.peers.{name}: {peer.url} is https, but this agent has "
+                              "no certificate ([agent.tls])")
+        tls = peer.tls
+    ssl: ssl_module.SSLContext | bool = True
+    if tls is not None:
+        ssl = client_ssl_context(tls.cacert, tls.cert, tls.key)
+    async with aiohttp.ClientSession(headers=headers,
+                                     connector=aiohttp.TCPConnector(ssl=ssl)) as session:
+        yield IncomingClient(session, peer.url, where=f"destination {name}", page_tls=tls)
 
 
 def dump_options(images: Path, *, own_network: bool) -> CriuOptions:
@@ -200,7 +216,7 @@ class MigrationJobs:
                     lazy_listen=PageServer(
                         self.advertise_address, secrets.choice(range(*LAZY_PORTS))
                     ),
-                    data_dir=data,
+                    data_dir=data, tls=client.page_tls,
                 )
                 dest = RemoteDestination(
                     client, job.id, spec.workload, lazy_source=source.lazy_listen,

@@ -51,6 +51,8 @@ class IncomingOpen(_Request):
     shared_images: AbsolutePath | None = None
     #: the workload's own address, which comes along (its veth is re-attached here)
     net: NetSpec | None = None
+    #: the page channels are TLS (both agents have certificates from one CA)
+    page_tls: bool = False
 
 
 class IncomingOpened(_Answer):

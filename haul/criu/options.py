@@ -37,10 +37,18 @@ class PreDumpMode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PageServer:
-    """A page server endpoint: where a dump sends pages, or where one listens."""
+    """A page server endpoint: where a dump sends pages, or where one listens.
+
+    ``address`` "" (:data:`EVERY_ADDRESS`), for a listening page server only:
+    CRIU listens on every IPv4 address of the host (it is then given none).
+    """
 
     address: str
     port: int = 0
+
+
+#: a listening page server's address meaning "every IPv4 address" (CRIU gets none)
+EVERY_ADDRESS = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +145,8 @@ class CriuOptions:
             o.network_lock = self.network_lock.value
         o.external.extend(self.external)
         if self.page_server is not None:
-            o.ps.address = self.page_server.address
+            if self.page_server.address != EVERY_ADDRESS:
+                o.ps.address = self.page_server.address
             o.ps.port = self.page_server.port
         if self.tls is not None:
             o.tls = True

@@ -11,12 +11,20 @@ namespace: CRIU re-creates its veth with the host end on this host's bridge
 and restores its TCP connections. haul locks the restored namespace at CRIU's
 post-restore notification (:mod:`haul.net.lock`) and unlocks it only in
 ``resume``, followed by a gratuitous ARP (:mod:`haul.net.announce`).
+With ``tls`` (this host's certificate, key and CA), both page channels are TLS:
+the page server takes only a sender whose certificate the CA signed, and the
+lazy-pages daemon checks that the source's certificate names the address it
+connects to. CRIU compares a *listening* side's peer with the listener's own
+``--address`` (criu/tls.c), which no sender's certificate names; given no
+address it checks the CA alone, so a TLS page server listens on every IPv4
+address of the host, as CRIU's lazy page server does when asked over RPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -26,11 +34,11 @@ from pathlib import Path
 
 from haul.criu.lazypages import LazyPagesDaemon
 from haul.criu.notify import Action, Notification
-from haul.criu.options import CriuOptions, NetworkLock, PageServer
+from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import TransportError, WorkloadError
+from haul.errors import ConfigError, TransportError, WorkloadError
 from haul.net import lock, veth
 from haul.net.announce import announce
 from haul.net.spec import INNER_IFNAME, WorkloadNet, host_ifname
@@ -59,6 +67,7 @@ class CriuDestination:
         workload: str = "",
         net: WorkloadNet | None = None,
         bridge: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         if net is not None and (bridge is None or not workload):
             raise WorkloadError("a workload with its own address needs a bridge on this host "
@@ -67,6 +76,8 @@ class CriuDestination:
         self.workload = workload
         self.net = net
         self.bridge = bridge
+        #: this host's certificate, key and CA: the page channels are TLS
+        self.tls = tls
         #: where the source wrote the pages, in a directory both hosts see
         self.shared_images = shared_images
         self.workdir = workdir
@@ -110,23 +121,38 @@ class CriuDestination:
         for d in (self.images, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         if strategy in (Strategy.STOP_AND_COPY, Strategy.PRE_COPY) and self.listen is not None:
-            info = await self.criu.page_server(CriuOptions(
-                images_dir=self.images, work_dir=self.logs, log_file="page-server.log",
-                page_server=self.listen,
-            ))
+            info = await self.criu.page_server(self.page_server_options(self.listen))
             self.page_server_port, self._page_server_pid = info.port, info.pid
+
+    def page_server_options(self, listen: PageServer) -> CriuOptions:
+        """This host's page server: on ``listen``, or with TLS on every IPv4 address
+        (see the module's docstring; the sender is still told ``listen``)."""
+        if self.tls is not None:
+            if ipaddress.ip_address(listen.address).version != 4:
+                raise ConfigError(
+                    f"TLS page transfer needs an IPv4 address, not {listen.address}: CRIU's "
+                    "TLS page server checks its sender by CA alone only when it listens on "
+                    "every IPv4 address"
+                )
+            listen = PageServer(EVERY_ADDRESS, listen.port)
+        return CriuOptions(images_dir=self.images, work_dir=self.logs,
+                           log_file="page-server.log", page_server=listen, tls=self.tls)
+
+    def lazy_pages_daemon(self) -> LazyPagesDaemon:
+        """Post-copy: the daemon that pulls pages from the source's lazy page server."""
+        if self.lazy_source is None:
+            raise WorkloadError("post-copy restore needs the source's lazy page server")
+        return LazyPagesDaemon(self.criu, images_dir=self.images, work_dir=self.logs,
+                               source=self.lazy_source, tls=self.tls)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
         if self.shared_images is not None:
             await asyncio.to_thread(self._take_shared_pages, self.shared_images)
-        pages_bytes = 0 if lazy else sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
+        pages_bytes = 0 if lazy else sum(
+            p.stat().st_size for p in self.images.glob("pages-*.img"))
         if lazy:
-            if self.lazy_source is None:
-                raise WorkloadError("post-copy restore needs the source's lazy page server")
-            self._daemon = LazyPagesDaemon(
-                self.criu, images_dir=self.images, work_dir=self.logs, source=self.lazy_source
-            )
+            self._daemon = self.lazy_pages_daemon()
             await self._daemon.start()
         result = await self.criu.restore(self._restore_options(lazy), self._hold_network)
         self.tree = ProcessTree(result.pid)

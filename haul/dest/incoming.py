@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import RESTORED_MARK, CriuDestination
 from haul.engine.figures import RestoreFigures
@@ -111,6 +111,7 @@ class IncomingRegistry:
         data_root: Path | None,
         listen_address: str,
         bridge: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.criu = criu
         #: where arriving workloads with their own address get their veth attached
@@ -118,6 +119,8 @@ class IncomingRegistry:
         self.root = root
         self.data_root = data_root
         self.listen_address = listen_address
+        #: this host's certificate, key and CA: pages arrive only over TLS
+        self.tls = tls
         self._items: dict[str, Incoming] = {}
 
     def sweep(self) -> tuple[list[str], list[str]]:
@@ -167,16 +170,19 @@ class IncomingRegistry:
         data_mode: int = 0o700,
         shared_images: Path | None = None,
         net: WorkloadNet | None = None,
+        page_tls: bool = False,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
         if migration_id in self._items:
             raise UsageError(f"migration {migration_id} is already open here")
+        self._check_page_tls(page_tls)
         dest = CriuDestination(
             self.criu, self.root / migration_id, data=self.data_root,
             listen=None if shared_images is not None else PageServer(self.listen_address, 0),
             lazy_source=lazy_source, shared_images=shared_images,
             workload=workload, net=net, bridge=self.bridge,
+            tls=self.tls if page_tls else None,
         )
         await dest.check_free(workload, needed_bytes)
         # Which workload's data this migration may create, for a sweep after a crash.
@@ -190,6 +196,17 @@ class IncomingRegistry:
                         net=net)
         self._items[migration_id] = item
         return item
+
+    def _check_page_tls(self, page_tls: bool) -> None:
+        """Both ends agree on TLS for the pages: the source asks for it when it has
+        certificates and calls this agent over https; this agent, with certificates,
+        takes pages in no other way."""
+        if page_tls and self.tls is None:
+            raise UsageError("the source sends pages over TLS, but this agent has no "
+                             "certificates ([agent.tls])")
+        if not page_tls and self.tls is not None:
+            raise UsageError("this agent has certificates ([agent.tls]) and takes pages only "
+                             "over TLS; the source must have certificates too")
 
     async def receive_image(
         self, migration_id: str, name: str, chunks: AsyncIterator[bytes], sha256: str

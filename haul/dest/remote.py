@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import PeerError, TransportError
@@ -25,12 +25,18 @@ async def _file_chunks(path: Path):  # type: ignore[no-untyped-def]
 
 
 class IncomingClient:
-    """Calls one destination agent. ``session`` carries auth (token header, TLS)."""
+    """Calls one destination agent. ``session`` carries auth (token header, TLS).
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, where: str) -> None:
+    ``page_tls``: this host's certificate, key and CA when the destination is
+    called over https with them; the migration's page channels are then TLS too.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, where: str, *,
+                 page_tls: TlsFiles | None = None) -> None:
         self.session = session
         self.base = base_url.rstrip("/")
         self.where = where
+        self.page_tls = page_tls
 
     async def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         url = self.base + path
@@ -125,6 +131,8 @@ class RemoteDestination:
             body["shared_images"] = str(self.shared_images)
         if self.net is not None:
             body["net"] = self.net
+        if self.client.page_tls is not None:
+            body["page_tls"] = True
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,
                                    "port": self.lazy_source.port}

@@ -6,10 +6,20 @@ of its own, so every path in its configuration is as the host sees it:
 - its state directory is ``<data path>/agent``, inside the host's own data
   directory (a workload's files sit at the same path on every host);
 - its TCP listener is the host's lab address, port 7477, with the lab token
-  (one random token per lab; no TLS in the lab);
+  (one random token per lab);
 - its unix socket is ``<lab state dir>/<prefix>/agents/<host>.sock``: /run
   is shared by every mount namespace, so haul's CLI reaches it from outside;
 - every other host is a peer, at ``http://<its address>:7477`` with the token.
+
+With ``tls``, the lab also has a CA of its own in ``<lab state dir>/<prefix>/pki``
+(also on /run), a certificate for each host naming its name and address, and
+one for the operator's CLI (``haul-cli``). Each agent's listener then does
+mutual TLS with its host's certificate, its peers are at
+``https://<address>:7477``, and migrations between them send pages over TLS.
+The inventory keeps each agent's unix socket as ``url`` (this machine's own
+network namespace cannot reach the lab's addresses) and adds the CA and the
+CLI's certificate for ``peer_url``: from the lab's client namespace, an
+inventory with ``url = peer_url`` reaches the agents over mutual TLS.
 
 Its configuration (mode 0600) and its log are in the host's work directory.
 ``up`` records each agent's PID in the ledger as soon as it is started, and
@@ -35,6 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from haul.agent.ca import ca_files, host_files, init_ca, issue
 from haul.agent.client import AgentClient
 from haul.agent.config import parse_config
 from haul.errors import ConfigError, HaulError, LabError, UsageError
@@ -53,6 +64,8 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
 LOG_TAIL_LINES = 12
+#: the certificate (in the lab's pki directory) the operator's CLI presents
+CLI_CERT = "haul-cli"
 _POLL_S = 0.1
 
 
@@ -78,9 +91,29 @@ def agent_log_path(host: HostSpec) -> Path:
     return host.workdir / "agent.log"
 
 
-def peer_url(host: HostSpec) -> str:
+def peer_url(host: HostSpec, tls: bool = False) -> str:
     """How the other hosts (and the client) reach this host's agent."""
-    return f"http://{host.address.ip}:{AGENT_PORT}"
+    return f"{'https' if tls else 'http'}://{host.address.ip}:{AGENT_PORT}"
+
+
+def pki_dir(prefix: str) -> Path:
+    """The lab's CA and certificates (on /run, seen by every host)."""
+    return lab_dir(prefix) / "pki"
+
+
+def make_lab_pki(spec: LabSpec) -> Path:
+    """A CA for the lab, a certificate for each host (its name and address) and one
+    for the CLI; returns the directory. Fails if it exists."""
+    directory = pki_dir(spec.prefix)
+    if directory.exists():
+        raise LabError(f"{directory} exists; is a lab with this prefix up?")
+    lab_dir(spec.prefix).mkdir(parents=True, exist_ok=True)
+    init_ca(directory, name=f"haul lab {spec.prefix} CA")
+    for i in range(1, spec.hosts + 1):
+        host = spec.host(i)
+        issue(directory, host.name, [str(host.address.ip)])
+    issue(directory, CLI_CERT, [])
+    return directory
 
 
 def token_digest(token: str) -> str:
@@ -92,8 +125,9 @@ def _toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
-def agent_config_toml(spec: LabSpec, index: int, token: str) -> str:
-    """The ``[agent]`` table for host ``index``: every path as that host sees it."""
+def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = False) -> str:
+    """The ``[agent]`` table for host ``index``: every path as that host sees it.
+    With ``tls``, the lab's certificates (:func:`make_lab_pki`) must exist."""
     host = spec.host(index)
     lines = [
         "# written by 'haul lab up'; removed by 'haul lab down'",
@@ -109,6 +143,16 @@ def agent_config_toml(spec: LabSpec, index: int, token: str) -> str:
         "[agent.auth]",
         f"token = {_toml_str(token)}",
     ]
+    if tls:
+        pki = pki_dir(spec.prefix)
+        own = host_files(pki, host.name)
+        lines += [
+            "",
+            "[agent.tls]",
+            f"ca = {_toml_str(ca_files(pki).cert)}",
+            f"cert = {_toml_str(own.cert)}",
+            f"key = {_toml_str(own.key)}",
+        ]
     for i in range(1, spec.hosts + 1):
         if i == index:
             continue
@@ -116,17 +160,22 @@ def agent_config_toml(spec: LabSpec, index: int, token: str) -> str:
         lines += [
             "",
             f"[agent.peers.{peer.name}]",
-            f"url = {_toml_str(peer_url(peer))}",
+            f"url = {_toml_str(peer_url(peer, tls))}",
             f"token = {_toml_str(token)}",
         ]
     return "\n".join(lines) + "\n"
 
 
-def lab_inventory(spec: LabSpec, token: str) -> Inventory:
-    """The inventory naming every host's agent: its socket here, its address for peers."""
+def lab_inventory(spec: LabSpec, token: str, *, tls: bool = False) -> Inventory:
+    """The inventory naming every host's agent: its socket here, its address for peers
+    (and with ``tls`` the CA and the CLI's certificate for that address)."""
+    pki = pki_dir(spec.prefix)
+    cli = host_files(pki, CLI_CERT)
     return Inventory(hosts={
         h.name: HostEntry(url=f"unix://{agent_socket(spec.prefix, h.name)}",
-                          peer_url=peer_url(h), token=token)
+                          peer_url=peer_url(h, tls), token=token,
+                          ca=ca_files(pki).cert if tls else None,
+                          cert=cli.cert if tls else None, key=cli.key if tls else None)
         for h in (spec.host(i) for i in range(1, spec.hosts + 1))
     })
 
@@ -209,8 +258,9 @@ async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, _HasReturncode, Path
 
 
 async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None = None,
-                       timeout_s: float = START_TIMEOUT_S) -> None:
+                       tls: bool = False, timeout_s: float = START_TIMEOUT_S) -> None:
     """Start an agent in each host and wait until each answers; write the inventory.
+    With ``tls``, make the lab's CA and certificates first; the agents do mutual TLS.
 
     The lab's namespaces and directories must exist. Everything made is in the
     ledger before it is made, so ``lab_down`` undoes a failure half way.
@@ -222,10 +272,16 @@ async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None 
     ledger.token_sha256 = token_digest(token)
     ledger.record_dir(lab_dir(spec.prefix))
     sockets_dir(spec.prefix).mkdir(parents=True, exist_ok=True, mode=0o755)
+    if tls:
+        try:
+            make_lab_pki(spec)
+        except HaulError as exc:
+            raise LabError(f"the lab's certificates could not be made: {exc.one_line()}"
+                           ) from exc
     hosts = [spec.host(i) for i in range(1, spec.hosts + 1)]
     configs: list[Path] = []
     for i, host in enumerate(hosts, start=1):
-        text = agent_config_toml(spec, i, token)
+        text = agent_config_toml(spec, i, token, tls=tls)
         path = agent_config_path(host)
         try:  # a config the agent would refuse is haul's bug: say so here, not in a log
             parse_config(tomllib.loads(text), where=str(path), base=host.workdir)
@@ -244,7 +300,7 @@ async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None 
     if inventory is not None:
         ledger.inventory = str(inventory)
         ledger.save()
-        write_inventory(inventory, lab_inventory(spec, token))
+        write_inventory(inventory, lab_inventory(spec, token, tls=tls))
 
 
 def _our_agents(ledger: Ledger) -> list[int]:

@@ -114,15 +114,18 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
         await ipr.link("set", index=index, state="up")
 
 
-async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None = None
-                 ) -> LabStatus:
+async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None = None,
+                 tls: bool = False) -> LabStatus:
     """Create the lab; on any failure, remove what was made and raise LabError.
 
     With ``agents``, a ``haul agent`` runs in every host (see haul.lab.agents)
-    and ``inventory``, when given, is written to name them.
+    and ``inventory``, when given, is written to name them; with ``tls`` too,
+    the lab has a CA and the agents do mutual TLS (pages included).
     """
     if inventory is not None and not agents:
         raise UsageError("a lab without agents has no inventory to write")
+    if tls and not agents:
+        raise UsageError("TLS is for the lab's agents; a lab without agents has none")
     if Ledger.load(spec.prefix) is not None:
         raise LabError(
             f"lab {spec.prefix!r} is already up (ledger {Ledger.path_for(spec.prefix)}); "
@@ -151,7 +154,7 @@ async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None =
         await _make_mount_namespaces(spec, ledger)
         _raise_pipe_size(ledger)
         if agents:
-            await start_agents(spec, ledger, inventory=inventory)
+            await start_agents(spec, ledger, inventory=inventory, tls=tls)
     except (NetlinkError, OSError, LabError) as exc:
         lab_down(spec.prefix)
         if isinstance(exc, LabError):

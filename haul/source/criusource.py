@@ -9,6 +9,11 @@ the tree as if nothing happened.
 At post-dump the tree is also put into a freezer cgroup of the migration's
 own (:mod:`haul.source.freezer`), so that it stays frozen if CRIU or the agent
 dies; ``resume`` and ``kill`` thaw it.
+With ``tls`` (this host's certificate, key and CA), every page channel is TLS:
+dumps check that the destination page server's certificate names the address
+they send to, and the lazy page server takes only a destination whose
+certificate the CA signed (CRIU gives it no address over RPC, so it checks the
+CA alone; see haul.dest.criudest).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from haul.criu.notify import Action, Notification
-from haul.criu.options import CriuOptions, PageServer
+from haul.criu.options import CriuOptions, PageServer, TlsFiles
 from haul.criu.results import DumpResult
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
@@ -68,6 +73,7 @@ class CriuSource:
     ``dest_page_server``: where the final dump (and pre-dumps) send pages
     (the destination's CRIU page server); None writes pages locally.
     ``lazy_listen``: post-copy, where this host's lazy page server listens.
+    ``tls``: this host's certificate, key and CA; every page channel is then TLS.
     """
 
     def __init__(
@@ -80,9 +86,11 @@ class CriuSource:
         dest_page_server: PageServer | None = None,
         lazy_listen: PageServer | None = None,
         data_dir: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.criu = criu
         self.tree = tree
+        self.tls = tls
         self.workdir = workdir
         self.images = workdir / "images"
         self.logs = workdir / "work"
@@ -114,15 +122,9 @@ class CriuSource:
 
     async def pre_dump(self, iteration: int) -> IterationFigures:
         # Each round is a fresh images dir whose parent is the previous round's.
-        images = self.workdir / f"pre{iteration}"
-        images.mkdir(parents=True)
+        opts = self.pre_dump_options(iteration)
+        opts.images_dir.mkdir(parents=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        opts = replace(
-            self._base, images_dir=images, work_dir=self.logs, pid=self.tree.root_pid,
-            track_mem=True, leave_running=False, leave_stopped=False,
-            parent_img=f"../pre{iteration - 1}" if iteration > 1 else None,
-            page_server=self.dest_page_server, log_file=f"pre-dump-{iteration}.log",
-        )
         started = time.monotonic()
         async with self.criu.session() as s:
             result = await s.pre_dump(opts)
@@ -163,13 +165,7 @@ class CriuSource:
                 if not await decision:
                     raise RolledBackAtPostDump("the migration rolled back")
 
-        parent = self._last_pre_dump()
-        opts = replace(
-            self._base, images_dir=self.images, work_dir=self.logs, pid=self.tree.root_pid,
-            leave_stopped=True, leave_running=False, lazy_pages=lazy,
-            page_server=self.lazy_listen if lazy else self.dest_page_server,
-            track_mem=parent is not None, parent_img=parent,
-        )
+        opts = self.dump_options(lazy)
         started = time.monotonic()
         self._dump = asyncio.create_task(self._dump_in_session(opts, hold))
         dump = self._dump
@@ -189,6 +185,33 @@ class CriuSource:
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
             duration_s=time.monotonic() - started,
         )
+
+    def pre_dump_options(self, iteration: int) -> CriuOptions:
+        """Round ``iteration``: a fresh images dir whose parent is the previous round's,
+        pages to the destination's page server (if there is one yet)."""
+        return replace(
+            self._base, images_dir=self.workdir / f"pre{iteration}", work_dir=self.logs,
+            pid=self.tree.root_pid, track_mem=True, leave_running=False, leave_stopped=False,
+            parent_img=f"../pre{iteration - 1}" if iteration > 1 else None,
+            page_server=self.dest_page_server, log_file=f"pre-dump-{iteration}.log",
+            tls=self._tls_for(self.dest_page_server),
+        )
+
+    def dump_options(self, lazy: bool) -> CriuOptions:
+        """The final dump: tree left stopped; pages to the destination's page server,
+        or (post-copy) served from this host's lazy page server after the dump."""
+        parent = self._last_pre_dump()
+        page_server = self.lazy_listen if lazy else self.dest_page_server
+        return replace(
+            self._base, images_dir=self.images, work_dir=self.logs, pid=self.tree.root_pid,
+            leave_stopped=True, leave_running=False, lazy_pages=lazy,
+            page_server=page_server, tls=self._tls_for(page_server),
+            track_mem=parent is not None, parent_img=parent,
+        )
+
+    def _tls_for(self, page_server: PageServer | None) -> TlsFiles | None:
+        """TLS for a dump's page channel; none when the pages stay here."""
+        return self.tls if page_server is not None else None
 
     async def _dump_in_session(
         self, opts: CriuOptions, hold: Callable[[Notification], Awaitable[None]]

@@ -75,7 +75,7 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
                                          lazy, argv=ask.argv, data_mode=ask.data_mode,
                                          shared_images=Path(ask.shared_images)
                                          if ask.shared_images else None,
-                                         net=net)
+                                         net=net, page_tls=ask.page_tls)
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()
