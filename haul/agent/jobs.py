@@ -44,6 +44,8 @@ from haul.transport.http import HttpTransport
 log = logging.getLogger(__name__)
 
 LAZY_PORTS = (20000, 40000)
+#: how long a restarted agent waits for the destination when it finishes a migration
+RECOVER_PEER_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,7 @@ class MigrationJobs:
                     argv=self._argv_of(spec.workload),
                     data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
                     shared_images=source.images if shared_dir is not None else None,
+                    source_host=self.host,
                 )
                 transport = HttpTransport(client, job.id, source.images, source_data=data,
                                           skip_pages=shared_dir is not None)
@@ -254,32 +257,40 @@ class MigrationJobs:
 
     async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool
                                 ) -> str:
+        try:
+            tree = self._tree_of(workload)
+        except HaulError:
+            tree = None
         problems: list[str] = []
         try:
+            # The source tree goes first: the destination's copy resumes only once it is gone.
+            if committed and tree is not None and tree.alive:
+                await tree.kill()
             peer = self.peer(to)
-            async with _peer_client(peer, to) as client:
+            async with asyncio.timeout(RECOVER_PEER_TIMEOUT_S), _peer_client(peer, to) as client:
                 dest = RemoteDestination(client, mid, workload)
                 if committed:
                     await dest.resume()
                     await dest.cleanup()
                 else:
                     await dest.discard()
+        except TimeoutError:
+            problems.append(f"destination {to} did not answer within "
+                            f"{RECOVER_PEER_TIMEOUT_S:.0f} s")
         except HaulError as exc:
             problems.append(exc.one_line())
-        try:
-            tree = self._tree_of(workload)
-        except HaulError:
-            tree = None
         if committed:
-            if tree is not None and tree.alive:
-                await tree.kill()
             await self._on_moved(workload)
             line = f"committed before the agent stopped: {workload} runs on {to}"
         else:
             if tree is not None and tree.alive:
                 tree.resume()
             line = f"not committed when the agent stopped: {workload} runs on {self.host}"
-        return line + ("; " + "; ".join(problems) if problems else "")
+        if problems:
+            line += "; " + "; ".join(problems)
+            line += (f"; {to} asks this agent for the decision and "
+                     + ("resumes its copy" if committed else "discards its copy"))
+        return line
 
     async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
                     ) -> tuple[Strategy | None, list[str], PreflightReport | None]:

@@ -9,6 +9,7 @@ from haul.agent.models import AbsolutePath, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
 
 
 class Done(_Answer):
@@ -47,6 +48,9 @@ class IncomingOpen(_Request):
     data_mode: int = Field(default=0o700, ge=0, le=0o7777)
     #: where the source wrote the pages, when the hosts share a directory for them
     shared_images: AbsolutePath | None = None
+    #: the source's host name: whom this host asks, through its own peers config, if
+    #: it never hears the decision
+    source: str | None = Field(default=None, pattern=HOST_NAME_PATTERN)
 
 
 class IncomingOpened(_Answer):

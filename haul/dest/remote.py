@@ -85,8 +85,11 @@ class RemoteDestination:
         argv: list[str] | None = None,
         data_mode: int = 0o700,
         shared_images: Path | None = None,
+        source_host: str | None = None,
     ) -> None:
         self.client = client
+        #: this (the source's) host name: whom the destination asks for the decision
+        self.source_host = source_host
         self.shared_images = shared_images
         self.argv = list(argv or [])
         self.data_mode = data_mode
@@ -119,6 +122,8 @@ class RemoteDestination:
         }
         if self.shared_images is not None:
             body["shared_images"] = str(self.shared_images)
+        if self.source_host is not None:
+            body["source"] = self.source_host
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,
                                    "port": self.lazy_source.port}
