@@ -43,6 +43,8 @@ class IncomingView(_Answer):
     problem: bool = False
     #: seconds until the source is asked (again), when it will be
     next_ask_in_s: float | None = None
+    #: free bytes of the file system that holds the migration's images here
+    free_bytes: int | None = None
 
 
 class IncomingList(_Answer):

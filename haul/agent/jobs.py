@@ -27,7 +27,7 @@ from haul.agent.journal import Journal
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.dest.linked import LinkedDest
-from haul.dest.remote import IncomingClient, RemoteDestination
+from haul.dest.remote import ExplainedSource, IncomingClient, RemoteDestination
 from haul.engine.events import Event
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration, resolve_strategy
@@ -195,7 +195,8 @@ class MigrationJobs:
                     )
 
                 outcome = await run(
-                    job.migration, source=source, dest=LinkedDest(dest, source),
+                    job.migration, source=ExplainedSource(source, dest, spec.dest_host),
+                    dest=LinkedDest(dest, source),
                     transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
                     on_event=seen,
                 )

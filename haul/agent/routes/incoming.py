@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -161,7 +162,15 @@ def incoming_view(item: Incoming) -> IncomingView:
         problem=asking.problem,
         next_ask_in_s=max(0.0, asking.next_ask_at - now)
         if asking.next_ask_at is not None else None,
+        free_bytes=_free_bytes(item.dest.workdir),
     )
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 @table.json("GET", "/v1/incoming", response=IncomingList, name="listIncoming",
