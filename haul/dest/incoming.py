@@ -361,11 +361,8 @@ class IncomingRegistry:
         tasks = [i.watch for i in self._items.values() if i.watch is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        # a watch that crashed was logged by _report_crash already
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- settling, under the item's lock -------------------------------------------
 
