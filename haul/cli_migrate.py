@@ -33,7 +33,7 @@ from haul.inventory import HostEntry, Inventory, load_inventory
 EXIT = {"done": 0, "rolled-back": 1, "refused": 3, "failed": 4}
 POLL_S = 0.2
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line stays one line
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 HostsOpt = Annotated[Path | None, typer.Option("--hosts", help="hosts inventory (TOML)")]

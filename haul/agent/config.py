@@ -191,6 +191,9 @@ class AgentConfig(_Section):
     bridge: IfName | None = None
     #: hook executables for the migrations this agent drives
     hooks: HooksConfig = HooksConfig()
+    #: a copy restored here that has heard neither commit nor abort for this long asks
+    #: its source agent what was decided (and so does a restarted agent, at once)
+    ask_source_after_s: float = Field(default=30.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:

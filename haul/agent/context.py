@@ -16,18 +16,22 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from haul.agent.config import AgentConfig
+from haul.agent.decisions import SourceAsker
 from haul.agent.hostinfo import CriuProbe, GatherCriu
+from haul.agent.jobs import MigrationJobs, Peer
 from haul.agent.journal import Journal
 from haul.agent.metrics import AgentMetrics
-from haul.agent.jobs import MigrationJobs, Peer
-from haul.agent.workloads import StartTree, WorkloadManager
+from haul.agent.wire import NotFound
+from haul.agent.workloads import StartTree, WorkloadManager, net_spec
+from haul.criu.info import CriuInfo, gather
 from haul.criu.service import Criu
 from haul.dest.incoming import IncomingRegistry
+from haul.dest.undecided import AskPolicy
 from haul.errors import HaulError
+from haul.net.spec import WorkloadNet
+from haul.source.proctree import ProcessTree, start_tree
 
 log = logging.getLogger(__name__)
-from haul.criu.info import CriuInfo, gather
-from haul.source.proctree import start_tree
 
 
 @dataclass(slots=True)
@@ -69,23 +73,36 @@ class AgentContext:
             criu = Criu(self.config.criu_path(), host=self.config.host_namespaces())
             address = _advertise(self.config)
             data_root = self.workloads.workloads_dir
+            peers = _peers(self.config)
             self._migrations = MigrationParts(
                 incoming=IncomingRegistry(
                     criu, self.config.state_dir / "incoming", data_root=data_root,
                     listen_address=address, bridge=self.config.bridge,
                     tls=self.config.tls.files() if self.config.tls is not None else None,
+                    ask=SourceAsker(peers), adopt=self._adopt,
+                    policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host, criu=criu,
                     state_dir=self.config.state_dir, data_root=data_root,
                     journal=self.journal, advertise_address=address,
-                    peers=_peers(self.config), tree_of=self.workloads.tree,
+                    peers=peers, tree_of=self.workloads.tree,
                     argv_of=lambda name: list(self.workloads.get(name).argv),
                     net_of=lambda name: self.workloads.get(name).net,
                     on_moved=self.workloads.forget,
                 ),
             )
         return self._migrations
+
+    async def _adopt(self, name: str, tree: ProcessTree, argv: list[str],
+                     net: WorkloadNet | None) -> None:
+        """Register a committed copy as a workload here (already registered: done)."""
+        try:
+            if self.workloads.get(name).root_pid == tree.root_pid:
+                return  # adopted before this agent restarted
+        except NotFound:
+            pass
+        await self.workloads.adopt(name, tree, argv, net_spec(net))
 
     @classmethod
     def create(
@@ -115,15 +132,23 @@ class AgentContext:
         self.config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.workloads.open()
         try:
-            removed, kept = self.migrations().incoming.sweep()
+            incoming = self.migrations().incoming
+            found = incoming.sweep()
         except HaulError as exc:  # no usable CRIU yet: nothing can have been migrated here
             log.warning("incoming migrations not swept: %s", exc.one_line())
         else:
-            for mid in removed:
+            for mid in found.lost:
+                log.error("incoming migration %s: its restored copy is gone; removed what "
+                          "was left of it", mid)
+            for mid in found.removed:
                 log.warning("removed what an earlier agent left of incoming migration %s", mid)
-            for mid in kept:
-                log.warning("incoming migration %s has a restored copy waiting for its "
-                            "source's decision; it is left stopped", mid)
+            for copy in found.kept:
+                log.warning("incoming migration %s: a restored copy of %s (pid %d, %s) waits "
+                            "for the decision of %s; asking it", copy.migration_id,
+                            copy.record.workload, copy.pid,
+                            "stopped" if copy.stopped else "running",
+                            copy.record.source or "an unnamed source")
+            incoming.start_watches()
             self._recovery = asyncio.create_task(self._recover())
         self.metrics.workloads.set_function(lambda: len(self.workloads))
 
@@ -138,6 +163,7 @@ class AgentContext:
         if self._recovery is not None:
             await self._recovery
         if self._migrations is not None:
+            await self._migrations.incoming.aclose()
             await self._migrations.jobs.aclose()
         await self.workloads.aclose()
 

@@ -32,7 +32,7 @@ from haul.agent.models import NetSpec
 from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.linked import LinkedDest
-from haul.dest.remote import IncomingClient, RemoteDestination
+from haul.dest.remote import ExplainedSource, IncomingClient, RemoteDestination
 from haul.engine.events import Event
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration, resolve_strategy
@@ -50,6 +50,8 @@ from haul.transport.http import HttpTransport
 log = logging.getLogger(__name__)
 
 LAZY_PORTS = (20000, 40000)
+#: how long a restarted agent waits for the destination when it finishes a migration
+RECOVER_PEER_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +226,7 @@ class MigrationJobs:
                     data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
                     shared_images=source.images if shared_dir is not None else None,
                     net=net.model_dump() if net is not None else None,
+                    source_host=self.host,
                 )
                 transport = HttpTransport(client, job.id, source.images, source_data=data,
                                           skip_pages=shared_dir is not None)
@@ -234,7 +237,8 @@ class MigrationJobs:
                     )
 
                 outcome = await run(
-                    job.migration, source=source, dest=LinkedDest(dest, source),
+                    job.migration, source=ExplainedSource(source, dest, spec.dest_host),
+                    dest=LinkedDest(dest, source),
                     transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
                     on_event=seen, hooks=hooks,
                 )
@@ -297,30 +301,35 @@ class MigrationJobs:
     async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool
                                 ) -> str:
         """Committed: kill the source tree first (it may be frozen in its hold, or, with no
-        hold, running again since CRIU let it go), then resume the destination's copy.
-        Not committed: the destination discards, then the source tree runs."""
-        problems: list[str] = []
+        hold, running again since CRIU let it go), then resume the destination's copy;
+        if the kill fails the copy is not resumed. Not committed: the destination
+        discards, then the source tree runs."""
         try:
             tree: ProcessTree | None = self._tree_of(workload)
         except HaulError:
             tree = None
         hold = Hold(mid)  # the source tree may still be frozen in it
-        if committed:
-            if tree is not None and tree.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(tree.root_pid, signal.SIGKILL)
-            hold.thaw()  # only now can the killed tree die (without running again)
-            if tree is not None and tree.alive:
-                await tree.kill()
+        problems: list[str] = []
         try:
+            # The source tree goes first: the destination's copy resumes only once it is gone.
+            if committed:
+                if tree is not None and tree.alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(tree.root_pid, signal.SIGKILL)
+                hold.thaw()  # only now can the killed tree die (without running again)
+                if tree is not None and tree.alive:
+                    await tree.kill()
             peer = self.peer(to)
-            async with _peer_client(peer, to) as client:
+            async with asyncio.timeout(RECOVER_PEER_TIMEOUT_S), _peer_client(peer, to) as client:
                 dest = RemoteDestination(client, mid, workload)
                 if committed:
                     await dest.resume()
                     await dest.cleanup()
                 else:
                     await dest.discard()
+        except TimeoutError:
+            problems.append(f"destination {to} did not answer within "
+                            f"{RECOVER_PEER_TIMEOUT_S:.0f} s")
         except HaulError as exc:
             problems.append(exc.one_line())
         if committed:
@@ -331,7 +340,11 @@ class MigrationJobs:
             if tree is not None and tree.alive:
                 tree.resume()
             line = f"not committed when the agent stopped: {workload} runs on {self.host}"
-        return line + ("; " + "; ".join(problems) if problems else "")
+        if problems:
+            line += "; " + "; ".join(problems)
+            line += (f"; {to} asks this agent for the decision and "
+                     + ("resumes its copy" if committed else "discards its copy"))
+        return line
 
     async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
                     ) -> tuple[Strategy | None, list[str], PreflightReport | None]:

@@ -9,6 +9,7 @@ from haul.agent.models import AbsolutePath, NetSpec, WorkloadName, _Answer, _Req
 from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
 
 
 class Done(_Answer):
@@ -53,6 +54,9 @@ class IncomingOpen(_Request):
     net: NetSpec | None = None
     #: the page channels are TLS (both agents have certificates from one CA)
     page_tls: bool = False
+    #: the source's host name: whom this host asks, through its own peers config, if
+    #: it never hears the decision
+    source: str | None = Field(default=None, pattern=HOST_NAME_PATTERN)
 
 
 class IncomingOpened(_Answer):

@@ -4,25 +4,45 @@ files the source sends, checked as they land.
 Names coming over the wire are checked here, once: image names are plain file
 names, data paths are relative paths that stay inside the workload's data
 directory (no "..", no absolute paths, no links followed).
+
+Once a copy is restored (stopped), the source's ``resume`` (the commit) or
+``discard`` (the rollback) settles it. If neither comes within the policy's
+deadline, or after this agent restarted, a :class:`~haul.dest.undecided.DecisionWatch`
+asks the source agent and acts on its answer; whichever comes first settles
+the migration, under the migration's lock, and the later call finds it settled
+(``resume`` and ``finish`` of a committed migration then succeed, ``discard``
+of it is refused).
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import hashlib
+import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
-from haul.dest.criudest import RESTORED_MARK, CriuDestination
+from haul.dest import leftovers
+from haul.dest.criudest import CriuDestination
+from haul.dest.leftovers import IncomingRecord, RestoredCopy
+from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import ChecksumMismatch, TransportError, UsageError
+from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
 from haul.net.spec import WorkloadNet
+from haul.source.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
 
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MIGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -54,6 +74,14 @@ def check_data_path(value: str) -> PurePosixPath:
     return p
 
 
+class IncomingState(enum.Enum):
+    RECEIVING = "receiving"
+    #: the copy exists, stopped; the source's decision is not known here yet
+    RESTORED = "restored"
+    #: the commit was heard: the copy runs; the source still finishes the migration
+    RESUMED = "resumed"
+
+
 @dataclass(slots=True)
 class Incoming:
     migration_id: str
@@ -64,6 +92,20 @@ class Incoming:
     received: dict[str, str] = field(default_factory=dict)  # name -> sha256
     #: the workload's own address, for its registry entry here after the commit
     net: WorkloadNet | None = None
+    #: the source's host name, as this agent's peers config knows it
+    source: str | None = None
+    state: IncomingState = IncomingState.RECEIVING
+    #: time.time() when the copy was restored (or found restored at agent start)
+    restored_at: float | None = None
+    asking: AskStatus = field(default_factory=AskStatus)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    watch: asyncio.Task[None] | None = None
+
+
+#: adopt(workload, tree, argv, net): register a migrated copy as a workload of this host
+Adopt = Callable[[str, ProcessTree, list[str], WorkloadNet | None], Awaitable[object]]
+#: how many settled migrations are remembered, for the source's late calls
+SETTLED_KEPT = 256
 
 
 async def _write_checked(
@@ -100,8 +142,18 @@ async def _write_checked(
     return size
 
 
+def _net_fields(net: WorkloadNet | None) -> dict[str, Any]:
+    if net is None:
+        return {}
+    return {"net_address": str(net.address), "net_port": net.port}
+
+
 class IncomingRegistry:
-    """Every incoming migration of one destination host."""
+    """Every incoming migration of one destination host.
+
+    ``ask`` asks a source agent for its decision (None: nobody can be asked, the
+    copy only waits); ``adopt`` registers a committed copy as a workload here.
+    """
 
     def __init__(
         self,
@@ -112,6 +164,9 @@ class IncomingRegistry:
         listen_address: str,
         bridge: str | None = None,
         tls: TlsFiles | None = None,
+        ask: AskSource | None = None,
+        adopt: Adopt | None = None,
+        policy: AskPolicy | None = None,
     ) -> None:
         self.criu = criu
         #: where arriving workloads with their own address get their veth attached
@@ -121,30 +176,47 @@ class IncomingRegistry:
         self.listen_address = listen_address
         #: this host's certificate, key and CA: pages arrive only over TLS
         self.tls = tls
+        self.ask = ask
+        self.adopt = adopt
+        self.policy = policy if policy is not None else AskPolicy()
         self._items: dict[str, Incoming] = {}
+        #: migration id -> "committed" or "discarded", once settled here
+        self._settled: OrderedDict[str, str] = OrderedDict()
 
-    def sweep(self) -> tuple[list[str], list[str]]:
+    def sweep(self) -> leftovers.Sweep:
         """At agent start: nothing is in flight yet, so whatever an earlier agent left
-        of incoming migrations that never restored anything is removed. A migration
-        with a restored copy is kept: the copy waits for the source's decision.
-        Returns (removed, kept)."""
-        removed: list[str] = []
-        kept: list[str] = []
-        if not self.root.is_dir():
-            return removed, kept
-        for d in sorted(self.root.iterdir()):
-            if (d / RESTORED_MARK).exists():
-                kept.append(d.name)
-                continue
-            shutil.rmtree(d, ignore_errors=True)
-            removed.append(d.name)
-            marker = d.with_name(d.name + ".workload")
-            if marker.exists():
-                name = marker.read_text().strip()
-                if self.data_root is not None and WORKLOAD_NAME.fullmatch(name):
-                    shutil.rmtree(self.data_root / name, ignore_errors=True)
-                marker.unlink()
-        return removed, kept
+        of incoming migrations is removed, except a restored copy that still exists:
+        it waits for its source's decision (:meth:`start_watches` asks for it)."""
+        found = leftovers.sweep(self.root, self.data_root,
+                                lambda name: MIGRATION_ID.fullmatch(name) is not None)
+        for copy in found.kept:
+            self._items[copy.migration_id] = self._reloaded(copy)
+        return found
+
+    def _reloaded(self, copy: RestoredCopy) -> Incoming:
+        record = copy.record
+        net = None
+        if record.net_address is not None:
+            net = WorkloadNet.parse(record.net_address, record.net_port)
+        dest = CriuDestination(self.criu, copy.workdir, data=self.data_root,
+                               workload=record.workload, net=net,
+                               bridge=self.bridge if net is not None else None)
+        dest.tree = ProcessTree(copy.pid)
+        return Incoming(
+            copy.migration_id, record.workload, record.strategy, dest, argv=list(record.argv),
+            source=record.source, net=net,
+            state=IncomingState.RESTORED if copy.stopped else IncomingState.RESUMED,
+            restored_at=time.time(),
+        )
+
+    def start_watches(self) -> None:
+        """Ask at once about every migration :meth:`sweep` kept (needs a running loop)."""
+        for item in self._items.values():
+            if item.watch is None and item.state is not IncomingState.RECEIVING:
+                self._watch(item, 0.0)
+
+    def items(self) -> list[Incoming]:
+        return sorted(self._items.values(), key=lambda i: i.migration_id)
 
     def get(self, migration_id: str) -> Incoming:
         try:
@@ -171,10 +243,11 @@ class IncomingRegistry:
         shared_images: Path | None = None,
         net: WorkloadNet | None = None,
         page_tls: bool = False,
+        source: str | None = None,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
-        if migration_id in self._items:
+        if migration_id in self._items or migration_id in self._settled:
             raise UsageError(f"migration {migration_id} is already open here")
         self._check_page_tls(page_tls)
         dest = CriuDestination(
@@ -185,15 +258,18 @@ class IncomingRegistry:
             tls=self.tls if page_tls else None,
         )
         await dest.check_free(workload, needed_bytes)
-        # Which workload's data this migration may create, for a sweep after a crash.
+        # What a restarted agent needs: which workload's data this migration may
+        # create (removed after a crash), and whom to ask about a restored copy.
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / f"{migration_id}.workload").write_text(workload + "\n")
+        record = IncomingRecord(workload=workload, source=source, argv=list(argv or []),
+                                strategy=strategy, **_net_fields(net))
+        leftovers.write_record(self.root, migration_id, record)
         await dest.prepare(strategy)
         if self.data_root is not None:
             (self.data_root / workload).mkdir(parents=True)
             os.chmod(self.data_root / workload, data_mode & 0o7777)
         item = Incoming(migration_id, workload, strategy, dest, argv=list(argv or []),
-                        net=net)
+                        net=net, source=source)
         self._items[migration_id] = item
         return item
 
@@ -253,23 +329,148 @@ class IncomingRegistry:
             os.chmod(target, (modes[i] if i < len(modes) else 0o755) & 0o7777)
 
     async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
-        return await self.get(migration_id).dest.restore(lazy)
+        item = self.get(migration_id)
+        figures = await item.dest.restore(lazy)
+        item.state = IncomingState.RESTORED
+        item.restored_at = time.time()
+        try:  # which process is the copy, for an agent that restarts (restored.pid says too)
+            leftovers.write_record(self.root, migration_id, IncomingRecord(
+                workload=item.workload, source=item.source, argv=item.argv,
+                strategy=item.strategy, restored_pid=figures.dest_pid,
+                start_ticks=leftovers.start_ticks(figures.dest_pid), **_net_fields(item.net),
+            ))
+        except TransportError as exc:
+            log.warning("incoming migration %s: %s", migration_id, exc.one_line())
+        if item.watch is None:
+            self._watch(item, self.policy.deadline_s)
+        return figures
 
     async def resume(self, migration_id: str) -> None:
-        await self.get(migration_id).dest.resume()
+        """The commit: let the copy run (again: nothing happens)."""
+        if self._settled.get(check_id(migration_id)) == "committed":
+            return
+        item = self.get(migration_id)
+        async with item.lock:
+            if self._items.get(migration_id) is not item:
+                if self._settled.get(migration_id) == "committed":
+                    return
+                raise UsageError(f"incoming migration {migration_id} was discarded here")
+            self._stop_watch(item)
+            if item.state is not IncomingState.RESUMED:
+                await item.dest.resume()
+                item.state = IncomingState.RESUMED
+            # in case the source's finish never comes: ask, and adopt the copy
+            self._watch(item, self.policy.deadline_s)
 
     async def wait_pages(self, migration_id: str) -> None:
         await self.get(migration_id).dest.wait_pages()
 
     async def discard(self, migration_id: str) -> None:
-        item = self._items.pop(check_id(migration_id), None)
-        if item is not None:
-            await item.dest.discard()
-        (self.root / f"{migration_id}.workload").unlink(missing_ok=True)
+        """The rollback: kill any restored copy, remove everything (again: nothing happens)."""
+        if self._settled.get(check_id(migration_id)) == "committed":
+            raise UsageError(f"incoming migration {migration_id} was committed here; its copy "
+                             "runs and is not discarded")
+        item = self._items.get(migration_id)
+        if item is None:
+            leftovers.forget_record(self.root, migration_id)
+            return
+        async with item.lock:
+            if self._items.get(migration_id) is not item:
+                return
+            self._stop_watch(item)
+            await self._discard(item)
 
-    async def finish(self, migration_id: str) -> Incoming:
-        """After the commit: forget the migration, keep the running copy."""
-        item = self._items.pop(check_id(migration_id))
-        await item.dest.cleanup()
-        (self.root / f"{migration_id}.workload").unlink(missing_ok=True)
+    async def finish(self, migration_id: str) -> Incoming | None:
+        """After the commit: forget the migration, keep the running copy and adopt it as
+        a workload of this host. None when it was finished already."""
+        if self._settled.get(check_id(migration_id)) == "committed":
+            return None
+        item = self.get(migration_id)
+        async with item.lock:
+            if self._items.get(migration_id) is not item:
+                return None
+            self._stop_watch(item)
+            await self._finish(item)
         return item
+
+    async def aclose(self) -> None:
+        """Stop asking (the copies stay as they are; a restarted agent asks again)."""
+        tasks = [i.watch for i in self._items.values() if i.watch is not None]
+        for task in tasks:
+            task.cancel()
+        # a watch that crashed was logged by _report_crash already
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- settling, under the item's lock -------------------------------------------
+
+    def _settle(self, migration_id: str, how: str) -> None:
+        self._items.pop(migration_id, None)
+        self._settled[migration_id] = how
+        while len(self._settled) > SETTLED_KEPT:
+            self._settled.popitem(last=False)
+
+    async def _discard(self, item: Incoming) -> None:
+        self._settle(item.migration_id, "discarded")
+        await item.dest.discard()
+        if self.data_root is not None:
+            # a copy found at agent start: its CriuDestination did not create the data
+            await asyncio.to_thread(shutil.rmtree, self.data_root / item.workload, True)
+        leftovers.forget_record(self.root, item.migration_id)
+
+    async def _finish(self, item: Incoming) -> None:
+        self._settle(item.migration_id, "committed")
+        # adopted before its record goes: an agent that dies in between finds the copy
+        # again, asks again, and adopts it again (which finds it adopted)
+        if self.adopt is not None and item.dest.tree is not None:
+            await self.adopt(item.workload, item.dest.tree, item.argv, item.net)
+        leftovers.forget_record(self.root, item.migration_id)
+        await item.dest.cleanup()
+
+    # -- asking the source -----------------------------------------------------------
+
+    def _watch(self, item: Incoming, first_after_s: float) -> None:
+        async def act(what: Act) -> bool:
+            async with item.lock:
+                if self._items.get(item.migration_id) is not item:
+                    return True  # the source's own call settled it meanwhile
+                if what is Act.DISCARD:
+                    await self._discard(item)
+                    log.warning("incoming migration %s: %s discarded (its source rolled "
+                                "back)", item.migration_id, item.workload)
+                    return True
+                if item.state is not IncomingState.RESUMED:
+                    await item.dest.resume()
+                    item.state = IncomingState.RESUMED
+                    log.warning("incoming migration %s: %s resumed (its source committed)",
+                                item.migration_id, item.workload)
+                if what is Act.RESUME:
+                    return False
+                await self._finish(item)
+                log.warning("incoming migration %s: %s adopted (its source committed)",
+                            item.migration_id, item.workload)
+                return True
+
+        watch = DecisionWatch(
+            migration_id=item.migration_id, workload=item.workload, source=item.source,
+            ask=self.ask, act=act, resumed=lambda: item.state is IncomingState.RESUMED,
+            policy=self.policy, status=item.asking,
+        )
+        item.watch = asyncio.create_task(watch.run(first_after_s),
+                                         name=f"decision-{item.migration_id}")
+        item.watch.add_done_callback(_report_crash)
+
+    @staticmethod
+    def _stop_watch(item: Incoming) -> None:
+        task = item.watch
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+        item.asking.next_ask_at = None
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        one = exc.one_line() if isinstance(exc, HaulError) else repr(exc)
+        log.error("asking for a migration's decision stopped: %s", one, exc_info=exc)

@@ -3,19 +3,24 @@ over the agents' HTTP API (``/v1/incoming/...``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
 
 from haul.criu.options import PageServer, TlsFiles
-from haul.engine.figures import Capabilities, RestoreFigures
+from haul.engine.figures import Capabilities, DumpFigures, IterationFigures, RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import PeerError, TransportError
+from haul.engine.ports import SourcePort
+from haul.errors import CriuError, HaulError, PeerError, TransportError
 
 CHUNK = 1 << 20
+#: at most this much room left where the pages go: a dump that broke there ran out of it
+NO_ROOM_BYTES = 1 << 20
+ASK_ROOM_TIMEOUT_S = 5.0
 
 
 async def _file_chunks(path: Path):  # type: ignore[no-untyped-def]
@@ -92,10 +97,13 @@ class RemoteDestination:
         data_mode: int = 0o700,
         shared_images: Path | None = None,
         net: dict[str, Any] | None = None,
+        source_host: str | None = None,
     ) -> None:
         self.client = client
         #: the workload's own address (NetSpec fields), which goes with it
         self.net = net
+        #: this (the source's) host name: whom the destination asks for the decision
+        self.source_host = source_host
         self.shared_images = shared_images
         self.argv = list(argv or [])
         self.data_mode = data_mode
@@ -133,6 +141,8 @@ class RemoteDestination:
             body["net"] = self.net
         if self.client.page_tls is not None:
             body["page_tls"] = True
+        if self.source_host is not None:
+            body["source"] = self.source_host
         if self.lazy_source is not None:
             body["lazy_source"] = {"address": self.lazy_source.address,
                                    "port": self.lazy_source.port}
@@ -159,3 +169,82 @@ class RemoteDestination:
 
     async def cleanup(self) -> None:
         await self.client.call("POST", f"/v1/incoming/{self.migration_id}/finish")
+
+    async def free_bytes(self) -> int | None:
+        """Room left where the destination keeps this migration's images (None: unknown)."""
+        answer = await self.client.call("GET", f"/v1/incoming/{self.migration_id}")
+        free = answer.get("free_bytes")
+        return int(free) if isinstance(free, int) else None
+
+
+class PagedSource(SourcePort, Protocol):
+    #: where the dumps send pages (the destination's page server), if anywhere
+    dest_page_server: PageServer | None
+
+
+class RoomReport(Protocol):
+    async def free_bytes(self) -> int | None: ...
+
+
+class ExplainedSource:
+    """SourcePort of ``source`` that says so when a dump failed because the destination,
+    where the pages go (its CRIU page server), has no room left for them; CRIU itself
+    sees only a broken connection to the page server."""
+
+    def __init__(self, source: PagedSource, dest: RoomReport, dest_host: str) -> None:
+        self._source = source
+        self._dest = dest
+        self._dest_host = dest_host
+
+    async def _explained(self, exc: CriuError) -> HaulError:
+        if self._source.dest_page_server is None:
+            return exc  # the pages did not go to the destination
+        try:
+            async with asyncio.timeout(ASK_ROOM_TIMEOUT_S):
+                free = await self._dest.free_bytes()
+        except (HaulError, TimeoutError):
+            return exc
+        if free is None or free > NO_ROOM_BYTES:
+            return exc
+        return TransportError(
+            f"destination {self._dest_host} has no room left for the pages "
+            f"({free >> 10} KiB free where it keeps incoming images): the dump could not "
+            "send them")
+
+    async def capabilities(self) -> Capabilities:
+        return await self._source.capabilities()
+
+    async def check_workload(self) -> int:
+        return await self._source.check_workload()
+
+    async def pre_dump(self, iteration: int) -> IterationFigures:
+        try:
+            return await self._source.pre_dump(iteration)
+        except CriuError as exc:
+            raise await self._explained(exc) from exc
+
+    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
+        try:
+            return await self._source.freeze_and_dump(lazy)
+        except CriuError as exc:
+            raise await self._explained(exc) from exc
+
+    async def release(self, commit: bool) -> None:
+        await self._source.release(commit)
+
+    async def wait_pages_served(self) -> None:
+        await self._source.wait_pages_served()
+
+    async def kill(self) -> None:
+        await self._source.kill()
+
+    async def resume(self) -> None:
+        await self._source.resume()
+
+    async def cleanup(self) -> None:
+        await self._source.cleanup()
+
+
+def _check_protocol(source: ExplainedSource) -> SourcePort:
+    """mypy checks here that ExplainedSource implements the engine's SourcePort."""
+    return source

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from haul.agent.context import CONTEXT
+from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
     CapabilitiesView,
     Done,
@@ -22,10 +25,10 @@ from haul.agent.migration_models import (
 from haul.agent.routing import RouteTable
 from haul.agent.models import NetSpec
 from haul.agent.wire import BadRequest, Conflict
-from haul.agent.workloads import net_spec, workload_net
+from haul.agent.workloads import workload_net
 from haul.net.spec import WorkloadNet
 from haul.criu.options import PageServer
-from haul.dest.incoming import IncomingRegistry
+from haul.dest.incoming import Incoming, IncomingRegistry
 from haul.source.criusource import host_capabilities
 
 table = RouteTable("incoming")
@@ -75,7 +78,7 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
                                          lazy, argv=ask.argv, data_mode=ask.data_mode,
                                          shared_images=Path(ask.shared_images)
                                          if ask.shared_images else None,
-                                         net=net, page_tls=ask.page_tls)
+                                         net=net, page_tls=ask.page_tls, source=ask.source)
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()
@@ -157,9 +160,42 @@ async def discard(request: web.Request) -> Done:
 @table.json("POST", "/v1/incoming/{id}/finish", response=Done, params=ID,
             name="finishIncoming", summary="After the commit: register the workload here")
 async def finish(request: web.Request) -> Done:
-    ctx = request.app[CONTEXT]
-    item = await _incoming(request).finish(request.match_info["id"])
-    if item.dest.tree is not None:
-        await ctx.workloads.adopt(item.workload, item.dest.tree, item.argv,
-                                  net_spec(item.net))
+    await _incoming(request).finish(request.match_info["id"])
     return Done()
+
+
+def incoming_view(item: Incoming) -> IncomingView:
+    now = time.time()
+    tree = item.dest.tree
+    asking = item.asking
+    return IncomingView(
+        id=item.migration_id, workload=item.workload, source=item.source or "",
+        strategy=item.strategy.value, state=item.state.value,
+        restored_pid=tree.root_pid if tree is not None else None,
+        restored_for_s=now - item.restored_at if item.restored_at is not None else None,
+        asks=asking.asks, last_answer=asking.last_answer, note=asking.note,
+        problem=asking.problem,
+        next_ask_in_s=max(0.0, asking.next_ask_at - now)
+        if asking.next_ask_at is not None else None,
+        free_bytes=_free_bytes(item.dest.workdir),
+    )
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+@table.json("GET", "/v1/incoming", response=IncomingList, name="listIncoming",
+            summary="Migrations arriving here: a restored copy waiting for its source's "
+                    "decision shows what the source was asked and answered")
+async def list_incoming(request: web.Request) -> IncomingList:
+    return IncomingList(incoming=[incoming_view(i) for i in _incoming(request).items()])
+
+
+@table.json("GET", "/v1/incoming/{id}", response=IncomingView, params=ID, name="getIncoming",
+            summary="One migration arriving here: its state, and what its source was asked")
+async def get_incoming(request: web.Request) -> IncomingView:
+    return incoming_view(_incoming(request).get(request.match_info["id"]))

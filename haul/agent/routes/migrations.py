@@ -9,7 +9,10 @@ from aiohttp import web
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import CONTEXT
+from haul.agent.decision_models import DecisionView
+from haul.agent.decisions import decide
 from haul.agent.jobs import Job
+from haul.agent.journal import check_migration_id
 from haul.agent.migration_models import (
     CheckView,
     EventView,
@@ -21,6 +24,7 @@ from haul.agent.migration_models import (
 from haul.agent.routing import RouteTable
 from haul.cutover.hooks import HookScript, ScriptHooks, check_hook_path
 from haul.engine.phases import TERMINAL
+from haul.errors import UsageError
 
 table = RouteTable("migrations")
 ID = {"id": "the migration's id"}
@@ -111,3 +115,18 @@ async def get(request: web.Request) -> MigrationView:
             summary="Abort before the commit: the workload keeps running here")
 async def abort(request: web.Request) -> MigrationView:
     return view(request.app[CONTEXT].migrations().jobs.abort(request.match_info["id"]))
+
+
+@table.json("GET", "/v1/migrations/{id}/decision", response=DecisionView, params=ID,
+            name="migrationDecision",
+            summary="What this host, as the source, decided for a migration: committed, "
+                    "rolled-back, in-flight or unknown (asked by a destination that holds a "
+                    "restored copy and never heard it)")
+async def decision(request: web.Request) -> DecisionView:
+    jobs = request.app[CONTEXT].migrations().jobs
+    mid = check_migration_id(request.match_info["id"])
+    try:
+        job: Job | None = jobs.get(mid)
+    except UsageError:
+        job = None
+    return decide(mid, job, jobs.journal.read(mid) if job is None else [])

@@ -1,0 +1,242 @@
+"""A destination agent that restored its copy but never heard the decision asks the
+source agent, and never resumes on its own. Real agents in lab hosts, real CRIU.
+
+The moment between "the destination restored" and "the source decided" is made
+deterministic with SIGSTOP: the source agent is stopped as soon as its journal
+records the restore phase (the restore request is then on its way and nothing
+is decided), the destination finishes its restore and answers into the stopped
+agent's socket, and the test chooses what happens next: the destination agent
+dies and the source goes on (it commits but cannot tell the destination), or the
+source agent dies before it reads the answer (nothing is committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_migrate_agents import (
+    _start_migration,
+    count,
+    haul,
+    ps,
+    start_counter,
+    verdict,
+    wait_count_above,
+)
+
+from haul.agent.client import AgentClient
+from haul.lab.agents import agent_config_path, agent_log_path, agent_socket, restart_agent
+from haul.lab.ledger import Ledger
+from haul.lab.spec import LabSpec
+from haul.procfs import state
+
+AGENT_PORT = 7477
+
+
+def agent_pid(lab: LabSpec, host: str) -> int:
+    ledger = Ledger.load(lab.prefix)
+    assert ledger is not None
+    return ledger.agents[host]
+
+
+def until(what: str, check: Any, timeout_s: float = 60.0) -> Any:
+    """Poll ``check()`` until it returns something true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def journal_dir(lab: LabSpec, host: str) -> Path:
+    return lab.member(host).data_backing / "agent" / "journal"
+
+
+def journal_phases(lab: LabSpec, host: str, mid: str) -> list[str]:
+    try:
+        text = (journal_dir(lab, host) / f"{mid}.jsonl").read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line)["phase"] for line in text.splitlines() if line.endswith("}")]
+
+
+def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
+    """GET /v1/incoming of ``host``'s agent."""
+    async def get() -> list[dict[str, Any]]:
+        async with AgentClient(f"unix://{agent_socket(lab.prefix, host)}") as agent:
+            _, raw = await agent.request("GET", "/v1/incoming")
+        rows: list[dict[str, Any]] = json.loads(raw)["incoming"]
+        return rows
+    return asyncio.run(get())
+
+
+def response_waiting(lab: LabSpec, src: str, dst: str) -> bool:
+    """Whether bytes from ``dst``'s agent wait, unread, in a socket of ``src`` (Recv-Q)."""
+    peer = f"{lab.member(dst).address.ip}:{AGENT_PORT}"
+    done = subprocess.run(["ip", "netns", "exec", lab.member(src).netns, "ss", "-tnH"],
+                          capture_output=True, text=True, check=True)
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[4] == peer and int(fields[1]) > 0:
+            return True
+    return False
+
+
+def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
+    """Restart ``host``'s agent with a shorter wait before it asks the source."""
+    path = agent_config_path(lab.member(host))
+    text = path.read_text().replace("[agent]\n", f"[agent]\nask_source_after_s = {seconds}\n", 1)
+    path.write_text(text)
+    asyncio.run(restart_agent(lab, host))
+
+
+@pytest.fixture
+def stopped_agents(lab_with_agents: tuple[LabSpec, Path]) -> Iterator[set[int]]:
+    """PIDs the test SIGSTOPs; each is SIGCONTed at the end, whatever happened."""
+    pids: set[int] = set()
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def stop_at_restore(lab: LabSpec, inventory: Path, name: str, stopped: set[int]
+                    ) -> tuple[str, subprocess.Popen[str]]:
+    """Start ``name``'s migration host1 -> host2 and SIGSTOP host1's agent once its
+    journal records the restore phase; return the migration id once host2 has
+    restored its copy and its answer waits in host1's socket."""
+    before = set(journal_dir(lab, "host1").glob("*.jsonl"))
+    migrating = _start_migration(inventory, name, "host2", "stop-and-copy")
+    path = until("the migration's journal",
+                 lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
+    mid = next(iter(path)).stem
+    until("the restore phase", lambda: "restore" in journal_phases(lab, "host1", mid))
+    source = agent_pid(lab, "host1")
+    os.kill(source, signal.SIGSTOP)
+    stopped.add(source)
+    assert journal_phases(lab, "host1", mid)[-1] == "restore", \
+        "the source was stopped too late to test this: it had already decided"
+    until("host2's restored copy",
+          lambda: [r for r in incoming(lab, "host2") if r["id"] == mid
+                   and r["state"] == "restored"])
+    until("host2's answer in host1's socket", lambda: response_waiting(lab, "host1", "host2"))
+    return mid, migrating
+
+
+def copy_pid(lab: LabSpec, mid: str) -> int:
+    [row] = [r for r in incoming(lab, "host2") if r["id"] == mid]
+    assert row["state"] == "restored" and state(row["restored_pid"]) in ("T", "t"), row
+    return int(row["restored_pid"])
+
+
+def finish_cli(migrating: subprocess.Popen[str]) -> None:
+    try:
+        migrating.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        migrating.kill()
+        migrating.communicate()
+
+
+@pytest.mark.parametrize("source", ["killed-after-the-commit", "alive"])
+def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
+    lab_with_agents: tuple[LabSpec, Path], stopped_agents: set[int], source: str
+) -> None:
+    lab, inventory = lab_with_agents
+    start_counter(inventory, lab, "big", mem_mib=512)
+    mid, migrating = stop_at_restore(lab, inventory, "big", stopped_agents)
+    copy = copy_pid(lab, mid)
+    # host2's agent dies with its copy restored and stopped; host1 goes on and commits,
+    # but cannot tell host2 (its retries are refused).
+    asyncio.run(restart_agent(lab, "host2", kill_only=True))
+    assert state(copy) in ("T", "t"), "the copy outlives its agent, stopped"
+    os.kill(agent_pid(lab, "host1"), signal.SIGCONT)
+    stopped_agents.discard(agent_pid(lab, "host1"))
+    until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
+    if source == "killed-after-the-commit":
+        asyncio.run(restart_agent(lab, "host1", kill_only=True))
+    finish_cli(migrating)
+    assert state(copy) in ("T", "t"), "nobody resumed the copy yet"
+    if source == "killed-after-the-commit":
+        # The restarted source finishes from its journal: host2 cannot be told either.
+        asyncio.run(restart_agent(lab, "host1"))
+        until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1]
+              in ("done", "failed"))
+    else:
+        until("host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1]
+              == "failed")
+    assert state(copy) in ("T", "t"), "still nobody resumed the copy"
+    # host2's agent comes back, finds its stopped copy, asks host1: committed.
+    asyncio.run(restart_agent(lab, "host2"))
+    until("host2 to adopt the copy",
+          lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
+    rows = [(r["host"], r["name"], r["root_pid"]) for r in ps(inventory)]
+    assert rows == [("host2", "big", copy)], "exactly one copy: the restored one, on host2"
+    assert state(copy) not in ("T", "t", None)
+    assert incoming(lab, "host2") == []
+    assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
+    log = agent_log_path(lab.host(2)).read_text()
+    assert f"incoming migration {mid} (big): host1 says committed" in log
+    n = count(lab, "host2", "big")
+    assert wait_count_above(lab, "host2", "big", n) > n
+    assert verdict(lab, inventory, "host2", "big").startswith("PASS")
+
+
+def test_never_committed_the_destination_waits_then_discards(
+    lab_with_agents: tuple[LabSpec, Path], stopped_agents: set[int]
+) -> None:
+    lab, inventory = lab_with_agents
+    set_ask_after(lab, "host2", 1.0)
+    start_counter(inventory, lab, "big", mem_mib=512)
+    mid, migrating = stop_at_restore(lab, inventory, "big", stopped_agents)
+    copy = copy_pid(lab, mid)
+    # host1's agent dies before it reads host2's answer: nothing is decided. CRIU,
+    # held at post-dump, resumes the source tree when the agent's socket closes.
+    stopped_agents.discard(agent_pid(lab, "host1"))
+    asyncio.run(restart_agent(lab, "host1", kill_only=True))
+    finish_cli(migrating)
+    # host2 hears nothing, asks host1 after its deadline, gets no answer, says so,
+    # asks again later, and keeps its copy stopped.
+    rows = until("host2 to have asked twice",
+                 lambda: [r for r in incoming(lab, "host2") if r["asks"] >= 2])
+    assert rows[0]["problem"] and rows[0]["last_answer"] == "no answer", rows
+    assert "cannot ask host1" in rows[0]["note"], rows
+    assert "the copy stays stopped" in rows[0]["note"], rows
+    assert rows[0]["next_ask_in_s"] is not None and rows[0]["source"] == "host1"
+    assert state(copy) in ("T", "t"), "never resumed on its own"
+    n = count(lab, "host1", "big")
+    assert wait_count_above(lab, "host1", "big", n) > n, "the source runs again"
+    # host1's restarted agent cannot tell host2 (whose agent is down too) ...
+    asyncio.run(restart_agent(lab, "host2", kill_only=True))
+    asyncio.run(restart_agent(lab, "host1"))
+    until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1] == "rolled-back")
+    assert state(copy) in ("T", "t")
+    # ... so host2, back, asks host1, hears "rolled back" and discards its copy.
+    asyncio.run(restart_agent(lab, "host2"))
+    until("host2 to discard its copy", lambda: state(copy) is None)
+    until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
+    assert f"incoming migration {mid} (big): host1 says rolled back" in \
+        agent_log_path(lab.host(2)).read_text()
+    assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
+    assert not (lab.host(2).data_backing / "agent" / "workloads" / "big").exists()
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big")]
+    n = count(lab, "host1", "big")
+    assert wait_count_above(lab, "host1", "big", n) > n
+    done = haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "stop-and-copy")
+    assert done.returncode == 0, done.stderr
+    assert verdict(lab, inventory, "host2", "big").startswith("PASS")
