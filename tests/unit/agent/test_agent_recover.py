@@ -24,6 +24,7 @@ class Tree:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.alive = True
+        self.root_pid = 2**22 + 1  # above pid_max: no such process, SIGKILL finds none
 
     async def kill(self) -> None:
         self.log.append("source killed")
