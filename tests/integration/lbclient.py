@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 import urllib.parse
+from typing import TextIO
 
 stop = threading.Event()
 lock = threading.Lock()
 
 
-def worker(index: int, url: str, out: "object") -> None:
+def worker(index: int, url: str, out: TextIO) -> None:
     parts = urllib.parse.urlsplit(url)
     conn = None
     while not stop.is_set():
@@ -43,8 +44,8 @@ def worker(index: int, url: str, out: "object") -> None:
             conn = None
         record["end"] = time.monotonic()
         with lock:
-            out.write(json.dumps(record) + "\n")  # type: ignore[attr-defined]
-            out.flush()  # type: ignore[attr-defined]
+            out.write(json.dumps(record) + "\n")
+            out.flush()
         if record["status"] != 200:
             time.sleep(0.01)
 
@@ -58,7 +59,8 @@ def main() -> int:
         for t in threads:
             t.start()
         for t in threads:
-            t.join()
+            while t.is_alive():
+                t.join(0.2)  # wakes up for SIGTERM
     return 0
 
 
