@@ -30,6 +30,9 @@ class Ledger:
     dirs: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)  # unmounted in reverse order
     agents: dict[str, int] = field(default_factory=dict)  # host name -> the agent's PID
+    #: other long-running processes started in a member ("haproxy@client" -> PID); ``down``
+    #: kills every process in the lab's namespaces, these included
+    services: dict[str, int] = field(default_factory=dict)
     inventory: str | None = None  # the hosts inventory 'up' wrote, removed by 'down'
     token_sha256: str | None = None  # the lab token's hash: tells our inventory from others'
 
@@ -53,6 +56,7 @@ class Ledger:
             "dirs": self.dirs,
             "mounts": self.mounts,
             "agents": self.agents,
+            "services": self.services,
             "inventory": self.inventory,
             "token_sha256": self.token_sha256,
         }
@@ -77,6 +81,14 @@ class Ledger:
             self.mounts.append(str(path))
             self.save()
 
+    def record_service(self, name: str, pid: int) -> None:
+        self.services[name] = pid
+        self.save()
+
+    def forget_service(self, name: str) -> None:
+        if self.services.pop(name, None) is not None:
+            self.save()
+
     @classmethod
     def load(cls, prefix: str) -> Ledger | None:
         path = cls.path_for(prefix)
@@ -95,6 +107,7 @@ class Ledger:
                 dirs=[str(d) for d in data.get("dirs", [])],
                 mounts=[str(m) for m in data.get("mounts", [])],
                 agents={str(k): int(v) for k, v in data.get("agents", {}).items()},
+                services={str(k): int(v) for k, v in data.get("services", {}).items()},
                 inventory=_optional_str(data.get("inventory")),
                 token_sha256=_optional_str(data.get("token_sha256")),
             )

@@ -113,3 +113,14 @@ def test_delete_forgets_the_lab(state: Path) -> None:
     assert Ledger.load("gone") is None
     assert known_prefixes() == []
     ledger.delete()  # deleting twice is fine
+
+
+def test_services_are_recorded_at_once_and_forgotten(state: Path) -> None:
+    ledger = Ledger(prefix="svc", hosts=1)
+    ledger.record_service("haproxy@client", 4242)
+    loaded = Ledger.load("svc")
+    assert loaded is not None and loaded.services == {"haproxy@client": 4242}
+    ledger.forget_service("haproxy@client")
+    ledger.forget_service("haproxy@client")  # twice is fine
+    loaded = Ledger.load("svc")
+    assert loaded is not None and loaded.services == {}
