@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -185,33 +186,58 @@ def criu_info_cmd(output: OutputOpt = Output.text) -> None:
 
 @app.command("demo")
 def demo_cmd(
-    mem_mib: Annotated[int, typer.Option("--mem-mib", help="memory the workload holds")] = 64,
+    mem_mib: Annotated[int, typer.Option("--mem-mib", help="memory the web service holds")
+                       ] = 256,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help="auto|post-copy|stop-and-copy|pre-copy")] = "auto",
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="where to write haul-demo.png and haul-demo.tsv")] = Path("."),
     output: OutputOpt = Output.text,
 ) -> None:
-    """Move a sample workload host1 -> host2 -> host1 in a lab, checking its state."""
+    """Move a web service host1 -> host2 -> host1 under load through HAProxy, in a lab:
+    a table of what the client saw, and a latency plot (PNG)."""
+    from haul.engine.phases import Strategy
     from haul.lab.demo import run_demo
 
     _need_root()
-    if mem_mib < 0:
-        raise UsageError("--mem-mib must be 0 or more")
+    if mem_mib < 1:
+        raise UsageError("--mem-mib must be 1 or more")
+    try:
+        chosen = Strategy(strategy)
+    except ValueError:
+        raise UsageError(f"unknown strategy {strategy!r} "
+                         "(auto, post-copy, stop-and-copy, pre-copy)") from None
     say = (lambda m: err.print(f"[dim]>[/dim] {m}")) if output is Output.text else (lambda m: None)
-    result = _run(run_demo(mem_mib=mem_mib, say=say))
+    result = _run(run_demo(mem_mib=mem_mib, strategy=chosen, out_dir=out_dir, say=say))
+    load = result.load
     if output is Output.json:
-        _emit_json(result)
+        _emit_json({
+            "passed": result.passed, "mem_mib": result.mem_mib,
+            "moves": [dataclasses.asdict(m) for m in result.moves],
+            "load": load.as_json(), "check": result.check, "verdict": result.verdict,
+            "served": result.served, "png": str(result.png), "tsv": str(result.tsv),
+        })
     else:
-        table = Table(title=f"haul demo: a {mem_mib} MiB counter moved through CRIU")
-        for col in ("move", "dump ms", "copy ms", "restore ms", "frozen ms", "copied MiB",
-                    "count before", "count after"):
-            table.add_column(col, justify="right")
-        for h in result.hops:
-            r = h.report
-            table.add_row(
-                f"{h.source} -> {h.dest}", f"{r.dump_s * 1000:.0f}", f"{r.copy_s * 1000:.0f}",
-                f"{r.restore_s * 1000:.0f}", f"{r.frozen_s * 1000:.0f}",
-                f"{r.bytes_copied / 2**20:.1f}", str(h.count_before), str(h.count_after),
-            )
-        out.print(table)
-        out.print(f"workload verdict: {result.verdict}")
+        moves = Table(title=f"haul demo: a {mem_mib} MiB web service moved under load")
+        for col in ("move", "strategy", "outcome", "frozen ms", "total ms"):
+            moves.add_column(col, justify="left" if col in ("move", "strategy") else "right")
+        for m in result.moves:
+            moves.add_row(f"{m.label} ({m.source} -> {m.dest})", m.strategy, m.outcome,
+                          f"{m.frozen_ms:.0f}" if m.frozen_ms is not None else "-",
+                          f"{m.total_ms:.0f}")
+        out.print(moves)
+        seen = Table(title=f"what the client saw through HAProxy ({load.connections} "
+                     "keep-alive connections)")
+        for col in ("requests", "failed", "largest gap ms", "p50 ms", "p99 ms", "max ms",
+                    "req/s"):
+            seen.add_column(col, justify="right")
+        seen.add_row(str(load.requests), str(load.failed), f"{load.largest_gap_s * 1000:.0f}",
+                     f"{load.p50_s * 1000:.2f}", f"{load.p99_s * 1000:.2f}",
+                     f"{load.max_s * 1000:.0f}", f"{load.rate_per_s:.0f}")
+        out.print(seen)
+        out.print(f"service: {result.check}; verdict {result.verdict}; it counted "
+                  f"{result.served} requests, the client saw {load.ok} answered")
+        out.print(f"latency plot: {result.png}   every request: {result.tsv}")
     if not result.passed:
         raise typer.Exit(1)
 

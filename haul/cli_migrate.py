@@ -249,6 +249,10 @@ def register(app: typer.Typer) -> None:
             "(repeatable; after the agent's [agent.hooks])")] = None,
         hook_timeout: Annotated[float | None, typer.Option(
             "--hook-timeout", help="s per --hook call (default: the agent's)")] = None,
+        lb: Annotated[str | None, typer.Option(
+            "--lb", help="HAProxy cutover: haproxy:SOCKET:BACKEND/SERVER[,addr] (SERVER: "
+            "a name with {host}, or * to find servers by address); default: the source "
+            "agent's [agent.lb] entry for the workload")] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
@@ -266,11 +270,15 @@ def register(app: typer.Typer) -> None:
                                  "(hooks run there)")
         if hook_timeout is not None and not 0 < hook_timeout <= 3600:
             raise UsageError("--hook-timeout must be more than 0 and at most 3600 s")
+        if lb is not None:
+            from haul.cutover.haproxy import parse_lb_spec
+
+            parse_lb_spec(lb)  # bad input: one line here, before any call
         ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",
                          to=to, strategy=strategy, max_downtime_ms=max_downtime,
                          max_iterations=max_iterations, timeout_s=timeout,
                          shared_dir=str(shared_dir.resolve()) if shared_dir else None,
-                         hooks=hook or [], hook_timeout_s=hook_timeout)
+                         hooks=hook or [], hook_timeout_s=hook_timeout, lb=lb)
         run = check if dry_run else migrate
         raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
 

@@ -100,6 +100,9 @@ class MigrateAsk(_Request):
     hooks: list[str] = Field(default_factory=list, max_length=32)
     #: each of ``hooks``' time limit (default: the agent's [agent.hooks] timeout_s)
     hook_timeout_s: float | None = Field(default=None, gt=0, le=3600)
+    #: the load balancer to cut over, ``haproxy:SOCKET:BACKEND/SERVER[,addr]``
+    #: (default: the source agent's [agent.lb] entry for the workload)
+    lb: str | None = Field(default=None, max_length=1024)
 
 
 class CheckView(_Answer):

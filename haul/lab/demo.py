@@ -1,86 +1,213 @@
-"""The demo the README runs: a workload moves host1 -> host2 -> host1 in a lab.
+"""The demo the README runs: a web service moves host1 -> host2 -> host1 under load.
 
-It starts the sample counter (a counter and a block of memory) on host1,
-relocates it to host2 and back through CRIU, then stops it and reads its own
-verdict: PASS with a count that kept growing across both moves, or FAIL.
+One lab with an agent in each host and HAProxy in the client namespace, in
+front of the sample web service (haul/lab/samples/web.py: it holds a few
+hundred MiB of seeded memory and counts its requests). The service has an
+address of its own (10.77.0.100), which moves with it (haul/net). A keep-alive
+client in the client namespace (haul/lab/loadgen.py) sends requests through
+HAProxy the whole time and records every request's start and latency. The
+service is migrated A->B and back through the agents, exactly as ``haul
+migrate`` does it. At the end the service checks its memory (``/check``),
+then writes its own verdict on SIGTERM; its request count must equal what the
+client saw answered. The result: a table, the client's TSV (ab -g style) and
+a PNG of latency over time with the migrations shaded. Everything the demo
+made is removed, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from haul.config import criu_binary
-from haul.criu.service import Criu
-from haul.lab.samples import Counter, start_counter
+from haul.agent.migration_models import MigrateAsk, MigrationView
+from haul.agent.models import NetSpec
+from haul.engine.phases import Strategy
+from haul.errors import HaulError, WorkloadError
+from haul.inventory import load_inventory
+from haul.lab.haproxy import LbConfig, LbServer, start_haproxy, stop_haproxy
+from haul.lab.loadgen import LoadGen, LoadRun, Summary, http_get, netns_connector
 from haul.lab.netlab import lab_down, lab_up
-from haul.lab.relocate import Endpoint, RelocationReport, relocate
+from haul.lab.plot import write_latency_png
+from haul.lab.samples import WEB
 from haul.lab.spec import LabSpec
 
 DEMO_PREFIX = "demo"
+SERVICE = "web"
+SERVICE_ADDRESS = "10.77.0.100/24"
+SERVICE_PORT = 8080
+FRONTEND_PORT = 80
 
 
 @dataclass(frozen=True, slots=True)
-class Hop:
+class Move:
+    label: str
     source: str
     dest: str
-    count_before: int
-    count_after: int
-    report: RelocationReport
+    outcome: str
+    strategy: str
+    frozen_ms: float | None
+    total_ms: float
+    #: seconds since the load started
+    start_s: float
+    end_s: float
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
     mem_mib: int
-    hops: tuple[Hop, ...]
-    verdict: str  # the counter's own last line: "PASS <n>" or "FAIL <reason>"
+    moves: tuple[Move, ...]
+    load: Summary
+    #: the service's own answers: /check after the moves, and its verdict on SIGTERM
+    check: str
+    verdict: str
+    #: requests the service counted (its verdict) and answered requests the client saw
+    served: int
+    png: Path
+    tsv: Path
 
     @property
     def passed(self) -> bool:
-        return self.verdict.startswith("PASS")
+        return (all(m.outcome == "done" for m in self.moves) and self.load.failed == 0
+                and self.verdict.startswith("PASS") and self.check.startswith("PASS"))
 
 
 async def run_demo(
-    mem_mib: int = 64, say: Callable[[str], None] = lambda _: None
+    mem_mib: int = 256,
+    *,
+    strategy: Strategy = Strategy.AUTO,
+    out_dir: Path = Path("."),
+    settle_s: float = 2.0,
+    connections: int = 2,
+    say: Callable[[str], None] = lambda _: None,
 ) -> DemoResult:
     await asyncio.to_thread(lab_down, DEMO_PREFIX)  # a demo lab left by a crash is ours
     spec = LabSpec(prefix=DEMO_PREFIX, hosts=2)
-    say(f"lab up: {spec.host(1).netns}, {spec.host(2).netns} on a bridge")
-    await lab_up(spec)
-    try:
-        return await _moves(spec, mem_mib, say)
-    finally:
-        await asyncio.to_thread(lab_down, DEMO_PREFIX)
-        say("lab down: namespaces and directories removed")
+    with tempfile.TemporaryDirectory(prefix="haul-demo-") as tmp:
+        inventory = Path(tmp) / "hosts.toml"
+        say(f"lab up: {spec.host(1).netns} and {spec.host(2).netns} with an agent each, "
+            f"{spec.client.netns} for HAProxy and the client")
+        await lab_up(spec, inventory=inventory)
+        try:
+            return await _demo(spec, inventory, mem_mib, strategy, out_dir, settle_s,
+                               connections, say)
+        finally:
+            await asyncio.shield(asyncio.to_thread(lab_down, DEMO_PREFIX))
+            say("lab down: agents, HAProxy, the service, namespaces and directories removed")
 
 
-async def _moves(spec: LabSpec, mem_mib: int, say: Callable[[str], None]) -> DemoResult:
-    criu = Criu(criu_binary())
-    host1, host2 = spec.host(1), spec.host(2)
-    counter: Counter = await start_counter(spec, host1, mem_mib=mem_mib, interval_ms=50)
-    say(f"started the counter ({mem_mib} MiB of memory) on host1, "
-        f"root PID {counter.tree.root_pid}")
-    hops: list[Hop] = []
+async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy,
+                out_dir: Path, settle_s: float, connections: int,
+                say: Callable[[str], None]) -> DemoResult:
+    from haul.cli_migrate import client_for, watch
+
+    inv = load_inventory(inventory)
+    host1, host2 = spec.host(1).name, spec.host(2).name
+    async with client_for(inv.host(host1)) as agent:
+        view = await agent.start_workload(
+            SERVICE, [sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
+                      "--port", str(SERVICE_PORT), "--mem-mib", str(mem_mib)],
+            net=NetSpec(address=SERVICE_ADDRESS, port=SERVICE_PORT))
+    outfile = spec.host(1).data_backing / "agent" / "workloads" / SERVICE / "verdict"
+    await _wait_ready(outfile, timeout_s=30 + mem_mib / 20)
+    ip = SERVICE_ADDRESS.split("/")[0]
+    say(f"started the web service on {host1} at {ip}:{SERVICE_PORT} holding {mem_mib} MiB "
+        f"(root PID {view.root_pid})")
+    proxy = await start_haproxy(spec, LbConfig(
+        servers=(LbServer(SERVICE, ip, SERVICE_PORT),), frontend_port=FRONTEND_PORT,
+        check_path="/health"))
+    say(f"HAProxy in {spec.client.netns}: {proxy.url} -> {ip}:{SERVICE_PORT}")
     try:
-        route = [(host1, host2), (host2, host1)]
-        for n, (src, dst) in enumerate(route, start=1):
-            before = counter.count()
-            counter.tree, report = await relocate(
-                counter.tree,
-                Endpoint(criu.on(src.ns), src.workdir / f"move{n}", src.data_backing),
-                Endpoint(criu.on(dst.ns), dst.workdir / f"move{n}", dst.data_backing),
-                data_subdir=counter.subdir,
-            )
-            counter.host = dst
-            after = await counter.wait_above(before)
-            hops.append(Hop(src.name, dst.name, before, after, report))
-            say(
-                f"moved {src.name} -> {dst.name}: frozen {report.frozen_s * 1000:.0f} ms, "
-                f"count {before} -> {after}"
-            )
-        verdict = await counter.stop_and_verdict()
+        load = LoadGen(proxy.url, connections=connections,
+                       connect=netns_connector(spec.client.netns))
+        running = asyncio.create_task(load.run())
+        moves: list[Move] = []
+        try:
+            await asyncio.sleep(settle_s)
+            say(f"load: {connections} keep-alive connections through HAProxy, "
+                f"{load.completed} requests so far")
+            for label, src, dst in (("A->B", host1, host2), ("B->A", host2, host1)):
+                # The built-in HAProxy cutover finds the server by the workload's
+                # address; the address moves with it, so it is the same server, kept in
+                # service (its health checks paused) through the frozen window.
+                ask = MigrateAsk(workload=SERVICE, to=dst, strategy=strategy,
+                                 lb=f"haproxy:{proxy.socket}:{proxy.backend}/*")
+                load.begin(label)
+                started = time.monotonic()
+                async with client_for(inv.host(src)) as agent:
+                    _, raw = await agent.request("POST", "/v1/migrations", body=ask, ok=(202,))
+                    done: MigrationView = await watch(
+                        agent, MigrationView.model_validate_json(raw).id, live=False)
+                window = load.end(label)
+                moves.append(Move(label, src, dst, done.outcome, done.strategy,
+                                  done.stats.frozen_ms, (time.monotonic() - started) * 1000,
+                                  window.start_s, window.end_s, done.reason))
+                frozen = f"{done.stats.frozen_ms:.0f} ms" if done.stats.frozen_ms else "-"
+                say(f"migrated {src} -> {dst} ({done.strategy}): {done.outcome}, frozen "
+                    f"{frozen}; {load.failed} failed requests so far")
+                if done.outcome != "done":
+                    break
+                await asyncio.sleep(settle_s)
+        finally:
+            load.stop()
+            run: LoadRun = await running
+        where = moves[-1].dest if moves and moves[-1].outcome == "done" else (
+            moves[-1].source if moves else host1)
+        check = await _check(proxy.url, spec)
+        verdict, served = await _verdict(spec, inventory, where)
     finally:
-        if counter.tree.alive:
-            await counter.tree.kill()
-    return DemoResult(mem_mib=mem_mib, hops=tuple(hops), verdict=verdict)
+        await stop_haproxy(spec, proxy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tsv, png = out_dir / "haul-demo.tsv", out_dir / "haul-demo.png"
+    run.write_tsv(tsv)
+    summary = run.summary()
+    write_latency_png(png, run, title=f"haul demo: a {mem_mib} MiB web service moved "
+                      "A->B->A under load")
+    return DemoResult(mem_mib, tuple(moves), summary, check, verdict, served, png, tsv)
+
+
+async def _wait_ready(outfile: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if outfile.read_text().startswith("ready"):
+                return
+        await asyncio.sleep(0.05)
+    raise WorkloadError(f"the web service did not get ready within {timeout_s:.0f} s "
+                        f"({outfile})")
+
+
+async def _check(url: str, spec: LabSpec) -> str:
+    try:
+        status, body = await http_get(url + "check", connect=netns_connector(spec.client.netns))
+    except (OSError, TimeoutError, HaulError) as exc:
+        return f"FAIL /check: {exc}"
+    return body.decode(errors="replace").strip() if status == 200 else f"FAIL HTTP {status}"
+
+
+async def _verdict(spec: LabSpec, inventory: Path, host: str) -> tuple[str, int]:
+    """SIGTERM the service where it runs; its verdict line and the requests it counted."""
+    from haul.cli_migrate import client_for
+
+    async with client_for(load_inventory(inventory).host(host)) as agent:
+        view = await agent.workload(SERVICE)
+    os.kill(view.root_pid, signal.SIGTERM)  # its init forwards it to the service
+    outfile = spec.member(host).data_backing / "agent" / "workloads" / SERVICE / "verdict"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            text = outfile.read_text().strip()
+            if text.startswith(("PASS", "FAIL")):
+                words = text.split()
+                served = int(words[-1]) if words[-1].isdigit() else -1
+                return text, served
+        await asyncio.sleep(0.05)
+    return "FAIL no verdict within 30 s", -1

@@ -22,7 +22,10 @@ from haul.agent.migration_models import (
     StatsView,
 )
 from haul.agent.routing import RouteTable
-from haul.cutover.hooks import HookScript, ScriptHooks, check_hook_path
+from haul.cutover.haproxy import HaproxyCutover, parse_lb_spec
+from haul.cutover.hooks import HookScript, ScriptHooks, chain, check_hook_path
+from haul.engine.ports import HooksPort
+from haul.errors import ConfigError, UsageError
 from haul.engine.phases import TERMINAL
 from haul.errors import UsageError
 
@@ -54,6 +57,20 @@ def view(job: Job) -> MigrationView:
     )
 
 
+def migration_hooks(config: AgentConfig, ask: MigrateAsk) -> HooksPort | None:
+    """Everything called at the hook points: the scripts, then the load balancer's
+    cutover (``lb`` of the request, else the agent's [agent.lb] entry for the workload).
+    Bad paths or specs are a 400 here, before anything starts."""
+    spec = ask.lb if ask.lb is not None else config.lb.get(ask.workload)
+    cutover = None
+    if spec is not None:
+        try:
+            cutover = HaproxyCutover(parse_lb_spec(spec))
+        except ConfigError as exc:
+            raise UsageError(exc.one_line()) from None
+    return chain(script_hooks(config, ask), cutover)
+
+
 def script_hooks(config: AgentConfig, ask: MigrateAsk) -> ScriptHooks | None:
     """The agent's [agent.hooks] scripts, then the request's; each must be an executable
     here (UsageError, a 400, otherwise)."""
@@ -72,7 +89,7 @@ def script_hooks(config: AgentConfig, ask: MigrateAsk) -> ScriptHooks | None:
                  summary="Move a workload of this host to another host (runs in the agent)")
 async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
     ctx = request.app[CONTEXT]
-    hooks = script_hooks(ctx.config, ask)
+    hooks = migration_hooks(ctx.config, ask)
     job = await ctx.migrations().jobs.start(
         ask.workload, ask.to, strategy=ask.strategy, max_downtime_ms=ask.max_downtime_ms,
         max_iterations=ask.max_iterations, timeout_s=ask.timeout_s,
@@ -85,7 +102,7 @@ async def start(request: web.Request, ask: MigrateAsk) -> MigrationView:
                  summary="Pre-flight only: would this migration go? Nothing is touched")
 async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
     ctx = request.app[CONTEXT]
-    script_hooks(ctx.config, ask)  # a hook that cannot run is refused here too
+    migration_hooks(ctx.config, ask)  # a hook that cannot run is refused here too
     jobs = ctx.migrations().jobs
     chosen, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
     return CheckView(

@@ -14,6 +14,7 @@ picks a free one), single-threaded on poll(2):
   block, and answers ``PASS count <n>`` (200) or ``FAIL <what> count <n>``
   (500). It does not count itself, and it blocks the service for as long as
   the comparison takes (0.15 s per 100 MiB on an idle core here, 0.6 s on a busy one).
+- ``GET /health`` answers ``ok`` and counts nothing: for load balancers' checks.
 
 Once listening it writes ``ready port <P> mem_mib <N> seed <S>`` to PATH; on
 SIGTERM (or SIGINT) it stops serving, checks its memory the same way and
@@ -104,7 +105,9 @@ class Service:
         if path == "/check":
             ok, text = self.verdict()
             return (200 if ok else 500), text + "\n", [("X-Count", str(self.count))]
-        return 404, f"no {path} here: try / or /check\n", []
+        if path == "/health":
+            return 200, "ok\n", []
+        return 404, f"no {path} here: try /, /check or /health\n", []
 
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
