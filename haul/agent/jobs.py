@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import ssl as ssl_module
 import stat
 import time
@@ -313,10 +312,8 @@ class MigrationJobs:
         try:
             # The source tree goes first: the destination's copy resumes only once it is gone.
             if committed:
-                if tree is not None and tree.alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(tree.root_pid, signal.SIGKILL)
-                hold.thaw()  # only now can the killed tree die (without running again)
+                # a frozen tree dies only once thawed, and then without running again
+                hold.kill_and_thaw(tree.pids() if tree is not None and tree.alive else [])
                 if tree is not None and tree.alive:
                     await tree.kill()
             peer = self.peer(to)

@@ -253,10 +253,7 @@ class CriuSource:
             await self._dump
 
     async def kill(self) -> None:
-        # A frozen task dies only once thawed, and then without running again.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.tree.root_pid, signal.SIGKILL)
-        self.hold.thaw()
+        self.hold.kill_and_thaw(self.tree.pids())
         await self.tree.kill()
 
     async def resume(self) -> None:

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 from haul.errors import WorkloadError
@@ -95,6 +99,15 @@ class Hold:
                 raise WorkloadError(f"{self.path} did not freeze within {FREEZE_TIMEOUT_S:g} s")
             await asyncio.sleep(0.005)
 
+    def kill_and_thaw(self, pids: list[int]) -> None:
+        """SIGKILL every task of a held tree, then thaw: each dies on its way out of the
+        freezer, without running again (killing only the init would let the others
+        run until the kernel kills them after it)."""
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.thaw()
+
     def thaw(self) -> None:
         """Thaw, move the tasks left back where they were (the root when this object did
         not put them here, e.g. after an agent restart) and remove the hold; harmless
@@ -109,10 +122,17 @@ class Hold:
             origin = self.root / self._origin.get(int(pid), "/").lstrip("/")
             with contextlib.suppress(WorkloadError):
                 self._write("cgroup.procs", pid, path=origin)
-        try:
-            self.path.rmdir()
-        except OSError as exc:
-            log.warning("could not remove %s: %s", self.path, exc.strerror)
+        # Killed tasks leave the cgroup only once they have died: allow them a moment.
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    log.warning("could not remove %s: %s", self.path, exc.strerror)
+                    return
+            time.sleep(0.01)
+        log.warning("could not remove %s: tasks are still in it", self.path)
 
 
 def holds_of(pids: list[int]) -> set[str]:

@@ -24,7 +24,9 @@ class Tree:
     def __init__(self, log: list[str]) -> None:
         self.log = log
         self.alive = True
-        self.root_pid = 2**22 + 1  # above pid_max: no such process, SIGKILL finds none
+
+    def pids(self) -> list[int]:
+        return [2**22 + 1]  # above any pid_max: no such process, SIGKILL finds none
 
     async def kill(self) -> None:
         self.log.append("source killed")
