@@ -105,9 +105,13 @@ async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
 def dump_options(images: Path, *, own_network: bool) -> CriuOptions:
     """How a workload is dumped. The network is locked with nftables (this machine
     has no iptables tools). A workload with a network namespace of its own takes
-    its TCP connections along (``tcp_established``): its address goes with it."""
+    its TCP connections along (``tcp_established``): its address goes with it. One
+    that shares its host's network cannot: its connections are bound to the
+    source host's address, so they are left behind (``tcp_close``: the peers see
+    them end, and a load balancer replays what was in flight)."""
     return CriuOptions(images_dir=images, file_locks=True, link_remap=True,
-                       network_lock=NetworkLock.NFTABLES, tcp_established=own_network)
+                       network_lock=NetworkLock.NFTABLES, tcp_established=own_network,
+                       tcp_close=not own_network)
 
 
 class MigrationJobs:

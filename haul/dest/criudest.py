@@ -170,7 +170,8 @@ class CriuDestination:
             network_lock=NetworkLock.NFTABLES,
         )
         if self.net is None:
-            return opts
+            # its connections were bound to the source host's address: restored closed
+            return replace(opts, tcp_close=True)
         return replace(
             opts, tcp_established=True,
             external=(f"veth[{INNER_IFNAME}]:{host_ifname(self.workload)}@{self.bridge}",),
