@@ -108,3 +108,33 @@ async def test_the_api_refuses_a_bad_hook_with_400_before_anything_starts(
         assert "hook_timeout_s" in (await response.json())["error"]["message"]
     parts = ctx._migrations  # None where there is no usable CRIU
     assert parts is None or parts.jobs.all() == [], "no migration started"
+
+
+# -- the load balancer's cutover: --lb of the request, else [agent.lb] for the workload
+
+
+def test_lb_from_the_request_or_the_agents_table(tmp_path: Path) -> None:
+    from haul.agent.routes.migrations import migration_hooks
+    from haul.cutover.haproxy import HaproxyCutover
+
+    config = make_config(tmp_path, lb={"web1": "haproxy:/run/h.sock:web/web-{host}"})
+    from_table = migration_hooks(config, MigrateAsk(workload="web1", to="host2"))
+    assert isinstance(from_table, HaproxyCutover)
+    assert str(from_table.target) == "haproxy:/run/h.sock:web/web-{host}"
+    asked = migration_hooks(config, MigrateAsk(workload="web1", to="host2",
+                                               lb="haproxy:/run/other.sock:be/*"))
+    assert isinstance(asked, HaproxyCutover) and asked.target.backend == "be"
+    assert migration_hooks(config, MigrateAsk(workload="other", to="host2")) is None
+
+
+@pytest.mark.parametrize(("lb", "says"), [
+    ("haproxy:relative.sock:web/web-{host}", "must be absolute"),
+    ("nginx:/run/x.sock:web/a", "unknown load balancer 'nginx'"),
+    ("haproxy:/run/x.sock:web/web1", "names a single server"),
+])
+def test_a_bad_lb_is_a_usage_error_in_one_line(tmp_path: Path, lb: str, says: str) -> None:
+    from haul.agent.routes.migrations import migration_hooks
+
+    with pytest.raises(UsageError) as raised:
+        migration_hooks(make_config(tmp_path), MigrateAsk(workload="w", to="host2", lb=lb))
+    assert says in str(raised.value) and "\n" not in str(raised.value)
