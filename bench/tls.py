@@ -14,35 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
 
-COUNTER = Path(__file__).resolve().parents[1] / "haul" / "lab" / "samples" / "counter.py"
-
-
-def haul(inv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "haul", *args], capture_output=True, text=True,
-                          env={**os.environ, "HAUL_HOSTS": str(inv)}, timeout=600, check=False)
-
-
-def wait_counting(path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if int(path.read_text().split()[1]) > 2:
-                return
-        except (FileNotFoundError, ValueError, IndexError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"the counter never started: {path}")
+# the helpers every benchmark here shares (run as `python bench/tls.py`: bench/ is on the path)
+from strategies import COUNTER, haul, wait_counting  # noqa: E402
 
 
 async def moves(tls: bool, mem: int, runs: int) -> list[tuple[float, float, float]]:

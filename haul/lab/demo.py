@@ -87,8 +87,11 @@ async def run_demo(
     out_dir: Path = Path("."),
     settle_s: float = 2.0,
     connections: int = 2,
+    moves: int = 2,
     say: Callable[[str], None] = lambda _: None,
 ) -> DemoResult:
+    """``moves``: how many migrations (host1 -> host2, then back, and so on); 0 runs the
+    same load with no migration (a baseline for bench/gaps.py)."""
     await asyncio.to_thread(lab_down, DEMO_PREFIX)  # a demo lab left by a crash is ours
     spec = LabSpec(prefix=DEMO_PREFIX, hosts=2)
     with tempfile.TemporaryDirectory(prefix="haul-demo-") as tmp:
@@ -98,14 +101,14 @@ async def run_demo(
         await lab_up(spec, inventory=inventory)
         try:
             return await _demo(spec, inventory, mem_mib, strategy, out_dir, settle_s,
-                               connections, say)
+                               connections, moves, say)
         finally:
             await asyncio.shield(asyncio.to_thread(lab_down, DEMO_PREFIX))
             say("lab down: agents, HAProxy, the service, namespaces and directories removed")
 
 
 async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy,
-                out_dir: Path, settle_s: float, connections: int,
+                out_dir: Path, settle_s: float, connections: int, moves: int,
                 say: Callable[[str], None]) -> DemoResult:
     from haul.cli_migrate import client_for, watch
 
@@ -129,12 +132,15 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
         load = LoadGen(proxy.url, connections=connections,
                        connect=netns_connector(spec.client.netns))
         running = asyncio.create_task(load.run())
-        moves: list[Move] = []
+        done_moves: list[Move] = []
+        route = [("A->B", host1, host2), ("B->A", host2, host1)] * (moves // 2 + 1)
         try:
             await asyncio.sleep(settle_s)
             say(f"load: {connections} keep-alive connections through HAProxy, "
                 f"{load.completed} requests so far")
-            for label, src, dst in (("A->B", host1, host2), ("B->A", host2, host1)):
+            if not moves:
+                await asyncio.sleep(settle_s)  # the baseline: as long, with no migration
+            for label, src, dst in route[:moves]:
                 # The built-in HAProxy cutover finds the server by the workload's
                 # address; the address moves with it, so it is the same server, kept in
                 # service (its health checks paused) through the frozen window.
@@ -147,9 +153,10 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
                     done: MigrationView = await watch(
                         agent, MigrationView.model_validate_json(raw).id, live=False)
                 window = load.end(label)
-                moves.append(Move(label, src, dst, done.outcome, done.strategy,
-                                  done.stats.frozen_ms, (time.monotonic() - started) * 1000,
-                                  window.start_s, window.end_s, done.reason))
+                done_moves.append(Move(
+                    label, src, dst, done.outcome, done.strategy, done.stats.frozen_ms,
+                    (time.monotonic() - started) * 1000, window.start_s, window.end_s,
+                    done.reason))
                 frozen = f"{done.stats.frozen_ms:.0f} ms" if done.stats.frozen_ms else "-"
                 say(f"migrated {src} -> {dst} ({done.strategy}): {done.outcome}, frozen "
                     f"{frozen}; {load.failed} failed requests so far")
@@ -159,8 +166,8 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
         finally:
             load.stop()
             run: LoadRun = await running
-        where = moves[-1].dest if moves and moves[-1].outcome == "done" else (
-            moves[-1].source if moves else host1)
+        where = done_moves[-1].dest if done_moves and done_moves[-1].outcome == "done" else (
+            done_moves[-1].source if done_moves else host1)
         check = await _check(proxy.url, spec)
         verdict, served = await _verdict(spec, inventory, where)
     finally:
@@ -171,7 +178,7 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
     summary = run.summary()
     write_latency_png(png, run, title=f"haul demo: a {mem_mib} MiB web service moved "
                       "A->B->A under load")
-    return DemoResult(mem_mib, tuple(moves), summary, check, verdict, served, png, tsv)
+    return DemoResult(mem_mib, tuple(done_moves), summary, check, verdict, served, png, tsv)
 
 
 async def _wait_ready(outfile: Path, timeout_s: float) -> None:

@@ -25,7 +25,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import pytest
@@ -41,6 +40,8 @@ from haul.lab.haproxy import (
     start_haproxy,
     stop_haproxy,
 )
+from haul.engine.phases import Phase, Strategy
+from haul.engine.ports import HookFacts, HookPoint
 from haul.lab.ledger import Ledger
 from haul.lab.spec import HostSpec, LabSpec
 from haul.procfs import alive
@@ -55,35 +56,12 @@ WARMUP_REQUESTS = 100
 WORKERS = 4
 
 
-class HookPoint(Enum):
-    """A copy of the engine's hook points (haul.engine), which this branch does not have."""
-
-    PRE_MIGRATE = "pre-migrate"
-    PRE_FREEZE = "pre-freeze"
-    RESTORED = "restored"
-    POST_COMMIT = "post-commit"
-    ROLLED_BACK = "rolled-back"
-
-
-@dataclass(frozen=True, slots=True)
-class HookFacts:
-    """A copy of the engine's hook facts (haul.engine)."""
-
-    migration_id: str
-    workload: str
-    source_host: str
-    dest_host: str
-    source_address: str
-    dest_address: str
-    strategy: str
-    phase: str
-
-
 def _facts(spec: LabSpec, src: int = 1, dst: int = 2) -> HookFacts:
     return HookFacts(
         migration_id="m-test", workload="web", source_host=spec.host(src).name,
         dest_host=spec.host(dst).name, source_address=str(spec.host(src).address),
-        dest_address=str(spec.host(dst).address), strategy="stop-and-copy", phase="")
+        dest_address=str(spec.host(dst).address), strategy=Strategy.STOP_AND_COPY,
+        phase=Phase.COMMIT)
 
 
 # -- processes in the lab ---------------------------------------------------------------
