@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pytest
+
 from haul.engine.figures import (
     Capabilities,
     DumpFigures,
@@ -20,6 +22,8 @@ from haul.engine.figures import (
 )
 from haul.engine.phases import Phase, Strategy
 from haul.engine.ports import HookFacts, HookPoint, JournalRecord
+from haul.engine.runner import Outcome
+from haul.errors import HaulError
 
 FULL = Capabilities("3.19", mem_track=True, lazy_pages=True, lazy_pipe_ok=True)
 LAZY_ONLY = Capabilities("3.19", mem_track=False, lazy_pages=True, lazy_pipe_ok=True)
@@ -219,3 +223,16 @@ class FakeClock:
     def monotonic(self) -> float:
         self.now += 1.0
         return self.now
+
+
+def boom(text: str = "it broke") -> HaulError:
+    return HaulError(text)
+
+
+async def cancelled(task: asyncio.Task[Outcome]) -> None:
+    """Check a cancelled run ends by raising CancelledError, failing (not hanging) if not."""
+    done, _ = await asyncio.wait({task}, timeout=2)
+    if not done:
+        pytest.fail("the run did not end after its cancellation")
+    with pytest.raises(asyncio.CancelledError):
+        task.result()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from fakes import (
+    boom,
+    cancelled,
     BASIC,
     FULL,
     LAZY_ONLY,
@@ -123,18 +125,6 @@ class Rig:
         assert not (POST_COMMIT in self.calls and ROLLED_BACK in self.calls)
         if ROLLED_BACK in self.calls:
             assert self.calls.index(PRE_MIGRATE) < self.calls.index(ROLLED_BACK)
-
-
-def boom(text: str = "it broke") -> HaulError:
-    return HaulError(text)
-
-
-async def cancelled(task: asyncio.Task[Outcome]) -> None:
-    done, _ = await asyncio.wait({task}, timeout=2)
-    if not done:
-        pytest.fail("the run did not end after its cancellation")
-    with pytest.raises(asyncio.CancelledError):
-        task.result()
 
 
 # -- every point, in order -------------------------------------------------------------------

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from fakes import (
+    boom,
+    cancelled,
     BASIC,
     FULL,
     LAZY_ONLY,
@@ -129,19 +131,6 @@ class Rig:
         if "source.kill" in self.calls:
             assert "source.resume" not in self.calls
             assert "source.release(False)" not in self.calls
-
-
-def boom(text: str = "it broke") -> HaulError:
-    return HaulError(text)
-
-
-async def cancelled(task: asyncio.Task[Outcome]) -> None:
-    """Check a cancelled run ends by raising CancelledError, failing (not hanging) if not."""
-    done, _ = await asyncio.wait({task}, timeout=2)
-    if not done:
-        pytest.fail("the run did not end after its cancellation")
-    with pytest.raises(asyncio.CancelledError):
-        task.result()
 
 
 # -- happy paths -------------------------------------------------------------------------------
