@@ -1,5 +1,5 @@
 """The web sample under the load client: every answer the client saw is one the service
-counted, its memory checks out, and it survives a CRIU move between lab hosts."""
+counted, its memory checks out, and it survives a migration between lab hosts."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 
 from haul.criu.service import Criu
+from haul.engine.phases import Phase, Strategy
 from haul.lab.loadgen import LoadGen, LoadRun, http_get, netns_connector
-from haul.lab.relocate import Endpoint, relocate
+from haul.lab.migrate import migrate_in_lab
 from haul.lab.samples import WEB, Web, start_web
 from haul.lab.spec import LabSpec
 
@@ -200,14 +201,12 @@ async def test_web_keeps_its_count_and_memory_across_a_criu_move(
     try:
         before = await LoadGen(web.url, connect=connect).run(duration_s=0.5)
         await _no_client_sockets(web)  # CRIU would refuse an established connection
-        web.tree, report = await relocate(
-            web.tree,
-            Endpoint(criu.on(h1.ns), h1.workdir / "m1", h1.data_backing),
-            Endpoint(criu.on(h2.ns), h2.workdir / "m1", h2.data_backing),
-            data_subdir=web.subdir,
-        )
-        web.host = h2
-        assert report.bytes_copied >= 64 << 20
+        result = await migrate_in_lab(criu, web.tree, web.subdir, h1, h2,
+                                      strategy=Strategy.STOP_AND_COPY)
+        assert result.outcome.phase is Phase.DONE, result.outcome.reason
+        assert result.new_tree is not None and not web.tree.alive
+        web.tree, web.host = result.new_tree, h2
+        assert result.outcome.stats.bytes_sent >= 64 << 20, "its memory went to host2"
         after = await LoadGen(web.url, connect=connect).run(duration_s=0.5)
         assert before.summary().failed == after.summary().failed == 0
         # the count continues where it was, on the new host's address

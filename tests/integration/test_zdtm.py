@@ -1,5 +1,6 @@
 """CRIU's own ZDTM test programs as the oracle: each is started on host1, moved
-to host2, then SIGTERM'ed there, and must write PASS."""
+to host2 by the engine (in this process; test_migrate_agents.py moves the same
+programs through the agents), then SIGTERM'ed there, and must write PASS."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 from haul.criu.service import Criu
 from haul.engine.phases import Phase, Strategy
 from haul.lab.migrate import migrate_in_lab
-from haul.lab.relocate import Endpoint, relocate
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode, ns_inode
 from haul.source.proctree import start_tree
@@ -20,46 +20,15 @@ from conftest_zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS, wait_for_file  # noqa: E402
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.parametrize("name", sorted(ZDTM_ARGS))
-async def test_zdtm_program_survives_a_move(
-    name: str, criu: Criu, lab: LabSpec, zdtm_dir: Path
-) -> None:
-    h1, h2 = lab.host(1), lab.host(2)
-    subdir = f"zdtm-{name}"
-    (h1.data_backing / subdir).mkdir()
-    run = lab.data_path / subdir  # as the hosts see it
-    args = ZDTM_ARGS[name]  # file names are relative to the run directory
-    tree = await start_tree(
-        [str(zdtm_dir / name), f"--pidfile={run}/{name}.pid", f"--outfile={run}/{name}.out",
-         *args],
-        log_path=run / "stdio.log",
-        host=h1.ns,
-        cwd=run,
-    )
-    await wait_for_file(h1.data_backing / subdir / f"{name}.pid", tree)
-    moved, _ = await relocate(
-        tree,
-        Endpoint(criu.on(h1.ns), h1.workdir / "move", h1.data_backing),
-        Endpoint(criu.on(h2.ns), h2.workdir / "move", h2.data_backing),
-        data_subdir=subdir,
-    )
-    assert not tree.alive
-    assert ns_inode(moved.root_pid, "net") == netns_inode(h2.netns)
-    moved.terminate()
-    await moved.wait(timeout_s=30)
-    out = (h2.data_backing / subdir / f"{name}.out").read_text()
-    assert "PASS" in out, f"{name} on host2 wrote:\n{out}"
-
-
 @pytest.mark.parametrize("name", sorted(ZDTM_ARGS | ZDTM_MORE_ARGS))
 async def test_zdtm_program_survives_an_engine_migration(
     name: str, criu: Criu, lab: LabSpec, zdtm_dir: Path
 ) -> None:
-    """The same oracle through the engine's stop-and-copy (page server on host2)."""
+    """Through the engine's stop-and-copy (page server on host2)."""
     h1, h2 = lab.host(1), lab.host(2)
     subdir = f"zdtm-{name}"
     (h1.data_backing / subdir).mkdir()
-    run = lab.data_path / subdir
+    run = lab.data_path / subdir  # as the hosts see it; the programs' file names are relative
     tree = await start_tree(
         [str(zdtm_dir / name), f"--pidfile={run}/{name}.pid", f"--outfile={run}/{name}.out",
          *(ZDTM_ARGS | ZDTM_MORE_ARGS)[name]],
@@ -70,6 +39,7 @@ async def test_zdtm_program_survives_an_engine_migration(
     assert result.outcome.phase is Phase.DONE, result.outcome.reason
     moved = result.new_tree
     assert moved is not None and not tree.alive
+    assert ns_inode(moved.root_pid, "net") == netns_inode(h2.netns)
     moved.terminate()
     await moved.wait(timeout_s=30)
     out = (h2.data_backing / subdir / f"{name}.out").read_text()
