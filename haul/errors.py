@@ -112,10 +112,6 @@ class IllegalTransition(HaulError):
     """The migration state machine was asked to do something its table forbids."""
 
 
-class RollbackFailed(HaulError):
-    """A rollback could not restore the before-state; the message says what is where."""
-
-
 def _first_error_line(lines: tuple[str, ...]) -> str:
     """The most telling line of a CRIU log tail: the first 'Error' line, else the last line."""
     for line in lines:

@@ -423,7 +423,8 @@ class Migration:
         spec = self._spec
         return Phase.REFUSED, Finish(
             Phase.REFUSED,
-            f"refused: {why}; nothing was touched, {spec.workload} runs on {spec.source_host}",
+            f"refused: {why}; nothing was touched, {spec.workload} is as it was on "
+            f"{spec.source_host}",
         )
 
     def _step_failed(self, event: StepFailed) -> tuple[Phase, Command]:

@@ -404,7 +404,7 @@ def test_an_impossible_strategy_is_refused(
 ) -> None:
     m = at(Phase.PREFLIGHT, requested)
     assert m.handle(PreflightFinished(report(source, dest))) == [Finish(
-        Phase.REFUSED, f"refused: {why}; nothing was touched, web1 runs on host1")]
+        Phase.REFUSED, f"refused: {why}; nothing was touched, web1 is as it was on host1")]
     assert m.phase is Phase.REFUSED
 
 
@@ -424,7 +424,7 @@ def test_preflight_problems_refuse_before_anything() -> None:
     problems = ("source host1: no workload web1", "dest host2: web1 exists")
     (finish,) = m.handle(PreflightFinished(dataclasses.replace(REPORT, problems=problems)))
     assert finish == Finish(Phase.REFUSED, "refused: source host1: no workload web1; dest host2: "
-                            "web1 exists; nothing was touched, web1 runs on host1")
+                            "web1 exists; nothing was touched, web1 is as it was on host1")
     assert m.strategy is S.AUTO
 
 

@@ -201,7 +201,7 @@ async def test_preflight_problems_refuse_without_touching_anything() -> None:
     outcome = await rig.run()
     assert outcome.phase is Phase.REFUSED
     assert outcome.reason == ("refused: source host1: no process tree web1; dest host2: "
-                              "not enough room; nothing was touched, web1 runs on host1")
+                              "not enough room; nothing was touched, web1 is as it was on host1")
     assert rig.calls == PREFLIGHT + [J(Phase.REFUSED, "PreflightFinished")]
 
 
