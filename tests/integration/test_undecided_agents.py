@@ -2,12 +2,11 @@
 source agent, and never resumes on its own. Real agents in lab hosts, real CRIU.
 
 The moment between "the destination restored" and "the source decided" is made
-deterministic with SIGSTOP: the source agent is stopped as soon as its journal
-records the restore phase (the restore request is then on its way and nothing
-is decided), the destination finishes its restore and answers into the stopped
-agent's socket, and the test chooses what happens next: the destination agent
-dies and the source goes on (it commits but cannot tell the destination), or the
-source agent dies before it reads the answer (nothing is committed).
+deterministic with a hook: at the ``restored`` point (the destination has
+restored its copy stopped, nothing is decided yet) a hook script on the source
+waits for the test to release it, and the test chooses what happens meanwhile:
+the destination agent dies and the source goes on (it commits but cannot tell
+the destination), or the source agent dies in the hook (nothing is committed).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 
 import pytest
 from test_migrate_agents import (
-    _start_migration,
     count,
     haul,
     ps,
@@ -35,17 +33,8 @@ from test_migrate_agents import (
 
 from haul.agent.client import AgentClient
 from haul.lab.agents import agent_config_path, agent_log_path, agent_socket, restart_agent
-from haul.lab.ledger import Ledger
 from haul.lab.spec import LabSpec
 from haul.procfs import state
-
-AGENT_PORT = 7477
-
-
-def agent_pid(lab: LabSpec, host: str) -> int:
-    ledger = Ledger.load(lab.prefix)
-    assert ledger is not None
-    return ledger.agents[host]
 
 
 def until(what: str, check: Any, timeout_s: float = 60.0) -> Any:
@@ -82,18 +71,6 @@ def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
     return asyncio.run(get())
 
 
-def response_waiting(lab: LabSpec, src: str, dst: str) -> bool:
-    """Whether bytes from ``dst``'s agent wait, unread, in a socket of ``src`` (Recv-Q)."""
-    peer = f"{lab.member(dst).address.ip}:{AGENT_PORT}"
-    done = subprocess.run(["ip", "netns", "exec", lab.member(src).netns, "ss", "-tnH"],
-                          capture_output=True, text=True, check=True)
-    for line in done.stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 5 and fields[4] == peer and int(fields[1]) > 0:
-            return True
-    return False
-
-
 def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
     """Restart ``host``'s agent with a shorter wait before it asks the source."""
     path = agent_config_path(lab.member(host))
@@ -103,39 +80,49 @@ def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
 
 
 @pytest.fixture
-def stopped_agents(lab_with_agents: tuple[LabSpec, Path]) -> Iterator[set[int]]:
-    """PIDs the test SIGSTOPs; each is SIGCONTed at the end, whatever happened."""
-    pids: set[int] = set()
+def release(tmp_path: Path) -> Iterator[Path]:
+    """The file that lets the waiting hook go; made at the end, whatever happened."""
+    path = tmp_path / "release"
     try:
-        yield pids
+        yield path
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        path.touch()
 
 
-def stop_at_restore(lab: LabSpec, inventory: Path, name: str, stopped: set[int]
-                    ) -> tuple[str, subprocess.Popen[str]]:
-    """Start ``name``'s migration host1 -> host2 and SIGSTOP host1's agent once its
-    journal records the restore phase; return the migration id once host2 has
-    restored its copy and its answer waits in host1's socket."""
+WAIT_AT_RESTORED = """#!/bin/sh
+# At "restored", say so, then wait (at most 120 s) until the test releases us.
+[ "$1" = restored ] || exit 0
+touch {reached}
+i=0
+while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+exit 0
+"""
+
+
+def pause_at_restored(lab: LabSpec, inventory: Path, name: str, release: Path
+                      ) -> tuple[str, subprocess.Popen[str]]:
+    """Start ``name``'s migration host1 -> host2 with a hook that holds the source at
+    the ``restored`` point until ``release`` exists; return once host2 has restored
+    its copy (stopped) and the source waits in the hook, nothing decided."""
+    reached = release.with_name("reached")
+    hook = release.with_name("wait-at-restored")
+    hook.write_text(WAIT_AT_RESTORED.format(reached=reached, release=release))
+    hook.chmod(0o755)
     before = set(journal_dir(lab, "host1").glob("*.jsonl"))
-    migrating = _start_migration(inventory, name, "host2", "stop-and-copy")
+    migrating = subprocess.Popen(
+        [sys.executable, "-m", "haul", "migrate", name, "--to", "host2",
+         "--strategy", "stop-and-copy", "--hook", str(hook), "--hook-timeout", "150",
+         "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HAUL_HOSTS": str(inventory)})
     path = until("the migration's journal",
                  lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
     mid = next(iter(path)).stem
-    until("the restore phase", lambda: "restore" in journal_phases(lab, "host1", mid))
-    source = agent_pid(lab, "host1")
-    os.kill(source, signal.SIGSTOP)
-    stopped.add(source)
-    assert journal_phases(lab, "host1", mid)[-1] == "restore", \
-        "the source was stopped too late to test this: it had already decided"
+    until("the source to wait at the restored hook", reached.exists, timeout_s=120)
+    assert journal_phases(lab, "host1", mid)[-1] == "restore", "nothing is decided yet"
     until("host2's restored copy",
           lambda: [r for r in incoming(lab, "host2") if r["id"] == mid
                    and r["state"] == "restored"])
-    until("host2's answer in host1's socket", lambda: response_waiting(lab, "host1", "host2"))
     return mid, migrating
 
 
@@ -155,18 +142,17 @@ def finish_cli(migrating: subprocess.Popen[str]) -> None:
 
 @pytest.mark.parametrize("source", ["killed-after-the-commit", "alive"])
 def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
-    lab_with_agents: tuple[LabSpec, Path], stopped_agents: set[int], source: str
+    lab_with_agents: tuple[LabSpec, Path], release: Path, source: str
 ) -> None:
     lab, inventory = lab_with_agents
     start_counter(inventory, lab, "big", mem_mib=512)
-    mid, migrating = stop_at_restore(lab, inventory, "big", stopped_agents)
+    mid, migrating = pause_at_restored(lab, inventory, "big", release)
     copy = copy_pid(lab, mid)
     # host2's agent dies with its copy restored and stopped; host1 goes on and commits,
     # but cannot tell host2 (its retries are refused).
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
     assert state(copy) in ("T", "t"), "the copy outlives its agent, stopped"
-    os.kill(agent_pid(lab, "host1"), signal.SIGCONT)
-    stopped_agents.discard(agent_pid(lab, "host1"))
+    release.touch()
     until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
     if source == "killed-after-the-commit":
         asyncio.run(restart_agent(lab, "host1", kill_only=True))
@@ -198,17 +184,16 @@ def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
 
 
 def test_never_committed_the_destination_waits_then_discards(
-    lab_with_agents: tuple[LabSpec, Path], stopped_agents: set[int]
+    lab_with_agents: tuple[LabSpec, Path], release: Path
 ) -> None:
     lab, inventory = lab_with_agents
     set_ask_after(lab, "host2", 1.0)
     start_counter(inventory, lab, "big", mem_mib=512)
-    mid, migrating = stop_at_restore(lab, inventory, "big", stopped_agents)
+    mid, migrating = pause_at_restored(lab, inventory, "big", release)
     copy = copy_pid(lab, mid)
-    # host1's agent dies before it reads host2's answer: nothing is decided. CRIU,
-    # held at post-dump, lets the source tree go when the agent's socket closes, but
-    # the migration's freezer hold keeps it frozen until an agent decides.
-    stopped_agents.discard(agent_pid(lab, "host1"))
+    # host1's agent dies in the restored hook: nothing is decided. CRIU, held at
+    # post-dump, lets the source tree go when the agent's socket closes, but the
+    # migration's freezer hold keeps it frozen until an agent decides.
     asyncio.run(restart_agent(lab, "host1", kill_only=True))
     finish_cli(migrating)
     # host2 hears nothing, asks host1 after its deadline, gets no answer, says so,
