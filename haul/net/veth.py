@@ -6,6 +6,8 @@ namespace is reached through ``/proc/PID/ns/net`` of its init.
 
 from __future__ import annotations
 
+import asyncio
+
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -42,15 +44,7 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
                            peer={"ifname": INNER_IFNAME, "net_ns_fd": netns_path(pid)})
             host_end = (await ipr.link_lookup(ifname=outer))[0]
             await ipr.link("set", index=host_end, master=index, state="up")
-        async with AsyncIPRoute(netns=netns_path(pid)) as inner:
-            lo = (await inner.link_lookup(ifname="lo"))[0]
-            await inner.link("set", index=lo, state="up")
-            eth = (await inner.link_lookup(ifname=INNER_IFNAME))[0]
-            await inner.addr("add", index=eth, address=net.ip,
-                             prefixlen=net.address.network.prefixlen)
-            await inner.link("set", index=eth, state="up")
-            if net.gateway is not None:
-                await inner.route("add", dst="0.0.0.0/0", gateway=str(net.gateway))
+        await _configure_inside(pid, net)
     except NetlinkError as exc:
         await detach(workload)
         raise WorkloadError(f"cannot give workload {workload} the address {net.address}: "
@@ -59,6 +53,29 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
         await detach(workload)
         raise
     return outer
+
+
+async def _configure_inside(pid: int, net: WorkloadNet) -> None:
+    """Address, routes and links up inside the workload's namespace, with iproute2 run
+    there. Not pyroute2's netns=: it forks a helper from the agent, and a forked child
+    of an asyncio process shares its signal wake-up fd, so the helper's SIGTERM reached
+    the agent's event loop as if the agent had been told to stop."""
+    batch = [
+        "link set lo up",
+        f"addr add {net.address} dev {INNER_IFNAME}",
+        f"link set {INNER_IFNAME} up",
+    ]
+    if net.gateway is not None:
+        batch.append(f"route add default via {net.gateway}")
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--net={netns_path(pid)}", "--", "ip", "-batch", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate("\n".join(batch).encode() + b"\n")
+    if proc.returncode != 0:
+        raise WorkloadError(f"cannot configure the network namespace of {pid}: "
+                            f"{err.decode(errors='replace').strip()}")
 
 
 async def detach(workload: str) -> None:
