@@ -33,8 +33,15 @@ from test_migrate_agents import (
 
 from haul.agent.client import AgentClient
 from haul.lab.agents import agent_config_path, agent_log_path, agent_socket, restart_agent
+from haul.lab.ledger import Ledger
 from haul.lab.spec import LabSpec
 from haul.procfs import state
+
+
+def agent_pid(lab: LabSpec, host: str) -> int:
+    ledger = Ledger.load(lab.prefix)
+    assert ledger is not None
+    return ledger.agents[host]
 
 
 def until(what: str, check: Any, timeout_s: float = 60.0) -> Any:
