@@ -280,13 +280,21 @@ def lab_down(prefix: str) -> list[str]:
             pass
         except OSError as exc:
             problems.append(f"{d}: {exc.strerror}")
-    # A machine-wide setting goes back only when no other lab still relies on it.
+    # A machine-wide setting goes back only when no other lab still relies on it; until
+    # then the value to put back is handed to a lab still up, so the last one down
+    # restores it (a lab raised it first, others found it raised and recorded nothing).
     others_up = [p for p in known_prefixes() if p != prefix]
-    for key, value in ({} if others_up else ledger.sysctls).items():
+    heir = next((h for h in map(Ledger.load, others_up) if h is not None), None)
+    for key, value in ledger.sysctls.items():
+        if heir is not None:
+            heir.sysctls.setdefault(key, value)
+            continue
         try:
             Path("/proc/sys", key.replace(".", "/")).write_text(value)
         except OSError as exc:
             problems.append(f"sysctl {key}: {exc}")
+    if heir is not None and ledger.sysctls:
+        heir.save()
     if problems:
         raise LabError(f"lab {prefix!r} only partly removed: " + "; ".join(problems))
     ledger.delete()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from haul.errors import LabError
-from haul.lab.ledger import Ledger
+from haul.lab.ledger import Ledger, known_prefixes
 from haul.lab.netlab import lab_down, lab_status, lab_up
 from haul.lab.spec import LabSpec
 
@@ -143,3 +143,28 @@ async def test_cli_rejects_a_bad_prefix_in_one_line() -> None:
     bad = _haul("lab", "up", "--prefix", "../etc")
     assert bad.returncode == 2
     assert bad.stderr.startswith("haul: error:") and bad.stderr.count("\n") == 1
+
+
+async def test_the_last_lab_down_puts_the_pipe_size_back_whoever_raised_it() -> None:
+    """Lab A raises fs.pipe-max-size; lab B finds it raised and records nothing; A goes
+    down first (B still relies on it), then B: the machine's value comes back."""
+    knob = Path("/proc/sys/fs/pipe-max-size")
+    machine = knob.read_text().strip()
+    if known_prefixes():
+        pytest.skip("another lab is up: the machine-wide setting is not this test's")
+    low = "1048576"
+    knob.write_text(low)
+    first = LabSpec(prefix="t" + secrets.token_hex(3), hosts=1)
+    second = LabSpec(prefix="t" + secrets.token_hex(3), hosts=1)
+    try:
+        await lab_up(first, agents=False)
+        await lab_up(second, agents=False)
+        assert int(knob.read_text()) >= 4 << 20
+        await asyncio.to_thread(lab_down, first.prefix)
+        assert int(knob.read_text()) >= 4 << 20, "the second lab still relies on it"
+        await asyncio.to_thread(lab_down, second.prefix)
+        assert knob.read_text().strip() == low
+    finally:
+        await asyncio.to_thread(lab_down, first.prefix)
+        await asyncio.to_thread(lab_down, second.prefix)
+        knob.write_text(machine)
