@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,14 +20,25 @@ from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec
 from haul.procfs import state
 from haul.source.criusource import CriuSource
+from haul.source.freezer import Hold
 
 pytestmark = pytest.mark.asyncio
 
 
-async def _frozen_source(criu: Criu, lab: LabSpec, tmp_path: Path) -> tuple[CriuSource, int]:
+@pytest.fixture
+def hold_name() -> Iterator[str]:
+    """A hold name of this test's own; its cgroup is thawed and removed whatever happens."""
+    name = "mhold" + secrets.token_hex(3)
+    try:
+        yield name
+    finally:
+        Hold(name).thaw()
+
+
+async def _frozen_source(criu: Criu, lab: LabSpec, hold_name: str) -> tuple[CriuSource, int]:
     host = lab.host(1)
     counter = await start_counter(lab, host, mem_mib=8, interval_ms=5)
-    source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / "mhold1")
+    source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / hold_name)
     await source.freeze_and_dump(lazy=False)
     assert source.hold.exists
     assert source.criu_pid is not None
@@ -36,8 +48,8 @@ async def _frozen_source(criu: Criu, lab: LabSpec, tmp_path: Path) -> tuple[Criu
 
 
 async def test_killed_criu_leaves_the_tree_frozen_until_resumed(
-        criu: Criu, lab: LabSpec, tmp_path: Path) -> None:
-    source, frozen_at = await _frozen_source(criu, lab, tmp_path)
+        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    source, frozen_at = await _frozen_source(criu, lab, hold_name)
     counter_state = lab.host(1).data_backing / "counter" / "state"
     await asyncio.sleep(0.3)
     assert int(counter_state.read_text().split()[1]) == frozen_at, "the tree ran without CRIU"
@@ -54,8 +66,8 @@ async def test_killed_criu_leaves_the_tree_frozen_until_resumed(
 
 
 async def test_a_held_tree_killed_after_the_commit_never_runs_again(
-        criu: Criu, lab: LabSpec, tmp_path: Path) -> None:
-    source, frozen_at = await _frozen_source(criu, lab, tmp_path)
+        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    source, frozen_at = await _frozen_source(criu, lab, hold_name)
     await source.release(commit=True)  # CRIU is gone: the commit goes on all the same
     await source.kill()
     assert not source.tree.alive and not source.hold.exists
