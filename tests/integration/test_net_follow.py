@@ -108,3 +108,36 @@ def test_run_with_an_address_refuses_bad_input_in_one_line(
                  "--", "sleep", "100")
     assert taken.returncode != 0 and "taken by workload echo" in taken.stderr, taken.stderr
     assert [r["name"] for r in ps(inventory)] == ["echo"]
+
+
+@pytest.mark.root
+def test_the_network_is_locked_from_the_freeze_until_the_destination_resumes(
+        lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
+    """At the restored point both copies exist: the frozen source's namespace carries
+    CRIU's nftables lock and the restored copy's carries haul's; after the move the
+    running copy's namespace has no lock left."""
+    lab, inventory = lab_with_agents
+    _start_echo(inventory)
+    seen = tmp_path / "tables"
+    hook = tmp_path / "list-locks"
+    hook.write_text(f"""#!/bin/sh
+[ "$1" = restored ] || exit 0
+for pid in $(pgrep -f 'stream.py serve verdict'); do
+    echo "$pid $(nsenter --net=/proc/$pid/ns/net nft list tables | tr '\\n' ' ')" >> {seen}
+done
+""")
+    hook.chmod(0o755)
+    done = haul(inventory, "migrate", "echo", "--to", "host2", "--strategy", "stop-and-copy",
+                "--hook", str(hook))
+    assert done.returncode == 0, done.stderr
+    lines = seen.read_text().splitlines()
+    print(lines)
+    # each line: a process of either copy (launcher, init, server) and its netns' tables
+    source = [line for line in lines if "table inet CRIU" in line]
+    copy = [line for line in lines if "table inet haul_lock" in line]
+    assert source and copy and len(source) + len(copy) == len(lines), lines
+    [row] = [r for r in ps(inventory) if r["name"] == "echo"]
+    tables = subprocess.run(
+        ["nsenter", f"--net=/proc/{row['root_pid']}/ns/net", "nft", "list", "tables"],
+        capture_output=True, text=True, check=True).stdout
+    assert tables.strip() == "", tables
