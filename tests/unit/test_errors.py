@@ -105,3 +105,15 @@ def test_peer_error_keeps_its_code() -> None:
     err = PeerError("destination refused", code="busy", workload_state="running on host1")
     assert err.code == "busy"
     assert err.one_line() == "destination refused; workload: running on host1"
+
+
+def test_criu_error_skips_the_rlimit_error_every_run_logs_here() -> None:
+    tail = (
+        "(00.03) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: "
+        "Operation not permitted",
+        "(00.06) Error (criu/files-reg.c:1790): Can't lookup mount=24 for fd=10",
+        "(00.07) Error (criu/cr-dump.c:1975): Dumping FAILED.",
+    )
+    err = CriuError("request failed", request="dump", log_tail=tail)
+    assert err.one_line().endswith("; log: (00.06) Error (criu/files-reg.c:1790): Can't lookup "
+                                   "mount=24 for fd=10")
