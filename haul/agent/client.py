@@ -11,6 +11,7 @@ refused, timeout) raises :class:`haul.errors.TransportError`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import ssl
 from collections.abc import Sequence
@@ -116,6 +117,12 @@ class AgentClient:
                 raw = await response.read()
         except (aiohttp.ClientError, ssl.SSLError, OSError, asyncio.TimeoutError) as exc:
             detail = one_line(str(exc)) or type(exc).__name__
+            if self._ssl is not None and _dropped(exc):
+                # TLS 1.3: a server that refuses the client's certificate says so only
+                # after the handshake, by closing or resetting the connection
+                detail += (" (over TLS this is how an agent refuses a client certificate "
+                           "it does not trust: check that the CA that signed this client's "
+                           "certificate is the agent's)")
             raise TransportError(f"agent {self.url}: {method} {path}: {detail}") from exc
         if status not in ok:
             raise self._error(method, path, status, raw)
@@ -186,3 +193,10 @@ class AgentClient:
     async def delete_workload(self, name: str) -> WorkloadView:
         _, raw = await self.request("DELETE", f"/v1/workloads/{quote(name, safe='')}")
         return self._parse(WorkloadView, raw)
+
+
+def _dropped(exc: BaseException) -> bool:
+    """The server closed or reset the connection without an answer."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET

@@ -272,6 +272,7 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
                 "--from", "host1", netns=lab.client.netns)
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert "10.77.0.1" in done.stderr  # the agent that refused it
+    assert "refuses a client certificate" in done.stderr, done.stderr
     assert counter.where() == [("host1", "web2")]
     n = counter.count("host1")
     assert counter.wait_count_above("host1", n) > n
