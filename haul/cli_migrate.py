@@ -246,13 +246,13 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="pre-flight only")] = False,
         hook: Annotated[list[str] | None, typer.Option(
             "--hook", help="executable on the source host, called at each hook point "
-            "(repeatable; after the agent's [agent.hooks])")] = None,
+            "(repeatable; after the agent's \\[agent.hooks])")] = None,
         hook_timeout: Annotated[float | None, typer.Option(
             "--hook-timeout", help="s per --hook call (default: the agent's)")] = None,
         lb: Annotated[str | None, typer.Option(
             "--lb", help="HAProxy cutover: haproxy:SOCKET:BACKEND/SERVER[,addr] (SERVER: "
             "a name with {host}, or * to find servers by address); default: the source "
-            "agent's [agent.lb] entry for the workload")] = None,
+            "agent's \\[agent.lb] entry for the workload")] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
