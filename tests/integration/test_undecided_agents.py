@@ -86,14 +86,25 @@ def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
     asyncio.run(restart_agent(lab, host))
 
 
+#: `haul migrate` processes a test started; ended and reaped by the `release` fixture
+_CLI: list[subprocess.Popen[str]] = []
+
+
 @pytest.fixture
 def release(tmp_path: Path) -> Iterator[Path]:
-    """The file that lets the waiting hook go; made at the end, whatever happened."""
+    """The file that lets the waiting hook go; made at the end, whatever happened (and
+    every `haul migrate` the test started is ended and reaped)."""
     path = tmp_path / "release"
     try:
         yield path
     finally:
         path.touch()
+        while _CLI:
+            proc = _CLI.pop()
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stdout is not None and not proc.stdout.closed:
+                proc.communicate()
 
 
 WAIT_AT_RESTORED = """#!/bin/sh
@@ -122,6 +133,7 @@ def pause_at_restored(lab: LabSpec, inventory: Path, name: str, release: Path
          "-o", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HAUL_HOSTS": str(inventory)})
+    _CLI.append(migrating)
     path = until("the migration's journal",
                  lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
     mid = next(iter(path)).stem
