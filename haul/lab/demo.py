@@ -33,7 +33,8 @@ from haul.engine.phases import Strategy
 from haul.errors import HaulError, WorkloadError
 from haul.inventory import load_inventory
 from haul.lab.haproxy import LbConfig, LbServer, start_haproxy, stop_haproxy
-from haul.lab.loadgen import LoadGen, LoadRun, Summary, http_get, netns_connector
+from haul.lab.loadgen import LoadGen, http_get, netns_connector
+from haul.lab.loadrun import LoadRun, Summary
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.plot import write_latency_png
 from haul.lab.samples import WEB

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from haul.lab.loadgen import LoadRun
+from haul.lab.loadrun import LoadRun
 from haul.lab.raster import Canvas, Color, text_height, text_width
 
 YScale = Literal["linear", "log", "auto"]

@@ -16,7 +16,8 @@ import pytest
 
 from haul.cutover.haproxy_runtime import HaproxyRuntime
 from haul.lab.haproxy import LbConfig, LabHaproxy, lab_servers, start_haproxy, stop_haproxy
-from haul.lab.loadgen import LoadGen, LoadRun, netns_connector
+from haul.lab.loadgen import LoadGen, netns_connector
+from haul.lab.loadrun import LoadRun
 from haul.lab.samples import WEB
 from haul.lab.spec import LabSpec
 

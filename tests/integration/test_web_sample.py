@@ -17,7 +17,8 @@ import pytest_asyncio
 
 from haul.criu.service import Criu
 from haul.engine.phases import Phase, Strategy
-from haul.lab.loadgen import LoadGen, LoadRun, http_get, netns_connector
+from haul.lab.loadgen import LoadGen, http_get, netns_connector
+from haul.lab.loadrun import LoadRun
 from haul.lab.migrate import migrate_in_lab
 from haul.lab.samples import WEB, Web, start_web
 from haul.lab.spec import LabSpec

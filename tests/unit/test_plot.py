@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from haul.lab import font5x7
-from haul.lab.loadgen import LoadRun, Mark, Sample, Window
+from haul.lab.loadrun import LoadRun, Mark, Sample, Window
 from haul.lab.plot import (
     BAND_ALPHA,
     BAND_COLOR,
