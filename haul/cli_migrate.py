@@ -271,7 +271,7 @@ def register(app: typer.Typer) -> None:
         if hook_timeout is not None and not 0 < hook_timeout <= 3600:
             raise UsageError("--hook-timeout must be more than 0 and at most 3600 s")
         if lb is not None:
-            from haul.cutover.haproxy import parse_lb_spec
+            from haul.cutover.lb_spec import parse_lb_spec
 
             parse_lb_spec(lb)  # bad input: one line here, before any call
         ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",

@@ -195,7 +195,7 @@ class AgentConfig(_Section):
     #: its source agent what was decided (and so does a restarted agent, at once)
     ask_source_after_s: float = Field(default=30.0, gt=0, le=86400)
     #: per workload: the load balancer its migrations cut over,
-    #: ``haproxy:SOCKET:BACKEND/SERVER[,addr]`` (see haul/cutover/haproxy.py)
+    #: ``haproxy:SOCKET:BACKEND/SERVER[,addr]`` (see haul/cutover/lb_spec.py)
     lb: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

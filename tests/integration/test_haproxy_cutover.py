@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from haul.cutover.haproxy import HaproxyCutover, parse_lb_spec
+from haul.cutover.haproxy import HaproxyCutover
 from haul.cutover.haproxy_runtime import AdminState, HaproxyError, HaproxyRuntime
+from haul.cutover.lb_spec import parse_lb_spec
 from haul.lab.haproxy import (
     LabHaproxy,
     LbConfig,

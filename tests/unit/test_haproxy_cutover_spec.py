@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from haul.cutover.haproxy import HaproxyTarget, choose_servers, parse_lb_spec
+from haul.cutover.haproxy import choose_servers
 from haul.cutover.haproxy_runtime import (
     AdminState,
     HaproxyError,
@@ -19,6 +19,7 @@ from haul.cutover.haproxy_runtime import (
     OpState,
     ServerState,
 )
+from haul.cutover.lb_spec import HaproxyTarget, parse_lb_spec
 from haul.errors import ConfigError
 
 

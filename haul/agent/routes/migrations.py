@@ -22,8 +22,9 @@ from haul.agent.migration_models import (
     StatsView,
 )
 from haul.agent.routing import RouteTable
-from haul.cutover.haproxy import HaproxyCutover, parse_lb_spec
+from haul.cutover.haproxy import HaproxyCutover
 from haul.cutover.hooks import HookScript, ScriptHooks, chain, check_hook_path
+from haul.cutover.lb_spec import parse_lb_spec
 from haul.engine.ports import HooksPort
 from haul.errors import ConfigError, UsageError
 from haul.engine.phases import TERMINAL
