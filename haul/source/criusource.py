@@ -41,6 +41,8 @@ from haul.source.proctree import ProcessTree
 log = logging.getLogger(__name__)
 
 PIPE_MAX_SIZE_NEEDED = 4 << 20
+#: how long a lazy dump told to roll back may take to reach its page server (then ended)
+LAZY_SERVING_TIMEOUT_S = 10.0
 
 
 class RolledBackAtPostDump(HaulError):
@@ -104,6 +106,8 @@ class CriuSource:
         self._frozen: asyncio.Future[float] | None = None
         self._lazy = False
         self._swrk_pid: int | None = None
+        #: post-copy: CRIU's lazy page server is up (its status-ready notification)
+        self._serving = asyncio.Event()
         #: the freezer cgroup that keeps the frozen tree frozen whatever happens to CRIU
         self.hold = Hold(workdir.name)
 
@@ -149,8 +153,9 @@ class CriuSource:
         loop = asyncio.get_running_loop()
         self._decision = loop.create_future()
         self._frozen = loop.create_future()
+        self._serving = asyncio.Event()
         frozen_at: list[float] = []
-        decision, frozen = self._decision, self._frozen
+        decision, frozen, serving = self._decision, self._frozen, self._serving
 
         async def hold(note: Notification) -> None:
             if note.action is Action.PRE_DUMP:
@@ -164,6 +169,8 @@ class CriuSource:
                     frozen.set_result(frozen_at[0] if frozen_at else time.monotonic())
                 if not await decision:
                     raise RolledBackAtPostDump("the migration rolled back")
+            elif note.action is Action.STATUS_READY:
+                serving.set()  # post-copy: the network is unlocked, the page server up
 
         opts = self.dump_options(lazy)
         started = time.monotonic()
@@ -244,9 +251,28 @@ class CriuSource:
                                 "frozen in its hold" if self.hold.exists else "NOT held")
             # post-copy: CRIU now serves pages until the destination has them all
             return
-        with contextlib.suppress(HaulError):
-            await self._dump  # CRIU reports the refusal and resumes the tree
+        await self._end_dump_for_rollback()
         self.hold.thaw()
+
+    async def _end_dump_for_rollback(self) -> None:
+        """Before the commit: CRIU must let the tree go. A stop-and-copy dump told "no"
+        at post-dump resumes it and ends. A lazy dump does not: CRIU 4.2 ignores a
+        refused post-dump there, unlocks the network and starts its lazy page server,
+        which would wait forever for a destination; and one released earlier serves a
+        destination that will never come. So once CRIU serves (status-ready), it is
+        ended; ptrace ends with it, and the tree stays frozen in its hold until thawed."""
+        if self._dump is None or self._dump.done():
+            return
+        if self._decision is not None and not self._decision.done():
+            self._decision.set_result(False)
+        if self._lazy and self._swrk_pid is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LAZY_SERVING_TIMEOUT_S):
+                    await self._serving.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._swrk_pid, signal.SIGKILL)
+        with contextlib.suppress(HaulError):
+            await self._dump
 
     async def wait_pages_served(self) -> None:
         if self._dump is not None:
@@ -257,17 +283,7 @@ class CriuSource:
         await self.tree.kill()
 
     async def resume(self) -> None:
-        if self._dump is not None and not self._dump.done():
-            if self._decision is not None and not self._decision.done():
-                self._decision.set_result(False)
-            elif self._lazy and self._swrk_pid is not None:
-                # Post-copy, released: CRIU's lazy page server waits for a destination
-                # that will never connect. Ending CRIU detaches it from the tree
-                # (ptrace ends with the tracer), and the tree is resumed below.
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self._swrk_pid, signal.SIGKILL)
-            with contextlib.suppress(HaulError):
-                await self._dump
+        await self._end_dump_for_rollback()
         self.hold.thaw()
         if self.tree.alive:
             self.tree.resume()

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec
-from haul.procfs import state
+from haul.procfs import alive, state
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
 
@@ -73,3 +74,22 @@ async def test_a_held_tree_killed_after_the_commit_never_runs_again(
     assert not source.tree.alive and not source.hold.exists
     counter_state = lab.host(1).data_backing / "counter" / "state"
     assert int(counter_state.read_text().split()[1]) == frozen_at
+
+
+async def test_a_post_copy_dump_rolled_back_at_post_dump_lets_the_tree_run(
+        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    """CRIU ignores a refused post-dump in a lazy dump and starts serving pages; the
+    rollback must end it rather than wait for it, and the tree must run again."""
+    host = lab.host(1)
+    counter = await start_counter(lab, host, mem_mib=8, interval_ms=5)
+    source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / hold_name,
+                        lazy_listen=PageServer(str(host.address.ip), 27999))
+    await source.freeze_and_dump(lazy=True)
+    frozen_at = counter.count()
+    async with asyncio.timeout(30):  # it used to wait forever for a lazy-pages client
+        await source.release(commit=False)
+        await source.resume()
+    assert not source.hold.exists
+    assert source.criu_pid is not None and not alive(source.criu_pid)
+    assert await counter.wait_above(frozen_at) > frozen_at
+    assert (await counter.stop_and_verdict()).startswith("PASS")
