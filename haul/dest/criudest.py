@@ -34,6 +34,7 @@ from pathlib import Path
 
 from haul.criu.lazypages import LazyPagesDaemon
 from haul.criu.notify import Action, Notification
+from haul.criu.pagemap import lazy_bytes
 from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, RestoreFigures
@@ -149,8 +150,9 @@ class CriuDestination:
         started = time.monotonic()
         if self.shared_images is not None:
             await asyncio.to_thread(self._take_shared_pages, self.shared_images)
-        pages_bytes = 0 if lazy else sum(
-            p.stat().st_size for p in self.images.glob("pages-*.img"))
+        # what crosses to this host for the workload's memory: the pages already here,
+        # or (post-copy) the pages the lazy-pages daemon will fetch before it is done
+        pages_bytes = await asyncio.to_thread(self._pages_bytes, lazy)
         if lazy:
             self._daemon = self.lazy_pages_daemon()
             await self._daemon.start()
@@ -162,6 +164,11 @@ class CriuDestination:
         await self.tree.wait_stopped()
         return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started,
                               pages_bytes=pages_bytes)
+
+    def _pages_bytes(self, lazy: bool) -> int:
+        if lazy:
+            return lazy_bytes(self.images)
+        return sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
 
     def _restore_options(self, lazy: bool) -> CriuOptions:
         opts = CriuOptions(

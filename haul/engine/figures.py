@@ -65,6 +65,7 @@ class TransferFigures:
 class RestoreFigures:
     dest_pid: int
     duration_s: float
-    #: page bytes the destination's page server received during the final dump
-    #: (0 when the pages came some other way: lazily, or through a shared directory)
+    #: page bytes that came to the destination for the workload's memory: through its
+    #: page server or a shared directory before the restore, or (post-copy) the pages
+    #: its lazy-pages daemon fetches before the migration is done
     pages_bytes: int = 0

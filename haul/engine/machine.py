@@ -181,7 +181,7 @@ class MigrationStats:
     dump_bytes: int
     transfer_bytes: int
     #: what went to the destination: images and files over haul's transport, and the
-    #: page bytes the destination holds at restore; post-copy's lazy pages are not counted
+    #: page bytes it received (post-copy: those its lazy-pages daemon fetches)
     bytes_sent: int
     #: how long the workload was frozen, when measured
     frozen_s: float | None
@@ -289,11 +289,13 @@ class Migration:
         precopy = sum(f.bytes_sent for f in self._history)
         dump = self._dump.bytes_written if self._dump else 0
         transfer = self._transfer.bytes_sent if self._transfer else 0
-        # What went to the destination: the images and files, and the pages it holds
-        # at restore (every pre-copy round's included; the rounds' own count when it
-        # could not say). Post-copy's lazy pages are not counted.
+        # What went to the destination: the images and files, and the pages it received
+        # (every pre-copy round's included; the rounds' own count when it could not
+        # say; post-copy: the pages its lazy-pages daemon fetches).
         pages = self._restore.pages_bytes if self._restore else 0
         moved = transfer + max(pages, precopy)
+        # post-copy's pages cross after the restore, outside the timed steps
+        timed = transfer if self._strategy is Strategy.POST_COPY else moved
         seconds = (sum(f.duration_s for f in self._history)
                    + (self._dump.duration_s if self._dump else 0.0)
                    + (self._transfer.duration_s if self._transfer else 0.0))
@@ -311,7 +313,7 @@ class Migration:
             ),
             restore_s=self._restore.duration_s if self._restore else None,
             pages_sent=max(pages, precopy) // PAGE_SIZE,
-            throughput_bytes_per_s=moved / seconds if seconds > 0 and moved > 0 else None,
+            throughput_bytes_per_s=timed / seconds if seconds > 0 and timed > 0 else None,
             dirty_rate_bytes_per_s=dirty_rate_bytes_per_s(self._history),
         )
 

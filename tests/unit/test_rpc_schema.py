@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from haul import config
 from haul.criu.options import CriuOptions, NetworkLock, PageServer
-from haul.criu.proto import rpc_pb2, stats_pb2
+from haul.criu.proto import pagemap_pb2, rpc_pb2, stats_pb2
 from haul.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -246,7 +246,8 @@ def test_checker_reports_each_kind_of_incompatibility(
 # -- haul's schema against CRIU's ----------------------------------------------
 
 
-@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto")])
+@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"),
+                                             (pagemap_pb2, "pagemap.proto")])
 def test_haul_schema_is_a_wire_compatible_subset_of_criu(
     module: object, name: str, tmp_path: Path
 ) -> None:
@@ -256,7 +257,8 @@ def test_haul_schema_is_a_wire_compatible_subset_of_criu(
     assert schema_differences(ours, criu) == []
 
 
-@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto")])
+@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"),
+                                             (pagemap_pb2, "pagemap.proto")])
 def test_haul_declares_the_same_defaults_as_criu(
     module: object, name: str, tmp_path: Path
 ) -> None:
@@ -280,9 +282,10 @@ def _normalized(fdp: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileD
 
 def test_generated_modules_match_their_proto_files(tmp_path: Path) -> None:
     files = sorted(p.relative_to(REPO_ROOT).as_posix() for p in HAUL_PROTO_DIR.glob("*.proto"))
-    assert files == ["haul/criu/proto/rpc.proto", "haul/criu/proto/stats.proto"]
+    assert files == ["haul/criu/proto/pagemap.proto", "haul/criu/proto/rpc.proto",
+                     "haul/criu/proto/stats.proto"]
     fresh = {f.name: f for f in _compile(REPO_ROOT, files, tmp_path / "haul.pb").file}
-    for module in (rpc_pb2, stats_pb2):
+    for module in (pagemap_pb2, rpc_pb2, stats_pb2):
         committed = _haul_file(module)
         assert committed.name in fresh, f"{committed.name} was generated from another path"
         assert _normalized(committed) == _normalized(fresh[committed.name]), (

@@ -517,3 +517,15 @@ def test_spec_refuses_nonsense(changes: dict[str, object]) -> None:
 def test_spec_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         SPEC.max_iterations = 3  # type: ignore[misc]
+
+
+def test_post_copy_counts_the_lazy_pages_but_times_only_the_images() -> None:
+    m = Migration(spec(strategy=S.POST_COPY))
+    restore = dataclasses.replace(RESTORE, pages_bytes=256 << 20)  # to be fetched lazily
+    feed(m, [RestoredStopped(restore) if isinstance(e, RestoredStopped) else e
+             for e in happy(S.POST_COPY)])
+    stats = m.stats()
+    assert stats.bytes_sent == (256 << 20) + TRANSFER.bytes_sent
+    assert stats.pages_sent == (256 << 20) // 4096
+    assert stats.throughput_bytes_per_s == pytest.approx(
+        TRANSFER.bytes_sent / (DUMP.duration_s + TRANSFER.duration_s))
