@@ -136,8 +136,13 @@ class CriuDestination:
                     "every IPv4 address"
                 )
             listen = PageServer(EVERY_ADDRESS, listen.port)
+        # No notifications: the page server is CRIU's child and outlives this request;
+        # its status-ready notification could come after the answer, into a session
+        # haul has closed, and CRIU then ends the page server ("Can't send response:
+        # Broken pipe"), so the dump finds nothing listening.
         return CriuOptions(images_dir=self.images, work_dir=self.logs,
-                           log_file="page-server.log", page_server=listen, tls=self.tls)
+                           log_file="page-server.log", page_server=listen, tls=self.tls,
+                           notify_scripts=False)
 
     def lazy_pages_daemon(self) -> LazyPagesDaemon:
         """Post-copy: the daemon that pulls pages from the source's lazy page server."""

@@ -126,3 +126,11 @@ async def test_an_https_peer_without_a_certificate_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"agent\.peers\.host2: .* no certificate"):
         async with _peer_client(Peer(url="https://10.77.0.2:7477", token="t"), "host2"):
             pass
+
+
+def test_a_page_server_asks_for_no_notifications(tmp_path: Path) -> None:
+    """It outlives its request: a notification sent after the answer would find the RPC
+    session closed, and CRIU would end the page server for it."""
+    dest = CriuDestination(CRIU, tmp_path / "m1", listen=PageServer("10.77.0.2", 0))
+    o = dest.page_server_options(PageServer("10.77.0.2", 0)).to_proto(5, 6)
+    assert not o.notify_scripts
