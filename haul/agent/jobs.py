@@ -28,7 +28,8 @@ import aiohttp
 from haul.agent.ca import client_ssl_context
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
-from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
+from haul.agent.workloads import workload_net
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.linked import LinkedDest
 from haul.dest.remote import ExplainedSource, IncomingClient, RemoteDestination
@@ -100,18 +101,6 @@ async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
     async with aiohttp.ClientSession(headers=headers,
                                      connector=aiohttp.TCPConnector(ssl=ssl)) as session:
         yield IncomingClient(session, peer.url, where=f"destination {name}", page_tls=tls)
-
-
-def dump_options(images: Path, *, own_network: bool) -> CriuOptions:
-    """How a workload is dumped. The network is locked with nftables (this machine
-    has no iptables tools). A workload with a network namespace of its own takes
-    its TCP connections along (``tcp_established``): its address goes with it. One
-    that shares its host's network cannot: its connections are bound to the
-    source host's address, so they are left behind (``tcp_close``: the peers see
-    them end, and a load balancer replays what was in flight)."""
-    return CriuOptions(images_dir=images, file_locks=True, link_remap=True,
-                       network_lock=NetworkLock.NFTABLES, tcp_established=own_network,
-                       tcp_close=not own_network)
 
 
 class MigrationJobs:
@@ -189,8 +178,8 @@ class MigrationJobs:
         mid = f"m{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
         # Where the workload answers: its own address, which moves with it, or else
         # its host's (hooks and load balancers are told).
-        net = self._net_of(workload)
-        own = net.address.split("/")[0] if net is not None else None
+        net = workload_net(self._net_of(workload))
+        own = net.ip if net is not None else None
         spec = MigrationSpec(
             migration_id=mid, workload=workload, source_host=self.host, dest_host=to,
             strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
@@ -217,7 +206,7 @@ class MigrationJobs:
                 net = self._net_of(spec.workload)
                 source = CriuSource(
                     self.criu, tree, workdir,
-                    base=dump_options(workdir / "images", own_network=net is not None),
+                    own_network=net is not None,
                     lazy_listen=PageServer(
                         self.advertise_address, secrets.choice(range(*LAZY_PORTS))
                     ),

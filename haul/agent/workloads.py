@@ -271,9 +271,6 @@ class WorkloadManager:
 
     def check_net(self, net: WorkloadNet) -> None:
         """Raise unless a workload (started or arriving) may have ``net`` here."""
-        self._check_net("", net)
-
-    def _check_net(self, name: str, net: WorkloadNet) -> None:
         if self.bridge is None:
             raise BadRequest(
                 "this host gives workloads no addresses of their own: its agent has no "
@@ -316,7 +313,7 @@ class WorkloadManager:
         net = workload_net(spec.net)
         if net is not None:
             async with self._lock:
-                self._check_net(name, net)
+                self.check_net(net)
                 self._addresses_busy.add(net.ip)
         try:
             return await self._start_tree(name, spec, cwd, net)

@@ -319,16 +319,20 @@ class HaproxyRuntime:
     async def cli_level(self) -> str:
         return (await self.command("show cli level")).strip()
 
-    async def servers(self, backend: str) -> tuple[ServerState, ...]:
+    async def _about(self, backend: str, command: str, unknown: str) -> str:
+        """``command`` on ``backend``; HAProxy's answer ``unknown`` means there is none."""
         _check_name(backend, "backend")
         try:
-            text = await self.command(f"show servers state {backend}")
+            return await self.command(command)
         except HaproxyError as exc:
-            if "Can't find backend" in exc.message:
+            if unknown in exc.message:
                 raise HaproxyError(f"HAProxy at {self.socket} has no backend '{backend}'"
                                    ) from None
             raise
-        return parse_servers_state(text)
+
+    async def servers(self, backend: str) -> tuple[ServerState, ...]:
+        return parse_servers_state(await self._about(
+            backend, f"show servers state {backend}", "Can't find backend"))
 
     async def server(self, backend: str, server: str) -> ServerState:
         found = await self.servers(backend)
@@ -340,15 +344,8 @@ class HaproxyRuntime:
                            f"(it has {names})")
 
     async def stats(self, backend: str) -> tuple[ServerStat, ...]:
-        _check_name(backend, "backend")
-        try:
-            text = await self.command(f"show stat {backend} 4 -1")
-        except HaproxyError as exc:
-            if "No such proxy" in exc.message:
-                raise HaproxyError(f"HAProxy at {self.socket} has no backend '{backend}'"
-                                   ) from None
-            raise
-        return parse_stat(text)
+        return parse_stat(await self._about(
+            backend, f"show stat {backend} 4 -1", "No such proxy"))
 
     async def stat(self, backend: str, server: str) -> ServerStat:
         for s in await self.stats(backend):

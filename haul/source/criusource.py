@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from haul.criu.notify import Action, Notification
-from haul.criu.options import CriuOptions, PageServer, TlsFiles
+from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.results import DumpResult
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
@@ -76,6 +76,11 @@ class CriuSource:
     (the destination's CRIU page server); None writes pages locally.
     ``lazy_listen``: post-copy, where this host's lazy page server listens.
     ``tls``: this host's certificate, key and CA; every page channel is then TLS.
+    ``own_network``: the tree has a network namespace of its own (its address moves
+    with it), so its TCP connections go along (``tcp_established``); a tree sharing
+    its host's network leaves them behind (``tcp_close``: they are bound to this host's
+    address; a load balancer replays what was in flight). The network is locked with
+    nftables either way (these machines have no iptables tools).
     """
 
     def __init__(
@@ -84,7 +89,7 @@ class CriuSource:
         tree: ProcessTree,
         workdir: Path,
         *,
-        base: CriuOptions | None = None,
+        own_network: bool = False,
         dest_page_server: PageServer | None = None,
         lazy_listen: PageServer | None = None,
         data_dir: Path | None = None,
@@ -96,7 +101,11 @@ class CriuSource:
         self.workdir = workdir
         self.images = workdir / "images"
         self.logs = workdir / "work"
-        self._base = base or CriuOptions(images_dir=self.images, file_locks=True, link_remap=True)
+        self._base = CriuOptions(
+            images_dir=self.images, file_locks=True, link_remap=True,
+            network_lock=NetworkLock.NFTABLES, tcp_established=own_network,
+            tcp_close=not own_network,
+        )
         self.dest_page_server = dest_page_server
         self.lazy_listen = lazy_listen
         #: the workload's files on this host; removed once the workload has left
@@ -153,7 +162,6 @@ class CriuSource:
         loop = asyncio.get_running_loop()
         self._decision = loop.create_future()
         self._frozen = loop.create_future()
-        self._serving = asyncio.Event()
         frozen_at: list[float] = []
         decision, frozen, serving = self._decision, self._frozen, self._serving
 
