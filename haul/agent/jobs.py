@@ -306,7 +306,8 @@ class MigrationJobs:
             # The source tree goes first: the destination's copy resumes only once it is gone.
             if committed:
                 # a frozen tree dies only once thawed, and then without running again
-                hold.kill_and_thaw(tree.pids() if tree is not None and tree.alive else [])
+                await asyncio.to_thread(
+                    hold.kill_and_thaw, tree.pids() if tree is not None and tree.alive else [])
                 if tree is not None and tree.alive:
                     await tree.kill()
             peer = self.peer(to)
@@ -326,7 +327,7 @@ class MigrationJobs:
             await self._on_moved(workload)
             line = f"committed before the agent stopped: {workload} runs on {to}"
         else:
-            hold.thaw()
+            await asyncio.to_thread(hold.thaw)
             if tree is not None and tree.alive:
                 tree.resume()
             line = f"not committed when the agent stopped: {workload} runs on {self.host}"

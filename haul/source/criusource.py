@@ -260,7 +260,7 @@ class CriuSource:
             # post-copy: CRIU now serves pages until the destination has them all
             return
         await self._end_dump_for_rollback()
-        self.hold.thaw()
+        await asyncio.to_thread(self.hold.thaw)  # it may wait for killed tasks to leave
 
     async def _end_dump_for_rollback(self) -> None:
         """Before the commit: CRIU must let the tree go. A stop-and-copy dump told "no"
@@ -287,19 +287,19 @@ class CriuSource:
             await self._dump
 
     async def kill(self) -> None:
-        self.hold.kill_and_thaw(self.tree.pids())
+        await asyncio.to_thread(self.hold.kill_and_thaw, self.tree.pids())
         await self.tree.kill()
 
     async def resume(self) -> None:
         await self._end_dump_for_rollback()
-        self.hold.thaw()
+        await asyncio.to_thread(self.hold.thaw)  # it may wait for killed tasks to leave
         if self.tree.alive:
             self.tree.resume()
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
     async def cleanup(self) -> None:
         """After the commit: the images and the workload's files here are no longer needed."""
-        self.hold.thaw()
+        await asyncio.to_thread(self.hold.thaw)  # it may wait for killed tasks to leave
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.data_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
