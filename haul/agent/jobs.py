@@ -31,18 +31,17 @@ from haul.agent.models import NetSpec
 from haul.agent.workloads import workload_net
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
-from haul.dest.linked import LinkedDest
-from haul.dest.remote import ExplainedSource, IncomingClient, RemoteDestination
-from haul.engine.events import Event
+from haul.dest.remote import IncomingClient, RemoteDestination
+from haul.engine.events import Event, PreflightFinished
 from haul.engine.figures import PreflightReport
-from haul.engine.machine import Migration, resolve_strategy
+from haul.engine.machine import Migration
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
 from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
 from haul.errors import ConfigError, HaulError, UsageError
-from haul.source.criusource import CriuSource, host_capabilities
+from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
 from haul.source.proctree import ProcessTree
 from haul.transport.http import HttpTransport
@@ -82,6 +81,20 @@ class Job:
     @property
     def phase(self) -> Phase:
         return self.migration.phase
+
+
+@dataclass(frozen=True, slots=True)
+class _Ports:
+    source: CriuSource
+    dest: RemoteDestination
+    transport: HttpTransport
+
+
+class _Unrecorded:
+    """A dry run's journal: it records nothing (a check leaves no trace)."""
+
+    async def append(self, record: JournalRecord) -> None:
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -194,34 +207,42 @@ class MigrationJobs:
             self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
 
+    @contextlib.asynccontextmanager
+    async def _ports(self, spec: MigrationSpec, tree: ProcessTree, peer: Peer,
+                     shared_dir: Path | None) -> AsyncIterator[_Ports]:
+        """The ports of one migration from this host: the local CRIU, the destination
+        agent over HTTP, the transport between them."""
+        data = self.data_root / spec.workload
+        async with _peer_client(peer, spec.dest_host) as client:
+            workdir = (shared_dir if shared_dir is not None
+                       else self.state_dir / "outgoing") / spec.migration_id
+            net = self._net_of(spec.workload)
+            source = CriuSource(
+                self.criu, tree, workdir,
+                own_network=net is not None,
+                lazy_listen=PageServer(
+                    self.advertise_address, secrets.choice(range(*LAZY_PORTS))
+                ),
+                data_dir=data, tls=client.page_tls,
+            )
+            dest = RemoteDestination(
+                client, spec.migration_id, spec.workload, lazy_source=source.lazy_listen,
+                argv=self._argv_of(spec.workload),
+                data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
+                shared_images=source.images if shared_dir is not None else None,
+                net=net.model_dump() if net is not None else None,
+                source_host=self.host,
+            )
+            transport = HttpTransport(client, spec.migration_id, source.images,
+                                      source_data=data, skip_pages=shared_dir is not None)
+            yield _Ports(source, dest, transport)
+
     async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None,
                    shared_dir: Path | None = None, hooks: HooksPort | None = None
                    ) -> Outcome:
         spec = job.migration.spec
-        data = self.data_root / spec.workload
         try:
-            async with _peer_client(peer, spec.dest_host) as client:
-                workdir = (shared_dir if shared_dir is not None
-                           else self.state_dir / "outgoing") / job.id
-                net = self._net_of(spec.workload)
-                source = CriuSource(
-                    self.criu, tree, workdir,
-                    own_network=net is not None,
-                    lazy_listen=PageServer(
-                        self.advertise_address, secrets.choice(range(*LAZY_PORTS))
-                    ),
-                    data_dir=data, tls=client.page_tls,
-                )
-                dest = RemoteDestination(
-                    client, job.id, spec.workload, lazy_source=source.lazy_listen,
-                    argv=self._argv_of(spec.workload),
-                    data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
-                    shared_images=source.images if shared_dir is not None else None,
-                    net=net.model_dump() if net is not None else None,
-                    source_host=self.host,
-                )
-                transport = HttpTransport(client, job.id, source.images, source_data=data,
-                                          skip_pages=shared_dir is not None)
+            async with self._ports(spec, tree, peer, shared_dir) as ports:
 
                 def seen(phase: Phase, event: Event) -> None:
                     job.events.append(
@@ -229,10 +250,9 @@ class MigrationJobs:
                     )
 
                 outcome = await run(
-                    job.migration, source=ExplainedSource(source, dest, spec.dest_host),
-                    dest=LinkedDest(dest, source),
-                    transport=transport, journal=self.journal, timeouts=scaled(timeout_s),
-                    on_event=seen, hooks=hooks,
+                    job.migration, source=ports.source, dest=ports.dest,
+                    transport=ports.transport, journal=self.journal,
+                    timeouts=scaled(timeout_s), on_event=seen, hooks=hooks,
                 )
             job.outcome = outcome
             if outcome.phase is Phase.DONE:
@@ -339,31 +359,34 @@ class MigrationJobs:
 
     async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
                     ) -> tuple[Strategy | None, list[str], PreflightReport | None]:
-        """Pre-flight only (``haul check``, ``--dry-run``): what a migration would do, or
-        why it would be refused. Touches nothing on either host."""
-        problems: list[str] = []
+        """Pre-flight only (``haul check``, ``--dry-run``): the migration's own machine and
+        ports, run as a dry run that ends after the pre-flight. Touches nothing on either
+        host and journals nothing. Returns the strategy it would use (None: refused),
+        the problems, and the pre-flight's report."""
         if to == self.host:
             return None, [f"{workload} already runs on {to}"], None
         peer = self.peer(to)
         tree = self._tree_of(workload)
-        async with _peer_client(peer, to) as client:
-            dest = RemoteDestination(client, "check", workload)
-            source_caps = await host_capabilities(self.criu)
-            dest_caps = await dest.capabilities()
-            resident = 0
-            try:
-                resident = tree.resident_bytes() if tree.alive else 0
-                if not tree.alive:
-                    problems.append(f"{workload} is not running on {self.host}")
-                await dest.check_free(workload, resident)
-            except HaulError as exc:
-                problems.append(exc.one_line())
-        report = PreflightReport(source=source_caps, dest=dest_caps,
-                                 problems=tuple(problems), workload_bytes=resident)
-        chosen, why = resolve_strategy(strategy, report, source_host=self.host, dest_host=to)
-        if chosen is None:
-            problems.append(why)
-        return (chosen if not problems else None), problems, report
+        spec = MigrationSpec(
+            migration_id=f"check-{secrets.token_hex(4)}", workload=workload,
+            source_host=self.host, dest_host=to, strategy=strategy, dry_run=True)
+        migration = Migration(spec)
+        reports: list[PreflightReport] = []
+
+        def seen(phase: Phase, event: Event) -> None:
+            if isinstance(event, PreflightFinished):
+                reports.append(event.report)
+
+        async with self._ports(spec, tree, peer, shared_dir=None) as ports:
+            outcome = await run(migration, source=ports.source, dest=ports.dest,
+                                transport=ports.transport, journal=_Unrecorded(),
+                                timeouts=scaled(None), on_event=seen)
+        report = reports[0] if reports else None
+        if outcome.phase is Phase.CHECKED:
+            return outcome.stats.strategy, [], report
+        if report is not None and report.problems:
+            return None, list(report.problems), report
+        return None, [outcome.reason], report
 
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)

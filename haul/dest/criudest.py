@@ -37,7 +37,7 @@ from haul.criu.notify import Action, Notification
 from haul.criu.pagemap import lazy_bytes
 from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.service import Criu
-from haul.engine.figures import Capabilities, RestoreFigures
+from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import ConfigError, TransportError, WorkloadError
 from haul.net import lock, veth
@@ -118,12 +118,22 @@ class CriuDestination:
                 f"about {int(needed_bytes * SPACE_MARGIN) >> 20} MiB needed"
             )
 
-    async def prepare(self, strategy: Strategy) -> None:
+    async def prepare(self, strategy: Strategy, needed_bytes: int = 0) -> DestinationReady:
         for d in (self.images, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         if strategy in (Strategy.STOP_AND_COPY, Strategy.PRE_COPY) and self.listen is not None:
             info = await self.criu.page_server(self.page_server_options(self.listen))
             self.page_server_port, self._page_server_pid = info.port, info.pid
+        ps = self.page_server
+        return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)
+
+    async def room_left(self) -> int | None:
+        """Bytes free where this migration's images are kept."""
+        where = self.workdir if self.workdir.exists() else self.workdir.parent
+        try:
+            return shutil.disk_usage(where).free
+        except OSError:
+            return None
 
     def page_server_options(self, listen: PageServer) -> CriuOptions:
         """This host's page server: on ``listen``, or with TLS on every IPv4 address

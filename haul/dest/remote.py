@@ -3,24 +3,19 @@ over the agents' HTTP API (``/v1/incoming/...``)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from haul.criu.options import PageServer, TlsFiles
-from haul.engine.figures import Capabilities, DumpFigures, IterationFigures, RestoreFigures
+from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy
-from haul.engine.ports import SourcePort
-from haul.errors import CriuError, HaulError, PeerError, TransportError
+from haul.errors import PeerError, TransportError
 
 CHUNK = 1 << 20
-#: at most this much room left where the pages go: a dump that broke there ran out of it
-NO_ROOM_BYTES = 1 << 20
-ASK_ROOM_TIMEOUT_S = 5.0
 
 
 async def _file_chunks(path: Path):  # type: ignore[no-untyped-def]
@@ -110,9 +105,6 @@ class RemoteDestination:
         self.migration_id = migration_id
         self.workload = workload
         self.lazy_source = lazy_source
-        self.needed_bytes = 0
-        #: the destination's page server, once prepared (stop-and-copy, pre-copy)
-        self.page_server: PageServer | None = None
 
     async def capabilities(self) -> Capabilities:
         caps = await self.client.call("GET", "/v1/incoming-capabilities")
@@ -124,16 +116,15 @@ class RemoteDestination:
         )
 
     async def check_free(self, workload: str, needed_bytes: int) -> None:
-        self.needed_bytes = needed_bytes
         body: dict[str, Any] = {"workload": workload, "needed_bytes": needed_bytes}
         if self.net is not None:
             body["net"] = self.net
         await self.client.call("POST", "/v1/incoming-check", json=body)
 
-    async def prepare(self, strategy: Strategy) -> None:
+    async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
         body: dict[str, Any] = {
             "id": self.migration_id, "workload": self.workload, "strategy": strategy.value,
-            "needed_bytes": self.needed_bytes, "argv": self.argv, "data_mode": self.data_mode,
+            "needed_bytes": needed_bytes, "argv": self.argv, "data_mode": self.data_mode,
         }
         if self.shared_images is not None:
             body["shared_images"] = str(self.shared_images)
@@ -148,8 +139,7 @@ class RemoteDestination:
                                    "port": self.lazy_source.port}
         answer = await self.client.call("POST", "/v1/incoming", json=body)
         ps = answer.get("page_server")
-        if ps:
-            self.page_server = PageServer(str(ps["address"]), int(ps["port"]))
+        return DestinationReady(Endpoint(str(ps["address"]), int(ps["port"])) if ps else None)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         answer = await self.client.call(
@@ -170,81 +160,8 @@ class RemoteDestination:
     async def cleanup(self) -> None:
         await self.client.call("POST", f"/v1/incoming/{self.migration_id}/finish")
 
-    async def free_bytes(self) -> int | None:
+    async def room_left(self) -> int | None:
         """Room left where the destination keeps this migration's images (None: unknown)."""
         answer = await self.client.call("GET", f"/v1/incoming/{self.migration_id}")
         free = answer.get("free_bytes")
         return int(free) if isinstance(free, int) else None
-
-
-class PagedSource(SourcePort, Protocol):
-    #: where the dumps send pages (the destination's page server), if anywhere
-    dest_page_server: PageServer | None
-
-
-class RoomReport(Protocol):
-    async def free_bytes(self) -> int | None: ...
-
-
-class ExplainedSource:
-    """SourcePort of ``source`` that says so when a dump failed because the destination,
-    where the pages go (its CRIU page server), has no room left for them; CRIU itself
-    sees only a broken connection to the page server."""
-
-    def __init__(self, source: PagedSource, dest: RoomReport, dest_host: str) -> None:
-        self._source = source
-        self._dest = dest
-        self._dest_host = dest_host
-
-    async def _explained(self, exc: CriuError) -> HaulError:
-        if self._source.dest_page_server is None:
-            return exc  # the pages did not go to the destination
-        try:
-            async with asyncio.timeout(ASK_ROOM_TIMEOUT_S):
-                free = await self._dest.free_bytes()
-        except (HaulError, TimeoutError):
-            return exc
-        if free is None or free > NO_ROOM_BYTES:
-            return exc
-        return TransportError(
-            f"destination {self._dest_host} has no room left for the pages "
-            f"({free >> 10} KiB free where it keeps incoming images): the dump could not "
-            "send them")
-
-    async def capabilities(self) -> Capabilities:
-        return await self._source.capabilities()
-
-    async def check_workload(self) -> int:
-        return await self._source.check_workload()
-
-    async def pre_dump(self, iteration: int) -> IterationFigures:
-        try:
-            return await self._source.pre_dump(iteration)
-        except CriuError as exc:
-            raise await self._explained(exc) from exc
-
-    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
-        try:
-            return await self._source.freeze_and_dump(lazy)
-        except CriuError as exc:
-            raise await self._explained(exc) from exc
-
-    async def release(self, commit: bool) -> None:
-        await self._source.release(commit)
-
-    async def wait_pages_served(self) -> None:
-        await self._source.wait_pages_served()
-
-    async def kill(self) -> None:
-        await self._source.kill()
-
-    async def resume(self) -> None:
-        await self._source.resume()
-
-    async def cleanup(self) -> None:
-        await self._source.cleanup()
-
-
-def _check_protocol(source: ExplainedSource) -> SourcePort:
-    """mypy checks here that ExplainedSource implements the engine's SourcePort."""
-    return source

@@ -1,10 +1,18 @@
-"""Events: what happened, fed into the migration machine (past-tense names)."""
+"""Events: what happened, fed into the migration machine (past-tense names).
+
+Every piece of data a port reports travels in an event, and the machine passes on
+what another port needs in its next command (the destination's page server goes
+from ``DestinationPrepared`` into ``StartPreDump`` and ``FreezeAndDump``). Clock
+readings (``started_s``, ``at_s``) are the runner's monotonic clock.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from haul.engine.figures import (
+    DestinationReady,
     DumpFigures,
     IterationFigures,
     PreflightReport,
@@ -12,6 +20,19 @@ from haul.engine.figures import (
     TransferFigures,
 )
 from haul.engine.phases import Phase
+from haul.engine.ports import HookPoint
+
+
+class Part(enum.Enum):
+    """Which port a failed step was calling."""
+
+    SOURCE = "source"
+    DEST = "dest"
+    TRANSPORT = "transport"
+    JOURNAL = "journal"
+    HOOKS = "hooks"
+    #: none: a timeout between calls, or a bug
+    RUNNER = "runner"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +51,17 @@ class PreflightFinished(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class HookFired(Event):
+    """The hooks at ``point`` ran. ``problem``: one line when a hook that cannot abort
+    the migration failed (an aborting hook's failure is a ``StepFailed`` instead)."""
+
+    point: HookPoint
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DestinationPrepared(Event):
-    pass
+    ready: DestinationReady = DestinationReady()
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +71,21 @@ class PreDumpFinished(Event):
 
 @dataclass(frozen=True, slots=True)
 class SourceFrozen(Event):
-    """The final dump reached post-dump: images written, source tree frozen, not killed."""
+    """The final dump reached post-dump: images written, source tree frozen, not killed.
+
+    ``started_s``: when the dump was asked for (the frozen window is measured from it).
+    """
 
     figures: DumpFigures
+    started_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DumpReleased(Event):
+    """The held post-dump was answered (``commit=True``: CRIU finishes; post-copy: it
+    starts serving the pages)."""
+
+    commit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +106,15 @@ class CommitRecorded(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class SwitchedOver(Event):
-    """The source tree is killed and the destination copy resumed.
+class SourceKilled(Event):
+    """The frozen source tree is dead."""
 
-    Post-copy: the destination copy is resumed; the source stays stopped, serving pages.
-    ``frozen_s``: how long the workload was frozen, when the reporter measured it.
-    """
 
-    frozen_s: float | None = None
+@dataclass(frozen=True, slots=True)
+class DestinationResumed(Event):
+    """The destination's copy runs. ``at_s``: when it was seen running."""
+
+    at_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +124,8 @@ class PagesDelivered(Event):
 
 @dataclass(frozen=True, slots=True)
 class CleanedUp(Event):
-    pass
+    #: one line per cleanup step that failed (they change nothing after the commit)
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +135,20 @@ class StepFailed(Event):
     phase: Phase
     error: str
     where: str = ""
+    part: Part = Part.RUNNER
 
 
 @dataclass(frozen=True, slots=True)
 class AbortRequested(Event):
     reason: str = "aborted by the operator"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRoomChecked(Event):
+    """How much room the destination has left where it keeps this migration's images
+    (None: it could not say)."""
+
+    free_bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)

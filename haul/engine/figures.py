@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+#: the size of a memory page in CRIU's images and in the figures (x86-64, arm64 4K)
+PAGE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +73,23 @@ class RestoreFigures:
     #: page server or a shared directory before the restore, or (post-copy) the pages
     #: its lazy-pages daemon fetches before the migration is done
     pages_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a host listens for one of a migration's channels (a CRIU page server)."""
+
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationReady:
+    """What the destination reports once it is prepared."""
+
+    #: where its CRIU page server listens for the dumps' pages (None: it runs none,
+    #: e.g. post-copy, or a directory both hosts share)
+    page_server: Endpoint | None = None

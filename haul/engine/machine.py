@@ -1,15 +1,24 @@
-"""The migration state machine. Every transition of a migration lives in this file.
+"""The migration state machine. Every decision of a migration lives in this file.
 
 Rules
 =====
-Rule 1: everything that decides a phase change lives here. As much as possible is in
-the :data:`TRANSITIONS` table; the choices a table cannot make (which strategy,
-another pre-copy round or not, retry or give up) are the ``Migration._next`` code
-below, and each choice can only pick a target that the table lists for it.
+Rule 1: everything that decides what happens next lives here: the phase changes, in
+the :data:`TRANSITIONS` table, and the choices a table cannot make (which strategy,
+another pre-copy round or not, which step of a switch-over or rollback comes next,
+retry or give up) in the ``Migration._next`` code below; each choice can only pick a
+target that the table lists for it. The runner (:mod:`haul.engine.runner`) keeps no
+state of the migration: it executes the one command it is given and reports the
+event.
 
 Rule 2: no I/O, no clock, no asyncio. :meth:`Migration.handle` takes an event
 (something that happened) and returns the commands (what to do next) for the
 runner, or raises :class:`~haul.errors.IllegalTransition` and changes nothing.
+
+Rule 3: data flows through the machine. What a port reports arrives in an event;
+what another port needs goes out in a command (the destination's page server,
+from ``DestinationPrepared`` to ``StartPreDump`` and ``FreezeAndDump``; the
+workload's size, from the pre-flight to ``PrepareDestination``). No port talks to
+another port.
 
 Theory of operation
 ===================
@@ -19,33 +28,46 @@ A migration walks the phases in order::
         -> COMMIT -> [LAZY_PAGES] -> CLEANUP -> DONE
 
 PRECOPY repeats while the pre-copy policy (:mod:`haul.engine.policy`) says go on;
-LAZY_PAGES is post-copy only. Each event of the happy path moves one phase on and
-emits the one command for the phase entered (the ``COMMIT`` phase takes two:
-``RecordCommit``, then ``SwitchOver`` once ``CommitRecorded`` says the decision is
-in the journal).
+LAZY_PAGES is post-copy only. A dry run (``spec.dry_run``) ends CHECKED after the
+pre-flight, nothing touched. Within a phase, the steps come one command at a time:
 
-The commit rule (DESIGN.md): the decision is journaled before anything irreversible.
+* PREPARE: ``FireHook(pre-migrate)``, then ``PrepareDestination``;
+* FREEZE: ``FireHook(pre-freeze)`` (once: pre-copy rounds do not fire it), then
+  ``FreezeAndDump``;
+* TRANSFER: post-copy first ``ReleaseDump(commit=True)`` (CRIU serves lazy pages
+  only once post-dump is answered, and the destination's restore needs them; from
+  here the source stays stopped, serving pages), then ``TransferImages``;
+* RESTORE: ``RestoreStopped``, then ``FireHook(restored)``;
+* COMMIT: ``RecordCommit``; then the switch-over: stop-and-copy and pre-copy
+  ``ReleaseDump(commit=True)``, ``KillSource``, ``ResumeDestination`` (never two
+  copies running); post-copy only ``ResumeDestination``; then ``FireHook(post-commit)``;
+* LAZY_PAGES: ``AwaitPages``, then ``KillSource``;
+* CLEANUP: ``CleanUp``.
 
-* Before the commit (:data:`~haul.engine.phases.BEFORE_COMMIT`), ``StepFailed`` or
-  ``AbortRequested`` moves to ROLLING_BACK and emits ``Rollback``. ``RolledBack``
-  ends ROLLED_BACK when it reports no problems, else FAILED.
-* In COMMIT, until ``CommitRecorded`` arrives nothing is decided: a failed
-  ``RecordCommit`` rolls back too. ``AbortRequested`` is refused from COMMIT on.
-* After ``CommitRecorded``, ``StepFailed`` never rolls back: the phase stays and
-  the same command is emitted again (roll forward), at most
-  ``spec.max_retries`` times in a row; then FAILED, with a reason that says what
-  is where. ``SwitchedOver`` before ``CommitRecorded`` is refused.
+The commit rule (docs/architecture.md): the decision is journaled before anything
+irreversible.
+
+* Before the commit (:data:`~haul.engine.phases.BEFORE_COMMIT`, and COMMIT until
+  ``CommitRecorded``), ``StepFailed`` or ``AbortRequested`` moves to ROLLING_BACK
+  and emits ``Rollback`` with its steps in order: release the dump if it may be
+  held, resume the source, discard the destination (the two swapped once a
+  post-copy dump was released: discarding the destination makes CRIU's lazy page
+  server fail and resume the tree). A source step that failed while it sent pages
+  to the destination's page server first asks the destination for its room
+  (``CheckDestinationRoom``): CRIU sees only a broken connection when the
+  destination's disk is full. ``RolledBack`` ends ROLLED_BACK when it reports no
+  problems, else FAILED, after ``FireHook(rolled-back)`` if pre-migrate was fired.
+* After ``CommitRecorded``, ``StepFailed`` never rolls back: the phase stays and the
+  same command is emitted again (roll forward; switch-over steps that succeeded are
+  not repeated, they are behind the machine), at most ``spec.max_retries`` times in
+  a row; then FAILED, with a reason that says what is where. ``AbortRequested`` is
+  refused.
 * PREFLIGHT ends REFUSED (nothing touched) when the report lists problems or the
   requested strategy is impossible on these hosts; ``Strategy.AUTO`` is resolved
   there (:func:`resolve_strategy`).
 
 Terminal phases accept no event. The diagram in :mod:`haul.engine.diagram` is drawn
 from :data:`TRANSITIONS`; keep every way out of a phase in the table.
-
-Hooks (:class:`~haul.engine.ports.HooksPort`) are not in the table: they decide no
-phase. The runner fires them inside the steps of PREPARE, FREEZE and RESTORE (a
-failure there is that step's ``StepFailed``, so the commit rule above rolls back),
-and best effort after the switch-over and at the end of a rollback.
 """
 
 from __future__ import annotations
@@ -57,39 +79,51 @@ from typing import Final
 
 from haul.engine.commands import (
     AwaitPages,
+    CheckDestinationRoom,
     CleanUp,
     Command,
-    FreezeAndDump,
     Finish,
+    FireHook,
+    FreezeAndDump,
+    KillSource,
     PrepareDestination,
     RecordCommit,
+    ReleaseDump,
     RestoreStopped,
+    ResumeDestination,
     Rollback,
     RunPreflight,
     StartPreDump,
-    SwitchOver,
     TransferImages,
+    Undo,
 )
 from haul.engine.events import (
     AbortRequested,
     CleanedUp,
     CommitRecorded,
     DestinationPrepared,
+    DestinationResumed,
+    DestinationRoomChecked,
+    DumpReleased,
     Event,
+    HookFired,
     ImagesTransferred,
     MigrationStarted,
     PagesDelivered,
+    Part,
     PreDumpFinished,
     PreflightFinished,
     RestoredStopped,
     RolledBack,
     SourceFrozen,
+    SourceKilled,
     StepFailed,
-    SwitchedOver,
 )
 from haul.engine.figures import (
+    PAGE_SIZE,
     Capabilities,
     DumpFigures,
+    Endpoint,
     IterationFigures,
     PreflightReport,
     RestoreFigures,
@@ -97,10 +131,13 @@ from haul.engine.figures import (
 )
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
 from haul.engine.policy import Decision, decide, dirty_rate_bytes_per_s
-
-PAGE_SIZE: Final = 4096
+from haul.engine.ports import HookPoint
 from haul.engine.spec import MigrationSpec
 from haul.errors import IllegalTransition
+
+#: at most this much room left where the destination keeps the pages: a dump that
+#: broke while sending them there ran out of room
+NO_ROOM_BYTES: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +160,10 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Event]], tuple[To, ...]]] = Mapping
     (Phase.NEW, MigrationStarted): (To(Phase.PREFLIGHT),),
     (Phase.PREFLIGHT, PreflightFinished): (
         To(Phase.PREPARE, "checks passed"),
+        To(Phase.CHECKED, "checks passed, dry run"),
         To(Phase.REFUSED, "problems, or strategy impossible"),
     ),
+    (Phase.PREPARE, HookFired): (To(Phase.PREPARE, "pre-migrate told: prepare"),),
     (Phase.PREPARE, DestinationPrepared): (
         To(Phase.PRECOPY, "pre-copy"),
         To(Phase.FREEZE, "post-copy, stop-and-copy"),
@@ -133,20 +172,35 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Event]], tuple[To, ...]]] = Mapping
         To(Phase.PRECOPY, "policy goes on"),
         To(Phase.FREEZE, "policy stops"),
     ),
+    (Phase.FREEZE, HookFired): (To(Phase.FREEZE, "pre-freeze told: dump"),),
     (Phase.FREEZE, SourceFrozen): (To(Phase.TRANSFER),),
+    (Phase.TRANSFER, DumpReleased): (To(Phase.TRANSFER, "post-copy: pages served"),),
     (Phase.TRANSFER, ImagesTransferred): (To(Phase.RESTORE),),
-    (Phase.RESTORE, RestoredStopped): (To(Phase.COMMIT),),
+    (Phase.RESTORE, RestoredStopped): (To(Phase.RESTORE, "tell restored"),),
+    (Phase.RESTORE, HookFired): (To(Phase.COMMIT),),
     (Phase.COMMIT, CommitRecorded): (To(Phase.COMMIT, "switch over"),),
-    (Phase.COMMIT, SwitchedOver): (
+    (Phase.COMMIT, DumpReleased): (To(Phase.COMMIT, "kill the source"),),
+    (Phase.COMMIT, SourceKilled): (To(Phase.COMMIT, "resume the destination"),),
+    (Phase.COMMIT, DestinationResumed): (To(Phase.COMMIT, "tell post-commit"),),
+    (Phase.COMMIT, HookFired): (
         To(Phase.LAZY_PAGES, "post-copy"),
         To(Phase.CLEANUP, "pre-copy, stop-and-copy"),
     ),
-    (Phase.LAZY_PAGES, PagesDelivered): (To(Phase.CLEANUP),),
+    (Phase.LAZY_PAGES, PagesDelivered): (To(Phase.LAZY_PAGES, "kill the source"),),
+    (Phase.LAZY_PAGES, SourceKilled): (To(Phase.CLEANUP),),
     (Phase.CLEANUP, CleanedUp): (To(Phase.DONE),),
-    # back, before the commit
-    **{(p, StepFailed): _ROLL_BACK for p in _in_order(BEFORE_COMMIT)},
+    # back, before the commit (NEW runs no command, so nothing in it can fail)
+    **{(p, StepFailed): _ROLL_BACK for p in _in_order(BEFORE_COMMIT - {Phase.NEW})},
     **{(p, AbortRequested): _ROLL_BACK for p in _in_order(BEFORE_COMMIT)},
+    (Phase.COMMIT, AbortRequested): (To(Phase.ROLLING_BACK, "commit not recorded"),),
+    (Phase.ROLLING_BACK, DestinationRoomChecked): (To(Phase.ROLLING_BACK, "undo"),),
+    (Phase.ROLLING_BACK, StepFailed): (To(Phase.ROLLING_BACK, "room unknown: undo"),),
     (Phase.ROLLING_BACK, RolledBack): (
+        To(Phase.ROLLING_BACK, "tell rolled-back"),
+        To(Phase.ROLLED_BACK, "no problems"),
+        To(Phase.FAILED, "problems"),
+    ),
+    (Phase.ROLLING_BACK, HookFired): (
         To(Phase.ROLLED_BACK, "no problems"),
         To(Phase.FAILED, "problems"),
     ),
@@ -196,12 +250,15 @@ class MigrationStats:
     throughput_bytes_per_s: float | None = None
     #: pre-copy: how fast the workload dirties its memory, from the last two rounds
     dirty_rate_bytes_per_s: float | None = None
+    #: why this strategy (AUTO: what the hosts allow)
+    strategy_reason: str = ""
 
 
 def resolve_strategy(
     requested: Strategy, report: PreflightReport, *, source_host: str, dest_host: str
 ) -> tuple[Strategy | None, str]:
-    """The strategy to use, or ``(None, why not)`` when the requested one is impossible.
+    """The strategy to use and why, or ``(None, why not)`` when the requested one is
+    impossible.
 
     AUTO: pre-copy if both ends track memory changes, else post-copy if both ends have
     lazy pages (and a large enough pipe size), else stop-and-copy.
@@ -219,15 +276,15 @@ def resolve_strategy(
     )
     if requested is Strategy.AUTO:
         if not no_track:
-            return Strategy.PRE_COPY, ""
+            return Strategy.PRE_COPY, "auto: both hosts track memory changes"
         if not no_lazy:
-            return Strategy.POST_COPY, ""
-        return Strategy.STOP_AND_COPY, ""
+            return Strategy.POST_COPY, "auto: " + ", ".join(no_track) + "; both have lazy pages"
+        return Strategy.STOP_AND_COPY, "auto: " + ", ".join(no_track + no_lazy)
     if requested is Strategy.PRE_COPY and no_track:
         return None, "pre-copy is impossible: " + ", ".join(no_track)
     if requested is Strategy.POST_COPY and no_lazy:
         return None, "post-copy is impossible: " + ", ".join(no_lazy)
-    return requested, ""
+    return requested, "asked for"
 
 
 class Migration:
@@ -237,11 +294,24 @@ class Migration:
         self._spec = spec
         self._phase = Phase.NEW
         self._strategy = spec.strategy
+        self._strategy_reason = ""
+        self._needed_bytes = 0
         self._history: list[IterationFigures] = []
         self._decision: Decision | None = None
         self._dump: DumpFigures | None = None
         self._transfer: TransferFigures | None = None
         self._restore: RestoreFigures | None = None
+        #: where the destination's page server listens, once it is prepared
+        self._page_server: Endpoint | None = None
+        #: what a rollback must undo: what the commands emitted so far may have done
+        self._hooks_told = False
+        self._dest_touched = False
+        self._source_touched = False
+        #: the final dump may be held at post-dump (until a DumpReleased says not)
+        self._may_hold = False
+        #: post-copy: the dump was (or was being) released before the commit
+        self._released_early = False
+        self._freeze_started_s: float | None = None
         self._frozen_s: float | None = None
         self._committed = False
         #: the command emitted last: roll-forward emits it again
@@ -249,6 +319,12 @@ class Migration:
         #: consecutive failures of the current step after the commit
         self._failures = 0
         self._rollback: Rollback | None = None
+        #: the phase that failed (or was aborted) and why, for the rollback's report
+        self._rollback_phase = Phase.NEW
+        self._rollback_reason = ""
+        self._rollback_problems: tuple[str, ...] = ()
+        #: what went wrong without changing the outcome (hooks after the commit, cleanup)
+        self._problems: list[str] = []
         self._reason = ""
 
     def __repr__(self) -> str:
@@ -281,6 +357,17 @@ class Migration:
         return self._committed
 
     @property
+    def abortable(self) -> bool:
+        """True while an abort rolls back: before the commit decision is recorded."""
+        return self._phase in BEFORE_COMMIT or (
+            self._phase is Phase.COMMIT and not self._committed)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """What went wrong without changing the outcome, one line each."""
+        return tuple(self._problems)
+
+    @property
     def reason(self) -> str:
         """The final reason, once the migration is in a terminal phase."""
         return self._reason
@@ -295,7 +382,7 @@ class Migration:
         pages = self._restore.pages_bytes if self._restore else 0
         moved = transfer + max(pages, precopy)
         # post-copy's pages cross after the restore, outside the timed steps
-        timed = transfer if self._strategy is Strategy.POST_COPY else moved
+        timed = transfer if self._lazy else moved
         seconds = (sum(f.duration_s for f in self._history)
                    + (self._dump.duration_s if self._dump else 0.0)
                    + (self._transfer.duration_s if self._transfer else 0.0))
@@ -315,6 +402,7 @@ class Migration:
             pages_sent=max(pages, precopy) // PAGE_SIZE,
             throughput_bytes_per_s=timed / seconds if seconds > 0 and timed > 0 else None,
             dirty_rate_bytes_per_s=dirty_rate_bytes_per_s(self._history),
+            strategy_reason=self._strategy_reason,
         )
 
     def handle(self, event: Event) -> list[Command]:
@@ -326,6 +414,8 @@ class Migration:
         ways = TRANSITIONS.get((self._phase, type(event)))
         if ways is None:
             raise IllegalTransition(self._refusal(event))
+        self._guard(event)
+        self._told(event)
         phase, command = self._next(event)
         if phase not in {way.phase for way in ways}:
             raise AssertionError(
@@ -336,23 +426,88 @@ class Migration:
         self._current = command
         if not isinstance(event, StepFailed):
             self._failures = 0
+        self._emitted(command)
         if isinstance(command, Finish):
             self._reason = command.reason
         return [command]
 
+    # -- guards: refuse before anything changes ------------------------------------------
+
+    def _guard(self, event: Event) -> None:
+        mid, phase = self._spec.migration_id, self._phase.value
+        match event:
+            case StepFailed() if event.phase is not self._phase:
+                raise IllegalTransition(
+                    f"migration {mid} is in phase {phase}; cannot handle StepFailed for "
+                    f"phase {event.phase.value}")
+            case StepFailed() if (self._phase is Phase.ROLLING_BACK
+                                  and not isinstance(self._current, CheckDestinationRoom)):
+                raise IllegalTransition(f"migration {mid}: a rollback step cannot fail")
+            case CommitRecorded() if self._committed:
+                raise IllegalTransition(f"migration {mid}: the commit is already recorded")
+            case AbortRequested() if self._committed:
+                raise IllegalTransition(self._refusal(event))
+            case (DumpReleased() | SourceKilled() | DestinationResumed()) if (
+                    self._phase is Phase.COMMIT and not self._committed):
+                raise IllegalTransition(
+                    f"migration {mid} cannot switch over in phase commit before the commit "
+                    "is recorded")
+            case HookFired(point=point) if not (
+                    isinstance(self._current, FireHook) and self._current.point is point):
+                raise IllegalTransition(
+                    f"migration {mid} did not fire the {point.value} hooks in phase {phase}")
+            case DumpReleased() | SourceKilled() | DestinationResumed() | PagesDelivered() \
+                    if not self._expects(event):
+                raise IllegalTransition(
+                    f"migration {mid} did not ask for {type(event).__name__} in phase {phase}")
+
+    def _expects(self, event: Event) -> bool:
+        """Whether ``event`` answers the command emitted last."""
+        expected: dict[type[Command], type[Event]] = {
+            ReleaseDump: DumpReleased, KillSource: SourceKilled,
+            ResumeDestination: DestinationResumed, AwaitPages: PagesDelivered,
+        }
+        return self._current is not None and expected.get(type(self._current)) is type(event)
+
+    def _told(self, event: Event) -> None:
+        """Whether the pre-migrate hooks ran (or were cut short): then they are owed a
+        rolled-back. Not when the step failed before they were called."""
+        if not (isinstance(self._current, FireHook)
+                and self._current.point is HookPoint.PRE_MIGRATE):
+            return
+        match event:
+            case HookFired() | AbortRequested():
+                self._hooks_told = True
+            case StepFailed(part=Part.HOOKS):
+                self._hooks_told = True
+
+    def _emitted(self, command: Command) -> None:
+        """Remember what the command may do, for a rollback."""
+        match command:
+            case PrepareDestination():
+                self._dest_touched = True
+            case StartPreDump():
+                self._source_touched = True
+            case FreezeAndDump():
+                self._source_touched = True
+                self._may_hold = True
+            case ReleaseDump(commit=True) if self._phase is Phase.TRANSFER:
+                self._released_early = True
+
     # -- the choices the table cannot make ---------------------------------------------
 
     def _next(self, event: Event) -> tuple[Phase, Command]:
-        """The next phase and its command. Guards raise before any state changes."""
+        """The next phase and its command."""
         match event:
             case MigrationStarted():
                 return Phase.PREFLIGHT, RunPreflight()
             case PreflightFinished(report=report):
                 return self._preflight_finished(report)
-            case DestinationPrepared():
+            case DestinationPrepared(ready=ready):
+                self._page_server = ready.page_server
                 if self._strategy is Strategy.PRE_COPY:
-                    return Phase.PRECOPY, StartPreDump(1)
-                return Phase.FREEZE, FreezeAndDump(lazy=self._lazy)
+                    return Phase.PRECOPY, StartPreDump(1, self._page_server)
+                return self._freeze()
             case PreDumpFinished(figures=figures):
                 self._history.append(figures)
                 spec = self._spec
@@ -365,61 +520,107 @@ class Migration:
                     shrink_threshold=spec.shrink_threshold,
                 )
                 if self._decision.stop:
-                    return Phase.FREEZE, FreezeAndDump(lazy=False)
-                return Phase.PRECOPY, StartPreDump(len(self._history) + 1)
-            case SourceFrozen(figures=dump):
+                    return self._freeze()
+                return Phase.PRECOPY, StartPreDump(len(self._history) + 1, self._page_server)
+            case HookFired():
+                return self._hook_fired(event)
+            case SourceFrozen(figures=dump, started_s=started_s):
                 self._dump = dump
-                return Phase.TRANSFER, TransferImages(lazy=self._lazy)
+                self._freeze_started_s = started_s
+                if self._lazy:
+                    return Phase.TRANSFER, ReleaseDump(commit=True)
+                return Phase.TRANSFER, TransferImages()
+            case DumpReleased():
+                self._may_hold = False
+                if self._phase is Phase.TRANSFER:
+                    return Phase.TRANSFER, TransferImages()
+                return Phase.COMMIT, KillSource()
             case ImagesTransferred(figures=transfer):
                 self._transfer = transfer
                 return Phase.RESTORE, RestoreStopped(lazy=self._lazy)
             case RestoredStopped(figures=restore):
                 self._restore = restore
-                return Phase.COMMIT, RecordCommit()
+                return Phase.RESTORE, FireHook(HookPoint.RESTORED)
             case CommitRecorded():
-                if self._committed:
-                    raise IllegalTransition(
-                        f"migration {self._spec.migration_id}: the commit is already recorded"
-                    )
                 self._committed = True
-                return Phase.COMMIT, SwitchOver(lazy=self._lazy)
-            case SwitchedOver(frozen_s=frozen_s):
-                if not self._committed:
-                    raise IllegalTransition(
-                        f"migration {self._spec.migration_id} cannot switch over in phase "
-                        "commit before the commit is recorded"
-                    )
-                self._frozen_s = frozen_s
                 if self._lazy:
-                    return Phase.LAZY_PAGES, AwaitPages()
-                return Phase.CLEANUP, CleanUp()
+                    return Phase.COMMIT, ResumeDestination()
+                if self._may_hold:
+                    return Phase.COMMIT, ReleaseDump(commit=True)
+                return Phase.COMMIT, KillSource()
+            case SourceKilled():
+                if self._phase is Phase.LAZY_PAGES:
+                    return Phase.CLEANUP, CleanUp()
+                return Phase.COMMIT, ResumeDestination()
+            case DestinationResumed(at_s=at_s):
+                if at_s is not None and self._freeze_started_s is not None:
+                    self._frozen_s = at_s - self._freeze_started_s
+                return Phase.COMMIT, FireHook(HookPoint.POST_COMMIT)
             case PagesDelivered():
-                return Phase.CLEANUP, CleanUp()
-            case CleanedUp():
+                return Phase.LAZY_PAGES, KillSource()
+            case CleanedUp(problems=problems):
+                self._problems.extend(problems)
                 return Phase.DONE, Finish(Phase.DONE, self._done_reason())
             case StepFailed():
                 return self._step_failed(event)
             case AbortRequested(reason=reason):
                 return self._roll_back(reason)
+            case DestinationRoomChecked(free_bytes=free):
+                return self._undo(self._no_room(free))
             case RolledBack(problems=problems):
-                return self._rolled_back(problems)
+                self._rollback_problems = problems
+                if self._hooks_told:
+                    return Phase.ROLLING_BACK, FireHook(
+                        HookPoint.ROLLED_BACK, self._rolled_back_reason())
+                return self._rolled_back()
         raise AssertionError(f"no rule for {type(event).__name__}")
 
     @property
     def _lazy(self) -> bool:
         return self._strategy is Strategy.POST_COPY
 
+    def _freeze(self) -> tuple[Phase, Command]:
+        return Phase.FREEZE, FireHook(HookPoint.PRE_FREEZE)
+
+    def _hook_fired(self, event: HookFired) -> tuple[Phase, Command]:
+        if event.problem:
+            self._problems.append(event.problem)
+        match event.point:
+            case HookPoint.PRE_MIGRATE:
+                return Phase.PREPARE, PrepareDestination(self._strategy, self._needed_bytes)
+            case HookPoint.PRE_FREEZE:
+                return Phase.FREEZE, FreezeAndDump(
+                    lazy=self._lazy, page_server=None if self._lazy else self._page_server)
+            case HookPoint.RESTORED:
+                return Phase.COMMIT, RecordCommit()
+            case HookPoint.POST_COMMIT:
+                if self._lazy:
+                    return Phase.LAZY_PAGES, AwaitPages()
+                return Phase.CLEANUP, CleanUp()
+            case HookPoint.ROLLED_BACK:
+                return self._rolled_back()
+        raise AssertionError(f"no rule for the {event.point.value} hooks")
+
     def _preflight_finished(self, report: PreflightReport) -> tuple[Phase, Command]:
         if report.problems:
             return self._refuse("; ".join(report.problems))
-        strategy, why_not = resolve_strategy(
+        strategy, why = resolve_strategy(
             self._spec.strategy, report,
             source_host=self._spec.source_host, dest_host=self._spec.dest_host,
         )
         if strategy is None:
-            return self._refuse(why_not)
+            return self._refuse(why)
         self._strategy = strategy
-        return Phase.PREPARE, PrepareDestination(strategy)
+        self._strategy_reason = why
+        self._needed_bytes = report.workload_bytes
+        if self._spec.dry_run:
+            spec = self._spec
+            return Phase.CHECKED, Finish(
+                Phase.CHECKED,
+                f"checked: {spec.workload} can move from {spec.source_host} to "
+                f"{spec.dest_host} with {strategy.value} ({why}); nothing was touched",
+            )
+        return Phase.PREPARE, FireHook(HookPoint.PRE_MIGRATE)
 
     def _refuse(self, why: str) -> tuple[Phase, Command]:
         spec = self._spec
@@ -430,13 +631,16 @@ class Migration:
         )
 
     def _step_failed(self, event: StepFailed) -> tuple[Phase, Command]:
-        if event.phase is not self._phase:
-            raise IllegalTransition(
-                f"migration {self._spec.migration_id} is in phase {self._phase.value}; "
-                f"cannot handle StepFailed for phase {event.phase.value}"
-            )
         cause = f"{event.where}: {event.error}" if event.where else event.error
+        if self._phase is Phase.ROLLING_BACK:  # the room check failed: undo all the same
+            return self._undo(self._rollback_reason)
         if self._phase in BEFORE_COMMIT:
+            if (event.part is Part.SOURCE and self._page_server is not None
+                    and self._phase in (Phase.PRECOPY, Phase.FREEZE)):
+                # the pages went to the destination: was its disk full?
+                self._rollback_reason = cause
+                self._rollback_phase = self._phase
+                return Phase.ROLLING_BACK, CheckDestinationRoom()
             return self._roll_back(cause)
         if not self._committed:
             return self._roll_back(f"could not record the commit decision: {cause}")
@@ -445,14 +649,39 @@ class Migration:
             return self._phase, self._current
         return Phase.FAILED, Finish(Phase.FAILED, self._stranded(cause))
 
+    def _no_room(self, free: int | None) -> str:
+        if free is None or free > NO_ROOM_BYTES:
+            return self._rollback_reason
+        return (f"destination {self._spec.dest_host} has no room left for the pages "
+                f"({free >> 10} KiB free where it keeps incoming images): the dump could "
+                "not send them")
+
     def _roll_back(self, reason: str) -> tuple[Phase, Command]:
-        self._rollback = Rollback(self._phase, reason)
+        self._rollback_phase = self._phase
+        return self._undo(reason)
+
+    def _undo(self, reason: str) -> tuple[Phase, Command]:
+        self._rollback_reason = reason
+        steps: list[Undo] = []
+        if self._may_hold:
+            steps.append(Undo.RELEASE_DUMP)
+        if self._dest_touched or self._source_touched:
+            # a released post-copy dump serves pages: discarding the destination makes
+            # CRIU's lazy page server fail, and CRIU resumes the tree
+            pair = [Undo.RESUME_SOURCE, Undo.DISCARD_DEST]
+            steps += reversed(pair) if self._released_early else pair
+        self._rollback = Rollback(self._rollback_phase, reason, tuple(steps))
         return Phase.ROLLING_BACK, self._rollback
 
-    def _rolled_back(self, problems: tuple[str, ...]) -> tuple[Phase, Command]:
+    def _rolled_back_reason(self) -> str:
+        problems = self._rollback_problems
+        return self._rollback_reason + (
+            "; rollback incomplete: " + "; ".join(problems) if problems else "")
+
+    def _rolled_back(self) -> tuple[Phase, Command]:
         spec = self._spec
-        rollback = self._rollback or Rollback(Phase.ROLLING_BACK, "unknown")
-        during = f"during {rollback.failed_phase.value} ({rollback.reason})"
+        problems = self._rollback_problems
+        during = f"during {self._rollback_phase.value} ({self._rollback_reason})"
         if problems:
             return Phase.FAILED, Finish(
                 Phase.FAILED,
@@ -497,7 +726,7 @@ class Migration:
         spec, name, phase = self._spec, type(event).__name__, self._phase.value
         if self._phase in TERMINAL:
             return f"migration {spec.migration_id} is over ({phase}); cannot handle {name}"
-        if isinstance(event, AbortRequested) and self._phase in AFTER_COMMIT:
+        if isinstance(event, AbortRequested) and (self._phase in AFTER_COMMIT):
             return (
                 f"migration {spec.migration_id} cannot handle {name} in phase {phase}: the "
                 f"commit point is passed; {spec.workload} is moving forward to {spec.dest_host}"

@@ -20,6 +20,8 @@ class Phase(enum.Enum):
     ROLLING_BACK = "rolling-back"
     ROLLED_BACK = "rolled-back"
     REFUSED = "refused"
+    #: a dry run (``haul check``, ``--dry-run``): the pre-flight passed, nothing touched
+    CHECKED = "checked"
     FAILED = "failed"
 
 
@@ -30,7 +32,9 @@ BEFORE_COMMIT = frozenset(
 )
 #: After the commit decision is journaled: failures roll forward, never back.
 AFTER_COMMIT = frozenset({Phase.COMMIT, Phase.LAZY_PAGES, Phase.CLEANUP})
-TERMINAL = frozenset({Phase.DONE, Phase.ROLLED_BACK, Phase.REFUSED, Phase.FAILED})
+TERMINAL = frozenset(
+    {Phase.DONE, Phase.ROLLED_BACK, Phase.REFUSED, Phase.CHECKED, Phase.FAILED}
+)
 
 
 class Strategy(enum.Enum):

@@ -17,7 +17,9 @@ from typing import Protocol
 
 from haul.engine.figures import (
     Capabilities,
+    DestinationReady,
     DumpFigures,
+    Endpoint,
     IterationFigures,
     RestoreFigures,
     TransferFigures,
@@ -32,14 +34,18 @@ class SourcePort(Protocol):
         """Raise unless the workload exists and can be dumped; return its resident bytes."""
         ...
 
-    async def pre_dump(self, iteration: int) -> IterationFigures:
-        """One pre-copy round while the workload runs (needs mem_track)."""
+    async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
+        """One pre-copy round while the workload runs (needs mem_track); its pages go
+        to ``page_server`` (None: into the images directory)."""
         ...
 
-    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
+    async def freeze_and_dump(self, lazy: bool, page_server: Endpoint | None) -> DumpFigures:
         """Final dump. Returns once CRIU is at post-dump: images written, tree frozen.
 
-        CRIU is held there until :meth:`release` answers it.
+        Pages go to ``page_server`` (None: into the images directory; ``lazy``: they
+        stay here and this host's lazy page server serves them after :meth:`release`).
+        CRIU is held there until :meth:`release` answers it; :meth:`release` and
+        :meth:`resume` are harmless when the dump never got that far.
         """
         ...
 
@@ -71,7 +77,10 @@ class DestPort(Protocol):
         """Raise unless the name is free on the destination and there is room."""
         ...
 
-    async def prepare(self, strategy: Strategy) -> None: ...
+    async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
+        """Make room for the migration (``needed_bytes``: the workload's resident memory)
+        and start what receives it; say where its page server listens, if it runs one."""
+        ...
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         """Restore the received images with the tree left stopped."""
@@ -86,7 +95,12 @@ class DestPort(Protocol):
         ...
 
     async def discard(self) -> None:
-        """Kill any restored copy and remove what was received (rollback)."""
+        """Kill any restored copy and remove what was received (rollback); harmless
+        when nothing was prepared."""
+        ...
+
+    async def room_left(self) -> int | None:
+        """Bytes left where the destination keeps this migration's images (None: unknown)."""
         ...
 
     async def cleanup(self) -> None: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from haul.engine.figures import PAGE_SIZE
 from haul.engine.phases import Strategy
 
 
@@ -32,12 +33,14 @@ class MigrationSpec:
     freeze_cost_ms: float = 150.0
     #: pre-copy stops once a round writes at least this share of the round before
     shrink_threshold: float = 0.9
-    page_size: int = 4096
+    page_size: int = PAGE_SIZE
     #: after the commit, how many times a failed step is tried again before FAILED
     max_retries: int = 3
     #: where the workload answers on each host ("" = not known); told to the hooks
     source_address: str = ""
     dest_address: str = ""
+    #: pre-flight only (``haul check``, ``--dry-run``): end CHECKED, touch nothing
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         for name in ("migration_id", "workload", "source_host", "dest_host"):

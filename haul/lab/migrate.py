@@ -19,7 +19,6 @@ from haul.agent.journal import Journal
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
-from haul.dest.linked import LinkedDest
 from haul.engine.events import Event
 from haul.engine.machine import Migration
 from haul.engine.phases import Phase, Strategy
@@ -81,7 +80,7 @@ async def migrate_in_lab(
     )
     migration = Migration(spec)
     outcome = await run(
-        migration, source=source, dest=LinkedDest(dest, source),
+        migration, source=source, dest=dest,
         transport=transport, journal=Journal(src.workdir / "journal"),
         timeouts=timeouts if timeouts is not None else DEFAULT_TIMEOUTS_S, on_event=on_event,
         hooks=hooks,

@@ -33,7 +33,7 @@ from haul.criu.notify import Action, Notification
 from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.results import DumpResult
 from haul.criu.service import Criu
-from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
+from haul.engine.figures import PAGE_SIZE, Capabilities, DumpFigures, Endpoint, IterationFigures
 from haul.errors import HaulError, WorkloadError
 from haul.source.freezer import Hold
 from haul.source.proctree import ProcessTree
@@ -72,8 +72,8 @@ async def host_capabilities(criu: Criu) -> Capabilities:
 class CriuSource:
     """Dumps ``tree`` with ``criu`` into ``workdir``.
 
-    ``dest_page_server``: where the final dump (and pre-dumps) send pages
-    (the destination's CRIU page server); None writes pages locally.
+    Where the pre-dumps and the final dump send pages (the destination's CRIU page
+    server) comes with each call, from the engine; None writes them locally.
     ``lazy_listen``: post-copy, where this host's lazy page server listens.
     ``tls``: this host's certificate, key and CA; every page channel is then TLS.
     ``own_network``: the tree has a network namespace of its own (its address moves
@@ -90,7 +90,6 @@ class CriuSource:
         workdir: Path,
         *,
         own_network: bool = False,
-        dest_page_server: PageServer | None = None,
         lazy_listen: PageServer | None = None,
         data_dir: Path | None = None,
         tls: TlsFiles | None = None,
@@ -106,7 +105,6 @@ class CriuSource:
             network_lock=NetworkLock.NFTABLES, tcp_established=own_network,
             tcp_close=not own_network,
         )
-        self.dest_page_server = dest_page_server
         self.lazy_listen = lazy_listen
         #: the workload's files on this host; removed once the workload has left
         self.data_dir = data_dir
@@ -133,9 +131,9 @@ class CriuSource:
             raise WorkloadError(f"no workload tree with root PID {self.tree.root_pid} runs here")
         return self.tree.resident_bytes()
 
-    async def pre_dump(self, iteration: int) -> IterationFigures:
+    async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
         # Each round is a fresh images dir whose parent is the previous round's.
-        opts = self.pre_dump_options(iteration)
+        opts = self.pre_dump_options(iteration, _page_server(page_server))
         opts.images_dir.mkdir(parents=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
@@ -147,11 +145,11 @@ class CriuSource:
             iteration=iteration,
             pages_written=written,
             pages_skipped_parent=stats.pages_skipped_parent if stats else 0,
-            bytes_sent=written * 4096,
+            bytes_sent=written * PAGE_SIZE,
             duration_s=time.monotonic() - started,
         )
 
-    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
+    async def freeze_and_dump(self, lazy: bool, page_server: Endpoint | None) -> DumpFigures:
         if self._dump is not None:
             raise WorkloadError("the final dump was already started")
         if lazy and self.lazy_listen is None:
@@ -180,7 +178,7 @@ class CriuSource:
             elif note.action is Action.STATUS_READY:
                 serving.set()  # post-copy: the network is unlocked, the page server up
 
-        opts = self.dump_options(lazy)
+        opts = self.dump_options(lazy, _page_server(page_server))
         started = time.monotonic()
         self._dump = asyncio.create_task(self._dump_in_session(opts, hold))
         dump = self._dump
@@ -195,28 +193,30 @@ class CriuSource:
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at_s,
-            pages_written=pages // 4096,
+            pages_written=pages // PAGE_SIZE,
             pages_lazy=0,
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
             duration_s=time.monotonic() - started,
         )
 
-    def pre_dump_options(self, iteration: int) -> CriuOptions:
+    def pre_dump_options(self, iteration: int, page_server: PageServer | None = None
+                         ) -> CriuOptions:
         """Round ``iteration``: a fresh images dir whose parent is the previous round's,
         pages to the destination's page server (if there is one yet)."""
         return replace(
             self._base, images_dir=self.workdir / f"pre{iteration}", work_dir=self.logs,
             pid=self.tree.root_pid, track_mem=True, leave_running=False, leave_stopped=False,
             parent_img=f"../pre{iteration - 1}" if iteration > 1 else None,
-            page_server=self.dest_page_server, log_file=f"pre-dump-{iteration}.log",
-            tls=self._tls_for(self.dest_page_server),
+            page_server=page_server, log_file=f"pre-dump-{iteration}.log",
+            tls=self._tls_for(page_server),
         )
 
-    def dump_options(self, lazy: bool) -> CriuOptions:
+    def dump_options(self, lazy: bool, dest_page_server: PageServer | None = None
+                     ) -> CriuOptions:
         """The final dump: tree left stopped; pages to the destination's page server,
         or (post-copy) served from this host's lazy page server after the dump."""
         parent = self._last_pre_dump()
-        page_server = self.lazy_listen if lazy else self.dest_page_server
+        page_server = self.lazy_listen if lazy else dest_page_server
         return replace(
             self._base, images_dir=self.images, work_dir=self.logs, pid=self.tree.root_pid,
             leave_stopped=True, leave_running=False, lazy_pages=lazy,
@@ -303,3 +303,7 @@ class CriuSource:
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.data_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self.data_dir, True)
+
+
+def _page_server(endpoint: Endpoint | None) -> PageServer | None:
+    return PageServer(endpoint.address, endpoint.port) if endpoint is not None else None

@@ -68,27 +68,30 @@ def test_the_lazy_pages_daemon_checks_the_sources_name(tmp_path: Path) -> None:
     assert "--tls" not in plain.lazy_pages_daemon().argv(7)
 
 
-def _source(tmp_path: Path, tls: TlsFiles | None, dest: PageServer | None) -> CriuSource:
+def _source(tmp_path: Path, tls: TlsFiles | None) -> CriuSource:
     return CriuSource(CRIU, ProcessTree(4242), tmp_path / "out", tls=tls,
-                      dest_page_server=dest, lazy_listen=PageServer("10.77.0.1", 23456))
+                      lazy_listen=PageServer("10.77.0.1", 23456))
+
+
+DEST = PageServer("10.77.0.2", 40001)
 
 
 def test_the_final_dump_sends_pages_over_tls(tmp_path: Path) -> None:
-    o = _source(tmp_path, TLS, PageServer("10.77.0.2", 40001)).dump_options(lazy=False)
-    assert o.page_server == PageServer("10.77.0.2", 40001) and o.tls == TLS
-    lazy = _source(tmp_path, TLS, None).dump_options(lazy=True)
+    o = _source(tmp_path, TLS).dump_options(lazy=False, dest_page_server=DEST)
+    assert o.page_server == DEST and o.tls == TLS
+    lazy = _source(tmp_path, TLS).dump_options(lazy=True, dest_page_server=DEST)
     assert lazy.page_server == PageServer("10.77.0.1", 23456) and lazy.lazy_pages
     assert lazy.tls == TLS
-    pre = _source(tmp_path, TLS, PageServer("10.77.0.2", 40001)).pre_dump_options(1)
-    assert pre.tls == TLS and pre.page_server == PageServer("10.77.0.2", 40001)
+    pre = _source(tmp_path, TLS).pre_dump_options(1, DEST)
+    assert pre.tls == TLS and pre.page_server == DEST
 
 
 def test_no_tls_when_the_pages_stay_here_or_the_agent_has_no_certificate(
     tmp_path: Path,
 ) -> None:
-    assert _source(tmp_path, TLS, None).dump_options(lazy=False).tls is None
-    assert _source(tmp_path, TLS, None).pre_dump_options(1).tls is None
-    plain = _source(tmp_path, None, PageServer("10.77.0.2", 40001)).dump_options(lazy=False)
+    assert _source(tmp_path, TLS).dump_options(lazy=False).tls is None
+    assert _source(tmp_path, TLS).pre_dump_options(1).tls is None
+    plain = _source(tmp_path, None).dump_options(lazy=False, dest_page_server=DEST)
     assert plain.tls is None and plain.page_server is not None
 
 

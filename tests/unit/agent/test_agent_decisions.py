@@ -17,39 +17,37 @@ from haul.agent.decisions import SourceAsker, decide
 from haul.agent.jobs import Job, Peer
 from haul.agent.journal import JournalEntry
 from haul.dest.undecided import Verdict
+from haul.engine.commands import CleanUp, Command, RecordCommit, RestoreStopped
 from haul.engine.events import (
     CommitRecorded,
-    DestinationPrepared,
     Event,
-    ImagesTransferred,
+    HookFired,
     MigrationStarted,
-    PreflightFinished,
-    RestoredStopped,
     RolledBack,
-    SourceFrozen,
     StepFailed,
-    SwitchedOver,
 )
-from haul.engine.figures import (
-    Capabilities,
-    DumpFigures,
-    PreflightReport,
-    RestoreFigures,
-    TransferFigures,
-)
+from haul.engine.fakes import answer
 from haul.engine.machine import Migration
 from haul.engine.phases import Phase, Strategy
-from haul.engine.ports import JournalRecord
+from haul.engine.ports import HookPoint, JournalRecord
 from haul.engine.spec import MigrationSpec
 from haul.errors import ConfigError, PeerError, TransportError
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
-CAPS = Capabilities("4.2", mem_track=False, lazy_pages=True, lazy_pipe_ok=True)
-TO_RESTORE: list[Event] = [
-    MigrationStarted(), PreflightFinished(PreflightReport(CAPS, CAPS, (), 1 << 20)),
-    DestinationPrepared(), SourceFrozen(DumpFigures(1.0, 10, 0, 40960)),
-    ImagesTransferred(TransferFigures(3, 40960, 0.1)),
-]
+
+
+def until(command: Command) -> list[Event]:
+    """The events of a stop-and-copy migration going well up to ``command`` (not run)."""
+    m = Migration(MigrationSpec("m1", "web1", "host1", "host2", strategy=Strategy.STOP_AND_COPY))
+    events: list[Event] = [MigrationStarted()]
+    (next_,) = m.handle(events[0])
+    while next_ != command:
+        events.append(answer(next_))
+        (next_,) = m.handle(events[-1])
+    return events
+
+
+TO_RESTORE = until(RestoreStopped(lazy=False))
 
 
 def job_after(events: list[Event]) -> Job:
@@ -70,8 +68,8 @@ def test_a_live_job_before_its_commit_record_is_in_flight() -> None:
     restoring = job_after(TO_RESTORE)
     assert restoring.phase is Phase.RESTORE
     assert decide("m1", restoring, []).decision == "in-flight"
-    # RestoredStopped enters COMMIT, but nothing is decided until the record is written
-    deciding = job_after([*TO_RESTORE, RestoredStopped(RestoreFigures(42, 0.1))])
+    # COMMIT is entered, but nothing is decided until the record is written
+    deciding = job_after(until(RecordCommit()))
     assert deciding.phase is Phase.COMMIT and not deciding.migration.committed
     view = decide("m1", deciding, journal(Phase.COMMIT))  # a job outweighs the journal
     assert view.decision == "in-flight"
@@ -79,13 +77,13 @@ def test_a_live_job_before_its_commit_record_is_in_flight() -> None:
 
 
 def test_a_live_job_after_its_commit_record_is_committed_whatever_follows() -> None:
-    committed = [*TO_RESTORE, RestoredStopped(RestoreFigures(42, 0.1)), CommitRecorded()]
+    committed = [*until(RecordCommit()), CommitRecorded()]
     assert decide("m1", job_after(committed), []).decision == "committed"
     failing = [*committed] + [StepFailed(Phase.COMMIT, "refused", "dest host2")] * 4
     stranded = job_after(failing)
     assert stranded.phase is Phase.FAILED
     assert decide("m1", stranded, []).decision == "committed"
-    cleaning = job_after([*committed, SwitchedOver(frozen_s=0.2)])
+    cleaning = job_after(until(CleanUp()))
     assert cleaning.phase is Phase.CLEANUP
     assert decide("m1", cleaning, []).decision == "committed"
 
@@ -95,7 +93,7 @@ def test_a_live_job_rolling_back_or_rolled_back_is_rolled_back() -> None:
     assert job_after(failed).phase is Phase.ROLLING_BACK
     assert decide("m1", job_after(failed), []).decision == "rolled-back"
     for problems in ((), ("dest host2: unreachable",)):
-        done = job_after([*failed, RolledBack(problems)])
+        done = job_after([*failed, RolledBack(problems), HookFired(HookPoint.ROLLED_BACK)])
         assert done.phase in (Phase.ROLLED_BACK, Phase.FAILED)
         assert decide("m1", done, []).decision == "rolled-back"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fakes import (
+from haul.engine.fakes import (
     boom,
     cancelled,
     BASIC,
@@ -44,7 +44,7 @@ PRE_MIGRATE, PRE_FREEZE, RESTORED, POST_COMMIT, ROLLED_BACK = (
 
 PREFLIGHT = [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
              "dest.capabilities", "source.check_workload", "dest.check_free"]
-TAIL = [J(Phase.CLEANUP, "SwitchedOver"), "source.cleanup", "dest.cleanup",
+TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup",
         J(Phase.DONE, "CleanedUp")]
 
 STOP_AND_COPY_CALLS = PREFLIGHT + [
@@ -70,9 +70,9 @@ POST_COPY_CALLS = PREFLIGHT + [
     J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images",
     J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", RESTORED,
     COMMIT, "dest.resume", POST_COMMIT,
-    J(Phase.LAZY_PAGES, "SwitchedOver"), "dest.wait_pages", "source.wait_pages_served",
+    J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
     "source.kill",
-    J(Phase.CLEANUP, "PagesDelivered"), "source.cleanup", "dest.cleanup",
+    J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
     J(Phase.DONE, "CleanedUp"),
 ]
 
@@ -193,7 +193,7 @@ async def test_failing_hook_before_the_commit_rolls_back(
         "status 1: not ready); web1 runs on host1, nothing kept on host2")
     assert rig.after(failing) == [
         J(phase, f"hook {point} failed"), J(Phase.ROLLING_BACK, "StepFailed"), *undo,
-        ROLLED_BACK, J(Phase.ROLLED_BACK, "RolledBack")]
+        ROLLED_BACK, J(Phase.ROLLED_BACK, "HookFired")]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
     assert outcome.problems == ()
     told = rig.hooks.fired[-1][1]
@@ -237,7 +237,7 @@ async def test_bug_in_a_hook_before_the_commit_rolls_back_then_propagates() -> N
         await rig.run()
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert rig.after(PRE_FREEZE) == [J(Phase.ROLLING_BACK, "StepFailed"), *UNDO, ROLLED_BACK,
-                                     J(Phase.ROLLED_BACK, "RolledBack")]
+                                     J(Phase.ROLLED_BACK, "HookFired")]
 
 
 # -- after the commit, and after a rollback: reported, not fatal --------------------------------
@@ -268,7 +268,7 @@ async def test_failing_rolled_back_hook_is_a_problem_not_a_failure() -> None:
         "hooks: rolled-back failed: hook /lb at rolled-back exited with status 1: y",)
     assert rig.after("transport.transfer_images") == [
         J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, ROLLED_BACK,
-        J(Phase.ROLLING_BACK, "hook rolled-back failed"), J(Phase.ROLLED_BACK, "RolledBack")]
+        J(Phase.ROLLING_BACK, "hook rolled-back failed"), J(Phase.ROLLED_BACK, "HookFired")]
 
 
 async def test_bug_in_a_post_commit_hook_is_reported_not_raised() -> None:
@@ -296,7 +296,7 @@ async def test_hook_outlasting_its_phase_before_the_commit_rolls_back(
     assert outcome.phase is Phase.ROLLED_BACK
     assert "(hooks: " in outcome.reason and "timed out after 0.01 s" in outcome.reason
     assert rig.after(stalled) == [J(Phase.ROLLING_BACK, "StepFailed"), *undo, ROLLED_BACK,
-                                  J(Phase.ROLLED_BACK, "RolledBack")]
+                                  J(Phase.ROLLED_BACK, "HookFired")]
     assert rig.hooks.cancelled == [HookPoint(stalled[5:-1])]
 
 
@@ -342,7 +342,7 @@ async def test_cancel_during_a_hook_before_the_commit_rolls_back(
     assert "cancelled by the caller" in rig.migration.reason
     assert rig.hooks.cancelled == [HookPoint(slow[5:-1])], "the hook itself was cancelled"
     assert rig.after(slow) == [J(Phase.ROLLING_BACK, "AbortRequested"), *undo, ROLLED_BACK,
-                               J(Phase.ROLLED_BACK, "RolledBack")]
+                               J(Phase.ROLLED_BACK, "HookFired")]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 

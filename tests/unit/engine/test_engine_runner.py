@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fakes import (
+from haul.engine.fakes import (
     boom,
     cancelled,
     BASIC,
@@ -25,6 +25,7 @@ from fakes import (
 )
 from haul.engine.events import (
     AbortRequested,
+    Part,
     CleanedUp,
     Event,
     MigrationStarted,
@@ -48,8 +49,12 @@ COMMIT = J(Phase.COMMIT, "commit")
 
 PREFLIGHT = [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
              "dest.capabilities", "source.check_workload", "dest.check_free"]
-TAIL = [J(Phase.CLEANUP, "SwitchedOver"), "source.cleanup", "dest.cleanup",
+TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup",
         J(Phase.DONE, "CleanedUp")]
+#: the end of a rollback after the pre-migrate hooks were told (their rolled-back is owed)
+ROLLED_BACK = J(Phase.ROLLED_BACK, "HookFired")
+#: the end of a rollback before they were
+ROLLED_BACK_UNTOLD = J(Phase.ROLLED_BACK, "RolledBack")
 
 STOP_AND_COPY_CALLS = PREFLIGHT + [
     J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(stop-and-copy)",
@@ -74,9 +79,9 @@ POST_COPY_CALLS = PREFLIGHT + [
     J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images",
     J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)",
     COMMIT, "dest.resume",
-    J(Phase.LAZY_PAGES, "SwitchedOver"), "dest.wait_pages", "source.wait_pages_served",
+    J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
     "source.kill",
-    J(Phase.CLEANUP, "PagesDelivered"), "source.cleanup", "dest.cleanup",
+    J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
     J(Phase.DONE, "CleanedUp"),
 ]
 
@@ -166,9 +171,15 @@ async def test_on_event_sees_every_event_in_its_phase() -> None:
     await rig.run()
     assert rig.events[0] == (Phase.NEW, MigrationStarted())
     assert rig.events[-1] == (Phase.CLEANUP, CleanedUp())
-    assert [p for p, _ in rig.events] == [
-        Phase.NEW, Phase.PREFLIGHT, Phase.PREPARE, Phase.FREEZE, Phase.TRANSFER,
-        Phase.RESTORE, Phase.COMMIT, Phase.COMMIT, Phase.CLEANUP]
+    assert [(p, type(e).__name__) for p, e in rig.events] == [
+        (Phase.NEW, "MigrationStarted"), (Phase.PREFLIGHT, "PreflightFinished"),
+        (Phase.PREPARE, "HookFired"), (Phase.PREPARE, "DestinationPrepared"),
+        (Phase.FREEZE, "HookFired"), (Phase.FREEZE, "SourceFrozen"),
+        (Phase.TRANSFER, "ImagesTransferred"), (Phase.RESTORE, "RestoredStopped"),
+        (Phase.RESTORE, "HookFired"), (Phase.COMMIT, "CommitRecorded"),
+        (Phase.COMMIT, "DumpReleased"), (Phase.COMMIT, "SourceKilled"),
+        (Phase.COMMIT, "DestinationResumed"), (Phase.COMMIT, "HookFired"),
+        (Phase.CLEANUP, "CleanedUp")]
 
 
 @pytest.mark.parametrize(
@@ -229,17 +240,23 @@ UNDO = ["source.resume", "dest.discard"]
 UNDO_HELD = ["source.release(False)", *UNDO]
 # post-copy, dump released: discarding the destination makes CRIU resume the source
 UNDO_LAZY = ["dest.discard", "source.resume"]
+# post-copy, the release failed: it may be held, and it may serve pages
+UNDO_LAZY_HELD = ["source.release(False)", *UNDO_LAZY]
+
+#: a source step that sent pages to the destination's page server failed: was its disk full?
+ROOM = "dest.room_left"
 
 BEFORE_COMMIT_FAILURES = [
     (S.STOP_AND_COPY, "dest.prepare(stop-and-copy)", UNDO),
-    (S.PRE_COPY, "source.pre_dump(1)", UNDO),
-    (S.PRE_COPY, "source.pre_dump(2)", UNDO),
-    (S.STOP_AND_COPY, "source.freeze_and_dump(False)", UNDO),
+    (S.PRE_COPY, "source.pre_dump(1)", [ROOM, *UNDO]),
+    (S.PRE_COPY, "source.pre_dump(2)", [ROOM, *UNDO]),
+    # the dump that failed may have reached post-dump: release it (harmless if not)
+    (S.STOP_AND_COPY, "source.freeze_and_dump(False)", [ROOM, *UNDO_HELD]),
     (S.STOP_AND_COPY, "transport.transfer_images", UNDO_HELD),
     (S.STOP_AND_COPY, "dest.restore(False)", UNDO_HELD),
     (S.PRE_COPY, "dest.restore(False)", UNDO_HELD),
-    (S.POST_COPY, "source.freeze_and_dump(True)", UNDO),
-    (S.POST_COPY, "source.release(True)", UNDO_HELD),
+    (S.POST_COPY, "source.freeze_and_dump(True)", UNDO_HELD),
+    (S.POST_COPY, "source.release(True)", UNDO_LAZY_HELD),
     (S.POST_COPY, "transport.transfer_images", UNDO_LAZY),
     (S.POST_COPY, "dest.restore(True)", UNDO_LAZY),
     (S.STOP_AND_COPY, J(Phase.PREPARE, "PreflightFinished"), []),
@@ -259,8 +276,9 @@ async def test_failure_before_the_commit_rolls_back(
     outcome = await rig.run()
     assert outcome.phase is Phase.ROLLED_BACK
     assert "disk full" in outcome.reason and "web1 runs on host1" in outcome.reason
+    told = failing != J(Phase.PREPARE, "PreflightFinished")
     assert rig.after(failing) == [J(Phase.ROLLING_BACK, "StepFailed"), *undo,
-                                  J(Phase.ROLLED_BACK, "RolledBack")]
+                                  ROLLED_BACK if told else ROLLED_BACK_UNTOLD]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 
@@ -272,7 +290,7 @@ async def test_failure_says_where() -> None:
         "rolled back during restore (dest host2: CRIU restore: errno 17); "
         "web1 runs on host1, nothing kept on host2")
     failed = [e for _, e in rig.events if isinstance(e, StepFailed)]
-    assert failed == [StepFailed(Phase.RESTORE, "CRIU restore: errno 17", "dest host2")]
+    assert failed == [StepFailed(Phase.RESTORE, "CRIU restore: errno 17", "dest host2", Part.DEST)]
 
 
 async def test_failed_commit_record_rolls_back_saying_so() -> None:
@@ -304,7 +322,7 @@ async def test_rollback_problems_end_failed_and_say_them() -> None:
             "gone; dest host2: discarding its copy failed: RuntimeError: adapter bug"
             in outcome.reason)
     assert rig.after("dest.restore(False)") == [
-        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, J(Phase.FAILED, "RolledBack")]
+        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, J(Phase.FAILED, "HookFired")]
 
 
 async def test_rollback_steps_time_out_one_by_one() -> None:
@@ -360,9 +378,9 @@ async def test_lazy_pages_failing_once_waits_again() -> None:
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
     assert rig.after("dest.resume") == [
-        J(Phase.LAZY_PAGES, "SwitchedOver"), "dest.wait_pages", "source.wait_pages_served",
+        J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
         "dest.wait_pages", "source.wait_pages_served", "source.kill",
-        J(Phase.CLEANUP, "PagesDelivered"), "source.cleanup", "dest.cleanup",
+        J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
         J(Phase.DONE, "CleanedUp")]
 
 
@@ -410,10 +428,10 @@ async def test_cleanup_failures_are_reported_not_fatal() -> None:
 
 async def test_journal_failing_after_the_commit_rolls_forward() -> None:
     rig = Rig(S.POST_COPY)
-    rig.world.fail(J(Phase.LAZY_PAGES, "SwitchedOver"), boom("fsync: EIO"))
+    rig.world.fail(J(Phase.LAZY_PAGES, "HookFired"), boom("fsync: EIO"))
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
-    assert rig.calls.count(J(Phase.LAZY_PAGES, "SwitchedOver")) == 2
+    assert rig.calls.count(J(Phase.LAZY_PAGES, "HookFired")) == 2
 
 
 # -- exceptions that are not HaulError ---------------------------------------------------------------
@@ -426,7 +444,7 @@ async def test_bug_before_the_commit_rolls_back_then_propagates() -> None:
         await rig.run()
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert rig.after("transport.transfer_images") == [
-        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, J(Phase.ROLLED_BACK, "RolledBack")]
+        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, ROLLED_BACK]
 
 
 async def test_bug_after_the_commit_rolls_forward_then_propagates() -> None:
@@ -451,20 +469,21 @@ async def test_failing_on_event_callback_aborts_before_the_commit_then_propagate
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert "on_event callback failed: ValueError: display broke" in rig.migration.reason
     assert rig.after("source.freeze_and_dump(False)") == [
-        J(Phase.ROLLING_BACK, "AbortRequested"), *UNDO_HELD, J(Phase.ROLLED_BACK, "RolledBack")]
+        J(Phase.ROLLING_BACK, "AbortRequested"), *UNDO_HELD, ROLLED_BACK]
 
 
 # -- cancellation ------------------------------------------------------------------------------------
 
 CANCEL_BEFORE_COMMIT = [
-    (S.STOP_AND_COPY, "source.capabilities", []),
+    (S.STOP_AND_COPY, "source.capabilities", None),
     (S.STOP_AND_COPY, "dest.prepare(stop-and-copy)", UNDO),
     (S.PRE_COPY, "source.pre_dump(1)", UNDO),
     (S.PRE_COPY, "source.pre_dump(2)", UNDO),
-    (S.STOP_AND_COPY, "source.freeze_and_dump(False)", UNDO),
+    # the dump that failed may have reached post-dump: release it (harmless if not)
+    (S.STOP_AND_COPY, "source.freeze_and_dump(False)", UNDO_HELD),
     (S.STOP_AND_COPY, "transport.transfer_images", UNDO_HELD),
     (S.STOP_AND_COPY, "dest.restore(False)", UNDO_HELD),
-    (S.POST_COPY, "source.release(True)", UNDO_HELD),
+    (S.POST_COPY, "source.release(True)", UNDO_LAZY_HELD),
     (S.POST_COPY, "transport.transfer_images", UNDO_LAZY),
     (S.POST_COPY, "dest.restore(True)", UNDO_LAZY),
     (S.STOP_AND_COPY, J(Phase.RESTORE, "ImagesTransferred"), UNDO_HELD),
@@ -473,7 +492,7 @@ CANCEL_BEFORE_COMMIT = [
 
 @pytest.mark.parametrize(("strategy", "slow", "undo"), CANCEL_BEFORE_COMMIT)
 async def test_cancel_before_the_commit_rolls_back_and_propagates(
-    strategy: Strategy, slow: str, undo: list[str]
+    strategy: Strategy, slow: str, undo: list[str] | None
 ) -> None:
     rig = Rig(strategy)
     rig.world.gate(slow)  # never opened: only cancellation ends the call
@@ -483,8 +502,9 @@ async def test_cancel_before_the_commit_rolls_back_and_propagates(
     await cancelled(task)
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert "cancelled by the caller" in rig.migration.reason
-    assert rig.after(slow) == [J(Phase.ROLLING_BACK, "AbortRequested"), *undo,
-                               J(Phase.ROLLED_BACK, "RolledBack")]
+    # None: only the pre-flight ran; nothing to undo, no hook told
+    assert rig.after(slow) == [J(Phase.ROLLING_BACK, "AbortRequested"), *(undo or []),
+                               ROLLED_BACK if undo is not None else ROLLED_BACK_UNTOLD]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 
@@ -513,8 +533,7 @@ async def test_cancel_right_after_start_touches_nothing() -> None:
     task.cancel()
     await cancelled(task)
     assert rig.migration.phase is Phase.ROLLED_BACK
-    assert rig.calls == [J(Phase.ROLLING_BACK, "AbortRequested"),
-                         J(Phase.ROLLED_BACK, "RolledBack")]
+    assert rig.calls == [J(Phase.ROLLING_BACK, "AbortRequested"), ROLLED_BACK_UNTOLD]
     assert [type(e) for _, e in rig.events] == [MigrationStarted, AbortRequested, RolledBack]
 
 

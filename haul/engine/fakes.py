@@ -1,4 +1,6 @@
-"""In-memory ports for the engine's tests.
+"""In-memory ports: the engine's fake backend, for its tests and for anyone writing a
+driver (a new source, destination or transport) who wants to see the calls the
+runner makes, in order, without CRIU or hosts.
 
 All fakes of one test share a :class:`World`: the ordered log of every port call
 (``"source.release(True)"``, ``"journal(commit, commit)"``, ...), the failures to
@@ -11,12 +13,49 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pytest
-
+from haul.engine.commands import (
+    AwaitPages,
+    CheckDestinationRoom,
+    CleanUp,
+    Command,
+    FireHook,
+    FreezeAndDump,
+    KillSource,
+    PrepareDestination,
+    RecordCommit,
+    ReleaseDump,
+    RestoreStopped,
+    ResumeDestination,
+    Rollback,
+    RunPreflight,
+    StartPreDump,
+    TransferImages,
+)
+from haul.engine.events import (
+    CleanedUp,
+    CommitRecorded,
+    DestinationPrepared,
+    DestinationResumed,
+    DestinationRoomChecked,
+    DumpReleased,
+    Event,
+    HookFired,
+    ImagesTransferred,
+    PagesDelivered,
+    PreDumpFinished,
+    PreflightFinished,
+    RestoredStopped,
+    RolledBack,
+    SourceFrozen,
+    SourceKilled,
+)
 from haul.engine.figures import (
     Capabilities,
+    DestinationReady,
     DumpFigures,
+    Endpoint,
     IterationFigures,
+    PreflightReport,
     RestoreFigures,
     TransferFigures,
 )
@@ -39,6 +78,8 @@ LAZY_DUMP = DumpFigures(frozen_at_s=100.0, pages_written=0, pages_lazy=100_000, 
 TRANSFER = TransferFigures(files=31, bytes_sent=250_000, duration_s=0.05)
 RESTORE = RestoreFigures(dest_pid=4242, duration_s=0.2)
 RESIDENT_BYTES = 1 << 30
+#: where FakeDest says its page server listens (stop-and-copy and pre-copy)
+PAGE_SERVER = Endpoint("192.0.2.2", 7000)
 
 
 @dataclass
@@ -93,6 +134,8 @@ class FakeSource:
         self.world = world
         self.caps = caps
         self.rounds = list(rounds)
+        #: the page server each pre-dump and dump was told to send pages to, in order
+        self.page_servers: list[Endpoint | None] = []
 
     async def capabilities(self) -> Capabilities:
         await self.world.enter("source.capabilities")
@@ -102,11 +145,13 @@ class FakeSource:
         await self.world.enter("source.check_workload")
         return RESIDENT_BYTES
 
-    async def pre_dump(self, iteration: int) -> IterationFigures:
+    async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
+        self.page_servers.append(page_server)
         await self.world.enter(f"source.pre_dump({iteration})")
         return self.rounds[min(iteration, len(self.rounds)) - 1]
 
-    async def freeze_and_dump(self, lazy: bool) -> DumpFigures:
+    async def freeze_and_dump(self, lazy: bool, page_server: Endpoint | None) -> DumpFigures:
+        self.page_servers.append(page_server)
         await self.world.enter(f"source.freeze_and_dump({lazy})")
         return LAZY_DUMP if lazy else DUMP
 
@@ -127,10 +172,15 @@ class FakeSource:
 
 
 class FakeDest:
-    def __init__(self, world: World, caps: Capabilities = FULL) -> None:
+    def __init__(self, world: World, caps: Capabilities = FULL,
+                 page_server: Endpoint | None = PAGE_SERVER,
+                 room_left: int | None = None) -> None:
         self.world = world
         self.caps = caps
+        self.page_server = page_server
+        self.room = room_left
         self.checked: tuple[str, int] | None = None
+        self.prepared: tuple[Strategy, int] | None = None
 
     async def capabilities(self) -> Capabilities:
         await self.world.enter("dest.capabilities")
@@ -140,8 +190,11 @@ class FakeDest:
         self.checked = (workload, needed_bytes)
         await self.world.enter("dest.check_free")
 
-    async def prepare(self, strategy: Strategy) -> None:
+    async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
+        self.prepared = (strategy, needed_bytes)
         await self.world.enter(f"dest.prepare({strategy.value})")
+        lazy = strategy is Strategy.POST_COPY
+        return DestinationReady(None if lazy else self.page_server)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         await self.world.enter(f"dest.restore({lazy})")
@@ -155,6 +208,10 @@ class FakeDest:
 
     async def discard(self) -> None:
         await self.world.enter("dest.discard")
+
+    async def room_left(self) -> int | None:
+        await self.world.enter("dest.room_left")
+        return self.room
 
     async def cleanup(self) -> None:
         await self.world.enter("dest.cleanup")
@@ -233,6 +290,53 @@ async def cancelled(task: asyncio.Task[Outcome]) -> None:
     """Check a cancelled run ends by raising CancelledError, failing (not hanging) if not."""
     done, _ = await asyncio.wait({task}, timeout=2)
     if not done:
-        pytest.fail("the run did not end after its cancellation")
-    with pytest.raises(asyncio.CancelledError):
+        raise AssertionError("the run did not end after its cancellation")
+    try:
         task.result()
+    except asyncio.CancelledError:
+        return
+    raise AssertionError("the cancelled run ended without raising CancelledError")
+
+
+#: the runner's clock readings that ``answer`` reports: the freeze starts at 10 s, the
+#: destination's copy resumes at 11.5 s (a 1.5 s frozen window)
+FREEZE_STARTED_S = 10.0
+RESUMED_AT_S = 11.5
+
+
+def answer(command: Command, report: PreflightReport | None = None) -> Event:
+    """The event a command's ports report when everything goes well (no runner, no
+    ports): for driving a :class:`~haul.engine.machine.Migration` by hand."""
+    match command:
+        case RunPreflight():
+            return PreflightFinished(report or PreflightReport(FULL, FULL, (), RESIDENT_BYTES))
+        case FireHook(point=point):
+            return HookFired(point)
+        case PrepareDestination(strategy=strategy):
+            lazy = strategy is Strategy.POST_COPY
+            return DestinationPrepared(DestinationReady(None if lazy else PAGE_SERVER))
+        case StartPreDump(iteration=iteration):
+            return PreDumpFinished(ROUNDS[min(iteration, len(ROUNDS)) - 1])
+        case FreezeAndDump(lazy=lazy):
+            return SourceFrozen(LAZY_DUMP if lazy else DUMP, FREEZE_STARTED_S)
+        case ReleaseDump(commit=commit):
+            return DumpReleased(commit)
+        case TransferImages():
+            return ImagesTransferred(TRANSFER)
+        case RestoreStopped():
+            return RestoredStopped(RESTORE)
+        case RecordCommit():
+            return CommitRecorded()
+        case KillSource():
+            return SourceKilled()
+        case ResumeDestination():
+            return DestinationResumed(RESUMED_AT_S)
+        case AwaitPages():
+            return PagesDelivered()
+        case CleanUp():
+            return CleanedUp()
+        case CheckDestinationRoom():
+            return DestinationRoomChecked(None)
+        case Rollback():
+            return RolledBack()
+    raise ValueError(f"no answer to {command!r}")
