@@ -136,6 +136,8 @@ class StatsView(_Answer):
     pages_sent: int = 0
     throughput_bytes_per_s: float | None = None
     dirty_rate_bytes_per_s: float | None = None
+    #: why this strategy (auto: what the hosts allow)
+    strategy_reason: str = ""
 
 
 class MigrationView(_Answer):

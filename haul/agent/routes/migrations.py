@@ -53,6 +53,7 @@ def view(job: Job) -> MigrationView:
             expected_downtime_ms=s.expected_downtime_ms,
             pages_sent=s.pages_sent, throughput_bytes_per_s=s.throughput_bytes_per_s,
             dirty_rate_bytes_per_s=s.dirty_rate_bytes_per_s,
+            strategy_reason=s.strategy_reason,
         ),
         events=[EventView(t_s=t, phase=p, event=e) for t, p, e in job.events],
     )
