@@ -9,7 +9,6 @@ from haul.criu.options import PageServer
 from haul.engine.figures import Capabilities, RestoreFigures
 from haul.engine.phases import Strategy
 from haul.engine.ports import DestPort
-from haul.source.criusource import CriuSource
 
 
 class PageServerDest(DestPort, Protocol):
@@ -17,11 +16,17 @@ class PageServerDest(DestPort, Protocol):
     def page_server(self) -> PageServer | None: ...
 
 
+class PageSender(Protocol):
+    """The source side as this module sees it: where its dumps send pages."""
+
+    dest_page_server: PageServer | None
+
+
 class LinkedDest:
     """Implements DestPort by delegating to ``dest``; after ``prepare`` the source's
     dumps send pages to the destination's page server (if it started one)."""
 
-    def __init__(self, dest: PageServerDest, source: CriuSource) -> None:
+    def __init__(self, dest: PageServerDest, source: PageSender) -> None:
         self._dest = dest
         self._source = source
 

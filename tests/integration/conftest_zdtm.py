@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from haul.errors import WorkloadError
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 ZDTM_ARGS: dict[str, list[str]] = {
     "env00": ["--envname=ENV_00_TEST"],

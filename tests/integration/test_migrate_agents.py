@@ -322,7 +322,7 @@ def test_source_agent_killed_mid_migration_recovers_on_restart(
 
 def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
     """`haul migrate pid:PID --from HOST`: a tree haul did not start, moved by its PID."""
-    from haul.source.proctree import PIDINIT
+    from haul.workload.proctree import PIDINIT
 
     lab, inventory = lab_with_agents
     state = tmp_path / "state"  # outside the hosts' data: both hosts see it

@@ -19,9 +19,9 @@ from haul.lab.netlab import set_sysctl
 from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode, ns_inode, state
-from haul.source.proctree import ProcessTree
 from haul.transport.datasync import sync_tree
 from haul.transport.imagecopy import copy_images
+from haul.workload.proctree import ProcessTree
 
 pytestmark = pytest.mark.asyncio
 MEM_MIB = 64

@@ -13,7 +13,7 @@ from haul.engine.phases import Phase, Strategy
 from haul.lab.migrate import migrate_in_lab
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode, ns_inode
-from haul.source.proctree import start_tree
+from haul.workload.proctree import start_tree
 
 from conftest_zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS, wait_for_file  # noqa: E402
 

@@ -28,7 +28,7 @@ from haul.criu.results import CriuFeatures, CriuVersion
 from haul.errors import HaulError
 from haul.nsexec import HostNs
 from haul.procfs import alive
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

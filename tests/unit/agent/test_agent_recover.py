@@ -17,7 +17,7 @@ from haul.agent.journal import Journal
 from haul.criu.service import Criu
 from haul.engine.phases import Phase
 from haul.engine.ports import JournalRecord
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 
 class Tree:
