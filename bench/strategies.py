@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from haul.config import criu_binary
+from haul.install_record import criu_binary
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from haul.config import criu_binary, criu_source
 from haul.criu.service import Criu
 from haul.errors import ConfigError
+from haul.install_record import criu_binary, criu_source
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
 
