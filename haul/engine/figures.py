@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
+
+#: bytes in a memory page, as CRIU counts pages (x86-64's base page; the engine's
+#: figures, CRIU's stats and pagemap images all count in these)
+PAGE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from haul.criu.notify import Action, Notification
 from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.results import DumpResult
 from haul.criu.service import Criu
-from haul.engine.figures import Capabilities, DumpFigures, IterationFigures
+from haul.engine.figures import PAGE_SIZE, Capabilities, DumpFigures, IterationFigures
 from haul.errors import HaulError, WorkloadError
 from haul.source.freezer import Hold
 from haul.workload.proctree import ProcessTree
@@ -127,7 +127,7 @@ class CriuSource:
             iteration=iteration,
             pages_written=written,
             pages_skipped_parent=stats.pages_skipped_parent if stats else 0,
-            bytes_sent=written * 4096,
+            bytes_sent=written * PAGE_SIZE,
             duration_s=time.monotonic() - started,
         )
 
@@ -175,7 +175,7 @@ class CriuSource:
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at_s,
-            pages_written=pages // 4096,
+            pages_written=pages // PAGE_SIZE,
             pages_lazy=0,
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
             duration_s=time.monotonic() - started,
