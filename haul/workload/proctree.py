@@ -6,9 +6,8 @@ host's network namespace, sharing the host's mounts, with stdin from
 /dev/null and stdout and stderr appended to a log file, so that CRIU can dump
 every file it holds. Its PID 1 is :mod:`haul.workload.pidinit`.
 
-See ../shared/docs/ENVIRONMENT.md: a private mount namespace on the host's
-root filesystem makes CRIU try to dump every host mount, so plain trees share
-the host's.
+A private mount namespace on the host's root filesystem makes CRIU try to dump
+every host mount, so plain trees share the host's (docs/environment.md).
 """
 
 from __future__ import annotations
