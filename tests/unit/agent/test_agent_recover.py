@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentfakes import app_client
 from aiohttp import web
 
+from haul.agent.fakes import app_client
 from haul.agent.jobs import MigrationJobs, Peer
 from haul.agent.journal import Journal
 from haul.criu.service import Criu
