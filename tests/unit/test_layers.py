@@ -4,7 +4,8 @@
 - the source and destination sides do not import each other (what both need
   lives in haul/workload, haul/criu, haul/net, haul/engine);
 - only the command line (haul/cli*.py, haul/__main__.py) imports the command line;
-- the agent is built on the engine, CRIU and both sides, never the other way round.
+- the agent is built on the engine, CRIU and both sides, never the other way round;
+- fakes (haul/*/fakes.py) are for tests: no module of haul imports them.
 """
 
 from __future__ import annotations
@@ -128,6 +129,15 @@ def test_every_cli_import_allowance_is_still_needed() -> None:
 @pytest.mark.parametrize("layer", ["engine", "criu", "source", "dest", "workload"])
 def test_agent_is_imported_by_none_of_the_layers_under_it(layer: str) -> None:
     assert violations(files(f"haul/{layer}"), "haul.agent") == []
+
+
+def test_fakes_are_imported_by_no_module_of_the_package() -> None:
+    """Fakes (haul/*/fakes.py) are for tests; haul itself never runs them."""
+    bad = [f"{p.relative_to(ROOT)} imports {name}"
+           for p in files("haul") if p.name != "fakes.py"
+           for name in sorted(imports_of(p))
+           if name.startswith("haul.") and "fakes" in name.split(".")]
+    assert bad == []
 
 
 # -- the reading of imports ------------------------------------------------------------------
