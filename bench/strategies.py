@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,29 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from haul.config import criu_binary
+from haul.install_record import criu_binary
 from haul.lab.netlab import lab_down, lab_up
+from haul.lab.operator import run_counter, run_haul
 from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec
 
-COUNTER = Path(__file__).resolve().parents[1] / "haul" / "lab" / "samples" / "counter.py"
-
-
-def haul(inv: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "haul", *args], capture_output=True, text=True,
-                          env={**os.environ, "HAUL_HOSTS": str(inv)}, timeout=600, check=False)
-
-
-def wait_counting(path: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if int(path.read_text().split()[1]) > 2:
-                return
-        except (FileNotFoundError, ValueError, IndexError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"the counter never started: {path}")
+#: a migration of the largest counter through the agents may take this long
+HAUL_TIMEOUT_S = 600.0
 
 
 async def through_agents(mem: int, strategy: str) -> list[tuple[float, float]]:
@@ -54,14 +38,11 @@ async def through_agents(mem: int, strategy: str) -> list[tuple[float, float]]:
     inv = Path(tempfile.mkdtemp()) / "hosts.toml"
     await lab_up(spec, inventory=inv)
     try:
-        done = haul(inv, "run", "--name", "w", "--host", "host1", "--", sys.executable, "-S",
-                    "-E", str(COUNTER), "state", "--mem-mib", str(mem))
-        if done.returncode:
-            raise SystemExit(done.stderr)
-        wait_counting(spec.host(1).data_backing / "agent" / "workloads" / "w" / "state")
+        run_counter(inv, spec, "w", mem_mib=mem, timeout_s=120)
         figures = []
         for dst in ("host2", "host1"):
-            done = haul(inv, "migrate", "w", "--to", dst, "--strategy", strategy, "-o", "json")
+            done = run_haul(inv, "migrate", "w", "--to", dst, "--strategy", strategy, "-o",
+                            "json", timeout_s=HAUL_TIMEOUT_S)
             result = json.loads(done.stdout)
             if result["outcome"] != "done":
                 raise SystemExit(f"{strategy}: {result['reason']}")

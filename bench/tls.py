@@ -15,15 +15,12 @@ import argparse
 import asyncio
 import json
 import secrets
-import sys
 import tempfile
 from pathlib import Path
 
 from haul.lab.netlab import lab_down, lab_up
+from haul.lab.operator import run_counter, run_haul
 from haul.lab.spec import LabSpec
-
-# the helpers every benchmark here shares (run as `python bench/tls.py`: bench/ is on the path)
-from strategies import COUNTER, haul, wait_counting  # noqa: E402
 
 
 async def moves(tls: bool, mem: int, runs: int) -> list[tuple[float, float, float]]:
@@ -31,16 +28,12 @@ async def moves(tls: bool, mem: int, runs: int) -> list[tuple[float, float, floa
     inv = Path(tempfile.mkdtemp()) / "hosts.toml"
     await lab_up(spec, inventory=inv, tls=tls)
     try:
-        done = haul(inv, "run", "--name", "w", "--host", "host1", "--", sys.executable, "-S",
-                    "-E", str(COUNTER), "state", "--mem-mib", str(mem))
-        if done.returncode:
-            raise SystemExit(done.stderr)
-        wait_counting(spec.host(1).data_backing / "agent" / "workloads" / "w" / "state")
+        run_counter(inv, spec, "w", mem_mib=mem, timeout_s=120)
         figures = []
         for _ in range(runs):
             for dst in ("host2", "host1"):
-                done = haul(inv, "migrate", "w", "--to", dst, "--strategy", "stop-and-copy",
-                            "-o", "json")
+                done = run_haul(inv, "migrate", "w", "--to", dst, "--strategy",
+                                "stop-and-copy", "-o", "json", timeout_s=600)
                 result = json.loads(done.stdout)
                 if result["outcome"] != "done":
                     raise SystemExit(f"tls={tls}: {result['reason']}")

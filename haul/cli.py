@@ -43,9 +43,9 @@ app.add_typer(ca_app, name="ca")
 from haul.cli_migrate import register as register_migrate  # noqa: E402
 
 register_migrate(app)
-from haul.cli_hosts import register as register_host_commands  # noqa: E402
+from haul.cli_workloads import register as register_workload_commands  # noqa: E402
 
-register_host_commands(app)
+register_workload_commands(app)
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -167,7 +167,7 @@ def _print_status(status: Any, output: Output) -> None:
 @criu_app.command("info")
 def criu_info_cmd(output: OutputOpt = Output.text) -> None:
     """CRIU's path, version, kernel features, and whether 'criu check' passes."""
-    from haul.config import criu_binary
+    from haul.install_record import criu_binary
     from haul.criu.info import gather
 
     _need_root()

@@ -113,7 +113,7 @@ class IllegalTransition(HaulError):
 
 
 #: CRIU log errors that every run logs on these machines and that say nothing about the
-#: failure (no CAP_SYS_RESOURCE for root here: ENVIRONMENT.md)
+#: failure (root lacks CAP_SYS_RESOURCE on these machines: docs/environment.md)
 HARMLESS_CRIU_ERRORS = ("rlimit: Can't setup RLIMIT_NOFILE",)
 
 

@@ -32,9 +32,9 @@ from pydantic import (
     model_validator,
 )
 
-from haul.config import criu_binary
 from haul.criu.options import TlsFiles
 from haul.errors import ConfigError
+from haul.install_record import criu_binary
 from haul.nsexec import HostNs
 
 DEFAULT_CONFIG_PATH = Path("/etc/haul/haul.toml")
@@ -173,7 +173,7 @@ class AgentConfig(_Section):
     socket: Path = DEFAULT_SOCKET
     #: everything the agent writes lives here
     state_dir: Path = DEFAULT_STATE_DIR
-    #: the CRIU binary; default: the one the installer recorded (haul.config.criu_binary)
+    #: the CRIU binary; default: the one the installer recorded (haul.install_record.criu_binary)
     criu: Path | None = None
     #: /readyz fails when the state directory's file system has less free space than this
     min_free_mib: int = Field(default=DEFAULT_MIN_FREE_MIB, ge=0)

@@ -29,7 +29,7 @@ from haul.dest.incoming import IncomingRegistry
 from haul.dest.undecided import AskPolicy
 from haul.errors import HaulError
 from haul.net.spec import WorkloadNet
-from haul.source.proctree import ProcessTree, start_tree
+from haul.workload.proctree import ProcessTree, start_tree
 
 log = logging.getLogger(__name__)
 

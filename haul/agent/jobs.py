@@ -29,6 +29,7 @@ from haul.agent.ca import client_ssl_context
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
 from haul.agent.workloads import workload_net
+from haul.criu.info import host_capabilities
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.remote import IncomingClient, RemoteDestination
@@ -43,8 +44,8 @@ from haul.engine.timeouts import scaled
 from haul.errors import ConfigError, HaulError, UsageError
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
-from haul.source.proctree import ProcessTree
 from haul.transport.http import HttpTransport
+from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The workloads an agent runs on its host, and the registry file that outlives the agent.
 
-A workload is a process tree started by :func:`haul.source.proctree.start_tree`
+A workload is a process tree started by :func:`haul.workload.proctree.start_tree`
 inside the host's namespaces, its log in ``STATE/workloads/NAME/log``. The
 registry (``STATE/workloads.json``) maps each name to its root PID, the
 kernel's start time of that PID, its command and when it started; it is
@@ -37,7 +37,7 @@ from haul.net import veth
 from haul.net.spec import WorkloadNet
 from haul.nsexec import HOST, HostNs
 from haul.procfs import state
-from haul.source.proctree import ProcessTree, start_tree
+from haul.workload.proctree import ProcessTree, start_tree
 
 log = logging.getLogger(__name__)
 

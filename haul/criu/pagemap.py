@@ -17,6 +17,7 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from haul.criu.proto import pagemap_pb2
+from haul.engine.figures import PAGE_SIZE
 from haul.errors import CriuError
 
 IMG_COMMON_MAGIC = 0x54564319
@@ -24,7 +25,6 @@ PAGEMAP_MAGIC = 0x56084025
 PE_PARENT = 1 << 0
 PE_LAZY = 1 << 1
 PE_PRESENT = 1 << 2
-PAGE_SIZE = 4096
 
 
 def _records(path: Path) -> list[bytes]:

@@ -14,11 +14,11 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 
 from haul.criu.proto import stats_pb2
+from haul.engine.figures import PAGE_SIZE
 from haul.errors import CriuError
 
 IMG_SERVICE_MAGIC = 0x55105940
 STATS_MAGIC = 0x57093306
-PAGE_SIZE = 4096
 
 DUMP_STATS_FILE = "stats-dump"
 RESTORE_STATS_FILE = "stats-restore"

@@ -78,7 +78,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import assert_never
 
 from haul.cutover.haproxy_runtime import (
     AdminState,
@@ -87,6 +87,7 @@ from haul.cutover.haproxy_runtime import (
     ServerState,
 )
 from haul.cutover.lb_spec import HaproxyTarget
+from haul.engine.ports import HookFacts, HookPoint
 
 log = logging.getLogger(__name__)
 
@@ -96,30 +97,6 @@ UP_TIMEOUT_S = 10.0
 #: how long the source server is given to finish its sessions before maintenance
 DRAIN_TIMEOUT_S = 2.0
 POLL_S = 0.05
-
-
-class HookPointLike(Protocol):
-    """The engine's ``HookPoint`` as this module reads it: its value."""
-
-    @property
-    def value(self) -> str: ...
-
-
-class HookFactsLike(Protocol):
-    """The engine's ``HookFacts`` as this module reads them."""
-
-    @property
-    def migration_id(self) -> str: ...
-    @property
-    def workload(self) -> str: ...
-    @property
-    def source_host(self) -> str: ...
-    @property
-    def dest_host(self) -> str: ...
-    @property
-    def source_address(self) -> str: ...
-    @property
-    def dest_address(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,21 +146,24 @@ class HaproxyCutover:
         self.poll_s = poll_s
         self.last: CutoverReport | None = None
 
-    async def fire(self, point: HookPointLike, facts: HookFactsLike) -> None:
-        name = point.value
-        if name == "pre-migrate":
-            await self.check(facts)
-        elif name == "pre-freeze":
-            await self.hold_source(facts)
-        elif name == "post-commit":
-            await self.cut_over(facts)
-        elif name == "rolled-back":
-            await self.roll_back(facts)
-        # "restored", and points added later: nothing to do
+    async def fire(self, point: HookPoint, facts: HookFacts) -> None:
+        match point:
+            case HookPoint.PRE_MIGRATE:
+                await self.check(facts)
+            case HookPoint.PRE_FREEZE:
+                await self.hold_source(facts)
+            case HookPoint.RESTORED:
+                pass  # the destination copy is still stopped: nothing to move yet
+            case HookPoint.POST_COMMIT:
+                await self.cut_over(facts)
+            case HookPoint.ROLLED_BACK:
+                await self.roll_back(facts)
+            case _:  # a point added to the engine must be given its step here
+                assert_never(point)
 
     # -- the points ---------------------------------------------------------------------
 
-    async def check(self, facts: HookFactsLike) -> ServerState:
+    async def check(self, facts: HookFacts) -> ServerState:
         """Pre-migrate: everything the cutover will need exists; nothing is changed."""
         untouched = f"{facts.workload} stays on {facts.source_host}, nothing touched"
         try:
@@ -200,7 +180,7 @@ class HaproxyCutover:
                         facts.migration_id, pair.source.describe())
         return pair.source
 
-    async def hold_source(self, facts: HookFactsLike) -> None:
+    async def hold_source(self, facts: HookFacts) -> None:
         """Pre-freeze: stop checking the source so HAProxy keeps it UP while frozen."""
         state = f"{facts.workload} still runs on {facts.source_host}"
         try:
@@ -213,7 +193,7 @@ class HaproxyCutover:
             raise HaproxyError(f"HAProxy cutover before the freeze: {exc.message}",
                                workload_state=state) from exc
 
-    async def cut_over(self, facts: HookFactsLike) -> CutoverReport:
+    async def cut_over(self, facts: HookFacts) -> CutoverReport:
         """Post-commit: destination in service and UP first, then the source out."""
         started = time.monotonic()
         try:
@@ -238,7 +218,7 @@ class HaproxyCutover:
                  report.dest_up_s)
         return report
 
-    async def roll_back(self, facts: HookFactsLike) -> None:
+    async def roll_back(self, facts: HookFacts) -> None:
         """Rolled-back: the source in service with its checks on, the destination out."""
         try:
             pair = await self._pair(facts, for_cutover=False)
@@ -329,14 +309,14 @@ class HaproxyCutover:
 
     # -- finding the servers ------------------------------------------------------------
 
-    async def _source(self, facts: HookFactsLike) -> ServerState:
+    async def _source(self, facts: HookFacts) -> ServerState:
         return find_source(self.target, await self.api.servers(self.target.backend), facts)
 
-    async def _pair(self, facts: HookFactsLike, *, for_cutover: bool) -> Pair:
+    async def _pair(self, facts: HookFacts, *, for_cutover: bool) -> Pair:
         servers = await self.api.servers(self.target.backend)
         return choose_servers(self.target, servers, facts, for_cutover=for_cutover)
 
-    async def _where_traffic_goes(self, facts: HookFactsLike) -> str:
+    async def _where_traffic_goes(self, facts: HookFacts) -> str:
         """One phrase on which servers HAProxy sends traffic to now, for error lines."""
         try:
             servers = await self.api.servers(self.target.backend)
@@ -349,7 +329,7 @@ class HaproxyCutover:
 
 
 def choose_servers(target: HaproxyTarget, servers: tuple[ServerState, ...],
-                   facts: HookFactsLike, *, for_cutover: bool) -> Pair:
+                   facts: HookFacts, *, for_cutover: bool) -> Pair:
     """The source and destination servers among ``servers`` (``show servers state``).
 
     ``for_cutover``: the destination must exist, or a spare be found for it, and both
@@ -377,7 +357,7 @@ def choose_servers(target: HaproxyTarget, servers: tuple[ServerState, ...],
 
 
 def find_source(target: HaproxyTarget, servers: tuple[ServerState, ...],
-                facts: HookFactsLike) -> ServerState:
+                facts: HookFacts) -> ServerState:
     """The server the workload is served through on its source host."""
     if not target.by_address:
         return _named(servers, target.backend, target.server_for(facts.source_host))
@@ -396,7 +376,7 @@ def find_source(target: HaproxyTarget, servers: tuple[ServerState, ...],
 
 
 def _by_address(target: HaproxyTarget, servers: tuple[ServerState, ...], source: ServerState,
-                facts: HookFactsLike, for_cutover: bool) -> Pair:
+                facts: HookFacts, for_cutover: bool) -> Pair:
     address = _address(facts.dest_address, "destination")
     if address == source.address:
         return Pair(source=source, dest=source)

@@ -32,6 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from haul.criu.info import host_capabilities
 from haul.criu.lazypages import LazyPagesDaemon
 from haul.criu.notify import Action, Notification
 from haul.criu.pagemap import lazy_bytes
@@ -43,8 +44,7 @@ from haul.errors import ConfigError, TransportError, WorkloadError
 from haul.net import lock, veth
 from haul.net.announce import announce
 from haul.net.spec import INNER_IFNAME, WorkloadNet, host_ifname
-from haul.source.criusource import host_capabilities
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 #: in a migration's work directory once a copy is restored there
 RESTORED_MARK = "restored.pid"

@@ -40,7 +40,7 @@ from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
 from haul.net.spec import WorkloadNet
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 

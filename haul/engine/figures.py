@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-#: the size of a memory page in CRIU's images and in the figures (x86-64, arm64 4K)
+#: bytes in a memory page, as CRIU counts pages (x86-64's base page; the engine's
+#: figures, CRIU's stats and pagemap images all count in these)
 PAGE_SIZE: Final = 4096
 
 

@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haul.engine.figures import IterationFigures
+from haul.engine.figures import PAGE_SIZE, IterationFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class Decision:
 
 
 def expected_downtime_ms(
-    history: Sequence[IterationFigures], *, freeze_cost_ms: float, page_size: int = 4096
+    history: Sequence[IterationFigures], *, freeze_cost_ms: float, page_size: int = PAGE_SIZE
 ) -> float:
     """The frozen window if the workload were frozen after the last round of ``history``."""
     if not history:
@@ -65,7 +65,7 @@ def throughput_bytes_per_s(history: Sequence[IterationFigures]) -> float | None:
 
 
 def dirty_rate_bytes_per_s(
-    history: Sequence[IterationFigures], page_size: int = 4096
+    history: Sequence[IterationFigures], page_size: int = PAGE_SIZE
 ) -> float | None:
     """How fast the workload dirties memory: what the last round found dirty, over the
     time the round before it took (the time in which those pages were written).
@@ -81,7 +81,7 @@ def decide(
     max_downtime_ms: float,
     max_iterations: int,
     freeze_cost_ms: float,
-    page_size: int = 4096,
+    page_size: int = PAGE_SIZE,
     shrink_threshold: float = 0.9,
 ) -> Decision:
     """Apply the module's rules to the rounds so far (oldest first)."""

@@ -1,4 +1,4 @@
-"""Default time limits per phase (seconds): every phase has one (DESIGN.md)."""
+"""Default time limits per phase (seconds): every phase has one (docs/architecture.md)."""
 
 from __future__ import annotations
 

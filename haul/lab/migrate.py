@@ -28,8 +28,8 @@ from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import DEFAULT_TIMEOUTS_S
 from haul.lab.spec import HostSpec
 from haul.source.criusource import CriuSource
-from haul.source.proctree import ProcessTree
 from haul.transport.local import LocalTransport
+from haul.workload.proctree import ProcessTree
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from pyroute2 import AsyncIPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from haul.criu.info import PIPE_MAX_SIZE_NEEDED
 from haul.errors import LabError, UsageError
 from haul.lab.agents import start_agents, stop_agents
 from haul.lab.ledger import Ledger, known_prefixes
@@ -334,18 +335,15 @@ def all_labs() -> list[str]:
     return known_prefixes()
 
 
-#: CRIU's lazy transfer (post-copy) resizes pipes to this; without CAP_SYS_RESOURCE the
-#: machine's limit must allow it (ENVIRONMENT.md)
-LAZY_PIPE_BYTES = 4 << 20
-
-
 def _raise_pipe_size(ledger: Ledger) -> None:
+    """Post-copy needs fs.pipe-max-size raised here (no CAP_SYS_RESOURCE, see
+    docs/environment.md); the old value goes to the ledger, for ``down``."""
     path = Path("/proc/sys/fs/pipe-max-size")
     current = path.read_text().strip()
-    if int(current) < LAZY_PIPE_BYTES:
+    if int(current) < PIPE_MAX_SIZE_NEEDED:
         ledger.sysctls.setdefault("fs.pipe-max-size", current)
         ledger.save()
-        path.write_text(str(LAZY_PIPE_BYTES))
+        path.write_text(str(PIPE_MAX_SIZE_NEEDED))
 
 
 def set_sysctl(prefix: str, key: str, value: str) -> None:

@@ -13,7 +13,7 @@ With ``tls`` (this host's certificate, key and CA), every page channel is TLS:
 dumps check that the destination page server's certificate names the address
 they send to, and the lazy page server takes only a destination whose
 certificate the CA signed (CRIU gives it no address over RPC, so it checks the
-CA alone; see haul.dest.criudest).
+CA alone, as the destination's page server does).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
+from haul.criu.info import host_capabilities
 from haul.criu.notify import Action, Notification
 from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.results import DumpResult
@@ -36,37 +37,16 @@ from haul.criu.service import Criu
 from haul.engine.figures import PAGE_SIZE, Capabilities, DumpFigures, Endpoint, IterationFigures
 from haul.errors import HaulError, WorkloadError
 from haul.source.freezer import Hold
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 
-PIPE_MAX_SIZE_NEEDED = 4 << 20
 #: how long a lazy dump told to roll back may take to reach its page server (then ended)
 LAZY_SERVING_TIMEOUT_S = 10.0
 
 
 class RolledBackAtPostDump(HaulError):
     """haul's answer to a held post-dump when the migration rolls back."""
-
-
-def lazy_pipe_ok() -> bool:
-    """CRIU's lazy transfer resizes pipes to 4 MiB; without CAP_SYS_RESOURCE it needs
-    fs.pipe-max-size at least that large (see ENVIRONMENT.md)."""
-    try:
-        return int(Path("/proc/sys/fs/pipe-max-size").read_text()) >= PIPE_MAX_SIZE_NEEDED
-    except (OSError, ValueError):
-        return False
-
-
-async def host_capabilities(criu: Criu) -> Capabilities:
-    version = await criu.version()
-    features = await criu.features()
-    return Capabilities(
-        criu_version=str(version),
-        mem_track=features.mem_track,
-        lazy_pages=features.lazy_pages,
-        lazy_pipe_ok=lazy_pipe_ok(),
-    )
 
 
 class CriuSource:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from haul.config import criu_binary, criu_source
 from haul.criu.service import Criu
 from haul.errors import ConfigError
+from haul.install_record import criu_binary, criu_source
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
+from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
 
-ZDTM_TESTS = ("env00", "maps00", "pthread00", "sockets00", "file_locks00",
-              "timerfd", "posix_timers", "inotify00", "pipe00", "zombie00")
+ZDTM_TESTS = tuple(ZDTM_ARGS | ZDTM_MORE_ARGS)
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_migrate_agents import count, haul, ps, start_counter, verdict, wait_count_above
-from test_undecided_agents import agent_pid, incoming, journal_dir, journal_phases, until
 
+from haul.lab.operator import (
+    agent_pid,
+    count,
+    incoming,
+    journal_dir,
+    journal_phases,
+    ps,
+    run_counter,
+    run_haul,
+    verdict,
+    wait_count_above,
+    wait_until,
+)
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode, pids_in_ns
 
@@ -109,7 +120,7 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     lab_with_agents: tuple[LabSpec, Path], small_disk: SmallDisk, strategy: str
 ) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "web", mem_mib=64)
+    run_counter(inventory, lab, "web", mem_mib=64)
     dest_agent = agent_pid(lab, "host2")
     assert others_in_netns(lab, "host2", dest_agent) == []
     before = set(journal_dir(lab, "host1").glob("*.jsonl"))
@@ -117,10 +128,10 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
         [sys.executable, "-m", "haul", "migrate", "web", "--to", "host2", "--strategy",
          strategy], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HAUL_HOSTS": str(inventory)})
-    new = until("the migration's journal",
-                lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
+    new = wait_until("the migration's journal",
+                     lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
     mid = next(iter(new)).stem
-    until("the freeze phase", lambda: "freeze" in journal_phases(lab, "host1", mid))
+    wait_until("the freeze phase", lambda: "freeze" in journal_phases(lab, "host1", mid))
     os.kill(dest_agent, signal.SIGSTOP)
     try:
         small_disk.fill(dest_agent)
@@ -147,7 +158,7 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     (small_disk.seen_by(dest_agent) / "filler").unlink()
     assert small_disk.umount() == "" and not small_disk.mounted
     assert not list(small_disk.backing.iterdir()), "nothing was written under the tmpfs"
-    done = haul(inventory, "migrate", "web", "--to", "host2", "--strategy", strategy)
+    done = run_haul(inventory, "migrate", "web", "--to", "host2", "--strategy", strategy)
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "web").startswith("PASS")
 

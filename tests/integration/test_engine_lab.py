@@ -27,7 +27,7 @@ from haul.lab.samples import start_counter
 from haul.lab.spec import HostSpec, LabSpec
 from haul.nsexec import HOST, HostNs
 from haul.procfs import netns_inode, ns_inode, pids_in_ns, state
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,18 +18,18 @@ from haul.cutover.haproxy_runtime import HaproxyRuntime
 from haul.lab.haproxy import LbConfig, LabHaproxy, lab_servers, start_haproxy, stop_haproxy
 from haul.lab.loadgen import LoadGen, netns_connector
 from haul.lab.loadrun import LoadRun
+from haul.lab.operator import ps, run_haul
 from haul.lab.samples import WEB
 from haul.lab.spec import LabSpec
 
-from test_migrate_agents import haul, ps
 
 PORT = 8080
 
 
 def _start_web(lab: LabSpec, inventory: Path) -> Path:
-    done = haul(inventory, "run", "--name", "web", "--host", "host1", "--",
-                sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
-                "--port", str(PORT), "--mem-mib", "64")
+    done = run_haul(inventory, "run", "--name", "web", "--host", "host1", "--",
+                    sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
+                    "--port", str(PORT), "--mem-mib", "64")
     assert done.returncode == 0, done.stderr
     return lab.host(1).data_backing / "agent" / "workloads" / "web" / "verdict"
 
@@ -56,7 +56,7 @@ async def _under_load(lab: LabSpec, proxy: LabHaproxy, moves: list[list[str]]
     try:
         await asyncio.sleep(1.0)
         for argv in moves:
-            done = await asyncio.to_thread(haul, *argv)
+            done = await asyncio.to_thread(run_haul, *argv)
             print(done.stdout, done.stderr)
             codes.append(done.returncode)
             await asyncio.sleep(1.0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.operator import count, ps, run_counter, run_haul, verdict, wait_count_above
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode
-from test_migrate_agents import count, haul, ps, start_counter, verdict, wait_count_above
 
 LOG_EVENT = Path(__file__).resolve().parents[2] / "deploy" / "hooks" / "log-event"
 
@@ -52,10 +52,10 @@ def test_a_logging_hook_sees_every_point_in_order(
     lab, inventory = lab_with_agents
     log = tmp_path / "hooks.log"
     hook = logging_hook(tmp_path, "log", log)
-    start_counter(inventory, lab, "web1")
+    run_counter(inventory, lab, "web1")
     before = count(lab, "host1", "web1")
-    done = haul(inventory, "migrate", "web1", "--to", "host2", "--strategy", strategy,
-                "--hook", str(hook), "--hook-timeout", "20", "-o", "json")
+    done = run_haul(inventory, "migrate", "web1", "--to", "host2", "--strategy", strategy,
+                    "--hook", str(hook), "--hook-timeout", "20", "-o", "json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["problems"] == []
@@ -84,10 +84,10 @@ def test_a_hook_failing_at_restored_aborts_and_the_workload_stays(
 ) -> None:
     lab, inventory = lab_with_agents
     log = tmp_path / "hooks.log"
-    start_counter(inventory, lab, "web2")
+    run_counter(inventory, lab, "web2")
     veto = logging_hook(tmp_path, "veto", log, fail_at="restored")
-    done = haul(inventory, "migrate", "web2", "--to", "host2", "--strategy", "stop-and-copy",
-                "--hook", str(veto), "-o", "json")
+    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "--strategy", "stop-and-copy",
+                    "--hook", str(veto), "-o", "json")
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "rolled-back"
@@ -109,18 +109,18 @@ def test_a_hook_failing_at_restored_aborts_and_the_workload_stays(
     assert wait_count_above(lab, "host1", "web2", n) > n
 
     # a hook that cannot run is refused in one line before anything starts
-    missing = haul(inventory, "migrate", "web2", "--to", "host2", "--hook", "/no/such/hook")
+    missing = run_haul(inventory, "migrate", "web2", "--to", "host2", "--hook", "/no/such/hook")
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1
     assert "hook /no/such/hook: no such file on host1" in missing.stderr
-    relative = haul(inventory, "migrate", "web2", "--to", "host2", "--hook", "hooks/log")
+    relative = run_haul(inventory, "migrate", "web2", "--to", "host2", "--hook", "hooks/log")
     assert relative.returncode == 2 and "absolute path on the source host" in relative.stderr
     assert len(events(log)) == 4, "neither refused migration called a hook"
 
     # and the next migration, with a hook that agrees, succeeds
     good = logging_hook(tmp_path, "good", log)
-    done = haul(inventory, "migrate", "web2", "--to", "host2", "--hook", str(good),
-                "-o", "json")
+    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "--hook", str(good),
+                    "-o", "json")
     assert done.returncode == 0, done.stderr
     assert [e["point"] for e in events(log)][4:] == ["pre-migrate", "pre-freeze", "restored",
                                                     "post-commit"]
@@ -132,10 +132,10 @@ def test_a_failing_post_commit_hook_is_reported_and_the_move_stands(
 ) -> None:
     lab, inventory = lab_with_agents
     log = tmp_path / "hooks.log"
-    start_counter(inventory, lab, "web3", mem_mib=8)
+    run_counter(inventory, lab, "web3", mem_mib=8)
     late = logging_hook(tmp_path, "late", log, fail_at="post-commit")
-    done = haul(inventory, "migrate", "web3", "--to", "host2", "--hook", str(late),
-                "-o", "json")
+    done = run_haul(inventory, "migrate", "web3", "--to", "host2", "--hook", str(late),
+                    "-o", "json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done"

@@ -25,16 +25,8 @@ from haul.procfs import alive, netns_inode, ns_inode, wait_gone
 
 pytestmark = pytest.mark.asyncio
 
-#: runs the haul command with ps/run/kill registered, whether or not haul/cli.py does it yet
-HAUL = (
-    "import sys\n"
-    "from haul.cli import app, main\n"
-    "from haul.cli_hosts import register\n"
-    "if 'ps' not in {c.name for c in app.registered_commands}:\n"
-    "    register(app)\n"
-    "sys.argv[0] = 'haul'\n"
-    "main()\n"
-)
+#: runs the haul command (named haul in its messages)
+HAUL = "import sys\nfrom haul.cli import main\nsys.argv[0] = 'haul'\nmain()\n"
 
 
 def _haul(*args: str) -> subprocess.CompletedProcess[str]:

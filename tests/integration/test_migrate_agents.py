@@ -14,76 +14,28 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.operator import (
+    count,
+    ps,
+    run_counter,
+    run_haul,
+    state_file,
+    verdict,
+    wait_count_above,
+)
+from haul.lab.samples import COUNTER
 from haul.lab.spec import LabSpec
-
-COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "counter.py"
-
-
-def haul(inventory: Path, *args: str, timeout: float = 180, netns: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, sys.executable, "-m", "haul", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HAUL_HOSTS": str(inventory)})
-
-
-def ps(inventory: Path) -> list[dict[str, object]]:
-    done = haul(inventory, "ps", "-o", "json")
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(done.stdout)
-    return [r for r in rows if r.get("status") != "gone"]
-
-
-def state_file(lab: LabSpec, host: str, name: str) -> Path:
-    return lab.member(host).data_backing / "agent" / "workloads" / name / "state"
-
-
-def count(lab: LabSpec, host: str, name: str) -> int:
-    return int(state_file(lab, host, name).read_text().split()[1])
-
-
-def wait_count_above(lab: LabSpec, host: str, name: str, n: int, timeout_s: float = 20) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            now = count(lab, host, name)
-            if now > n:
-                return now
-        except (FileNotFoundError, ValueError, IndexError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"{name} on {host} did not count past {n}")
-
-
-def start_counter(inventory: Path, lab: LabSpec, name: str, mem_mib: int = 32) -> None:
-    done = haul(inventory, "run", "--name", name, "--host", "host1", "--",
-                sys.executable, "-S", "-E", str(COUNTER), "state", "--mem-mib", str(mem_mib))
-    assert done.returncode == 0, done.stderr
-    wait_count_above(lab, "host1", name, 2)
-
-
-def verdict(lab: LabSpec, inventory: Path, host: str, name: str) -> str:
-    """SIGTERM the workload (its init forwards it) and read the counter's verdict."""
-    rows = [r for r in ps(inventory) if r["name"] == name]
-    assert len(rows) == 1 and rows[0]["host"] == host, rows
-    os.kill(int(rows[0]["root_pid"]), signal.SIGTERM)  # type: ignore[call-overload]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = state_file(lab, host, name).read_text()
-        if text.startswith(("PASS", "FAIL")):
-            return text.strip()
-        time.sleep(0.05)
-    raise AssertionError("no verdict")
+from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
 
 
 @pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
 def test_migrate_there_and_back(lab_with_agents: tuple[LabSpec, Path], strategy: str) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "web1")
+    run_counter(inventory, lab, "web1")
     for src, dst in (("host1", "host2"), ("host2", "host1")):
         before = count(lab, src, "web1")
-        done = haul(inventory, "migrate", "web1", "--to", dst, "--strategy", strategy,
-                    "-o", "json")
+        done = run_haul(inventory, "migrate", "web1", "--to", dst, "--strategy", strategy,
+                        "-o", "json")
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["outcome"] == "done" and result["strategy"] == strategy
@@ -102,7 +54,7 @@ def test_wrong_token_is_refused_and_nothing_moves(
     lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
 ) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "web2")
+    run_counter(inventory, lab, "web2")
     # From the lab's client machine, over TCP, with a token that is off by one character.
     import tomllib
 
@@ -113,25 +65,25 @@ def test_wrong_token_is_refused_and_nothing_moves(
                   f'token = "{entry["token"]}x"', ""]
     bad = tmp_path / "bad.toml"
     bad.write_text("\n".join(lines))
-    done = haul(bad, "migrate", "web2", "--to", "host2", "--from", "host1",
-                netns=lab.client.netns)
+    done = run_haul(bad, "migrate", "web2", "--to", "host2", "--from", "host1",
+                    netns=lab.client.netns)
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "token is not valid" in done.stderr
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web2")]
     n = count(lab, "host1", "web2")
     assert wait_count_above(lab, "host1", "web2", n) > n
     # and the right token still works
-    done = haul(inventory, "migrate", "web2", "--to", "host2", "-o", "json")
+    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "-o", "json")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "web2").startswith("PASS")
 
 
 def test_unknown_workload_and_host_fail_in_one_line(lab_with_agents: tuple[LabSpec, Path]) -> None:
     _, inventory = lab_with_agents
-    done = haul(inventory, "migrate", "nope", "--to", "host2")
+    done = run_haul(inventory, "migrate", "nope", "--to", "host2")
     assert done.returncode == 2 and done.stderr.startswith("haul: error:")
     assert "nope" in done.stderr and done.stderr.count("\n") == 1
-    done = haul(inventory, "migrate", "nope", "--to", "host9")
+    done = run_haul(inventory, "migrate", "nope", "--to", "host9")
     assert done.returncode == 2 and "host9" in done.stderr
 
 
@@ -148,7 +100,7 @@ def _start_migration(inventory: Path, workload: str, to: str, strategy: str
 def _wait_phase(inventory: Path, phases: set[str], timeout_s: float = 60) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = haul(inventory, "jobs", "list", "-o", "json")
+        done = run_haul(inventory, "jobs", "list", "-o", "json")
         if done.returncode == 0:
             running = [j for j in json.loads(done.stdout) if not j["finished"]]
             if running and running[-1]["phase"] in phases:
@@ -159,10 +111,10 @@ def _wait_phase(inventory: Path, phases: set[str], timeout_s: float = 60) -> str
 
 def test_abort_during_the_final_dump_rolls_back(lab_with_agents: tuple[LabSpec, Path]) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "big", mem_mib=512)
+    run_counter(inventory, lab, "big", mem_mib=512)
     migrating = _start_migration(inventory, "big", "host2", "stop-and-copy")
     mid = _wait_phase(inventory, {"freeze"})
-    aborted = haul(inventory, "jobs", "abort", mid)
+    aborted = run_haul(inventory, "jobs", "abort", mid)
     assert aborted.returncode == 0, aborted.stderr
     out, errs = migrating.communicate(timeout=120)
     assert migrating.returncode == 1, errs
@@ -171,7 +123,7 @@ def test_abort_during_the_final_dump_rolls_back(lab_with_agents: tuple[LabSpec, 
     assert not list((lab.host(2).data_backing / "agent").glob("incoming/*")), "host2 is clean"
     n = count(lab, "host1", "big")
     assert wait_count_above(lab, "host1", "big", n) > n
-    done = haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "post-copy")
+    done = run_haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "post-copy")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big").startswith("PASS")
 
@@ -182,7 +134,7 @@ def test_destination_agent_killed_mid_migration(lab_with_agents: tuple[LabSpec, 
     from haul.lab.agents import restart_agent
 
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "big2", mem_mib=512)
+    run_counter(inventory, lab, "big2", mem_mib=512)
     migrating = _start_migration(inventory, "big2", "host2", "stop-and-copy")
     _wait_phase(inventory, {"freeze"})
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
@@ -200,38 +152,38 @@ def test_destination_agent_killed_mid_migration(lab_with_agents: tuple[LabSpec, 
     asyncio.run(restart_agent(lab, "host2"))
     assert not list((lab.host(2).data_backing / "agent").glob("incoming/*"))
     assert not (lab.host(2).data_backing / "agent" / "workloads" / "big2").exists()
-    done = haul(inventory, "migrate", "big2", "--to", "host2")
+    done = run_haul(inventory, "migrate", "big2", "--to", "host2")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big2").startswith("PASS")
 
 
 def ps_host(inventory: Path, host: str) -> list[dict[str, object]]:
-    done = haul(inventory, "ps", "--host", host, "-o", "json")
+    done = run_haul(inventory, "ps", "--host", host, "-o", "json")
     assert done.returncode == 0, done.stderr
     return [r for r in json.loads(done.stdout) if r.get("status") != "gone"]
 
 
 def test_check_and_dry_run_touch_nothing(lab_with_agents: tuple[LabSpec, Path]) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "web3", mem_mib=16)
-    done = haul(inventory, "check", "web3", "--to", "host2", "-o", "json")
+    run_counter(inventory, lab, "web3", mem_mib=16)
+    done = run_haul(inventory, "check", "web3", "--to", "host2", "-o", "json")
     assert done.returncode == 0, done.stderr
     view = json.loads(done.stdout)
     assert view["ok"] and view["strategy"] == "post-copy"  # auto, on this kernel
     assert view["workload_bytes"] >= 16 << 20
-    refused = haul(inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy",
-                   "--dry-run")
+    refused = run_haul(inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy",
+                       "--dry-run")
     assert refused.returncode == 3
     assert "soft-dirty" in refused.stderr
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web3")]
     assert not list((lab.host(2).data_backing / "agent").glob("incoming/*"))
-    done = haul(inventory, "jobs", "list", "-o", "json")
+    done = run_haul(inventory, "jobs", "list", "-o", "json")
     assert json.loads(done.stdout) == [], "a check starts no migration"
 
 
 def test_ctrl_c_before_the_commit_rolls_back(lab_with_agents: tuple[LabSpec, Path]) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "big3", mem_mib=512)
+    run_counter(inventory, lab, "big3", mem_mib=512)
     migrating = _start_migration(inventory, "big3", "host2", "stop-and-copy")
     _wait_phase(inventory, {"freeze"})
     migrating.send_signal(signal.SIGINT)
@@ -249,15 +201,13 @@ def test_zdtm_programs_through_the_agents(
     lab_with_agents: tuple[LabSpec, Path], zdtm_dir: Path
 ) -> None:
     """CRIU's own oracle, the operator's way: haul run, haul migrate, SIGTERM, PASS."""
-    from conftest_zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
-
     lab, inventory = lab_with_agents
     programs = ZDTM_ARGS | ZDTM_MORE_ARGS
     for name in sorted(programs):
         w = f"z-{name.replace('_', '-')}"
-        done = haul(inventory, "run", "--name", w, "--host", "host1", "--",
-                    str(zdtm_dir / name), f"--pidfile={name}.pid", f"--outfile={name}.out",
-                    *programs[name])
+        done = run_haul(inventory, "run", "--name", w, "--host", "host1", "--",
+                        str(zdtm_dir / name), f"--pidfile={name}.pid", f"--outfile={name}.out",
+                        *programs[name])
         assert done.returncode == 0, done.stderr
         wdir = lab.host(1).data_backing / "agent" / "workloads" / w
         deadline = time.monotonic() + 30
@@ -266,8 +216,8 @@ def test_zdtm_programs_through_the_agents(
             time.sleep(0.02)
     for name in sorted(programs):
         w = f"z-{name.replace('_', '-')}"
-        done = haul(inventory, "migrate", w, "--to", "host2", "--strategy", "stop-and-copy",
-                    "-o", "json")
+        done = run_haul(inventory, "migrate", w, "--to", "host2", "--strategy", "stop-and-copy",
+                        "-o", "json")
         assert done.returncode == 0, f"{name}: {done.stdout} {done.stderr}"
     rows = {r["name"]: r for r in ps(inventory)}
     for name in sorted(programs):
@@ -292,7 +242,7 @@ def test_source_agent_killed_mid_migration_recovers_on_restart(
     from haul.lab.agents import restart_agent
 
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "big4", mem_mib=512)
+    run_counter(inventory, lab, "big4", mem_mib=512)
     migrating = _start_migration(inventory, "big4", "host2", "stop-and-copy")
     mid = _wait_phase(inventory, {"freeze"})
     asyncio.run(restart_agent(lab, "host1", kill_only=True))
@@ -315,14 +265,14 @@ def test_source_agent_killed_mid_migration_recovers_on_restart(
     assert wait_count_above(lab, "host1", "big4", n) > n, "the restarted agent resumed it"
     assert not list((lab.host(2).data_backing / "agent").glob("incoming/m*/")), \
         "the destination discarded its part"
-    done = haul(inventory, "migrate", "big4", "--to", "host2")
+    done = run_haul(inventory, "migrate", "big4", "--to", "host2")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big4").startswith("PASS")
 
 
 def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
     """`haul migrate pid:PID --from HOST`: a tree haul did not start, moved by its PID."""
-    from haul.source.proctree import PIDINIT
+    from haul.workload.proctree import PIDINIT
 
     lab, inventory = lab_with_agents
     state = tmp_path / "state"  # outside the hosts' data: both hosts see it
@@ -339,16 +289,16 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
     root_pid = int(children[0])
     plain = subprocess.Popen(["sleep", "60"])
     try:
-        refused = haul(inventory, "migrate", f"pid:{plain.pid}", "--from", "host1",
-                       "--to", "host2")
+        refused = run_haul(inventory, "migrate", f"pid:{plain.pid}", "--from", "host1",
+                           "--to", "host2")
         assert refused.returncode == 1 and "own PID namespace" in refused.stderr
     finally:
         plain.kill()
         plain.wait()
-    no_from = haul(inventory, "migrate", f"pid:{root_pid}", "--to", "host2")
+    no_from = run_haul(inventory, "migrate", f"pid:{root_pid}", "--to", "host2")
     assert no_from.returncode == 2 and "--from" in no_from.stderr
-    done = haul(inventory, "migrate", f"pid:{root_pid}", "--from", "host1", "--to",
-                "host2", "-o", "json")
+    done = run_haul(inventory, "migrate", f"pid:{root_pid}", "--from", "host1", "--to",
+                    "host2", "-o", "json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["workload"] == f"pid-{root_pid}"
     rows = ps(inventory)
@@ -370,20 +320,20 @@ def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path]
     lab, inventory = lab_with_agents
     shared = tmp_path / "shared"  # outside the hosts' private data: both see it
     shared.mkdir()
-    start_counter(inventory, lab, "web5", mem_mib=32)
+    run_counter(inventory, lab, "web5", mem_mib=32)
     before = count(lab, "host1", "web5")
-    done = haul(inventory, "migrate", "web5", "--to", "host2", "--shared-dir", str(shared),
-                "-o", "json")
+    done = run_haul(inventory, "migrate", "web5", "--to", "host2", "--shared-dir", str(shared),
+                    "-o", "json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["strategy"] == "stop-and-copy"
-    shown = json.loads(haul(inventory, "jobs", "show", result["id"]).stdout)
+    shown = json.loads(run_haul(inventory, "jobs", "show", result["id"]).stdout)
     assert shown["stats"]["transfer_bytes"] < 4 << 20, "the pages did not go over the API"
     assert shown["stats"]["dump_bytes"] >= 32 << 20, "they were written to the shared dir"
     assert list(shared.iterdir()) == [], "the shared directory is cleaned up"
     assert wait_count_above(lab, "host2", "web5", before) > before
-    refused = haul(inventory, "migrate", "web5", "--to", "host1", "--shared-dir", str(shared),
-                   "--strategy", "post-copy")
+    refused = run_haul(inventory, "migrate", "web5", "--to", "host1", "--shared-dir", str(shared),
+                       "--strategy", "post-copy")
     assert refused.returncode == 1 and "post-copy" in refused.stderr
     assert verdict(lab, inventory, "host2", "web5").startswith("PASS")
 
@@ -404,14 +354,14 @@ def test_a_listening_server_moves_and_answers_on_the_destination(
     if tuple(int(x) for x in version.split(".")[:2]) < (4, 2):
         pytest.skip(f"CRIU {version} cannot dump TCP sockets on this kernel (4.2 can)")
     lab, inventory = lab_with_agents
-    done = haul(inventory, "run", "--name", "www", "--host", "host1", "--",
-                sys.executable, "-m", "http.server", "8000")
+    done = run_haul(inventory, "run", "--name", "www", "--host", "host1", "--",
+                    sys.executable, "-m", "http.server", "8000")
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 20
     while _http_status(lab, "http://10.77.0.1:8000/") != 200:
         assert time.monotonic() < deadline, "the server never answered on host1"
         time.sleep(0.1)
-    done = haul(inventory, "migrate", "www", "--to", "host2", "-o", "json")
+    done = run_haul(inventory, "migrate", "www", "--to", "host2", "-o", "json")
     assert done.returncode == 0, done.stderr
     assert _http_status(lab, "http://10.77.0.2:8000/") == 200
     assert _http_status(lab, "http://10.77.0.1:8000/") == -1, "nothing answers on host1"

@@ -30,20 +30,13 @@ import pytest_asyncio
 from haul.agent.ca import init_ca, issue
 from haul.lab.agents import AGENT_PORT, CLI_CERT, agent_config_path, restart_agent
 from haul.lab.netlab import lab_down, lab_up
+from haul.lab.operator import run_haul
 from haul.lab.spec import LabSpec
 
 COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "counter.py"
 SNIFFER = Path(__file__).resolve().parent / "wiresniff.py"
 MEM_MIB = 16
 TLS_RECORD = "1603"  # a handshake record, TLS 1.0-1.3 framing
-
-
-def haul(inventory: Path, *args: str, netns: str | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, sys.executable, "-m", "haul", *args],
-                          capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "HAUL_HOSTS": str(inventory)})
 
 
 @pytest_asyncio.fixture
@@ -91,13 +84,13 @@ class Counter:
         raise AssertionError(f"{self.name} on {host} did not count past {n}")
 
     def where(self) -> list[tuple[str, str]]:
-        done = haul(self.inventory, "ps", "-o", "json")
+        done = run_haul(self.inventory, "ps", "-o", "json")
         assert done.returncode == 0, done.stderr
         return [(str(r["host"]), str(r["name"])) for r in json.loads(done.stdout)
                 if r.get("status") != "gone"]
 
     def verdict(self, host: str) -> str:
-        done = haul(self.inventory, "ps", "--host", host, "-o", "json")
+        done = run_haul(self.inventory, "ps", "--host", host, "-o", "json")
         rows = [r for r in json.loads(done.stdout) if r["name"] == self.name]
         os.kill(int(rows[0]["root_pid"]), signal.SIGTERM)
         deadline = time.monotonic() + 30
@@ -111,8 +104,8 @@ class Counter:
 
 def start_counter(lab: LabSpec, inventory: Path, name: str) -> Counter:
     counter = Counter(lab, inventory, name, "haulmark" + secrets.token_hex(8))
-    done = haul(inventory, "run", "--name", name, "--host", "host1", "--", sys.executable,
-                "-S", "-E", str(COUNTER), counter.state_name, "--mem-mib", str(MEM_MIB))
+    done = run_haul(inventory, "run", "--name", name, "--host", "host1", "--", sys.executable,
+                    "-S", "-E", str(COUNTER), counter.state_name, "--mem-mib", str(MEM_MIB))
     assert done.returncode == 0, done.stderr
     counter.wait_count_above("host1", 2)
     return counter
@@ -120,8 +113,8 @@ def start_counter(lab: LabSpec, inventory: Path, name: str) -> Counter:
 
 def migrate(counter: Counter, src: str, dst: str, strategy: str) -> dict[str, object]:
     before = counter.count(src)
-    done = haul(counter.inventory, "migrate", counter.name, "--to", dst, "--strategy",
-                strategy, "-o", "json")
+    done = run_haul(counter.inventory, "migrate", counter.name, "--to", dst, "--strategy",
+                    strategy, "-o", "json")
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["strategy"] == strategy
@@ -262,14 +255,14 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
     # The CLI with the lab's certificate, over TCP from the client namespace: it works.
     lab_cli = over_tcp(Path(hosts["host1"]["cert"]), Path(hosts["host1"]["key"]), "cli.toml")
     assert Path(hosts["host1"]["cert"]).name == f"{CLI_CERT}.crt"
-    done = haul(lab_cli, "ps", "-o", "json", netns=lab.client.netns)
+    done = run_haul(lab_cli, "ps", "-o", "json", netns=lab.client.netns)
     assert done.returncode == 0, done.stderr
     assert [(r["host"], r["name"]) for r in json.loads(done.stdout)] == [("host1", "web2")]
 
     # The same with a certificate from another CA: refused, in one line; nothing moves.
     _, cert, key = _stranger(tmp_path, CLI_CERT)
-    done = haul(over_tcp(cert, key, "stranger.toml"), "migrate", "web2", "--to", "host2",
-                "--from", "host1", netns=lab.client.netns)
+    done = run_haul(over_tcp(cert, key, "stranger.toml"), "migrate", "web2", "--to", "host2",
+                    "--from", "host1", netns=lab.client.netns)
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert "10.77.0.1" in done.stderr  # the agent that refused it
     assert "refuses a client certificate" in done.stderr, done.stderr
@@ -285,7 +278,7 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
     own = tomllib.loads(good)["agent"]["tls"]
     config_path.write_text(good.replace(own["cert"], str(cert)).replace(own["key"], str(key)))
     asyncio.run(restart_agent(lab, "host1"))
-    done = haul(inventory, "migrate", "web2", "--to", "host2", "-o", "json")
+    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "-o", "json")
     assert done.returncode in (1, 3), done.stderr
     assert json.loads(done.stdout)["outcome"] in ("refused", "rolled-back")
     assert counter.where() == [("host1", "web2")]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.operator import ps, run_haul
 from haul.lab.spec import LabSpec
 from haul.net.spec import host_ifname
 
-from test_migrate_agents import haul, ps
 
 STREAM = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "stream.py"
 ADDRESS = "10.77.0.101"
@@ -33,9 +33,9 @@ def _links(lab: LabSpec, host: str) -> str:
 
 
 def _start_echo(inventory: Path, name: str = "echo", host: str = "host1") -> None:
-    done = haul(inventory, "run", "--name", name, "--host", host, "--ip", f"{ADDRESS}/24",
-                "--port", "9000", "--", sys.executable, "-S", "-E", str(STREAM), "serve",
-                "verdict", "--port", "9000")
+    done = run_haul(inventory, "run", "--name", name, "--host", host, "--ip", f"{ADDRESS}/24",
+                    "--port", "9000", "--", sys.executable, "-S", "-E", str(STREAM), "serve",
+                    "verdict", "--port", "9000")
     assert done.returncode == 0, done.stderr
 
 
@@ -71,8 +71,8 @@ def test_tcp_connection_survives_migration_there_and_back(
     try:
         time.sleep(1.5)
         for to, strategy in (("host2", "stop-and-copy"), ("host1", "post-copy")):
-            done = haul(inventory, "migrate", "echo", "--to", to, "--strategy", strategy,
-                        "-o", "json")
+            done = run_haul(inventory, "migrate", "echo", "--to", to, "--strategy", strategy,
+                            "-o", "json")
             assert done.returncode == 0, done.stderr
             result = json.loads(done.stdout)
             assert result["outcome"] == "done", result
@@ -99,13 +99,13 @@ def test_tcp_connection_survives_migration_there_and_back(
 def test_run_with_an_address_refuses_bad_input_in_one_line(
         lab_with_agents: tuple[LabSpec, Path]) -> None:
     lab, inventory = lab_with_agents
-    bad = haul(inventory, "run", "--name", "x", "--host", "host1", "--ip", ADDRESS, "--",
-               "sleep", "100")
+    bad = run_haul(inventory, "run", "--name", "x", "--host", "host1", "--ip", ADDRESS, "--",
+                   "sleep", "100")
     assert bad.returncode != 0 and "prefix length" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     _start_echo(inventory)
-    taken = haul(inventory, "run", "--name", "y", "--host", "host1", "--ip", f"{ADDRESS}/24",
-                 "--", "sleep", "100")
+    taken = run_haul(inventory, "run", "--name", "y", "--host", "host1", "--ip", f"{ADDRESS}/24",
+                     "--", "sleep", "100")
     assert taken.returncode != 0 and "taken by workload echo" in taken.stderr, taken.stderr
     assert [r["name"] for r in ps(inventory)] == ["echo"]
 
@@ -127,8 +127,8 @@ for pid in $(pgrep -f 'stream.py serve verdict'); do
 done
 """)
     hook.chmod(0o755)
-    done = haul(inventory, "migrate", "echo", "--to", "host2", "--strategy", "stop-and-copy",
-                "--hook", str(hook))
+    done = run_haul(inventory, "migrate", "echo", "--to", "host2", "--strategy", "stop-and-copy",
+                    "--hook", str(hook))
     assert done.returncode == 0, done.stderr
     lines = seen.read_text().splitlines()
     print(lines)

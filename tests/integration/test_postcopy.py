@@ -19,16 +19,16 @@ from haul.lab.netlab import set_sysctl
 from haul.lab.samples import start_counter
 from haul.lab.spec import LabSpec
 from haul.procfs import netns_inode, ns_inode, state
-from haul.source.proctree import ProcessTree
 from haul.transport.datasync import sync_tree
 from haul.transport.imagecopy import copy_images
+from haul.workload.proctree import ProcessTree
 
 pytestmark = pytest.mark.asyncio
 MEM_MIB = 64
 
 
 async def test_post_copy_move_delivers_every_page(criu: Criu, lab: LabSpec) -> None:
-    # CRIU's lazy transfer needs a larger pipe here (no CAP_SYS_RESOURCE): ENVIRONMENT.md.
+    # CRIU's lazy transfer needs a larger pipe here (no CAP_SYS_RESOURCE): docs/environment.md.
     set_sysctl(lab.prefix, "fs.pipe-max-size", "4194304")
     h1, h2 = lab.host(1), lab.host(2)
     counter = await start_counter(lab, h1, mem_mib=MEM_MIB)

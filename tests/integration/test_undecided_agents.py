@@ -12,70 +12,30 @@ the destination), or the source agent dies in the hook (nothing is committed).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_migrate_agents import (
+
+from haul.lab.agents import agent_config_path, agent_log_path, restart_agent
+from haul.lab.operator import (
     count,
-    haul,
+    incoming,
+    journal_dir,
+    journal_phases,
     ps,
-    start_counter,
+    run_counter,
+    run_haul,
     verdict,
     wait_count_above,
+    wait_until,
 )
-
-from haul.agent.client import AgentClient
-from haul.lab.agents import agent_config_path, agent_log_path, agent_socket, restart_agent
-from haul.lab.ledger import Ledger
 from haul.lab.spec import LabSpec
 from haul.procfs import state
-
-
-def agent_pid(lab: LabSpec, host: str) -> int:
-    ledger = Ledger.load(lab.prefix)
-    assert ledger is not None
-    return ledger.agents[host]
-
-
-def until(what: str, check: Any, timeout_s: float = 60.0) -> Any:
-    """Poll ``check()`` until it returns something true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def journal_dir(lab: LabSpec, host: str) -> Path:
-    return lab.member(host).data_backing / "agent" / "journal"
-
-
-def journal_phases(lab: LabSpec, host: str, mid: str) -> list[str]:
-    try:
-        text = (journal_dir(lab, host) / f"{mid}.jsonl").read_text()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line)["phase"] for line in text.splitlines() if line.endswith("}")]
-
-
-def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
-    """GET /v1/incoming of ``host``'s agent."""
-    async def get() -> list[dict[str, Any]]:
-        async with AgentClient(f"unix://{agent_socket(lab.prefix, host)}") as agent:
-            _, raw = await agent.request("GET", "/v1/incoming")
-        rows: list[dict[str, Any]] = json.loads(raw)["incoming"]
-        return rows
-    return asyncio.run(get())
 
 
 def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
@@ -134,13 +94,13 @@ def pause_at_restored(lab: LabSpec, inventory: Path, name: str, release: Path
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "HAUL_HOSTS": str(inventory)})
     _CLI.append(migrating)
-    path = until("the migration's journal",
-                 lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
+    path = wait_until("the migration's journal",
+                      lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
     mid = next(iter(path)).stem
-    until("the source to wait at the restored hook", reached.exists, timeout_s=120)
+    wait_until("the source to wait at the restored hook", reached.exists, timeout_s=120)
     assert journal_phases(lab, "host1", mid)[-1] == "restore", "nothing is decided yet"
-    until("host2's restored copy",
-          lambda: [r for r in incoming(lab, "host2") if r["id"] == mid
+    wait_until("host2's restored copy",
+               lambda: [r for r in incoming(lab, "host2") if r["id"] == mid
                    and r["state"] == "restored"])
     return mid, migrating
 
@@ -164,7 +124,7 @@ def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
     lab_with_agents: tuple[LabSpec, Path], release: Path, source: str
 ) -> None:
     lab, inventory = lab_with_agents
-    start_counter(inventory, lab, "big", mem_mib=512)
+    run_counter(inventory, lab, "big", mem_mib=512)
     mid, migrating = pause_at_restored(lab, inventory, "big", release)
     copy = copy_pid(lab, mid)
     # host2's agent dies with its copy restored and stopped; host1 goes on and commits,
@@ -172,7 +132,7 @@ def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
     assert state(copy) in ("T", "t"), "the copy outlives its agent, stopped"
     release.touch()
-    until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
+    wait_until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
     if source == "killed-after-the-commit":
         asyncio.run(restart_agent(lab, "host1", kill_only=True))
     finish_cli(migrating)
@@ -180,16 +140,16 @@ def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
     if source == "killed-after-the-commit":
         # The restarted source finishes from its journal: host2 cannot be told either.
         asyncio.run(restart_agent(lab, "host1"))
-        until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1]
-              in ("done", "failed"))
+        wait_until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1]
+                   in ("done", "failed"))
     else:
-        until("host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1]
-              == "failed")
+        wait_until("host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1]
+                   == "failed")
     assert state(copy) in ("T", "t"), "still nobody resumed the copy"
     # host2's agent comes back, finds its stopped copy, asks host1: committed.
     asyncio.run(restart_agent(lab, "host2"))
-    until("host2 to adopt the copy",
-          lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
+    wait_until("host2 to adopt the copy",
+               lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
     rows = [(r["host"], r["name"], r["root_pid"]) for r in ps(inventory)]
     assert rows == [("host2", "big", copy)], "exactly one copy: the restored one, on host2"
     assert state(copy) not in ("T", "t", None)
@@ -207,7 +167,7 @@ def test_never_committed_the_destination_waits_then_discards(
 ) -> None:
     lab, inventory = lab_with_agents
     set_ask_after(lab, "host2", 1.0)
-    start_counter(inventory, lab, "big", mem_mib=512)
+    run_counter(inventory, lab, "big", mem_mib=512)
     mid, migrating = pause_at_restored(lab, inventory, "big", release)
     copy = copy_pid(lab, mid)
     # host1's agent dies in the restored hook: nothing is decided. CRIU, held at
@@ -217,8 +177,8 @@ def test_never_committed_the_destination_waits_then_discards(
     finish_cli(migrating)
     # host2 hears nothing, asks host1 after its deadline, gets no answer, says so,
     # asks again later, and keeps its copy stopped.
-    rows = until("host2 to have asked twice",
-                 lambda: [r for r in incoming(lab, "host2") if r["asks"] >= 2])
+    rows = wait_until("host2 to have asked twice",
+                      lambda: [r for r in incoming(lab, "host2") if r["asks"] >= 2])
     assert rows[0]["problem"] and rows[0]["last_answer"] == "no answer", rows
     assert "cannot ask host1" in rows[0]["note"], rows
     assert "the copy stays stopped" in rows[0]["note"], rows
@@ -230,13 +190,13 @@ def test_never_committed_the_destination_waits_then_discards(
     # host1's restarted agent cannot tell host2 (whose agent is down too) ...
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
     asyncio.run(restart_agent(lab, "host1"))
-    until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1] == "rolled-back")
+    wait_until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1] == "rolled-back")
     assert wait_count_above(lab, "host1", "big", n) > n, "recovery thawed the source"
     assert state(copy) in ("T", "t")
     # ... so host2, back, asks host1, hears "rolled back" and discards its copy.
     asyncio.run(restart_agent(lab, "host2"))
-    until("host2 to discard its copy", lambda: state(copy) is None)
-    until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
+    wait_until("host2 to discard its copy", lambda: state(copy) is None)
+    wait_until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
     assert f"incoming migration {mid} (big): host1 says rolled back" in \
         agent_log_path(lab.host(2)).read_text()
     assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
@@ -244,6 +204,6 @@ def test_never_committed_the_destination_waits_then_discards(
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big")]
     n = count(lab, "host1", "big")
     assert wait_count_above(lab, "host1", "big", n) > n
-    done = haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "stop-and-copy")
+    done = run_haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "stop-and-copy")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big").startswith("PASS")

@@ -12,10 +12,9 @@ from haul.criu.service import Criu
 from haul.engine.phases import Phase, Strategy
 from haul.lab.migrate import migrate_in_lab
 from haul.lab.spec import LabSpec
+from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS, wait_for_file
 from haul.procfs import netns_inode, ns_inode
-from haul.source.proctree import start_tree
-
-from conftest_zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS, wait_for_file  # noqa: E402
+from haul.workload.proctree import start_tree
 
 pytestmark = pytest.mark.asyncio
 

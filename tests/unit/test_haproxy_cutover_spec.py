@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from haul.cutover.haproxy import choose_servers
+from haul.cutover.haproxy import CutoverReport, HaproxyCutover, choose_servers
 from haul.cutover.haproxy_runtime import (
     AdminState,
     HaproxyError,
@@ -20,21 +19,49 @@ from haul.cutover.haproxy_runtime import (
     ServerState,
 )
 from haul.cutover.lb_spec import HaproxyTarget, parse_lb_spec
+from haul.engine.phases import Phase, Strategy
+from haul.engine.ports import HookFacts, HookPoint
 from haul.errors import ConfigError
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """The engine's HookFacts, as far as the cutover reads them (a copy: no engine here)."""
+FACTS = HookFacts(migration_id="m1", workload="web", source_host="host1", dest_host="host2",
+                  source_address="10.77.0.101/24", dest_address="10.77.0.102/24",
+                  strategy=Strategy.STOP_AND_COPY, phase=Phase.PREPARE)
 
-    migration_id: str = "m1"
-    workload: str = "web"
-    source_host: str = "host1"
-    dest_host: str = "host2"
-    source_address: str = "10.77.0.101/24"
-    dest_address: str = "10.77.0.102/24"
-    strategy: str = "stop-and-copy"
-    phase: str = ""
+
+class StepsSeen(HaproxyCutover):
+    """The cutover with its steps recorded instead of done (HAProxy is never asked)."""
+
+    def __init__(self) -> None:
+        super().__init__(parse_lb_spec("haproxy:/nowhere.sock:web/web-{host}"))
+        self.seen: list[str] = []
+
+    async def check(self, facts: HookFacts) -> ServerState:
+        self.seen.append("check")
+        return _server("web-host1", "10.77.0.1", sid=1)
+
+    async def hold_source(self, facts: HookFacts) -> None:
+        self.seen.append("hold_source")
+
+    async def cut_over(self, facts: HookFacts) -> CutoverReport:
+        self.seen.append("cut_over")
+        return CutoverReport(source="web/web-host1", dest="web/web-host2")
+
+    async def roll_back(self, facts: HookFacts) -> None:
+        self.seen.append("roll_back")
+
+
+@pytest.mark.parametrize(("point", "steps"), [
+    (HookPoint.PRE_MIGRATE, ["check"]),
+    (HookPoint.PRE_FREEZE, ["hold_source"]),
+    (HookPoint.RESTORED, []),
+    (HookPoint.POST_COMMIT, ["cut_over"]),
+    (HookPoint.ROLLED_BACK, ["roll_back"]),
+])
+def test_each_hook_point_does_its_step(point: HookPoint, steps: list[str]) -> None:
+    cutover = StepsSeen()
+    asyncio.run(cutover.fire(point, FACTS))
+    assert cutover.seen == steps
 
 
 # -- parse_lb_spec --------------------------------------------------------------------
@@ -105,14 +132,14 @@ NAMED = (_server("web-host1", "10.77.0.101", sid=1),
 
 
 def test_named_servers_and_the_address_option() -> None:
-    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host}"), NAMED, Facts(),
+    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host}"), NAMED, FACTS,
                           for_cutover=True)
     assert (pair.source.name, pair.dest and pair.dest.name, pair.new_addr) == (
         "web-host1", "web-host2", None)
-    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, Facts(),
+    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, FACTS,
                           for_cutover=True)
     assert pair.new_addr == ("10.77.0.102", 8000)  # the prefix length is dropped
-    same = dataclasses.replace(Facts(), dest_address="10.77.0.2")
+    same = dataclasses.replace(FACTS, dest_address="10.77.0.2")
     pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, same,
                           for_cutover=True)
     assert pair.new_addr is None  # already there
@@ -123,40 +150,40 @@ def test_by_address_prefers_a_server_at_the_destination_then_an_unassigned_slot(
     old = _server("old", "10.77.0.7", sid=2, maint=True)  # a former source, in maintenance
     slot = _server("slot1", "0.0.0.0", sid=3, maint=True)
     servers = (_server("app", "10.77.0.101", sid=1), old, slot)
-    pair = choose_servers(target, servers, Facts(), for_cutover=True)
+    pair = choose_servers(target, servers, FACTS, for_cutover=True)
     assert (pair.source.name, pair.dest and pair.dest.name) == ("app", "slot1")
     assert pair.new_addr == ("10.77.0.102", 8000)
 
     there = _server("back", "10.77.0.102", sid=4, maint=True)
-    pair = choose_servers(target, (*servers, there), Facts(), for_cutover=True)
+    pair = choose_servers(target, (*servers, there), FACTS, for_cutover=True)
     assert pair.dest == there and pair.new_addr is None
 
     # the address follows the workload: one server, nothing to move
-    follows = dataclasses.replace(Facts(), dest_address="10.77.0.101")
+    follows = dataclasses.replace(FACTS, dest_address="10.77.0.101")
     pair = choose_servers(target, servers, follows, for_cutover=True)
     assert pair.same and pair.new_addr is None
 
     # after a rollback there may be no destination server at all
-    pair = choose_servers(target, servers[:1], Facts(), for_cutover=False)
+    pair = choose_servers(target, servers[:1], FACTS, for_cutover=False)
     assert pair.dest is None
 
 
 @pytest.mark.parametrize(("servers", "facts", "message"), [
-    ((_server("app", "10.77.0.101", sid=1),), Facts(),
+    ((_server("app", "10.77.0.101", sid=1),), FACTS,
      "no server at the destination address 10.77.0.102 and no spare server in maintenance"),
-    ((_server("x", "10.77.0.5", sid=1),), Facts(),
+    ((_server("x", "10.77.0.5", sid=1),), FACTS,
      "no server at the workload's source address 10.77.0.101 (servers: x 10.77.0.5)"),
-    ((_server("a", "10.77.0.101", sid=1), _server("b", "10.77.0.101", sid=2)), Facts(),
+    ((_server("a", "10.77.0.101", sid=1), _server("b", "10.77.0.101", sid=2)), FACTS,
      "several servers at 10.77.0.101: a, b"),
     ((_server("app", "10.77.0.101", sid=1, checked=False),
-      _server("slot1", "0.0.0.0", sid=2, maint=True)), Facts(),
+      _server("slot1", "0.0.0.0", sid=2, maint=True)), FACTS,
      "server web/app has no health check"),
-    (NAMED, dataclasses.replace(Facts(), source_address=""),
+    (NAMED, dataclasses.replace(FACTS, source_address=""),
      "the migration has no source address for the workload"),
-    (NAMED, dataclasses.replace(Facts(), source_address="host1.example"),
+    (NAMED, dataclasses.replace(FACTS, source_address="host1.example"),
      "source address 'host1.example' is not an IP address"),
 ])
-def test_by_address_refusals(servers: tuple[ServerState, ...], facts: Facts,
+def test_by_address_refusals(servers: tuple[ServerState, ...], facts: HookFacts,
                              message: str) -> None:
     with pytest.raises(HaproxyError) as caught:
         choose_servers(parse_lb_spec("haproxy:/s:web/*"), servers, facts, for_cutover=True)
@@ -166,10 +193,10 @@ def test_by_address_refusals(servers: tuple[ServerState, ...], facts: Facts,
 def test_named_refusals() -> None:
     target = parse_lb_spec("haproxy:/s:web/web-{host}")
     with pytest.raises(HaproxyError, match=r"no server 'web-host3' \(servers: web-host1 "):
-        choose_servers(target, NAMED, dataclasses.replace(Facts(), dest_host="host3"),
+        choose_servers(target, NAMED, dataclasses.replace(FACTS, dest_host="host3"),
                        for_cutover=True)
     with pytest.raises(HaproxyError, match="both map to web/web-host1"):
-        choose_servers(target, NAMED, dataclasses.replace(Facts(), dest_host="host1"),
+        choose_servers(target, NAMED, dataclasses.replace(FACTS, dest_host="host1"),
                        for_cutover=True)
 
 

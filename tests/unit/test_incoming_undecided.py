@@ -24,7 +24,7 @@ from haul.dest.undecided import AskPolicy, SourceAnswer, Verdict
 from haul.engine.phases import Strategy
 from haul.errors import TransportError, UsageError
 from haul.procfs import alive, state
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 POLICY = AskPolicy(deadline_s=0.01, again_s=0.01, retry_min_s=0.01, retry_max_s=0.02)
 

@@ -15,7 +15,7 @@ from haul.dest.incoming import IncomingRegistry
 from haul.engine.phases import Strategy
 from haul.errors import ConfigError, UsageError
 from haul.source.criusource import CriuSource
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 TLS = TlsFiles(cacert=Path("/pki/ca.crt"), cert=Path("/pki/host1.crt"),
                key=Path("/pki/host1.key"))

@@ -17,6 +17,7 @@ from haul.criu.pagemap import (
     lazy_bytes,
 )
 from haul.criu.proto import pagemap_pb2
+from haul.engine.figures import PAGE_SIZE
 from haul.errors import CriuError
 
 
@@ -38,7 +39,7 @@ def test_only_pages_left_for_the_lazy_daemon_count(tmp_path: Path) -> None:
     image(tmp_path / "pagemap-1.img", [(10, PE_LAZY), (3, PE_PRESENT), (4, PE_LAZY | PE_PRESENT),
                                        (7, PE_PARENT)])
     image(tmp_path / "pagemap-2.img", [(5, PE_LAZY)], compat=True)  # an older CRIU's count
-    assert lazy_bytes(tmp_path) == (10 + 5) * 4096
+    assert lazy_bytes(tmp_path) == (10 + 5) * PAGE_SIZE
     assert [e.flags for e in entries(tmp_path / "pagemap-1.img")] == [2, 4, 6, 1]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from haul import config
+from haul import install_record
 from haul.criu.options import CriuOptions, NetworkLock, PageServer
 from haul.criu.proto import pagemap_pb2, rpc_pb2, stats_pb2
 from haul.errors import ConfigError
@@ -44,7 +44,7 @@ def _protoc() -> str:
 def _criu_proto(name: str) -> Path:
     """CRIU's own images/NAME from the source tree the installer kept."""
     try:
-        source = config.criu_source()
+        source = install_record.criu_source()
     except ConfigError as exc:
         pytest.skip(f"cannot tell where CRIU's source is: {exc}")
     candidates: list[Path] = []

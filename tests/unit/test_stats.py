@@ -9,6 +9,7 @@ import pytest
 
 from haul.criu import stats
 from haul.criu.proto import stats_pb2
+from haul.engine.figures import PAGE_SIZE
 from haul.errors import CriuError
 
 # The framing CRIU writes (criu/include/magic.h, images/stats.proto), spelled out
@@ -64,7 +65,7 @@ def test_dump_stats_are_decoded(tmp_path: Path) -> None:
         pages_written=7_007,
         pages_lazy=8_008,
     )
-    assert s.bytes_written == 7_007 * 4096
+    assert s.bytes_written == 7_007 * PAGE_SIZE
 
 
 def test_restore_stats_are_decoded(tmp_path: Path) -> None:

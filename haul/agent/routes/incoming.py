@@ -29,7 +29,7 @@ from haul.agent.workloads import workload_net
 from haul.net.spec import WorkloadNet
 from haul.criu.options import PageServer
 from haul.dest.incoming import Incoming, IncomingRegistry
-from haul.source.criusource import host_capabilities
+from haul.criu.info import host_capabilities
 
 table = RouteTable("incoming")
 ID = {"id": "the migration's id"}

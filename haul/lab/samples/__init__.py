@@ -8,7 +8,7 @@ from pathlib import Path
 
 from haul.errors import WorkloadError
 from haul.lab.spec import HostSpec, LabSpec
-from haul.source.proctree import ProcessTree, start_tree
+from haul.workload.proctree import ProcessTree, start_tree
 
 COUNTER = Path(__file__).with_name("counter.py")
 WEB = Path(__file__).with_name("web.py")

@@ -1,4 +1,4 @@
-"""Fixtures for the agent's unit tests (the fakes are in agentfakes.py)."""
+"""Fixtures for the agent's unit tests (the fakes are in haul/agent/fakes.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentfakes import FakeCriu, FakeStarter, make_config
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
+from haul.agent.fakes import FakeCriu, FakeStarter, make_config
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentfakes import AUTH, TOKEN, FakeCriu, FakeStarter, agent_client, app_client, criu_info
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -18,6 +17,7 @@ from haul.agent.app import TABLES, make_app
 from haul.agent.auth import peer_uid
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
+from haul.agent.fakes import AUTH, TOKEN, FakeCriu, FakeStarter, agent_client, app_client, criu_info
 from haul.agent.hostinfo import cpu_of
 from haul.agent.routes import health
 from haul.agent.routing import RouteTable
@@ -337,7 +337,7 @@ async def test_readyz_is_503_and_lists_what_fails(
     fake_criu: FakeCriu, starter: FakeStarter, tmp_path: Path,
     setup: str, failing: str, says: str,
 ) -> None:
-    from agentfakes import make_config
+    from haul.agent.fakes import make_config
 
     overrides: dict[str, object] = {}
     if setup == "no_space":
@@ -427,7 +427,7 @@ def test_cpuinfo_is_parsed_for_x86_and_arm() -> None:
 @pytest.mark.asyncio
 async def test_metrics_count_requests_by_route_and_status(make_ctx: MakeCtx, tmp_path: Path,
                                                          config: AgentConfig) -> None:
-    from agentfakes import make_config
+    from haul.agent.fakes import make_config
 
     async with agent_client(make_ctx(config)) as client:
         await client.get("/healthz")

@@ -9,13 +9,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agentfakes import TOKEN, FakeStarter, kill_workloads
 from aiohttp.test_utils import TestServer
 
 from haul.agent.app import make_app
 from haul.agent.client import AgentClient
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
+from haul.agent.fakes import TOKEN, FakeStarter, kill_workloads
 from haul.agent.sdnotify import Notifier
 from haul.errors import PeerError, TransportError, UsageError
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentfakes import AUTH, TOKEN, agent_client, make_config
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
 from haul.agent.decisions import SourceAsker, decide
+from haul.agent.fakes import AUTH, TOKEN, agent_client, make_config
 from haul.agent.jobs import Job, Peer
 from haul.agent.journal import JournalEntry
 from haul.dest.undecided import Verdict

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentfakes import AUTH, agent_client, make_config
 
 from haul.agent.config import DEFAULT_HOOK_TIMEOUT_S, AgentConfig, load_config
 from haul.agent.context import AgentContext
+from haul.agent.fakes import AUTH, agent_client, make_config
 from haul.agent.migration_models import MigrateAsk
 from haul.agent.routes.migrations import script_hooks
 from haul.cutover.hooks import HookScript

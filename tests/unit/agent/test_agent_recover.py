@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentfakes import app_client
 from aiohttp import web
 
+from haul.agent.fakes import app_client
 from haul.agent.jobs import MigrationJobs, Peer
 from haul.agent.journal import Journal
 from haul.criu.service import Criu
 from haul.engine.phases import Phase
 from haul.engine.ports import JournalRecord
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 
 class Tree:

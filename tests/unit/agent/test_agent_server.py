@@ -9,11 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentfakes import TOKEN, make_config
 
 from haul.agent.client import AgentClient
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
+from haul.agent.fakes import TOKEN, make_config
 from haul.agent.server import AgentServer, unix_socket
 from haul.errors import ConfigError, PeerError
 

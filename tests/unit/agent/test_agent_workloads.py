@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agentfakes import AUTH, FakeStarter, agent_client, kill_workloads
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
+from haul.agent.fakes import AUTH, FakeStarter, agent_client, kill_workloads
 from haul.agent.models import WorkloadSpec, WorkloadStatus
 from haul.agent.workloads import Registry, WorkloadRecord, start_ticks, status_of
 from haul.errors import WorkloadError

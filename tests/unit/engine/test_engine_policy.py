@@ -7,15 +7,13 @@ import math
 
 import pytest
 
-from haul.engine.figures import IterationFigures
+from haul.engine.figures import PAGE_SIZE, IterationFigures
 from haul.engine.policy import Decision, decide, expected_downtime_ms
-
-PAGE = 4096
 
 
 def rounds(*pages_and_seconds: tuple[int, float]) -> list[IterationFigures]:
     return [
-        IterationFigures(i, pages, 0, pages * PAGE, seconds)
+        IterationFigures(i, pages, 0, pages * PAGE_SIZE, seconds)
         for i, (pages, seconds) in enumerate(pages_and_seconds, start=1)
     ]
 
@@ -55,8 +53,9 @@ def test_converging_workload_stops_once_downtime_fits() -> None:
     assert [d.stop for d in got] == [False, False, True]
     assert got[-1].reason.startswith("expected downtime 57 ms <= 100 ms")
     # 1 500 dirty pages at the throughput of all three rounds, plus the freeze cost
-    throughput = (262_144 + 20_000 + 1_500) * PAGE / (1.3 + 0.1 + 0.0075)
-    assert got[-1].expected_downtime_ms == pytest.approx(1_500 * PAGE / throughput * 1000 + 50)
+    throughput = (262_144 + 20_000 + 1_500) * PAGE_SIZE / (1.3 + 0.1 + 0.0075)
+    assert got[-1].expected_downtime_ms == pytest.approx(
+        1_500 * PAGE_SIZE / throughput * 1000 + 50)
     # round 2 shrank enough to go on, although its estimate was still over the limit
     assert got[1].expected_downtime_ms == pytest.approx(149.2, abs=0.1)
     assert "> 100 ms" in got[1].reason
@@ -116,9 +115,9 @@ def test_unmeasurable_throughput_is_infinite_downtime() -> None:
 def test_page_size_scales_the_dirty_bytes() -> None:
     # 10 000 dirty pages, 100 MB/s measured on the wire
     history = [IterationFigures(1, 10_000, 0, 50_000_000, 0.5)]
-    small = expected_downtime_ms(history, freeze_cost_ms=0, page_size=4096)
+    small = expected_downtime_ms(history, freeze_cost_ms=0, page_size=PAGE_SIZE)
     large = expected_downtime_ms(history, freeze_cost_ms=0, page_size=65536)  # arm64
-    assert small == pytest.approx(10_000 * 4096 / 100e6 * 1000)
+    assert small == pytest.approx(10_000 * PAGE_SIZE / 100e6 * 1000)
     assert large == pytest.approx(16 * small)
     assert decide(history, max_downtime_ms=500, max_iterations=8, freeze_cost_ms=0).stop
     assert not decide(
@@ -131,7 +130,7 @@ def test_throughput_is_measured_on_the_wire_over_all_rounds() -> None:
     history = [IterationFigures(1, 50_000, 0, 200_000_000, 1.5),
                IterationFigures(2, 10_000, 0, 100_000_000, 0.5)]
     assert expected_downtime_ms(history, freeze_cost_ms=20) == pytest.approx(
-        10_000 * 4096 / 150e6 * 1000 + 20
+        10_000 * PAGE_SIZE / 150e6 * 1000 + 20
     )
 
 
@@ -145,7 +144,7 @@ def test_nothing_sent_gives_no_estimate() -> None:
     [{"max_iterations": 0}, {"page_size": 0}],
 )
 def test_bad_limits_are_refused(kwargs: dict[str, int]) -> None:
-    args: dict[str, int] = {"max_iterations": 8, "page_size": 4096, **kwargs}
+    args: dict[str, int] = {"max_iterations": 8, "page_size": PAGE_SIZE, **kwargs}
     with pytest.raises(ValueError):
         decide(CONVERGING, max_downtime_ms=100, freeze_cost_ms=0, **args)
 
@@ -167,5 +166,5 @@ def test_throughput_and_dirty_rate_from_recorded_rounds() -> None:
     assert throughput_bytes_per_s([first, second]) == (409_600_000 + 8_192_000) / 0.52
     assert dirty_rate_bytes_per_s([first]) is None
     # 2,000 pages were dirtied during the 0.5 s the first round took
-    assert dirty_rate_bytes_per_s([first, second]) == 2_000 * 4096 / 0.5
+    assert dirty_rate_bytes_per_s([first, second]) == 2_000 * PAGE_SIZE / 0.5
     assert dirty_rate_bytes_per_s([dataclasses.replace(first, duration_s=0), second]) is None

@@ -1,4 +1,4 @@
-"""haul.config: the installer's record and which CRIU binary haul runs."""
+"""haul.install_record: the installer's record and which CRIU binary haul runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from haul import config
+from haul import install_record
 from haul.errors import ConfigError
 
 
@@ -32,8 +32,8 @@ def test_record_is_read_from_haul_install_record(record: Path) -> None:
         '[criu]\npath = "/opt/criu/sbin/criu"\nversion = "4.1.1"\n'
         'source = "/usr/local/src/haul/criu-4.1.1"\n'
     )
-    assert config.install_record_path() == record
-    assert config.read_install_record() == config.InstallRecord(
+    assert install_record.install_record_path() == record
+    assert install_record.read_install_record() == install_record.InstallRecord(
         criu_path=Path("/opt/criu/sbin/criu"),
         criu_version="4.1.1",
         criu_source=Path("/usr/local/src/haul/criu-4.1.1"),
@@ -43,7 +43,7 @@ def test_record_is_read_from_haul_install_record(record: Path) -> None:
 def test_an_explicit_path_wins_over_the_environment(record: Path, tmp_path: Path) -> None:
     other = tmp_path / "other.toml"
     other.write_text('[criu]\npath = "/other/criu"\n')
-    assert config.read_install_record(other) == config.InstallRecord(
+    assert install_record.read_install_record(other) == install_record.InstallRecord(
         criu_path=Path("/other/criu"), criu_version="", criu_source=None
     )
 
@@ -51,14 +51,14 @@ def test_an_explicit_path_wins_over_the_environment(record: Path, tmp_path: Path
 @pytest.mark.parametrize("source_line", ["", 'source = ""\n', "source = 3\n"])
 def test_record_without_a_usable_source(record: Path, source_line: str) -> None:
     record.write_text(f'[criu]\npath = "/usr/local/sbin/criu"\nversion = 4\n{source_line}')
-    got = config.read_install_record()
+    got = install_record.read_install_record()
     assert got is not None
     assert got.criu_source is None
     assert got.criu_version == "4"
 
 
 def test_missing_record_is_none(record: Path) -> None:
-    assert config.read_install_record() is None
+    assert install_record.read_install_record() is None
 
 
 @pytest.mark.parametrize(
@@ -74,13 +74,13 @@ def test_missing_record_is_none(record: Path) -> None:
 def test_malformed_record_is_a_config_error(record: Path, text: str) -> None:
     record.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(str(record))):
-        config.read_install_record()
+        install_record.read_install_record()
 
 
 def test_unreadable_record_is_a_config_error(record: Path) -> None:
     record.mkdir()
     with pytest.raises(ConfigError, match="cannot read"):
-        config.read_install_record()
+        install_record.read_install_record()
 
 
 def test_haul_criu_overrides_the_record(
@@ -90,7 +90,7 @@ def test_haul_criu_overrides_the_record(
     record.write_text(f'[criu]\npath = "{recorded}"\n')
     override = _executable(tmp_path / "dev-criu")
     monkeypatch.setenv("HAUL_CRIU", str(override))
-    assert config.criu_binary() == override
+    assert install_record.criu_binary() == override
 
 
 def test_haul_criu_must_be_executable(
@@ -101,13 +101,13 @@ def test_haul_criu_must_be_executable(
     plain.chmod(0o644)
     monkeypatch.setenv("HAUL_CRIU", str(plain))
     with pytest.raises(ConfigError, match="not an executable"):
-        config.criu_binary()
+        install_record.criu_binary()
 
 
 def test_haul_criu_must_exist(record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAUL_CRIU", str(tmp_path / "no-such-criu"))
     with pytest.raises(ConfigError, match="no-such-criu"):
-        config.criu_binary()
+        install_record.criu_binary()
 
 
 def test_a_directory_is_not_a_criu_binary(
@@ -115,7 +115,7 @@ def test_a_directory_is_not_a_criu_binary(
 ) -> None:
     monkeypatch.setenv("HAUL_CRIU", str(tmp_path))
     with pytest.raises(ConfigError):
-        config.criu_binary()
+        install_record.criu_binary()
 
 
 def test_without_override_the_recorded_binary_is_used(
@@ -128,13 +128,13 @@ def test_without_override_the_recorded_binary_is_used(
     bindir.mkdir()
     _executable(bindir / "criu")
     monkeypatch.setenv("PATH", str(bindir))
-    assert config.criu_binary() == recorded
+    assert install_record.criu_binary() == recorded
 
 
 def test_recorded_binary_must_be_executable(record: Path, tmp_path: Path) -> None:
     record.write_text(f'[criu]\npath = "{tmp_path / "gone"}"\n')
     with pytest.raises(ConfigError, match="not an executable"):
-        config.criu_binary()
+        install_record.criu_binary()
 
 
 def test_without_a_record_criu_on_path_is_used(
@@ -144,7 +144,7 @@ def test_without_a_record_criu_on_path_is_used(
     bindir.mkdir()
     on_path = _executable(bindir / "criu")
     monkeypatch.setenv("PATH", str(bindir))
-    assert config.criu_binary() == on_path
+    assert install_record.criu_binary() == on_path
 
 
 def test_no_criu_anywhere_is_a_config_error(
@@ -152,14 +152,14 @@ def test_no_criu_anywhere_is_a_config_error(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ConfigError, match="no CRIU"):
-        config.criu_binary()
+        install_record.criu_binary()
 
 
 def test_criu_source_comes_from_the_record_or_the_override(
     record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert config.criu_source() is None
+    assert install_record.criu_source() is None
     record.write_text('[criu]\npath = "/c"\nsource = "/src/criu"\n')
-    assert config.criu_source() == Path("/src/criu")
+    assert install_record.criu_source() == Path("/src/criu")
     monkeypatch.setenv("HAUL_CRIU_SOURCE", str(tmp_path / "mine"))
-    assert config.criu_source() == tmp_path / "mine"
+    assert install_record.criu_source() == tmp_path / "mine"

@@ -1,4 +1,4 @@
-"""Where haul finds what the installer chose; later, TOML config and inventory.
+"""The installer's record: which CRIU haul runs, and where CRIU's source tree is.
 
 The installer (deploy/install.sh) records the CRIU it verified in
 ``/etc/haul/install.toml``. haul uses that binary, never whatever ``criu``

@@ -4,11 +4,10 @@ A tree runs in its own PID, IPC and UTS namespaces (so CRIU restores it with
 the same PIDs anywhere, and never collides with PIDs of the host), inside a
 host's network namespace, sharing the host's mounts, with stdin from
 /dev/null and stdout and stderr appended to a log file, so that CRIU can dump
-every file it holds. Its PID 1 is :mod:`haul.source.pidinit`.
+every file it holds. Its PID 1 is :mod:`haul.workload.pidinit`.
 
-See ../shared/docs/ENVIRONMENT.md: a private mount namespace on the host's
-root filesystem makes CRIU try to dump every host mount, so plain trees share
-the host's.
+A private mount namespace on the host's root filesystem makes CRIU try to dump
+every host mount, so plain trees share the host's (docs/environment.md).
 """
 
 from __future__ import annotations

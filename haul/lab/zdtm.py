@@ -1,4 +1,10 @@
-"""How each ZDTM program is started (the arguments CRIU's Makefile gives it)."""
+"""CRIU's ZDTM test programs as workloads: how each is started, and when it is ready.
+
+Each program (``test/zdtm/static/NAME`` in CRIU's source tree) sets up some
+kernel state, writes its pidfile, waits for SIGTERM, then checks the state and
+writes PASS or FAIL to its outfile (docs/environment.md). The arguments are
+those CRIU's Makefile gives it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 from haul.errors import WorkloadError
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 ZDTM_ARGS: dict[str, list[str]] = {
     "env00": ["--envname=ENV_00_TEST"],
@@ -15,7 +21,7 @@ ZDTM_ARGS: dict[str, list[str]] = {
     "sockets00": ["--filename=sockets00.test"],
     "file_locks00": ["--filename=file_locks00.test"],
 }
-#: the set the migrate issue asks for, on top of the above
+#: more kernel state: timers, inotify, pipes, a zombie
 ZDTM_MORE_ARGS: dict[str, list[str]] = {
     "timerfd": [],
     "posix_timers": [],

@@ -1,8 +1,9 @@
-"""Fakes and helpers for the agent's unit tests: no root, no CRIU, no namespaces.
+"""Fakes of what an agent needs from its host, for tests: no root, no CRIU, no namespaces.
 
-Trees are started as plain ``sleep`` processes (in their own session, not in
-new namespaces) and CRIU answers from a table. Every process a test starts is
-killed when the test ends, whatever happened.
+:class:`FakeStarter` starts trees as plain processes (in their own session, not in
+new namespaces) and :class:`FakeCriu` answers from a table. A test kills every
+process it started (:meth:`FakeStarter.kill_all`, :func:`kill_workloads`), whatever
+happened. The agent itself never imports this module.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from haul.criu.results import CriuFeatures, CriuVersion
 from haul.errors import HaulError
 from haul.nsexec import HostNs
 from haul.procfs import alive
-from haul.source.proctree import ProcessTree
+from haul.workload.proctree import ProcessTree
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
