@@ -1,4 +1,8 @@
-"""The latency plot: a PNG that decodes, with bands, points and crosses where they belong."""
+"""The latency plot: a valid PNG of the asked size, drawn from the run's data.
+
+Pixels are read back with matplotlib's PNG reader and told apart by colour:
+the requests' blue, the failures' red and the windows' orange over white.
+"""
 
 from __future__ import annotations
 
@@ -6,205 +10,187 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.image import imread
+from numpy.typing import NDArray
 
-from haul.lab import font5x7
+from haul.errors import UsageError
 from haul.lab.loadrun import LoadRun, Mark, Sample, Window
-from haul.lab.plot import (
-    BAND_ALPHA,
-    BAND_COLOR,
-    FAIL_COLOR,
-    MARK_COLOR,
-    OK_COLOR,
-    WHITE,
-    Band,
-    LatencyChart,
-    Point,
-    nice_step,
-    tick_label,
-    write_latency_png,
-)
-from haul.lab.raster import Canvas, encode_png, text_width
+from haul.lab.plot import PlotLayout, write_latency_png
 
-Pixels = list[list[tuple[int, int, int]]]
+Image = NDArray[np.float32]
 
 
-def decode_png(data: bytes) -> tuple[int, int, Pixels]:
-    """A decoder for what the encoder writes: 8-bit RGB, no interlace, filter type 0 only.
-    Checks the signature, every chunk's CRC, and the chunk order."""
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The chunks of a PNG file, each CRC checked."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, kinds, idat = 8, [], b""
-    width = height = 0
+    pos, chunks = 8, []
     while pos < len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        body = data[pos + 8 : pos + 8 + length]
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
         (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
         assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
-        kinds.append(kind)
-        if kind == b"IHDR":
-            width, height, depth, color, comp, filt, interlace = struct.unpack(">IIBBBBB", body)
-            assert (depth, color, comp, filt, interlace) == (8, 2, 0, 0, 0)
-        elif kind == b"IDAT":
-            idat += body
+        chunks.append((kind, body))
         pos += 12 + length
     assert pos == len(data)
-    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and b"IDAT" in kinds
-    raw = zlib.decompress(idat)
-    stride = width * 3
-    assert len(raw) == height * (stride + 1)
-    rows: Pixels = []
-    for y in range(height):
-        line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
-        assert line[0] == 0, f"row {y} uses filter {line[0]}"
-        rows.append([(line[1 + 3 * x], line[2 + 3 * x], line[3 + 3 * x]) for x in range(width)])
-    return width, height, rows
+    return chunks
 
 
-def blended(under: tuple[int, int, int]) -> tuple[int, ...]:
-    return tuple(round(u * (1 - BAND_ALPHA) + c * BAND_ALPHA) for u, c in zip(under, BAND_COLOR))
+def read(path: Path) -> Image:
+    image: Image = imread(path)[:, :, :3]  # RGB, 0..1
+    return image
 
 
-def test_encoder_round_trips_a_small_image() -> None:
-    c = Canvas(3, 2, (1, 2, 3))
-    c.set(2, 1, (250, 0, 7))
-    c.set(5, 5, (9, 9, 9))  # clipped, not an error
-    w, h, rows = decode_png(c.png())
-    assert (w, h) == (3, 2)
-    assert rows == [[(1, 2, 3)] * 3, [(1, 2, 3), (1, 2, 3), (250, 0, 7)]]
-    with pytest.raises(ValueError):
-        encode_png(2, 2, b"\x00" * 11)
+def red(image: Image) -> NDArray[np.bool_]:
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    return (r > 0.7) & (g < 0.35) & (b < 0.35)
 
 
-def test_blend_and_fill_clip_to_the_canvas() -> None:
-    c = Canvas(4, 4)
-    c.fill_rect(2, 2, 10, -5, (0, 0, 0))  # corners in any order, clipped
-    assert [c.get(x, 0) for x in range(4)] == [WHITE, WHITE, (0, 0, 0), (0, 0, 0)]
-    assert c.get(1, 3) == WHITE and c.get(3, 3) == WHITE
-    c.blend_rect(0, 0, 0, 0, BAND_COLOR, BAND_ALPHA)
-    assert c.get(0, 0) == blended(WHITE)
+def blue(image: Image) -> NDArray[np.bool_]:
+    return image[..., 2] - image[..., 0] > 0.2
 
 
-def test_text_draws_each_glyph_where_the_font_says() -> None:
-    c = Canvas(40, 12)
-    c.text(3, 1, "7a", (0, 0, 0))
-    ink = {(x, y) for y in range(12) for x in range(40) if c.get(x, y) == (0, 0, 0)}
-    want = {(3 + gx, 1 + gy) for gx, gy in font5x7.glyph("7")}
-    want |= {(3 + 6 + gx, 1 + gy) for gx, gy in font5x7.glyph("a")}
-    assert ink == want
-    assert text_width("7a") == 11
+def band(image: Image) -> NDArray[np.bool_]:
+    """The windows' orange at 28 % over white paper: (255, 222, 191)."""
+    return np.all(np.abs(image * 255 - np.array([255, 222, 191])) <= 8, axis=-1)
 
 
-def test_vertical_text_is_the_same_ink_turned_a_quarter() -> None:
-    flat, up = Canvas(20, 20), Canvas(20, 20)
-    flat.text(0, 0, "Lg", (0, 0, 0))
-    up.text(0, 0, "Lg", (0, 0, 0), vertical=True)
-    w = text_width("Lg")
-    ink_flat = {(x, y) for y in range(20) for x in range(20) if flat.get(x, y) != WHITE}
-    ink_up = {(x, y) for y in range(20) for x in range(20) if up.get(x, y) != WHITE}
-    assert ink_up == {(y, w - 1 - x) for x, y in ink_flat}
+def near(mask: NDArray[np.bool_], xy: tuple[float, float], radius: int = 3) -> bool:
+    x, y = int(xy[0]), int(xy[1])
+    return bool(mask[y - radius : y + radius + 1, x - radius : x + radius + 1].any())
 
 
-def test_every_glyph_fits_its_cell_and_unknown_characters_show() -> None:
-    for char, pixels in font5x7.GLYPHS.items():
-        assert all(0 <= x < font5x7.WIDTH and 0 <= y < font5x7.HEIGHT for x, y in pixels), char
-        assert pixels or char == " ", f"glyph {char!r} has no ink"
-    for char in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz()->%.:/":
-        assert char in font5x7.GLYPHS
-    assert font5x7.glyph("\u00e9") == font5x7.glyph("\u2603") != font5x7.glyph("0")
-    with pytest.raises(ValueError):
-        font5x7._parse("####|#...#")
+def inside(mask: NDArray[np.bool_], layout: PlotLayout) -> NDArray[np.bool_]:
+    """The part of ``mask`` in the plot area (axes' frame and outside it left out)."""
+    top, bottom = int(layout.top) + 2, int(layout.bottom) - 2
+    left, right = int(layout.left) + 2, int(layout.right) - 2
+    return mask[top:bottom, left:right]
 
 
-def test_ticks_are_round_numbers() -> None:
-    assert nice_step(30, 10) == 5
-    assert nice_step(7, 10) == 1
-    assert nice_step(0.8, 6) == 0.2
-    assert nice_step(1234, 6) == 500
-    assert [tick_label(v, 0.2) for v in (0, 0.2, 0.4000000001)] == ["0", "0.2", "0.4"]
-    assert tick_label(25, 5) == "25" and tick_label(0.05, 0.05) == "0.05"
-    # a 6 s run that ended a moment late keeps a 6 s axis; a longer one gets the next tick
-    assert LatencyChart([Point(0, 0.001)], duration_s=6.001).x_max == 6
-    assert LatencyChart([Point(0, 0.001)], duration_s=6.2).x_max == 7
+def a_run(*, failures: bool, windows: tuple[Window, ...] = (Window("A->B", 3.9, 4.4),),
+          marks: tuple[Mark, ...] = ()) -> LoadRun:
+    """1 ms every 10 ms for 10 s, none during 3.9..4.3, then one of 400 ms at 4.0 s;
+    with ``failures``, one request failed after 200 ms at 7 s."""
+    samples = [Sample(i / 100, 0.001, 0.0, 0.001, 200, i % 2, i + 1)
+               for i in range(1000) if not 390 <= i <= 430]
+    samples.append(Sample(4.0, 0.4, 0.0, 0.4, 200, 0, 2000))
+    if failures:
+        samples.append(Sample(7.0, 0.2, 0.0, 0.0, 0, 1, None, "connection reset"))
+    return LoadRun("http://x/", 2, 0.0, 0.0, 10.0, 0, tuple(samples), windows, marks)
 
 
-def synthetic() -> tuple[list[Point], list[Band]]:
-    # baseline of 1 ms every 10 ms for 10 s, one 400 ms request at 4 s, a failure at 7 s
-    points = [Point(i / 100, 0.001) for i in range(1000) if not 390 <= i <= 430]
-    points.append(Point(4.0, 0.4))
-    points.append(Point(7.0, 0.2, ok=False))
-    return points, [Band("A->B", 3.9, 4.4), Band("B->A", 8.0, 8.02)]
-
-
-def test_chart_puts_points_bands_and_failures_where_they_belong(tmp_path: Path) -> None:
-    points, bands = synthetic()
-    chart = LatencyChart(points, bands=bands, duration_s=10.0, title="test", y_scale="linear")
-    png = tmp_path / "chart.png"
-    png.write_bytes(chart.render().png())
-    w, h, px = decode_png(png.read_bytes())
-    assert (w, h) == (800, 400)
-    # the axes run to 10 s and to 500 ms (400 ms and 5 %, rounded up to a 100 ms step)
-    assert chart.x_max == 10 and chart.y_max == 500 and chart.y_step == 100
-    # every request's point
-    for p in (Point(1.0, 0.001), Point(4.0, 0.4), Point(9.5, 0.001)):
-        x, y = chart.x_px(p.t_s), chart.y_px(p.latency_s * 1000)
-        assert px[y][x] == OK_COLOR, p
-    # the failure's cross: its centre and its four arms
-    x, y = chart.x_px(7.0), chart.y_px(200)
-    for dx, dy in ((0, 0), (-3, -3), (3, 3), (-3, 3), (3, -3)):
-        assert px[y + dy][x + dx] == FAIL_COLOR
-    # inside the A->B band, away from points, grid and label: white under orange
-    y_free = chart.y_px(200) + 7
-    for t in (3.95, 4.2, 4.35):
-        assert px[y_free][chart.x_px(t)] == blended(WHITE)
-    # just outside it: paper
-    assert px[y_free][chart.x_px(3.9) - 2] == WHITE
-    assert px[y_free][chart.x_px(4.4) + 2] == WHITE
-    # a window of 20 ms on a 10 s axis is still drawn at least 2 pixels wide
-    xb = chart.x_px(8.0)
-    assert sum(px[y_free][x] == blended(WHITE) for x in range(xb - 3, xb + 4)) >= 2
-    # the band's label is at the top of the band, in ink that is neither paper nor band
-    top_band = [px[y][x] for y in range(chart.top, chart.top + 14)
-                for x in range(chart.x_px(3.9), chart.x_px(4.4) + 1)]
-    assert any(c not in (WHITE, blended(WHITE)) for c in top_band)
-    # nothing drawn right of the plot area but white margin
-    assert all(px[y][w - 3] == WHITE for y in range(h))
-
-
-def test_log_scale_is_chosen_for_a_large_spread_and_places_decades() -> None:
-    points, bands = synthetic()
-    chart = LatencyChart(points, bands=bands, duration_s=10.0)
-    assert chart.y_scale == "log"
-    assert chart.y_ticks() == [1, 10, 100, 1000]
-    assert [chart.y_label(v) for v in chart.y_ticks()] == ["1", "10", "100", "1000"]
-    # decades are evenly spaced
-    ys = [chart.y_px(v) for v in chart.y_ticks()]
-    assert ys[0] == chart.bottom and ys[-1] == chart.top
-    assert max(ys[i] - ys[i + 1] for i in range(3)) - min(ys[i] - ys[i + 1] for i in range(3)) <= 1
-    px = decode_png(chart.render().png())[2]
-    assert px[chart.y_px(400)][chart.x_px(4.0)] == OK_COLOR
-    even = LatencyChart([Point(i / 10, 0.001 + i / 1e5) for i in range(100)])
-    assert even.y_scale == "linear"
-
-
-def test_write_latency_png_of_a_run(tmp_path: Path) -> None:
-    samples = tuple(Sample(i / 50, 0.002, 0.0, 0.001, 200, i % 2, i + 1) for i in range(250))
-    failure = Sample(2.5, 0.010, 0.0, 0.0, 0, 0, None, "connection reset")
-    run = LoadRun("http://x/", 2, 0.0, 0.0, 5.0, 1, (*samples, failure),
-                  (Window("A->B", 1.0, 1.5),), (Mark("go", 0.7),))
+def test_the_png_is_valid_and_of_the_asked_size(tmp_path: Path) -> None:
     path = tmp_path / "run.png"
-    chart = write_latency_png(path, run, title="haul demo", width=640, height=320)
-    w, h, px = decode_png(path.read_bytes())
-    assert (w, h) == (640, 320)
-    assert "251 requests on 2 connections, 1 failed" in chart.subtitle
-    assert px[chart.y_px(2.0)][chart.x_px(3.0)] == OK_COLOR
-    assert px[chart.y_px(10.0)][chart.x_px(2.5)] == FAIL_COLOR
-    # the mark is a dashed line
-    x = chart.x_px(0.7)
-    column = [px[y][x] for y in range(chart.top, chart.top + 12)]
-    assert MARK_COLOR in column and WHITE in column
+    layout = write_latency_png(path, a_run(failures=True), title="t", width=640, height=320)
+    chunks = png_chunks(path.read_bytes())
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    assert any(kind == b"IDAT" for kind, _ in chunks)
+    assert struct.unpack(">II", chunks[0][1][:8]) == (640, 320)
+    assert read(path).shape == (320, 640, 3)
+    assert (layout.width, layout.height) == (640, 320)
+    # the plot area lies inside the image, with room around it for labels
+    assert 20 < layout.left < layout.right < 640 and 20 < layout.top < layout.bottom < 300
 
 
-def test_too_small_a_canvas_is_refused() -> None:
-    with pytest.raises(ValueError, match="too small"):
-        LatencyChart([Point(0, 0.001)], width=100, height=80)
+def test_failures_are_red_crosses_where_they_failed_and_only_then(tmp_path: Path) -> None:
+    with_failure, without = tmp_path / "failed.png", tmp_path / "clean.png"
+    layout = write_latency_png(with_failure, a_run(failures=True), y_scale="linear")
+    write_latency_png(without, a_run(failures=False), y_scale="linear")
+    failed, clean = red(read(with_failure)), red(read(without))
+    assert not clean.any()
+    assert near(failed, layout.px(7.0, 200.0), radius=1)
+    # in the plot area, the red is the one cross: within 5 pixels of the failure
+    ys, xs = np.nonzero(failed)
+    x, y = layout.px(7.0, 200.0)
+    in_area = (xs > layout.left) & (xs < layout.right) & (ys > layout.top) & (ys < layout.bottom)
+    assert in_area.sum() > 10
+    assert np.all(np.abs(xs[in_area] - x) <= 5) and np.all(np.abs(ys[in_area] - y) <= 5)
+
+
+def test_answered_requests_are_points_at_their_start_and_latency(tmp_path: Path) -> None:
+    path = tmp_path / "run.png"
+    layout = write_latency_png(path, a_run(failures=False), y_scale="linear")
+    points = blue(read(path))
+    assert layout.y_scale == "linear" and layout.y_min == 0 and layout.y_max == pytest.approx(448)
+    assert near(points, layout.px(4.0, 400.0))  # the slow one
+    assert near(points, layout.px(1.0, 1.0)) and near(points, layout.px(9.5, 1.0))
+    # where no request was: nothing blue (halfway up, and in the gap before the slow one)
+    assert not near(points, layout.px(2.0, 200.0), radius=5)
+    assert not near(points, layout.px(4.15, 1.0), radius=2)
+
+
+def test_a_window_is_shaded_over_its_span_and_labelled(tmp_path: Path) -> None:
+    path = tmp_path / "run.png"
+    windows = (Window("A->B", 3.9, 4.4), Window("B->A", 8.0, 8.02))
+    layout = write_latency_png(path, a_run(failures=False, windows=windows), y_scale="linear")
+    image = read(path)
+    shaded = band(image)
+    y = int(layout.px(0, 180.0)[1])  # below halfway up: no point, label or grid line there
+    for t in (3.95, 4.2, 4.35):
+        assert shaded[y, int(layout.px(t, 0)[0])], t
+    assert not shaded[y, int(layout.px(3.8, 0)[0])] and not shaded[y, int(layout.px(4.5, 0)[0])]
+    assert not shaded[y, int(layout.px(6.0, 0)[0])]
+    # a 20 ms window on a 10 s axis still shows, at least 2 pixels wide
+    x = int(layout.px(8.0, 0)[0])
+    assert shaded[y, x - 1 : x + 5].sum() >= 2
+    # its label at the top of the band: dark ink there that is neither paper nor band
+    x0, x1 = int(layout.px(3.9, 0)[0]), int(layout.px(4.4, 0)[0])
+    top = image[int(layout.top) + 3 : int(layout.top) + 20, x0 : x1 + 1]
+    assert (top.sum(axis=-1) < 1.8).any()
+    # no window, no shade anywhere
+    plain = tmp_path / "plain.png"
+    layout = write_latency_png(plain, a_run(failures=False, windows=()))
+    assert not band(read(plain)).any()
+
+
+def test_marks_are_dashed_lines(tmp_path: Path) -> None:
+    path = tmp_path / "run.png"
+    run = a_run(failures=False, windows=(), marks=(Mark("go", 2.55),))
+    layout = write_latency_png(path, run, y_scale="linear")
+    image = read(path)
+    x = int(layout.px(2.55, 0)[0])
+    column = image[int(layout.top) + 5 : int(layout.px(0, 50.0)[1]), x - 1 : x + 2].min(axis=1)
+    grey = np.all((column > 0.3) & (column < 0.6), axis=-1)
+    white = np.all(column > 0.95, axis=-1)
+    assert grey.sum() > 20 and white.sum() > 20  # dashes, and gaps between them
+
+
+def test_log_scale_is_chosen_for_a_large_spread_and_spans_whole_decades(tmp_path: Path) -> None:
+    path = tmp_path / "run.png"
+    layout = write_latency_png(path, a_run(failures=True))
+    assert layout.y_scale == "log"
+    assert (layout.y_min, layout.y_max) == (1.0, 1000.0)
+    # decades are evenly spaced
+    ys = [layout.px(0, v)[1] for v in (1, 10, 100, 1000)]
+    assert ys[0] == pytest.approx(layout.bottom) and ys[-1] == pytest.approx(layout.top)
+    assert max(np.diff(ys)) - min(np.diff(ys)) < 0.01
+    image = read(path)
+    assert near(blue(image), layout.px(4.0, 400.0)) and near(red(image), layout.px(7.0, 200.0))
+    even = [Sample(i / 10, 0.001 + i / 1e5, 0.0, 0.0, 200, 0) for i in range(100)]
+    run = LoadRun("http://x/", 1, 0.0, 0.0, 10.0, 0, tuple(even))
+    assert write_latency_png(tmp_path / "even.png", run).y_scale == "linear"
+
+
+def test_the_subtitle_sums_the_run_up(tmp_path: Path) -> None:
+    layout = write_latency_png(tmp_path / "run.png", a_run(failures=True), title="haul demo")
+    assert layout.subtitle.startswith("961 requests on 2 connections, 1 failed, ")
+    own = write_latency_png(tmp_path / "own.png", a_run(failures=True), subtitle="mine")
+    assert own.subtitle == "mine"
+
+
+def test_an_empty_run_gives_a_valid_plot_with_its_windows(tmp_path: Path) -> None:
+    path = tmp_path / "empty.png"
+    run = LoadRun("http://x/", 1, 0.0, 0.0, 3.0, 0, (), (Window("A->B", 1.0, 1.5),))
+    layout = write_latency_png(path, run, title="nothing", width=640, height=320)
+    image = read(path)
+    assert image.shape == (320, 640, 3)
+    assert (layout.x_max, layout.y_scale, layout.y_min, layout.y_max) == (3.0, "linear", 0, 1)
+    assert not red(image).any() and not inside(blue(image), layout).any()
+    assert band(image).any()
+
+
+def test_too_small_an_image_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="too small"):
+        write_latency_png(tmp_path / "x.png", a_run(failures=False), width=100, height=80)
+    assert not (tmp_path / "x.png").exists()
