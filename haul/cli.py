@@ -51,7 +51,7 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
-class Output(str, enum.Enum):
+class Output(enum.StrEnum):
     text = "text"
     json = "json"
 
@@ -167,8 +167,8 @@ def _print_status(status: Any, output: Output) -> None:
 @criu_app.command("info")
 def criu_info_cmd(output: OutputOpt = Output.text) -> None:
     """CRIU's path, version, kernel features, and whether 'criu check' passes."""
-    from haul.install_record import criu_binary
     from haul.criu.info import gather
+    from haul.install_record import criu_binary
 
     _need_root()
     info = _run(gather(criu_binary()))

@@ -20,7 +20,7 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,7 +42,7 @@ NOT_FOUND = "no_workload"
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-class Output(str, enum.Enum):
+class Output(enum.StrEnum):
     text = "text"
     json = "json"
 
@@ -152,7 +152,7 @@ def _started(when: datetime) -> str:
 
 
 def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> dict[str, object]:
-    now = now if now is not None else datetime.now(timezone.utc)
+    now = now if now is not None else datetime.now(UTC)
     return {
         "host": host,
         "name": w.name,

@@ -7,6 +7,7 @@ orphans that were re-parented to the namespace's init.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -117,8 +118,6 @@ def kill_ns_members(kind: str, inode: int, timeout_s: float = 5.0) -> list[int]:
     survivors."""
     pids = [p for p in pids_in_ns(kind, inode) if p != os.getpid()]
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return wait_gone(pids, timeout_s)

@@ -142,7 +142,7 @@ class AdoptSpec(_Request):
     name: WorkloadName | None = None
 
 
-class WorkloadStatus(str, enum.Enum):
+class WorkloadStatus(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     GONE = "gone"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -24,10 +25,8 @@ class Packet:
 
     def close_fds(self) -> None:
         for fd in self.fds:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 class ChannelClosed(ConnectionError):

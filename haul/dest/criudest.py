@@ -35,8 +35,8 @@ from pathlib import Path
 from haul.criu.info import host_capabilities
 from haul.criu.lazypages import LazyPagesDaemon
 from haul.criu.notify import Action, Notification
-from haul.criu.pagemap import lazy_bytes
 from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
+from haul.criu.pagemap import lazy_bytes
 from haul.criu.service import Criu
 from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy

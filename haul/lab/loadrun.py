@@ -14,6 +14,7 @@ completed successfully. :meth:`LoadRun.write_tsv` writes one line per request
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -113,7 +114,7 @@ def largest_gap(completions: Iterable[float], start_s: float, end_s: float) -> t
     times = sorted(completions)
     edges = [start_s, *times, max(end_s, times[-1]) if times else end_s]
     best, at = 0.0, start_s
-    for before, after in zip(edges, edges[1:]):
+    for before, after in itertools.pairwise(edges):
         if after - before > best:
             best, at = after - before, before
     return best, at

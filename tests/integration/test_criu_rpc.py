@@ -12,12 +12,11 @@ from haul.criu.notify import Action, Notification
 from haul.criu.options import CriuOptions, PageServer
 from haul.criu.service import Criu
 from haul.errors import CriuError, HaulError
+from haul.lab.samples import Counter, start_counter
 from haul.lab.spec import LabSpec
 from haul.procfs import state
 from haul.transport.datasync import sync_tree
 from haul.transport.imagecopy import copy_images
-
-from haul.lab.samples import Counter, start_counter
 
 pytestmark = pytest.mark.asyncio
 
@@ -127,7 +126,7 @@ async def test_restore_from_corrupt_images_fails_and_leaves_the_original(
     if damage == "truncate-pstree":
         (dst / "pstree.img").write_bytes((dst / "pstree.img").read_bytes()[:6])
     elif damage == "garble-core":
-        core = sorted(dst.glob("core-*.img"))[-1]
+        core = max(dst.glob("core-*.img"))
         raw = bytearray(core.read_bytes())
         raw[8:] = os.urandom(len(raw) - 8)
         core.write_bytes(bytes(raw))

@@ -144,7 +144,7 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     # the page server's pages (stop-and-copy, in the freeze) or the images sent over
     # the agents' API, whichever the full disk stopped first: either way, said plainly
     assert ("destination host2 has no room left for the pages" in errs
-            or "host2: writing" in errs and "No space left on device" in errs), errs
+            or ("host2: writing" in errs and "No space left on device" in errs)), errs
     print(f"\n{strategy}: {errs.strip()}")
     # the workload runs on the source, and nothing of it is left on the destination
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import signal
@@ -33,6 +34,8 @@ import pytest_asyncio
 from haul.cutover.haproxy import HaproxyCutover
 from haul.cutover.haproxy_runtime import AdminState, HaproxyError, HaproxyRuntime
 from haul.cutover.lb_spec import parse_lb_spec
+from haul.engine.phases import Phase, Strategy
+from haul.engine.ports import HookFacts, HookPoint
 from haul.lab.haproxy import (
     LabHaproxy,
     LbConfig,
@@ -41,8 +44,6 @@ from haul.lab.haproxy import (
     start_haproxy,
     stop_haproxy,
 )
-from haul.engine.phases import Phase, Strategy
-from haul.engine.ports import HookFacts, HookPoint
 from haul.lab.ledger import Ledger
 from haul.lab.spec import HostSpec, LabSpec
 from haul.procfs import alive
@@ -156,7 +157,7 @@ class Figures:
 
 def _figures(records: list[dict[str, object]]) -> Figures:
     ends = sorted(float(str(r["end"])) for r in records if r["status"] == 200)
-    gaps = [b - a for a, b in zip(ends, ends[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ends)]
     return Figures(
         requests=len(records),
         failed=sum(1 for r in records if r["status"] != 200),

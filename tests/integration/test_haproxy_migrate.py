@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 
 from haul.cutover.haproxy_runtime import HaproxyRuntime
-from haul.lab.haproxy import LbConfig, LabHaproxy, lab_servers, start_haproxy, stop_haproxy
+from haul.lab.haproxy import LabHaproxy, LbConfig, lab_servers, start_haproxy, stop_haproxy
 from haul.lab.loadgen import LoadGen, netns_connector
 from haul.lab.loadrun import LoadRun
 from haul.lab.operator import ps, run_haul
 from haul.lab.samples import WEB
 from haul.lab.spec import LabSpec
-
 
 PORT = 8080
 

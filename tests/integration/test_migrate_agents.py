@@ -138,7 +138,7 @@ def test_destination_agent_killed_mid_migration(lab_with_agents: tuple[LabSpec, 
     migrating = _start_migration(inventory, "big2", "host2", "stop-and-copy")
     _wait_phase(inventory, {"freeze"})
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
-    out, errs = migrating.communicate(timeout=180)
+    out, _errs = migrating.communicate(timeout=180)
     result = json.loads(out)
     # Before the commit: the source runs again. The destination could not be told to
     # discard its copy (its agent is gone), so the rollback says so.

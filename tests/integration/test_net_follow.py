@@ -22,7 +22,6 @@ from haul.lab.operator import ps, run_haul
 from haul.lab.spec import LabSpec
 from haul.net.spec import host_ifname
 
-
 STREAM = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "stream.py"
 ADDRESS = "10.77.0.101"
 
@@ -98,7 +97,7 @@ def test_tcp_connection_survives_migration_there_and_back(
 @pytest.mark.root
 def test_run_with_an_address_refuses_bad_input_in_one_line(
         lab_with_agents: tuple[LabSpec, Path]) -> None:
-    lab, inventory = lab_with_agents
+    _lab, inventory = lab_with_agents
     bad = run_haul(inventory, "run", "--name", "x", "--host", "host1", "--ip", ADDRESS, "--",
                    "sleep", "100")
     assert bad.returncode != 0 and "prefix length" in bad.stderr
@@ -116,7 +115,7 @@ def test_the_network_is_locked_from_the_freeze_until_the_destination_resumes(
     """At the restored point both copies exist: the frozen source's namespace carries
     CRIU's nftables lock and the restored copy's carries haul's; after the move the
     running copy's namespace has no lock left."""
-    lab, inventory = lab_with_agents
+    _lab, inventory = lab_with_agents
     _start_echo(inventory)
     seen = tmp_path / "tables"
     hook = tmp_path / "list-locks"

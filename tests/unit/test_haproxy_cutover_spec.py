@@ -23,7 +23,6 @@ from haul.engine.phases import Phase, Strategy
 from haul.engine.ports import HookFacts, HookPoint
 from haul.errors import ConfigError
 
-
 FACTS = HookFacts(migration_id="m1", workload="web", source_host="host1", dest_host="host2",
                   source_address="10.77.0.101/24", dest_address="10.77.0.102/24",
                   strategy=Strategy.STOP_AND_COPY, phase=Phase.PREPARE)

@@ -6,6 +6,7 @@ namespace)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,10 +57,8 @@ class Copy:
 
     def close(self) -> None:
         for pid in (self.pid, self.launcher.pid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.launcher.wait()
         if self.launcher.stderr:
             self.launcher.stderr.close()

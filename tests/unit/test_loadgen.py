@@ -12,7 +12,6 @@ import pytest
 from haul.errors import UsageError
 from haul.lab.loadgen import BadResponse, LoadGen, Streams, read_response
 
-
 # ------------------------------------------------------------------ reading answers
 
 
@@ -49,7 +48,7 @@ async def test_read_response_chunked_and_close_delimited() -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("data, what", [
+@pytest.mark.parametrize(("data", "what"), [
     (b"", "closed before an answer"),
     (b"HTTP/1.1 200 OK\r\nContent-Le", "closed in the answer's head"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed in the answer's body"),

@@ -98,7 +98,7 @@ def test_tsv_has_ab_columns_and_reads_back(tmp_path: Path) -> None:
     assert second[2:6] == ["41", "209", "250", "200"]  # connect, processing, total, wait (ms)
     back = read_tsv(path)
     assert len(back) == 3
-    for a, b in zip(samples, back):
+    for a, b in zip(samples, back, strict=False):
         assert b.start_s == pytest.approx(a.start_s, abs=1e-6)
         assert b.latency_s == pytest.approx(a.latency_s, abs=1e-6)
         assert (b.status, b.conn, b.served, b.ok) == (a.status, a.conn, a.served, a.ok)

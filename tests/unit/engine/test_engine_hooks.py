@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 import pytest
 
 from haul.engine.fakes import (
-    boom,
-    cancelled,
     BASIC,
     FULL,
     LAZY_ONLY,
@@ -22,6 +20,8 @@ from haul.engine.fakes import (
     FakeSource,
     FakeTransport,
     World,
+    boom,
+    cancelled,
     hook_call,
     journal_call,
 )
@@ -31,7 +31,6 @@ from haul.engine.phases import Phase, Strategy
 from haul.engine.ports import HookFacts, HookPoint
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
-from haul.errors import HaulError
 
 pytestmark = pytest.mark.asyncio
 
@@ -47,34 +46,11 @@ PREFLIGHT = [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
 TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup",
         J(Phase.DONE, "CleanedUp")]
 
-STOP_AND_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(stop-and-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(False)",
-    J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED,
-    COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT,
-] + TAIL
+STOP_AND_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(stop-and-copy)", J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED, COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT, *TAIL]
 
-PRE_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(pre-copy)",
-    J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)",
-    J(Phase.FREEZE, "PreDumpFinished"), PRE_FREEZE, "source.freeze_and_dump(False)",
-    J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED,
-    COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT,
-] + TAIL
+PRE_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(pre-copy)", J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)", J(Phase.FREEZE, "PreDumpFinished"), PRE_FREEZE, "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED, COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT, *TAIL]
 
-POST_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(post-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(True)",
-    J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", RESTORED,
-    COMMIT, "dest.resume", POST_COMMIT,
-    J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
-    "source.kill",
-    J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
-    J(Phase.DONE, "CleanedUp"),
-]
+POST_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(post-copy)", J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(True)", J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", RESTORED, COMMIT, "dest.resume", POST_COMMIT, J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served", "source.kill", J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
 
 HAPPY_CALLS = {S.STOP_AND_COPY: STOP_AND_COPY_CALLS, S.PRE_COPY: PRE_COPY_CALLS,
                S.POST_COPY: POST_COPY_CALLS}
@@ -249,9 +225,7 @@ async def test_failing_post_commit_hook_is_a_problem_not_a_failure(strategy: Str
     rig.world.fail(POST_COMMIT, boom("hook /lb at post-commit exited with status 2: x"))
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
-    assert rig.calls == HAPPY_CALLS[strategy][:rig.calls.index(POST_COMMIT) + 1] + [
-        J(Phase.COMMIT, "hook post-commit failed"),
-    ] + HAPPY_CALLS[strategy][rig.calls.index(POST_COMMIT) + 1:]
+    assert rig.calls == [*HAPPY_CALLS[strategy][:rig.calls.index(POST_COMMIT) + 1], J(Phase.COMMIT, "hook post-commit failed"), *HAPPY_CALLS[strategy][rig.calls.index(POST_COMMIT) + 1:]]
     assert outcome.problems == (
         "hooks: post-commit failed: hook /lb at post-commit exited with status 2: x",)
     assert rig.calls.count("dest.resume") == 1, "the switch-over is not repeated"

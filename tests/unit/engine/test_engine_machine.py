@@ -94,8 +94,8 @@ def drive(m: Migration, steps: int | None = None) -> list[tuple[Phase, Command]]
     if command is not None:
         got.append((m.phase, command))
     while m.phase not in TERMINAL and (steps is None or len(got) < steps):
-        assert m._current is not None  # noqa: SLF001 - the command awaiting its answer
-        (command,) = m.handle(answer(m._current, REPORT))  # noqa: SLF001
+        assert m._current is not None
+        (command,) = m.handle(answer(m._current, REPORT))
         got.append((m.phase, command))
     return got
 
@@ -105,8 +105,8 @@ def commands(strategy: Strategy, **changes: Any) -> list[Command]:
 
 
 def current(m: Migration) -> Command:
-    assert m._current is not None  # noqa: SLF001
-    return m._current  # noqa: SLF001
+    assert m._current is not None
+    return m._current
 
 
 # -- the happy paths ------------------------------------------------------------------------
@@ -354,7 +354,7 @@ EVERY_EVENT: list[Event] = [
 ILLEGAL = [
     (phase, event)
     for phase in Phase
-    for event in EVERY_EVENT + [StepFailed(phase, "x")]
+    for event in [*EVERY_EVENT, StepFailed(phase, "x")]
     if (phase, type(event)) not in TRANSITIONS
 ]
 

@@ -8,9 +8,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from haul.engine.events import (
+    AbortRequested,
+    CleanedUp,
+    Event,
+    MigrationStarted,
+    Part,
+    RolledBack,
+    SourceFrozen,
+    StepFailed,
+)
 from haul.engine.fakes import (
-    boom,
-    cancelled,
     BASIC,
     FULL,
     LAZY_ONLY,
@@ -21,17 +29,9 @@ from haul.engine.fakes import (
     FakeSource,
     FakeTransport,
     World,
+    boom,
+    cancelled,
     journal_call,
-)
-from haul.engine.events import (
-    AbortRequested,
-    Part,
-    CleanedUp,
-    Event,
-    MigrationStarted,
-    RolledBack,
-    SourceFrozen,
-    StepFailed,
 )
 from haul.engine.figures import Capabilities
 from haul.engine.machine import Migration
@@ -56,34 +56,11 @@ ROLLED_BACK = J(Phase.ROLLED_BACK, "HookFired")
 #: the end of a rollback before they were
 ROLLED_BACK_UNTOLD = J(Phase.ROLLED_BACK, "RolledBack")
 
-STOP_AND_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(stop-and-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(False)",
-    J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)",
-    COMMIT, "source.release(True)", "source.kill", "dest.resume",
-] + TAIL
+STOP_AND_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(stop-and-copy)", J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", COMMIT, "source.release(True)", "source.kill", "dest.resume", *TAIL]
 
-PRE_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(pre-copy)",
-    J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)",
-    J(Phase.FREEZE, "PreDumpFinished"), "source.freeze_and_dump(False)",
-    J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)",
-    COMMIT, "source.release(True)", "source.kill", "dest.resume",
-] + TAIL
+PRE_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(pre-copy)", J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)", J(Phase.FREEZE, "PreDumpFinished"), "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", COMMIT, "source.release(True)", "source.kill", "dest.resume", *TAIL]
 
-POST_COPY_CALLS = PREFLIGHT + [
-    J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(post-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(True)",
-    J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images",
-    J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)",
-    COMMIT, "dest.resume",
-    J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
-    "source.kill",
-    J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
-    J(Phase.DONE, "CleanedUp"),
-]
+POST_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(post-copy)", J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(True)", J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", COMMIT, "dest.resume", J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served", "source.kill", J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
 
 HAPPY_CALLS = {S.STOP_AND_COPY: STOP_AND_COPY_CALLS, S.PRE_COPY: PRE_COPY_CALLS,
                S.POST_COPY: POST_COPY_CALLS}
@@ -213,14 +190,14 @@ async def test_preflight_problems_refuse_without_touching_anything() -> None:
     assert outcome.phase is Phase.REFUSED
     assert outcome.reason == ("refused: source host1: no process tree web1; dest host2: "
                               "not enough room; nothing was touched, web1 is as it was on host1")
-    assert rig.calls == PREFLIGHT + [J(Phase.REFUSED, "PreflightFinished")]
+    assert rig.calls == [*PREFLIGHT, J(Phase.REFUSED, "PreflightFinished")]
 
 
 async def test_explicit_impossible_strategy_is_refused() -> None:
     rig = Rig(S.POST_COPY, dest_caps=BASIC)
     outcome = await rig.run()
     assert outcome.phase is Phase.REFUSED and "post-copy is impossible" in outcome.reason
-    assert rig.calls == PREFLIGHT + [J(Phase.REFUSED, "PreflightFinished")]
+    assert rig.calls == [*PREFLIGHT, J(Phase.REFUSED, "PreflightFinished")]
 
 
 async def test_unreachable_host_in_preflight_rolls_back_touching_nothing() -> None:
