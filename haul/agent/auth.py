@@ -97,9 +97,9 @@ class AuthPolicy:
         if subject is not None:
             return f"certificate {subject}"
         given = _bearer(request)
-        if given is not None and self.token is not None:
-            if hmac.compare_digest(_digest(given), _digest(self.token)):
-                return "token"
+        if (given is not None and self.token is not None
+                and hmac.compare_digest(_digest(given), _digest(self.token))):
+            return "token"
         return None
 
     def refusal(self, request: web.Request) -> str:

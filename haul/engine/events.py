@@ -9,7 +9,7 @@ readings (``started_s``, ``at_s``) are the runner's monotonic clock.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from haul.engine.figures import (
     DestinationReady,
@@ -61,7 +61,7 @@ class HookFired(Event):
 
 @dataclass(frozen=True, slots=True)
 class DestinationPrepared(Event):
-    ready: DestinationReady = DestinationReady()
+    ready: DestinationReady = field(default_factory=DestinationReady)
 
 
 @dataclass(frozen=True, slots=True)

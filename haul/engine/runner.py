@@ -169,7 +169,7 @@ async def run(
             continue
         except BaseException:
             if cancelled is not None:
-                raise cancelled  # never swallow the caller's cancellation
+                raise cancelled from None  # never swallow the caller's cancellation
             raise
         if cancelled is not None:
             raise cancelled

@@ -7,6 +7,7 @@ namespace is reached through ``/proc/PID/ns/net`` of its init.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -83,7 +84,5 @@ async def detach(workload: str) -> None:
     async with AsyncIPRoute() as ipr:
         found = await ipr.link_lookup(ifname=host_ifname(workload))
         if found:
-            try:
+            with contextlib.suppress(NetlinkError):  # gone meanwhile, with its namespace
                 await ipr.link("del", index=found[0])
-            except NetlinkError:
-                pass  # gone meanwhile, with its namespace

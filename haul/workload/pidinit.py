@@ -19,6 +19,7 @@ blocking wait and be left unhandled. A handler is still installed for each:
 the kernel drops signals that an init leaves at their default action.
 """
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -128,10 +129,8 @@ def main() -> int:
             return status
         info = signal.sigwaitinfo(WAITED)
         if info.si_signo in FORWARDED:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, info.si_signo)  # inside a PID namespace: everyone but init
-            except ProcessLookupError:
-                pass
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ async def test_dump_of_a_missing_pid_fails_clearly_and_leaves_the_workload(
     assert err.log_tail, "the error carries the tail of CRIU's log"
     line = err.one_line()
     assert "\n" not in line and "CRIU dump" in line and str(tmp_path / "criu.log") in line
-    assert any(str(pid) in l for l in err.log_tail)
+    assert any(str(pid) in line for line in err.log_tail)
     # The workload that does exist is untouched.
     n = counter.count()
     assert await counter.wait_above(n) > n

@@ -137,12 +137,12 @@ def schema_differences(
                         f"{name}.{f.name}: {attr} {getattr(f, attr)} here, "
                         f"{getattr(g, attr)} in CRIU's"
                     )
-            if f.type in (FDP.TYPE_MESSAGE, FDP.TYPE_ENUM, FDP.TYPE_GROUP):
-                if _short(f.type_name) != _short(g.type_name):
-                    problems.append(
-                        f"{name}.{f.name}: refers to {f.type_name} here, "
-                        f"{g.type_name} in CRIU's"
-                    )
+            if (f.type in (FDP.TYPE_MESSAGE, FDP.TYPE_ENUM, FDP.TYPE_GROUP)
+                    and _short(f.type_name) != _short(g.type_name)):
+                problems.append(
+                    f"{name}.{f.name}: refers to {f.type_name} here, "
+                    f"{g.type_name} in CRIU's"
+                )
     their_enums = dict(_enums(theirs))
     for name, enum in _enums(ours):
         other_enum = their_enums.get(name)

@@ -117,13 +117,15 @@ async def test_root_on_the_unix_socket_needs_no_token(
     site = web.UnixSite(runner, str(path))
     await site.start()
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s:
-            async with s.get("http://agent/v1/info") as response:
-                if os.geteuid() == 0:
-                    assert response.status == 200
-                else:
-                    assert response.status == 401
-                    assert "is not root" in (await response.json())["error"]["message"]
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s,
+            s.get("http://agent/v1/info") as response,
+        ):
+            if os.geteuid() == 0:
+                assert response.status == 200
+            else:
+                assert response.status == 401
+                assert "is not root" in (await response.json())["error"]["message"]
     finally:
         await runner.cleanup()
 
