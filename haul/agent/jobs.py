@@ -28,6 +28,7 @@ import aiohttp
 from haul.agent.ca import client_ssl_context
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
+from haul.agent.wire import Conflict, NotFound
 from haul.agent.workloads import workload_net
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
@@ -137,7 +138,8 @@ class MigrationJobs:
         try:
             return self._jobs[migration_id]
         except KeyError:
-            raise UsageError(f"no migration {migration_id!r} on this host") from None
+            raise NotFound(f"no migration {migration_id!r} on this host",
+                           code="no_migration") from None
 
     def all(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.started_at)
@@ -368,11 +370,12 @@ class MigrationJobs:
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)
         if job.phase in TERMINAL:
-            raise UsageError(f"migration {migration_id} has already ended ({job.phase.value})")
+            raise Conflict(f"migration {migration_id} has already ended ({job.phase.value})",
+                           code="migration_ended")
         if job.phase not in BEFORE_COMMIT:
-            raise UsageError(
+            raise Conflict(
                 f"migration {migration_id} is past its commit point ({job.phase.value}); "
-                "it can only finish"
+                "it can only finish", code="past_commit"
             )
         if job.task is not None:
             job.task.cancel()
