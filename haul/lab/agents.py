@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from haul.agent.ca import ca_files, host_files, init_ca, issue
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.agent.config import parse_config
 from haul.errors import ConfigError, HaulError, LabError, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
@@ -229,7 +229,7 @@ async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
                         timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with AgentClient(f"unix://{socket}", timeout_s=2.0) as agent:
+    async with AgentAccess(f"unix://{socket}", timeout_s=2.0).client() as agent:
         while True:
             if proc.returncode is not None:
                 raise LabError(

@@ -31,7 +31,7 @@ from test_migrate_agents import (
     wait_count_above,
 )
 
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.lab.agents import agent_config_path, agent_log_path, agent_socket, restart_agent
 from haul.lab.ledger import Ledger
 from haul.lab.spec import LabSpec
@@ -71,10 +71,8 @@ def journal_phases(lab: LabSpec, host: str, mid: str) -> list[str]:
 def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
     """GET /v1/incoming of ``host``'s agent."""
     async def get() -> list[dict[str, Any]]:
-        async with AgentClient(f"unix://{agent_socket(lab.prefix, host)}") as agent:
-            _, raw = await agent.request("GET", "/v1/incoming")
-        rows: list[dict[str, Any]] = json.loads(raw)["incoming"]
-        return rows
+        async with AgentAccess(f"unix://{agent_socket(lab.prefix, host)}").client() as agent:
+            return [view.model_dump() for view in await agent.incoming.all()]
     return asyncio.run(get())
 
 
