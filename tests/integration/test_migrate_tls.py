@@ -19,17 +19,15 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from haul.agent.ca import init_ca, issue
 from haul.lab.agents import AGENT_PORT, CLI_CERT, agent_config_path, restart_agent
-from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
 
 COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "counter.py"
@@ -44,18 +42,6 @@ def haul(inventory: Path, *args: str, netns: str | None = None
     return subprocess.run([*prefix, sys.executable, "-m", "haul", *args],
                           capture_output=True, text=True, timeout=180,
                           env={**os.environ, "HAUL_HOSTS": str(inventory)})
-
-
-@pytest_asyncio.fixture
-async def tls_lab(tmp_path: Path) -> AsyncIterator[tuple[LabSpec, Path]]:
-    """A two-host lab whose agents have certificates from the lab's CA."""
-    spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
-    inventory = tmp_path / "hosts.toml"
-    try:
-        await lab_up(spec, inventory=inventory, tls=True)
-        yield spec, inventory
-    finally:
-        await asyncio.to_thread(lab_down, spec.prefix)
 
 
 @dataclass

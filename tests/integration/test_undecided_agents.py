@@ -106,11 +106,13 @@ def release(tmp_path: Path) -> Iterator[Path]:
 
 
 WAIT_AT_RESTORED = """#!/bin/sh
-# At "restored", say so, then wait (at most 120 s) until the test releases us.
+# At "restored", say so, then wait (at most 120 s) until the test releases us; a
+# release file with something in it makes the hook fail (the migration rolls back).
 [ "$1" = restored ] || exit 0
 touch {reached}
 i=0
 while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+[ -s {release} ] && exit 1
 exit 0
 """
 
