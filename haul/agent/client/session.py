@@ -14,6 +14,7 @@ import asyncio
 import errno
 import json
 import ssl
+import time
 from collections.abc import AsyncIterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -120,15 +121,15 @@ class AgentClient:
         if body is not None:
             sent = body.model_dump_json(exclude_none=True).encode()
             extra["Content-Type"] = "application/json"
+        started = time.monotonic()
         try:
             async with session.request(method, self._base + path, data=sent, headers=extra,
                                        params=params) as response:
                 status = response.status
                 raw = await response.read()
         except asyncio.TimeoutError:
-            raise TransportError(f"{self._unreachable(method, path)}: no answer within "
-                                 f"{self.access.timeout_s or CONNECT_TIMEOUT_S:.0f} s"
-                                 ) from None
+            raise TransportError(f"{self._unreachable(method, path)}: timed out after "
+                                 f"{time.monotonic() - started:.0f} s") from None
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             detail = one_line(str(exc)) or type(exc).__name__
             if self._ssl is not None and _dropped(exc):

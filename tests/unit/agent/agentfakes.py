@@ -145,6 +145,8 @@ class ScriptedAgent:
 
     script: dict[tuple[str, str], list[tuple[int, object]]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    #: how long each answer takes
+    delay_s: float = 0.0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 << 20)
@@ -154,6 +156,7 @@ class ScriptedAgent:
     async def _answer(self, request: web.Request) -> web.Response:
         self.seen.append(Seen(request.method, request.path, dict(request.query),
                               dict(request.headers), await request.read()))
+        await asyncio.sleep(self.delay_s)
         answers = self.script.get((request.method, request.path))
         if not answers:
             return web.json_response(

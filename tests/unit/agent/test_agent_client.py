@@ -264,6 +264,17 @@ async def test_no_agent_there_is_a_transport_error() -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_agent_that_does_not_answer_in_time_is_a_transport_error() -> None:
+    fake = ScriptedAgent({("GET", "/healthz"): [(200, {"ok": True})]}, delay_s=5)
+    async with app_client(fake.app()) as http:
+        url = str(http.make_url("")).rstrip("/")
+        async with AgentAccess(url, timeout_s=0.2).client(name="source host1") as agent:
+            with pytest.raises(TransportError, match=r"source host1 unreachable \(http://.*\): "
+                                                     r"GET /healthz: timed out after 0 s"):
+                await agent.health()
+
+
+@pytest.mark.asyncio
 async def test_an_answer_that_is_not_the_model_is_a_transport_error() -> None:
     fake = ScriptedAgent({("GET", "/v1/migrations/m1"): [(200, {"id": "m1"})]})
     async with app_client(fake.app()) as http:
