@@ -23,15 +23,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from haul.agent.client import AgentClient
-from haul.agent.migration_models import CheckView, MigrateAsk, MigrationList, MigrationView
-from haul.agent.models import AdoptSpec, WorkloadList, WorkloadView
+from haul.agent.client import AgentAccess, AgentClient
+from haul.agent.migration_models import MigrateAsk, MigrationView
 from haul.engine.phases import Strategy
-from haul.errors import HaulError, PeerError, UsageError
+from haul.errors import HaulError, NoSuchMigration, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory
 
 EXIT = {"done": 0, "rolled-back": 1, "refused": 3, "failed": 4}
-POLL_S = 0.2
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line stays one line
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
@@ -41,14 +39,8 @@ OutputOpt = Annotated[str, typer.Option("--output", "-o", help="text or json")]
 
 
 def client_for(entry: HostEntry) -> AgentClient:
-    """A client of the agent an inventory entry names: its token, and over https the
-    entry's client certificate (the agent's is checked against the entry's CA)."""
-    ssl_context = None
-    if entry.url.startswith("https://") and entry.ca is not None:
-        from haul.agent.ca import client_ssl_context
-
-        ssl_context = client_ssl_context(entry.ca, entry.cert, entry.key)
-    return AgentClient(entry.url, token=entry.bearer(), ssl_context=ssl_context)
+    """A client of the agent an inventory entry names (haul.agent.client.AgentAccess)."""
+    return AgentAccess.of_entry(entry).client()
 
 
 async def find_host(inv: Inventory, workload: str) -> str:
@@ -56,9 +48,7 @@ async def find_host(inv: Inventory, workload: str) -> str:
     found: list[str] = []
     for name, entry in sorted(inv.hosts.items()):
         async with client_for(entry) as agent:
-            _, raw = await agent.request("GET", "/v1/workloads")
-            listing = WorkloadList.model_validate_json(raw)
-            if any(w.name == workload and w.status != "gone" for w in listing.workloads):
+            if any(w.name == workload and w.status != "gone" for w in await agent.workloads()):
                 found.append(name)
     if not found:
         raise UsageError(f"no host in the inventory runs a workload named {workload!r}")
@@ -103,39 +93,24 @@ def phase_times_ms(view: MigrationView) -> dict[str, float]:
 
 
 async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
-    aborting = False
+    """Follow the migration to its end (Ctrl-C asks for an abort once), its progress
+    live on the terminal when ``live``."""
+    display: Live | None = None
 
-    async def poll() -> MigrationView:
-        _, raw = await agent.request("GET", f"/v1/migrations/{mid}")
-        return MigrationView.model_validate_json(raw)
+    def show(view: MigrationView) -> None:
+        nonlocal display
+        if display is None:
+            display = Live(_progress(view), console=err, refresh_per_second=8, transient=True)
+            display.start()
+        else:
+            display.update(_progress(view))
 
-    view = await poll()
-    ctx = Live(_progress(view), console=err, refresh_per_second=8, transient=True) if live else None
     try:
-        if ctx is not None:
-            ctx.start()
-        while not view.finished:
-            try:
-                await asyncio.sleep(POLL_S)
-                view = await poll()
-                if ctx is not None:
-                    ctx.update(_progress(view))
-            except asyncio.CancelledError:
-                # Ctrl-C (asyncio.run cancels the main task): ask for an abort once.
-                task = asyncio.current_task()
-                if aborting or task is None:
-                    raise
-                task.uncancel()
-                aborting = True
-                try:
-                    await agent.request("POST", f"/v1/migrations/{mid}/abort")
-                    err.print("aborting: the workload stays where it was")
-                except PeerError as exc:
-                    err.print(f"not aborted: {exc.one_line()}")
-        return view
+        return await agent.migrations.watch(
+            mid, on_view=show if live else lambda view: None, say=err.print)
     finally:
-        if ctx is not None:
-            ctx.stop()
+        if display is not None:
+            display.stop()
 
 
 def _result(view: MigrationView, output: str) -> None:
@@ -182,8 +157,7 @@ async def check(
     inv.host(to)
     src = source or await find_host(inv, workload)
     async with client_for(inv.host(src)) as agent:
-        _, raw = await agent.request("POST", "/v1/migrations/check", body=ask)
-    view = CheckView.model_validate_json(raw)
+        view = await agent.migrations.check(ask)
     if output == "json":
         sys.stdout.write(view.model_dump_json() + "\n")
     elif view.ok:
@@ -208,8 +182,7 @@ async def migrate(
     if src == to:
         raise UsageError(f"{workload} already runs on {to}")
     async with client_for(inv.host(src)) as agent:
-        _, raw = await agent.request("POST", "/v1/migrations", body=ask, ok=(202,))
-        started = MigrationView.model_validate_json(raw)
+        started = await agent.migrations.start(ask)
         view = await watch(agent, started.id, live=sys.stderr.isatty() and output == "text")
     _result(view, output)
     return EXIT.get(view.outcome, 4)
@@ -225,9 +198,7 @@ async def _adopt(inv: Inventory, target: str, source: str | None, ask: MigrateAs
     except ValueError:
         raise UsageError(f"{target!r} is not pid:NUMBER") from None
     async with client_for(inv.host(source)) as agent:
-        _, raw = await agent.request("POST", "/v1/workloads/adopt",
-                                     body=AdoptSpec(pid=pid), ok=(201,))
-    name = WorkloadView.model_validate_json(raw).name
+        name = (await agent.adopt(pid)).name
     return name, ask.model_copy(update={"workload": name})
 
 
@@ -331,8 +302,7 @@ async def _all_jobs(inv: Inventory) -> list[MigrationView]:
     views: list[MigrationView] = []
     for _, entry in sorted(inv.hosts.items()):
         async with client_for(entry) as agent:
-            _, raw = await agent.request("GET", "/v1/migrations")
-            views += MigrationList.model_validate_json(raw).migrations
+            views += await agent.migrations.all()
     return views
 
 
@@ -340,13 +310,11 @@ async def _abort(inv: Inventory, mid: str) -> None:
     for _, entry in sorted(inv.hosts.items()):
         async with client_for(entry) as agent:
             try:
-                await agent.request("POST", f"/v1/migrations/{mid}/abort")
+                await agent.migrations.abort(mid)
                 return
-            except PeerError as exc:
-                if "no migration" in exc.one_line():
-                    continue
-                raise
+            except NoSuchMigration:
+                continue
     raise UsageError(f"no migration {mid!r} on any host")
 
 
-__all__ = ["register", "HaulError"]
+__all__ = ["HaulError", "register"]

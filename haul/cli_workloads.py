@@ -28,7 +28,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from haul.errors import ConfigError, HaulError, PeerError, UsageError, WorkloadError
+from haul.errors import ConfigError, HaulError, NoSuchWorkload, UsageError, WorkloadError
 from haul.inventory import HostEntry, Inventory, load_inventory
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 #: how long one call to an agent may take
 AGENT_TIMEOUT_S = 30.0
-NOT_FOUND = "no_workload"
 
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -72,15 +71,9 @@ def _select(inventory: Inventory, host: str | None) -> list[tuple[str, HostEntry
 
 def client_for(entry: HostEntry) -> AgentClient:
     """A client of the agent an inventory entry names, with its token or certificate."""
-    from haul.agent.client import AgentClient
+    from haul.agent.client import AgentAccess
 
-    ssl_context = None
-    if entry.url.startswith("https://") and entry.ca is not None:
-        from haul.agent.ca import client_ssl_context
-
-        ssl_context = client_ssl_context(entry.ca, entry.cert, entry.key)
-    return AgentClient(entry.url, token=entry.bearer(), ssl_context=ssl_context,
-                       timeout_s=AGENT_TIMEOUT_S)
+    return AgentAccess.of_entry(entry, timeout_s=AGENT_TIMEOUT_S).client()
 
 
 def _one_line(host: str, exc: HaulError) -> str:
@@ -113,10 +106,8 @@ async def _find_on(host: str, entry: HostEntry, name: str) -> WorkloadView | Non
     async with client_for(entry) as agent:
         try:
             return await agent.workload(name)
-        except PeerError as exc:
-            if exc.code == NOT_FOUND:
-                return None
-            raise
+        except NoSuchWorkload:
+            return None
 
 
 async def _locate(hosts: Sequence[tuple[str, HostEntry]], name: str) -> tuple[str, HostEntry]:
@@ -267,10 +258,8 @@ def kill_cmd(
         async with client_for(entry) as agent:
             try:
                 return where, await agent.delete_workload(name)
-            except PeerError as exc:
-                if exc.code == NOT_FOUND:  # it ended and was removed meanwhile
-                    raise WorkloadError(f"no workload {name!r} on {where}") from None
-                raise
+            except NoSuchWorkload:  # it ended and was removed meanwhile
+                raise WorkloadError(f"no workload {name!r} on {where}") from None
 
     where, view = asyncio.run(kill())
     _emit([(where, view)], output, title=f"killed on {where}", single=True)

@@ -7,6 +7,10 @@ edge of the module that calls the third party.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
 
 class HaulError(Exception):
     """Root of every error haul raises on purpose."""
@@ -101,11 +105,203 @@ class CriuProtocolError(CriuError):
 
 
 class PeerError(HaulError):
-    """The other agent answered with an error code."""
+    """Another agent answered with an error: ``code`` is its wire code.
 
-    def __init__(self, message: str, *, code: str, workload_state: str | None = None) -> None:
+    Each code an agent sends has a subclass below (its ``codes``), so a caller
+    acts on an ``except`` clause, never on the text; :func:`peer_error` picks the
+    class. The wire side is haul/agent/wire.py and the routes' ``code=...``.
+    """
+
+    #: the wire codes this class stands for; the first is its default ``code``
+    codes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str, *, code: str | None = None,
+                 workload_state: str | None = None) -> None:
         super().__init__(message, workload_state=workload_state)
-        self.code = code
+        self.code = code if code is not None else (self.codes[0] if self.codes else "unknown")
+
+
+# -- what the caller may change: the agent refused the request as it was asked
+
+
+class PeerUnauthorized(PeerError):
+    """No valid credentials: token, client certificate, or root on the unix socket."""
+
+    codes = ("unauthorized",)
+
+
+class PeerBadRequest(PeerError):
+    """The request is malformed or asks for what cannot be meant (400 and the like)."""
+
+    codes = ("bad_request",)
+
+
+class MalformedBody(PeerBadRequest):
+    codes = ("malformed_json",)
+
+
+class InvalidBody(PeerBadRequest):
+    codes = ("invalid_body",)
+
+
+class PeerUsageError(PeerBadRequest):
+    """The agent's own UsageError (a bad id, name or path; an incoming migration that
+    is not there)."""
+
+    codes = ("usage",)
+
+
+class BadWorkloadName(PeerBadRequest):
+    codes = ("bad_name",)
+
+
+class BadNetSpec(PeerBadRequest):
+    codes = ("bad_net",)
+
+
+class NoBridge(PeerBadRequest):
+    codes = ("no_bridge",)
+
+
+class NoDataDir(PeerBadRequest):
+    codes = ("no_data_dir",)
+
+
+class NotATree(PeerBadRequest):
+    codes = ("not_a_tree",)
+
+
+class NoChecksum(PeerBadRequest):
+    codes = ("no_sha256",)
+
+
+class BadFileMode(PeerBadRequest):
+    codes = ("bad_mode",)
+
+
+class MethodNotAllowed(PeerBadRequest):
+    codes = ("method_not_allowed",)
+
+
+class BodyTooLarge(PeerBadRequest):
+    codes = ("too_large",)
+
+
+class PeerNotFound(PeerError):
+    """No such thing on that agent (an unknown route too)."""
+
+    codes = ("not_found",)
+
+
+class NoSuchWorkload(PeerNotFound):
+    codes = ("no_workload",)
+
+
+class NoSuchProcess(PeerNotFound):
+    codes = ("no_process",)
+
+
+class NoSuchMigration(PeerNotFound):
+    """That agent runs and ran no migration with this id."""
+
+    codes = ("no_migration",)
+
+
+class PeerConflict(PeerError):
+    """The request conflicts with what is there now."""
+
+    codes = ("conflict",)
+
+
+class WorkloadExists(PeerConflict):
+    codes = ("workload_exists",)
+
+
+class AddressTaken(PeerConflict):
+    codes = ("address_taken",)
+
+
+class WorkloadBusy(PeerConflict):
+    codes = ("workload_busy",)
+
+
+class MigrationEnded(PeerConflict):
+    codes = ("migration_ended",)
+
+
+class PastCommit(PeerConflict):
+    """The migration is past its commit point: it can only finish."""
+
+    codes = ("past_commit",)
+
+
+class PeerUnavailable(PeerError):
+    """The agent cannot serve this now (e.g. it is not ready)."""
+
+    codes = ("unavailable",)
+
+
+# -- what failed on the agent's side, by the family of its own error
+
+
+class PeerFailed(PeerError):
+    """The agent tried and failed."""
+
+    codes = ("failed",)
+
+
+class PeerInternalError(PeerFailed):
+    """A bug in the agent (its log says more)."""
+
+    codes = ("internal",)
+
+
+class PeerConfigError(PeerFailed):
+    codes = ("config",)
+
+
+class PeerCriuError(PeerFailed):
+    codes = ("criu",)
+
+
+class PeerWorkloadError(PeerFailed):
+    codes = ("workload",)
+
+
+class PeerTransportError(PeerFailed):
+    codes = ("transport",)
+
+
+class PeerUpstreamError(PeerFailed):
+    """The agent's own call to a third agent failed."""
+
+    codes = ("peer",)
+
+
+def _peer_classes(cls: type[PeerError]) -> list[type[PeerError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found += _peer_classes(sub)
+    return found
+
+
+#: wire code -> the class that stands for it (each code once)
+PEER_ERRORS: Mapping[str, type[PeerError]] = MappingProxyType(
+    {code: cls for cls in _peer_classes(PeerError) for code in cls.codes})
+#: an answer with no known code: the class its HTTP status stands for
+_BY_STATUS: Mapping[int, type[PeerError]] = MappingProxyType({
+    400: PeerBadRequest, 401: PeerUnauthorized, 404: PeerNotFound, 405: MethodNotAllowed,
+    409: PeerConflict, 413: BodyTooLarge, 503: PeerUnavailable,
+})
+
+
+def peer_error(code: str, message: str, *, status: int | None = None) -> PeerError:
+    """The error for an agent's answer with wire ``code``: its class, or for a code no
+    class stands for the one its HTTP ``status`` does (a 5xx: PeerFailed), else PeerError."""
+    cls = PEER_ERRORS.get(code)
+    if cls is None and status is not None:
+        cls = _BY_STATUS.get(status, PeerFailed if status >= 500 else PeerError)
+    return (cls or PeerError)(message, code=code)
 
 
 class IllegalTransition(HaulError):

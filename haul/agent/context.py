@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
 from haul.agent.decisions import SourceAsker
 from haul.agent.hostinfo import CriuProbe, GatherCriu
-from haul.agent.jobs import MigrationJobs, Peer
+from haul.agent.jobs import MigrationJobs
 from haul.agent.journal import Journal
 from haul.agent.metrics import AgentMetrics
 from haul.agent.wire import NotFound
@@ -49,13 +50,12 @@ def _advertise(config: AgentConfig) -> str:
     return config.address if config.address not in ("0.0.0.0", "::") else "127.0.0.1"
 
 
-def _peers(config: AgentConfig) -> dict[str, Peer]:
-    peers: dict[str, Peer] = {}
+def _peers(config: AgentConfig) -> dict[str, AgentAccess]:
+    """How this agent calls each peer, whatever for (a migration it drives, a decision
+    it asks): the peer's token, and over https this agent's own certificate."""
     tls = config.tls.files() if config.tls is not None else None
-    for name, peer in (getattr(config, "peers", None) or {}).items():
-        token = peer.bearer_token() if hasattr(peer, "bearer_token") else None
-        peers[str(name)] = Peer(url=str(peer.url), token=token, tls=tls)
-    return peers
+    return {str(name): AgentAccess.of_peer(str(peer.url), token=peer.bearer_token(), tls=tls)
+            for name, peer in config.peers.items()}
 
 
 @dataclass(slots=True)

@@ -13,19 +13,16 @@ through this agent's own peers (never an address a request supplied).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-import aiohttp
-from pydantic import ValidationError
-
+from haul.agent.client import AgentAccess
 from haul.agent.decision_models import DecisionView
-from haul.agent.jobs import Job, Peer
+from haul.agent.jobs import Job
 from haul.agent.journal import JournalEntry
-from haul.dest.remote import IncomingClient
 from haul.dest.undecided import SourceAnswer, Verdict
 from haul.engine.phases import TERMINAL, Phase
-from haul.errors import ConfigError, PeerError, TransportError
+from haul.errors import ConfigError, PeerError
 
 #: how long one question to a source agent may take
 ASK_TIMEOUT_S = 10.0
@@ -61,9 +58,12 @@ def decide(migration_id: str, job: Job | None, entries: Sequence[JournalEntry]) 
 
 
 class SourceAsker:
-    """Asks a source agent, known by host name among this agent's peers (AskSource)."""
+    """Asks a source agent, known by host name among this agent's peers (AskSource),
+    with this agent's access to it: its token, and over https haul's CA and this
+    agent's certificate, as for any call to a peer."""
 
-    def __init__(self, peers: Mapping[str, Peer], timeout_s: float = ASK_TIMEOUT_S) -> None:
+    def __init__(self, peers: Mapping[str, AgentAccess], timeout_s: float = ASK_TIMEOUT_S
+                 ) -> None:
         self.peers = peers
         self.timeout_s = timeout_s
 
@@ -73,24 +73,16 @@ class SourceAsker:
             known = ", ".join(sorted(self.peers)) or "none"
             raise ConfigError(f"{source} is not among this agent's peers (known: {known}); "
                               "add it to [agent.peers] so its decision can be asked")
-        headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
+        access = replace(peer, timeout_s=self.timeout_s)
+        async with access.client(name=f"source {source}") as client:
+            view = await client.migrations.decision(migration_id)
         try:
-            async with asyncio.timeout(self.timeout_s), \
-                    aiohttp.ClientSession(headers=headers) as session:
-                client = IncomingClient(session, peer.url, where=f"source {source}")
-                body = await client.call("GET", f"/v1/migrations/{migration_id}/decision")
-        except TimeoutError:
-            raise TransportError(f"source {source} did not answer within "
-                                 f"{self.timeout_s:.0f} s") from None
-        try:
-            view = DecisionView.model_validate(body)
             verdict = Verdict(view.decision)
-        except (ValidationError, ValueError):
-            raise PeerError(f"source {source} answered with an unknown decision",
-                            code="bad-decision") from None
+        except ValueError:
+            raise PeerError(f"source {source} answered with an unknown decision "
+                            f"{view.decision!r}", code="bad_decision") from None
         if view.id != migration_id:
             raise PeerError(f"source {source} answered about {view.id!r}, not {migration_id!r}",
-                            code="bad-decision")
+                            code="bad_decision")
         return SourceAnswer(verdict=verdict, running=view.running, workload=view.workload,
                             detail=view.detail)
-

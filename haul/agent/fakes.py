@@ -125,3 +125,46 @@ async def kill_workloads(ctx: AgentContext) -> None:
             with contextlib.suppress(HaulError):
                 await ctx.workloads.tree(record.name).kill(5.0)
 
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request a ScriptedAgent received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedAgent:
+    """An HTTP app that answers each (method, path) from a script and records every
+    request: the answers of a key are given in turn, the last one again and again; a
+    key with no script is a 404 ``not_found`` as the agent would answer it."""
+
+    script: dict[tuple[str, str], list[tuple[int, object]]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    #: how long each answer takes
+    delay_s: float = 0.0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._answer)
+        return app
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.seen.append(Seen(request.method, request.path, dict(request.query),
+                              dict(request.headers), await request.read()))
+        await asyncio.sleep(self.delay_s)
+        answers = self.script.get((request.method, request.path))
+        if not answers:
+            return web.json_response(
+                {"error": {"code": "not_found", "message": f"no route {request.path}"}},
+                status=404)
+        status, body = answers.pop(0) if len(answers) > 1 else answers[0]
+        return web.json_response(body, status=status)
+
+    def calls(self) -> list[tuple[str, str]]:
+        return [(s.method, s.path) for s in self.seen]

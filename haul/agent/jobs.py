@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shutil
-import ssl as ssl_module
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,25 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
-
-from haul.agent.ca import client_ssl_context
+from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
+from haul.agent.wire import Conflict, NotFound
 from haul.agent.workloads import workload_net
-from haul.criu.info import host_capabilities
-from haul.criu.options import PageServer, TlsFiles
+from haul.criu.options import PageServer
 from haul.criu.service import Criu
-from haul.dest.remote import IncomingClient, RemoteDestination
+from haul.agent.remote import RemoteDestination
 from haul.engine.events import Event, PreflightFinished
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration
-from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
+from haul.engine.phases import AFTER_COMMIT, TERMINAL, Phase, Strategy
 from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
-from haul.errors import ConfigError, HaulError, UsageError
+from haul.errors import HaulError, UsageError
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
 from haul.transport.http import HttpTransport
@@ -52,17 +49,6 @@ log = logging.getLogger(__name__)
 LAZY_PORTS = (20000, 40000)
 #: how long a restarted agent waits for the destination when it finishes a migration
 RECOVER_PEER_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Another agent: how to reach it and prove who we are."""
-
-    url: str
-    token: str | None = None
-    #: this agent's certificate, key and CA: an https peer is called with them,
-    #: and the migration's page channels to it are TLS
-    tls: TlsFiles | None = None
 
 
 @dataclass(slots=True)
@@ -98,23 +84,10 @@ class _Unrecorded:
         return None
 
 
-@contextlib.asynccontextmanager
-async def _peer_client(peer: Peer, name: str) -> AsyncIterator[IncomingClient]:
+def _peer_client(peer: AgentAccess, name: str) -> AgentClient:
     """A client of the destination agent ``name``, with this agent's credentials for it:
     its token, and over https its certificate (the peer's is checked against the CA)."""
-    headers = {"Authorization": f"Bearer {peer.token}"} if peer.token else {}
-    tls = None
-    if peer.url.startswith("https://"):
-        if peer.tls is None:
-            raise ConfigError(f"agent.peers.{name}: {peer.url} is https, but this agent has "
-                              "no certificate ([agent.tls])")
-        tls = peer.tls
-    ssl: ssl_module.SSLContext | bool = True
-    if tls is not None:
-        ssl = client_ssl_context(tls.cacert, tls.cert, tls.key)
-    async with aiohttp.ClientSession(headers=headers,
-                                     connector=aiohttp.TCPConnector(ssl=ssl)) as session:
-        yield IncomingClient(session, peer.url, where=f"destination {name}", page_tls=tls)
+    return peer.client(name=f"destination {name}")
 
 
 class MigrationJobs:
@@ -127,7 +100,7 @@ class MigrationJobs:
         data_root: Path,
         journal: Journal,
         advertise_address: str,
-        peers: Mapping[str, Peer],
+        peers: Mapping[str, AgentAccess],
         tree_of: Callable[[str], ProcessTree],
         argv_of: Callable[[str], list[str]],
         on_moved: Callable[[str], Awaitable[None]],
@@ -151,12 +124,13 @@ class MigrationJobs:
         try:
             return self._jobs[migration_id]
         except KeyError:
-            raise UsageError(f"no migration {migration_id!r} on this host") from None
+            raise NotFound(f"no migration {migration_id!r} on this host",
+                           code="no_migration") from None
 
     def all(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
-    def peer(self, name: str) -> Peer:
+    def peer(self, name: str) -> AgentAccess:
         try:
             return self.peers[name]
         except KeyError:
@@ -209,7 +183,7 @@ class MigrationJobs:
         return job
 
     @contextlib.asynccontextmanager
-    async def _ports(self, spec: MigrationSpec, tree: ProcessTree, peer: Peer,
+    async def _ports(self, spec: MigrationSpec, tree: ProcessTree, peer: AgentAccess,
                      shared_dir: Path | None) -> AsyncIterator[_Ports]:
         """The ports of one migration from this host: the local CRIU, the destination
         agent over HTTP, the transport between them."""
@@ -224,23 +198,23 @@ class MigrationJobs:
                 lazy_listen=PageServer(
                     self.advertise_address, secrets.choice(range(*LAZY_PORTS))
                 ),
-                data_dir=data, tls=client.page_tls,
+                data_dir=data, tls=client.access.tls,
             )
             dest = RemoteDestination(
                 client, spec.migration_id, spec.workload, lazy_source=source.lazy_listen,
                 argv=self._argv_of(spec.workload),
                 data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
                 shared_images=source.images if shared_dir is not None else None,
-                net=net.model_dump() if net is not None else None,
+                net=net,
                 source_host=self.host,
             )
-            transport = HttpTransport(client, spec.migration_id, source.images,
+            transport = HttpTransport(client.incoming, spec.migration_id, source.images,
                                       source_data=data, skip_pages=shared_dir is not None)
             yield _Ports(source, dest, transport)
 
-    async def _run(self, job: Job, tree: ProcessTree, peer: Peer, timeout_s: float | None,
-                   shared_dir: Path | None = None, hooks: HooksPort | None = None
-                   ) -> Outcome:
+    async def _run(self, job: Job, tree: ProcessTree, peer: AgentAccess,
+                   timeout_s: float | None, shared_dir: Path | None = None,
+                   hooks: HooksPort | None = None) -> Outcome:
         spec = job.migration.spec
         try:
             async with self._ports(spec, tree, peer, shared_dir) as ports:
@@ -392,11 +366,12 @@ class MigrationJobs:
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)
         if job.phase in TERMINAL:
-            raise UsageError(f"migration {migration_id} has already ended ({job.phase.value})")
-        if job.phase not in BEFORE_COMMIT:
-            raise UsageError(
+            raise Conflict(f"migration {migration_id} has already ended ({job.phase.value})",
+                           code="migration_ended")
+        if not job.migration.abortable:
+            raise Conflict(
                 f"migration {migration_id} is past its commit point ({job.phase.value}); "
-                "it can only finish"
+                "it can only finish", code="past_commit"
             )
         if job.task is not None:
             job.task.cancel()

@@ -46,14 +46,13 @@ from pathlib import Path
 from typing import Protocol
 
 from haul.agent.ca import ca_files, host_files, init_ca, issue
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.agent.config import parse_config
 from haul.errors import ConfigError, HaulError, LabError, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory, write_inventory
 from haul.lab.ledger import Ledger, state_dir
-from haul.procfs import alive
 from haul.lab.spec import HOST_BRIDGE, HostSpec, LabSpec
-from haul.procfs import netns_inode, ns_inode, wait_gone
+from haul.procfs import alive, netns_inode, ns_inode, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +228,7 @@ async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
                         timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with AgentClient(f"unix://{socket}", timeout_s=2.0) as agent:
+    async with AgentAccess(f"unix://{socket}", timeout_s=2.0).client() as agent:
         while True:
             if proc.returncode is not None:
                 raise LabError(

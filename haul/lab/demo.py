@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from haul.agent.migration_models import MigrateAsk, MigrationView
+from haul.agent.client import AgentAccess
+from haul.agent.migration_models import MigrateAsk
 from haul.agent.models import NetSpec
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, WorkloadError
@@ -111,11 +112,9 @@ async def run_demo(
 async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy,
                 out_dir: Path, settle_s: float, connections: int, moves: int,
                 say: Callable[[str], None]) -> DemoResult:
-    from haul.cli_migrate import client_for, watch
-
     inv = load_inventory(inventory)
     host1, host2 = spec.host(1).name, spec.host(2).name
-    async with client_for(inv.host(host1)) as agent:
+    async with AgentAccess.of_entry(inv.host(host1)).client() as agent:
         view = await agent.start_workload(
             SERVICE, [sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
                       "--port", str(SERVICE_PORT), "--mem-mib", str(mem_mib)],
@@ -149,10 +148,9 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
                                  lb=f"haproxy:{proxy.socket}:{proxy.backend}/*")
                 load.begin(label)
                 started = time.monotonic()
-                async with client_for(inv.host(src)) as agent:
-                    _, raw = await agent.request("POST", "/v1/migrations", body=ask, ok=(202,))
-                    done: MigrationView = await watch(
-                        agent, MigrationView.model_validate_json(raw).id, live=False)
+                async with AgentAccess.of_entry(inv.host(src)).client() as agent:
+                    mid = (await agent.migrations.start(ask)).id
+                    done = await agent.migrations.watch(mid, say=say)
                 window = load.end(label)
                 done_moves.append(Move(
                     label, src, dst, done.outcome, done.strategy, done.stats.frozen_ms,
@@ -203,9 +201,7 @@ async def _check(url: str, spec: LabSpec) -> str:
 
 async def _verdict(spec: LabSpec, inventory: Path, host: str) -> tuple[str, int]:
     """SIGTERM the service where it runs; its verdict line and the requests it counted."""
-    from haul.cli_migrate import client_for
-
-    async with client_for(load_inventory(inventory).host(host)) as agent:
+    async with AgentAccess.of_entry(load_inventory(inventory).host(host)).client() as agent:
         view = await agent.workload(SERVICE)
     os.kill(view.root_pid, signal.SIGTERM)  # its init forwards it to the service
     outfile = spec.member(host).data_backing / "agent" / "workloads" / SERVICE / "verdict"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.errors import LabError
 from haul.lab.agents import agent_socket
 from haul.lab.ledger import Ledger
@@ -150,8 +150,6 @@ def journal_phases(lab: LabSpec, host: str, migration_id: str) -> list[str]:
 def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
     """``GET /v1/incoming`` of ``host``'s agent: the migrations it receives or received."""
     async def get() -> list[dict[str, Any]]:
-        async with AgentClient(f"unix://{agent_socket(lab.prefix, host)}") as agent:
-            _, raw = await agent.request("GET", "/v1/incoming")
-        rows: list[dict[str, Any]] = json.loads(raw)["incoming"]
-        return rows
+        async with AgentAccess(f"unix://{agent_socket(lab.prefix, host)}").client() as agent:
+            return [view.model_dump() for view in await agent.incoming.all()]
     return asyncio.run(get())

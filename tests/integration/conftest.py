@@ -57,6 +57,19 @@ async def lab_with_agents(tmp_path: Path) -> AsyncIterator[tuple[LabSpec, Path]]
         await asyncio.to_thread(lab_down, spec.prefix)
 
 
+@pytest_asyncio.fixture
+async def tls_lab(tmp_path: Path) -> AsyncIterator[tuple[LabSpec, Path]]:
+    """A two-host lab whose agents have certificates from the lab's CA: they call each
+    other over mutual TLS (the inventory reaches them on their unix sockets)."""
+    spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
+    inventory = tmp_path / "hosts.toml"
+    try:
+        await lab_up(spec, inventory=inventory, tls=True)
+        yield spec, inventory
+    finally:
+        await asyncio.to_thread(lab_down, spec.prefix)
+
+
 @pytest.fixture(scope="session")
 def zdtm_dir() -> Path:
     """CRIU's ZDTM static test programs, built in the source tree the installer kept."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.errors import LabError
 from haul.inventory import load_inventory
 from haul.lab.agents import agent_log_path, agent_socket, lab_dir, sockets_dir
@@ -62,7 +62,7 @@ async def test_every_agent_answers_on_its_socket_and_to_the_other_hosts(
         entry = inventory.host(host.name)
         assert entry.url == f"unix://{agent_socket(spec.prefix, host.name)}"
         assert entry.peer_url == f"http://10.77.0.{i}:7477"
-        async with AgentClient(entry.url) as agent:  # root on the socket needs no token
+        async with AgentAccess(entry.url).client() as agent:  # root on the socket needs no token
             assert (await agent.health()).ok
             assert (await agent.info()).host == host.name
         # The agent runs inside the host, and keeps its state in the host's own data.

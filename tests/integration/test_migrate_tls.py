@@ -19,17 +19,15 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from haul.agent.ca import init_ca, issue
 from haul.lab.agents import AGENT_PORT, CLI_CERT, agent_config_path, restart_agent
-from haul.lab.netlab import lab_down, lab_up
 from haul.lab.operator import run_haul
 from haul.lab.spec import LabSpec
 
@@ -37,18 +35,6 @@ COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "co
 SNIFFER = Path(__file__).resolve().parent / "wiresniff.py"
 MEM_MIB = 16
 TLS_RECORD = "1603"  # a handshake record, TLS 1.0-1.3 framing
-
-
-@pytest_asyncio.fixture
-async def tls_lab(tmp_path: Path) -> AsyncIterator[tuple[LabSpec, Path]]:
-    """A two-host lab whose agents have certificates from the lab's CA."""
-    spec = LabSpec(prefix="t" + secrets.token_hex(3), hosts=2)
-    inventory = tmp_path / "hosts.toml"
-    try:
-        await lab_up(spec, inventory=inventory, tls=True)
-        yield spec, inventory
-    finally:
-        await asyncio.to_thread(lab_down, spec.prefix)
 
 
 @dataclass

@@ -7,6 +7,11 @@ restored its copy stopped, nothing is decided yet) a hook script on the source
 waits for the test to release it, and the test chooses what happens meanwhile:
 the destination agent dies and the source goes on (it commits but cannot tell
 the destination), or the source agent dies in the hook (nothing is committed).
+
+With mutual TLS between the agents (``haul lab up --tls``) the destination must ask
+the source's agent with haul's CA and its own certificate, as it calls it for
+anything else: the last two tests hold the copy while host2's agent is down, host1
+commits (or its hook fails and it rolls back), and host2, back, asks over TLS.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +40,7 @@ from haul.lab.operator import (
     wait_until,
 )
 from haul.lab.spec import LabSpec
-from haul.procfs import state
+from haul.procfs import alive, state
 
 
 def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
@@ -68,11 +73,13 @@ def release(tmp_path: Path) -> Iterator[Path]:
 
 
 WAIT_AT_RESTORED = """#!/bin/sh
-# At "restored", say so, then wait (at most 120 s) until the test releases us.
+# At "restored", say so, then wait (at most 120 s) until the test releases us; a
+# release file with something in it makes the hook fail (the migration rolls back).
 [ "$1" = restored ] || exit 0
 touch {reached}
 i=0
 while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+[ -s {release} ] && exit 1
 exit 0
 """
 
@@ -207,3 +214,84 @@ def test_never_committed_the_destination_waits_then_discards(
     done = run_haul(inventory, "migrate", "big", "--to", "host2", "--strategy", "stop-and-copy")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big").startswith("PASS")
+
+
+# -- the same question over mutual TLS --------------------------------------------------
+
+
+def _after_asking(lab: LabSpec, what: str, check: Callable[[], object]) -> None:
+    """``wait_until``, and on failure what host2 says of its copy (what asking host1 got)."""
+    try:
+        wait_until(what, check)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; host2's incoming: {incoming(lab, 'host2')}") from None
+
+
+def _asked(lab: LabSpec, mid: str, answer: str) -> bool:
+    return f"incoming migration {mid} (big): host1 says {answer}" in \
+        agent_log_path(lab.host(2)).read_text()
+
+
+def test_committed_the_destination_asks_over_tls_and_resumes_its_copy(
+    tls_lab: tuple[LabSpec, Path], release: Path
+) -> None:
+    lab, inventory = tls_lab
+    run_counter(inventory, lab, "big", mem_mib=16)
+    [source_pid] = [r["root_pid"] for r in ps(inventory) if r["name"] == "big"]
+    mid, migrating = pause_at_restored(lab, inventory, "big", release)
+    copy = copy_pid(lab, mid)
+    # host2's agent dies with its copy restored and stopped; host1 commits but cannot
+    # tell host2, and gives up.
+    asyncio.run(restart_agent(lab, "host2", kill_only=True))
+    release.touch()
+    wait_until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
+    finish_cli(migrating)
+    wait_until("host1's job to give up",
+          lambda: journal_phases(lab, "host1", mid)[-1] == "failed")
+    assert state(copy) in ("T", "t"), "nobody resumed the copy yet"
+    assert not alive(int(source_pid)), "the committed source is gone"  # type: ignore[call-overload]
+    # host2's agent comes back, finds its stopped copy and asks host1 over mutual TLS.
+    asyncio.run(restart_agent(lab, "host2"))
+    _after_asking(lab, "host2 to adopt the copy", lambda: [
+        r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
+    assert _asked(lab, mid, "committed")
+    rows = [(r["host"], r["name"], r["root_pid"]) for r in ps(inventory)]
+    assert rows == [("host2", "big", copy)], "exactly one copy: the restored one, on host2"
+    assert state(copy) not in ("T", "t", None)
+    assert incoming(lab, "host2") == []
+    assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
+    n = count(lab, "host2", "big")
+    assert wait_count_above(lab, "host2", "big", n) > n
+    assert verdict(lab, inventory, "host2", "big").startswith("PASS")
+
+
+def test_rolled_back_the_destination_asks_over_tls_and_discards_its_copy(
+    tls_lab: tuple[LabSpec, Path], release: Path
+) -> None:
+    lab, inventory = tls_lab
+    run_counter(inventory, lab, "big", mem_mib=16)
+    mid, migrating = pause_at_restored(lab, inventory, "big", release)
+    copy = copy_pid(lab, mid)
+    # host2's agent dies; the restored hook fails, so host1 rolls back: its workload
+    # runs again there, but host2 cannot be told to discard its copy.
+    asyncio.run(restart_agent(lab, "host2", kill_only=True))
+    release.write_text("fail\n")
+    finish_cli(migrating)
+    wait_until("host1's rollback", lambda: journal_phases(lab, "host1", mid)[-1]
+          in ("rolled-back", "failed"))
+    assert "commit" not in journal_phases(lab, "host1", mid)
+    n = count(lab, "host1", "big")
+    assert wait_count_above(lab, "host1", "big", n) > n, "the source runs again"
+    assert state(copy) in ("T", "t"), "the copy stays stopped"
+    # host2's agent comes back, finds its stopped copy, asks host1 over mutual TLS,
+    # hears "rolled back" and discards the copy.
+    asyncio.run(restart_agent(lab, "host2"))
+    _after_asking(lab, "host2 to discard its copy", lambda: state(copy) is None)
+    wait_until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
+    assert _asked(lab, mid, "rolled back")
+    assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
+    assert not (lab.host(2).data_backing / "agent" / "workloads" / "big").exists()
+    assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big")]
+    n = count(lab, "host1", "big")
+    assert wait_count_above(lab, "host1", "big", n) > n
+    assert verdict(lab, inventory, "host1", "big").startswith("PASS")

@@ -23,10 +23,7 @@ PACKAGE = Path(haul.__file__).resolve().parent
 ROOT = PACKAGE.parent
 
 #: files allowed to import the command line although they are not part of it
-CLI_IMPORT_ALLOWED = {
-    # removed when the lab uses the typed client
-    "haul/lab/demo.py",
-}
+CLI_IMPORT_ALLOWED: set[str] = set()
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from haul.agent.jobs import Peer, _peer_client
+from haul.agent.client import AgentAccess
+from haul.agent.jobs import _peer_client
 from haul.criu.options import EVERY_ADDRESS, CriuOptions, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
@@ -117,17 +118,20 @@ async def test_an_https_peer_is_called_with_this_agents_certificate(tmp_path: Pa
     init_ca(tmp_path)
     pair = issue(tmp_path, "host1", ["10.77.0.1"])
     tls = TlsFiles(cacert=tmp_path / "ca.crt", cert=pair.cert, key=pair.key)
-    async with _peer_client(Peer(url="https://10.77.0.2:7477", tls=tls), "host2") as client:
-        assert client.page_tls == tls
-    async with _peer_client(Peer(url="http://10.77.0.2:7477", token="t", tls=tls),
+    async with _peer_client(AgentAccess.of_peer("https://10.77.0.2:7477", tls=tls),
                             "host2") as client:
-        assert client.page_tls is None  # a plain peer: plain pages too
+        assert client.access.tls == tls
+    async with _peer_client(AgentAccess.of_peer("http://10.77.0.2:7477", token="t", tls=tls),
+                            "host2") as client:
+        assert client.access.tls is None  # a plain peer: plain pages too
 
 
 @pytest.mark.asyncio
 async def test_an_https_peer_without_a_certificate_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"agent\.peers\.host2: .* no certificate"):
-        async with _peer_client(Peer(url="https://10.77.0.2:7477", token="t"), "host2"):
+    with pytest.raises(ConfigError, match=r"https://10\.77\.0\.2:7477 is https, but this agent "
+                       r"has no certificate .*\[agent\.tls\]"):
+        async with _peer_client(AgentAccess.of_peer("https://10.77.0.2:7477", token="t"),
+                                "host2"):
             pass
 
 

@@ -19,17 +19,17 @@ from haul.agent.migration_models import (
     IncomingOpened,
     Paths,
     Received,
-    Restored,
     RestoreAsk,
+    Restored,
 )
-from haul.agent.routing import RouteTable
 from haul.agent.models import NetSpec
+from haul.agent.routing import RouteTable
 from haul.agent.wire import BadRequest, Conflict
 from haul.agent.workloads import workload_net
-from haul.net.spec import WorkloadNet
+from haul.criu.info import host_capabilities
 from haul.criu.options import PageServer
 from haul.dest.incoming import Incoming, IncomingRegistry
-from haul.criu.info import host_capabilities
+from haul.net.spec import WorkloadNet
 
 table = RouteTable("incoming")
 ID = {"id": "the migration's id"}

@@ -22,13 +22,13 @@ from haul.agent.migration_models import (
     StatsView,
 )
 from haul.agent.routing import RouteTable
+from haul.agent.wire import NotFound
 from haul.cutover.haproxy import HaproxyCutover
 from haul.cutover.hooks import HookScript, ScriptHooks, chain, check_hook_path
 from haul.cutover.lb_spec import parse_lb_spec
+from haul.engine.phases import TERMINAL
 from haul.engine.ports import HooksPort
 from haul.errors import ConfigError, UsageError
-from haul.engine.phases import TERMINAL
-from haul.errors import UsageError
 
 table = RouteTable("migrations")
 ID = {"id": "the migration's id"}
@@ -124,13 +124,15 @@ async def list_migrations(request: web.Request) -> MigrationList:
 
 
 @table.json("GET", "/v1/migrations/{id}", response=MigrationView, params=ID,
-            name="getMigration", summary="One migration: phase, figures, events")
+            name="getMigration", errors={404: "no such migration on this host"},
+            summary="One migration: phase, figures, events")
 async def get(request: web.Request) -> MigrationView:
     return view(request.app[CONTEXT].migrations().jobs.get(request.match_info["id"]))
 
 
 @table.json("POST", "/v1/migrations/{id}/abort", response=MigrationView, params=ID,
-            name="abortMigration", errors={409: "past the commit point, or already ended"},
+            name="abortMigration", errors={404: "no such migration on this host",
+                                           409: "past the commit point, or already ended"},
             summary="Abort before the commit: the workload keeps running here")
 async def abort(request: web.Request) -> MigrationView:
     return view(request.app[CONTEXT].migrations().jobs.abort(request.match_info["id"]))
@@ -146,6 +148,6 @@ async def decision(request: web.Request) -> DecisionView:
     mid = check_migration_id(request.match_info["id"])
     try:
         job: Job | None = jobs.get(mid)
-    except UsageError:
+    except NotFound:
         job = None
     return decide(mid, job, jobs.journal.read(mid) if job is None else [])

@@ -9,13 +9,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+from haul.agent.app import make_app
+from haul.agent.ca import init_ca, issue, server_ssl_context
+from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
 from haul.agent.decisions import SourceAsker, decide
 from haul.agent.fakes import AUTH, TOKEN, agent_client, make_config
-from haul.agent.jobs import Job, Peer
+from haul.agent.jobs import Job
 from haul.agent.journal import JournalEntry
+from haul.criu.options import TlsFiles
 from haul.dest.undecided import Verdict
 from haul.engine.commands import CleanUp, Command, RecordCommit, RestoreStopped
 from haul.engine.events import (
@@ -144,21 +149,23 @@ async def test_a_destination_asks_a_source_agent(make_ctx: MakeCtx, tmp_path: Pa
         await ctx.journal.append(JournalRecord("m-commit", Phase.COMMIT, "commit"))
         await ctx.journal.append(JournalRecord("m-gone", Phase.FREEZE, "DestinationPrepared"))
         url = str(client.make_url("")).rstrip("/")
-        ask = SourceAsker({"host1": Peer(url=url, token=TOKEN)})
+        ask = SourceAsker({"host1": AgentAccess.of_peer(url, token=TOKEN)})
         assert (await ask("host1", "m-commit")).verdict is Verdict.COMMITTED
         assert (await ask("host1", "m-gone")).verdict is Verdict.ROLLED_BACK
         unknown = await ask("host1", "m-never")
         assert unknown.verdict is Verdict.UNKNOWN and "no journal" in unknown.detail
         with pytest.raises(PeerError, match="bad migration id"):
             await ask("host1", "-bad")
+        wrong = AgentAccess.of_peer(url, token="wrong")
         with pytest.raises(PeerError, match="token"):
-            await SourceAsker({"host1": Peer(url=url, token="wrong")})("host1", "m-commit")
+            await SourceAsker({"host1": wrong})("host1", "m-commit")
         with pytest.raises(ConfigError, match="host9 is not among this agent's peers"):
             await ask("host9", "m-commit")
         raw = await client.get("/v1/migrations/m-commit/decision", headers=AUTH)
         assert raw.status == 200
         assert (await raw.json())["decision"] == "committed"
-    closed = SourceAsker({"host1": Peer(url=f"http://127.0.0.1:{_free_port()}", token=TOKEN)})
+    closed = SourceAsker({"host1": AgentAccess.of_peer(f"http://127.0.0.1:{_free_port()}",
+                                                     token=TOKEN)})
     with pytest.raises(TransportError, match="source host1 unreachable"):
         await closed("host1", "m-commit")
 
@@ -172,3 +179,34 @@ async def test_incoming_routes_list_what_arrives(make_ctx: MakeCtx, tmp_path: Pa
         one = await client.get("/v1/incoming/m1", headers=AUTH)
         assert one.status == 400
         assert "no incoming migration 'm1'" in (await one.json())["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_destination_asks_its_source_over_mutual_tls(make_ctx: MakeCtx,
+                                                              tmp_path: Path) -> None:
+    """A source agent with certificates takes only callers with one from its CA: the
+    asker calls it with the CA and this agent's own certificate, as for anything else."""
+    pki = tmp_path / "pki"
+    init_ca(pki)
+    source, dest = issue(pki, "host1", ["127.0.0.1"]), issue(pki, "host2", ["127.0.0.1"])
+    init_ca(tmp_path / "other", name="another CA")
+    stranger = issue(tmp_path / "other", "host2", ["127.0.0.1"])
+    ctx = make_ctx(make_config(tmp_path, criu="/bin/true"))
+    await ctx.journal.append(JournalRecord("m-commit", Phase.COMMIT, "commit"))
+    server = TestServer(make_app(ctx), host="127.0.0.1")
+    await server.start_server(ssl=server_ssl_context(pki / "ca.crt", source.cert, source.key))
+    try:
+        url = f"https://127.0.0.1:{server.port}"
+        ours = TlsFiles(cacert=pki / "ca.crt", cert=dest.cert, key=dest.key)
+        answer = await SourceAsker({"host1": AgentAccess.of_peer(url, tls=ours)})(
+            "host1", "m-commit")
+        assert answer.verdict is Verdict.COMMITTED
+        foreign = TlsFiles(cacert=pki / "ca.crt", cert=stranger.cert, key=stranger.key)
+        with pytest.raises(TransportError, match="source host1 unreachable.*refuses a client "
+                                                 "certificate"):
+            await SourceAsker({"host1": AgentAccess.of_peer(url, tls=foreign)})(
+                "host1", "m-commit")
+        with pytest.raises(ConfigError, match="no certificate"):
+            await SourceAsker({"host1": AgentAccess.of_peer(url)})("host1", "m-commit")
+    finally:
+        await server.close()

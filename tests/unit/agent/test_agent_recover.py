@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from haul.agent.client import AgentAccess
 from haul.agent.fakes import app_client
-from haul.agent.jobs import MigrationJobs, Peer
+from haul.agent.jobs import MigrationJobs
 from haul.agent.journal import Journal
 from haul.criu.service import Criu
 from haul.engine.phases import Phase
@@ -68,7 +69,7 @@ def jobs(tmp_path: Path, journal: Journal, url: str, tree: Tree, moved: list[str
     return MigrationJobs(
         host="host1", criu=Criu("/bin/true"), state_dir=tmp_path, data_root=tmp_path / "w",
         journal=journal, advertise_address="127.0.0.1",
-        peers={"host2": Peer(url=url, token="t")}, tree_of=tree_of,
+        peers={"host2": AgentAccess.of_peer(url, token="t")}, tree_of=tree_of,
         argv_of=lambda name: [], on_moved=on_moved,
     )
 

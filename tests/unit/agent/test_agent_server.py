@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from haul.agent.client import AgentClient
+from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
 from haul.agent.fakes import TOKEN, make_config
 from haul.agent.server import AgentServer, unix_socket
-from haul.errors import ConfigError, PeerError
+from haul.errors import ConfigError, PeerUnauthorized
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
 
@@ -52,16 +52,16 @@ async def test_the_server_listens_on_tcp_and_unix_and_cleans_up(
     try:
         assert server.port and server.urls == [f"http://127.0.0.1:{server.port}",
                                                f"unix://{config.socket}"]
-        async with AgentClient(server.urls[0], token=TOKEN) as client:
+        async with AgentAccess(server.urls[0], token=TOKEN).client() as client:
             assert (await client.info()).host == "host1"
-        async with AgentClient(server.urls[0]) as client:
-            with pytest.raises(PeerError, match="needs a bearer token"):
+        async with AgentAccess(server.urls[0]).client() as client:
+            with pytest.raises(PeerUnauthorized, match="needs a bearer token"):
                 await client.info()
-        async with AgentClient(server.urls[1]) as client:
+        async with AgentAccess(server.urls[1]).client() as client:
             if os.geteuid() == 0:
                 assert (await client.info()).host == "host1"
             else:
-                with pytest.raises(PeerError, match="is not root"):
+                with pytest.raises(PeerUnauthorized, match="is not root"):
                     await client.info()
     finally:
         await server.aclose()

@@ -1,0 +1,88 @@
+"""The destination agent seen from the source agent: DestPort over the agents' HTTP
+API (``/v1/incoming/...``, through :class:`haul.agent.client.AgentClient`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from haul.agent.client import AgentClient, body_of
+from haul.agent.migration_models import IncomingCheck, IncomingOpen
+from haul.agent.models import NetSpec
+from haul.criu.options import PageServer
+from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
+from haul.engine.phases import Strategy
+
+
+class RemoteDestination:
+    """DestPort for one migration to a destination agent. Its ``client`` is made from
+    this agent's access to that peer: over https its page channels are TLS too."""
+
+    def __init__(
+        self,
+        client: AgentClient,
+        migration_id: str,
+        workload: str,
+        *,
+        lazy_source: PageServer | None = None,
+        argv: list[str] | None = None,
+        data_mode: int = 0o700,
+        shared_images: Path | None = None,
+        net: NetSpec | None = None,
+        source_host: str | None = None,
+    ) -> None:
+        self.client = client
+        #: the workload's own address, which goes with it
+        self.net = net
+        #: this (the source's) host name: whom the destination asks for the decision
+        self.source_host = source_host
+        self.shared_images = shared_images
+        self.argv = list(argv or [])
+        self.data_mode = data_mode
+        self.migration_id = migration_id
+        self.workload = workload
+        self.lazy_source = lazy_source
+
+    async def capabilities(self) -> Capabilities:
+        caps = await self.client.incoming.capabilities()
+        return Capabilities(criu_version=caps.criu_version, mem_track=caps.mem_track,
+                            lazy_pages=caps.lazy_pages, lazy_pipe_ok=caps.lazy_pipe_ok)
+
+    async def check_free(self, workload: str, needed_bytes: int) -> None:
+        await self.client.incoming.check(body_of(
+            IncomingCheck, f"migration {self.migration_id}", workload=workload,
+            needed_bytes=needed_bytes, net=self.net))
+
+    async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
+        lazy = self.lazy_source
+        answer = await self.client.incoming.open(body_of(
+            IncomingOpen, f"migration {self.migration_id}",
+            id=self.migration_id, workload=self.workload, strategy=strategy,
+            needed_bytes=needed_bytes, argv=self.argv, data_mode=self.data_mode,
+            shared_images=str(self.shared_images) if self.shared_images is not None else None,
+            net=self.net, page_tls=self.client.access.tls is not None,
+            source=self.source_host,
+            lazy_source={"address": lazy.address, "port": lazy.port} if lazy else None,
+        ))
+        ps = answer.page_server
+        return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)
+
+    async def restore(self, lazy: bool) -> RestoreFigures:
+        answer = await self.client.incoming.restore(self.migration_id, lazy)
+        return RestoreFigures(dest_pid=answer.pid, duration_s=answer.duration_s,
+                              pages_bytes=answer.pages_bytes)
+
+    async def resume(self) -> None:
+        await self.client.incoming.resume(self.migration_id)
+
+    async def wait_pages(self) -> None:
+        await self.client.incoming.wait_pages(self.migration_id)
+
+    async def discard(self) -> None:
+        await self.client.incoming.discard(self.migration_id)
+
+    async def cleanup(self) -> None:
+        await self.client.incoming.finish(self.migration_id)
+
+    async def room_left(self) -> int | None:
+        """Room left where the destination keeps this migration's images (None: unknown)."""
+        return (await self.client.incoming.get(self.migration_id)).free_bytes
