@@ -33,22 +33,50 @@ async def main() -> None:
         result = await run_demo(args.mem, strategy=Strategy(name), out_dir=args.out / name)
         runs.append((name, result))
     b = base.load
-    print(f"\nweb service holding {args.mem} MiB, {b.connections} keep-alive connections "
-          "through HAProxy, moved host1 -> host2 -> host1\n")
-    head = ("run", "requests", "failed", "largest gap ms", "gap/base", "p50 ms", "p99 ms",
-            "p99/base", "max ms", "frozen ms", "verdict")
+    print(
+        f"\nweb service holding {args.mem} MiB, {b.connections} keep-alive connections "
+        "through HAProxy, moved host1 -> host2 -> host1\n"
+    )
+    head = (
+        "run",
+        "requests",
+        "failed",
+        "largest gap ms",
+        "gap/base",
+        "p50 ms",
+        "p99 ms",
+        "p99/base",
+        "max ms",
+        "frozen ms",
+        "verdict",
+    )
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for name, r in runs:
         s = r.load
         frozen = ", ".join(f"{m.frozen_ms:.0f}" for m in r.moves if m.frozen_ms) or "-"
-        print(" | ".join((
-            name, str(s.requests), str(s.failed), f"{s.largest_gap_s * 1000:.0f}",
-            f"{s.largest_gap_s / b.largest_gap_s:.1f}", f"{s.p50_s * 1000:.2f}",
-            f"{s.p99_s * 1000:.2f}", f"{s.p99_s / b.p99_s:.1f}", f"{s.max_s * 1000:.0f}",
-            frozen, r.verdict.split()[0] + (" (served = answered)" if r.served == s.ok
-                                             else f" (served {r.served}, answered {s.ok})"),
-        )))
+        print(
+            " | ".join(
+                (
+                    name,
+                    str(s.requests),
+                    str(s.failed),
+                    f"{s.largest_gap_s * 1000:.0f}",
+                    f"{s.largest_gap_s / b.largest_gap_s:.1f}",
+                    f"{s.p50_s * 1000:.2f}",
+                    f"{s.p99_s * 1000:.2f}",
+                    f"{s.p99_s / b.p99_s:.1f}",
+                    f"{s.max_s * 1000:.0f}",
+                    frozen,
+                    r.verdict.split()[0]
+                    + (
+                        " (served = answered)"
+                        if r.served == s.ok
+                        else f" (served {r.served}, answered {s.ok})"
+                    ),
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

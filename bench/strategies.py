@@ -41,8 +41,18 @@ async def through_agents(mem: int, strategy: str) -> list[tuple[float, float]]:
         run_counter(inv, spec, "w", mem_mib=mem, timeout_s=120)
         figures = []
         for dst in ("host2", "host1"):
-            done = run_haul(inv, "migrate", "w", "--to", dst, "--strategy", strategy, "-o",
-                            "json", timeout_s=HAUL_TIMEOUT_S)
+            done = run_haul(
+                inv,
+                "migrate",
+                "w",
+                "--to",
+                dst,
+                "--strategy",
+                strategy,
+                "-o",
+                "json",
+                timeout_s=HAUL_TIMEOUT_S,
+            )
             result = json.loads(done.stdout)
             if result["outcome"] != "done":
                 raise SystemExit(f"{strategy}: {result['reason']}")
@@ -63,13 +73,39 @@ async def baseline(mem: int) -> list[tuple[float, float]]:
         img1, img2 = h1.workdir / "img", h2.workdir / "img"
         img1.mkdir()
         started = time.monotonic()
-        subprocess.run([*h1.ns.prefix(), criu, "dump", "-t", str(counter.tree.root_pid),
-                        "-D", str(img1), "-o", "dump.log", "--file-locks", "--link-remap"],
-                       check=True)
+        subprocess.run(
+            [
+                *h1.ns.prefix(),
+                criu,
+                "dump",
+                "-t",
+                str(counter.tree.root_pid),
+                "-D",
+                str(img1),
+                "-o",
+                "dump.log",
+                "--file-locks",
+                "--link-remap",
+            ],
+            check=True,
+        )
         subprocess.run(["cp", "-a", str(img1), str(img2)], check=True)
         shutil.copytree(h1.data_backing / counter.subdir, h2.data_backing / counter.subdir)
-        subprocess.run([*h2.ns.prefix(), criu, "restore", "-D", str(img2), "-o", "restore.log",
-                        "-d", "--file-locks", "--link-remap"], check=True)
+        subprocess.run(
+            [
+                *h2.ns.prefix(),
+                criu,
+                "restore",
+                "-D",
+                str(img2),
+                "-o",
+                "restore.log",
+                "-d",
+                "--file-locks",
+                "--link-remap",
+            ],
+            check=True,
+        )
         frozen = (time.monotonic() - started) * 1000
         return [(frozen, frozen)]
     finally:
@@ -91,8 +127,7 @@ def main() -> None:
     print(f"{'MiB':>5}  {'path':<34} {'frozen ms':>10} {'total ms':>10} {'frozen/base':>12}")
     bases = {m: f for m, p, f, _ in rows if "baseline" in p}
     for mem, path, frozen, total in rows:
-        print(f"{mem:>5}  {path:<34} {frozen:>10.0f} {total:>10.0f} "
-              f"{frozen / bases[mem]:>12.2f}")
+        print(f"{mem:>5}  {path:<34} {frozen:>10.0f} {total:>10.0f} {frozen / bases[mem]:>12.2f}")
 
 
 if __name__ == "__main__":

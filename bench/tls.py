@@ -32,8 +32,18 @@ async def moves(tls: bool, mem: int, runs: int) -> list[tuple[float, float, floa
         figures = []
         for _ in range(runs):
             for dst in ("host2", "host1"):
-                done = run_haul(inv, "migrate", "w", "--to", dst, "--strategy",
-                                "stop-and-copy", "-o", "json", timeout_s=600)
+                done = run_haul(
+                    inv,
+                    "migrate",
+                    "w",
+                    "--to",
+                    dst,
+                    "--strategy",
+                    "stop-and-copy",
+                    "-o",
+                    "json",
+                    timeout_s=600,
+                )
                 result = json.loads(done.stdout)
                 if result["outcome"] != "done":
                     raise SystemExit(f"tls={tls}: {result['reason']}")
@@ -48,13 +58,18 @@ def main() -> None:
     ap.add_argument("--mem", default="64,512")
     ap.add_argument("--runs", type=int, default=1)
     args = ap.parse_args()
-    print(f"{'MiB':>5}  {'pages':<7} {'move':>4} {'frozen ms':>10} {'downtime ms':>12} "
-          f"{'total ms':>10}")
+    print(
+        f"{'MiB':>5}  {'pages':<7} {'move':>4} {'frozen ms':>10} {'downtime ms':>12} "
+        f"{'total ms':>10}"
+    )
     for mem in (int(m) for m in args.mem.split(",")):
         for tls in (False, True):
             for i, (frozen, down, total) in enumerate(asyncio.run(moves(tls, mem, args.runs))):
-                print(f"{mem:>5}  {'TLS' if tls else 'clear':<7} {i + 1:>4} {frozen:>10.0f} "
-                      f"{down:>12.0f} {total:>10.0f}", flush=True)
+                print(
+                    f"{mem:>5}  {'TLS' if tls else 'clear':<7} {i + 1:>4} {frozen:>10.0f} "
+                    f"{down:>12.0f} {total:>10.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -106,13 +106,22 @@ def lab_up_cmd(
     hosts: Annotated[int, typer.Option("--hosts", "-n", help="number of hosts")] = 2,
     prefix: PrefixOpt = "haul",
     output: OutputOpt = Output.text,
-    write_inventory: Annotated[bool, typer.Option(
-        "--write-inventory/--no-write-inventory",
-        help="write the hosts inventory ($HAUL_HOSTS or ~/.config/haul/hosts.toml) naming "
-        "the lab's agents (for the default prefix only)")] = True,
-    tls: Annotated[bool, typer.Option(
-        "--tls", help="a CA for the lab; the agents do mutual TLS, and so do the page "
-        "transfers between them")] = False,
+    write_inventory: Annotated[
+        bool,
+        typer.Option(
+            "--write-inventory/--no-write-inventory",
+            help="write the hosts inventory ($HAUL_HOSTS or ~/.config/haul/hosts.toml) naming "
+            "the lab's agents (for the default prefix only)",
+        ),
+    ] = True,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="a CA for the lab; the agents do mutual TLS, and so do the page "
+            "transfers between them",
+        ),
+    ] = False,
 ) -> None:
     """Create hosts host1..hostN (each running a haul agent) and a client, on one bridge."""
     from haul.inventory import inventory_path
@@ -156,8 +165,9 @@ def _print_status(status: Any, output: Output) -> None:
     for col in ("host", "netns", "address", "present", "processes"):
         table.add_column(col)
     for m in status.members:
-        table.add_row(m.name, m.netns, m.address, "yes" if m.present else "MISSING",
-                      str(m.processes))
+        table.add_row(
+            m.name, m.netns, m.address, "yes" if m.present else "MISSING", str(m.processes)
+        )
     out.print(table)
 
 
@@ -186,12 +196,13 @@ def criu_info_cmd(output: OutputOpt = Output.text) -> None:
 
 @app.command("demo")
 def demo_cmd(
-    mem_mib: Annotated[int, typer.Option("--mem-mib", help="memory the web service holds")
-                       ] = 256,
-    strategy: Annotated[str, typer.Option(
-        "--strategy", help="auto|post-copy|stop-and-copy|pre-copy")] = "auto",
-    out_dir: Annotated[Path, typer.Option(
-        "--out", help="where to write haul-demo.png and haul-demo.tsv")] = Path("."),
+    mem_mib: Annotated[int, typer.Option("--mem-mib", help="memory the web service holds")] = 256,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="auto|post-copy|stop-and-copy|pre-copy")
+    ] = "auto",
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="where to write haul-demo.png and haul-demo.tsv")
+    ] = Path("."),
     output: OutputOpt = Output.text,
 ) -> None:
     """Move a web service host1 -> host2 -> host1 under load through HAProxy, in a lab:
@@ -205,38 +216,58 @@ def demo_cmd(
     try:
         chosen = Strategy(strategy)
     except ValueError:
-        raise UsageError(f"unknown strategy {strategy!r} "
-                         "(auto, post-copy, stop-and-copy, pre-copy)") from None
+        raise UsageError(
+            f"unknown strategy {strategy!r} (auto, post-copy, stop-and-copy, pre-copy)"
+        ) from None
     say = (lambda m: err.print(f"[dim]>[/dim] {m}")) if output is Output.text else (lambda m: None)
     result = _run(run_demo(mem_mib=mem_mib, strategy=chosen, out_dir=out_dir, say=say))
     load = result.load
     if output is Output.json:
-        _emit_json({
-            "passed": result.passed, "mem_mib": result.mem_mib,
-            "moves": [dataclasses.asdict(m) for m in result.moves],
-            "load": load.as_json(), "check": result.check, "verdict": result.verdict,
-            "served": result.served, "png": str(result.png), "tsv": str(result.tsv),
-        })
+        _emit_json(
+            {
+                "passed": result.passed,
+                "mem_mib": result.mem_mib,
+                "moves": [dataclasses.asdict(m) for m in result.moves],
+                "load": load.as_json(),
+                "check": result.check,
+                "verdict": result.verdict,
+                "served": result.served,
+                "png": str(result.png),
+                "tsv": str(result.tsv),
+            }
+        )
     else:
         moves = Table(title=f"haul demo: a {mem_mib} MiB web service moved under load")
         for col in ("move", "strategy", "outcome", "frozen ms", "total ms"):
             moves.add_column(col, justify="left" if col in ("move", "strategy") else "right")
         for m in result.moves:
-            moves.add_row(f"{m.label} ({m.source} -> {m.dest})", m.strategy, m.outcome,
-                          f"{m.frozen_ms:.0f}" if m.frozen_ms is not None else "-",
-                          f"{m.total_ms:.0f}")
+            moves.add_row(
+                f"{m.label} ({m.source} -> {m.dest})",
+                m.strategy,
+                m.outcome,
+                f"{m.frozen_ms:.0f}" if m.frozen_ms is not None else "-",
+                f"{m.total_ms:.0f}",
+            )
         out.print(moves)
-        seen = Table(title=f"what the client saw through HAProxy ({load.connections} "
-                     "keep-alive connections)")
-        for col in ("requests", "failed", "largest gap ms", "p50 ms", "p99 ms", "max ms",
-                    "req/s"):
+        seen = Table(
+            title=f"what the client saw through HAProxy ({load.connections} keep-alive connections)"
+        )
+        for col in ("requests", "failed", "largest gap ms", "p50 ms", "p99 ms", "max ms", "req/s"):
             seen.add_column(col, justify="right")
-        seen.add_row(str(load.requests), str(load.failed), f"{load.largest_gap_s * 1000:.0f}",
-                     f"{load.p50_s * 1000:.2f}", f"{load.p99_s * 1000:.2f}",
-                     f"{load.max_s * 1000:.0f}", f"{load.rate_per_s:.0f}")
+        seen.add_row(
+            str(load.requests),
+            str(load.failed),
+            f"{load.largest_gap_s * 1000:.0f}",
+            f"{load.p50_s * 1000:.2f}",
+            f"{load.p99_s * 1000:.2f}",
+            f"{load.max_s * 1000:.0f}",
+            f"{load.rate_per_s:.0f}",
+        )
         out.print(seen)
-        out.print(f"service: {result.check}; verdict {result.verdict}; it counted "
-                  f"{result.served} requests, the client saw {load.ok} answered")
+        out.print(
+            f"service: {result.check}; verdict {result.verdict}; it counted "
+            f"{result.served} requests, the client saw {load.ok} answered"
+        )
         out.print(f"latency plot: {result.png}   every request: {result.tsv}")
     if not result.passed:
         raise typer.Exit(1)

@@ -61,12 +61,18 @@ def _progress(view: MigrationView) -> Table:
     t = Table.grid(padding=(0, 2))
     s = view.stats
     t.add_row("migration", view.id, "phase", view.phase)
-    t.add_row("workload", f"{view.workload}: {view.source} -> {view.dest}",
-              "strategy", view.strategy)
-    t.add_row("sent", f"{s.bytes_sent / 2**20:.1f} MiB, {s.pages_sent} pages",
-              "iterations", str(s.iterations))
-    t.add_row("throughput", _rate(s.throughput_bytes_per_s),
-              "dirty rate", _rate(s.dirty_rate_bytes_per_s))
+    t.add_row(
+        "workload", f"{view.workload}: {view.source} -> {view.dest}", "strategy", view.strategy
+    )
+    t.add_row(
+        "sent",
+        f"{s.bytes_sent / 2**20:.1f} MiB, {s.pages_sent} pages",
+        "iterations",
+        str(s.iterations),
+    )
+    t.add_row(
+        "throughput", _rate(s.throughput_bytes_per_s), "dirty rate", _rate(s.dirty_rate_bytes_per_s)
+    )
     t.add_row("expected downtime", _ms(s.expected_downtime_ms), "frozen", _ms(s.frozen_ms))
     t.add_row("elapsed", f"{view.elapsed_s:.1f} s", "", "")
     return t
@@ -107,7 +113,8 @@ async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
 
     try:
         return await agent.migrations.watch(
-            mid, on_view=show if live else lambda view: None, say=err.print)
+            mid, on_view=show if live else lambda view: None, say=err.print
+        )
     finally:
         if display is not None:
             display.stop()
@@ -116,25 +123,44 @@ async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
 def _result(view: MigrationView, output: str) -> None:
     if output == "json":
         s = view.stats
-        sys.stdout.write(json.dumps({
-            "id": view.id, "workload": view.workload, "source": view.source, "dest": view.dest,
-            "outcome": view.outcome, "reason": view.reason, "strategy": view.strategy,
-            "iterations": s.iterations, "bytes_sent": s.bytes_sent, "frozen_ms": s.frozen_ms,
-            "downtime_ms": s.frozen_ms, "total_ms": round(view.elapsed_s * 1000, 1),
-            "pages_sent": s.pages_sent, "throughput_bytes_per_s": s.throughput_bytes_per_s,
-            "dirty_rate_bytes_per_s": s.dirty_rate_bytes_per_s,
-            "phase_ms": phase_times_ms(view),
-            "problems": view.problems,
-            "phases": [e.model_dump() for e in view.events],
-        }) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "id": view.id,
+                    "workload": view.workload,
+                    "source": view.source,
+                    "dest": view.dest,
+                    "outcome": view.outcome,
+                    "reason": view.reason,
+                    "strategy": view.strategy,
+                    "iterations": s.iterations,
+                    "bytes_sent": s.bytes_sent,
+                    "frozen_ms": s.frozen_ms,
+                    "downtime_ms": s.frozen_ms,
+                    "total_ms": round(view.elapsed_s * 1000, 1),
+                    "pages_sent": s.pages_sent,
+                    "throughput_bytes_per_s": s.throughput_bytes_per_s,
+                    "dirty_rate_bytes_per_s": s.dirty_rate_bytes_per_s,
+                    "phase_ms": phase_times_ms(view),
+                    "problems": view.problems,
+                    "phases": [e.model_dump() for e in view.events],
+                }
+            )
+            + "\n"
+        )
         return
     table = Table(title=f"{view.workload}: {view.source} -> {view.dest} ({view.strategy})")
     for col in ("outcome", "frozen ms", "total ms", "sent MiB", "throughput", "iterations"):
         table.add_column(col, justify="right")
     s = view.stats
-    table.add_row(view.outcome, f"{s.frozen_ms:.0f}" if s.frozen_ms is not None else "-",
-                  f"{view.elapsed_s * 1000:.0f}", f"{s.bytes_sent / 2**20:.1f}",
-                  _rate(s.throughput_bytes_per_s), str(s.iterations))
+    table.add_row(
+        view.outcome,
+        f"{s.frozen_ms:.0f}" if s.frozen_ms is not None else "-",
+        f"{view.elapsed_s * 1000:.0f}",
+        f"{s.bytes_sent / 2**20:.1f}",
+        _rate(s.throughput_bytes_per_s),
+        str(s.iterations),
+    )
     out.print(table)
     phases = Table(title="time per phase")
     for col in ("phase", "ms"):
@@ -149,7 +175,11 @@ def _result(view: MigrationView, output: str) -> None:
 
 
 async def check(
-    workload: str, to: str, source: str | None, ask: MigrateAsk, hosts: Path | None,
+    workload: str,
+    to: str,
+    source: str | None,
+    ask: MigrateAsk,
+    hosts: Path | None,
     output: str,
 ) -> int:
     """Pre-flight only: print what a migration would do; 0 if it would go, 3 if not."""
@@ -161,9 +191,11 @@ async def check(
     if output == "json":
         sys.stdout.write(view.model_dump_json() + "\n")
     elif view.ok:
-        out.print(f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
-                  f"({view.workload_bytes / 2**20:.1f} MiB resident; CRIU {view.source_criu} "
-                  f"-> {view.dest_criu}); nothing was touched")
+        out.print(
+            f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
+            f"({view.workload_bytes / 2**20:.1f} MiB resident; CRIU {view.source_criu} "
+            f"-> {view.dest_criu}); nothing was touched"
+        )
     else:
         for problem in view.problems:
             err.print(f"haul: refused: {problem}", markup=False)
@@ -171,7 +203,11 @@ async def check(
 
 
 async def migrate(
-    workload: str, to: str, source: str | None, ask: MigrateAsk, hosts: Path | None,
+    workload: str,
+    to: str,
+    source: str | None,
+    ask: MigrateAsk,
+    hosts: Path | None,
     output: str,
 ) -> int:
     inv = load_inventory(hosts)
@@ -188,8 +224,9 @@ async def migrate(
     return EXIT.get(view.outcome, 4)
 
 
-async def _adopt(inv: Inventory, target: str, source: str | None, ask: MigrateAsk
-                 ) -> tuple[str, MigrateAsk]:
+async def _adopt(
+    inv: Inventory, target: str, source: str | None, ask: MigrateAsk
+) -> tuple[str, MigrateAsk]:
     """``pid:PID``: register that tree with the source's agent, then move it by name."""
     if source is None:
         raise UsageError("pid:PID needs --from HOST (a PID means something on one host only)")
@@ -212,18 +249,32 @@ def register(app: typer.Typer) -> None:
         max_downtime: Annotated[float, typer.Option("--max-downtime", help="ms")] = 300.0,
         max_iterations: Annotated[int, typer.Option("--max-iterations")] = 8,
         timeout: Annotated[float | None, typer.Option("--timeout", help="s per phase")] = None,
-        shared_dir: Annotated[Path | None, typer.Option(
-            "--shared-dir", help="memory through this directory (both hosts see it)")] = None,
+        shared_dir: Annotated[
+            Path | None,
+            typer.Option("--shared-dir", help="memory through this directory (both hosts see it)"),
+        ] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="pre-flight only")] = False,
-        hook: Annotated[list[str] | None, typer.Option(
-            "--hook", help="executable on the source host, called at each hook point "
-            "(repeatable; after the agent's \\[agent.hooks])")] = None,
-        hook_timeout: Annotated[float | None, typer.Option(
-            "--hook-timeout", help="s per --hook call (default: the agent's)")] = None,
-        lb: Annotated[str | None, typer.Option(
-            "--lb", help="HAProxy cutover: haproxy:SOCKET:BACKEND/SERVER[,addr] (SERVER: "
-            "a name with {host}, or * to find servers by address); default: the source "
-            "agent's \\[agent.lb] entry for the workload")] = None,
+        hook: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--hook",
+                help="executable on the source host, called at each hook point "
+                "(repeatable; after the agent's \\[agent.hooks])",
+            ),
+        ] = None,
+        hook_timeout: Annotated[
+            float | None,
+            typer.Option("--hook-timeout", help="s per --hook call (default: the agent's)"),
+        ] = None,
+        lb: Annotated[
+            str | None,
+            typer.Option(
+                "--lb",
+                help="HAProxy cutover: haproxy:SOCKET:BACKEND/SERVER[,addr] (SERVER: "
+                "a name with {host}, or * to find servers by address); default: the source "
+                "agent's \\[agent.lb] entry for the workload",
+            ),
+        ] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
@@ -237,19 +288,27 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--output is text or json")
         for path in hook or []:
             if not path.startswith("/"):
-                raise UsageError(f"--hook {path}: give an absolute path on the source host "
-                                 "(hooks run there)")
+                raise UsageError(
+                    f"--hook {path}: give an absolute path on the source host (hooks run there)"
+                )
         if hook_timeout is not None and not 0 < hook_timeout <= 3600:
             raise UsageError("--hook-timeout must be more than 0 and at most 3600 s")
         if lb is not None:
             from haul.cutover.lb_spec import parse_lb_spec
 
             parse_lb_spec(lb)  # bad input: one line here, before any call
-        ask = MigrateAsk(workload=workload if not workload.startswith("pid:") else "pending",
-                         to=to, strategy=strategy, max_downtime_ms=max_downtime,
-                         max_iterations=max_iterations, timeout_s=timeout,
-                         shared_dir=str(shared_dir.resolve()) if shared_dir else None,
-                         hooks=hook or [], hook_timeout_s=hook_timeout, lb=lb)
+        ask = MigrateAsk(
+            workload=workload if not workload.startswith("pid:") else "pending",
+            to=to,
+            strategy=strategy,
+            max_downtime_ms=max_downtime,
+            max_iterations=max_iterations,
+            timeout_s=timeout,
+            shared_dir=str(shared_dir.resolve()) if shared_dir else None,
+            hooks=hook or [],
+            hook_timeout_s=hook_timeout,
+            lb=lb,
+        )
         run = check if dry_run else migrate
         raise typer.Exit(asyncio.run(run(workload, to, source, ask, hosts, output)))
 
@@ -280,8 +339,15 @@ def register(app: typer.Typer) -> None:
         for col in ("id", "workload", "from", "to", "phase", "strategy", "frozen ms"):
             table.add_column(col)
         for v in views:
-            table.add_row(v.id, v.workload, v.source, v.dest, v.phase, v.strategy,
-                          f"{v.stats.frozen_ms:.0f}" if v.stats.frozen_ms is not None else "-")
+            table.add_row(
+                v.id,
+                v.workload,
+                v.source,
+                v.dest,
+                v.phase,
+                v.strategy,
+                f"{v.stats.frozen_ms:.0f}" if v.stats.frozen_ms is not None else "-",
+            )
         out.print(table)
 
     @jobs.command("show")

@@ -48,8 +48,11 @@ class Output(enum.StrEnum):
 
 HostsFileOpt = Annotated[
     Path | None,
-    typer.Option("--hosts", help="the hosts inventory (default: $HAUL_HOSTS, then "
-                 "~/.config/haul/hosts.toml)", show_default=False),
+    typer.Option(
+        "--hosts",
+        help="the hosts inventory (default: $HAUL_HOSTS, then ~/.config/haul/hosts.toml)",
+        show_default=False,
+    ),
 ]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
 
@@ -112,8 +115,9 @@ async def _find_on(host: str, entry: HostEntry, name: str) -> WorkloadView | Non
 
 async def _locate(hosts: Sequence[tuple[str, HostEntry]], name: str) -> tuple[str, HostEntry]:
     """The one host that runs workload ``name``."""
-    results = await asyncio.gather(*(_find_on(h, e, name) for h, e in hosts),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(_find_on(h, e, name) for h, e in hosts), return_exceptions=True
+    )
     found: list[tuple[str, HostEntry]] = []
     failed: list[str] = []
     for (host, entry), result in zip(hosts, results, strict=True):
@@ -124,14 +128,18 @@ async def _locate(hosts: Sequence[tuple[str, HostEntry]], name: str) -> tuple[st
         elif result is not None:
             found.append((host, entry))
     if len(found) > 1:
-        raise WorkloadError(f"workload {name!r} is on several hosts "
-                            f"({', '.join(h for h, _ in found)}); pick one with --host")
+        raise WorkloadError(
+            f"workload {name!r} is on several hosts "
+            f"({', '.join(h for h, _ in found)}); pick one with --host"
+        )
     if found:
         return found[0]
     asked = ", ".join(h for h, _ in hosts)
     if failed:
-        raise WorkloadError(f"no workload {name!r} on the hosts that answered ({asked}); "
-                            f"could not ask: {'; '.join(failed)}")
+        raise WorkloadError(
+            f"no workload {name!r} on the hosts that answered ({asked}); "
+            f"could not ask: {'; '.join(failed)}"
+        )
     raise WorkloadError(f"no workload {name!r} on {'host ' if len(hosts) == 1 else ''}{asked}")
 
 
@@ -160,8 +168,13 @@ def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> di
     }
 
 
-def _emit(rows: Sequence[tuple[str, WorkloadView]], output: Output, *, title: str | None,
-          single: bool = False) -> None:
+def _emit(
+    rows: Sequence[tuple[str, WorkloadView]],
+    output: Output,
+    *,
+    title: str | None,
+    single: bool = False,
+) -> None:
     if output is Output.json:
         docs = [workload_json(h, w) for h, w in rows]
         value: object = docs[0] if single else docs
@@ -171,10 +184,18 @@ def _emit(rows: Sequence[tuple[str, WorkloadView]], output: Output, *, title: st
     for col in ("host", "name", "status", "root pid", "address", "started", "argv"):
         table.add_column(col, justify="right" if col == "root pid" else "left")
     for host, w in rows:
-        address = "-" if w.net is None else (
-            w.net.address + (f" :{w.net.port}" if w.net.port else ""))
-        table.add_row(host, w.name, w.status.value, str(w.root_pid), address,
-                      _started(w.started_at), shlex.join(w.argv))
+        address = (
+            "-" if w.net is None else (w.net.address + (f" :{w.net.port}" if w.net.port else ""))
+        )
+        table.add_row(
+            host,
+            w.name,
+            w.status.value,
+            str(w.root_pid),
+            address,
+            _started(w.started_at),
+            shlex.join(w.argv),
+        )
     out.print(table)
 
 
@@ -182,9 +203,14 @@ def _emit(rows: Sequence[tuple[str, WorkloadView]], output: Output, *, title: st
 
 
 def ps_cmd(
-    host: Annotated[str | None, typer.Option("--host", help="only this host (default: every "
-                                             "host of the inventory)", show_default=False)
-                    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="only this host (default: every host of the inventory)",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
 ) -> None:
@@ -198,23 +224,42 @@ def ps_cmd(
 
 
 def run_cmd(
-    argv: Annotated[list[str], typer.Argument(help="the command to run, after --",
-                                              metavar="CMD", show_default=False)],
+    argv: Annotated[
+        list[str],
+        typer.Argument(help="the command to run, after --", metavar="CMD", show_default=False),
+    ],
     name: Annotated[str, typer.Option("--name", help="the workload's name", show_default=False)],
-    host: Annotated[str, typer.Option("--host", help="the host to run it on",
-                                      show_default=False)],
-    data_dir: Annotated[str | None, typer.Option(
-        "--data-dir", help="its data directory and cwd, as the host sees it "
-        "(default: one the agent makes)", show_default=False)] = None,
-    ip: Annotated[str | None, typer.Option(
-        "--ip", help="an address of its own, with prefix length (e.g. 10.77.0.101/24): it "
-        "runs in its own network namespace on the host's bridge, and the address moves "
-        "with it", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option(
-        "--port", help="the port it serves on (told to hooks and load balancers)",
-        show_default=False)] = None,
-    gateway: Annotated[str | None, typer.Option(
-        "--gateway", help="its default route (with --ip)", show_default=False)] = None,
+    host: Annotated[str, typer.Option("--host", help="the host to run it on", show_default=False)],
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--data-dir",
+            help="its data directory and cwd, as the host sees it (default: one the agent makes)",
+            show_default=False,
+        ),
+    ] = None,
+    ip: Annotated[
+        str | None,
+        typer.Option(
+            "--ip",
+            help="an address of its own, with prefix length (e.g. 10.77.0.101/24): it "
+            "runs in its own network namespace on the host's bridge, and the address moves "
+            "with it",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            help="the port it serves on (told to hooks and load balancers)",
+            show_default=False,
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option("--gateway", help="its default route (with --ip)", show_default=False),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
 ) -> None:
@@ -222,7 +267,7 @@ def run_cmd(
     from haul.agent.models import NetSpec
     from haul.net.spec import WorkloadNet
 
-    (_, entry), = _select(load_inventory(hosts_file), host)
+    ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
         raise UsageError("--port and --gateway go with --ip")
     net = None
@@ -240,9 +285,12 @@ def run_cmd(
 
 def kill_cmd(
     name: Annotated[str, typer.Argument(help="the workload's name", show_default=False)],
-    host: Annotated[str | None, typer.Option("--host", help="the host that runs it "
-                                             "(default: ask every host)", show_default=False)
-                    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="the host that runs it (default: ask every host)", show_default=False
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
 ) -> None:

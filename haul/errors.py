@@ -115,8 +115,9 @@ class PeerError(HaulError):
     #: the wire codes this class stands for; the first is its default ``code``
     codes: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, message: str, *, code: str | None = None,
-                 workload_state: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, workload_state: str | None = None
+    ) -> None:
         super().__init__(message, workload_state=workload_state)
         self.code = code if code is not None else (self.codes[0] if self.codes else "unknown")
 
@@ -287,12 +288,20 @@ def _peer_classes(cls: type[PeerError]) -> list[type[PeerError]]:
 
 #: wire code -> the class that stands for it (each code once)
 PEER_ERRORS: Mapping[str, type[PeerError]] = MappingProxyType(
-    {code: cls for cls in _peer_classes(PeerError) for code in cls.codes})
+    {code: cls for cls in _peer_classes(PeerError) for code in cls.codes}
+)
 #: an answer with no known code: the class its HTTP status stands for
-_BY_STATUS: Mapping[int, type[PeerError]] = MappingProxyType({
-    400: PeerBadRequest, 401: PeerUnauthorized, 404: PeerNotFound, 405: MethodNotAllowed,
-    409: PeerConflict, 413: BodyTooLarge, 503: PeerUnavailable,
-})
+_BY_STATUS: Mapping[int, type[PeerError]] = MappingProxyType(
+    {
+        400: PeerBadRequest,
+        401: PeerUnauthorized,
+        404: PeerNotFound,
+        405: MethodNotAllowed,
+        409: PeerConflict,
+        413: BodyTooLarge,
+        503: PeerUnavailable,
+    }
+)
 
 
 def peer_error(code: str, message: str, *, status: int | None = None) -> PeerError:

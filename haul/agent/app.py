@@ -31,8 +31,7 @@ from haul.errors import HaulError
 log = logging.getLogger(__name__)
 
 #: every area of the API, in the order the OpenAPI document lists them
-TABLES: tuple[RouteTable, ...] = (health.table, workloads.table, migrations.table,
-                                  incoming.table)
+TABLES: tuple[RouteTable, ...] = (health.table, workloads.table, migrations.table, incoming.table)
 #: the largest request body accepted (the 413 beyond is JSON too)
 MAX_BODY_BYTES = 1 << 20
 
@@ -65,7 +64,8 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         return error_response(
-            405, "method_not_allowed",
+            405,
+            "method_not_allowed",
             f"{request.method} is not allowed on {request.path} (allowed: {allowed})",
             headers={"Allow": allowed},
         )
@@ -90,8 +90,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _http_error(request, exc)
     except Exception as exc:  # the edge of the server: a bug still answers in JSON, and is logged
         log.exception("%s %s: unexpected error", request.method, request.path)
-        return error_response(500, "internal",
-                              f"internal error ({type(exc).__name__}); see the agent's log")
+        return error_response(
+            500, "internal", f"internal error ({type(exc).__name__}); see the agent's log"
+        )
 
 
 def _collect(tables: Sequence[RouteTable]) -> tuple[Route, ...]:

@@ -97,8 +97,11 @@ class AuthPolicy:
         if subject is not None:
             return f"certificate {subject}"
         given = _bearer(request)
-        if (given is not None and self.token is not None
-                and hmac.compare_digest(_digest(given), _digest(self.token))):
+        if (
+            given is not None
+            and self.token is not None
+            and hmac.compare_digest(_digest(given), _digest(self.token))
+        ):
             return "token"
         return None
 
@@ -127,8 +130,13 @@ def auth_middleware(policy: AuthPolicy) -> Middleware:
         who = policy.identify(request)
         if who is None:
             reason = policy.refusal(request)
-            log.info("refused %s %s from %s: %s", request.method, request.path,
-                     request.remote or "unix socket", reason)
+            log.info(
+                "refused %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.remote or "unix socket",
+                reason,
+            )
             return error_response(401, "unauthorized", reason, headers=CHALLENGE)
         log.debug("%s %s by %s", request.method, request.path, who)
         return await handler(request)

@@ -60,8 +60,10 @@ def host_files(directory: Path, host: str) -> KeyPair:
 
 def check_host(host: str) -> str:
     if not HOST_NAME_RE.fullmatch(host) or host.lower() == "ca":
-        raise UsageError(f"{host!r} is not a host name for a certificate "
-                         "(letters, digits, '-' and '.'; not 'ca')")
+        raise UsageError(
+            f"{host!r} is not a host name for a certificate "
+            "(letters, digits, '-' and '.'; not 'ca')"
+        )
     return host
 
 
@@ -87,7 +89,7 @@ def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
         os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -113,8 +115,13 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def init_ca(directory: Path = DEFAULT_CA_DIR, *, name: str = "haul CA", days: int = CA_DAYS,
-            overwrite: bool = False) -> KeyPair:
+def init_ca(
+    directory: Path = DEFAULT_CA_DIR,
+    *,
+    name: str = "haul CA",
+    days: int = CA_DAYS,
+    overwrite: bool = False,
+) -> KeyPair:
     """Make a new CA in ``directory``: ca.key (0600) and ca.crt."""
     if days < 1:
         raise UsageError("a CA must be valid for at least a day")
@@ -122,10 +129,12 @@ def init_ca(directory: Path = DEFAULT_CA_DIR, *, name: str = "haul CA", days: in
     _refuse_existing(pair, overwrite)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haul"),
-        x509.NameAttribute(NameOID.COMMON_NAME, name),
-    ])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haul"),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     now = _now()
     cert = (
@@ -139,9 +148,15 @@ def init_ca(directory: Path = DEFAULT_CA_DIR, *, name: str = "haul CA", days: in
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -162,8 +177,9 @@ def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
         key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     except FileNotFoundError as exc:
-        raise ConfigError(f"no CA in {directory} ({exc.filename} is missing): "
-                          "run 'haul ca init' first") from None
+        raise ConfigError(
+            f"no CA in {directory} ({exc.filename} is missing): run 'haul ca init' first"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the CA in {directory}: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -171,8 +187,14 @@ def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
     return key, cert
 
 
-def issue(directory: Path, host: str, ips: Sequence[str] = (), *, days: int = CERT_DAYS,
-          overwrite: bool = False) -> KeyPair:
+def issue(
+    directory: Path,
+    host: str,
+    ips: Sequence[str] = (),
+    *,
+    days: int = CERT_DAYS,
+    overwrite: bool = False,
+) -> KeyPair:
     """Issue HOST.key (0600) and HOST.crt in ``directory``, signed by its CA."""
     pair = host_files(directory, host)
     addresses = _parse_ips(ips)
@@ -192,10 +214,14 @@ def issue(directory: Path, host: str, ips: Sequence[str] = (), *, days: int = CE
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haul"),
-            x509.NameAttribute(NameOID.COMMON_NAME, host),
-        ]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "haul"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, host),
+                ]
+            )
+        )
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -204,22 +230,29 @@ def issue(directory: Path, host: str, ips: Sequence[str] = (), *, days: int = CE
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                       critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     _write(pair.key, _key_pem(key), 0o600, overwrite)
@@ -236,8 +269,9 @@ def server_ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def client_ssl_context(ca: Path, cert: Path | None = None, key: Path | None = None
-                       ) -> ssl.SSLContext:
+def client_ssl_context(
+    ca: Path, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
     """For calling an agent: trust only ``ca``, check the host name, present ``cert`` if given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -256,5 +290,6 @@ def _load(ctx: ssl.SSLContext, ca: Path, cert: Path | None, key: Path | None) ->
         try:
             ctx.load_cert_chain(str(cert), str(key))
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS: cannot load the certificate {cert} with key {key}: "
-                              f"{exc}") from exc
+            raise ConfigError(
+                f"TLS: cannot load the certificate {cert} with key {key}: {exc}"
+            ) from exc

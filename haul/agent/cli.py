@@ -51,8 +51,9 @@ def _log_level(name: str) -> int:
 def agent_cmd(
     ctx: typer.Context,
     config: ConfigOpt = DEFAULT_CONFIG,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")
-                         ] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="debug, info, warning, error")
+    ] = "info",
 ) -> None:
     """Run the agent until SIGTERM or SIGINT (logs are JSON lines on stderr)."""
     if ctx.invoked_subcommand is not None:
@@ -82,8 +83,9 @@ def ca_init_cmd(
 @ca_app.command("issue")
 def ca_issue_cmd(
     host: Annotated[str, typer.Argument(help="the host's name (its DNS name in the cert)")],
-    ips: Annotated[list[str] | None, typer.Option("--ip", help="an address of the host "
-                                                   "(repeat for several)")] = None,
+    ips: Annotated[
+        list[str] | None, typer.Option("--ip", help="an address of the host (repeat for several)")
+    ] = None,
     directory: DirOpt = DEFAULT_CA_DIR,
     days: Annotated[int, typer.Option("--days", help="how long it is valid")] = 825,
     force: ForceOpt = False,
@@ -98,9 +100,11 @@ def ca_issue_cmd(
     from haul.agent.config import certificate_addresses
 
     if not certificate_addresses(pair.cert):
-        sys.stderr.write(f"note: {pair.cert.name} names no --ip address; an agent using it "
-                         "must be reached by name, and CRIU's TLS page transfer to it needs "
-                         "its address (haul ca issue HOST --ip ADDRESS --force)\n")
+        sys.stderr.write(
+            f"note: {pair.cert.name} names no --ip address; an agent using it "
+            "must be reached by name, and CRIU's TLS page transfer to it needs "
+            "its address (haul ca issue HOST --ip ADDRESS --force)\n"
+        )
 
 
 def main() -> None:

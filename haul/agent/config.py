@@ -44,8 +44,10 @@ DEFAULT_PORT = 7477
 DEFAULT_MIN_FREE_MIB = 512
 DEFAULT_HOOK_TIMEOUT_S = 30.0
 
-HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                          r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+HOST_NAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 
 
@@ -209,10 +211,14 @@ class AgentConfig(_Section):
 
     @model_validator(mode="after")
     def _addresses_and_peers(self) -> AgentConfig:
-        if (self.advertise_address is not None
-                and ipaddress.ip_address(self.advertise_address).is_unspecified):
-            raise ValueError(f"advertise_address {self.advertise_address} is a wildcard; "
-                             "give the address other hosts reach this agent at")
+        if (
+            self.advertise_address is not None
+            and ipaddress.ip_address(self.advertise_address).is_unspecified
+        ):
+            raise ValueError(
+                f"advertise_address {self.advertise_address} is a wildcard; "
+                "give the address other hosts reach this agent at"
+            )
         if self.host in self.peers:
             raise ValueError(f"peers: {self.host!r} is this agent's own host name")
         return self
@@ -305,7 +311,8 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
         )
     if any(peer.token_file is not None for peer in config.peers.values()):
         update["peers"] = {
-            name: peer if peer.token_file is None
+            name: peer
+            if peer.token_file is None
             else peer.model_copy(update={"token_file": _resolve(base, peer.token_file)})
             for name, peer in config.peers.items()
         }
@@ -339,8 +346,7 @@ def _check_tls_files(where: str, tls: TlsConfig) -> None:
 def _check_hooks(where: str, hooks: HooksConfig) -> None:
     for i, path in enumerate(hooks.scripts):
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise ConfigError(f"{where}: agent.hooks.scripts.{i}: {path} is not an "
-                              "executable file")
+            raise ConfigError(f"{where}: agent.hooks.scripts.{i}: {path} is not an executable file")
 
 
 def certificate_addresses(path: Path) -> set[str]:
@@ -379,8 +385,9 @@ def _check_cert_names(where: str, config: AgentConfig) -> None:
         )
 
 
-def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | None = None
-                 ) -> AgentConfig:
+def parse_config(
+    data: dict[str, Any], *, where: str = "config", base: Path | None = None
+) -> AgentConfig:
     """Validate a parsed TOML document (its ``[agent]`` table) into an AgentConfig.
 
     ``where`` names the source in error messages; ``base`` is the directory
@@ -403,8 +410,7 @@ def parse_config(data: dict[str, Any], *, where: str = "config", base: Path | No
         peers = {}
         for name, peer in config.peers.items():
             if peer.token_file is not None:
-                token = _read_token_file(where, peer.token_file,
-                                         f"agent.peers.{name}.token_file")
+                token = _read_token_file(where, peer.token_file, f"agent.peers.{name}.token_file")
                 peer = peer.model_copy(update={"token": SecretStr(token)})
             peers[name] = peer
         config = config.model_copy(update={"peers": peers})
@@ -421,8 +427,9 @@ def load_config(path: Path | None = None) -> AgentConfig:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (the agent's configuration; see "
-                          "deploy/haul.toml.example)") from None
+        raise ConfigError(
+            f"{path}: no such file (the agent's configuration; see deploy/haul.toml.example)"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     try:

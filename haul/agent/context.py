@@ -54,8 +54,10 @@ def _peers(config: AgentConfig) -> dict[str, AgentAccess]:
     """How this agent calls each peer, whatever for (a migration it drives, a decision
     it asks): the peer's token, and over https this agent's own certificate."""
     tls = config.tls.files() if config.tls is not None else None
-    return {str(name): AgentAccess.of_peer(str(peer.url), token=peer.bearer_token(), tls=tls)
-            for name, peer in config.peers.items()}
+    return {
+        str(name): AgentAccess.of_peer(str(peer.url), token=peer.bearer_token(), tls=tls)
+        for name, peer in config.peers.items()
+    }
 
 
 @dataclass(slots=True)
@@ -76,17 +78,25 @@ class AgentContext:
             peers = _peers(self.config)
             self._migrations = MigrationParts(
                 incoming=IncomingRegistry(
-                    criu, self.config.state_dir / "incoming", data_root=data_root,
-                    listen_address=address, bridge=self.config.bridge,
+                    criu,
+                    self.config.state_dir / "incoming",
+                    data_root=data_root,
+                    listen_address=address,
+                    bridge=self.config.bridge,
                     tls=self.config.tls.files() if self.config.tls is not None else None,
-                    ask=SourceAsker(peers), adopt=self._adopt,
+                    ask=SourceAsker(peers),
+                    adopt=self._adopt,
                     policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
                 ),
                 jobs=MigrationJobs(
-                    host=self.config.host, criu=criu,
-                    state_dir=self.config.state_dir, data_root=data_root,
-                    journal=self.journal, advertise_address=address,
-                    peers=peers, tree_of=self.workloads.tree,
+                    host=self.config.host,
+                    criu=criu,
+                    state_dir=self.config.state_dir,
+                    data_root=data_root,
+                    journal=self.journal,
+                    advertise_address=address,
+                    peers=peers,
+                    tree_of=self.workloads.tree,
                     argv_of=lambda name: list(self.workloads.get(name).argv),
                     net_of=lambda name: self.workloads.get(name).net,
                     on_moved=self.workloads.forget,
@@ -94,8 +104,9 @@ class AgentContext:
             )
         return self._migrations
 
-    async def _adopt(self, name: str, tree: ProcessTree, argv: list[str],
-                     net: WorkloadNet | None) -> None:
+    async def _adopt(
+        self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None
+    ) -> None:
         """Register a committed copy as a workload here (already registered: done)."""
         try:
             if self.workloads.get(name).root_pid == tree.root_pid:
@@ -120,7 +131,9 @@ class AgentContext:
         return cls(
             config=config,
             workloads=WorkloadManager(
-                config.state_dir, host=host, start=start if start is not None else start_tree,
+                config.state_dir,
+                host=host,
+                start=start if start is not None else start_tree,
                 bridge=config.bridge,
             ),
             journal=Journal(config.journal_dir),
@@ -138,16 +151,22 @@ class AgentContext:
             log.warning("incoming migrations not swept: %s", exc.one_line())
         else:
             for mid in found.lost:
-                log.error("incoming migration %s: its restored copy is gone; removed what "
-                          "was left of it", mid)
+                log.error(
+                    "incoming migration %s: its restored copy is gone; removed what was left of it",
+                    mid,
+                )
             for mid in found.removed:
                 log.warning("removed what an earlier agent left of incoming migration %s", mid)
             for copy in found.kept:
-                log.warning("incoming migration %s: a restored copy of %s (pid %d, %s) waits "
-                            "for the decision of %s; asking it", copy.migration_id,
-                            copy.record.workload, copy.pid,
-                            "stopped" if copy.stopped else "running",
-                            copy.record.source or "an unnamed source")
+                log.warning(
+                    "incoming migration %s: a restored copy of %s (pid %d, %s) waits "
+                    "for the decision of %s; asking it",
+                    copy.migration_id,
+                    copy.record.workload,
+                    copy.pid,
+                    "stopped" if copy.stopped else "running",
+                    copy.record.source or "an unnamed source",
+                )
             incoming.start_watches()
             self._recovery = asyncio.create_task(self._recover())
         self.metrics.workloads.set_function(lambda: len(self.workloads))

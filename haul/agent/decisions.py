@@ -36,25 +36,35 @@ def decide(migration_id: str, job: Job | None, entries: Sequence[JournalEntry]) 
         phase = job.phase
 
         def answer(verdict: Verdict, detail: str) -> DecisionView:
-            return DecisionView(id=migration_id, decision=verdict.value, running=running,
-                                workload=spec.workload, dest=spec.dest_host, detail=detail)
+            return DecisionView(
+                id=migration_id,
+                decision=verdict.value,
+                running=running,
+                workload=spec.workload,
+                dest=spec.dest_host,
+                detail=detail,
+            )
 
         if job.migration.committed:
             return answer(Verdict.COMMITTED, f"committed; the job is in phase {phase.value}")
         if phase in TERMINAL or phase is Phase.ROLLING_BACK:
-            return answer(Verdict.ROLLED_BACK, f"not committed; the job is in phase "
-                                               f"{phase.value}")
+            return answer(Verdict.ROLLED_BACK, f"not committed; the job is in phase {phase.value}")
         return answer(Verdict.IN_FLIGHT, f"not decided yet; the job is in phase {phase.value}")
     if not entries:
-        return DecisionView(id=migration_id, decision=Verdict.UNKNOWN.value,
-                            detail="this agent has no job and no journal for it")
+        return DecisionView(
+            id=migration_id,
+            decision=Verdict.UNKNOWN.value,
+            detail="this agent has no job and no journal for it",
+        )
     last = entries[-1].record
     seen = f"the journal ends at {last.phase.value} ({last.cause})"
     if any(e.record.phase is Phase.COMMIT for e in entries):
-        return DecisionView(id=migration_id, decision=Verdict.COMMITTED.value,
-                            detail=f"committed; {seen}")
-    return DecisionView(id=migration_id, decision=Verdict.ROLLED_BACK.value,
-                        detail=f"never committed; {seen}")
+        return DecisionView(
+            id=migration_id, decision=Verdict.COMMITTED.value, detail=f"committed; {seen}"
+        )
+    return DecisionView(
+        id=migration_id, decision=Verdict.ROLLED_BACK.value, detail=f"never committed; {seen}"
+    )
 
 
 class SourceAsker:
@@ -62,8 +72,7 @@ class SourceAsker:
     with this agent's access to it: its token, and over https haul's CA and this
     agent's certificate, as for any call to a peer."""
 
-    def __init__(self, peers: Mapping[str, AgentAccess], timeout_s: float = ASK_TIMEOUT_S
-                 ) -> None:
+    def __init__(self, peers: Mapping[str, AgentAccess], timeout_s: float = ASK_TIMEOUT_S) -> None:
         self.peers = peers
         self.timeout_s = timeout_s
 
@@ -71,18 +80,25 @@ class SourceAsker:
         peer = self.peers.get(source)
         if peer is None:
             known = ", ".join(sorted(self.peers)) or "none"
-            raise ConfigError(f"{source} is not among this agent's peers (known: {known}); "
-                              "add it to [agent.peers] so its decision can be asked")
+            raise ConfigError(
+                f"{source} is not among this agent's peers (known: {known}); "
+                "add it to [agent.peers] so its decision can be asked"
+            )
         access = replace(peer, timeout_s=self.timeout_s)
         async with access.client(name=f"source {source}") as client:
             view = await client.migrations.decision(migration_id)
         try:
             verdict = Verdict(view.decision)
         except ValueError:
-            raise PeerError(f"source {source} answered with an unknown decision "
-                            f"{view.decision!r}", code="bad_decision") from None
+            raise PeerError(
+                f"source {source} answered with an unknown decision {view.decision!r}",
+                code="bad_decision",
+            ) from None
         if view.id != migration_id:
-            raise PeerError(f"source {source} answered about {view.id!r}, not {migration_id!r}",
-                            code="bad_decision")
-        return SourceAnswer(verdict=verdict, running=view.running, workload=view.workload,
-                            detail=view.detail)
+            raise PeerError(
+                f"source {source} answered about {view.id!r}, not {migration_id!r}",
+                code="bad_decision",
+            )
+        return SourceAnswer(
+            verdict=verdict, running=view.running, workload=view.workload, detail=view.detail
+        )

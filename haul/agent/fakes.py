@@ -68,14 +68,22 @@ class FakeStarter:
     pids: list[int] = field(default_factory=list)
 
     async def __call__(
-        self, argv: Sequence[str], *, log_path: Path, host: HostNs = HostNs(),
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        host: HostNs = HostNs(),
         cwd: Path = Path("/"),
     ) -> ProcessTree:
         self.calls.append(list(argv))
         with log_path.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                cwd=cwd, start_new_session=True,
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                cwd=cwd,
+                start_new_session=True,
             )
         self.pids.append(proc.pid)
         return ProcessTree(proc.pid, launcher=proc, log_path=log_path)
@@ -102,14 +110,18 @@ def make_config(tmp_path: Path, **agent: object) -> AgentConfig:
 
 
 @contextlib.asynccontextmanager
-async def app_client(app: web.Application) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def app_client(
+    app: web.Application,
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """The app served on 127.0.0.1 (a free port) and a client of it, closed afterwards."""
     async with TestClient(TestServer(app)) as client:
         yield client
 
 
 @contextlib.asynccontextmanager
-async def agent_client(ctx: AgentContext) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+async def agent_client(
+    ctx: AgentContext,
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     """``ctx``'s app served and a client of it; its workloads are killed at the end."""
     async with app_client(make_app(ctx)) as client:
         try:
@@ -124,7 +136,6 @@ async def kill_workloads(ctx: AgentContext) -> None:
         if status_of(record) is not WorkloadStatus.GONE:
             with contextlib.suppress(HaulError):
                 await ctx.workloads.tree(record.name).kill(5.0)
-
 
 
 @dataclass(frozen=True)
@@ -155,14 +166,21 @@ class ScriptedAgent:
         return app
 
     async def _answer(self, request: web.Request) -> web.Response:
-        self.seen.append(Seen(request.method, request.path, dict(request.query),
-                              dict(request.headers), await request.read()))
+        self.seen.append(
+            Seen(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                await request.read(),
+            )
+        )
         await asyncio.sleep(self.delay_s)
         answers = self.script.get((request.method, request.path))
         if not answers:
             return web.json_response(
-                {"error": {"code": "not_found", "message": f"no route {request.path}"}},
-                status=404)
+                {"error": {"code": "not_found", "message": f"no route {request.path}"}}, status=404
+            )
         status, body = answers.pop(0) if len(answers) > 1 else answers[0]
         return web.json_response(body, status=status)
 

@@ -25,11 +25,11 @@ from urllib.parse import urlsplit
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.journal import Journal
 from haul.agent.models import NetSpec
+from haul.agent.remote import RemoteDestination
 from haul.agent.wire import Conflict, NotFound
 from haul.agent.workloads import workload_net
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
-from haul.agent.remote import RemoteDestination
 from haul.engine.events import Event, PreflightFinished
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration
@@ -124,8 +124,9 @@ class MigrationJobs:
         try:
             return self._jobs[migration_id]
         except KeyError:
-            raise NotFound(f"no migration {migration_id!r} on this host",
-                           code="no_migration") from None
+            raise NotFound(
+                f"no migration {migration_id!r} on this host", code="no_migration"
+            ) from None
 
     def all(self) -> list[Job]:
         return sorted(self._jobs.values(), key=lambda j: j.started_at)
@@ -153,8 +154,10 @@ class MigrationJobs:
             raise UsageError(f"{workload} already runs on {to}")
         if shared_dir is not None:
             if strategy is Strategy.POST_COPY:
-                raise UsageError("post-copy pulls pages from the source; --shared-dir "
-                                 "goes with stop-and-copy or pre-copy")
+                raise UsageError(
+                    "post-copy pulls pages from the source; --shared-dir "
+                    "goes with stop-and-copy or pre-copy"
+                )
             if not shared_dir.is_dir():
                 raise UsageError(f"shared directory {shared_dir} does not exist here")
             if strategy is Strategy.AUTO:
@@ -169,8 +172,13 @@ class MigrationJobs:
         net = workload_net(self._net_of(workload))
         own = net.ip if net is not None else None
         spec = MigrationSpec(
-            migration_id=mid, workload=workload, source_host=self.host, dest_host=to,
-            strategy=strategy, max_downtime_ms=max_downtime_ms, max_iterations=max_iterations,
+            migration_id=mid,
+            workload=workload,
+            source_host=self.host,
+            dest_host=to,
+            strategy=strategy,
+            max_downtime_ms=max_downtime_ms,
+            max_iterations=max_iterations,
             source_address=own or self.advertise_address,
             dest_address=own or urlsplit(peer.url).hostname or "",
         )
@@ -178,43 +186,59 @@ class MigrationJobs:
         self._write_intent(mid, workload, to)
         self._jobs[mid] = job
         self._moving.add(workload)
-        job.task = asyncio.create_task(
-            self._run(job, tree, peer, timeout_s, shared_dir, hooks))
+        job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
 
     @contextlib.asynccontextmanager
-    async def _ports(self, spec: MigrationSpec, tree: ProcessTree, peer: AgentAccess,
-                     shared_dir: Path | None) -> AsyncIterator[_Ports]:
+    async def _ports(
+        self, spec: MigrationSpec, tree: ProcessTree, peer: AgentAccess, shared_dir: Path | None
+    ) -> AsyncIterator[_Ports]:
         """The ports of one migration from this host: the local CRIU, the destination
         agent over HTTP, the transport between them."""
         data = self.data_root / spec.workload
         async with _peer_client(peer, spec.dest_host) as client:
-            workdir = (shared_dir if shared_dir is not None
-                       else self.state_dir / "outgoing") / spec.migration_id
+            workdir = (
+                shared_dir if shared_dir is not None else self.state_dir / "outgoing"
+            ) / spec.migration_id
             net = self._net_of(spec.workload)
             source = CriuSource(
-                self.criu, tree, workdir,
+                self.criu,
+                tree,
+                workdir,
                 own_network=net is not None,
-                lazy_listen=PageServer(
-                    self.advertise_address, secrets.choice(range(*LAZY_PORTS))
-                ),
-                data_dir=data, tls=client.access.tls,
+                lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
+                data_dir=data,
+                tls=client.access.tls,
             )
             dest = RemoteDestination(
-                client, spec.migration_id, spec.workload, lazy_source=source.lazy_listen,
+                client,
+                spec.migration_id,
+                spec.workload,
+                lazy_source=source.lazy_listen,
                 argv=self._argv_of(spec.workload),
                 data_mode=stat.S_IMODE(data.stat().st_mode) if data.exists() else 0o700,
                 shared_images=source.images if shared_dir is not None else None,
                 net=net,
                 source_host=self.host,
             )
-            transport = HttpTransport(client.incoming, spec.migration_id, source.images,
-                                      source_data=data, skip_pages=shared_dir is not None)
+            transport = HttpTransport(
+                client.incoming,
+                spec.migration_id,
+                source.images,
+                source_data=data,
+                skip_pages=shared_dir is not None,
+            )
             yield _Ports(source, dest, transport)
 
-    async def _run(self, job: Job, tree: ProcessTree, peer: AgentAccess,
-                   timeout_s: float | None, shared_dir: Path | None = None,
-                   hooks: HooksPort | None = None) -> Outcome:
+    async def _run(
+        self,
+        job: Job,
+        tree: ProcessTree,
+        peer: AgentAccess,
+        timeout_s: float | None,
+        shared_dir: Path | None = None,
+        hooks: HooksPort | None = None,
+    ) -> Outcome:
         spec = job.migration.spec
         try:
             async with self._ports(spec, tree, peer, shared_dir) as ports:
@@ -225,9 +249,14 @@ class MigrationJobs:
                     )
 
                 outcome = await run(
-                    job.migration, source=ports.source, dest=ports.dest,
-                    transport=ports.transport, journal=self.journal,
-                    timeouts=scaled(timeout_s), on_event=seen, hooks=hooks,
+                    job.migration,
+                    source=ports.source,
+                    dest=ports.dest,
+                    transport=ports.transport,
+                    journal=self.journal,
+                    timeouts=scaled(timeout_s),
+                    on_event=seen,
+                    hooks=hooks,
                 )
             job.outcome = outcome
             if outcome.phase is Phase.DONE:
@@ -277,16 +306,18 @@ class MigrationJobs:
                 continue
             committed = last in AFTER_COMMIT
             line = await self._finish_recovered(mid, workload, to, committed)
-            await self.journal.append(JournalRecord(
-                mid, Phase.DONE if committed else Phase.ROLLED_BACK, "recovered", line))
+            await self.journal.append(
+                JournalRecord(
+                    mid, Phase.DONE if committed else Phase.ROLLED_BACK, "recovered", line
+                )
+            )
             intent.unlink(missing_ok=True)
             shutil.rmtree(outgoing / mid, ignore_errors=True)
             log.warning("recovered migration %s: %s", mid, line)
             done.append(f"{mid}: {line}")
         return done
 
-    async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool
-                                ) -> str:
+    async def _finish_recovered(self, mid: str, workload: str, to: str, committed: bool) -> str:
         """Committed: kill the source tree first (it may be frozen in its hold, or, with no
         hold, running again since CRIU let it go), then resume the destination's copy;
         if the kill fails the copy is not resumed. Not committed: the destination
@@ -302,7 +333,8 @@ class MigrationJobs:
             if committed:
                 # a frozen tree dies only once thawed, and then without running again
                 await asyncio.to_thread(
-                    hold.kill_and_thaw, tree.pids() if tree is not None and tree.alive else [])
+                    hold.kill_and_thaw, tree.pids() if tree is not None and tree.alive else []
+                )
                 if tree is not None and tree.alive:
                     await tree.kill()
             peer = self.peer(to)
@@ -314,8 +346,9 @@ class MigrationJobs:
                 else:
                     await dest.discard()
         except TimeoutError:
-            problems.append(f"destination {to} did not answer within "
-                            f"{RECOVER_PEER_TIMEOUT_S:.0f} s")
+            problems.append(
+                f"destination {to} did not answer within {RECOVER_PEER_TIMEOUT_S:.0f} s"
+            )
         except HaulError as exc:
             problems.append(exc.one_line())
         if committed:
@@ -328,12 +361,14 @@ class MigrationJobs:
             line = f"not committed when the agent stopped: {workload} runs on {self.host}"
         if problems:
             line += "; " + "; ".join(problems)
-            line += (f"; {to} asks this agent for the decision and "
-                     + ("resumes its copy" if committed else "discards its copy"))
+            line += f"; {to} asks this agent for the decision and " + (
+                "resumes its copy" if committed else "discards its copy"
+            )
         return line
 
-    async def check(self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
-                    ) -> tuple[Strategy | None, list[str], PreflightReport | None]:
+    async def check(
+        self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
+    ) -> tuple[Strategy | None, list[str], PreflightReport | None]:
         """Pre-flight only (``haul check``, ``--dry-run``): the migration's own machine and
         ports, run as a dry run that ends after the pre-flight. Touches nothing on either
         host and journals nothing. Returns the strategy it would use (None: refused),
@@ -343,8 +378,13 @@ class MigrationJobs:
         peer = self.peer(to)
         tree = self._tree_of(workload)
         spec = MigrationSpec(
-            migration_id=f"check-{secrets.token_hex(4)}", workload=workload,
-            source_host=self.host, dest_host=to, strategy=strategy, dry_run=True)
+            migration_id=f"check-{secrets.token_hex(4)}",
+            workload=workload,
+            source_host=self.host,
+            dest_host=to,
+            strategy=strategy,
+            dry_run=True,
+        )
         migration = Migration(spec)
         reports: list[PreflightReport] = []
 
@@ -353,9 +393,15 @@ class MigrationJobs:
                 reports.append(event.report)
 
         async with self._ports(spec, tree, peer, shared_dir=None) as ports:
-            outcome = await run(migration, source=ports.source, dest=ports.dest,
-                                transport=ports.transport, journal=_Unrecorded(),
-                                timeouts=scaled(None), on_event=seen)
+            outcome = await run(
+                migration,
+                source=ports.source,
+                dest=ports.dest,
+                transport=ports.transport,
+                journal=_Unrecorded(),
+                timeouts=scaled(None),
+                on_event=seen,
+            )
         report = reports[0] if reports else None
         if outcome.phase is Phase.CHECKED:
             return outcome.stats.strategy, [], report
@@ -366,12 +412,15 @@ class MigrationJobs:
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)
         if job.phase in TERMINAL:
-            raise Conflict(f"migration {migration_id} has already ended ({job.phase.value})",
-                           code="migration_ended")
+            raise Conflict(
+                f"migration {migration_id} has already ended ({job.phase.value})",
+                code="migration_ended",
+            )
         if not job.migration.abortable:
             raise Conflict(
                 f"migration {migration_id} is past its commit point ({job.phase.value}); "
-                "it can only finish", code="past_commit"
+                "it can only finish",
+                code="past_commit",
             )
         if job.task is not None:
             job.task.cancel()

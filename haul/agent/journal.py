@@ -53,8 +53,10 @@ class OpenMigration:
 
 def check_migration_id(migration_id: str) -> str:
     if not MIGRATION_ID_RE.fullmatch(migration_id):
-        raise UsageError(f"bad migration id {migration_id!r}: 1-128 of A-Z a-z 0-9 _ . -, "
-                         "starting with a letter or digit")
+        raise UsageError(
+            f"bad migration id {migration_id!r}: 1-128 of A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit"
+        )
     return migration_id
 
 
@@ -147,8 +149,9 @@ class Journal:
             try:
                 entries.append(_decode(line))
             except (ValueError, KeyError, TypeError) as exc:
-                raise JournalError(f"the journal {path} is damaged at line {number}: "
-                                   f"{exc}") from None
+                raise JournalError(
+                    f"the journal {path} is damaged at line {number}: {exc}"
+                ) from None
         return entries
 
     def migration_ids(self) -> list[str]:

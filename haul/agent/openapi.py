@@ -18,10 +18,15 @@ from haul.agent.wire import JSON
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY_SCHEMES = {
-    "bearerToken": {"type": "http", "scheme": "bearer",
-                    "description": "the token in the agent's [agent.auth]"},
-    "clientCertificate": {"type": "mutualTLS",
-                          "description": "a certificate signed by the agent's CA"},
+    "bearerToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "the token in the agent's [agent.auth]",
+    },
+    "clientCertificate": {
+        "type": "mutualTLS",
+        "description": "a certificate signed by the agent's CA",
+    },
 }
 
 #: (model, mode) -> the schema (a $ref into components/schemas)
@@ -44,8 +49,13 @@ def _operation(route: Route, schemas: Schemas) -> dict[str, Any]:
     params = route.path_params()
     if params:
         op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"},
-             **({"description": route.params[p]} if p in route.params else {})}
+            {
+                "name": p,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                **({"description": route.params[p]} if p in route.params else {}),
+            }
             for p in params
         ]
     if route.body is not None:
@@ -55,18 +65,20 @@ def _operation(route: Route, schemas: Schemas) -> dict[str, Any]:
         }
     responses: dict[str, Any] = {}
     for r in route.responses:
-        schema = (schemas[(r.model, "serialization")] if r.model is not None
-                  else {"type": "string"})
-        responses[str(r.status)] = {"description": r.description,
-                                    "content": {r.media_type: {"schema": schema}}}
+        schema = schemas[(r.model, "serialization")] if r.model is not None else {"type": "string"}
+        responses[str(r.status)] = {
+            "description": r.description,
+            "content": {r.media_type: {"schema": schema}},
+        }
     op["responses"] = responses
     if not route.auth:
         op["security"] = []
     return op
 
 
-def build_openapi(routes: Sequence[Route], *, title: str, version: str,
-                  description: str = "") -> dict[str, Any]:
+def build_openapi(
+    routes: Sequence[Route], *, title: str, version: str, description: str = ""
+) -> dict[str, Any]:
     """The OpenAPI document that describes exactly ``routes``."""
     keymap, defs = models_json_schema(_model_uses(routes), ref_template=REF_TEMPLATE)
     schemas: Schemas = dict(keymap.items())

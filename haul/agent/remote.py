@@ -44,32 +44,51 @@ class RemoteDestination:
 
     async def capabilities(self) -> Capabilities:
         caps = await self.client.incoming.capabilities()
-        return Capabilities(criu_version=caps.criu_version, mem_track=caps.mem_track,
-                            lazy_pages=caps.lazy_pages, lazy_pipe_ok=caps.lazy_pipe_ok)
+        return Capabilities(
+            criu_version=caps.criu_version,
+            mem_track=caps.mem_track,
+            lazy_pages=caps.lazy_pages,
+            lazy_pipe_ok=caps.lazy_pipe_ok,
+        )
 
     async def check_free(self, workload: str, needed_bytes: int) -> None:
-        await self.client.incoming.check(body_of(
-            IncomingCheck, f"migration {self.migration_id}", workload=workload,
-            needed_bytes=needed_bytes, net=self.net))
+        await self.client.incoming.check(
+            body_of(
+                IncomingCheck,
+                f"migration {self.migration_id}",
+                workload=workload,
+                needed_bytes=needed_bytes,
+                net=self.net,
+            )
+        )
 
     async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
         lazy = self.lazy_source
-        answer = await self.client.incoming.open(body_of(
-            IncomingOpen, f"migration {self.migration_id}",
-            id=self.migration_id, workload=self.workload, strategy=strategy,
-            needed_bytes=needed_bytes, argv=self.argv, data_mode=self.data_mode,
-            shared_images=str(self.shared_images) if self.shared_images is not None else None,
-            net=self.net, page_tls=self.client.access.tls is not None,
-            source=self.source_host,
-            lazy_source={"address": lazy.address, "port": lazy.port} if lazy else None,
-        ))
+        answer = await self.client.incoming.open(
+            body_of(
+                IncomingOpen,
+                f"migration {self.migration_id}",
+                id=self.migration_id,
+                workload=self.workload,
+                strategy=strategy,
+                needed_bytes=needed_bytes,
+                argv=self.argv,
+                data_mode=self.data_mode,
+                shared_images=str(self.shared_images) if self.shared_images is not None else None,
+                net=self.net,
+                page_tls=self.client.access.tls is not None,
+                source=self.source_host,
+                lazy_source={"address": lazy.address, "port": lazy.port} if lazy else None,
+            )
+        )
         ps = answer.page_server
         return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         answer = await self.client.incoming.restore(self.migration_id, lazy)
-        return RestoreFigures(dest_pid=answer.pid, duration_s=answer.duration_s,
-                              pages_bytes=answer.pages_bytes)
+        return RestoreFigures(
+            dest_pid=answer.pid, duration_s=answer.duration_s, pages_bytes=answer.pages_bytes
+        )
 
     async def resume(self) -> None:
         await self.client.incoming.resume(self.migration_id)

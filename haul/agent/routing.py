@@ -148,13 +148,28 @@ class RouteTable:
             async def handler(request: web.Request) -> web.StreamResponse:
                 return _serialise(await fn(request), status)
 
-            self.add(Route(
-                method=method, path=path, name=name, summary=summary, handler=handler,
-                responses=self._responses(path, status=status, response=response,
-                                          also=also or {}, errors=errors or {},
-                                          has_body=False, auth=auth, summary=summary),
-                auth=auth, tag=self.tag, params=dict(params or {}),
-            ))
+            self.add(
+                Route(
+                    method=method,
+                    path=path,
+                    name=name,
+                    summary=summary,
+                    handler=handler,
+                    responses=self._responses(
+                        path,
+                        status=status,
+                        response=response,
+                        also=also or {},
+                        errors=errors or {},
+                        has_body=False,
+                        auth=auth,
+                        summary=summary,
+                    ),
+                    auth=auth,
+                    tag=self.tag,
+                    params=dict(params or {}),
+                )
+            )
             return fn
 
         return register
@@ -186,13 +201,29 @@ class RouteTable:
                 parsed = await read_body(request, body)
                 return _serialise(await fn(request, parsed), status)
 
-            self.add(Route(
-                method=method, path=path, name=name, summary=summary, handler=handler,
-                responses=self._responses(path, status=status, response=response,
-                                          also=also or {}, errors=errors or {},
-                                          has_body=True, auth=auth, summary=summary),
-                body=body, auth=auth, tag=self.tag, params=dict(params or {}),
-            ))
+            self.add(
+                Route(
+                    method=method,
+                    path=path,
+                    name=name,
+                    summary=summary,
+                    handler=handler,
+                    responses=self._responses(
+                        path,
+                        status=status,
+                        response=response,
+                        also=also or {},
+                        errors=errors or {},
+                        has_body=True,
+                        auth=auth,
+                        summary=summary,
+                    ),
+                    body=body,
+                    auth=auth,
+                    tag=self.tag,
+                    params=dict(params or {}),
+                )
+            )
             return fn
 
         return register
@@ -213,10 +244,18 @@ class RouteTable:
             responses = [Response(200, summary, None, media_type)]
             if auth:
                 responses.append(Response(401, "no valid credentials", ErrorBody))
-            self.add(Route(
-                method=method, path=path, name=name, summary=summary, handler=fn,
-                responses=tuple(responses), auth=auth, tag=self.tag,
-            ))
+            self.add(
+                Route(
+                    method=method,
+                    path=path,
+                    name=name,
+                    summary=summary,
+                    handler=fn,
+                    responses=tuple(responses),
+                    auth=auth,
+                    tag=self.tag,
+                )
+            )
             return fn
 
         return register
@@ -244,8 +283,7 @@ async def read_body(request: web.Request, model: type[B]) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise BadRequest(f"invalid body: {describe_validation(exc)}",
-                         code="invalid_body") from None
+        raise BadRequest(f"invalid body: {describe_validation(exc)}", code="invalid_body") from None
 
 
 def describe_validation(exc: ValidationError, limit: int = 3) -> str:

@@ -36,8 +36,7 @@ class Notifier:
             return "\0" + self.address[1:]
         if self.address.startswith("/"):
             return self.address
-        log.warning("%s=%s is not a unix socket address; not notifying systemd",
-                    ENV, self.address)
+        log.warning("%s=%s is not a unix socket address; not notifying systemd", ENV, self.address)
         return None
 
     def notify(self, *assignments: str) -> bool:

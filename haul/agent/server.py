@@ -44,8 +44,9 @@ SHUTDOWN_TIMEOUT_S = 10.0
 def tcp_socket(address: str, port: int) -> socket.socket:
     """A listening, non-blocking TCP socket on ``address``:``port`` (0: any free port)."""
     try:
-        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
+        infos = socket.getaddrinfo(
+            address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST
+        )
         family, kind, proto, _, sockaddr = infos[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
@@ -57,8 +58,7 @@ def tcp_socket(address: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {address} port {port}: "
-                          f"{exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot listen on {address} port {port}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -94,8 +94,7 @@ def unix_socket(path: Path) -> socket.socket:
     except OSError as exc:
         sock.close()
         hint = " (a unix socket path has at most 107 bytes)" if exc.errno == errno.EINVAL else ""
-        raise ConfigError(f"agent.socket: cannot bind {path}: {exc.strerror or exc}{hint}"
-                          ) from exc
+        raise ConfigError(f"agent.socket: cannot bind {path}: {exc.strerror or exc}{hint}") from exc
     finally:
         os.umask(old_umask)
     try:
@@ -133,8 +132,9 @@ class AgentServer:
             ssl_context = server_ssl_context(config.tls.ca, config.tls.cert, config.tls.key)
         ctx = self.ctx if self.ctx is not None else AgentContext.create(config)
         self.ctx = ctx
-        runner = web.AppRunner(make_app(ctx), handle_signals=False,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        runner = web.AppRunner(
+            make_app(ctx), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+        )
         await runner.setup()  # the app's startup: state directory, registry
         self._runner = runner
         try:

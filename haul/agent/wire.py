@@ -42,8 +42,7 @@ class ApiError(HaulError):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None
-                 ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status

@@ -50,7 +50,12 @@ class StartTree(Protocol):
     """How a workload tree is started: :func:`start_tree`; tests pass one that needs no root."""
 
     async def __call__(
-        self, argv: Sequence[str], *, log_path: Path, host: HostNs = ..., cwd: Path = ...,
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        host: HostNs = ...,
+        cwd: Path = ...,
         net: bool = ...,
     ) -> ProcessTree: ...
 
@@ -98,15 +103,15 @@ def start_ticks(pid: int) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     # fields after the command (which may hold spaces and parentheses): state is field 3
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     return int(fields[19])
 
 
 def check_name(name: str) -> str:
     if not WORKLOAD_NAME_RE.fullmatch(name):
         raise BadRequest(
-            f"bad workload name {name!r}: 1-63 of a-z 0-9 _ . -, starting with a letter "
-            "or digit", code="bad_name",
+            f"bad workload name {name!r}: 1-63 of a-z 0-9 _ . -, starting with a letter or digit",
+            code="bad_name",
         )
     return name
 
@@ -148,8 +153,11 @@ def net_spec(net: WorkloadNet | None) -> NetSpec | None:
     """The wire/registry form of a workload's network."""
     if net is None:
         return None
-    return NetSpec(address=str(net.address), port=net.port,
-                   gateway=str(net.gateway) if net.gateway is not None else None)
+    return NetSpec(
+        address=str(net.address),
+        port=net.port,
+        gateway=str(net.gateway) if net.gateway is not None else None,
+    )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -172,8 +180,9 @@ class Registry:
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise WorkloadError(f"cannot read the workload registry {self.path}: "
-                                f"{exc.strerror}") from exc
+            raise WorkloadError(
+                f"cannot read the workload registry {self.path}: {exc.strerror}"
+            ) from exc
         try:
             data = _RegistryFile.model_validate_json(raw)
         except ValidationError as exc:
@@ -183,13 +192,16 @@ class Registry:
                 "fix or remove it (its workloads are then no longer known)"
             ) from None
         if data.version != REGISTRY_VERSION:
-            raise WorkloadError(f"the workload registry {self.path} has version "
-                                f"{data.version}; this agent reads {REGISTRY_VERSION}")
+            raise WorkloadError(
+                f"the workload registry {self.path} has version "
+                f"{data.version}; this agent reads {REGISTRY_VERSION}"
+            )
         return {r.name: r for r in data.workloads}
 
     def save(self, records: Mapping[str, WorkloadRecord]) -> None:
-        data = _RegistryFile(version=REGISTRY_VERSION,
-                             workloads=sorted(records.values(), key=lambda r: r.name))
+        data = _RegistryFile(
+            version=REGISTRY_VERSION, workloads=sorted(records.values(), key=lambda r: r.name)
+        )
         text = data.model_dump_json(indent=1) + "\n"
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
@@ -203,8 +215,9 @@ class Registry:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise WorkloadError(f"cannot write the workload registry {self.path}: "
-                                f"{exc.strerror}") from exc
+            raise WorkloadError(
+                f"cannot write the workload registry {self.path}: {exc.strerror}"
+            ) from exc
 
 
 class WorkloadManager:
@@ -250,8 +263,12 @@ class WorkloadManager:
         self.workloads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records = await asyncio.to_thread(self.registry.load)
         for record in self._records.values():
-            log.info("known workload %s: root pid %d, %s", record.name, record.root_pid,
-                     status_of(record).value)
+            log.info(
+                "known workload %s: root pid %d, %s",
+                record.name,
+                record.root_pid,
+                status_of(record).value,
+            )
 
     def __len__(self) -> int:
         return len(self._records)
@@ -274,15 +291,21 @@ class WorkloadManager:
         if self.bridge is None:
             raise BadRequest(
                 "this host gives workloads no addresses of their own: its agent has no "
-                "bridge configured (agent.bridge in haul.toml)", code="no_bridge")
+                "bridge configured (agent.bridge in haul.toml)",
+                code="no_bridge",
+            )
         if net.ip in self._addresses_busy:
-            raise Conflict(f"address {net.ip} is being given to another workload on this "
-                           "host", code="address_taken")
+            raise Conflict(
+                f"address {net.ip} is being given to another workload on this host",
+                code="address_taken",
+            )
         for other in self._records.values():
             theirs = workload_net(other.net)
             if theirs is not None and theirs.address.ip == net.address.ip:
-                raise Conflict(f"address {net.ip} is taken by workload {other.name} on "
-                               "this host", code="address_taken")
+                raise Conflict(
+                    f"address {net.ip} is taken by workload {other.name} on this host",
+                    code="address_taken",
+                )
 
     def tree(self, name: str) -> ProcessTree:
         """The workload's tree (with its launcher when this agent started it)."""
@@ -296,8 +319,9 @@ class WorkloadManager:
         name = check_name(spec.name)
         async with self._lock:
             if name in self._records or name in self._busy:
-                raise Conflict(f"a workload named {name!r} exists on this host",
-                               code="workload_exists")
+                raise Conflict(
+                    f"a workload named {name!r} exists on this host", code="workload_exists"
+                )
             self._busy.add(name)
         try:
             return await self._start_registered(name, spec)
@@ -308,8 +332,7 @@ class WorkloadManager:
         directory = self.directory(name)
         cwd = Path(spec.data_dir) if spec.data_dir is not None else directory
         if spec.data_dir is not None and not await self._host_has_dir(cwd):
-            raise BadRequest(f"data_dir {cwd} is not a directory on this host",
-                             code="no_data_dir")
+            raise BadRequest(f"data_dir {cwd} is not a directory on this host", code="no_data_dir")
         net = workload_net(spec.net)
         if net is not None:
             async with self._lock:
@@ -321,28 +344,34 @@ class WorkloadManager:
             if net is not None:
                 self._addresses_busy.discard(net.ip)
 
-    async def _start_tree(self, name: str, spec: WorkloadSpec, cwd: Path,
-                          net: WorkloadNet | None) -> WorkloadRecord:
+    async def _start_tree(
+        self, name: str, spec: WorkloadSpec, cwd: Path, net: WorkloadNet | None
+    ) -> WorkloadRecord:
         directory = self.directory(name)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = directory / "log"
         if net is None:
-            tree = await self._start(list(spec.argv), log_path=log_path, host=self.host,
-                                     cwd=cwd)
+            tree = await self._start(list(spec.argv), log_path=log_path, host=self.host, cwd=cwd)
         else:
-            tree = await self._start(list(spec.argv), log_path=log_path, host=self.host,
-                                     cwd=cwd, net=True)
+            tree = await self._start(
+                list(spec.argv), log_path=log_path, host=self.host, cwd=cwd, net=True
+            )
         try:
             if net is not None and self.bridge is not None:
                 await veth.attach(name, tree.root_pid, net, self.bridge)
             ticks = start_ticks(tree.root_pid)
             if ticks is None:
-                raise WorkloadError(f"workload {name} exited as soon as it started; "
-                                    f"see {log_path}")
+                raise WorkloadError(f"workload {name} exited as soon as it started; see {log_path}")
             record = WorkloadRecord(
-                name=name, argv=list(spec.argv), root_pid=tree.root_pid, start_ticks=ticks,
-                started_at=datetime.now(UTC), cwd=str(cwd), data_dir=spec.data_dir,
-                log_path=str(log_path), net=spec.net,
+                name=name,
+                argv=list(spec.argv),
+                root_pid=tree.root_pid,
+                start_ticks=ticks,
+                started_at=datetime.now(UTC),
+                cwd=str(cwd),
+                data_dir=spec.data_dir,
+                log_path=str(log_path),
+                net=spec.net,
             )
             async with self._lock:
                 records = {**self._records, name: record}
@@ -353,8 +382,7 @@ class WorkloadManager:
             # not registered: nobody would know of this tree, so it must not outlive the start
             await asyncio.shield(self._kill_quietly(tree))
             raise
-        log.info("started workload %s: root pid %d: %s", name, tree.root_pid,
-                 " ".join(spec.argv))
+        log.info("started workload %s: root pid %d: %s", name, tree.root_pid, " ".join(spec.argv))
         return record
 
     async def _host_has_dir(self, path: Path) -> bool:
@@ -362,8 +390,12 @@ class WorkloadManager:
         if not self.host.prefix():
             return path.is_dir()
         proc = await asyncio.create_subprocess_exec(
-            *self.host.prefix(), "test", "-d", str(path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            *self.host.prefix(),
+            "test",
+            "-d",
+            str(path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
         return await proc.wait() == 0
@@ -379,8 +411,9 @@ class WorkloadManager:
         async with self._lock:
             record = self.get(name)
             if name in self._busy:
-                raise Conflict(f"workload {name!r} is being started or removed",
-                               code="workload_busy")
+                raise Conflict(
+                    f"workload {name!r} is being started or removed", code="workload_busy"
+                )
             self._busy.add(name)
         try:
             status = status_of(record)
@@ -394,12 +427,12 @@ class WorkloadManager:
             await asyncio.to_thread(shutil.rmtree, self.directory(name), True)
         finally:
             self._busy.discard(name)
-        log.info("removed workload %s (root pid %d, was %s)", name, record.root_pid,
-                 status.value)
+        log.info("removed workload %s (root pid %d, was %s)", name, record.root_pid, status.value)
         return view_of(record, WorkloadStatus.GONE)
 
-    async def adopt(self, name: str, tree: ProcessTree, argv: list[str],
-                    net: NetSpec | None = None) -> WorkloadRecord:
+    async def adopt(
+        self, name: str, tree: ProcessTree, argv: list[str], net: NetSpec | None = None
+    ) -> WorkloadRecord:
         """Register a workload that arrived by migration (its files are already here)."""
         name = check_name(name)
         ticks = start_ticks(tree.root_pid)
@@ -407,14 +440,21 @@ class WorkloadManager:
             raise WorkloadError(f"the migrated workload {name} is not running here")
         directory = self.directory(name)
         record = WorkloadRecord(
-            name=name, argv=list(argv), root_pid=tree.root_pid, start_ticks=ticks,
-            started_at=datetime.now(UTC), cwd=str(directory), data_dir=None,
-            log_path=str(directory / "log"), net=net,
+            name=name,
+            argv=list(argv),
+            root_pid=tree.root_pid,
+            start_ticks=ticks,
+            started_at=datetime.now(UTC),
+            cwd=str(directory),
+            data_dir=None,
+            log_path=str(directory / "log"),
+            net=net,
         )
         async with self._lock:
             if name in self._records:
-                raise Conflict(f"a workload named {name!r} exists on this host",
-                               code="workload_exists")
+                raise Conflict(
+                    f"a workload named {name!r} exists on this host", code="workload_exists"
+                )
             records = {**self._records, name: record}
             await asyncio.to_thread(self.registry.save, records)
             self._records = records
@@ -434,10 +474,15 @@ class WorkloadManager:
         if len(nspid) < 2 or nspid[-1] != "1":
             raise BadRequest(
                 f"process {pid} is not the init of its own PID namespace; haul moves such "
-                "trees only (start workloads with 'haul run')", code="not_a_tree")
+                "trees only (start workloads with 'haul run')",
+                code="not_a_tree",
+            )
         try:
-            argv = [a.decode(errors="replace") for a in
-                    Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+            argv = [
+                a.decode(errors="replace")
+                for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if a
+            ]
         except OSError:
             argv = []
         self.directory(name).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -454,4 +499,3 @@ class WorkloadManager:
     async def aclose(self) -> None:
         """Forget the launchers; the workloads keep running (they outlive the agent)."""
         self._trees.clear()
-

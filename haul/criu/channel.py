@@ -66,9 +66,7 @@ class SeqPacketChannel:
         if size == 0:
             # A zero-length packet is indistinguishable from EOF; CRIU never sends one.
             raise ChannelClosed("peer closed the connection")
-        data, ancdata, flags, _ = self._sock.recvmsg(
-            size, socket.CMSG_SPACE(max_fds * _INT_SIZE)
-        )
+        data, ancdata, flags, _ = self._sock.recvmsg(size, socket.CMSG_SPACE(max_fds * _INT_SIZE))
         fds: list[int] = []
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -48,14 +48,33 @@ class LazyPagesDaemon:
 
     def argv(self, status_fd: int) -> list[str]:
         argv = [
-            *self._criu.argv(), "lazy-pages", "--page-server",
-            "--address", self.source.address, "--port", str(self.source.port),
-            "--images-dir", str(self.images_dir), "--work-dir", str(self.work_dir),
-            "--log-file", self.log_path.name, "-v4", "--status-fd", str(status_fd),
+            *self._criu.argv(),
+            "lazy-pages",
+            "--page-server",
+            "--address",
+            self.source.address,
+            "--port",
+            str(self.source.port),
+            "--images-dir",
+            str(self.images_dir),
+            "--work-dir",
+            str(self.work_dir),
+            "--log-file",
+            self.log_path.name,
+            "-v4",
+            "--status-fd",
+            str(status_fd),
         ]
         if self.tls is not None:
-            argv += ["--tls", "--tls-cacert", str(self.tls.cacert),
-                     "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
+            argv += [
+                "--tls",
+                "--tls-cacert",
+                str(self.tls.cacert),
+                "--tls-cert",
+                str(self.tls.cert),
+                "--tls-key",
+                str(self.tls.key),
+            ]
             if self.tls.no_cn_verify:
                 argv.append("--tls-no-cn-verify")
         return argv
@@ -68,9 +87,12 @@ class LazyPagesDaemon:
         rfd, wfd = os.pipe()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.argv(wfd), pass_fds=(wfd,),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+                *self.argv(wfd),
+                pass_fds=(wfd,),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
         except OSError as exc:
             os.close(rfd)
@@ -106,8 +128,12 @@ class LazyPagesDaemon:
         await proc.wait()
 
     def _error(self, what: str) -> CriuError:
-        return CriuError(what, request="lazy-pages", log_path=str(self.log_path),
-                         log_tail=log_tail(self.log_path))
+        return CriuError(
+            what,
+            request="lazy-pages",
+            log_path=str(self.log_path),
+            log_tail=log_tail(self.log_path),
+        )
 
     async def __aenter__(self) -> LazyPagesDaemon:
         await self.start()

@@ -134,10 +134,23 @@ class CriuOptions:
         if self.pid is not None:
             o.pid = self.pid
         for name in (
-            "leave_running", "leave_stopped", "shell_job", "file_locks", "link_remap",
-            "ext_unix_sk", "evasive_devices", "tcp_established", "tcp_close",
-            "tcp_skip_in_flight", "weak_sysctls", "lazy_pages", "track_mem", "auto_dedup",
-            "rst_sibling", "orphan_pts_master", "notify_scripts",
+            "leave_running",
+            "leave_stopped",
+            "shell_job",
+            "file_locks",
+            "link_remap",
+            "ext_unix_sk",
+            "evasive_devices",
+            "tcp_established",
+            "tcp_close",
+            "tcp_skip_in_flight",
+            "weak_sysctls",
+            "lazy_pages",
+            "track_mem",
+            "auto_dedup",
+            "rst_sibling",
+            "orphan_pts_master",
+            "notify_scripts",
         ):
             if getattr(self, name):
                 setattr(o, name, True)

@@ -65,7 +65,9 @@ def lazy_bytes(images: Path) -> int:
     """The bytes of memory the dump in ``images`` left for the lazy-pages daemon: pages
     that may be fetched lazily (PE_LAZY) and were not written here (no PE_PRESENT; a
     dump that is not lazy flags such pages LAZY and PRESENT)."""
-    return sum(page_count(e) * PAGE_SIZE
-               for path in sorted(images.glob("pagemap-*.img"))
-               for e in entries(path)
-               if e.flags & PE_LAZY and not e.flags & PE_PRESENT)
+    return sum(
+        page_count(e) * PAGE_SIZE
+        for path in sorted(images.glob("pagemap-*.img"))
+        for e in entries(path)
+        if e.flags & PE_LAZY and not e.flags & PE_PRESENT
+    )

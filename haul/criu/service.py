@@ -118,7 +118,9 @@ class CriuSession:
         self._stderr = tempfile.TemporaryFile(prefix="haul-criu-stderr-")
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                *self._argv, "swrk", str(theirs.fileno()),
+                *self._argv,
+                "swrk",
+                str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
@@ -220,16 +222,13 @@ class CriuSession:
             self._broken = True
             stderr = await self._stderr_text()
             raise CriuProtocolError(
-                "criu swrk is gone (the connection is closed)"
-                + (f" ({stderr})" if stderr else ""),
+                "criu swrk is gone (the connection is closed)" + (f" ({stderr})" if stderr else ""),
                 request=name,
                 log_path=str(log_path) if log_path else None,
                 log_tail=log_tail(log_path) if log_path else (),
             ) from exc
 
-    async def _recv(
-        self, name: str, log_path: Path | None
-    ) -> tuple[rpc_pb2.criu_resp, Packet]:
+    async def _recv(self, name: str, log_path: Path | None) -> tuple[rpc_pb2.criu_resp, Packet]:
         assert self._chan is not None
         try:
             packet = await self._chan.recv()
@@ -403,9 +402,7 @@ class Criu:
 
     async def check(self, work_dir: Path) -> None:
         """CRIU's own kernel check; raises CriuError naming what is missing."""
-        await self._with_dirs(
-            rpc_pb2.CHECK, CriuOptions(images_dir=work_dir, log_file="check.log")
-        )
+        await self._with_dirs(rpc_pb2.CHECK, CriuOptions(images_dir=work_dir, log_file="check.log"))
 
     async def features(self) -> CriuFeatures:
         ask = rpc_pb2.criu_features(mem_track=True, lazy_pages=True, pidfd_store=True)

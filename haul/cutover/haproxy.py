@@ -136,9 +136,15 @@ class HaproxyCutover:
     says what failed and where the traffic goes now.
     """
 
-    def __init__(self, target: HaproxyTarget, *, up_timeout_s: float = UP_TIMEOUT_S,
-                 drain_timeout_s: float = DRAIN_TIMEOUT_S, poll_s: float = POLL_S,
-                 runtime: HaproxyRuntime | None = None) -> None:
+    def __init__(
+        self,
+        target: HaproxyTarget,
+        *,
+        up_timeout_s: float = UP_TIMEOUT_S,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        poll_s: float = POLL_S,
+        runtime: HaproxyRuntime | None = None,
+    ) -> None:
         self.target = target
         self.api = runtime if runtime is not None else HaproxyRuntime(target.socket)
         self.up_timeout_s = up_timeout_s
@@ -169,15 +175,21 @@ class HaproxyCutover:
         try:
             level = await self.api.cli_level()
             if level != "admin":
-                raise HaproxyError(f"HAProxy stats socket {self.target.socket} is at level "
-                                   f"'{level}'; a cutover needs 'level admin'")
+                raise HaproxyError(
+                    f"HAProxy stats socket {self.target.socket} is at level "
+                    f"'{level}'; a cutover needs 'level admin'"
+                )
             pair = await self._pair(facts, for_cutover=True)
         except HaproxyError as exc:
-            raise HaproxyError(f"HAProxy cutover check: {exc.message}",
-                               workload_state=untouched) from exc
+            raise HaproxyError(
+                f"HAProxy cutover check: {exc.message}", workload_state=untouched
+            ) from exc
         if not pair.source.serving:
-            log.warning("%s: source server %s is not in service before the migration",
-                        facts.migration_id, pair.source.describe())
+            log.warning(
+                "%s: source server %s is not in service before the migration",
+                facts.migration_id,
+                pair.source.describe(),
+            )
         return pair.source
 
     async def hold_source(self, facts: HookFacts) -> None:
@@ -187,11 +199,15 @@ class HaproxyCutover:
             source = await self._source(facts)
             if source.has_check and source.check_enabled:
                 await self.api.disable_health(self.target.backend, source.name)
-                log.info("%s: health checks of %s disabled for the frozen window",
-                         facts.migration_id, source.label)
+                log.info(
+                    "%s: health checks of %s disabled for the frozen window",
+                    facts.migration_id,
+                    source.label,
+                )
         except HaproxyError as exc:
-            raise HaproxyError(f"HAProxy cutover before the freeze: {exc.message}",
-                               workload_state=state) from exc
+            raise HaproxyError(
+                f"HAProxy cutover before the freeze: {exc.message}", workload_state=state
+            ) from exc
 
     async def cut_over(self, facts: HookFacts) -> CutoverReport:
         """Post-commit: destination in service and UP first, then the source out."""
@@ -211,11 +227,17 @@ class HaproxyCutover:
             raise HaproxyError(
                 f"HAProxy cutover after the commit: {exc.message}",
                 workload_state=f"{facts.workload} runs on {facts.dest_host}; "
-                               f"{await self._where_traffic_goes(facts)}") from exc
+                f"{await self._where_traffic_goes(facts)}",
+            ) from exc
         report.total_s = time.monotonic() - started
-        log.info("%s: HAProxy cutover %s -> %s done in %.3f s (destination UP after %.3f s)",
-                 facts.migration_id, report.source, report.dest, report.total_s,
-                 report.dest_up_s)
+        log.info(
+            "%s: HAProxy cutover %s -> %s done in %.3f s (destination UP after %.3f s)",
+            facts.migration_id,
+            report.source,
+            report.dest,
+            report.total_s,
+            report.dest_up_s,
+        )
         return report
 
     async def roll_back(self, facts: HookFacts) -> None:
@@ -233,13 +255,15 @@ class HaproxyCutover:
             raise HaproxyError(
                 f"HAProxy after the rollback: {exc.message}",
                 workload_state=f"{facts.workload} runs on {facts.source_host}; "
-                               f"{await self._where_traffic_goes(facts)}") from exc
+                f"{await self._where_traffic_goes(facts)}",
+            ) from exc
         log.info("%s: HAProxy back on %s", facts.migration_id, pair.source.label)
 
     # -- steps --------------------------------------------------------------------------
 
-    async def _bring_up(self, dest: ServerState, new_addr: tuple[str, int] | None,
-                        report: CutoverReport) -> None:
+    async def _bring_up(
+        self, dest: ServerState, new_addr: tuple[str, int] | None, report: CutoverReport
+    ) -> None:
         backend = self.target.backend
         if new_addr is None and dest.serving and dest.check_enabled:
             report.steps.append(f"{dest.label} already in service")  # fired again
@@ -269,8 +293,9 @@ class HaproxyCutover:
             report.steps.append(f"{source.label} drain")
             report.source_sessions_left = await self._wait_drained(source.name)
             await self.api.set_state(backend, source.name, AdminState.MAINT)
-            report.steps.append(f"{source.label} maint "
-                                f"({report.source_sessions_left} sessions left)")
+            report.steps.append(
+                f"{source.label} maint ({report.source_sessions_left} sessions left)"
+            )
         if source.has_check and not source.check_enabled:
             await self.api.enable_health(backend, source.name)  # paused while in maint
             report.steps.append(f"{source.label} checks on")
@@ -295,7 +320,8 @@ class HaproxyCutover:
                 check = (await self.api.stat(self.target.backend, name)).check_text()
                 raise HaproxyError(
                     f"{state.describe()} did not come UP within {self.up_timeout_s:g} s "
-                    f"(last check: {check})")
+                    f"(last check: {check})"
+                )
             await asyncio.sleep(self.poll_s)
 
     async def _wait_drained(self, name: str) -> int:
@@ -328,8 +354,9 @@ class HaproxyCutover:
         return f"HAProxy sends '{self.target.backend}' traffic to {', '.join(serving)}"
 
 
-def choose_servers(target: HaproxyTarget, servers: tuple[ServerState, ...],
-                   facts: HookFacts, *, for_cutover: bool) -> Pair:
+def choose_servers(
+    target: HaproxyTarget, servers: tuple[ServerState, ...], facts: HookFacts, *, for_cutover: bool
+) -> Pair:
     """The source and destination servers among ``servers`` (``show servers state``).
 
     ``for_cutover``: the destination must exist, or a spare be found for it, and both
@@ -352,31 +379,42 @@ def choose_servers(target: HaproxyTarget, servers: tuple[ServerState, ...],
         if s is not None and for_cutover and not s.has_check:
             raise HaproxyError(
                 f"server {s.label} has no health check ('check' on its server line): "
-                "the cutover waits for the destination's check to pass")
+                "the cutover waits for the destination's check to pass"
+            )
     return pair
 
 
-def find_source(target: HaproxyTarget, servers: tuple[ServerState, ...],
-                facts: HookFacts) -> ServerState:
+def find_source(
+    target: HaproxyTarget, servers: tuple[ServerState, ...], facts: HookFacts
+) -> ServerState:
     """The server the workload is served through on its source host."""
     if not target.by_address:
         return _named(servers, target.backend, target.server_for(facts.source_host))
     address = _address(facts.source_address, "source")
     at = [s for s in servers if s.address == address]
     if not at:
-        raise HaproxyError(f"backend '{target.backend}' has no server at the workload's "
-                           f"source address {address} (servers: {_listing(servers)})")
+        raise HaproxyError(
+            f"backend '{target.backend}' has no server at the workload's "
+            f"source address {address} (servers: {_listing(servers)})"
+        )
     if len(at) > 1:
         serving = [s for s in at if s.serving]
         if len(serving) != 1:
-            raise HaproxyError(f"backend '{target.backend}' has several servers at "
-                               f"{address}: {', '.join(s.name for s in at)}")
+            raise HaproxyError(
+                f"backend '{target.backend}' has several servers at "
+                f"{address}: {', '.join(s.name for s in at)}"
+            )
         at = serving
     return at[0]
 
 
-def _by_address(target: HaproxyTarget, servers: tuple[ServerState, ...], source: ServerState,
-                facts: HookFacts, for_cutover: bool) -> Pair:
+def _by_address(
+    target: HaproxyTarget,
+    servers: tuple[ServerState, ...],
+    source: ServerState,
+    facts: HookFacts,
+    for_cutover: bool,
+) -> Pair:
     address = _address(facts.dest_address, "destination")
     if address == source.address:
         return Pair(source=source, dest=source)
@@ -390,7 +428,8 @@ def _by_address(target: HaproxyTarget, servers: tuple[ServerState, ...], source:
         raise HaproxyError(
             f"backend '{target.backend}' has no server at the destination address "
             f"{address} and no spare server in maintenance to point there (add e.g. "
-            f"'server-template slot 2 0.0.0.0:{source.port} check disabled')")
+            f"'server-template slot 2 0.0.0.0:{source.port} check disabled')"
+        )
     spares.sort(key=lambda s: (s.address not in UNASSIGNED, s.server_id))
     return Pair(source=source, dest=spares[0], new_addr=(address, source.port))
 
@@ -399,8 +438,7 @@ def _named(servers: tuple[ServerState, ...], backend: str, name: str) -> ServerS
     for s in servers:
         if s.name == name:
             return s
-    raise HaproxyError(f"backend '{backend}' has no server '{name}' "
-                       f"(servers: {_listing(servers)})")
+    raise HaproxyError(f"backend '{backend}' has no server '{name}' (servers: {_listing(servers)})")
 
 
 def _listing(servers: tuple[ServerState, ...]) -> str:
@@ -410,10 +448,13 @@ def _listing(servers: tuple[ServerState, ...]) -> str:
 def _address(text: str, which: str) -> str:
     """The bare IP of a workload address as hooks give it ("10.0.0.5" or "10.0.0.5/24")."""
     if not text:
-        raise HaproxyError(f"the migration has no {which} address for the workload; "
-                           "servers found by address ('*') or ',addr' need it")
+        raise HaproxyError(
+            f"the migration has no {which} address for the workload; "
+            "servers found by address ('*') or ',addr' need it"
+        )
     try:
         return str(ipaddress.ip_interface(text.strip()).ip)
     except ValueError:
-        raise HaproxyError(f"the workload's {which} address {text!r} is not an IP address"
-                           ) from None
+        raise HaproxyError(
+            f"the workload's {which} address {text!r} is not an IP address"
+        ) from None

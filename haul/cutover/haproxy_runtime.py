@@ -134,8 +134,12 @@ class ServerState:
     def status_word(self) -> str:
         if self.in_maint:
             return "MAINT"
-        word = {OpState.STOPPED: "DOWN", OpState.STARTING: "UP (slow start)",
-                OpState.RUNNING: "UP", OpState.STOPPING: "NOLB"}[self.op_state]
+        word = {
+            OpState.STOPPED: "DOWN",
+            OpState.STARTING: "UP (slow start)",
+            OpState.RUNNING: "UP",
+            OpState.STOPPING: "NOLB",
+        }[self.op_state]
         if self.draining:
             word = f"{word}, draining"
         if self.has_check and not self.check_enabled:
@@ -180,8 +184,9 @@ def parse_answer(command: str, raw: str) -> str:
     if words.startswith("Unknown command"):
         complaint = "unknown command"
     elif words.strip() == "Permission denied":
-        complaint = ("permission denied (the stats socket's level is too low; a cutover "
-                     "needs 'level admin')")
+        complaint = (
+            "permission denied (the stats socket's level is too low; a cutover needs 'level admin')"
+        )
     if complaint is not None:
         raise HaproxyError(f"HAProxy refused '{command}': {' '.join(complaint.split())}")
     if m is not None:  # a notice or a warning: the command did its work
@@ -206,19 +211,21 @@ def parse_servers_state(text: str) -> tuple[ServerState, ...]:
         row = dict(zip(header, line.split(), strict=False))
         try:
             addr = row["srv_addr"]
-            servers.append(ServerState(
-                backend=row["be_name"],
-                name=row["srv_name"],
-                server_id=int(row["srv_id"]),
-                address="" if addr == "-" else addr,
-                port=int(row["srv_port"]),
-                op_state=OpState(int(row["srv_op_state"])),
-                admin_flags=int(row["srv_admin_state"]),
-                weight=int(row["srv_uweight"]),
-                check_result=int(row["srv_check_result"]),
-                check_health=int(row["srv_check_health"]),
-                check_flags=int(row["srv_check_state"]),
-            ))
+            servers.append(
+                ServerState(
+                    backend=row["be_name"],
+                    name=row["srv_name"],
+                    server_id=int(row["srv_id"]),
+                    address="" if addr == "-" else addr,
+                    port=int(row["srv_port"]),
+                    op_state=OpState(int(row["srv_op_state"])),
+                    admin_flags=int(row["srv_admin_state"]),
+                    weight=int(row["srv_uweight"]),
+                    check_result=int(row["srv_check_result"]),
+                    check_health=int(row["srv_check_health"]),
+                    check_flags=int(row["srv_check_state"]),
+                )
+            )
         except (KeyError, ValueError) as exc:
             raise HaproxyError(
                 f"HAProxy's 'show servers state' line {line!r} does not parse: {exc!r}"
@@ -239,19 +246,22 @@ def parse_stat(text: str) -> tuple[ServerStat, ...]:
         if name in ("FRONTEND", "BACKEND", ""):
             continue
         try:
-            stats.append(ServerStat(
-                backend=row["pxname"],
-                name=name,
-                status=row["status"],
-                sessions=int(row["scur"] or 0),
-                # "* L4TOUT": a check is running; the status is the last one's
-                check_status=(row.get("check_status") or "").removeprefix("* "),
-                check_desc=row.get("check_desc") or "",
-                check_info=row.get("last_chk") or "",
-            ))
+            stats.append(
+                ServerStat(
+                    backend=row["pxname"],
+                    name=name,
+                    status=row["status"],
+                    sessions=int(row["scur"] or 0),
+                    # "* L4TOUT": a check is running; the status is the last one's
+                    check_status=(row.get("check_status") or "").removeprefix("* "),
+                    check_desc=row.get("check_desc") or "",
+                    check_info=row.get("last_chk") or "",
+                )
+            )
         except (KeyError, ValueError) as exc:
-            raise HaproxyError(f"HAProxy's 'show stat' row for {name!r} does not parse: "
-                               f"{exc!r}") from exc
+            raise HaproxyError(
+                f"HAProxy's 'show stat' row for {name!r} does not parse: {exc!r}"
+            ) from exc
     return tuple(stats)
 
 
@@ -282,8 +292,9 @@ class HaproxyRuntime:
         try:
             mode = os.stat(self.socket).st_mode
         except FileNotFoundError:
-            raise HaproxyError(f"no {where} (no such file; is HAProxy running with "
-                               "'stats socket' there?)") from None
+            raise HaproxyError(
+                f"no {where} (no such file; is HAProxy running with 'stats socket' there?)"
+            ) from None
         except PermissionError:
             raise HaproxyError(f"no permission to reach {where}") from None
         except OSError as exc:
@@ -302,14 +313,18 @@ class HaproxyRuntime:
                     with contextlib.suppress(OSError):
                         await writer.wait_closed()
         except TimeoutError:
-            raise HaproxyError(f"{where} did not answer {line.strip()!r} within "
-                               f"{self.timeout_s:g} s") from None
+            raise HaproxyError(
+                f"{where} did not answer {line.strip()!r} within {self.timeout_s:g} s"
+            ) from None
         except ConnectionRefusedError:
-            raise HaproxyError(f"nothing listens on {where} (HAProxy is not running, "
-                               "or the socket file is stale)") from None
+            raise HaproxyError(
+                f"nothing listens on {where} (HAProxy is not running, or the socket file is stale)"
+            ) from None
         except PermissionError:
-            raise HaproxyError(f"no permission to connect to {where} (its mode "
-                               f"{stat.S_IMODE(mode):o} and owner keep this user out)") from None
+            raise HaproxyError(
+                f"no permission to connect to {where} (its mode "
+                f"{stat.S_IMODE(mode):o} and owner keep this user out)"
+            ) from None
         except OSError as exc:
             raise HaproxyError(f"{where}: {exc.strerror or exc}") from exc
         return data.decode(errors="replace")
@@ -326,13 +341,13 @@ class HaproxyRuntime:
             return await self.command(command)
         except HaproxyError as exc:
             if unknown in exc.message:
-                raise HaproxyError(f"HAProxy at {self.socket} has no backend '{backend}'"
-                                   ) from None
+                raise HaproxyError(f"HAProxy at {self.socket} has no backend '{backend}'") from None
             raise
 
     async def servers(self, backend: str) -> tuple[ServerState, ...]:
-        return parse_servers_state(await self._about(
-            backend, f"show servers state {backend}", "Can't find backend"))
+        return parse_servers_state(
+            await self._about(backend, f"show servers state {backend}", "Can't find backend")
+        )
 
     async def server(self, backend: str, server: str) -> ServerState:
         found = await self.servers(backend)
@@ -340,12 +355,10 @@ class HaproxyRuntime:
             if s.name == server:
                 return s
         names = ", ".join(s.name for s in found) or "none"
-        raise HaproxyError(f"HAProxy backend '{backend}' has no server '{server}' "
-                           f"(it has {names})")
+        raise HaproxyError(f"HAProxy backend '{backend}' has no server '{server}' (it has {names})")
 
     async def stats(self, backend: str) -> tuple[ServerStat, ...]:
-        return parse_stat(await self._about(
-            backend, f"show stat {backend} 4 -1", "No such proxy"))
+        return parse_stat(await self._about(backend, f"show stat {backend} 4 -1", "No such proxy"))
 
     async def stat(self, backend: str, server: str) -> ServerStat:
         for s in await self.stats(backend):
@@ -361,14 +374,16 @@ class HaproxyRuntime:
     async def set_state(self, backend: str, server: str, state: AdminState) -> None:
         await self.command(f"set server {_label(backend, server)} state {state.value}")
 
-    async def set_addr(self, backend: str, server: str, address: str,
-                       port: int | None = None) -> str:
+    async def set_addr(
+        self, backend: str, server: str, address: str, port: int | None = None
+    ) -> str:
         """Point the server at ``address`` (and ``port``); return HAProxy's notice."""
         if not re.fullmatch(r"[0-9A-Fa-f.:]+", address):
             raise HaproxyError(f"refusing to set server address {address!r}: not an IP address")
         tail = "" if port is None else f" port {int(port)}"
-        return (await self.command(
-            f"set server {_label(backend, server)} addr {address}{tail}")).strip()
+        return (
+            await self.command(f"set server {_label(backend, server)} addr {address}{tail}")
+        ).strip()
 
     async def force_health_down(self, backend: str, server: str) -> None:
         """Mark the server's health DOWN; only a passing check brings it back UP."""
@@ -396,8 +411,9 @@ async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
 
 def _check_name(name: str, what: str) -> None:
     if not valid_name(name):
-        raise HaproxyError(f"{what} name {name!r} is not a HAProxy name "
-                           "(letters, digits, '-', '_', '.', ':')")
+        raise HaproxyError(
+            f"{what} name {name!r} is not a HAProxy name (letters, digits, '-', '_', '.', ':')"
+        )
 
 
 def _label(backend: str, server: str) -> str:

@@ -181,9 +181,15 @@ async def run_script(script: HookScript, point: HookPoint, facts: HookFacts) -> 
     loop = asyncio.get_running_loop()
     try:
         transport, hook = await loop.subprocess_exec(
-            _HookProtocol, str(script.path), point.value,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=hook_env(point, facts, os.environ), cwd="/", start_new_session=True,
+            _HookProtocol,
+            str(script.path),
+            point.value,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=hook_env(point, facts, os.environ),
+            cwd="/",
+            start_new_session=True,
         )
     except OSError as exc:
         raise HookError(f"{name} could not be started: {exc.strerror or exc}") from None
@@ -207,8 +213,9 @@ async def run_script(script: HookScript, point: HookPoint, facts: HookFacts) -> 
     out, err = hook.output[1], hook.output[2]
     _log_output(name, out, err)
     if timed_out:
-        raise HookError(f"{name} timed out after {script.timeout_s:g} s and was killed"
-                        + _last_words(out, err))
+        raise HookError(
+            f"{name} timed out after {script.timeout_s:g} s and was killed" + _last_words(out, err)
+        )
     status = transport.get_returncode()
     if status != 0:
         raise HookError(f"{name} {_how_it_ended(status)}{_last_words(out, err)}")
@@ -255,8 +262,11 @@ def _kill_group(transport: asyncio.SubprocessTransport) -> None:
 
 
 def _lines(data: bytearray) -> list[str]:
-    return [" ".join(line.split()) for line in data.decode(errors="replace").splitlines()
-            if line.strip()]
+    return [
+        " ".join(line.split())
+        for line in data.decode(errors="replace").splitlines()
+        if line.strip()
+    ]
 
 
 def _last_words(out: bytearray, err: bytearray) -> str:

@@ -57,8 +57,10 @@ class HaproxyTarget:
         """The server named after ``host`` (only for a SERVER with {host})."""
         name = self.server.replace(HOST_PLACEHOLDER, host)
         if not valid_name(name):
-            raise ConfigError(f"server name {name!r} (from {self.server!r} for host "
-                              f"{host!r}) is not a HAProxy name")
+            raise ConfigError(
+                f"server name {name!r} (from {self.server!r} for host "
+                f"{host!r}) is not a HAProxy name"
+            )
         return name
 
     def __str__(self) -> str:
@@ -76,16 +78,16 @@ def parse_lb_spec(text: str) -> HaproxyTarget:
         raise ConfigError(f"{where}: unknown load balancer {kind!r} (known: haproxy)")
     socket, sep, rest = rest.partition(":")
     if not sep:
-        raise ConfigError(f"{where}: expected haproxy:SOCKET:BACKEND/SERVER "
-                          "(no ':' after the socket path)")
+        raise ConfigError(
+            f"{where}: expected haproxy:SOCKET:BACKEND/SERVER (no ':' after the socket path)"
+        )
     if not socket:
         raise ConfigError(f"{where}: the stats socket path is empty")
     if not socket.startswith("/"):
         raise ConfigError(f"{where}: the stats socket path {socket!r} must be absolute")
     backend, sep, server = rest.partition("/")
     if not sep:
-        raise ConfigError(f"{where}: expected BACKEND/SERVER after the socket path, "
-                          f"got {rest!r}")
+        raise ConfigError(f"{where}: expected BACKEND/SERVER after the socket path, got {rest!r}")
     server, _, options = server.partition(",")
     set_addr = False
     for option in filter(None, options.split(",")):
@@ -93,25 +95,31 @@ def parse_lb_spec(text: str) -> HaproxyTarget:
             raise ConfigError(f"{where}: unknown option {option!r} (known: addr)")
         set_addr = True
     if not valid_name(backend):
-        raise ConfigError(f"{where}: backend {backend!r} is not a HAProxy name "
-                          "(letters, digits, '-', '_', '.', ':')")
+        raise ConfigError(
+            f"{where}: backend {backend!r} is not a HAProxy name "
+            "(letters, digits, '-', '_', '.', ':')"
+        )
     if server == BY_ADDRESS:
         if set_addr:
-            raise ConfigError(f"{where}: ',addr' is for SERVER with {{host}}; with '*' the "
-                              "destination's address is always set")
+            raise ConfigError(
+                f"{where}: ',addr' is for SERVER with {{host}}; with '*' the "
+                "destination's address is always set"
+            )
     elif re.search(r"[{}]", server.replace(HOST_PLACEHOLDER, "")):
         raise ConfigError(f"{where}: server {server!r}: the only placeholder is {{host}}")
     elif HOST_PLACEHOLDER in server:
         rest_of_name = server.replace(HOST_PLACEHOLDER, "")
         if rest_of_name and not valid_name(rest_of_name):
-            raise ConfigError(f"{where}: server {server!r} is not a HAProxy name around "
-                              "{host} (letters, digits, '-', '_', '.', ':')")
+            raise ConfigError(
+                f"{where}: server {server!r} is not a HAProxy name around "
+                "{host} (letters, digits, '-', '_', '.', ':')"
+            )
     elif not server:
         raise ConfigError(f"{where}: the server is empty; give e.g. web-{{host}} or *")
     else:
         raise ConfigError(
             f"{where}: server {server!r} names a single server, but a cutover moves traffic "
             "between two: name one server per host with {host} (e.g. web-{host}) or give "
-            "* to find them by address")
-    return HaproxyTarget(socket=Path(socket), backend=backend, server=server,
-                         set_addr=set_addr)
+            "* to find them by address"
+        )
+    return HaproxyTarget(socket=Path(socket), backend=backend, server=server, set_addr=set_addr)

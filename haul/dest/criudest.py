@@ -71,8 +71,10 @@ class CriuDestination:
         tls: TlsFiles | None = None,
     ) -> None:
         if net is not None and (bridge is None or not workload):
-            raise WorkloadError("a workload with its own address needs a bridge on this host "
-                                "(agent.bridge) to attach it to")
+            raise WorkloadError(
+                "a workload with its own address needs a bridge on this host "
+                "(agent.bridge) to attach it to"
+            )
         self.criu = criu
         self.workload = workload
         self.net = net
@@ -150,16 +152,26 @@ class CriuDestination:
         # its status-ready notification could come after the answer, into a session
         # haul has closed, and CRIU then ends the page server ("Can't send response:
         # Broken pipe"), so the dump finds nothing listening.
-        return CriuOptions(images_dir=self.images, work_dir=self.logs,
-                           log_file="page-server.log", page_server=listen, tls=self.tls,
-                           notify_scripts=False)
+        return CriuOptions(
+            images_dir=self.images,
+            work_dir=self.logs,
+            log_file="page-server.log",
+            page_server=listen,
+            tls=self.tls,
+            notify_scripts=False,
+        )
 
     def lazy_pages_daemon(self) -> LazyPagesDaemon:
         """Post-copy: the daemon that pulls pages from the source's lazy page server."""
         if self.lazy_source is None:
             raise WorkloadError("post-copy restore needs the source's lazy page server")
-        return LazyPagesDaemon(self.criu, images_dir=self.images, work_dir=self.logs,
-                               source=self.lazy_source, tls=self.tls)
+        return LazyPagesDaemon(
+            self.criu,
+            images_dir=self.images,
+            work_dir=self.logs,
+            source=self.lazy_source,
+            tls=self.tls,
+        )
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
@@ -177,8 +189,9 @@ class CriuDestination:
         # restored copy waiting for the source's decision and must not drop it.
         (self.workdir / RESTORED_MARK).write_text(f"{result.pid}\n")
         await self.tree.wait_stopped()
-        return RestoreFigures(dest_pid=result.pid, duration_s=time.monotonic() - started,
-                              pages_bytes=pages_bytes)
+        return RestoreFigures(
+            dest_pid=result.pid, duration_s=time.monotonic() - started, pages_bytes=pages_bytes
+        )
 
     def _pages_bytes(self, lazy: bool) -> int:
         if lazy:
@@ -187,15 +200,20 @@ class CriuDestination:
 
     def _restore_options(self, lazy: bool) -> CriuOptions:
         opts = CriuOptions(
-            images_dir=self.images, work_dir=self.logs, leave_stopped=True,
-            lazy_pages=lazy, file_locks=True, link_remap=True,
+            images_dir=self.images,
+            work_dir=self.logs,
+            leave_stopped=True,
+            lazy_pages=lazy,
+            file_locks=True,
+            link_remap=True,
             network_lock=NetworkLock.NFTABLES,
         )
         if self.net is None:
             # its connections were bound to the source host's address: restored closed
             return replace(opts, tcp_close=True)
         return replace(
-            opts, tcp_established=True,
+            opts,
+            tcp_established=True,
             external=(f"veth[{INNER_IFNAME}]:{host_ifname(self.workload)}@{self.bridge}",),
         )
 

@@ -187,8 +187,9 @@ class IncomingRegistry:
         """At agent start: nothing is in flight yet, so whatever an earlier agent left
         of incoming migrations is removed, except a restored copy that still exists:
         it waits for its source's decision (:meth:`start_watches` asks for it)."""
-        found = leftovers.sweep(self.root, self.data_root,
-                                lambda name: MIGRATION_ID.fullmatch(name) is not None)
+        found = leftovers.sweep(
+            self.root, self.data_root, lambda name: MIGRATION_ID.fullmatch(name) is not None
+        )
         for copy in found.kept:
             self._items[copy.migration_id] = self._reloaded(copy)
         return found
@@ -198,13 +199,23 @@ class IncomingRegistry:
         net = None
         if record.net_address is not None:
             net = WorkloadNet.parse(record.net_address, record.net_port)
-        dest = CriuDestination(self.criu, copy.workdir, data=self.data_root,
-                               workload=record.workload, net=net,
-                               bridge=self.bridge if net is not None else None)
+        dest = CriuDestination(
+            self.criu,
+            copy.workdir,
+            data=self.data_root,
+            workload=record.workload,
+            net=net,
+            bridge=self.bridge if net is not None else None,
+        )
         dest.tree = ProcessTree(copy.pid)
         return Incoming(
-            copy.migration_id, record.workload, record.strategy, dest, argv=list(record.argv),
-            source=record.source, net=net,
+            copy.migration_id,
+            record.workload,
+            record.strategy,
+            dest,
+            argv=list(record.argv),
+            source=record.source,
+            net=net,
             state=IncomingState.RESTORED if copy.stopped else IncomingState.RESUMED,
             restored_at=time.time(),
         )
@@ -251,25 +262,36 @@ class IncomingRegistry:
             raise UsageError(f"migration {migration_id} is already open here")
         self._check_page_tls(page_tls)
         dest = CriuDestination(
-            self.criu, self.root / migration_id, data=self.data_root,
+            self.criu,
+            self.root / migration_id,
+            data=self.data_root,
             listen=None if shared_images is not None else PageServer(self.listen_address, 0),
-            lazy_source=lazy_source, shared_images=shared_images,
-            workload=workload, net=net, bridge=self.bridge,
+            lazy_source=lazy_source,
+            shared_images=shared_images,
+            workload=workload,
+            net=net,
+            bridge=self.bridge,
             tls=self.tls if page_tls else None,
         )
         await dest.check_free(workload, needed_bytes)
         # What a restarted agent needs: which workload's data this migration may
         # create (removed after a crash), and whom to ask about a restored copy.
         self.root.mkdir(parents=True, exist_ok=True)
-        record = IncomingRecord(workload=workload, source=source, argv=list(argv or []),
-                                strategy=strategy, **_net_fields(net))
+        record = IncomingRecord(
+            workload=workload,
+            source=source,
+            argv=list(argv or []),
+            strategy=strategy,
+            **_net_fields(net),
+        )
         leftovers.write_record(self.root, migration_id, record)
         await dest.prepare(strategy)
         if self.data_root is not None:
             (self.data_root / workload).mkdir(parents=True)
             os.chmod(self.data_root / workload, data_mode & 0o7777)
-        item = Incoming(migration_id, workload, strategy, dest, argv=list(argv or []),
-                        net=net, source=source)
+        item = Incoming(
+            migration_id, workload, strategy, dest, argv=list(argv or []), net=net, source=source
+        )
         self._items[migration_id] = item
         return item
 
@@ -278,11 +300,14 @@ class IncomingRegistry:
         certificates and calls this agent over https; this agent, with certificates,
         takes pages in no other way."""
         if page_tls and self.tls is None:
-            raise UsageError("the source sends pages over TLS, but this agent has no "
-                             "certificates ([agent.tls])")
+            raise UsageError(
+                "the source sends pages over TLS, but this agent has no certificates ([agent.tls])"
+            )
         if not page_tls and self.tls is not None:
-            raise UsageError("this agent has certificates ([agent.tls]) and takes pages only "
-                             "over TLS; the source must have certificates too")
+            raise UsageError(
+                "this agent has certificates ([agent.tls]) and takes pages only "
+                "over TLS; the source must have certificates too"
+            )
 
     async def receive_image(
         self, migration_id: str, name: str, chunks: AsyncIterator[bytes], sha256: str
@@ -294,7 +319,11 @@ class IncomingRegistry:
         return size
 
     async def receive_data(
-        self, migration_id: str, path: str, chunks: AsyncIterator[bytes], sha256: str,
+        self,
+        migration_id: str,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        sha256: str,
         mode: int = 0o644,
     ) -> int:
         item = self.get(migration_id)
@@ -312,8 +341,9 @@ class IncomingRegistry:
             probe = probe.parent
         return await _write_checked(target, chunks, sha256, mode & 0o777)
 
-    def make_dirs(self, migration_id: str, paths: list[str], modes: list[int] | None = None
-                  ) -> None:
+    def make_dirs(
+        self, migration_id: str, paths: list[str], modes: list[int] | None = None
+    ) -> None:
         """Create the workload's (possibly empty) sub-directories, parents first."""
         item = self.get(migration_id)
         if self.data_root is None:
@@ -334,11 +364,19 @@ class IncomingRegistry:
         item.state = IncomingState.RESTORED
         item.restored_at = time.time()
         try:  # which process is the copy, for an agent that restarts (restored.pid says too)
-            leftovers.write_record(self.root, migration_id, IncomingRecord(
-                workload=item.workload, source=item.source, argv=item.argv,
-                strategy=item.strategy, restored_pid=figures.dest_pid,
-                start_ticks=leftovers.start_ticks(figures.dest_pid), **_net_fields(item.net),
-            ))
+            leftovers.write_record(
+                self.root,
+                migration_id,
+                IncomingRecord(
+                    workload=item.workload,
+                    source=item.source,
+                    argv=item.argv,
+                    strategy=item.strategy,
+                    restored_pid=figures.dest_pid,
+                    start_ticks=leftovers.start_ticks(figures.dest_pid),
+                    **_net_fields(item.net),
+                ),
+            )
         except TransportError as exc:
             log.warning("incoming migration %s: %s", migration_id, exc.one_line())
         if item.watch is None:
@@ -368,8 +406,10 @@ class IncomingRegistry:
     async def discard(self, migration_id: str) -> None:
         """The rollback: kill any restored copy, remove everything (again: nothing happens)."""
         if self._settled.get(check_id(migration_id)) == "committed":
-            raise UsageError(f"incoming migration {migration_id} was committed here; its copy "
-                             "runs and is not discarded")
+            raise UsageError(
+                f"incoming migration {migration_id} was committed here; its copy "
+                "runs and is not discarded"
+            )
         item = self._items.get(migration_id)
         if item is None:
             leftovers.forget_record(self.root, migration_id)
@@ -435,28 +475,43 @@ class IncomingRegistry:
                     return True  # the source's own call settled it meanwhile
                 if what is Act.DISCARD:
                     await self._discard(item)
-                    log.warning("incoming migration %s: %s discarded (its source rolled "
-                                "back)", item.migration_id, item.workload)
+                    log.warning(
+                        "incoming migration %s: %s discarded (its source rolled back)",
+                        item.migration_id,
+                        item.workload,
+                    )
                     return True
                 if item.state is not IncomingState.RESUMED:
                     await item.dest.resume()
                     item.state = IncomingState.RESUMED
-                    log.warning("incoming migration %s: %s resumed (its source committed)",
-                                item.migration_id, item.workload)
+                    log.warning(
+                        "incoming migration %s: %s resumed (its source committed)",
+                        item.migration_id,
+                        item.workload,
+                    )
                 if what is Act.RESUME:
                     return False
                 await self._finish(item)
-                log.warning("incoming migration %s: %s adopted (its source committed)",
-                            item.migration_id, item.workload)
+                log.warning(
+                    "incoming migration %s: %s adopted (its source committed)",
+                    item.migration_id,
+                    item.workload,
+                )
                 return True
 
         watch = DecisionWatch(
-            migration_id=item.migration_id, workload=item.workload, source=item.source,
-            ask=self.ask, act=act, resumed=lambda: item.state is IncomingState.RESUMED,
-            policy=self.policy, status=item.asking,
+            migration_id=item.migration_id,
+            workload=item.workload,
+            source=item.source,
+            ask=self.ask,
+            act=act,
+            resumed=lambda: item.state is IncomingState.RESUMED,
+            policy=self.policy,
+            status=item.asking,
         )
-        item.watch = asyncio.create_task(watch.run(first_after_s),
-                                         name=f"decision-{item.migration_id}")
+        item.watch = asyncio.create_task(
+            watch.run(first_after_s), name=f"decision-{item.migration_id}"
+        )
         item.watch.add_done_callback(_report_crash)
 
     @staticmethod

@@ -42,12 +42,18 @@ class IncomingRecord:
     net_port: int | None = None
 
     def to_json(self) -> str:
-        return json.dumps({
-            "workload": self.workload, "source": self.source, "argv": self.argv,
-            "strategy": self.strategy.value, "restored_pid": self.restored_pid,
-            "start_ticks": self.start_ticks, "net_address": self.net_address,
-            "net_port": self.net_port,
-        })
+        return json.dumps(
+            {
+                "workload": self.workload,
+                "source": self.source,
+                "argv": self.argv,
+                "strategy": self.strategy.value,
+                "restored_pid": self.restored_pid,
+                "start_ticks": self.start_ticks,
+                "net_address": self.net_address,
+                "net_port": self.net_port,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> IncomingRecord:
@@ -112,7 +118,7 @@ def start_ticks(pid: int) -> int | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return int(raw[raw.rindex(")") + 2:].split()[19])
+    return int(raw[raw.rindex(")") + 2 :].split()[19])
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +157,11 @@ def _live_copy(pid: int | None, record: IncomingRecord | None) -> str | None:
     letter = state(pid)
     if letter is None or letter in ("Z", "X"):
         return None
-    if record is not None and record.start_ticks is not None \
-            and start_ticks(pid) != record.start_ticks:
+    if (
+        record is not None
+        and record.start_ticks is not None
+        and start_ticks(pid) != record.start_ticks
+    ):
         return None  # the PID was reused
     return letter
 
@@ -164,8 +173,12 @@ def sweep(root: Path, data_root: Path | None, is_migration_id: Callable[[str], b
     if not root.is_dir():
         return found
     names = {p.name for p in root.iterdir() if p.is_dir()}
-    names |= {p.name.removesuffix(s) for p in root.iterdir()
-              for s in (RECORD_SUFFIX, LEGACY_SUFFIX) if p.is_file() and p.name.endswith(s)}
+    names |= {
+        p.name.removesuffix(s)
+        for p in root.iterdir()
+        for s in (RECORD_SUFFIX, LEGACY_SUFFIX)
+        if p.is_file() and p.name.endswith(s)
+    }
     for mid in sorted(n for n in names if is_migration_id(n)):
         workdir = root / mid
         record = read_record(root, mid)

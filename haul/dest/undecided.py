@@ -86,8 +86,12 @@ class AskPolicy:
 
     @classmethod
     def from_deadline(cls, deadline_s: float) -> AskPolicy:
-        return cls(deadline_s=deadline_s, again_s=min(10.0, deadline_s),
-                   retry_min_s=min(2.0, deadline_s), retry_max_s=max(120.0, deadline_s))
+        return cls(
+            deadline_s=deadline_s,
+            again_s=min(10.0, deadline_s),
+            retry_min_s=min(2.0, deadline_s),
+            retry_max_s=max(120.0, deadline_s),
+        )
 
     def retry_after(self, failures: int) -> float:
         """The wait after ``failures`` (>= 1) questions in a row got no usable answer."""
@@ -123,8 +127,10 @@ def plan(
     adopt it. ``failures``: questions in a row with no usable answer before this one.
     """
     stays = "the copy stays running" if resumed else "the copy stays stopped"
-    if answer is None or answer.verdict is Verdict.UNKNOWN or (
-        answer.workload and answer.workload != workload
+    if (
+        answer is None
+        or answer.verdict is Verdict.UNKNOWN
+        or (answer.workload and answer.workload != workload)
     ):
         failures += 1
         after = policy.retry_after(failures)
@@ -134,31 +140,59 @@ def plan(
             what = f"{source} knows no decision for this migration"
             what += f" ({answer.detail})" if answer.detail else ""
         else:
-            what = f"{source} names workload {answer.workload!r} for this migration, not " \
-                   f"{workload!r}"
-        return Step(Act.WAIT, after, failures,
-                    f"{what}; {stays}; asking again in {after:.0f} s", problem=True)
+            what = (
+                f"{source} names workload {answer.workload!r} for this migration, not {workload!r}"
+            )
+        return Step(
+            Act.WAIT,
+            after,
+            failures,
+            f"{what}; {stays}; asking again in {after:.0f} s",
+            problem=True,
+        )
     if answer.verdict is Verdict.IN_FLIGHT:
-        return Step(Act.WAIT, policy.again_s, 0,
-                    f"{source} says the migration is still in flight; {stays}; "
-                    f"asking again in {policy.again_s:.0f} s")
+        return Step(
+            Act.WAIT,
+            policy.again_s,
+            0,
+            f"{source} says the migration is still in flight; {stays}; "
+            f"asking again in {policy.again_s:.0f} s",
+        )
     if answer.verdict is Verdict.ROLLED_BACK:
         if resumed:
-            return Step(Act.WAIT, policy.retry_max_s, failures + 1,
-                        f"{source} says rolled back, but this host was told to resume and its "
-                        "copy runs; nothing is discarded: check both hosts", problem=True)
+            return Step(
+                Act.WAIT,
+                policy.retry_max_s,
+                failures + 1,
+                f"{source} says rolled back, but this host was told to resume and its "
+                "copy runs; nothing is discarded: check both hosts",
+                problem=True,
+            )
         return Step(Act.DISCARD, 0.0, 0, f"{source} says rolled back: discarding the copy")
     # committed
     if answer.running:
         if resumed:
-            return Step(Act.WAIT, policy.again_s, 0,
-                        f"{source} says committed and its job still runs; "
-                        f"asking again in {policy.again_s:.0f} s")
-        return Step(Act.RESUME, policy.again_s, 0,
-                    f"{source} says committed: resuming the copy (the source's job still "
-                    "runs and finishes the migration)")
-    return Step(Act.ADOPT, 0.0, 0, f"{source} says committed: "
-                + ("adopting the running copy" if resumed else "resuming and adopting the copy"))
+            return Step(
+                Act.WAIT,
+                policy.again_s,
+                0,
+                f"{source} says committed and its job still runs; "
+                f"asking again in {policy.again_s:.0f} s",
+            )
+        return Step(
+            Act.RESUME,
+            policy.again_s,
+            0,
+            f"{source} says committed: resuming the copy (the source's job still "
+            "runs and finishes the migration)",
+        )
+    return Step(
+        Act.ADOPT,
+        0.0,
+        0,
+        f"{source} says committed: "
+        + ("adopting the running copy" if resumed else "resuming and adopting the copy"),
+    )
 
 
 @dataclass(slots=True)
@@ -216,9 +250,15 @@ class DecisionWatch:
         failures = 0
         while True:
             answer, why = await self._question()
-            step = plan(answer, source=self.source or "the source", workload=self.workload,
-                        resumed=self._resumed(), failures=failures, policy=self.policy,
-                        why_unanswered=why)
+            step = plan(
+                answer,
+                source=self.source or "the source",
+                workload=self.workload,
+                resumed=self._resumed(),
+                failures=failures,
+                policy=self.policy,
+                why_unanswered=why,
+            )
             failures = step.failures
             self.status.asks += 1
             self.status.last_answer = answer.verdict.value if answer else "no answer"
@@ -230,9 +270,11 @@ class DecisionWatch:
                 except HaulError as exc:
                     failures += 1
                     after = self.policy.retry_after(failures)
-                    self.status.note = (f"{step.act.value} after {self.status.last_answer} "
-                                        f"failed: {exc.one_line()}; trying again in "
-                                        f"{after:.0f} s")
+                    self.status.note = (
+                        f"{step.act.value} after {self.status.last_answer} "
+                        f"failed: {exc.one_line()}; trying again in "
+                        f"{after:.0f} s"
+                    )
                     self.status.problem = True
                     log.error("incoming migration %s: %s", self.migration_id, self.status.note)
                     await self._wait(after)

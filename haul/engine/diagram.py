@@ -26,9 +26,7 @@ def diagram() -> str:
     lines.append(f"    note right of {Phase.COMMIT.name} : point of no return")
     lines.append("    classDef forward font-weight:bold")
     lines.append("    classDef terminal fill:#eee")
-    lines.append(
-        "    class " + ",".join(p.name for p in Phase if p in AFTER_COMMIT) + " forward"
-    )
+    lines.append("    class " + ",".join(p.name for p in Phase if p in AFTER_COMMIT) + " forward")
     lines.append("    class " + ",".join(p.name for p in Phase if p in TERMINAL) + " terminal")
     return "\n".join(lines) + "\n"
 

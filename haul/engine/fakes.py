@@ -172,9 +172,13 @@ class FakeSource:
 
 
 class FakeDest:
-    def __init__(self, world: World, caps: Capabilities = FULL,
-                 page_server: Endpoint | None = PAGE_SERVER,
-                 room_left: int | None = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        caps: Capabilities = FULL,
+        page_server: Endpoint | None = PAGE_SERVER,
+        room_left: int | None = None,
+    ) -> None:
         self.world = world
         self.caps = caps
         self.page_server = page_server

@@ -155,66 +155,68 @@ def _in_order(phases: frozenset[Phase]) -> list[Phase]:
 _ROLL_BACK = (To(Phase.ROLLING_BACK),)
 
 #: (phase, event type) -> the phases the event may lead to. No entry: IllegalTransition.
-TRANSITIONS: Final[Mapping[tuple[Phase, type[Event]], tuple[To, ...]]] = MappingProxyType({
-    # the way forward
-    (Phase.NEW, MigrationStarted): (To(Phase.PREFLIGHT),),
-    (Phase.PREFLIGHT, PreflightFinished): (
-        To(Phase.PREPARE, "checks passed"),
-        To(Phase.CHECKED, "checks passed, dry run"),
-        To(Phase.REFUSED, "problems, or strategy impossible"),
-    ),
-    (Phase.PREPARE, HookFired): (To(Phase.PREPARE, "pre-migrate told: prepare"),),
-    (Phase.PREPARE, DestinationPrepared): (
-        To(Phase.PRECOPY, "pre-copy"),
-        To(Phase.FREEZE, "post-copy, stop-and-copy"),
-    ),
-    (Phase.PRECOPY, PreDumpFinished): (
-        To(Phase.PRECOPY, "policy goes on"),
-        To(Phase.FREEZE, "policy stops"),
-    ),
-    (Phase.FREEZE, HookFired): (To(Phase.FREEZE, "pre-freeze told: dump"),),
-    (Phase.FREEZE, SourceFrozen): (To(Phase.TRANSFER),),
-    (Phase.TRANSFER, DumpReleased): (To(Phase.TRANSFER, "post-copy: pages served"),),
-    (Phase.TRANSFER, ImagesTransferred): (To(Phase.RESTORE),),
-    (Phase.RESTORE, RestoredStopped): (To(Phase.RESTORE, "tell restored"),),
-    (Phase.RESTORE, HookFired): (To(Phase.COMMIT),),
-    (Phase.COMMIT, CommitRecorded): (To(Phase.COMMIT, "switch over"),),
-    (Phase.COMMIT, DumpReleased): (To(Phase.COMMIT, "kill the source"),),
-    (Phase.COMMIT, SourceKilled): (To(Phase.COMMIT, "resume the destination"),),
-    (Phase.COMMIT, DestinationResumed): (To(Phase.COMMIT, "tell post-commit"),),
-    (Phase.COMMIT, HookFired): (
-        To(Phase.LAZY_PAGES, "post-copy"),
-        To(Phase.CLEANUP, "pre-copy, stop-and-copy"),
-    ),
-    (Phase.LAZY_PAGES, PagesDelivered): (To(Phase.LAZY_PAGES, "kill the source"),),
-    (Phase.LAZY_PAGES, SourceKilled): (To(Phase.CLEANUP),),
-    (Phase.CLEANUP, CleanedUp): (To(Phase.DONE),),
-    # back, before the commit (NEW runs no command, so nothing in it can fail)
-    **{(p, StepFailed): _ROLL_BACK for p in _in_order(BEFORE_COMMIT - {Phase.NEW})},
-    **{(p, AbortRequested): _ROLL_BACK for p in _in_order(BEFORE_COMMIT)},
-    (Phase.COMMIT, AbortRequested): (To(Phase.ROLLING_BACK, "commit not recorded"),),
-    (Phase.ROLLING_BACK, DestinationRoomChecked): (To(Phase.ROLLING_BACK, "undo"),),
-    (Phase.ROLLING_BACK, StepFailed): (To(Phase.ROLLING_BACK, "room unknown: undo"),),
-    (Phase.ROLLING_BACK, RolledBack): (
-        To(Phase.ROLLING_BACK, "tell rolled-back"),
-        To(Phase.ROLLED_BACK, "no problems"),
-        To(Phase.FAILED, "problems"),
-    ),
-    (Phase.ROLLING_BACK, HookFired): (
-        To(Phase.ROLLED_BACK, "no problems"),
-        To(Phase.FAILED, "problems"),
-    ),
-    # forward, after the commit
-    (Phase.COMMIT, StepFailed): (
-        To(Phase.ROLLING_BACK, "commit not recorded"),
-        To(Phase.COMMIT, "retry"),
-        To(Phase.FAILED, "retries exhausted"),
-    ),
-    **{
-        (p, StepFailed): (To(p, "retry"), To(Phase.FAILED, "retries exhausted"))
-        for p in _in_order(AFTER_COMMIT - {Phase.COMMIT})
-    },
-})
+TRANSITIONS: Final[Mapping[tuple[Phase, type[Event]], tuple[To, ...]]] = MappingProxyType(
+    {
+        # the way forward
+        (Phase.NEW, MigrationStarted): (To(Phase.PREFLIGHT),),
+        (Phase.PREFLIGHT, PreflightFinished): (
+            To(Phase.PREPARE, "checks passed"),
+            To(Phase.CHECKED, "checks passed, dry run"),
+            To(Phase.REFUSED, "problems, or strategy impossible"),
+        ),
+        (Phase.PREPARE, HookFired): (To(Phase.PREPARE, "pre-migrate told: prepare"),),
+        (Phase.PREPARE, DestinationPrepared): (
+            To(Phase.PRECOPY, "pre-copy"),
+            To(Phase.FREEZE, "post-copy, stop-and-copy"),
+        ),
+        (Phase.PRECOPY, PreDumpFinished): (
+            To(Phase.PRECOPY, "policy goes on"),
+            To(Phase.FREEZE, "policy stops"),
+        ),
+        (Phase.FREEZE, HookFired): (To(Phase.FREEZE, "pre-freeze told: dump"),),
+        (Phase.FREEZE, SourceFrozen): (To(Phase.TRANSFER),),
+        (Phase.TRANSFER, DumpReleased): (To(Phase.TRANSFER, "post-copy: pages served"),),
+        (Phase.TRANSFER, ImagesTransferred): (To(Phase.RESTORE),),
+        (Phase.RESTORE, RestoredStopped): (To(Phase.RESTORE, "tell restored"),),
+        (Phase.RESTORE, HookFired): (To(Phase.COMMIT),),
+        (Phase.COMMIT, CommitRecorded): (To(Phase.COMMIT, "switch over"),),
+        (Phase.COMMIT, DumpReleased): (To(Phase.COMMIT, "kill the source"),),
+        (Phase.COMMIT, SourceKilled): (To(Phase.COMMIT, "resume the destination"),),
+        (Phase.COMMIT, DestinationResumed): (To(Phase.COMMIT, "tell post-commit"),),
+        (Phase.COMMIT, HookFired): (
+            To(Phase.LAZY_PAGES, "post-copy"),
+            To(Phase.CLEANUP, "pre-copy, stop-and-copy"),
+        ),
+        (Phase.LAZY_PAGES, PagesDelivered): (To(Phase.LAZY_PAGES, "kill the source"),),
+        (Phase.LAZY_PAGES, SourceKilled): (To(Phase.CLEANUP),),
+        (Phase.CLEANUP, CleanedUp): (To(Phase.DONE),),
+        # back, before the commit (NEW runs no command, so nothing in it can fail)
+        **{(p, StepFailed): _ROLL_BACK for p in _in_order(BEFORE_COMMIT - {Phase.NEW})},
+        **{(p, AbortRequested): _ROLL_BACK for p in _in_order(BEFORE_COMMIT)},
+        (Phase.COMMIT, AbortRequested): (To(Phase.ROLLING_BACK, "commit not recorded"),),
+        (Phase.ROLLING_BACK, DestinationRoomChecked): (To(Phase.ROLLING_BACK, "undo"),),
+        (Phase.ROLLING_BACK, StepFailed): (To(Phase.ROLLING_BACK, "room unknown: undo"),),
+        (Phase.ROLLING_BACK, RolledBack): (
+            To(Phase.ROLLING_BACK, "tell rolled-back"),
+            To(Phase.ROLLED_BACK, "no problems"),
+            To(Phase.FAILED, "problems"),
+        ),
+        (Phase.ROLLING_BACK, HookFired): (
+            To(Phase.ROLLED_BACK, "no problems"),
+            To(Phase.FAILED, "problems"),
+        ),
+        # forward, after the commit
+        (Phase.COMMIT, StepFailed): (
+            To(Phase.ROLLING_BACK, "commit not recorded"),
+            To(Phase.COMMIT, "retry"),
+            To(Phase.FAILED, "retries exhausted"),
+        ),
+        **{
+            (p, StepFailed): (To(p, "retry"), To(Phase.FAILED, "retries exhausted"))
+            for p in _in_order(AFTER_COMMIT - {Phase.COMMIT})
+        },
+    }
+)
 
 
 def edges() -> Iterator[tuple[Phase, type[Event], To]]:
@@ -271,8 +273,7 @@ def resolve_strategy(
     no_track = lacking(lambda c: c.mem_track, "has no memory change tracking (soft-dirty)")
     no_lazy = lacking(lambda c: c.lazy_pages, "has no lazy pages (userfaultfd)") + lacking(
         lambda c: c.lazy_pipe_ok,
-        "has fs.pipe-max-size too small for lazy pages "
-        "(fix: sysctl fs.pipe-max-size=4194304)",
+        "has fs.pipe-max-size too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)",
     )
     if requested is Strategy.AUTO:
         if not no_track:
@@ -328,10 +329,7 @@ class Migration:
         self._reason = ""
 
     def __repr__(self) -> str:
-        return (
-            f"<Migration {self._spec.migration_id} {self._phase.value} "
-            f"{self._strategy.value}>"
-        )
+        return f"<Migration {self._spec.migration_id} {self._phase.value} {self._strategy.value}>"
 
     @property
     def spec(self) -> MigrationSpec:
@@ -359,8 +357,7 @@ class Migration:
     @property
     def abortable(self) -> bool:
         """True while an abort rolls back: before the commit decision is recorded."""
-        return self._phase in BEFORE_COMMIT or (
-            self._phase is Phase.COMMIT and not self._committed)
+        return self._phase in BEFORE_COMMIT or (self._phase is Phase.COMMIT and not self._committed)
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -383,9 +380,11 @@ class Migration:
         moved = transfer + max(pages, precopy)
         # post-copy's pages cross after the restore, outside the timed steps
         timed = transfer if self._lazy else moved
-        seconds = (sum(f.duration_s for f in self._history)
-                   + (self._dump.duration_s if self._dump else 0.0)
-                   + (self._transfer.duration_s if self._transfer else 0.0))
+        seconds = (
+            sum(f.duration_s for f in self._history)
+            + (self._dump.duration_s if self._dump else 0.0)
+            + (self._transfer.duration_s if self._transfer else 0.0)
+        )
         return MigrationStats(
             strategy=self._strategy,
             iterations=len(self._history),
@@ -439,41 +438,52 @@ class Migration:
             case StepFailed() if event.phase is not self._phase:
                 raise IllegalTransition(
                     f"migration {mid} is in phase {phase}; cannot handle StepFailed for "
-                    f"phase {event.phase.value}")
-            case StepFailed() if (self._phase is Phase.ROLLING_BACK
-                                  and not isinstance(self._current, CheckDestinationRoom)):
+                    f"phase {event.phase.value}"
+                )
+            case StepFailed() if self._phase is Phase.ROLLING_BACK and not isinstance(
+                self._current, CheckDestinationRoom
+            ):
                 raise IllegalTransition(f"migration {mid}: a rollback step cannot fail")
             case CommitRecorded() if self._committed:
                 raise IllegalTransition(f"migration {mid}: the commit is already recorded")
             case AbortRequested() if self._committed:
                 raise IllegalTransition(self._refusal(event))
-            case (DumpReleased() | SourceKilled() | DestinationResumed()) if (
-                    self._phase is Phase.COMMIT and not self._committed):
+            case DumpReleased() | SourceKilled() | DestinationResumed() if (
+                self._phase is Phase.COMMIT and not self._committed
+            ):
                 raise IllegalTransition(
                     f"migration {mid} cannot switch over in phase commit before the commit "
-                    "is recorded")
+                    "is recorded"
+                )
             case HookFired(point=point) if not (
-                    isinstance(self._current, FireHook) and self._current.point is point):
+                isinstance(self._current, FireHook) and self._current.point is point
+            ):
                 raise IllegalTransition(
-                    f"migration {mid} did not fire the {point.value} hooks in phase {phase}")
-            case DumpReleased() | SourceKilled() | DestinationResumed() | PagesDelivered() \
-                    if not self._expects(event):
+                    f"migration {mid} did not fire the {point.value} hooks in phase {phase}"
+                )
+            case DumpReleased() | SourceKilled() | DestinationResumed() | PagesDelivered() if (
+                not self._expects(event)
+            ):
                 raise IllegalTransition(
-                    f"migration {mid} did not ask for {type(event).__name__} in phase {phase}")
+                    f"migration {mid} did not ask for {type(event).__name__} in phase {phase}"
+                )
 
     def _expects(self, event: Event) -> bool:
         """Whether ``event`` answers the command emitted last."""
         expected: dict[type[Command], type[Event]] = {
-            ReleaseDump: DumpReleased, KillSource: SourceKilled,
-            ResumeDestination: DestinationResumed, AwaitPages: PagesDelivered,
+            ReleaseDump: DumpReleased,
+            KillSource: SourceKilled,
+            ResumeDestination: DestinationResumed,
+            AwaitPages: PagesDelivered,
         }
         return self._current is not None and expected.get(type(self._current)) is type(event)
 
     def _told(self, event: Event) -> None:
         """Whether the pre-migrate hooks ran (or were cut short): then they are owed a
         rolled-back. Not when the step failed before they were called."""
-        if not (isinstance(self._current, FireHook)
-                and self._current.point is HookPoint.PRE_MIGRATE):
+        if not (
+            isinstance(self._current, FireHook) and self._current.point is HookPoint.PRE_MIGRATE
+        ):
             return
         match event:
             case HookFired() | AbortRequested():
@@ -571,7 +581,8 @@ class Migration:
                 self._rollback_problems = problems
                 if self._hooks_told:
                     return Phase.ROLLING_BACK, FireHook(
-                        HookPoint.ROLLED_BACK, self._rolled_back_reason())
+                        HookPoint.ROLLED_BACK, self._rolled_back_reason()
+                    )
                 return self._rolled_back()
         raise AssertionError(f"no rule for {type(event).__name__}")
 
@@ -590,7 +601,8 @@ class Migration:
                 return Phase.PREPARE, PrepareDestination(self._strategy, self._needed_bytes)
             case HookPoint.PRE_FREEZE:
                 return Phase.FREEZE, FreezeAndDump(
-                    lazy=self._lazy, page_server=None if self._lazy else self._page_server)
+                    lazy=self._lazy, page_server=None if self._lazy else self._page_server
+                )
             case HookPoint.RESTORED:
                 return Phase.COMMIT, RecordCommit()
             case HookPoint.POST_COMMIT:
@@ -605,8 +617,10 @@ class Migration:
         if report.problems:
             return self._refuse("; ".join(report.problems))
         strategy, why = resolve_strategy(
-            self._spec.strategy, report,
-            source_host=self._spec.source_host, dest_host=self._spec.dest_host,
+            self._spec.strategy,
+            report,
+            source_host=self._spec.source_host,
+            dest_host=self._spec.dest_host,
         )
         if strategy is None:
             return self._refuse(why)
@@ -635,8 +649,11 @@ class Migration:
         if self._phase is Phase.ROLLING_BACK:  # the room check failed: undo all the same
             return self._undo(self._rollback_reason)
         if self._phase in BEFORE_COMMIT:
-            if (event.part is Part.SOURCE and self._page_server is not None
-                    and self._phase in (Phase.PRECOPY, Phase.FREEZE)):
+            if (
+                event.part is Part.SOURCE
+                and self._page_server is not None
+                and self._phase in (Phase.PRECOPY, Phase.FREEZE)
+            ):
                 # the pages went to the destination: was its disk full?
                 self._rollback_reason = cause
                 self._rollback_phase = self._phase
@@ -652,9 +669,11 @@ class Migration:
     def _no_room(self, free: int | None) -> str:
         if free is None or free > NO_ROOM_BYTES:
             return self._rollback_reason
-        return (f"destination {self._spec.dest_host} has no room left for the pages "
-                f"({free >> 10} KiB free where it keeps incoming images): the dump could "
-                "not send them")
+        return (
+            f"destination {self._spec.dest_host} has no room left for the pages "
+            f"({free >> 10} KiB free where it keeps incoming images): the dump could "
+            "not send them"
+        )
 
     def _roll_back(self, reason: str) -> tuple[Phase, Command]:
         self._rollback_phase = self._phase
@@ -676,7 +695,8 @@ class Migration:
     def _rolled_back_reason(self) -> str:
         problems = self._rollback_problems
         return self._rollback_reason + (
-            "; rollback incomplete: " + "; ".join(problems) if problems else "")
+            "; rollback incomplete: " + "; ".join(problems) if problems else ""
+        )
 
     def _rolled_back(self) -> tuple[Phase, Command]:
         spec = self._spec

@@ -27,14 +27,19 @@ class Phase(enum.Enum):
 
 #: Before the commit: any failure rolls back (source resumes, destination discards).
 BEFORE_COMMIT = frozenset(
-    {Phase.NEW, Phase.PREFLIGHT, Phase.PREPARE, Phase.PRECOPY, Phase.FREEZE,
-     Phase.TRANSFER, Phase.RESTORE}
+    {
+        Phase.NEW,
+        Phase.PREFLIGHT,
+        Phase.PREPARE,
+        Phase.PRECOPY,
+        Phase.FREEZE,
+        Phase.TRANSFER,
+        Phase.RESTORE,
+    }
 )
 #: After the commit decision is journaled: failures roll forward, never back.
 AFTER_COMMIT = frozenset({Phase.COMMIT, Phase.LAZY_PAGES, Phase.CLEANUP})
-TERMINAL = frozenset(
-    {Phase.DONE, Phase.ROLLED_BACK, Phase.REFUSED, Phase.CHECKED, Phase.FAILED}
-)
+TERMINAL = frozenset({Phase.DONE, Phase.ROLLED_BACK, Phase.REFUSED, Phase.CHECKED, Phase.FAILED})
 
 
 class Strategy(enum.Enum):

@@ -149,11 +149,18 @@ async def run(
     migration's progress at the points the machine fires them (None: no hooks).
     """
     if migration.phase is not Phase.NEW:
-        raise HaulError(f"migration {migration.spec.migration_id} already ran "
-                        f"(phase {migration.phase.value})")
+        raise HaulError(
+            f"migration {migration.spec.migration_id} already ran (phase {migration.phase.value})"
+        )
     runner = _Runner(
-        migration, source=source, dest=dest, transport=transport, journal=journal,
-        timeouts=timeouts or {}, on_event=on_event, clock=clock or _MonotonicClock(),
+        migration,
+        source=source,
+        dest=dest,
+        transport=transport,
+        journal=journal,
+        timeouts=timeouts or {},
+        on_event=on_event,
+        clock=clock or _MonotonicClock(),
         hooks=hooks,
     )
     drive = asyncio.create_task(runner.drive(), name=f"migration {migration.spec.migration_id}")
@@ -290,11 +297,21 @@ class _Runner:
         commands = self._m.handle(event)
         if self._m.phase is not before:
             self._cause = type(event).__name__
-            log.info("migration %s: %s -> %s on %s", self._spec.migration_id,
-                     before.value, self._m.phase.value, self._cause)
+            log.info(
+                "migration %s: %s -> %s on %s",
+                self._spec.migration_id,
+                before.value,
+                self._m.phase.value,
+                self._cause,
+            )
         if isinstance(event, StepFailed):
-            log.warning("migration %s: %s failed: %s%s", self._spec.migration_id,
-                        event.phase.value, f"{event.where}: " if event.where else "", event.error)
+            log.warning(
+                "migration %s: %s failed: %s%s",
+                self._spec.migration_id,
+                event.phase.value,
+                f"{event.where}: " if event.where else "",
+                event.error,
+            )
         if len(commands) != 1:
             raise AssertionError(f"the machine emitted {commands!r}; the runner expects one")
         return commands[0]
@@ -349,8 +366,12 @@ class _Runner:
         except TimeoutError:
             if not scope.expired():
                 raise
-            return StepFailed(phase, f"{type(command).__name__} timed out after {limit:g} s",
-                              self._where[self._part], self._part)
+            return StepFailed(
+                phase,
+                f"{type(command).__name__} timed out after {limit:g} s",
+                self._where[self._part],
+                self._part,
+            )
         except _PortFailed as exc:
             return StepFailed(phase, exc.error, exc.where, exc.part)
 
@@ -371,8 +392,9 @@ class _Runner:
         """The journal record of a phase, before its first command (RecordCommit is one)."""
         if phase is self._recorded or isinstance(command, RecordCommit):
             return
-        detail = (f"strategy {self._m.strategy.value}" if phase is Phase.PREPARE
-                  else _detail(command))
+        detail = (
+            f"strategy {self._m.strategy.value}" if phase is Phase.PREPARE else _detail(command)
+        )
         await self._append(phase, self._cause, detail)
 
     async def _append(self, phase: Phase, cause: str, detail: str = "") -> None:
@@ -390,26 +412,29 @@ class _Runner:
                 return HookFired(point)
             case PrepareDestination(strategy=strategy, needed_bytes=needed):
                 return DestinationPrepared(
-                    await self._call(Part.DEST, dest.prepare, strategy, needed))
+                    await self._call(Part.DEST, dest.prepare, strategy, needed)
+                )
             case StartPreDump(iteration=iteration, page_server=page_server):
                 return PreDumpFinished(
-                    await self._call(Part.SOURCE, source.pre_dump, iteration, page_server))
+                    await self._call(Part.SOURCE, source.pre_dump, iteration, page_server)
+                )
             case FreezeAndDump(lazy=lazy, page_server=page_server):
                 started = self._clock.monotonic()
-                figures = await self._call(Part.SOURCE, source.freeze_and_dump, lazy,
-                                           page_server)
+                figures = await self._call(Part.SOURCE, source.freeze_and_dump, lazy, page_server)
                 return SourceFrozen(figures, started)
             case ReleaseDump(commit=commit):
                 await self._call(Part.SOURCE, source.release, commit=commit)
                 return DumpReleased(commit)
             case TransferImages():
                 return ImagesTransferred(
-                    await self._call(Part.TRANSPORT, self._transport.transfer_images))
+                    await self._call(Part.TRANSPORT, self._transport.transfer_images)
+                )
             case RestoreStopped(lazy=lazy):
                 return RestoredStopped(await self._call(Part.DEST, dest.restore, lazy))
             case RecordCommit():
                 await self._append(
-                    Phase.COMMIT, "commit", f"{self._spec.workload} to {self._spec.dest_host}")
+                    Phase.COMMIT, "commit", f"{self._spec.workload} to {self._spec.dest_host}"
+                )
                 return CommitRecorded()
             case KillSource():
                 await self._call(Part.SOURCE, source.kill)
@@ -447,7 +472,8 @@ class _Runner:
         except* _PortFailed as failed:
             found = [exc for exc in failed.exceptions if isinstance(exc, _PortFailed)]
             raise _PortFailed(
-                found[0].part, " and ".join(exc.where for exc in found),
+                found[0].part,
+                " and ".join(exc.where for exc in found),
                 "; ".join(exc.error for exc in found),
             ) from None
 
@@ -456,10 +482,15 @@ class _Runner:
     def _facts(self, reason: str = "") -> HookFacts:
         spec = self._spec
         return HookFacts(
-            migration_id=spec.migration_id, workload=spec.workload,
-            source_host=spec.source_host, dest_host=spec.dest_host,
-            source_address=spec.source_address, dest_address=spec.dest_address,
-            strategy=self._m.strategy, phase=self._m.phase, reason=reason,
+            migration_id=spec.migration_id,
+            workload=spec.workload,
+            source_host=spec.source_host,
+            dest_host=spec.dest_host,
+            source_address=spec.source_address,
+            dest_address=spec.dest_address,
+            strategy=self._m.strategy,
+            phase=self._m.phase,
+            reason=reason,
         )
 
     async def _fire(self, point: HookPoint) -> None:
@@ -481,8 +512,11 @@ class _Runner:
                 return RolledBack(tuple(await self._undo(steps)))
             case CleanUp():
                 problems = [
-                    problem for part, call in ((Part.SOURCE, self._source.cleanup),
-                                               (Part.DEST, self._dest.cleanup))
+                    problem
+                    for part, call in (
+                        (Part.SOURCE, self._source.cleanup),
+                        (Part.DEST, self._dest.cleanup),
+                    )
                     if (problem := await self._attempt(part, "cleaning up", call)) is not None
                 ]
                 return CleanedUp(tuple(problems))
@@ -490,8 +524,9 @@ class _Runner:
                 return HookFired(point, await self._fire_quietly(point, reason) or "")
         raise AssertionError(f"the runner cannot execute {command!r} as best effort")
 
-    async def _attempt(self, part: Part, what: str, call: Callable[[], Awaitable[None]]
-                       ) -> str | None:
+    async def _attempt(
+        self, part: Part, what: str, call: Callable[[], Awaitable[None]]
+    ) -> str | None:
         """Run one best-effort action under its phase's limit; what went wrong, or None."""
         where, limit = self._where[part], self._timeouts.get(self._m.phase)
         self._part = part
@@ -499,7 +534,9 @@ class _Runner:
             async with asyncio.timeout(limit):
                 await call()
         except TimeoutError:
-            return f"{where}: {what} timed out" + (f" after {limit:g} s" if limit is not None else "")
+            return f"{where}: {what} timed out" + (
+                f" after {limit:g} s" if limit is not None else ""
+            )
         # Best effort by contract: every action is tried, each failure is reported.
         except Exception as exc:
             return f"{where}: {what} failed: {_describe(exc)}"
@@ -540,8 +577,9 @@ class _Runner:
             await self._record_quietly(self._m.phase, f"hook {point.value} failed", problem)
         return problem
 
-    async def _record_quietly(self, phase: Phase, cause: str, detail: str, *,
-                              new_only: bool = False) -> None:
+    async def _record_quietly(
+        self, phase: Phase, cause: str, detail: str, *, new_only: bool = False
+    ) -> None:
         """A journal record whose failure is reported, not fatal; ``new_only``: only
         if this phase is not recorded yet."""
         if new_only and phase is self._recorded:

@@ -7,18 +7,20 @@ from types import MappingProxyType
 
 from haul.engine.phases import Phase
 
-DEFAULT_TIMEOUTS_S: Mapping[Phase, float] = MappingProxyType({
-    Phase.PREFLIGHT: 60.0,
-    Phase.PREPARE: 60.0,
-    Phase.PRECOPY: 600.0,
-    Phase.FREEZE: 300.0,
-    Phase.TRANSFER: 600.0,
-    Phase.RESTORE: 300.0,
-    Phase.COMMIT: 60.0,
-    Phase.LAZY_PAGES: 1800.0,
-    Phase.CLEANUP: 120.0,
-    Phase.ROLLING_BACK: 120.0,
-})
+DEFAULT_TIMEOUTS_S: Mapping[Phase, float] = MappingProxyType(
+    {
+        Phase.PREFLIGHT: 60.0,
+        Phase.PREPARE: 60.0,
+        Phase.PRECOPY: 600.0,
+        Phase.FREEZE: 300.0,
+        Phase.TRANSFER: 600.0,
+        Phase.RESTORE: 300.0,
+        Phase.COMMIT: 60.0,
+        Phase.LAZY_PAGES: 1800.0,
+        Phase.CLEANUP: 120.0,
+        Phase.ROLLING_BACK: 120.0,
+    }
+)
 
 
 def scaled(total_s: float | None) -> Mapping[Phase, float]:

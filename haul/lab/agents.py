@@ -170,13 +170,19 @@ def lab_inventory(spec: LabSpec, token: str, *, tls: bool = False) -> Inventory:
     (and with ``tls`` the CA and the CLI's certificate for that address)."""
     pki = pki_dir(spec.prefix)
     cli = host_files(pki, CLI_CERT)
-    return Inventory(hosts={
-        h.name: HostEntry(url=f"unix://{agent_socket(spec.prefix, h.name)}",
-                          peer_url=peer_url(h, tls), token=token,
-                          ca=ca_files(pki).cert if tls else None,
-                          cert=cli.cert if tls else None, key=cli.key if tls else None)
-        for h in (spec.host(i) for i in range(1, spec.hosts + 1))
-    })
+    return Inventory(
+        hosts={
+            h.name: HostEntry(
+                url=f"unix://{agent_socket(spec.prefix, h.name)}",
+                peer_url=peer_url(h, tls),
+                token=token,
+                ca=ca_files(pki).cert if tls else None,
+                cert=cli.cert if tls else None,
+                key=cli.key if tls else None,
+            )
+            for h in (spec.host(i) for i in range(1, spec.hosts + 1))
+        }
+    )
 
 
 def _is_lab_inventory(path: Path) -> bool:
@@ -187,7 +193,8 @@ def _is_lab_inventory(path: Path) -> bool:
         return False
     lab_urls = f"unix://{state_dir()}/"
     return bool(inventory.hosts) and all(
-        h.url.startswith(lab_urls) for h in inventory.hosts.values())
+        h.url.startswith(lab_urls) for h in inventory.hosts.values()
+    )
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -211,7 +218,10 @@ def _spawn(host: HostSpec, config: Path) -> _Polled:
     argv = [*host.ns.prefix(), sys.executable, "-m", "haul", "agent", "--config", str(config)]
     with agent_log_path(host).open("ab") as logfile:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
             cwd="/",
             start_new_session=True,  # not in the terminal's process group: Ctrl-C spares it
         )
@@ -224,8 +234,9 @@ class _HasReturncode(Protocol):
     def returncode(self) -> int | None: ...
 
 
-async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
-                        timeout_s: float) -> None:
+async def _wait_healthy(
+    host: HostSpec, proc: _HasReturncode, socket: Path, timeout_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     async with AgentAccess(f"unix://{socket}", timeout_s=2.0).client() as agent:
@@ -246,8 +257,9 @@ async def _wait_healthy(host: HostSpec, proc: _HasReturncode, socket: Path,
             await asyncio.sleep(_POLL_S)
 
 
-async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, _HasReturncode, Path]],
-                            timeout_s: float) -> None:
+async def _wait_all_healthy(
+    waits: Sequence[tuple[HostSpec, _HasReturncode, Path]], timeout_s: float
+) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             for host, proc, socket in waits:
@@ -256,8 +268,14 @@ async def _wait_all_healthy(waits: Sequence[tuple[HostSpec, _HasReturncode, Path
         raise group.exceptions[0] from None
 
 
-async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None = None,
-                       tls: bool = False, timeout_s: float = START_TIMEOUT_S) -> None:
+async def start_agents(
+    spec: LabSpec,
+    ledger: Ledger,
+    *,
+    inventory: Path | None = None,
+    tls: bool = False,
+    timeout_s: float = START_TIMEOUT_S,
+) -> None:
     """Start an agent in each host and wait until each answers; write the inventory.
     With ``tls``, make the lab's CA and certificates first; the agents do mutual TLS.
 
@@ -265,8 +283,9 @@ async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None 
     ledger before it is made, so ``lab_down`` undoes a failure half way.
     """
     if inventory is not None and inventory.exists() and not _is_lab_inventory(inventory):
-        raise LabError(f"{inventory} exists and is not a lab's inventory; "
-                       "give another path or move it away")
+        raise LabError(
+            f"{inventory} exists and is not a lab's inventory; give another path or move it away"
+        )
     token = secrets.token_urlsafe(32)
     ledger.token_sha256 = token_digest(token)
     ledger.record_dir(lab_dir(spec.prefix))
@@ -275,8 +294,7 @@ async def start_agents(spec: LabSpec, ledger: Ledger, *, inventory: Path | None 
         try:
             make_lab_pki(spec)
         except HaulError as exc:
-            raise LabError(f"the lab's certificates could not be made: {exc.one_line()}"
-                           ) from exc
+            raise LabError(f"the lab's certificates could not be made: {exc.one_line()}") from exc
     hosts = [spec.host(i) for i in range(1, spec.hosts + 1)]
     configs: list[Path] = []
     for i, host in enumerate(hosts, start=1):
@@ -335,8 +353,9 @@ def _forget_inventory(ledger: Ledger) -> list[str]:
     except ConfigError:
         return []  # someone else's now
     entries = inventory.hosts.values()
-    if entries and all(h.token is not None and token_digest(h.token) == ledger.token_sha256
-                       for h in entries):
+    if entries and all(
+        h.token is not None and token_digest(h.token) == ledger.token_sha256 for h in entries
+    ):
         try:
             path.unlink()
         except FileNotFoundError:
@@ -366,8 +385,9 @@ def stop_agents(ledger: Ledger) -> list[str]:
     return problems
 
 
-async def restart_agent(spec: LabSpec, name: str, *, kill_only: bool = False,
-                        timeout_s: float = START_TIMEOUT_S) -> int | None:
+async def restart_agent(
+    spec: LabSpec, name: str, *, kill_only: bool = False, timeout_s: float = START_TIMEOUT_S
+) -> int | None:
     """Kill one lab host's agent (SIGKILL, as a crash would) and, unless ``kill_only``,
     start it again with the same config; return the new PID."""
     ledger = Ledger.load(spec.prefix)
@@ -404,4 +424,3 @@ class _Polled:
     @property
     def returncode(self) -> int | None:
         return self._proc.poll()
-

@@ -78,8 +78,12 @@ class DemoResult:
 
     @property
     def passed(self) -> bool:
-        return (all(m.outcome == "done" for m in self.moves) and self.load.failed == 0
-                and self.verdict.startswith("PASS") and self.check.startswith("PASS"))
+        return (
+            all(m.outcome == "done" for m in self.moves)
+            and self.load.failed == 0
+            and self.verdict.startswith("PASS")
+            and self.check.startswith("PASS")
+        )
 
 
 async def run_demo(
@@ -98,75 +102,127 @@ async def run_demo(
     spec = LabSpec(prefix=DEMO_PREFIX, hosts=2)
     with tempfile.TemporaryDirectory(prefix="haul-demo-") as tmp:
         inventory = Path(tmp) / "hosts.toml"
-        say(f"lab up: {spec.host(1).netns} and {spec.host(2).netns} with an agent each, "
-            f"{spec.client.netns} for HAProxy and the client")
+        say(
+            f"lab up: {spec.host(1).netns} and {spec.host(2).netns} with an agent each, "
+            f"{spec.client.netns} for HAProxy and the client"
+        )
         await lab_up(spec, inventory=inventory)
         try:
-            return await _demo(spec, inventory, mem_mib, strategy, out_dir, settle_s,
-                               connections, moves, say)
+            return await _demo(
+                spec, inventory, mem_mib, strategy, out_dir, settle_s, connections, moves, say
+            )
         finally:
             await asyncio.shield(asyncio.to_thread(lab_down, DEMO_PREFIX))
             say("lab down: agents, HAProxy, the service, namespaces and directories removed")
 
 
-async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy,
-                out_dir: Path, settle_s: float, connections: int, moves: int,
-                say: Callable[[str], None]) -> DemoResult:
+async def _demo(
+    spec: LabSpec,
+    inventory: Path,
+    mem_mib: int,
+    strategy: Strategy,
+    out_dir: Path,
+    settle_s: float,
+    connections: int,
+    moves: int,
+    say: Callable[[str], None],
+) -> DemoResult:
     inv = load_inventory(inventory)
     host1, host2 = spec.host(1).name, spec.host(2).name
     async with AgentAccess.of_entry(inv.host(host1)).client() as agent:
         view = await agent.start_workload(
-            SERVICE, [sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
-                      "--port", str(SERVICE_PORT), "--mem-mib", str(mem_mib)],
-            net=NetSpec(address=SERVICE_ADDRESS, port=SERVICE_PORT))
+            SERVICE,
+            [
+                sys.executable,
+                "-S",
+                "-E",
+                str(WEB),
+                "--outfile",
+                "verdict",
+                "--port",
+                str(SERVICE_PORT),
+                "--mem-mib",
+                str(mem_mib),
+            ],
+            net=NetSpec(address=SERVICE_ADDRESS, port=SERVICE_PORT),
+        )
     outfile = spec.host(1).data_backing / "agent" / "workloads" / SERVICE / "verdict"
     await _wait_ready(outfile, timeout_s=30 + mem_mib / 20)
     ip = SERVICE_ADDRESS.split("/")[0]
-    say(f"started the web service on {host1} at {ip}:{SERVICE_PORT} holding {mem_mib} MiB "
-        f"(root PID {view.root_pid})")
-    proxy = await start_haproxy(spec, LbConfig(
-        servers=(LbServer(SERVICE, ip, SERVICE_PORT),), frontend_port=FRONTEND_PORT,
-        check_path="/health"))
+    say(
+        f"started the web service on {host1} at {ip}:{SERVICE_PORT} holding {mem_mib} MiB "
+        f"(root PID {view.root_pid})"
+    )
+    proxy = await start_haproxy(
+        spec,
+        LbConfig(
+            servers=(LbServer(SERVICE, ip, SERVICE_PORT),),
+            frontend_port=FRONTEND_PORT,
+            check_path="/health",
+        ),
+    )
     say(f"HAProxy in {spec.client.netns}: {proxy.url} -> {ip}:{SERVICE_PORT}")
     try:
-        load = LoadGen(proxy.url, connections=connections,
-                       connect=netns_connector(spec.client.netns))
+        load = LoadGen(
+            proxy.url, connections=connections, connect=netns_connector(spec.client.netns)
+        )
         running = asyncio.create_task(load.run())
         done_moves: list[Move] = []
         route = [("A->B", host1, host2), ("B->A", host2, host1)] * (moves // 2 + 1)
         try:
             await asyncio.sleep(settle_s)
-            say(f"load: {connections} keep-alive connections through HAProxy, "
-                f"{load.completed} requests so far")
+            say(
+                f"load: {connections} keep-alive connections through HAProxy, "
+                f"{load.completed} requests so far"
+            )
             if not moves:
                 await asyncio.sleep(settle_s)  # the baseline: as long, with no migration
             for label, src, dst in route[:moves]:
                 # The built-in HAProxy cutover finds the server by the workload's
                 # address; the address moves with it, so it is the same server, kept in
                 # service (its health checks paused) through the frozen window.
-                ask = MigrateAsk(workload=SERVICE, to=dst, strategy=strategy,
-                                 lb=f"haproxy:{proxy.socket}:{proxy.backend}/*")
+                ask = MigrateAsk(
+                    workload=SERVICE,
+                    to=dst,
+                    strategy=strategy,
+                    lb=f"haproxy:{proxy.socket}:{proxy.backend}/*",
+                )
                 load.begin(label)
                 started = time.monotonic()
                 async with AgentAccess.of_entry(inv.host(src)).client() as agent:
                     mid = (await agent.migrations.start(ask)).id
                     done = await agent.migrations.watch(mid, say=say)
                 window = load.end(label)
-                done_moves.append(Move(
-                    label, src, dst, done.outcome, done.strategy, done.stats.frozen_ms,
-                    (time.monotonic() - started) * 1000, window.start_s, window.end_s,
-                    done.reason))
+                done_moves.append(
+                    Move(
+                        label,
+                        src,
+                        dst,
+                        done.outcome,
+                        done.strategy,
+                        done.stats.frozen_ms,
+                        (time.monotonic() - started) * 1000,
+                        window.start_s,
+                        window.end_s,
+                        done.reason,
+                    )
+                )
                 frozen = f"{done.stats.frozen_ms:.0f} ms" if done.stats.frozen_ms else "-"
-                say(f"migrated {src} -> {dst} ({done.strategy}): {done.outcome}, frozen "
-                    f"{frozen}; {load.failed} failed requests so far")
+                say(
+                    f"migrated {src} -> {dst} ({done.strategy}): {done.outcome}, frozen "
+                    f"{frozen}; {load.failed} failed requests so far"
+                )
                 if done.outcome != "done":
                     break
                 await asyncio.sleep(settle_s)
         finally:
             load.stop()
             run: LoadRun = await running
-        where = done_moves[-1].dest if done_moves and done_moves[-1].outcome == "done" else (
-            done_moves[-1].source if done_moves else host1)
+        where = (
+            done_moves[-1].dest
+            if done_moves and done_moves[-1].outcome == "done"
+            else (done_moves[-1].source if done_moves else host1)
+        )
         check = await _check(proxy.url, spec)
         verdict, served = await _verdict(spec, inventory, where)
     finally:
@@ -175,8 +231,9 @@ async def _demo(spec: LabSpec, inventory: Path, mem_mib: int, strategy: Strategy
     tsv, png = out_dir / "haul-demo.tsv", out_dir / "haul-demo.png"
     run.write_tsv(tsv)
     summary = run.summary()
-    write_latency_png(png, run, title=f"haul demo: a {mem_mib} MiB web service moved "
-                      "A->B->A under load")
+    write_latency_png(
+        png, run, title=f"haul demo: a {mem_mib} MiB web service moved A->B->A under load"
+    )
     return DemoResult(mem_mib, tuple(done_moves), summary, check, verdict, served, png, tsv)
 
 
@@ -187,8 +244,7 @@ async def _wait_ready(outfile: Path, timeout_s: float) -> None:
             if outfile.read_text().startswith("ready"):
                 return
         await asyncio.sleep(0.05)
-    raise WorkloadError(f"the web service did not get ready within {timeout_s:.0f} s "
-                        f"({outfile})")
+    raise WorkloadError(f"the web service did not get ready within {timeout_s:.0f} s ({outfile})")
 
 
 async def _check(url: str, spec: LabSpec) -> str:

@@ -74,27 +74,31 @@ class LbConfig:
     def __post_init__(self) -> None:
         for name in (self.backend, *(s.name for s in self.servers)):
             if not _NAME_RE.fullmatch(name):
-                raise UsageError(f"HAProxy name {name!r} may hold only letters, digits, "
-                                 "'-', '_', '.' and ':'")
+                raise UsageError(
+                    f"HAProxy name {name!r} may hold only letters, digits, '-', '_', '.' and ':'"
+                )
         if not self.servers and not self.spare_slots:
             raise UsageError(f"backend {self.backend!r} needs at least one server or slot")
         for s in self.servers:
             try:
                 ipaddress.ip_address(s.address)
             except ValueError:
-                raise UsageError(f"server {s.name}: {s.address!r} is not an IP address"
-                                 ) from None
+                raise UsageError(f"server {s.name}: {s.address!r} is not an IP address") from None
             if not 0 < s.port < 65536:
                 raise UsageError(f"server {s.name}: port {s.port} is out of range")
         if self.socket_level not in ("user", "operator", "admin"):
-            raise UsageError(f"stats socket level {self.socket_level!r} is not "
-                             "user, operator or admin")
+            raise UsageError(
+                f"stats socket level {self.socket_level!r} is not user, operator or admin"
+            )
         if self.http_reuse not in ("never", "safe", "aggressive", "always"):
-            raise UsageError(f"http-reuse {self.http_reuse!r} is not never, safe, aggressive "
-                             "or always")
-        for what, value in (("connect timeout", self.connect_timeout_ms),
-                            ("server timeout", self.server_timeout_ms),
-                            ("check interval", self.check_inter_ms)):
+            raise UsageError(
+                f"http-reuse {self.http_reuse!r} is not never, safe, aggressive or always"
+            )
+        for what, value in (
+            ("connect timeout", self.connect_timeout_ms),
+            ("server timeout", self.server_timeout_ms),
+            ("check interval", self.check_inter_ms),
+        ):
             if value <= 0:
                 raise UsageError(f"the {what} must be above 0 ms, not {value}")
         if self.retries < 0:
@@ -167,8 +171,10 @@ def haproxy_config(cfg: LbConfig, *, bind_address: str, socket: Path) -> str:
         extra = ("" if s.enabled else " disabled") + ("" if s.check else " no-check")
         lines.append(f"    server {s.name} {_host_port(s.address, s.port)}{extra}")
     if cfg.spare_slots:
-        lines.append(f"    server-template {SLOT_PREFIX} {cfg.spare_slots} "
-                     f"{_host_port('0.0.0.0', slot_port)} disabled")
+        lines.append(
+            f"    server-template {SLOT_PREFIX} {cfg.spare_slots} "
+            f"{_host_port('0.0.0.0', slot_port)} disabled"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -188,8 +194,9 @@ def haproxy_dir(spec: LabSpec, name: str = "haproxy") -> Path:
     return spec.client.workdir / name
 
 
-async def start_haproxy(spec: LabSpec, cfg: LbConfig, *, name: str = "haproxy",
-                        timeout_s: float = START_TIMEOUT_S) -> LabHaproxy:
+async def start_haproxy(
+    spec: LabSpec, cfg: LbConfig, *, name: str = "haproxy", timeout_s: float = START_TIMEOUT_S
+) -> LabHaproxy:
     """Run HAProxy in the lab's client member; return once its stats socket answers."""
     ledger = Ledger.load(spec.prefix)
     if ledger is None:
@@ -206,26 +213,45 @@ async def start_haproxy(spec: LabSpec, cfg: LbConfig, *, name: str = "haproxy",
     socket.unlink(missing_ok=True)
     config = directory / "haproxy.cfg"
     log = directory / "haproxy.log"
-    config.write_text(haproxy_config(cfg, bind_address=str(spec.client.address.ip),
-                                     socket=socket))
+    config.write_text(haproxy_config(cfg, bind_address=str(spec.client.address.ip), socket=socket))
     argv = [*spec.client.ns.prefix(), str(haproxy_binary())]
     check = await asyncio.create_subprocess_exec(
-        *argv, "-c", "-q", "-f", str(config), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *argv,
+        "-c",
+        "-q",
+        "-f",
+        str(config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await check.communicate()
     if check.returncode != 0:
-        text = " | ".join(line.strip() for line in out.decode(errors="replace").splitlines()
-                          if line.strip())
+        text = " | ".join(
+            line.strip() for line in out.decode(errors="replace").splitlines() if line.strip()
+        )
         raise LabError(f"HAProxy refused the configuration {config}: {text}")
     with log.open("ab") as logfile:
         proc = subprocess.Popen(
-            [*argv, "-db", "-f", str(config)], stdin=subprocess.DEVNULL, stdout=logfile,
-            stderr=subprocess.STDOUT, cwd="/", start_new_session=True)
+            [*argv, "-db", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            cwd="/",
+            start_new_session=True,
+        )
     _SPAWNED.append(proc)
     ledger.record_service(service, proc.pid)
     url = f"http://{_host_port(str(spec.client.address.ip), cfg.frontend_port)}/"
-    running = LabHaproxy(name=service, pid=proc.pid, socket=socket, url=url, config=config,
-                         log=log, backend=cfg.backend)
+    running = LabHaproxy(
+        name=service,
+        pid=proc.pid,
+        socket=socket,
+        url=url,
+        config=config,
+        log=log,
+        backend=cfg.backend,
+    )
     try:
         await _wait_answering(proc, socket, log, timeout_s)
     except BaseException:
@@ -234,8 +260,9 @@ async def start_haproxy(spec: LabSpec, cfg: LbConfig, *, name: str = "haproxy",
     return running
 
 
-async def _wait_answering(proc: subprocess.Popen[bytes], socket: Path, log: Path,
-                          timeout_s: float) -> None:
+async def _wait_answering(
+    proc: subprocess.Popen[bytes], socket: Path, log: Path, timeout_s: float
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
@@ -253,8 +280,9 @@ async def _wait_answering(proc: subprocess.Popen[bytes], socket: Path, log: Path
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
         if loop.time() >= deadline:
-            raise LabError(f"HAProxy did not answer on {socket} within {timeout_s:.0f} s: "
-                           f"{log_tail(log)}")
+            raise LabError(
+                f"HAProxy did not answer on {socket} within {timeout_s:.0f} s: {log_tail(log)}"
+            )
         await asyncio.sleep(_POLL_S)
 
 
@@ -293,13 +321,22 @@ def _reap(pid: int) -> None:
                 _SPAWNED.remove(proc)
 
 
-def lab_servers(spec: LabSpec, port: int, *, hosts: Sequence[int] = (1, 2),
-                enabled: Sequence[int] = (1,), template: str = "web-{host}"
-                ) -> tuple[LbServer, ...]:
+def lab_servers(
+    spec: LabSpec,
+    port: int,
+    *,
+    hosts: Sequence[int] = (1, 2),
+    enabled: Sequence[int] = (1,),
+    template: str = "web-{host}",
+) -> tuple[LbServer, ...]:
     """One server per lab host, named after it, at the host's address."""
     return tuple(
-        LbServer(name=template.replace("{host}", spec.host(i).name),
-                 address=str(spec.host(i).address.ip), port=port, enabled=i in enabled)
+        LbServer(
+            name=template.replace("{host}", spec.host(i).name),
+            address=str(spec.host(i).address.ip),
+            port=port,
+            enabled=i in enabled,
+        )
         for i in hosts
     )
 

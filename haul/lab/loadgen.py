@@ -145,8 +145,10 @@ def _target(url: str) -> tuple[str, int, bytes]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    request = (f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-               "User-Agent: haul-loadgen\r\nAccept: */*\r\n\r\n")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "User-Agent: haul-loadgen\r\nAccept: */*\r\n\r\n"
+    )
     return parts.hostname, port, request.encode("latin-1")
 
 
@@ -154,8 +156,9 @@ async def _open(host: str, port: int) -> Streams:
     return await asyncio.open_connection(host, port)
 
 
-async def http_get(url: str, *, timeout_s: float = 30.0,
-                   connect: Connector | None = None) -> tuple[int, bytes]:
+async def http_get(
+    url: str, *, timeout_s: float = 30.0, connect: Connector | None = None
+) -> tuple[int, bytes]:
     """One GET on a new connection: status and body (for /check and the like)."""
     host, port, request = _target(url)
     async with asyncio.timeout(timeout_s):
@@ -425,19 +428,41 @@ class LoadGen:
             return self._sample(n, started, connect_s, wait_s, 0, None, _describe(exc)), None, new
         wait_s = response.first_byte - sent
         served = response.headers.get("x-count")
-        sample = self._sample(n, started, connect_s, wait_s, response.status,
-                              int(served) if served and served.isdigit() else None, "")
+        sample = self._sample(
+            n,
+            started,
+            connect_s,
+            wait_s,
+            response.status,
+            int(served) if served and served.isdigit() else None,
+            "",
+        )
         if not response.keep_alive or not sample.ok:
             _close(streams[1])
             return sample, None, new
         return sample, streams, new
 
-    def _sample(self, n: int, started: float, connect_s: float, wait_s: float, status: int,
-                served: int | None, error: str) -> Sample:
+    def _sample(
+        self,
+        n: int,
+        started: float,
+        connect_s: float,
+        wait_s: float,
+        status: int,
+        served: int | None,
+        error: str,
+    ) -> Sample:
         assert self._t0 is not None
-        return Sample(start_s=started - self._t0, latency_s=time.monotonic() - started,
-                      connect_s=connect_s, wait_s=wait_s, status=status, conn=n,
-                      served=served, error=error)
+        return Sample(
+            start_s=started - self._t0,
+            latency_s=time.monotonic() - started,
+            connect_s=connect_s,
+            wait_s=wait_s,
+            status=status,
+            conn=n,
+            served=served,
+            error=error,
+        )
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
@@ -490,8 +515,12 @@ async def _stdin_reader() -> asyncio.StreamReader:
 
 
 async def _main(args: argparse.Namespace) -> LoadRun:
-    load = LoadGen(args.url, connections=args.connections, timeout_s=args.timeout,
-                   interval_s=args.interval_ms / 1000)
+    load = LoadGen(
+        args.url,
+        connections=args.connections,
+        timeout_s=args.timeout,
+        interval_s=args.interval_ms / 1000,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, load.stop)
@@ -513,17 +542,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Send keep-alive GETs to URL and record every request (like ab -g).",
     )
     parser.add_argument("url")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds to run (default: until SIGINT/SIGTERM or 'stop')")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds to run (default: until SIGINT/SIGTERM or 'stop')",
+    )
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    parser.add_argument("--interval-ms", type=float, default=0.0,
-                        help="least time between request starts on one connection")
+    parser.add_argument(
+        "--interval-ms",
+        type=float,
+        default=0.0,
+        help="least time between request starts on one connection",
+    )
     parser.add_argument("--tsv", type=Path, help="write every request here (ab -g columns)")
     parser.add_argument("--png", type=Path, help="write the latency plot here")
     parser.add_argument("--title", default="", help="the plot's title")
-    parser.add_argument("--control-stdin", action="store_true",
-                        help="read 'begin|end|mark LABEL' and 'stop' lines from stdin")
+    parser.add_argument(
+        "--control-stdin",
+        action="store_true",
+        help="read 'begin|end|mark LABEL' and 'stop' lines from stdin",
+    )
     args = parser.parse_args(argv)
     try:
         run = asyncio.run(_main(args))

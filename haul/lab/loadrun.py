@@ -23,8 +23,10 @@ from pathlib import Path
 
 from haul.errors import UsageError
 
-TSV_HEADER = ("starttime\tseconds\tctime\tdtime\tttime\twait"
-              "\tstart_s\tlatency_ms\tstatus\tconn\tserved\terror")
+TSV_HEADER = (
+    "starttime\tseconds\tctime\tdtime\tttime\twait"
+    "\tstart_s\tlatency_ms\tstatus\tconn\tserved\terror"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,14 @@ def largest_gap(completions: Iterable[float], start_s: float, end_s: float) -> t
     return best, at
 
 
-def summarize(samples: Sequence[Sample], *, end_s: float, connections: int,
-              reconnects: int, start_s: float = 0.0) -> Summary:
+def summarize(
+    samples: Sequence[Sample],
+    *,
+    end_s: float,
+    connections: int,
+    reconnects: int,
+    start_s: float = 0.0,
+) -> Summary:
     """Figures over ``samples``, for a run (or a part of one) from start_s to end_s."""
     good = [s for s in samples if s.ok]
     latencies = sorted(s.latency_s for s in good)
@@ -158,8 +166,9 @@ class LoadRun:
     marks: tuple[Mark, ...] = ()
 
     def summary(self) -> Summary:
-        return summarize(self.samples, end_s=self.end_s, connections=self.connections,
-                         reconnects=self.reconnects)
+        return summarize(
+            self.samples, end_s=self.end_s, connections=self.connections, reconnects=self.reconnects
+        )
 
     def failures(self) -> list[Sample]:
         return [s for s in self.samples if not s.ok]
@@ -170,8 +179,10 @@ class LoadRun:
             **self.summary().as_json(),
             "t0_monotonic": self.t0_monotonic,
             "t0_wall": self.t0_wall,
-            "windows": [{"label": w.label, "start_s": round(w.start_s, 4),
-                         "end_s": round(w.end_s, 4)} for w in self.windows],
+            "windows": [
+                {"label": w.label, "start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4)}
+                for w in self.windows
+            ],
             "marks": [{"label": m.label, "t_s": round(m.t_s, 4)} for m in self.marks],
             "errors": _error_counts(self.samples),
         }
@@ -209,12 +220,18 @@ def read_tsv(path: Path) -> list[Sample]:
         cols = line.split("\t")
         if len(cols) != 12:
             raise UsageError(f"{path}:{n}: {len(cols)} columns, not 12")
-        samples.append(Sample(
-            start_s=float(cols[6]), latency_s=float(cols[7]) / 1000,
-            connect_s=int(cols[2]) / 1000, wait_s=int(cols[5]) / 1000,
-            status=int(cols[8]), conn=int(cols[9]),
-            served=None if cols[10] == "-" else int(cols[10]), error=cols[11],
-        ))
+        samples.append(
+            Sample(
+                start_s=float(cols[6]),
+                latency_s=float(cols[7]) / 1000,
+                connect_s=int(cols[2]) / 1000,
+                wait_s=int(cols[5]) / 1000,
+                status=int(cols[8]),
+                conn=int(cols[9]),
+                served=None if cols[10] == "-" else int(cols[10]),
+                error=cols[11],
+            )
+        )
     return samples
 
 

@@ -60,29 +60,44 @@ async def migrate_in_lab(
 ) -> LabMigration:
     mid = "m" + secrets.token_hex(6)
     source = CriuSource(
-        criu.on(src.ns), tree, src.workdir / "out" / mid,
+        criu.on(src.ns),
+        tree,
+        src.workdir / "out" / mid,
         lazy_listen=PageServer(str(src.address.ip), 20000 + secrets.randbelow(20000)),
         data_dir=src.data_backing / workload,
     )
     dest = CriuDestination(
-        criu.on(dst.ns), (dest_workdir or dst.workdir / "in") / mid,
-        data=dst.data_backing, listen=PageServer(str(dst.address.ip), 0),
+        criu.on(dst.ns),
+        (dest_workdir or dst.workdir / "in") / mid,
+        data=dst.data_backing,
+        listen=PageServer(str(dst.address.ip), 0),
         lazy_source=source.lazy_listen,
     )
     transport = LocalTransport(
-        source.images, dest.images,
-        source_data=src.data_backing / workload, dest_data=dst.data_backing / workload,
+        source.images,
+        dest.images,
+        source_data=src.data_backing / workload,
+        dest_data=dst.data_backing / workload,
     )
     spec = MigrationSpec(
-        migration_id=mid, workload=workload, source_host=src.name, dest_host=dst.name,
-        strategy=strategy, max_downtime_ms=max_downtime_ms,
-        source_address=str(src.address.ip), dest_address=str(dst.address.ip),
+        migration_id=mid,
+        workload=workload,
+        source_host=src.name,
+        dest_host=dst.name,
+        strategy=strategy,
+        max_downtime_ms=max_downtime_ms,
+        source_address=str(src.address.ip),
+        dest_address=str(dst.address.ip),
     )
     migration = Migration(spec)
     outcome = await run(
-        migration, source=source, dest=dest,
-        transport=transport, journal=Journal(src.workdir / "journal"),
-        timeouts=timeouts if timeouts is not None else DEFAULT_TIMEOUTS_S, on_event=on_event,
+        migration,
+        source=source,
+        dest=dest,
+        transport=transport,
+        journal=Journal(src.workdir / "journal"),
+        timeouts=timeouts if timeouts is not None else DEFAULT_TIMEOUTS_S,
+        on_event=on_event,
         hooks=hooks,
     )
     return LabMigration(migration, outcome, source, dest)

@@ -101,8 +101,9 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
             # takes its ports' lowest MAC and changes it as workload veths come and go,
             # and its neighbours' ARP caches then point at a MAC no longer here.
             (uplink,) = await ipr.link("get", index=index)
-            await ipr.link("add", ifname=HOST_BRIDGE, kind="bridge",
-                           address=uplink.get("IFLA_ADDRESS"))
+            await ipr.link(
+                "add", ifname=HOST_BRIDGE, kind="bridge", address=uplink.get("IFLA_ADDRESS")
+            )
             bridge = (await ipr.link_lookup(ifname=HOST_BRIDGE))[0]
             await ipr.link("set", index=index, master=bridge, state="up")
             index = bridge
@@ -115,8 +116,9 @@ async def _wire_member(spec: LabSpec, member: HostSpec, bridge_index: int) -> No
         await ipr.link("set", index=index, state="up")
 
 
-async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None = None,
-                 tls: bool = False) -> LabStatus:
+async def lab_up(
+    spec: LabSpec, *, agents: bool = True, inventory: Path | None = None, tls: bool = False
+) -> LabStatus:
     """Create the lab; on any failure, remove what was made and raise LabError.
 
     With ``agents``, a ``haul agent`` runs in every host (see haul.lab.agents)
@@ -167,7 +169,9 @@ async def lab_up(spec: LabSpec, *, agents: bool = True, inventory: Path | None =
 
 async def _run(*argv: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await proc.communicate()
@@ -187,8 +191,15 @@ async def _make_mount_namespaces(spec: LabSpec, ledger: Ledger) -> None:
         member.mntns.touch()
         ledger.record_mount(member.mntns)
         await _run(
-            "unshare", f"--mount={member.mntns}", "--propagation", "private", "--",
-            "mount", "--bind", str(member.data_backing), str(spec.data_path),
+            "unshare",
+            f"--mount={member.mntns}",
+            "--propagation",
+            "private",
+            "--",
+            "mount",
+            "--bind",
+            str(member.data_backing),
+            str(spec.data_path),
         )
 
 

@@ -34,14 +34,19 @@ T = TypeVar("T")
 HAUL_TIMEOUT_S = 180.0
 
 
-def run_haul(inventory: Path, *args: str, timeout_s: float = HAUL_TIMEOUT_S,
-             netns: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_haul(
+    inventory: Path, *args: str, timeout_s: float = HAUL_TIMEOUT_S, netns: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``haul ARGS...`` with ``inventory`` as its hosts inventory, in network namespace
     ``netns`` if given (else this machine's); its output captured as text."""
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    return subprocess.run([*prefix, sys.executable, "-m", "haul", *args],
-                          capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, "HAUL_HOSTS": str(inventory)})
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "haul", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "HAUL_HOSTS": str(inventory)},
+    )
 
 
 def ps(inventory: Path) -> list[dict[str, Any]]:
@@ -79,8 +84,7 @@ def count(lab: LabSpec, host: str, name: str) -> int:
     return int(state_file(lab, host, name).read_text().split()[1])
 
 
-def wait_count_above(lab: LabSpec, host: str, name: str, n: int,
-                     timeout_s: float = 20.0) -> int:
+def wait_count_above(lab: LabSpec, host: str, name: str, n: int, timeout_s: float = 20.0) -> int:
     """Wait until the counter ``name`` on ``host`` has counted past ``n``; return its count."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -94,19 +98,39 @@ def wait_count_above(lab: LabSpec, host: str, name: str, n: int,
     raise LabError(f"{name} on {host} did not count past {n} in {timeout_s:g} s")
 
 
-def run_counter(inventory: Path, lab: LabSpec, name: str, *, host: str = "host1",
-                mem_mib: int = 32, timeout_s: float = 20.0) -> None:
+def run_counter(
+    inventory: Path,
+    lab: LabSpec,
+    name: str,
+    *,
+    host: str = "host1",
+    mem_mib: int = 32,
+    timeout_s: float = 20.0,
+) -> None:
     """``haul run`` the counter sample as ``name`` on ``host`` with ``mem_mib`` of memory;
     return once it counts (within ``timeout_s`` of being started)."""
-    done = run_haul(inventory, "run", "--name", name, "--host", host, "--",
-                    sys.executable, "-S", "-E", str(COUNTER), "state", "--mem-mib", str(mem_mib))
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        name,
+        "--host",
+        host,
+        "--",
+        sys.executable,
+        "-S",
+        "-E",
+        str(COUNTER),
+        "state",
+        "--mem-mib",
+        str(mem_mib),
+    )
     if done.returncode != 0:
         raise LabError(f"haul run {name} failed: {done.stderr.strip()}")
     wait_count_above(lab, host, name, 2, timeout_s)
 
 
-def verdict(lab: LabSpec, inventory: Path, host: str, name: str,
-            timeout_s: float = 30.0) -> str:
+def verdict(lab: LabSpec, inventory: Path, host: str, name: str, timeout_s: float = 30.0) -> str:
     """SIGTERM the counter ``name``, which must run on ``host`` alone (its init forwards
     the signal), and return its verdict: ``PASS n`` or ``FAIL ...``."""
     rows = [r for r in ps(inventory) if r["name"] == name]
@@ -149,7 +173,9 @@ def journal_phases(lab: LabSpec, host: str, migration_id: str) -> list[str]:
 
 def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
     """``GET /v1/incoming`` of ``host``'s agent: the migrations it receives or received."""
+
     async def get() -> list[dict[str, Any]]:
         async with AgentAccess(f"unix://{agent_socket(lab.prefix, host)}").client() as agent:
             return [view.model_dump() for view in await agent.incoming.all()]
+
     return asyncio.run(get())

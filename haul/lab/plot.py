@@ -69,10 +69,12 @@ class PlotLayout:
 
 def summary_line(run: LoadRun) -> str:
     s = run.summary()
-    return (f"{s.requests} requests on {s.connections} connection"
-            f"{'s' if s.connections != 1 else ''}, {s.failed} failed, "
-            f"largest gap {s.largest_gap_s * 1000:.0f} ms, p50 {s.p50_s * 1000:.2f} ms, "
-            f"p99 {s.p99_s * 1000:.2f} ms, max {s.max_s * 1000:.0f} ms")
+    return (
+        f"{s.requests} requests on {s.connections} connection"
+        f"{'s' if s.connections != 1 else ''}, {s.failed} failed, "
+        f"largest gap {s.largest_gap_s * 1000:.0f} ms, p50 {s.p50_s * 1000:.2f} ms, "
+        f"p99 {s.p99_s * 1000:.2f} ms, max {s.max_s * 1000:.0f} ms"
+    )
 
 
 def pick_y_scale(run: LoadRun, y_scale: YScale) -> Literal["linear", "log"]:
@@ -98,25 +100,41 @@ def y_limits(latencies_ms: list[float], scale: Literal["linear", "log"]) -> tupl
     return 0.0, top * 1.12 if top > 0 else 1.0
 
 
-def write_latency_png(path: Path, run: LoadRun, *, title: str = "latency over time",
-                      subtitle: str | None = None, width: int = 800, height: int = 400,
-                      y_scale: YScale = "auto") -> PlotLayout:
+def write_latency_png(
+    path: Path,
+    run: LoadRun,
+    *,
+    title: str = "latency over time",
+    subtitle: str | None = None,
+    width: int = 800,
+    height: int = 400,
+    y_scale: YScale = "auto",
+) -> PlotLayout:
     """Write the latency plot of ``run`` to ``path``, ``width`` x ``height`` pixels.
 
     A run with no requests gives a valid plot with its windows and marks and a
     note that no request was recorded. Returns where the plot put things.
     """
     if width < MIN_WIDTH or height < MIN_HEIGHT:
-        raise UsageError(f"a latency plot of {width}x{height} pixels is too small "
-                         f"(at least {MIN_WIDTH}x{MIN_HEIGHT})")
+        raise UsageError(
+            f"a latency plot of {width}x{height} pixels is too small "
+            f"(at least {MIN_WIDTH}x{MIN_HEIGHT})"
+        )
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     scale = pick_y_scale(run, y_scale)
     subtitle = summary_line(run) if subtitle is None else subtitle
-    x_max = max([run.end_s, *(s.start_s for s in run.samples),
-                 *(w.end_s for w in run.windows), *(m.t_s for m in run.marks), 1e-3])
+    x_max = max(
+        [
+            run.end_s,
+            *(s.start_s for s in run.samples),
+            *(w.end_s for w in run.windows),
+            *(m.t_s for m in run.marks),
+            1e-3,
+        ]
+    )
     y_min, y_max = y_limits([s.latency_s * 1000 for s in run.samples], scale)
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
@@ -132,8 +150,16 @@ def write_latency_png(path: Path, run: LoadRun, *, title: str = "latency over ti
     _requests(ax, run, y_min)  # first, so that the legend lists requests first
     _windows(ax, run, x_max)
     if not run.samples:
-        ax.text(0.5, 0.5, "no requests recorded", transform=ax.transAxes, ha="center",
-                va="center", fontsize=11, color="#3c3c3c")
+        ax.text(
+            0.5,
+            0.5,
+            "no requests recorded",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=11,
+            color="#3c3c3c",
+        )
     if ax.get_legend_handles_labels()[0]:
         legend = fig.legend(loc="outside lower center", ncols=4, fontsize=8, frameon=False)
         for handle in legend.legend_handles:  # a point as large in the key as a cross
@@ -141,9 +167,19 @@ def write_latency_png(path: Path, run: LoadRun, *, title: str = "latency over ti
                 handle.set_markersize(5)
     fig.savefig(path, format="png", dpi=DPI)
     box = ax.get_window_extent()  # in pixels from the bottom left, after the layout
-    return PlotLayout(width=width, height=height, y_scale=scale, x_max=x_max, y_min=y_min,
-                      y_max=y_max, left=float(box.x0), top=height - float(box.y1),
-                      right=float(box.x1), bottom=height - float(box.y0), subtitle=subtitle)
+    return PlotLayout(
+        width=width,
+        height=height,
+        y_scale=scale,
+        x_max=x_max,
+        y_min=y_min,
+        y_max=y_max,
+        left=float(box.x0),
+        top=height - float(box.y1),
+        right=float(box.x1),
+        bottom=height - float(box.y0),
+        subtitle=subtitle,
+    )
 
 
 def _axes(ax: Axes, scale: Literal["linear", "log"]) -> None:
@@ -165,28 +201,77 @@ def _windows(ax: Axes, run: LoadRun, x_max: float) -> None:
     # labels go over the shading and under the requests: no point is ever hidden
     for n, w in enumerate(run.windows):
         start, end = w.start_s, max(w.end_s, w.start_s + least)
-        ax.axvspan(start, end, color=BAND_COLOR, alpha=BAND_ALPHA, linewidth=0,
-                   label="migration" if n == 0 else None)
-        ax.text((start + end) / 2, 0.97, w.label, transform=ax.get_xaxis_transform(),
-                ha="center", va="top", fontsize=8, color=BAND_TEXT, clip_on=True, zorder=1.5,
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white",
-                      "edgecolor": "none", "alpha": 0.85})
+        ax.axvspan(
+            start,
+            end,
+            color=BAND_COLOR,
+            alpha=BAND_ALPHA,
+            linewidth=0,
+            label="migration" if n == 0 else None,
+        )
+        ax.text(
+            (start + end) / 2,
+            0.97,
+            w.label,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=8,
+            color=BAND_TEXT,
+            clip_on=True,
+            zorder=1.5,
+            bbox={
+                "boxstyle": "round,pad=0.2",
+                "facecolor": "white",
+                "edgecolor": "none",
+                "alpha": 0.85,
+            },
+        )
     for n, m in enumerate(run.marks):
-        ax.axvline(m.t_s, color=MARK_COLOR, linestyle=(0, (3, 3)), linewidth=1,
-                   label="mark" if n == 0 else None)
-        ax.text(m.t_s, 0.03, f" {m.label}", transform=ax.get_xaxis_transform(),
-                ha="left", va="bottom", fontsize=7, color=MARK_COLOR, clip_on=True, zorder=1.5)
+        ax.axvline(
+            m.t_s,
+            color=MARK_COLOR,
+            linestyle=(0, (3, 3)),
+            linewidth=1,
+            label="mark" if n == 0 else None,
+        )
+        ax.text(
+            m.t_s,
+            0.03,
+            f" {m.label}",
+            transform=ax.get_xaxis_transform(),
+            ha="left",
+            va="bottom",
+            fontsize=7,
+            color=MARK_COLOR,
+            clip_on=True,
+            zorder=1.5,
+        )
 
 
 def _requests(ax: Axes, run: LoadRun, y_min: float) -> None:
     ok = [s for s in run.samples if s.ok]
     failed = [s for s in run.samples if not s.ok]
     if ok:  # a log axis cannot show 0: a request faster than its bottom sits on it
-        ax.plot([s.start_s for s in ok], [max(s.latency_s * 1000, y_min) for s in ok],
-                linestyle="none", marker="o", markersize=1.6, markeredgewidth=0,
-                color=OK_COLOR, label=f"answered ({len(ok):,})")
+        ax.plot(
+            [s.start_s for s in ok],
+            [max(s.latency_s * 1000, y_min) for s in ok],
+            linestyle="none",
+            marker="o",
+            markersize=1.6,
+            markeredgewidth=0,
+            color=OK_COLOR,
+            label=f"answered ({len(ok):,})",
+        )
     if failed:
-        ax.plot([s.start_s for s in failed],
-                [max(s.latency_s * 1000, y_min) for s in failed], linestyle="none",
-                marker="x", markersize=6, markeredgewidth=1.6, color=FAIL_COLOR,
-                label=f"failed ({len(failed):,})", zorder=3)
+        ax.plot(
+            [s.start_s for s in failed],
+            [max(s.latency_s * 1000, y_min) for s in failed],
+            linestyle="none",
+            marker="x",
+            markersize=6,
+            markeredgewidth=1.6,
+            color=FAIL_COLOR,
+            label=f"failed ({len(failed):,})",
+            zorder=3,
+        )

@@ -29,10 +29,22 @@ async def _reap(proc: asyncio.subprocess.Process, what: str) -> None:
 async def announce(pid: int, net: WorkloadNet, count: int = 2) -> None:
     """Send ``count`` gratuitous ARPs for the workload's address (arping sends the first
     at once and the others a second apart); return once arping runs, not waiting for it."""
-    argv = ["nsenter", f"--net={netns_path(pid)}", "--",
-            "arping", "-U", "-c", str(count), "-I", INNER_IFNAME, net.ip]
+    argv = [
+        "nsenter",
+        f"--net={netns_path(pid)}",
+        "--",
+        "arping",
+        "-U",
+        "-c",
+        str(count),
+        "-I",
+        INNER_IFNAME,
+        net.ip,
+    ]
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     task = asyncio.create_task(_reap(proc, f"gratuitous ARP for {net.ip}"))

@@ -36,9 +36,14 @@ table inet {TABLE} {{
 
 async def _nft(pid: int, *args: str, script: str | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net={netns_path(pid)}", "--", "nft", *args,
+        "nsenter",
+        f"--net={netns_path(pid)}",
+        "--",
+        "nft",
+        *args,
         stdin=asyncio.subprocess.PIPE if script is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate(script.encode() if script is not None else None)
     if proc.returncode != 0:
@@ -64,8 +69,16 @@ async def unlock(pid: int) -> None:
 
 async def is_locked(pid: int) -> bool:
     proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net={netns_path(pid)}", "--", "nft", "list", "table", "inet", TABLE,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        "nsenter",
+        f"--net={netns_path(pid)}",
+        "--",
+        "nft",
+        "list",
+        "table",
+        "inet",
+        TABLE,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
     return await proc.wait() == 0

@@ -50,8 +50,9 @@ class WorkloadNet:
     gateway: ipaddress.IPv4Address | None = None
 
     @classmethod
-    def parse(cls, address: str, port: int | None = None, gateway: str | None = None
-              ) -> WorkloadNet:
+    def parse(
+        cls, address: str, port: int | None = None, gateway: str | None = None
+    ) -> WorkloadNet:
         """From an operator's input, e.g. ``10.77.0.101/24``: the prefix length is
         required, it says which subnet the workload's neighbours are on."""
         if "/" not in address:
@@ -63,11 +64,14 @@ class WorkloadNet:
         except ValueError as exc:
             raise UsageError(f"bad workload address {address!r}: {exc}") from None
         if iface.network.prefixlen >= 31:
-            raise UsageError(f"workload address {address!r}: the prefix must leave room "
-                             "for neighbours (at most /30)")
+            raise UsageError(
+                f"workload address {address!r}: the prefix must leave room "
+                "for neighbours (at most /30)"
+            )
         if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
-            raise UsageError(f"workload address {address!r} is its subnet's network or "
-                             "broadcast address")
+            raise UsageError(
+                f"workload address {address!r} is its subnet's network or broadcast address"
+            )
         if port is not None and not 1 <= port <= 65535:
             raise UsageError(f"bad port {port}: 1-65535")
         gw = None
@@ -77,8 +81,7 @@ class WorkloadNet:
             except ValueError as exc:
                 raise UsageError(f"bad gateway {gateway!r}: {exc}") from None
             if gw not in iface.network:
-                raise UsageError(f"gateway {gw} is not in the workload's subnet "
-                                 f"{iface.network}")
+                raise UsageError(f"gateway {gw} is not in the workload's subnet {iface.network}")
         return cls(iface, port, gw)
 
     @property

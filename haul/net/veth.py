@@ -39,17 +39,23 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
     try:
         async with AsyncIPRoute() as ipr:
             if await ipr.link_lookup(ifname=outer):
-                raise WorkloadError(f"interface {outer} for workload {workload} already "
-                                    "exists on this host")
-            await ipr.link("add", ifname=outer, kind="veth",
-                           peer={"ifname": INNER_IFNAME, "net_ns_fd": netns_path(pid)})
+                raise WorkloadError(
+                    f"interface {outer} for workload {workload} already exists on this host"
+                )
+            await ipr.link(
+                "add",
+                ifname=outer,
+                kind="veth",
+                peer={"ifname": INNER_IFNAME, "net_ns_fd": netns_path(pid)},
+            )
             host_end = (await ipr.link_lookup(ifname=outer))[0]
             await ipr.link("set", index=host_end, master=index, state="up")
         await _configure_inside(pid, net)
     except NetlinkError as exc:
         await detach(workload)
-        raise WorkloadError(f"cannot give workload {workload} the address {net.address}: "
-                            f"{exc}") from exc
+        raise WorkloadError(
+            f"cannot give workload {workload} the address {net.address}: {exc}"
+        ) from exc
     except BaseException:
         await detach(workload)
         raise
@@ -69,14 +75,22 @@ async def _configure_inside(pid: int, net: WorkloadNet) -> None:
     if net.gateway is not None:
         batch.append(f"route add default via {net.gateway}")
     proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net={netns_path(pid)}", "--", "ip", "-batch", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        "nsenter",
+        f"--net={netns_path(pid)}",
+        "--",
+        "ip",
+        "-batch",
+        "-",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate("\n".join(batch).encode() + b"\n")
     if proc.returncode != 0:
-        raise WorkloadError(f"cannot configure the network namespace of {pid}: "
-                            f"{err.decode(errors='replace').strip()}")
+        raise WorkloadError(
+            f"cannot configure the network namespace of {pid}: "
+            f"{err.decode(errors='replace').strip()}"
+        )
 
 
 async def detach(workload: str) -> None:

@@ -81,8 +81,11 @@ class CriuSource:
         self.images = workdir / "images"
         self.logs = workdir / "work"
         self._base = CriuOptions(
-            images_dir=self.images, file_locks=True, link_remap=True,
-            network_lock=NetworkLock.NFTABLES, tcp_established=own_network,
+            images_dir=self.images,
+            file_locks=True,
+            link_remap=True,
+            network_lock=NetworkLock.NFTABLES,
+            tcp_established=own_network,
             tcp_close=not own_network,
         )
         self.lazy_listen = lazy_listen
@@ -179,29 +182,42 @@ class CriuSource:
             duration_s=time.monotonic() - started,
         )
 
-    def pre_dump_options(self, iteration: int, page_server: PageServer | None = None
-                         ) -> CriuOptions:
+    def pre_dump_options(
+        self, iteration: int, page_server: PageServer | None = None
+    ) -> CriuOptions:
         """Round ``iteration``: a fresh images dir whose parent is the previous round's,
         pages to the destination's page server (if there is one yet)."""
         return replace(
-            self._base, images_dir=self.workdir / f"pre{iteration}", work_dir=self.logs,
-            pid=self.tree.root_pid, track_mem=True, leave_running=False, leave_stopped=False,
+            self._base,
+            images_dir=self.workdir / f"pre{iteration}",
+            work_dir=self.logs,
+            pid=self.tree.root_pid,
+            track_mem=True,
+            leave_running=False,
+            leave_stopped=False,
             parent_img=f"../pre{iteration - 1}" if iteration > 1 else None,
-            page_server=page_server, log_file=f"pre-dump-{iteration}.log",
+            page_server=page_server,
+            log_file=f"pre-dump-{iteration}.log",
             tls=self._tls_for(page_server),
         )
 
-    def dump_options(self, lazy: bool, dest_page_server: PageServer | None = None
-                     ) -> CriuOptions:
+    def dump_options(self, lazy: bool, dest_page_server: PageServer | None = None) -> CriuOptions:
         """The final dump: tree left stopped; pages to the destination's page server,
         or (post-copy) served from this host's lazy page server after the dump."""
         parent = self._last_pre_dump()
         page_server = self.lazy_listen if lazy else dest_page_server
         return replace(
-            self._base, images_dir=self.images, work_dir=self.logs, pid=self.tree.root_pid,
-            leave_stopped=True, leave_running=False, lazy_pages=lazy,
-            page_server=page_server, tls=self._tls_for(page_server),
-            track_mem=parent is not None, parent_img=parent,
+            self._base,
+            images_dir=self.images,
+            work_dir=self.logs,
+            pid=self.tree.root_pid,
+            leave_stopped=True,
+            leave_running=False,
+            lazy_pages=lazy,
+            page_server=page_server,
+            tls=self._tls_for(page_server),
+            track_mem=parent is not None,
+            parent_img=parent,
         )
 
     def _tls_for(self, page_server: PageServer | None) -> TlsFiles | None:
@@ -234,9 +250,11 @@ class CriuSource:
                 try:
                     await self._dump
                 except HaulError as exc:
-                    log.warning("CRIU did not finish the committed dump (%s); the tree is "
-                                "%s", exc.one_line(),
-                                "frozen in its hold" if self.hold.exists else "NOT held")
+                    log.warning(
+                        "CRIU did not finish the committed dump (%s); the tree is %s",
+                        exc.one_line(),
+                        "frozen in its hold" if self.hold.exists else "NOT held",
+                    )
             # post-copy: CRIU now serves pages until the destination has them all
             return
         await self._end_dump_for_rollback()

@@ -65,8 +65,9 @@ class Hold:
         try:
             ((path or self.path) / name).write_text(value)
         except OSError as exc:
-            raise WorkloadError(f"cannot write {value!r} to {(path or self.path) / name}: "
-                                f"{exc.strerror}") from exc
+            raise WorkloadError(
+                f"cannot write {value!r} to {(path or self.path) / name}: {exc.strerror}"
+            ) from exc
 
     def _frozen(self) -> bool:
         if self.v1:
@@ -76,8 +77,10 @@ class Hold:
     async def freeze(self, pids: list[int]) -> None:
         """Move ``pids`` into the hold and freeze it; return once it is frozen."""
         if not self.v1 and not (V2_ROOT / "cgroup.controllers").exists():
-            raise WorkloadError("no cgroup freezer on this host (neither cgroup v1's "
-                                "freezer nor cgroup v2 is mounted)")
+            raise WorkloadError(
+                "no cgroup freezer on this host (neither cgroup v1's "
+                "freezer nor cgroup v2 is mounted)"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -69,7 +69,9 @@ def copy_file(src: Path, dst: Path, name: str) -> FileDigest:
                 size += len(chunk)
         shutil.copymode(src, dst)
     except OSError as exc:
-        raise TransportError(f"copying {name} to {dst.parent} failed: {exc.strerror or exc}") from exc
+        raise TransportError(
+            f"copying {name} to {dst.parent} failed: {exc.strerror or exc}"
+        ) from exc
     return FileDigest(name, size, h.hexdigest())
 
 

@@ -160,9 +160,24 @@ async def start_tree(
         raise WorkloadError(f"cannot start {argv[0]}: {missing} does not exist")
     namespaces = ["--pid", "--ipc", "--uts", *(["--net"] if net else [])]
     waits = ["--wait-net", f"eth0:{NET_WAIT_S:g}"] if net else []
-    cmd = [*host.prefix(), "unshare", *namespaces, "--fork", "--",
-           sys.executable, "-S", "-E", str(PIDINIT), "--log", str(log_path),
-           "--cwd", str(cwd), *waits, "--", *argv]
+    cmd = [
+        *host.prefix(),
+        "unshare",
+        *namespaces,
+        "--fork",
+        "--",
+        sys.executable,
+        "-S",
+        "-E",
+        str(PIDINIT),
+        "--log",
+        str(log_path),
+        "--cwd",
+        str(cwd),
+        *waits,
+        "--",
+        *argv,
+    ]
     try:
         launcher = await asyncio.create_subprocess_exec(
             *cmd,

@@ -17,8 +17,10 @@ class Handler(BaseHTTPRequestHandler):
         # One write per answer, as most servers do for small answers: an answer cut in
         # two by the freeze could not be completed by anyone once the source is gone.
         body = self.name + b"\n"
-        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
 
     def log_message(self, format: str, *args: object) -> None:
         pass

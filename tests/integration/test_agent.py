@@ -50,8 +50,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     client = issue(ours, "cli")
     init_ca(other)
     stranger = issue(other, "cli")
-    return Pki(ca=ours / "ca.crt", server=(server.cert, server.key),
-               client=(client.cert, client.key), stranger=(stranger.cert, stranger.key))
+    return Pki(
+        ca=ours / "ca.crt",
+        server=(server.cert, server.key),
+        client=(client.cert, client.key),
+        stranger=(stranger.cert, stranger.key),
+    )
 
 
 @dataclass
@@ -107,13 +111,28 @@ def _start_agent(dir: Path) -> Agent:
     log = dir / "agent.log"
     with log.open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "haul.agent", "--config", str(dir / "haul.toml"),
-             "--log-level", "debug"],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            [
+                sys.executable,
+                "-m",
+                "haul.agent",
+                "--config",
+                str(dir / "haul.toml"),
+                "--log-level",
+                "debug",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
             env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
         )
-    agent = Agent(proc=proc, url="", socket=dir / "run" / "agent.sock",
-                  state_dir=dir / "state", log=log, notify=notify)
+    agent = Agent(
+        proc=proc,
+        url="",
+        socket=dir / "run" / "agent.sock",
+        state_dir=dir / "state",
+        log=log,
+        notify=notify,
+    )
     try:
         agent.url = _wait_ready(agent)
     except BaseException:
@@ -216,8 +235,9 @@ async def test_a_client_cert_from_another_ca_is_refused(agent: Agent, pki: Pki) 
         with pytest.raises(TransportError):
             await client.info()
     # and plain HTTP to the TLS port gets nothing either
-    async with AgentAccess(agent.url.replace("https", "http"), token="integration-token",
-                           timeout_s=5).client() as client:
+    async with AgentAccess(
+        agent.url.replace("https", "http"), token="integration-token", timeout_s=5
+    ).client() as client:
         with pytest.raises((TransportError, PeerError)):
             await client.info()
     assert agent.proc.poll() is None
@@ -244,7 +264,8 @@ async def test_a_workload_is_started_listed_and_killed(agent: Agent, pki: Pki) -
             assert ns_inode(pid, "pid") != ns_inode(os.getpid(), "pid"), "its own PID namespace"
             listed = await client.workloads()
             assert [(w.name, w.root_pid, w.status.value) for w in listed] == [
-                ("sleeper", pid, "running")]
+                ("sleeper", pid, "running")
+            ]
             gone = await client.delete_workload("sleeper")
             assert gone.status.value == "gone"
             assert not alive(pid)
@@ -274,7 +295,8 @@ async def test_sigterm_closes_cleanly_and_a_restarted_agent_knows_its_workloads(
         async with AgentAccess(f"unix://{second.socket}").client() as client:
             listed = await client.workloads()
             assert [(w.name, w.root_pid, w.status.value) for w in listed] == [
-                ("survivor", view.root_pid, "running")]
+                ("survivor", view.root_pid, "running")
+            ]
             await client.delete_workload("survivor")
         assert not alive(view.root_pid)
         assert second.stop() == 0, second.log_tail()

@@ -12,25 +12,35 @@ import pytest
 
 
 def _haul(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "haul", *args], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "haul", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
 def test_demo_moves_the_web_service_under_load_with_no_failed_request(
-        strategy: str, tmp_path: Path) -> None:
+    strategy: str, tmp_path: Path
+) -> None:
     """HTTP through HAProxy while the service moves A->B->A, its address following it."""
-    done = _haul("demo", "--mem-mib", "64", "--strategy", strategy, "--out", str(tmp_path),
-                 "-o", "json")
+    done = _haul(
+        "demo", "--mem-mib", "64", "--strategy", strategy, "--out", str(tmp_path), "-o", "json"
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     result = json.loads(done.stdout)
     moves = result["moves"]
     assert [(m["source"], m["dest"], m["outcome"]) for m in moves] == [
-        ("host1", "host2", "done"), ("host2", "host1", "done")]
+        ("host1", "host2", "done"),
+        ("host2", "host1", "done"),
+    ]
     assert all(m["strategy"] == strategy and m["frozen_ms"] > 0 for m in moves)
     load = result["load"]
-    print(strategy, "largest gap ms:", load["largest_gap_ms"], "frozen ms:",
-          [m["frozen_ms"] for m in moves])
+    print(
+        strategy,
+        "largest gap ms:",
+        load["largest_gap_ms"],
+        "frozen ms:",
+        [m["frozen_ms"] for m in moves],
+    )
     assert load["failed"] == 0 and load["ok"] == load["requests"] > 100
     # the service counted exactly the requests the client saw answered, and its memory
     # is the seed's after two moves

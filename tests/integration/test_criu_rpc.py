@@ -115,14 +115,18 @@ async def test_restore_from_corrupt_images_fails_and_leaves_the_original(
     src.mkdir()
     # A dump that leaves the original running, so there is something to compare with.
     await criu.on(lab.host(1).ns).dump(
-        CriuOptions(images_dir=src, pid=counter.tree.root_pid, leave_running=True,
-                    work_dir=tmp_path, file_locks=True)
+        CriuOptions(
+            images_dir=src,
+            pid=counter.tree.root_pid,
+            leave_running=True,
+            work_dir=tmp_path,
+            file_locks=True,
+        )
     )
     dst = tmp_path / "b"
     copy_images(src, dst)
     # host2 gets the workload's files too, so the images are all that is wrong.
-    sync_tree(lab.host(1).data_backing / counter.subdir,
-              lab.host(2).data_backing / counter.subdir)
+    sync_tree(lab.host(1).data_backing / counter.subdir, lab.host(2).data_backing / counter.subdir)
     if damage == "truncate-pstree":
         (dst / "pstree.img").write_bytes((dst / "pstree.img").read_bytes()[:6])
     elif damage == "garble-core":
@@ -242,16 +246,23 @@ async def test_page_server_receives_the_pages_of_a_dump(
     dest = tmp_path / "dest"
     dest.mkdir()
     ps = await criu.on(host2.ns).page_server(
-        CriuOptions(images_dir=dest, log_file="page-server.log",
-                    page_server=PageServer(str(host2.address.ip), 0))
+        CriuOptions(
+            images_dir=dest,
+            log_file="page-server.log",
+            page_server=PageServer(str(host2.address.ip), 0),
+        )
     )
     assert ps.port > 0
     assert Path(f"/proc/{ps.pid}/cmdline").read_bytes().startswith(b"criu"), "the real PID"
     src = tmp_path / "src"
     src.mkdir()
     res = await criu.on(lab.host(1).ns).dump(
-        CriuOptions(images_dir=src, pid=counter.tree.root_pid, leave_running=True,
-                    page_server=PageServer(str(host2.address.ip), ps.port))
+        CriuOptions(
+            images_dir=src,
+            pid=counter.tree.root_pid,
+            leave_running=True,
+            page_server=PageServer(str(host2.address.ip), ps.port),
+        )
     )
     assert res.stats is not None
     pages = sum(p.stat().st_size for p in dest.glob("pages-*.img"))

@@ -50,13 +50,24 @@ class SmallDisk:
         self.mounted = False
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["nsenter", f"--mount={self.host.mntns}", "--", *argv],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            ["nsenter", f"--mount={self.host.mntns}", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def mount(self) -> None:
         self.backing.mkdir(parents=True, exist_ok=True)
-        done = self.run("mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700",
-                        "haul-test-full", str(self.path))
+        done = self.run(
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={TMPFS_SIZE},mode=0700",
+            "haul-test-full",
+            str(self.path),
+        )
         assert done.returncode == 0, done.stderr
         self.mounted = True
 
@@ -125,11 +136,15 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     assert others_in_netns(lab, "host2", dest_agent) == []
     before = set(journal_dir(lab, "host1").glob("*.jsonl"))
     migrating = subprocess.Popen(  # as an operator runs it: text, the verdict on stderr
-        [sys.executable, "-m", "haul", "migrate", "web", "--to", "host2", "--strategy",
-         strategy], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "HAUL_HOSTS": str(inventory)})
-    new = wait_until("the migration's journal",
-                     lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
+        [sys.executable, "-m", "haul", "migrate", "web", "--to", "host2", "--strategy", strategy],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HAUL_HOSTS": str(inventory)},
+    )
+    new = wait_until(
+        "the migration's journal", lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before
+    )
     mid = next(iter(new)).stem
     wait_until("the freeze phase", lambda: "freeze" in journal_phases(lab, "host1", mid))
     os.kill(dest_agent, signal.SIGSTOP)
@@ -143,8 +158,9 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     assert errs.startswith("haul: rolled-back: ") and "web runs on host1" in errs, errs
     # the page server's pages (stop-and-copy, in the freeze) or the images sent over
     # the agents' API, whichever the full disk stopped first: either way, said plainly
-    assert ("destination host2 has no room left for the pages" in errs
-            or ("host2: writing" in errs and "No space left on device" in errs)), errs
+    assert "destination host2 has no room left for the pages" in errs or (
+        "host2: writing" in errs and "No space left on device" in errs
+    ), errs
     print(f"\n{strategy}: {errs.strip()}")
     # the workload runs on the source, and nothing of it is left on the destination
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web")]
@@ -163,8 +179,7 @@ def test_destination_disk_full_mid_transfer_rolls_back_through_the_agents(
     assert verdict(lab, inventory, "host2", "web").startswith("PASS")
 
 
-def test_fill_is_really_full(lab_with_agents: tuple[LabSpec, Path],
-                             small_disk: SmallDisk) -> None:
+def test_fill_is_really_full(lab_with_agents: tuple[LabSpec, Path], small_disk: SmallDisk) -> None:
     """The test's own instrument: after fill, not one more byte fits."""
     lab, _ = lab_with_agents
     pid = agent_pid(lab, "host2")

@@ -63,8 +63,9 @@ async def test_there_and_back(criu: Criu, lab: LabSpec, strategy: Strategy) -> N
     assert ns_pids == ["1", "2"], "haul's init and the counter"
     for src, dst in ((h1, h2), (h2, h1)):
         before = counter.count()
-        result = await migrate_in_lab(criu, counter.tree, counter.subdir, src, dst,
-                                      strategy=strategy)
+        result = await migrate_in_lab(
+            criu, counter.tree, counter.subdir, src, dst, strategy=strategy
+        )
         assert result.outcome.phase is Phase.DONE, result.outcome.reason
         assert result.migration.strategy is strategy
         new = result.new_tree
@@ -78,7 +79,7 @@ async def test_there_and_back(criu: Criu, lab: LabSpec, strategy: Strategy) -> N
         assert await counter.wait_above(before) > before
         stats = result.outcome.stats
         assert stats.frozen_s is not None and stats.frozen_s > 0
-        journal = (src.workdir / "journal" / f"{result.migration.spec.migration_id}.jsonl")
+        journal = src.workdir / "journal" / f"{result.migration.spec.migration_id}.jsonl"
         phases = [json.loads(line)["phase"] for line in journal.read_text().splitlines()]
         assert "commit" in phases and phases[-1] == "done"
     assert (await counter.stop_and_verdict()).startswith("PASS")
@@ -109,8 +110,9 @@ def small_disk(lab: LabSpec):  # type: ignore[no-untyped-def]
     """A 256 MiB tmpfs in host2's work directory, for a destination whose disk fills up."""
     where = lab.host(2).workdir / "small"
     where.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "haul-test-small", str(where)],
-                   check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256m", "haul-test-small", str(where)], check=True
+    )
     try:
         yield where
     finally:
@@ -133,7 +135,13 @@ async def test_destination_disk_filling_up_rolls_back_to_a_running_source(
                 os.posix_fallocate(f.fileno(), 0, free - (256 << 10))
 
     result = await migrate_in_lab(
-        criu, tree, counter.subdir, h1, h2, strategy=strategy, dest_workdir=small_disk,
+        criu,
+        tree,
+        counter.subdir,
+        h1,
+        h2,
+        strategy=strategy,
+        dest_workdir=small_disk,
         on_event=fill_disk_after_preflight,
     )
     assert result.outcome.phase is Phase.ROLLED_BACK, result.outcome.reason
@@ -174,8 +182,9 @@ class _RestoreHeldAt(Criu):
     The destination's own handler answers the notification first; then ``held``
     gets the restored root's PID and the restore waits there, CRIU with it."""
 
-    def __init__(self, binary: str, held: asyncio.Future[int], *, at: Action,
-                 host: HostNs = HOST) -> None:
+    def __init__(
+        self, binary: str, held: asyncio.Future[int], *, at: Action, host: HostNs = HOST
+    ) -> None:
         super().__init__(binary, host=host)
         self.held = held
         self.at = at
@@ -183,8 +192,9 @@ class _RestoreHeldAt(Criu):
     def on(self, host: HostNs) -> Criu:
         return _RestoreHeldAt(self.binary, self.held, at=self.at, host=host)
 
-    async def restore(self, opts: CriuOptions, notify: NotifyHandler | None = None
-                      ) -> RestoreResult:
+    async def restore(
+        self, opts: CriuOptions, notify: NotifyHandler | None = None
+    ) -> RestoreResult:
         async def hold(note: Notification) -> None:
             if notify is not None:
                 await notify(note)
@@ -207,10 +217,17 @@ async def test_cancel_while_criu_restores_rolls_back(
     tree = counter.tree
     held: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     seen: list[tuple[Phase, Event]] = []
-    task = asyncio.create_task(migrate_in_lab(
-        _RestoreHeldAt(criu.binary, held, at=Action.POST_RESTORE), tree, counter.subdir,
-        h1, h2, strategy=strategy, on_event=lambda phase, event: seen.append((phase, event)),
-    ))
+    task = asyncio.create_task(
+        migrate_in_lab(
+            _RestoreHeldAt(criu.binary, held, at=Action.POST_RESTORE),
+            tree,
+            counter.subdir,
+            h1,
+            h2,
+            strategy=strategy,
+            on_event=lambda phase, event: seen.append((phase, event)),
+        )
+    )
     try:
         async with asyncio.timeout(60):
             first: list[asyncio.Future[Any]] = [held, task]

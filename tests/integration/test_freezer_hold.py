@@ -49,7 +49,8 @@ async def _frozen_source(criu: Criu, lab: LabSpec, hold_name: str) -> tuple[Criu
 
 
 async def test_killed_criu_leaves_the_tree_frozen_until_resumed(
-        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    criu: Criu, lab: LabSpec, hold_name: str
+) -> None:
     source, frozen_at = await _frozen_source(criu, lab, hold_name)
     counter_state = lab.host(1).data_backing / "counter" / "state"
     await asyncio.sleep(0.3)
@@ -67,7 +68,8 @@ async def test_killed_criu_leaves_the_tree_frozen_until_resumed(
 
 
 async def test_a_held_tree_killed_after_the_commit_never_runs_again(
-        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    criu: Criu, lab: LabSpec, hold_name: str
+) -> None:
     source, frozen_at = await _frozen_source(criu, lab, hold_name)
     await source.release(commit=True)  # CRIU is gone: the commit goes on all the same
     await source.kill()
@@ -77,13 +79,18 @@ async def test_a_held_tree_killed_after_the_commit_never_runs_again(
 
 
 async def test_a_post_copy_dump_rolled_back_at_post_dump_lets_the_tree_run(
-        criu: Criu, lab: LabSpec, hold_name: str) -> None:
+    criu: Criu, lab: LabSpec, hold_name: str
+) -> None:
     """CRIU ignores a refused post-dump in a lazy dump and starts serving pages; the
     rollback must end it rather than wait for it, and the tree must run again."""
     host = lab.host(1)
     counter = await start_counter(lab, host, mem_mib=8, interval_ms=5)
-    source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / hold_name,
-                        lazy_listen=PageServer(str(host.address.ip), 27999))
+    source = CriuSource(
+        criu.on(host.ns),
+        counter.tree,
+        host.workdir / "outgoing" / hold_name,
+        lazy_listen=PageServer(str(host.address.ip), 27999),
+    )
     await source.freeze_and_dump(lazy=True)
     frozen_at = counter.count()
     async with asyncio.timeout(30):  # it used to wait forever for a lazy-pages client

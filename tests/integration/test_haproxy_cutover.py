@@ -60,13 +60,19 @@ WORKERS = 4
 
 def _facts(spec: LabSpec, src: int = 1, dst: int = 2) -> HookFacts:
     return HookFacts(
-        migration_id="m-test", workload="web", source_host=spec.host(src).name,
-        dest_host=spec.host(dst).name, source_address=str(spec.host(src).address),
-        dest_address=str(spec.host(dst).address), strategy=Strategy.STOP_AND_COPY,
-        phase=Phase.COMMIT)
+        migration_id="m-test",
+        workload="web",
+        source_host=spec.host(src).name,
+        dest_host=spec.host(dst).name,
+        source_address=str(spec.host(src).address),
+        dest_address=str(spec.host(dst).address),
+        strategy=Strategy.STOP_AND_COPY,
+        phase=Phase.COMMIT,
+    )
 
 
 # -- processes in the lab ---------------------------------------------------------------
+
 
 class Procs:
     """Processes a test starts in the lab; all killed at the end (lab down would too)."""
@@ -74,11 +80,16 @@ class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, member: HostSpec, *argv: str, stdout: int | None = subprocess.PIPE
-              ) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([*member.ns.prefix(), sys.executable, "-S", *argv],
-                                stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    def start(
+        self, member: HostSpec, *argv: str, stdout: int | None = subprocess.PIPE
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*member.ns.prefix(), sys.executable, "-S", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -121,8 +132,14 @@ class Client:
 
 def _client(procs: Procs, spec: LabSpec, url: str, out: Path) -> Client:
     out.write_text("")
-    proc = procs.start(spec.client, str(HERE / "lbclient.py"), url, str(out), str(WORKERS),
-                       stdout=subprocess.DEVNULL)
+    proc = procs.start(
+        spec.client,
+        str(HERE / "lbclient.py"),
+        url,
+        str(out),
+        str(WORKERS),
+        stdout=subprocess.DEVNULL,
+    )
     return Client(proc, out)
 
 
@@ -130,16 +147,20 @@ def _lock_network(host: HostSpec) -> None:
     """Drop every packet in and out of the host but loopback, as CRIU's network lock."""
     rules = (
         "table inet haultest {\n"
-        " chain in { type filter hook input priority 0; iifname != \"lo\" drop; }\n"
-        " chain out { type filter hook output priority 0; oifname != \"lo\" drop; }\n"
-        "}\n")
-    subprocess.run(["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=rules.encode(),
-                   check=True)
+        ' chain in { type filter hook input priority 0; iifname != "lo" drop; }\n'
+        ' chain out { type filter hook output priority 0; oifname != "lo" drop; }\n'
+        "}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", host.netns, "nft", "-f", "-"], input=rules.encode(), check=True
+    )
 
 
 def _unlock_network(host: HostSpec) -> None:
-    subprocess.run(["ip", "netns", "exec", host.netns, "nft", "delete", "table", "inet",
-                    "haultest"], check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", host.netns, "nft", "delete", "table", "inet", "haultest"],
+        check=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -150,9 +171,11 @@ class Figures:
     slowest_s: float
 
     def line(self, what: str) -> str:
-        return (f"{what}: {self.requests} requests, {self.failed} failed, largest gap "
-                f"{self.largest_gap_s * 1000:.0f} ms, slowest request "
-                f"{self.slowest_s * 1000:.0f} ms")
+        return (
+            f"{what}: {self.requests} requests, {self.failed} failed, largest gap "
+            f"{self.largest_gap_s * 1000:.0f} ms, slowest request "
+            f"{self.slowest_s * 1000:.0f} ms"
+        )
 
 
 def _figures(records: list[dict[str, object]]) -> Figures:
@@ -162,8 +185,10 @@ def _figures(records: list[dict[str, object]]) -> Figures:
         requests=len(records),
         failed=sum(1 for r in records if r["status"] != 200),
         largest_gap_s=max(gaps, default=0.0),
-        slowest_s=max((float(str(r["end"])) - float(str(r["start"])) for r in records),
-                      default=0.0))
+        slowest_s=max(
+            (float(str(r["end"])) - float(str(r["start"])) for r in records), default=0.0
+        ),
+    )
 
 
 def _failures(records: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -171,6 +196,7 @@ def _failures(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 # -- fixtures ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def procs() -> Iterator[Procs]:
@@ -207,8 +233,9 @@ def _config(lab: LabSpec, server: str) -> LbConfig:
     """Servers named after the hosts (web-host1 in service, web-host2 disabled), or for
     '*' one server at host1's address and two spare slots (server-template) at 0.0.0.0."""
     if server == "*":
-        return LbConfig(servers=(LbServer("app", str(lab.host(1).address.ip), PORT),),
-                        spare_slots=2)
+        return LbConfig(
+            servers=(LbServer("app", str(lab.host(1).address.ip), PORT),), spare_slots=2
+        )
     return LbConfig(servers=lab_servers(lab, PORT))
 
 
@@ -234,9 +261,11 @@ def _commit(stage: Stage) -> None:
 
 # -- the cutover under load -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("server", ["web-{host}", "*"])
 async def test_cutover_under_load_loses_no_request(
-        lab: LabSpec, procs: Procs, tmp_path: Path, server: str) -> None:
+    lab: LabSpec, procs: Procs, tmp_path: Path, server: str
+) -> None:
     stage = await _stage(lab, procs, _config(lab, server))
     target = parse_lb_spec(f"haproxy:{stage.proxy.socket}:web/{server}")
     cutover = HaproxyCutover(target)
@@ -258,16 +287,19 @@ async def test_cutover_under_load_loses_no_request(
     await client.wait_answers(len(client.records()) + 100)
     await cutover.fire(HookPoint.POST_COMMIT, facts)  # fired twice: changes nothing
     assert cutover.last is not None and cutover.last.steps == [
-        f"{report.dest if report else '?'} already in service"]
+        f"{report.dest if report else '?'} already in service"
+    ]
     await client.wait_answers(len(client.records()) + 100)
     records = await client.stop()
 
     figures = _figures(records)
     assert report is not None
-    print(f"\n{figures.line(f'cutover {server}')}; frozen {FROZEN_S} s, cutover took "
-          f"{(done_at - committed_at) * 1000:.0f} ms (destination UP after "
-          f"{report.dest_up_s * 1000:.0f} ms), from freeze to cutover done "
-          f"{(done_at - frozen_at) * 1000:.0f} ms; steps: {report.steps}")
+    print(
+        f"\n{figures.line(f'cutover {server}')}; frozen {FROZEN_S} s, cutover took "
+        f"{(done_at - committed_at) * 1000:.0f} ms (destination UP after "
+        f"{report.dest_up_s * 1000:.0f} ms), from freeze to cutover done "
+        f"{(done_at - frozen_at) * 1000:.0f} ms; steps: {report.steps}"
+    )
     assert figures.failed == 0, _failures(records)
     assert {r["body"] for r in records if float(str(r["end"])) < frozen_at} == {"host1"}
     assert {r["body"] for r in records if float(str(r["start"])) > done_at} == {"host2"}
@@ -279,7 +311,8 @@ async def test_cutover_under_load_loses_no_request(
 
 
 async def test_rollback_keeps_traffic_on_the_source(
-        by_name: Stage, procs: Procs, tmp_path: Path) -> None:
+    by_name: Stage, procs: Procs, tmp_path: Path
+) -> None:
     stage, lab = by_name, by_name.spec
     cutover = HaproxyCutover(parse_lb_spec(f"haproxy:{stage.proxy.socket}:web/web-{{host}}"))
     facts = _facts(lab)
@@ -312,11 +345,11 @@ async def test_rollback_keeps_traffic_on_the_source(
     assert later == {"host1"}
 
 
-async def test_destination_that_never_answers_leaves_the_source_in_service(
-        by_name: Stage) -> None:
+async def test_destination_that_never_answers_leaves_the_source_in_service(by_name: Stage) -> None:
     stage, lab = by_name, by_name.spec
-    cutover = HaproxyCutover(parse_lb_spec(f"haproxy:{stage.proxy.socket}:web/web-{{host}}"),
-                             up_timeout_s=1.0)
+    cutover = HaproxyCutover(
+        parse_lb_spec(f"haproxy:{stage.proxy.socket}:web/web-{{host}}"), up_timeout_s=1.0
+    )
     facts = _facts(lab)
     await cutover.fire(HookPoint.PRE_MIGRATE, facts)
     os.kill(stage.dest.pid, signal.SIGKILL)  # the destination's service is gone
@@ -346,13 +379,18 @@ async def test_address_following_the_workload_keeps_one_server(by_address: Stage
 
 # -- refusals at pre-migrate ------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec_tail", "expected"), [
-    ("nope/web-{host}", "no backend 'nope'"),
-    ("web/app-{host}", "no server 'app-host1'"),
-    ("web/*", "no server at the workload's source address 10.77.0.1"),
-])
+
+@pytest.mark.parametrize(
+    ("spec_tail", "expected"),
+    [
+        ("nope/web-{host}", "no backend 'nope'"),
+        ("web/app-{host}", "no server 'app-host1'"),
+        ("web/*", "no server at the workload's source address 10.77.0.1"),
+    ],
+)
 async def test_pre_migrate_refuses_what_haproxy_does_not_have(
-        lab: LabSpec, spec_tail: str, expected: str) -> None:
+    lab: LabSpec, spec_tail: str, expected: str
+) -> None:
     servers = lab_servers(lab, PORT)
     if spec_tail == "web/*":  # no server at host1's address
         servers = (LbServer("other", "10.77.0.9", PORT),)
@@ -369,9 +407,11 @@ async def test_pre_migrate_refuses_what_haproxy_does_not_have(
 
 
 async def test_pre_migrate_refuses_servers_without_checks_and_low_socket_levels(
-        lab: LabSpec) -> None:
-    unchecked = tuple(LbServer(s.name, s.address, s.port, s.enabled, check=False)
-                      for s in lab_servers(lab, PORT))
+    lab: LabSpec,
+) -> None:
+    unchecked = tuple(
+        LbServer(s.name, s.address, s.port, s.enabled, check=False) for s in lab_servers(lab, PORT)
+    )
     proxy = await start_haproxy(lab, LbConfig(servers=unchecked))
     cutover = HaproxyCutover(parse_lb_spec(f"haproxy:{proxy.socket}:web/web-{{host}}"))
     with pytest.raises(HaproxyError, match=r"web/web-host1 has no health check"):
@@ -381,14 +421,18 @@ async def test_pre_migrate_refuses_servers_without_checks_and_low_socket_levels(
     ledger = Ledger.load(lab.prefix)
     assert ledger is not None and proxy.name not in ledger.services
 
-    operator = await start_haproxy(lab, LbConfig(servers=lab_servers(lab, PORT),
-                                                 socket_level="operator"), name="haproxy-op")
+    operator = await start_haproxy(
+        lab, LbConfig(servers=lab_servers(lab, PORT), socket_level="operator"), name="haproxy-op"
+    )
     ledger = Ledger.load(lab.prefix)
     assert ledger is not None and ledger.services == {"haproxy-op@client": operator.pid}
     cutover = HaproxyCutover(parse_lb_spec(f"haproxy:{operator.socket}:web/web-{{host}}"))
     with pytest.raises(HaproxyError, match=r"at level 'operator'; a cutover needs 'level admin'"):
         await cutover.fire(HookPoint.PRE_MIGRATE, _facts(lab))
     # and were it not checked first, HAProxy's own refusal reads as one line too
-    with pytest.raises(HaproxyError, match=r"HAProxy refused 'set server web/web-host2 state "
-                                           r"ready': permission denied"):
+    with pytest.raises(
+        HaproxyError,
+        match=r"HAProxy refused 'set server web/web-host2 state "
+        r"ready': permission denied",
+    ):
         await HaproxyRuntime(operator.socket).set_state("web", "web-host2", AdminState.READY)

@@ -26,9 +26,25 @@ PORT = 8080
 
 
 def _start_web(lab: LabSpec, inventory: Path) -> Path:
-    done = run_haul(inventory, "run", "--name", "web", "--host", "host1", "--",
-                    sys.executable, "-S", "-E", str(WEB), "--outfile", "verdict",
-                    "--port", str(PORT), "--mem-mib", "64")
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        "web",
+        "--host",
+        "host1",
+        "--",
+        sys.executable,
+        "-S",
+        "-E",
+        str(WEB),
+        "--outfile",
+        "verdict",
+        "--port",
+        str(PORT),
+        "--mem-mib",
+        "64",
+    )
     assert done.returncode == 0, done.stderr
     return lab.host(1).data_backing / "agent" / "workloads" / "web" / "verdict"
 
@@ -41,12 +57,14 @@ async def _ready(outfile: Path) -> None:
 
 
 async def _proxy(lab: LabSpec) -> LabHaproxy:
-    return await start_haproxy(lab, LbConfig(
-        servers=lab_servers(lab, PORT, enabled=(1,)), check_path="/health"))
+    return await start_haproxy(
+        lab, LbConfig(servers=lab_servers(lab, PORT, enabled=(1,)), check_path="/health")
+    )
 
 
-async def _under_load(lab: LabSpec, proxy: LabHaproxy, moves: list[list[str]]
-                      ) -> tuple[LoadRun, list[int]]:
+async def _under_load(
+    lab: LabSpec, proxy: LabHaproxy, moves: list[list[str]]
+) -> tuple[LoadRun, list[int]]:
     """Run ``haul`` with each argv in ``moves`` (one after the other) while the client
     sends requests through HAProxy; the return codes."""
     load = LoadGen(proxy.url, connections=2, connect=netns_connector(lab.client.netns))
@@ -81,16 +99,21 @@ def _verdict(lab: LabSpec, inventory: Path, host: str) -> str:
 
 @pytest.mark.asyncio
 async def test_address_change_with_haproxy_cutover_fails_no_request(
-        lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab_with_agents: tuple[LabSpec, Path],
+) -> None:
     lab, inventory = lab_with_agents
     await _ready(_start_web(lab, inventory))
     proxy = await _proxy(lab)
     try:
         lb = f"haproxy:{proxy.socket}:{proxy.backend}/web-{{host}}"
-        run, codes = await _under_load(lab, proxy, [
-            [str(inventory), "migrate", "web", "--to", "host2", "--lb", lb],
-            [str(inventory), "migrate", "web", "--to", "host1", "--lb", lb],
-        ])
+        run, codes = await _under_load(
+            lab,
+            proxy,
+            [
+                [str(inventory), "migrate", "web", "--to", "host2", "--lb", lb],
+                [str(inventory), "migrate", "web", "--to", "host1", "--lb", lb],
+            ],
+        )
         servers = {s.name: s for s in await HaproxyRuntime(proxy.socket).servers("web")}
     finally:
         await stop_haproxy(lab, proxy)
@@ -107,20 +130,33 @@ async def test_address_change_with_haproxy_cutover_fails_no_request(
 
 @pytest.mark.asyncio
 async def test_a_failing_hook_before_the_commit_leaves_haproxy_on_the_live_copy(
-        lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
+    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
+) -> None:
     lab, inventory = lab_with_agents
     hook = tmp_path / "refuse-restored"
-    hook.write_text('#!/bin/sh\n[ "$1" = restored ] && { echo "not today" >&2; exit 1; }\n'
-                    'exit 0\n')
+    hook.write_text('#!/bin/sh\n[ "$1" = restored ] && { echo "not today" >&2; exit 1; }\nexit 0\n')
     hook.chmod(0o755)
     await _ready(_start_web(lab, inventory))
     proxy = await _proxy(lab)
     try:
         lb = f"haproxy:{proxy.socket}:{proxy.backend}/web-{{host}}"
-        run, codes = await _under_load(lab, proxy, [
-            [str(inventory), "migrate", "web", "--to", "host2", "--lb", lb,
-             "--hook", str(hook)],
-        ])
+        run, codes = await _under_load(
+            lab,
+            proxy,
+            [
+                [
+                    str(inventory),
+                    "migrate",
+                    "web",
+                    "--to",
+                    "host2",
+                    "--lb",
+                    lb,
+                    "--hook",
+                    str(hook),
+                ],
+            ],
+        )
         servers = {s.name: s for s in await HaproxyRuntime(proxy.socket).servers("web")}
     finally:
         await stop_haproxy(lab, proxy)

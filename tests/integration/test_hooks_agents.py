@@ -19,13 +19,19 @@ def logging_hook(directory: Path, name: str, log: Path, *, fail_at: str = "") ->
     """deploy/hooks/log-event writing to ``log``; also notes the hook's network namespace;
     fails at ``fail_at`` after logging."""
     path = directory / name
-    fail = (f'if [ "$1" = {fail_at} ]; then echo "the copy on $HAUL_DEST_HOST is not '
-            'wanted" >&2; exit 1; fi\n') if fail_at else ""
+    fail = (
+        (
+            f'if [ "$1" = {fail_at} ]; then echo "the copy on $HAUL_DEST_HOST is not '
+            'wanted" >&2; exit 1; fi\n'
+        )
+        if fail_at
+        else ""
+    )
     path.write_text(
         "#!/bin/bash\n"
-        f"HAUL_HOOK_LOG={log} {LOG_EVENT} \"$@\" || exit 1\n"
-        f"echo \"$1 $(readlink /proc/self/ns/net)\" >> {log}.netns\n"
-        + fail)
+        f'HAUL_HOOK_LOG={log} {LOG_EVENT} "$@" || exit 1\n'
+        f'echo "$1 $(readlink /proc/self/ns/net)" >> {log}.netns\n' + fail
+    )
     path.chmod(0o755)
     return path
 
@@ -54,22 +60,39 @@ def test_a_logging_hook_sees_every_point_in_order(
     hook = logging_hook(tmp_path, "log", log)
     run_counter(inventory, lab, "web1")
     before = count(lab, "host1", "web1")
-    done = run_haul(inventory, "migrate", "web1", "--to", "host2", "--strategy", strategy,
-                    "--hook", str(hook), "--hook-timeout", "20", "-o", "json")
+    done = run_haul(
+        inventory,
+        "migrate",
+        "web1",
+        "--to",
+        "host2",
+        "--strategy",
+        strategy,
+        "--hook",
+        str(hook),
+        "--hook-timeout",
+        "20",
+        "-o",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["problems"] == []
     seen = events(log)
-    assert [e["point"] for e in seen] == ["pre-migrate", "pre-freeze", "restored",
-                                          "post-commit"]
+    assert [e["point"] for e in seen] == ["pre-migrate", "pre-freeze", "restored", "post-commit"]
     assert [e["phase"] for e in seen] == ["prepare", "freeze", "restore", "commit"]
     for e in seen:
         assert e == {
-            "point": e["point"], "phase": e["phase"], "id": result["id"], "workload": "web1",
-            "from": "host1", "to": "host2",
+            "point": e["point"],
+            "phase": e["phase"],
+            "id": result["id"],
+            "workload": "web1",
+            "from": "host1",
+            "to": "host2",
             "source_address": str(lab.host(1).address.ip),
             "dest_address": str(lab.host(2).address.ip),
-            "strategy": strategy, "reason": "",
+            "strategy": strategy,
+            "reason": "",
         }
     # the hooks ran on the source host (its network namespace), whatever the point
     spaces = {line.split()[1] for line in Path(f"{log}.netns").read_text().splitlines()}
@@ -86,21 +109,38 @@ def test_a_hook_failing_at_restored_aborts_and_the_workload_stays(
     log = tmp_path / "hooks.log"
     run_counter(inventory, lab, "web2")
     veto = logging_hook(tmp_path, "veto", log, fail_at="restored")
-    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "--strategy", "stop-and-copy",
-                    "--hook", str(veto), "-o", "json")
+    done = run_haul(
+        inventory,
+        "migrate",
+        "web2",
+        "--to",
+        "host2",
+        "--strategy",
+        "stop-and-copy",
+        "--hook",
+        str(veto),
+        "-o",
+        "json",
+    )
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "rolled-back"
     assert result["reason"] == (
         f"rolled back during restore (hooks: hook {veto} at restored exited with status 1: "
-        "the copy on host2 is not wanted); web2 runs on host1, nothing kept on host2")
-    assert [e["point"] for e in events(log)] == ["pre-migrate", "pre-freeze", "restored",
-                                                 "rolled-back"]
+        "the copy on host2 is not wanted); web2 runs on host1, nothing kept on host2"
+    )
+    assert [e["point"] for e in events(log)] == [
+        "pre-migrate",
+        "pre-freeze",
+        "restored",
+        "rolled-back",
+    ]
     assert events(log)[-1]["reason"].startswith(f"hooks: hook {veto} at restored exited")
     journal = lab.host(1).data_backing / "agent" / "journal" / f"{result['id']}.jsonl"
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     assert [(r["phase"], r["cause"]) for r in records if r["cause"].startswith("hook")] == [
-        ("restore", "hook restored failed")]
+        ("restore", "hook restored failed")
+    ]
     # the workload keeps running on the source; the destination kept nothing
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web2")]
     agent2 = lab.host(2).data_backing / "agent"
@@ -119,11 +159,16 @@ def test_a_hook_failing_at_restored_aborts_and_the_workload_stays(
 
     # and the next migration, with a hook that agrees, succeeds
     good = logging_hook(tmp_path, "good", log)
-    done = run_haul(inventory, "migrate", "web2", "--to", "host2", "--hook", str(good),
-                    "-o", "json")
+    done = run_haul(
+        inventory, "migrate", "web2", "--to", "host2", "--hook", str(good), "-o", "json"
+    )
     assert done.returncode == 0, done.stderr
-    assert [e["point"] for e in events(log)][4:] == ["pre-migrate", "pre-freeze", "restored",
-                                                    "post-commit"]
+    assert [e["point"] for e in events(log)][4:] == [
+        "pre-migrate",
+        "pre-freeze",
+        "restored",
+        "post-commit",
+    ]
     assert verdict(lab, inventory, "host2", "web2").startswith("PASS")
 
 
@@ -134,15 +179,21 @@ def test_a_failing_post_commit_hook_is_reported_and_the_move_stands(
     log = tmp_path / "hooks.log"
     run_counter(inventory, lab, "web3", mem_mib=8)
     late = logging_hook(tmp_path, "late", log, fail_at="post-commit")
-    done = run_haul(inventory, "migrate", "web3", "--to", "host2", "--hook", str(late),
-                    "-o", "json")
+    done = run_haul(
+        inventory, "migrate", "web3", "--to", "host2", "--hook", str(late), "-o", "json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done"
     assert result["problems"] == [
         f"hooks: post-commit failed: hook {late} at post-commit exited with status 1: "
-        "the copy on host2 is not wanted"]
+        "the copy on host2 is not wanted"
+    ]
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host2", "web3")]
-    assert [e["point"] for e in events(log)] == ["pre-migrate", "pre-freeze", "restored",
-                                                 "post-commit"]
+    assert [e["point"] for e in events(log)] == [
+        "pre-migrate",
+        "pre-freeze",
+        "restored",
+        "post-commit",
+    ]
     assert verdict(lab, inventory, "host2", "web3").startswith("PASS")

@@ -49,15 +49,27 @@ async def test_up_makes_hosts_that_reach_each_other_and_down_removes_all() -> No
         assert status.complete
         assert [m.name for m in status.members] == ["host1", "host2", "host3", "client"]
         assert [m.address for m in status.members] == [
-            "10.77.0.1/24", "10.77.0.2/24", "10.77.0.3/24", "10.77.0.250/24"]
+            "10.77.0.1/24",
+            "10.77.0.2/24",
+            "10.77.0.3/24",
+            "10.77.0.250/24",
+        ]
         assert _ping(spec.host(1).netns, "10.77.0.3")
         assert _ping(spec.client.netns, "10.77.0.2")
         # Each host sees its own data directory at the common data path.
         for i in (1, 2):
             h = spec.host(i)
             subprocess.run(
-                ["nsenter", f"--mount={h.mntns}", "--", "sh", "-c",
-                 f"echo {h.name} > {spec.data_path}/who"], check=True)
+                [
+                    "nsenter",
+                    f"--mount={h.mntns}",
+                    "--",
+                    "sh",
+                    "-c",
+                    f"echo {h.name} > {spec.data_path}/who",
+                ],
+                check=True,
+            )
             assert (h.data_backing / "who").read_text().strip() == h.name
         assert not (spec.data_path / "who").exists(), "haul's own view is not a host's"
     finally:
@@ -116,8 +128,9 @@ async def test_up_refuses_a_name_taken_by_someone_else_and_leaves_it() -> None:
 
 
 def _haul(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "haul", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "haul", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 async def test_cli_lab_up_status_down() -> None:

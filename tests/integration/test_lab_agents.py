@@ -30,16 +30,32 @@ HAUL = "import sys\nfrom haul.cli import main\nsys.argv[0] = 'haul'\nmain()\n"
 
 
 def _haul(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", HAUL, *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", HAUL, *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def _curl(netns: str, url: str, token: str) -> tuple[int, str]:
     """GET ``url`` from inside ``netns``; return (HTTP status, body)."""
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, "curl", "-sS", "--max-time", "10",
-         "-H", f"Authorization: Bearer {token}", "-w", "\n%{http_code}", url],
-        capture_output=True, text=True, timeout=30,
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            f"Authorization: Bearer {token}",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     body, _, status = done.stdout.rpartition("\n")
@@ -87,8 +103,9 @@ async def test_every_agent_answers_on_its_socket_and_to_the_other_hosts(
 async def test_run_ps_kill_through_the_cli(lab_with_agents: tuple[LabSpec, Path]) -> None:
     spec, inventory = lab_with_agents
     hosts = ("--hosts", str(inventory))
-    run = _haul("run", "--name", "sleeper", "--host", "host2", *hosts, "-o", "json",
-                "--", "sleep", "600")
+    run = _haul(
+        "run", "--name", "sleeper", "--host", "host2", *hosts, "-o", "json", "--", "sleep", "600"
+    )
     assert run.returncode == 0, run.stderr
     started = json.loads(run.stdout)
     assert (started["host"], started["name"], started["status"]) == ("host2", "sleeper", "running")
@@ -100,7 +117,8 @@ async def test_run_ps_kill_through_the_cli(lab_with_agents: tuple[LabSpec, Path]
     assert ps.returncode == 0, ps.stderr
     rows = json.loads(ps.stdout)
     assert [(r["host"], r["name"], r["status"], r["root_pid"], r["argv"]) for r in rows] == [
-        ("host2", "sleeper", "running", root_pid, ["sleep", "600"])]
+        ("host2", "sleeper", "running", root_pid, ["sleep", "600"])
+    ]
     assert rows[0]["uptime_s"] >= 0
     only1 = _haul("ps", "--host", "host1", *hosts, "-o", "json")
     assert only1.returncode == 0 and json.loads(only1.stdout) == []

@@ -34,8 +34,9 @@ def test_migrate_there_and_back(lab_with_agents: tuple[LabSpec, Path], strategy:
     run_counter(inventory, lab, "web1")
     for src, dst in (("host1", "host2"), ("host2", "host1")):
         before = count(lab, src, "web1")
-        done = run_haul(inventory, "migrate", "web1", "--to", dst, "--strategy", strategy,
-                        "-o", "json")
+        done = run_haul(
+            inventory, "migrate", "web1", "--to", dst, "--strategy", strategy, "-o", "json"
+        )
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["outcome"] == "done" and result["strategy"] == strategy
@@ -61,12 +62,17 @@ def test_wrong_token_is_refused_and_nothing_moves(
     hosts = tomllib.loads(inventory.read_text())["hosts"]
     lines = []
     for name, entry in hosts.items():
-        lines += [f"[hosts.{name}]", f'url = "{entry["peer_url"]}"',
-                  f'token = "{entry["token"]}x"', ""]
+        lines += [
+            f"[hosts.{name}]",
+            f'url = "{entry["peer_url"]}"',
+            f'token = "{entry["token"]}x"',
+            "",
+        ]
     bad = tmp_path / "bad.toml"
     bad.write_text("\n".join(lines))
-    done = run_haul(bad, "migrate", "web2", "--to", "host2", "--from", "host1",
-                    netns=lab.client.netns)
+    done = run_haul(
+        bad, "migrate", "web2", "--to", "host2", "--from", "host1", netns=lab.client.netns
+    )
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "token is not valid" in done.stderr
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web2")]
@@ -87,12 +93,26 @@ def test_unknown_workload_and_host_fail_in_one_line(lab_with_agents: tuple[LabSp
     assert done.returncode == 2 and "host9" in done.stderr
 
 
-def _start_migration(inventory: Path, workload: str, to: str, strategy: str
-                     ) -> subprocess.Popen[str]:
+def _start_migration(
+    inventory: Path, workload: str, to: str, strategy: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "haul", "migrate", workload, "--to", to,
-         "--strategy", strategy, "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "haul",
+            "migrate",
+            workload,
+            "--to",
+            to,
+            "--strategy",
+            strategy,
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "HAUL_HOSTS": str(inventory)},
     )
 
@@ -171,8 +191,9 @@ def test_check_and_dry_run_touch_nothing(lab_with_agents: tuple[LabSpec, Path]) 
     view = json.loads(done.stdout)
     assert view["ok"] and view["strategy"] == "post-copy"  # auto, on this kernel
     assert view["workload_bytes"] >= 16 << 20
-    refused = run_haul(inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy",
-                       "--dry-run")
+    refused = run_haul(
+        inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy", "--dry-run"
+    )
     assert refused.returncode == 3
     assert "soft-dirty" in refused.stderr
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "web3")]
@@ -205,9 +226,19 @@ def test_zdtm_programs_through_the_agents(
     programs = ZDTM_ARGS | ZDTM_MORE_ARGS
     for name in sorted(programs):
         w = f"z-{name.replace('_', '-')}"
-        done = run_haul(inventory, "run", "--name", w, "--host", "host1", "--",
-                        str(zdtm_dir / name), f"--pidfile={name}.pid", f"--outfile={name}.out",
-                        *programs[name])
+        done = run_haul(
+            inventory,
+            "run",
+            "--name",
+            w,
+            "--host",
+            "host1",
+            "--",
+            str(zdtm_dir / name),
+            f"--pidfile={name}.pid",
+            f"--outfile={name}.out",
+            *programs[name],
+        )
         assert done.returncode == 0, done.stderr
         wdir = lab.host(1).data_backing / "agent" / "workloads" / w
         deadline = time.monotonic() + 30
@@ -216,8 +247,9 @@ def test_zdtm_programs_through_the_agents(
             time.sleep(0.02)
     for name in sorted(programs):
         w = f"z-{name.replace('_', '-')}"
-        done = run_haul(inventory, "migrate", w, "--to", "host2", "--strategy", "stop-and-copy",
-                        "-o", "json")
+        done = run_haul(
+            inventory, "migrate", w, "--to", "host2", "--strategy", "stop-and-copy", "-o", "json"
+        )
         assert done.returncode == 0, f"{name}: {done.stdout} {done.stderr}"
     rows = {r["name"]: r for r in ps(inventory)}
     for name in sorted(programs):
@@ -235,7 +267,7 @@ def test_zdtm_programs_through_the_agents(
 
 
 def test_source_agent_killed_mid_migration_recovers_on_restart(
-    lab_with_agents: tuple[LabSpec, Path]
+    lab_with_agents: tuple[LabSpec, Path],
 ) -> None:
     import asyncio
 
@@ -263,8 +295,9 @@ def test_source_agent_killed_mid_migration_recovers_on_restart(
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big4")]
     n = count(lab, "host1", "big4")
     assert wait_count_above(lab, "host1", "big4", n) > n, "the restarted agent resumed it"
-    assert not list((lab.host(2).data_backing / "agent").glob("incoming/m*/")), \
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/m*/")), (
         "the destination discarded its part"
+    )
     done = run_haul(inventory, "migrate", "big4", "--to", "host2")
     assert done.returncode == 0, done.stderr
     assert verdict(lab, inventory, "host2", "big4").startswith("PASS")
@@ -276,11 +309,33 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
 
     lab, inventory = lab_with_agents
     state = tmp_path / "state"  # outside the hosts' data: both hosts see it
-    launcher = subprocess.Popen([
-        *lab.host(1).ns.prefix(), "unshare", "--pid", "--ipc", "--uts", "--fork", "--",
-        sys.executable, "-S", "-E", str(PIDINIT), "--log", str(tmp_path / "log"),
-        "--cwd", str(tmp_path), "--", sys.executable, "-S", "-E", str(COUNTER), str(state),
-        "--mem-mib", "8"])
+    launcher = subprocess.Popen(
+        [
+            *lab.host(1).ns.prefix(),
+            "unshare",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--",
+            sys.executable,
+            "-S",
+            "-E",
+            str(PIDINIT),
+            "--log",
+            str(tmp_path / "log"),
+            "--cwd",
+            str(tmp_path),
+            "--",
+            sys.executable,
+            "-S",
+            "-E",
+            str(COUNTER),
+            str(state),
+            "--mem-mib",
+            "8",
+        ]
+    )
     deadline = time.monotonic() + 20
     while not state.exists():
         assert time.monotonic() < deadline
@@ -289,16 +344,18 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
     root_pid = int(children[0])
     plain = subprocess.Popen(["sleep", "60"])
     try:
-        refused = run_haul(inventory, "migrate", f"pid:{plain.pid}", "--from", "host1",
-                           "--to", "host2")
+        refused = run_haul(
+            inventory, "migrate", f"pid:{plain.pid}", "--from", "host1", "--to", "host2"
+        )
         assert refused.returncode == 1 and "own PID namespace" in refused.stderr
     finally:
         plain.kill()
         plain.wait()
     no_from = run_haul(inventory, "migrate", f"pid:{root_pid}", "--to", "host2")
     assert no_from.returncode == 2 and "--from" in no_from.stderr
-    done = run_haul(inventory, "migrate", f"pid:{root_pid}", "--from", "host1", "--to",
-                    "host2", "-o", "json")
+    done = run_haul(
+        inventory, "migrate", f"pid:{root_pid}", "--from", "host1", "--to", "host2", "-o", "json"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["workload"] == f"pid-{root_pid}"
     rows = ps(inventory)
@@ -315,15 +372,17 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
     launcher.wait(timeout=10)  # its tree was killed at the commit; it has exited
 
 
-def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path],
-                                           tmp_path: Path) -> None:
+def test_memory_through_a_shared_directory(
+    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
+) -> None:
     lab, inventory = lab_with_agents
     shared = tmp_path / "shared"  # outside the hosts' private data: both see it
     shared.mkdir()
     run_counter(inventory, lab, "web5", mem_mib=32)
     before = count(lab, "host1", "web5")
-    done = run_haul(inventory, "migrate", "web5", "--to", "host2", "--shared-dir", str(shared),
-                    "-o", "json")
+    done = run_haul(
+        inventory, "migrate", "web5", "--to", "host2", "--shared-dir", str(shared), "-o", "json"
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["strategy"] == "stop-and-copy"
@@ -332,30 +391,61 @@ def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path]
     assert shown["stats"]["dump_bytes"] >= 32 << 20, "they were written to the shared dir"
     assert list(shared.iterdir()) == [], "the shared directory is cleaned up"
     assert wait_count_above(lab, "host2", "web5", before) > before
-    refused = run_haul(inventory, "migrate", "web5", "--to", "host1", "--shared-dir", str(shared),
-                       "--strategy", "post-copy")
+    refused = run_haul(
+        inventory,
+        "migrate",
+        "web5",
+        "--to",
+        "host1",
+        "--shared-dir",
+        str(shared),
+        "--strategy",
+        "post-copy",
+    )
     assert refused.returncode == 1 and "post-copy" in refused.stderr
     assert verdict(lab, inventory, "host2", "web5").startswith("PASS")
 
 
 def _http_status(lab: LabSpec, url: str) -> int:
     done = subprocess.run(
-        ["ip", "netns", "exec", lab.client.netns, sys.executable, "-c",
-         f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)"],
-        capture_output=True, text=True, timeout=30)
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.client.netns,
+            sys.executable,
+            "-c",
+            f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=5).status)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return int(done.stdout.strip()) if done.returncode == 0 else -1
 
 
 def test_a_listening_server_moves_and_answers_on_the_destination(
     lab_with_agents: tuple[LabSpec, Path], criu_path: Path
 ) -> None:
-    version = subprocess.run([str(criu_path), "--version"], capture_output=True,
-                             text=True).stdout.split()[1]
+    version = subprocess.run(
+        [str(criu_path), "--version"], capture_output=True, text=True
+    ).stdout.split()[1]
     if tuple(int(x) for x in version.split(".")[:2]) < (4, 2):
         pytest.skip(f"CRIU {version} cannot dump TCP sockets on this kernel (4.2 can)")
     lab, inventory = lab_with_agents
-    done = run_haul(inventory, "run", "--name", "www", "--host", "host1", "--",
-                    sys.executable, "-m", "http.server", "8000")
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        "www",
+        "--host",
+        "host1",
+        "--",
+        sys.executable,
+        "-m",
+        "http.server",
+        "8000",
+    )
     assert done.returncode == 0, done.stderr
     deadline = time.monotonic() + 20
     while _http_status(lab, "http://10.77.0.1:8000/") != 200:

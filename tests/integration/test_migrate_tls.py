@@ -52,8 +52,9 @@ class Counter:
         return f"state-{self.marker}"
 
     def state(self, host: str) -> Path:
-        return (self.lab.member(host).data_backing / "agent" / "workloads" / self.name
-                / self.state_name)
+        return (
+            self.lab.member(host).data_backing / "agent" / "workloads" / self.name / self.state_name
+        )
 
     def count(self, host: str) -> int:
         return int(self.state(host).read_text().split()[1])
@@ -72,8 +73,11 @@ class Counter:
     def where(self) -> list[tuple[str, str]]:
         done = run_haul(self.inventory, "ps", "-o", "json")
         assert done.returncode == 0, done.stderr
-        return [(str(r["host"]), str(r["name"])) for r in json.loads(done.stdout)
-                if r.get("status") != "gone"]
+        return [
+            (str(r["host"]), str(r["name"]))
+            for r in json.loads(done.stdout)
+            if r.get("status") != "gone"
+        ]
 
     def verdict(self, host: str) -> str:
         done = run_haul(self.inventory, "ps", "--host", host, "-o", "json")
@@ -90,8 +94,22 @@ class Counter:
 
 def start_counter(lab: LabSpec, inventory: Path, name: str) -> Counter:
     counter = Counter(lab, inventory, name, "haulmark" + secrets.token_hex(8))
-    done = run_haul(inventory, "run", "--name", name, "--host", "host1", "--", sys.executable,
-                    "-S", "-E", str(COUNTER), counter.state_name, "--mem-mib", str(MEM_MIB))
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        name,
+        "--host",
+        "host1",
+        "--",
+        sys.executable,
+        "-S",
+        "-E",
+        str(COUNTER),
+        counter.state_name,
+        "--mem-mib",
+        str(MEM_MIB),
+    )
     assert done.returncode == 0, done.stderr
     counter.wait_count_above("host1", 2)
     return counter
@@ -99,8 +117,17 @@ def start_counter(lab: LabSpec, inventory: Path, name: str) -> Counter:
 
 def migrate(counter: Counter, src: str, dst: str, strategy: str) -> dict[str, object]:
     before = counter.count(src)
-    done = run_haul(counter.inventory, "migrate", counter.name, "--to", dst, "--strategy",
-                    strategy, "-o", "json")
+    done = run_haul(
+        counter.inventory,
+        "migrate",
+        counter.name,
+        "--to",
+        dst,
+        "--strategy",
+        strategy,
+        "-o",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     assert result["outcome"] == "done" and result["strategy"] == strategy
@@ -117,8 +144,11 @@ class Capture:
 
     def between(self, a: str, b: str) -> dict[str, dict[str, object]]:
         """The connections' directions between the two addresses."""
-        return {k: v for k, v in self.flows.items()
-                if {k.split(">")[0].split(":")[0], k.split(">")[1].split(":")[0]} == {a, b}}
+        return {
+            k: v
+            for k, v in self.flows.items()
+            if {k.split(">")[0].split(":")[0], k.split(">")[1].split(":")[0]} == {a, b}
+        }
 
     def pages(self, a: str, b: str) -> dict[str, dict[str, object]]:
         """Directions between a and b that are not the agents' API."""
@@ -138,9 +168,20 @@ def sniffing(lab: LabSpec, host: str, marker: str, tmp: Path) -> Iterator[list[C
     ready.unlink(missing_ok=True)
     with errors.open("w") as stderr:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", lab.switch_netns, sys.executable, str(SNIFFER),
-             lab.member(host).switch_port, marker.encode().hex(), str(out), str(ready)],
-            stderr=stderr)
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.switch_netns,
+                sys.executable,
+                str(SNIFFER),
+                lab.member(host).switch_port,
+                marker.encode().hex(),
+                str(out),
+                str(ready),
+            ],
+            stderr=stderr,
+        )
     captured: list[Capture] = []
     try:
         deadline = time.monotonic() + 10
@@ -171,7 +212,9 @@ def assert_all_tls(capture: Capture, src: str, dst: str) -> None:
 
 @pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
 def test_tls_agents_move_the_counter_with_every_page_over_tls(
-    tls_lab: tuple[LabSpec, Path], tmp_path: Path, strategy: str,
+    tls_lab: tuple[LabSpec, Path],
+    tmp_path: Path,
+    strategy: str,
 ) -> None:
     lab, inventory = tls_lab
     src, dst = str(lab.host(1).address.ip), str(lab.host(2).address.ip)
@@ -186,18 +229,22 @@ def test_tls_agents_move_the_counter_with_every_page_over_tls(
         carried = [v for k, v in pages.items() if k.startswith(f"{src}:")]
     else:
         # the source's lazy page server -> the destination's lazy-pages daemon
-        carried = [v for k, v in pages.items()
-                   if k.startswith(f"{src}:") and 20000 <= int(k.split(">")[0].split(":")[1])
-                   < 40000]
+        carried = [
+            v
+            for k, v in pages.items()
+            if k.startswith(f"{src}:") and 20000 <= int(k.split(">")[0].split(":")[1]) < 40000
+        ]
     assert sum(int(v["bytes"]) for v in carried) >= MEM_MIB << 20, (  # type: ignore[call-overload]
-        f"the workload's memory did not cross on a page channel: {pages}")
+        f"the workload's memory did not cross on a page channel: {pages}"
+    )
     assert int(result["downtime_ms"]) > 0  # type: ignore[call-overload]
     migrate(counter, "host2", "host1", strategy)  # and back
     assert counter.verdict("host1").startswith("PASS")
 
 
 def test_without_tls_the_capture_sees_the_memory_in_clear(
-    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path,
+    lab_with_agents: tuple[LabSpec, Path],
+    tmp_path: Path,
 ) -> None:
     """The control: the capture above can tell clear pages from encrypted ones."""
     lab, inventory = lab_with_agents
@@ -222,7 +269,8 @@ def _stranger(tmp_path: Path, host: str, ip: str | None = None) -> tuple[Path, P
 
 
 def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
-    tls_lab: tuple[LabSpec, Path], tmp_path: Path,
+    tls_lab: tuple[LabSpec, Path],
+    tmp_path: Path,
 ) -> None:
     lab, inventory = tls_lab
     counter = start_counter(lab, inventory, "web2")
@@ -232,8 +280,14 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
         """An inventory for the lab's client namespace: the agents' https URLs."""
         lines = []
         for host, entry in hosts.items():
-            lines += [f"[hosts.{host}]", f'url = "{entry["peer_url"]}"', f'ca = "{entry["ca"]}"',
-                      f'cert = "{cert}"', f'key = "{key}"', ""]
+            lines += [
+                f"[hosts.{host}]",
+                f'url = "{entry["peer_url"]}"',
+                f'ca = "{entry["ca"]}"',
+                f'cert = "{cert}"',
+                f'key = "{key}"',
+                "",
+            ]
         path = tmp_path / name
         path.write_text("\n".join(lines))
         return path
@@ -247,8 +301,16 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
 
     # The same with a certificate from another CA: refused, in one line; nothing moves.
     _, cert, key = _stranger(tmp_path, CLI_CERT)
-    done = run_haul(over_tcp(cert, key, "stranger.toml"), "migrate", "web2", "--to", "host2",
-                    "--from", "host1", netns=lab.client.netns)
+    done = run_haul(
+        over_tcp(cert, key, "stranger.toml"),
+        "migrate",
+        "web2",
+        "--to",
+        "host2",
+        "--from",
+        "host1",
+        netns=lab.client.netns,
+    )
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
     assert "10.77.0.1" in done.stderr  # the agent that refused it
     assert "refuses a client certificate" in done.stderr, done.stderr

@@ -27,22 +27,61 @@ ADDRESS = "10.77.0.101"
 
 
 def _links(lab: LabSpec, host: str) -> str:
-    return subprocess.run(["ip", "-n", lab.member(host).netns, "-br", "link"],
-                          capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["ip", "-n", lab.member(host).netns, "-br", "link"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def _start_echo(inventory: Path, name: str = "echo", host: str = "host1") -> None:
-    done = run_haul(inventory, "run", "--name", name, "--host", host, "--ip", f"{ADDRESS}/24",
-                    "--port", "9000", "--", sys.executable, "-S", "-E", str(STREAM), "serve",
-                    "verdict", "--port", "9000")
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        name,
+        "--host",
+        host,
+        "--ip",
+        f"{ADDRESS}/24",
+        "--port",
+        "9000",
+        "--",
+        sys.executable,
+        "-S",
+        "-E",
+        str(STREAM),
+        "serve",
+        "verdict",
+        "--port",
+        "9000",
+    )
     assert done.returncode == 0, done.stderr
 
 
 def _client(lab: LabSpec, duration_s: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["ip", "netns", "exec", lab.client.netns, sys.executable, "-S", "-E", str(STREAM),
-         "send", ADDRESS, "--port", "9000", "--duration", str(duration_s)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.client.netns,
+            sys.executable,
+            "-S",
+            "-E",
+            str(STREAM),
+            "send",
+            ADDRESS,
+            "--port",
+            "9000",
+            "--duration",
+            str(duration_s),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _verdict(lab: LabSpec, inventory: Path, host: str, name: str) -> str:
@@ -60,7 +99,8 @@ def _verdict(lab: LabSpec, inventory: Path, host: str, name: str) -> str:
 
 @pytest.mark.root
 def test_tcp_connection_survives_migration_there_and_back(
-        lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab_with_agents: tuple[LabSpec, Path],
+) -> None:
     lab, inventory = lab_with_agents
     _start_echo(inventory)
     rows = ps(inventory)
@@ -70,8 +110,9 @@ def test_tcp_connection_survives_migration_there_and_back(
     try:
         time.sleep(1.5)
         for to, strategy in (("host2", "stop-and-copy"), ("host1", "post-copy")):
-            done = run_haul(inventory, "migrate", "echo", "--to", to, "--strategy", strategy,
-                            "-o", "json")
+            done = run_haul(
+                inventory, "migrate", "echo", "--to", to, "--strategy", strategy, "-o", "json"
+            )
             assert done.returncode == 0, done.stderr
             result = json.loads(done.stdout)
             assert result["outcome"] == "done", result
@@ -96,22 +137,36 @@ def test_tcp_connection_survives_migration_there_and_back(
 
 @pytest.mark.root
 def test_run_with_an_address_refuses_bad_input_in_one_line(
-        lab_with_agents: tuple[LabSpec, Path]) -> None:
+    lab_with_agents: tuple[LabSpec, Path],
+) -> None:
     _lab, inventory = lab_with_agents
-    bad = run_haul(inventory, "run", "--name", "x", "--host", "host1", "--ip", ADDRESS, "--",
-                   "sleep", "100")
+    bad = run_haul(
+        inventory, "run", "--name", "x", "--host", "host1", "--ip", ADDRESS, "--", "sleep", "100"
+    )
     assert bad.returncode != 0 and "prefix length" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     _start_echo(inventory)
-    taken = run_haul(inventory, "run", "--name", "y", "--host", "host1", "--ip", f"{ADDRESS}/24",
-                     "--", "sleep", "100")
+    taken = run_haul(
+        inventory,
+        "run",
+        "--name",
+        "y",
+        "--host",
+        "host1",
+        "--ip",
+        f"{ADDRESS}/24",
+        "--",
+        "sleep",
+        "100",
+    )
     assert taken.returncode != 0 and "taken by workload echo" in taken.stderr, taken.stderr
     assert [r["name"] for r in ps(inventory)] == ["echo"]
 
 
 @pytest.mark.root
 def test_the_network_is_locked_from_the_freeze_until_the_destination_resumes(
-        lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -> None:
+    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
+) -> None:
     """At the restored point both copies exist: the frozen source's namespace carries
     CRIU's nftables lock and the restored copy's carries haul's; after the move the
     running copy's namespace has no lock left."""
@@ -126,8 +181,17 @@ for pid in $(pgrep -f 'stream.py serve verdict'); do
 done
 """)
     hook.chmod(0o755)
-    done = run_haul(inventory, "migrate", "echo", "--to", "host2", "--strategy", "stop-and-copy",
-                    "--hook", str(hook))
+    done = run_haul(
+        inventory,
+        "migrate",
+        "echo",
+        "--to",
+        "host2",
+        "--strategy",
+        "stop-and-copy",
+        "--hook",
+        str(hook),
+    )
     assert done.returncode == 0, done.stderr
     lines = seen.read_text().splitlines()
     print(lines)
@@ -138,5 +202,8 @@ done
     [row] = [r for r in ps(inventory) if r["name"] == "echo"]
     tables = subprocess.run(
         ["nsenter", f"--net=/proc/{row['root_pid']}/ns/net", "nft", "list", "tables"],
-        capture_output=True, text=True, check=True).stdout
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert tables.strip() == "", tables

@@ -43,11 +43,19 @@ async def test_post_copy_move_delivers_every_page(criu: Criu, lab: LabSpec) -> N
             copy_images(src_img, dst_img)
             sync_tree(h1.data_backing / counter.subdir, h2.data_backing / counter.subdir)
 
-    dump = asyncio.create_task(criu.on(h1.ns).dump(
-        CriuOptions(images_dir=src_img, work_dir=src_work, pid=counter.tree.root_pid,
-                    leave_stopped=True, lazy_pages=True, page_server=source),
-        ship_at_post_dump,
-    ))
+    dump = asyncio.create_task(
+        criu.on(h1.ns).dump(
+            CriuOptions(
+                images_dir=src_img,
+                work_dir=src_work,
+                pid=counter.tree.root_pid,
+                leave_stopped=True,
+                lazy_pages=True,
+                page_server=source,
+            ),
+            ship_at_post_dump,
+        )
+    )
     async with asyncio.timeout(60):
         while not (dst_img / "pstree.img").exists():
             assert not dump.done(), dump.exception() if dump.done() else ""
@@ -55,10 +63,12 @@ async def test_post_copy_move_delivers_every_page(criu: Criu, lab: LabSpec) -> N
     pages_on_disk = sum(p.stat().st_size for p in dst_img.glob("pages-*.img"))
     assert pages_on_disk < (MEM_MIB << 20) // 4, "the memory did not travel with the images"
 
-    async with LazyPagesDaemon(criu.on(h2.ns), images_dir=dst_img, work_dir=dst_work,
-                               source=source) as daemon:
-        restored = await criu.on(h2.ns).restore(CriuOptions(
-            images_dir=dst_img, work_dir=dst_work, lazy_pages=True, leave_stopped=True))
+    async with LazyPagesDaemon(
+        criu.on(h2.ns), images_dir=dst_img, work_dir=dst_work, source=source
+    ) as daemon:
+        restored = await criu.on(h2.ns).restore(
+            CriuOptions(images_dir=dst_img, work_dir=dst_work, lazy_pages=True, leave_stopped=True)
+        )
         copy = ProcessTree(restored.pid)
         assert all(state(p) in ("T", "t") for p in copy.pids())
         # Commit for post-copy: the source stays frozen as a page server; the copy runs.
@@ -89,7 +99,11 @@ async def test_lazy_pages_daemon_without_a_source_fails_clearly(
     from haul.errors import CriuError
 
     with pytest.raises(CriuError) as info:
-        async with LazyPagesDaemon(criu.on(h2.ns), images_dir=images, work_dir=work,
-                                   source=PageServer(str(lab.host(1).address.ip), 1)) as d:
+        async with LazyPagesDaemon(
+            criu.on(h2.ns),
+            images_dir=images,
+            work_dir=work,
+            source=PageServer(str(lab.host(1).address.ip), 1),
+        ) as d:
             await d.wait(timeout_s=30)
     assert info.value.request == "lazy-pages"

@@ -84,8 +84,9 @@ exit 0
 """
 
 
-def pause_at_restored(lab: LabSpec, inventory: Path, name: str, release: Path
-                      ) -> tuple[str, subprocess.Popen[str]]:
+def pause_at_restored(
+    lab: LabSpec, inventory: Path, name: str, release: Path
+) -> tuple[str, subprocess.Popen[str]]:
     """Start ``name``'s migration host1 -> host2 with a hook that holds the source at
     the ``restored`` point until ``release`` exists; return once host2 has restored
     its copy (stopped) and the source waits in the hook, nothing decided."""
@@ -95,20 +96,39 @@ def pause_at_restored(lab: LabSpec, inventory: Path, name: str, release: Path
     hook.chmod(0o755)
     before = set(journal_dir(lab, "host1").glob("*.jsonl"))
     migrating = subprocess.Popen(
-        [sys.executable, "-m", "haul", "migrate", name, "--to", "host2",
-         "--strategy", "stop-and-copy", "--hook", str(hook), "--hook-timeout", "150",
-         "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "HAUL_HOSTS": str(inventory)})
+        [
+            sys.executable,
+            "-m",
+            "haul",
+            "migrate",
+            name,
+            "--to",
+            "host2",
+            "--strategy",
+            "stop-and-copy",
+            "--hook",
+            str(hook),
+            "--hook-timeout",
+            "150",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HAUL_HOSTS": str(inventory)},
+    )
     _CLI.append(migrating)
-    path = wait_until("the migration's journal",
-                      lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before)
+    path = wait_until(
+        "the migration's journal", lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before
+    )
     mid = next(iter(path)).stem
     wait_until("the source to wait at the restored hook", reached.exists, timeout_s=120)
     assert journal_phases(lab, "host1", mid)[-1] == "restore", "nothing is decided yet"
-    wait_until("host2's restored copy",
-               lambda: [r for r in incoming(lab, "host2") if r["id"] == mid
-                   and r["state"] == "restored"])
+    wait_until(
+        "host2's restored copy",
+        lambda: [r for r in incoming(lab, "host2") if r["id"] == mid and r["state"] == "restored"],
+    )
     return mid, migrating
 
 
@@ -147,16 +167,20 @@ def test_committed_but_never_told_the_destination_asks_and_resumes_one_copy(
     if source == "killed-after-the-commit":
         # The restarted source finishes from its journal: host2 cannot be told either.
         asyncio.run(restart_agent(lab, "host1"))
-        wait_until("host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1]
-                   in ("done", "failed"))
+        wait_until(
+            "host1's recovery", lambda: journal_phases(lab, "host1", mid)[-1] in ("done", "failed")
+        )
     else:
-        wait_until("host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1]
-                   == "failed")
+        wait_until(
+            "host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1] == "failed"
+        )
     assert state(copy) in ("T", "t"), "still nobody resumed the copy"
     # host2's agent comes back, finds its stopped copy, asks host1: committed.
     asyncio.run(restart_agent(lab, "host2"))
-    wait_until("host2 to adopt the copy",
-               lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
+    wait_until(
+        "host2 to adopt the copy",
+        lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"],
+    )
     rows = [(r["host"], r["name"], r["root_pid"]) for r in ps(inventory)]
     assert rows == [("host2", "big", copy)], "exactly one copy: the restored one, on host2"
     assert state(copy) not in ("T", "t", None)
@@ -184,8 +208,9 @@ def test_never_committed_the_destination_waits_then_discards(
     finish_cli(migrating)
     # host2 hears nothing, asks host1 after its deadline, gets no answer, says so,
     # asks again later, and keeps its copy stopped.
-    rows = wait_until("host2 to have asked twice",
-                      lambda: [r for r in incoming(lab, "host2") if r["asks"] >= 2])
+    rows = wait_until(
+        "host2 to have asked twice", lambda: [r for r in incoming(lab, "host2") if r["asks"] >= 2]
+    )
     assert rows[0]["problem"] and rows[0]["last_answer"] == "no answer", rows
     assert "cannot ask host1" in rows[0]["note"], rows
     assert "the copy stays stopped" in rows[0]["note"], rows
@@ -204,8 +229,10 @@ def test_never_committed_the_destination_waits_then_discards(
     asyncio.run(restart_agent(lab, "host2"))
     wait_until("host2 to discard its copy", lambda: state(copy) is None)
     wait_until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
-    assert f"incoming migration {mid} (big): host1 says rolled back" in \
-        agent_log_path(lab.host(2)).read_text()
+    assert (
+        f"incoming migration {mid} (big): host1 says rolled back"
+        in agent_log_path(lab.host(2)).read_text()
+    )
     assert not list((lab.host(2).data_backing / "agent" / "incoming").iterdir())
     assert not (lab.host(2).data_backing / "agent" / "workloads" / "big").exists()
     assert [(r["host"], r["name"]) for r in ps(inventory)] == [("host1", "big")]
@@ -228,8 +255,10 @@ def _after_asking(lab: LabSpec, what: str, check: Callable[[], object]) -> None:
 
 
 def _asked(lab: LabSpec, mid: str, answer: str) -> bool:
-    return f"incoming migration {mid} (big): host1 says {answer}" in \
-        agent_log_path(lab.host(2)).read_text()
+    return (
+        f"incoming migration {mid} (big): host1 says {answer}"
+        in agent_log_path(lab.host(2)).read_text()
+    )
 
 
 def test_committed_the_destination_asks_over_tls_and_resumes_its_copy(
@@ -246,14 +275,16 @@ def test_committed_the_destination_asks_over_tls_and_resumes_its_copy(
     release.touch()
     wait_until("the commit record", lambda: "commit" in journal_phases(lab, "host1", mid))
     finish_cli(migrating)
-    wait_until("host1's job to give up",
-          lambda: journal_phases(lab, "host1", mid)[-1] == "failed")
+    wait_until("host1's job to give up", lambda: journal_phases(lab, "host1", mid)[-1] == "failed")
     assert state(copy) in ("T", "t"), "nobody resumed the copy yet"
     assert not alive(int(source_pid)), "the committed source is gone"  # type: ignore[call-overload]
     # host2's agent comes back, finds its stopped copy and asks host1 over mutual TLS.
     asyncio.run(restart_agent(lab, "host2"))
-    _after_asking(lab, "host2 to adopt the copy", lambda: [
-        r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"])
+    _after_asking(
+        lab,
+        "host2 to adopt the copy",
+        lambda: [r for r in ps(inventory) if r["name"] == "big" and r["host"] == "host2"],
+    )
     assert _asked(lab, mid, "committed")
     rows = [(r["host"], r["name"], r["root_pid"]) for r in ps(inventory)]
     assert rows == [("host2", "big", copy)], "exactly one copy: the restored one, on host2"
@@ -277,8 +308,10 @@ def test_rolled_back_the_destination_asks_over_tls_and_discards_its_copy(
     asyncio.run(restart_agent(lab, "host2", kill_only=True))
     release.write_text("fail\n")
     finish_cli(migrating)
-    wait_until("host1's rollback", lambda: journal_phases(lab, "host1", mid)[-1]
-          in ("rolled-back", "failed"))
+    wait_until(
+        "host1's rollback",
+        lambda: journal_phases(lab, "host1", mid)[-1] in ("rolled-back", "failed"),
+    )
     assert "commit" not in journal_phases(lab, "host1", mid)
     n = count(lab, "host1", "big")
     assert wait_count_above(lab, "host1", "big", n) > n, "the source runs again"

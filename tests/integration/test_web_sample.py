@@ -50,8 +50,20 @@ class LocalWeb:
 async def local_web(tmp_path: Path) -> AsyncIterator[LocalWeb]:
     outfile = tmp_path / "out"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-S", "-E", str(WEB), "--outfile", str(outfile), "--port", "0",
-        "--bind", "127.0.0.1", "--mem-mib", "32", "--seed", "local",
+        sys.executable,
+        "-S",
+        "-E",
+        str(WEB),
+        "--outfile",
+        str(outfile),
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--mem-mib",
+        "32",
+        "--seed",
+        "local",
         stdout=asyncio.subprocess.DEVNULL,
     )
     web = LocalWeb(proc, outfile)
@@ -114,14 +126,24 @@ async def test_a_stalled_service_gives_timeouts_that_are_never_retried(
     assert await local_web.stop() == f"PASS {s.ok + s.failed}"
 
 
-async def _loadgen_cli(lab: LabSpec, url: str, tmp_path: Path, *args: str,
-                       stdin: bytes | None = None) -> dict[str, object]:
+async def _loadgen_cli(
+    lab: LabSpec, url: str, tmp_path: Path, *args: str, stdin: bytes | None = None
+) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", lab.client.netns,
-        sys.executable, "-m", "haul.lab.loadgen", url, *args,
+        "ip",
+        "netns",
+        "exec",
+        lab.client.netns,
+        sys.executable,
+        "-m",
+        "haul.lab.loadgen",
+        url,
+        *args,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         if stdin is not None:
@@ -153,19 +175,32 @@ async def test_web_in_a_lab_host_under_load_from_the_client_namespace(
     try:
         # the command line, as the demo can run it inside the client namespace
         tsv, png = tmp_path / "run.tsv", tmp_path / "run.png"
-        cli = await _loadgen_cli(lab, web.url, tmp_path, "--duration", "1.5",
-                                 "--connections", "2", "--tsv", str(tsv), "--png", str(png))
+        cli = await _loadgen_cli(
+            lab,
+            web.url,
+            tmp_path,
+            "--duration",
+            "1.5",
+            "--connections",
+            "2",
+            "--tsv",
+            str(tsv),
+            "--png",
+            str(png),
+        )
         assert cli["failed"] == 0 and isinstance(cli["ok"], int) and cli["ok"] > 0
         assert len(tsv.read_text().splitlines()) == 1 + cli["ok"]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         # in-process, connections opened in the client namespace
-        run = await LoadGen(web.url, connections=2,
-                            connect=netns_connector(lab.client.netns)).run(duration_s=1.0)
+        run = await LoadGen(web.url, connections=2, connect=netns_connector(lab.client.netns)).run(
+            duration_s=1.0
+        )
         assert run.summary().failed == 0
         assert served_counts(run)[0] == cli["ok"] + 1
         # windows from the command line's stdin, stamped as the lines arrive
-        controlled = await _loadgen_cli(lab, web.url, tmp_path, "--control-stdin",
-                                        stdin=b"begin A->B\nend A->B\nmark x\nstop\n")
+        controlled = await _loadgen_cli(
+            lab, web.url, tmp_path, "--control-stdin", stdin=b"begin A->B\nend A->B\nmark x\nstop\n"
+        )
         windows = controlled["windows"]
         assert isinstance(windows, list) and [w["label"] for w in windows] == ["A->B"]
         assert 0 < windows[0]["start_s"] < windows[0]["end_s"]
@@ -193,17 +228,16 @@ async def _no_client_sockets(web: Web) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_web_keeps_its_count_and_memory_across_a_criu_move(
-    criu: Criu, lab: LabSpec
-) -> None:
+async def test_web_keeps_its_count_and_memory_across_a_criu_move(criu: Criu, lab: LabSpec) -> None:
     h1, h2 = lab.host(1), lab.host(2)
     web = await start_web(lab, h1, mem_mib=64, seed="move")
     connect = netns_connector(lab.client.netns)
     try:
         before = await LoadGen(web.url, connect=connect).run(duration_s=0.5)
         await _no_client_sockets(web)  # CRIU would refuse an established connection
-        result = await migrate_in_lab(criu, web.tree, web.subdir, h1, h2,
-                                      strategy=Strategy.STOP_AND_COPY)
+        result = await migrate_in_lab(
+            criu, web.tree, web.subdir, h1, h2, strategy=Strategy.STOP_AND_COPY
+        )
         assert result.outcome.phase is Phase.DONE, result.outcome.reason
         assert result.new_tree is not None and not web.tree.alive
         web.tree, web.host = result.new_tree, h2

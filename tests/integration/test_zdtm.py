@@ -29,9 +29,15 @@ async def test_zdtm_program_survives_an_engine_migration(
     (h1.data_backing / subdir).mkdir()
     run = lab.data_path / subdir  # as the hosts see it; the programs' file names are relative
     tree = await start_tree(
-        [str(zdtm_dir / name), f"--pidfile={run}/{name}.pid", f"--outfile={run}/{name}.out",
-         *(ZDTM_ARGS | ZDTM_MORE_ARGS)[name]],
-        log_path=run / "stdio.log", host=h1.ns, cwd=run,
+        [
+            str(zdtm_dir / name),
+            f"--pidfile={run}/{name}.pid",
+            f"--outfile={run}/{name}.out",
+            *(ZDTM_ARGS | ZDTM_MORE_ARGS)[name],
+        ],
+        log_path=run / "stdio.log",
+        host=h1.ns,
+        cwd=run,
     )
     await wait_for_file(h1.data_backing / subdir / f"{name}.pid", tree)
     result = await migrate_in_lab(criu, tree, subdir, h1, h2, strategy=Strategy.STOP_AND_COPY)

@@ -79,8 +79,10 @@ def main() -> int:
         start = tcp + (buf[tcp + 12] >> 4) * 4
         if start >= end:
             continue
-        key = (f"{socket.inet_ntoa(bytes(buf[26:30]))}:{sport}>"
-               f"{socket.inet_ntoa(bytes(buf[30:34]))}:{dport}")
+        key = (
+            f"{socket.inet_ntoa(bytes(buf[26:30]))}:{sport}>"
+            f"{socket.inet_ntoa(bytes(buf[30:34]))}:{dport}"
+        )
         flow = flows.setdefault(key, Flow())
         payload = bytes(view[start:end])
         if not flow.head:
@@ -89,11 +91,19 @@ def main() -> int:
         if not flow.marker:
             window = flow.tail + payload
             flow.marker = marker in window
-            flow.tail = window[-(len(marker) - 1):] if len(marker) > 1 else b""
+            flow.tail = window[-(len(marker) - 1) :] if len(marker) > 1 else b""
     drops += _stats(sock)[1]
     with open(out, "w") as f:
-        json.dump({"flows": {k: {"bytes": v.bytes, "head": v.head, "marker": v.marker}
-                             for k, v in flows.items()}, "drops": drops}, f)
+        json.dump(
+            {
+                "flows": {
+                    k: {"bytes": v.bytes, "head": v.head, "marker": v.marker}
+                    for k, v in flows.items()
+                },
+                "drops": drops,
+            },
+            f,
+        )
     return 0
 
 

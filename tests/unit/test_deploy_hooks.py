@@ -15,14 +15,27 @@ from haul.engine.phases import Phase, Strategy
 from haul.engine.ports import HookFacts, HookPoint
 
 HOOKS = Path(__file__).resolve().parents[2] / "deploy" / "hooks"
-PHASES = {HookPoint.PRE_MIGRATE: Phase.PREPARE, HookPoint.PRE_FREEZE: Phase.FREEZE,
-          HookPoint.RESTORED: Phase.RESTORE, HookPoint.POST_COMMIT: Phase.COMMIT,
-          HookPoint.ROLLED_BACK: Phase.ROLLING_BACK}
+PHASES = {
+    HookPoint.PRE_MIGRATE: Phase.PREPARE,
+    HookPoint.PRE_FREEZE: Phase.FREEZE,
+    HookPoint.RESTORED: Phase.RESTORE,
+    HookPoint.POST_COMMIT: Phase.COMMIT,
+    HookPoint.ROLLED_BACK: Phase.ROLLING_BACK,
+}
 
 
 def facts(point: HookPoint, dest_address: str = "127.0.0.1", reason: str = "") -> HookFacts:
-    return HookFacts("m42", "web1", "host1", "host2", "127.0.0.2", dest_address,
-                     Strategy.STOP_AND_COPY, PHASES[point], reason)
+    return HookFacts(
+        "m42",
+        "web1",
+        "host1",
+        "host2",
+        "127.0.0.2",
+        dest_address,
+        Strategy.STOP_AND_COPY,
+        PHASES[point],
+        reason,
+    )
 
 
 async def fire(name: str, point: HookPoint, timeout_s: float = 30.0, **changes: str) -> None:
@@ -77,8 +90,9 @@ def http_server() -> Iterator[int]:
 
 
 @pytest.mark.asyncio
-async def test_log_event_appends_one_line_per_point(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_log_event_appends_one_line_per_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "logs" / "hooks.log"  # the directory is made
     monkeypatch.setenv("HAUL_HOOK_LOG", str(log))
     for point in HookPoint:
@@ -88,9 +102,11 @@ async def test_log_event_appends_one_line_per_point(tmp_path: Path,
     assert [line.split()[1] for line in lines] == [p.value for p in HookPoint]
     stamp, point, rest = lines[-1].split(" ", 2)
     assert stamp[:2] == "20" and "T" in stamp
-    assert rest == ("id=m42 workload=web1 from=host1 to=host2 source_address=127.0.0.2 "
-                    "dest_address=127.0.0.1 strategy=stop-and-copy phase=rolling-back "
-                    "reason=hooks: gate said no")
+    assert rest == (
+        "id=m42 workload=web1 from=host1 to=host2 source_address=127.0.0.2 "
+        "dest_address=127.0.0.1 strategy=stop-and-copy phase=rolling-back "
+        "reason=hooks: gate said no"
+    )
 
 
 @pytest.mark.asyncio
@@ -117,7 +133,8 @@ async def test_hold_refuses_at_pre_migrate_while_the_file_exists(
         await fire("hold", HookPoint.PRE_MIGRATE)
     assert str(raised.value).endswith(
         "hold at pre-migrate exited with status 1: web1 is on hold (quarterly close until "
-        f"Friday); remove {tmp_path}/web1 to let it move")
+        f"Friday); remove {tmp_path}/web1 to let it move"
+    )
     for point in HookPoint:  # only pre-migrate is gated
         if point is not HookPoint.PRE_MIGRATE:
             await fire("hold", point)
@@ -144,7 +161,8 @@ async def test_gate_tcp_refuses_when_nothing_accepts(monkeypatch: pytest.MonkeyP
         await fire("gate-tcp", HookPoint.RESTORED)
     assert str(raised.value).endswith(
         f"gate-tcp at restored exited with status 1: host2 (127.0.0.1) does not accept TCP "
-        f"on port {port} within 2 s")
+        f"on port {port} within 2 s"
+    )
     await fire("gate-tcp", HookPoint.POST_COMMIT)  # not a gated point
     await fire("gate-tcp", HookPoint.PRE_FREEZE)
     with pytest.raises(HookError, match="HAUL_DEST_ADDRESS is empty"):
@@ -173,8 +191,8 @@ async def test_wait_http_reports_a_service_that_does_not_answer_well(
     with pytest.raises(HookError) as raised:
         await fire("wait-http", HookPoint.POST_COMMIT)
     assert str(raised.value).endswith(
-        f"http://127.0.0.1:{http_server}/not-ready did not answer within 0.5 s "
-        "(last: HTTP 503)")
+        f"http://127.0.0.1:{http_server}/not-ready did not answer within 0.5 s (last: HTTP 503)"
+    )
     monkeypatch.setenv("HAUL_HTTP_PORT", str(free_port()))
     with pytest.raises(HookError, match=r"did not answer within 0.5 s \(last: .*refused"):
         await fire("wait-http", HookPoint.POST_COMMIT)

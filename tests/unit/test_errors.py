@@ -16,7 +16,8 @@ from haul.errors import (
 CRIU_TAIL = (
     "(00.101) Dumping path for 5 fd via self 12 [/dev/null]",
     "(00.102) Warn  (criu/net.c:10): ignoring an error in netlink",
-    "(00.103) Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using --tcp-established option.",
+    "(00.103) Error (criu/sk-inet.c:191): inet: Connected TCP socket, consider using "
+    "--tcp-established option.",
     "(00.104) Error (criu/cr-dump.c:1677): Dump files (pid: 42) failed with -1",
     "(00.105) Unlock network",
 )
@@ -115,5 +116,6 @@ def test_criu_error_skips_the_rlimit_error_every_run_logs_here() -> None:
         "(00.07) Error (criu/cr-dump.c:1975): Dumping FAILED.",
     )
     err = CriuError("request failed", request="dump", log_tail=tail)
-    assert err.one_line().endswith("; log: (00.06) Error (criu/files-reg.c:1790): Can't lookup "
-                                   "mount=24 for fd=10")
+    assert err.one_line().endswith(
+        "; log: (00.06) Error (criu/files-reg.c:1790): Can't lookup mount=24 for fd=10"
+    )

@@ -23,9 +23,16 @@ from haul.engine.phases import Phase, Strategy
 from haul.engine.ports import HookFacts, HookPoint
 from haul.errors import ConfigError
 
-FACTS = HookFacts(migration_id="m1", workload="web", source_host="host1", dest_host="host2",
-                  source_address="10.77.0.101/24", dest_address="10.77.0.102/24",
-                  strategy=Strategy.STOP_AND_COPY, phase=Phase.PREPARE)
+FACTS = HookFacts(
+    migration_id="m1",
+    workload="web",
+    source_host="host1",
+    dest_host="host2",
+    source_address="10.77.0.101/24",
+    dest_address="10.77.0.102/24",
+    strategy=Strategy.STOP_AND_COPY,
+    phase=Phase.PREPARE,
+)
 
 
 class StepsSeen(HaproxyCutover):
@@ -50,13 +57,16 @@ class StepsSeen(HaproxyCutover):
         self.seen.append("roll_back")
 
 
-@pytest.mark.parametrize(("point", "steps"), [
-    (HookPoint.PRE_MIGRATE, ["check"]),
-    (HookPoint.PRE_FREEZE, ["hold_source"]),
-    (HookPoint.RESTORED, []),
-    (HookPoint.POST_COMMIT, ["cut_over"]),
-    (HookPoint.ROLLED_BACK, ["roll_back"]),
-])
+@pytest.mark.parametrize(
+    ("point", "steps"),
+    [
+        (HookPoint.PRE_MIGRATE, ["check"]),
+        (HookPoint.PRE_FREEZE, ["hold_source"]),
+        (HookPoint.RESTORED, []),
+        (HookPoint.POST_COMMIT, ["cut_over"]),
+        (HookPoint.ROLLED_BACK, ["roll_back"]),
+    ],
+)
 def test_each_hook_point_does_its_step(point: HookPoint, steps: list[str]) -> None:
     cutover = StepsSeen()
     asyncio.run(cutover.fire(point, FACTS))
@@ -65,41 +75,63 @@ def test_each_hook_point_does_its_step(point: HookPoint, steps: list[str]) -> No
 
 # -- parse_lb_spec --------------------------------------------------------------------
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("haproxy:/run/haproxy/admin.sock:web/web-{host}",
-     HaproxyTarget(Path("/run/haproxy/admin.sock"), "web", "web-{host}")),
-    ("haproxy:/run/haproxy.sock:be_app.v2/{host}",
-     HaproxyTarget(Path("/run/haproxy.sock"), "be_app.v2", "{host}")),
-    ("haproxy:/run/haproxy.sock:web/{host}.app,addr",
-     HaproxyTarget(Path("/run/haproxy.sock"), "web", "{host}.app", set_addr=True)),
-    ("haproxy:/run/haproxy.sock:web/*", HaproxyTarget(Path("/run/haproxy.sock"), "web", "*")),
-    # HAProxy allows ':' in names; only the socket path may not hold one
-    ("haproxy:/s.sock:ns:web/web-{host}", HaproxyTarget(Path("/s.sock"), "ns:web", "web-{host}")),
-])
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "haproxy:/run/haproxy/admin.sock:web/web-{host}",
+            HaproxyTarget(Path("/run/haproxy/admin.sock"), "web", "web-{host}"),
+        ),
+        (
+            "haproxy:/run/haproxy.sock:be_app.v2/{host}",
+            HaproxyTarget(Path("/run/haproxy.sock"), "be_app.v2", "{host}"),
+        ),
+        (
+            "haproxy:/run/haproxy.sock:web/{host}.app,addr",
+            HaproxyTarget(Path("/run/haproxy.sock"), "web", "{host}.app", set_addr=True),
+        ),
+        ("haproxy:/run/haproxy.sock:web/*", HaproxyTarget(Path("/run/haproxy.sock"), "web", "*")),
+        # HAProxy allows ':' in names; only the socket path may not hold one
+        (
+            "haproxy:/s.sock:ns:web/web-{host}",
+            HaproxyTarget(Path("/s.sock"), "ns:web", "web-{host}"),
+        ),
+    ],
+)
 def test_good_specs(text: str, expected: HaproxyTarget) -> None:
     target = parse_lb_spec(text)
     assert target == expected
     assert parse_lb_spec(str(target)) == target  # it prints as it is written
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "expected haproxy:SOCKET:BACKEND/SERVER"),
-    ("haproxy", "expected haproxy:SOCKET:BACKEND/SERVER"),
-    ("nginx:/run/nginx.sock:web/a", "unknown load balancer 'nginx' (known: haproxy)"),
-    ("haproxy:/run/haproxy.sock", "no ':' after the socket path"),
-    ("haproxy::web/web-{host}", "the stats socket path is empty"),
-    ("haproxy:run/haproxy.sock:web/web-{host}", "'run/haproxy.sock' must be absolute"),
-    ("haproxy:/run/haproxy.sock:web", "expected BACKEND/SERVER after the socket path, got 'web'"),
-    ("haproxy:/run/haproxy.sock:/web-{host}", "backend '' is not a HAProxy name"),
-    ("haproxy:/run/haproxy.sock:we b/web-{host}", "backend 'we b' is not a HAProxy name"),
-    ("haproxy:/run/haproxy.sock:web/", "the server is empty"),
-    ("haproxy:/run/haproxy.sock:web/app1", "names a single server, but a cutover moves"),
-    ("haproxy:/run/haproxy.sock:web/web-{hostname}", "the only placeholder is {host}"),
-    ("haproxy:/run/haproxy.sock:web/web {host}", "is not a HAProxy name around {host}"),
-    ("haproxy:/run/haproxy.sock:web/a/{host}", "is not a HAProxy name around {host}"),
-    ("haproxy:/run/haproxy.sock:web/web-{host},fast", "unknown option 'fast' (known: addr)"),
-    ("haproxy:/run/haproxy.sock:web/*,addr", "with '*' the destination's address is always set"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "expected haproxy:SOCKET:BACKEND/SERVER"),
+        ("haproxy", "expected haproxy:SOCKET:BACKEND/SERVER"),
+        ("nginx:/run/nginx.sock:web/a", "unknown load balancer 'nginx' (known: haproxy)"),
+        ("haproxy:/run/haproxy.sock", "no ':' after the socket path"),
+        ("haproxy::web/web-{host}", "the stats socket path is empty"),
+        ("haproxy:run/haproxy.sock:web/web-{host}", "'run/haproxy.sock' must be absolute"),
+        (
+            "haproxy:/run/haproxy.sock:web",
+            "expected BACKEND/SERVER after the socket path, got 'web'",
+        ),
+        ("haproxy:/run/haproxy.sock:/web-{host}", "backend '' is not a HAProxy name"),
+        ("haproxy:/run/haproxy.sock:we b/web-{host}", "backend 'we b' is not a HAProxy name"),
+        ("haproxy:/run/haproxy.sock:web/", "the server is empty"),
+        ("haproxy:/run/haproxy.sock:web/app1", "names a single server, but a cutover moves"),
+        ("haproxy:/run/haproxy.sock:web/web-{hostname}", "the only placeholder is {host}"),
+        ("haproxy:/run/haproxy.sock:web/web {host}", "is not a HAProxy name around {host}"),
+        ("haproxy:/run/haproxy.sock:web/a/{host}", "is not a HAProxy name around {host}"),
+        ("haproxy:/run/haproxy.sock:web/web-{host},fast", "unknown option 'fast' (known: addr)"),
+        (
+            "haproxy:/run/haproxy.sock:web/*,addr",
+            "with '*' the destination's address is always set",
+        ),
+    ],
+)
 def test_bad_specs_are_one_line_config_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_lb_spec(text)
@@ -117,30 +149,55 @@ def test_server_names_follow_the_hosts() -> None:
 
 # -- choosing the servers ---------------------------------------------------------------
 
-def _server(name: str, address: str, *, sid: int, up: bool = True, maint: bool = False,
-            checked: bool = True, port: int = 8000) -> ServerState:
+
+def _server(
+    name: str,
+    address: str,
+    *,
+    sid: int,
+    up: bool = True,
+    maint: bool = False,
+    checked: bool = True,
+    port: int = 8000,
+) -> ServerState:
     return ServerState(
-        backend="web", name=name, server_id=sid, address=address, port=port,
+        backend="web",
+        name=name,
+        server_id=sid,
+        address=address,
+        port=port,
         op_state=OpState.RUNNING if up and not maint else OpState.STOPPED,
-        admin_flags=0x05 if maint else 0, weight=1, check_result=3 if up else 0,
-        check_health=2 if up else 0, check_flags=(0x06 if checked else 0) | (0x08 if maint else 0))
+        admin_flags=0x05 if maint else 0,
+        weight=1,
+        check_result=3 if up else 0,
+        check_health=2 if up else 0,
+        check_flags=(0x06 if checked else 0) | (0x08 if maint else 0),
+    )
 
 
-NAMED = (_server("web-host1", "10.77.0.101", sid=1),
-         _server("web-host2", "10.77.0.2", sid=2, maint=True))
+NAMED = (
+    _server("web-host1", "10.77.0.101", sid=1),
+    _server("web-host2", "10.77.0.2", sid=2, maint=True),
+)
 
 
 def test_named_servers_and_the_address_option() -> None:
-    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host}"), NAMED, FACTS,
-                          for_cutover=True)
+    pair = choose_servers(
+        parse_lb_spec("haproxy:/s:web/web-{host}"), NAMED, FACTS, for_cutover=True
+    )
     assert (pair.source.name, pair.dest and pair.dest.name, pair.new_addr) == (
-        "web-host1", "web-host2", None)
-    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, FACTS,
-                          for_cutover=True)
+        "web-host1",
+        "web-host2",
+        None,
+    )
+    pair = choose_servers(
+        parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, FACTS, for_cutover=True
+    )
     assert pair.new_addr == ("10.77.0.102", 8000)  # the prefix length is dropped
     same = dataclasses.replace(FACTS, dest_address="10.77.0.2")
-    pair = choose_servers(parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, same,
-                          for_cutover=True)
+    pair = choose_servers(
+        parse_lb_spec("haproxy:/s:web/web-{host},addr"), NAMED, same, for_cutover=True
+    )
     assert pair.new_addr is None  # already there
 
 
@@ -167,23 +224,47 @@ def test_by_address_prefers_a_server_at_the_destination_then_an_unassigned_slot(
     assert pair.dest is None
 
 
-@pytest.mark.parametrize(("servers", "facts", "message"), [
-    ((_server("app", "10.77.0.101", sid=1),), FACTS,
-     "no server at the destination address 10.77.0.102 and no spare server in maintenance"),
-    ((_server("x", "10.77.0.5", sid=1),), FACTS,
-     "no server at the workload's source address 10.77.0.101 (servers: x 10.77.0.5)"),
-    ((_server("a", "10.77.0.101", sid=1), _server("b", "10.77.0.101", sid=2)), FACTS,
-     "several servers at 10.77.0.101: a, b"),
-    ((_server("app", "10.77.0.101", sid=1, checked=False),
-      _server("slot1", "0.0.0.0", sid=2, maint=True)), FACTS,
-     "server web/app has no health check"),
-    (NAMED, dataclasses.replace(FACTS, source_address=""),
-     "the migration has no source address for the workload"),
-    (NAMED, dataclasses.replace(FACTS, source_address="host1.example"),
-     "source address 'host1.example' is not an IP address"),
-])
-def test_by_address_refusals(servers: tuple[ServerState, ...], facts: HookFacts,
-                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("servers", "facts", "message"),
+    [
+        (
+            (_server("app", "10.77.0.101", sid=1),),
+            FACTS,
+            "no server at the destination address 10.77.0.102 and no spare server in maintenance",
+        ),
+        (
+            (_server("x", "10.77.0.5", sid=1),),
+            FACTS,
+            "no server at the workload's source address 10.77.0.101 (servers: x 10.77.0.5)",
+        ),
+        (
+            (_server("a", "10.77.0.101", sid=1), _server("b", "10.77.0.101", sid=2)),
+            FACTS,
+            "several servers at 10.77.0.101: a, b",
+        ),
+        (
+            (
+                _server("app", "10.77.0.101", sid=1, checked=False),
+                _server("slot1", "0.0.0.0", sid=2, maint=True),
+            ),
+            FACTS,
+            "server web/app has no health check",
+        ),
+        (
+            NAMED,
+            dataclasses.replace(FACTS, source_address=""),
+            "the migration has no source address for the workload",
+        ),
+        (
+            NAMED,
+            dataclasses.replace(FACTS, source_address="host1.example"),
+            "source address 'host1.example' is not an IP address",
+        ),
+    ],
+)
+def test_by_address_refusals(
+    servers: tuple[ServerState, ...], facts: HookFacts, message: str
+) -> None:
     with pytest.raises(HaproxyError) as caught:
         choose_servers(parse_lb_spec("haproxy:/s:web/*"), servers, facts, for_cutover=True)
     assert message in str(caught.value)
@@ -192,14 +273,17 @@ def test_by_address_refusals(servers: tuple[ServerState, ...], facts: HookFacts,
 def test_named_refusals() -> None:
     target = parse_lb_spec("haproxy:/s:web/web-{host}")
     with pytest.raises(HaproxyError, match=r"no server 'web-host3' \(servers: web-host1 "):
-        choose_servers(target, NAMED, dataclasses.replace(FACTS, dest_host="host3"),
-                       for_cutover=True)
+        choose_servers(
+            target, NAMED, dataclasses.replace(FACTS, dest_host="host3"), for_cutover=True
+        )
     with pytest.raises(HaproxyError, match="both map to web/web-host1"):
-        choose_servers(target, NAMED, dataclasses.replace(FACTS, dest_host="host1"),
-                       for_cutover=True)
+        choose_servers(
+            target, NAMED, dataclasses.replace(FACTS, dest_host="host1"), for_cutover=True
+        )
 
 
 # -- an unreachable stats socket ---------------------------------------------------------
+
 
 def _refusal(path: Path) -> str:
     with pytest.raises(HaproxyError) as caught:

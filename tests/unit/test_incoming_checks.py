@@ -60,8 +60,9 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 @pytest.mark.asyncio
 async def test_checked_write_keeps_a_good_file(tmp_path: Path) -> None:
     data = b"abc" * 1000
-    n = await _write_checked(tmp_path / "f", _chunks(data[:10], data[10:]),
-                             hashlib.sha256(data).hexdigest())
+    n = await _write_checked(
+        tmp_path / "f", _chunks(data[:10], data[10:]), hashlib.sha256(data).hexdigest()
+    )
     assert n == len(data) and (tmp_path / "f").read_bytes() == data
 
 

@@ -36,7 +36,10 @@ class Copy:
     def __init__(self) -> None:
         self.launcher = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--pid", "--fork", "sleep", "300"],
-            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 5
         children: list[str] = []
         while not children and time.monotonic() < deadline:
@@ -79,9 +82,18 @@ def left_by_an_earlier_agent(tmp_path: Path, mid: str, pid: int | None) -> tuple
     (root / mid / "images").mkdir(parents=True)
     (data / "web1").mkdir(parents=True, exist_ok=True)
     (data / "web1" / "state").write_text("42\n")
-    leftovers.write_record(root, mid, IncomingRecord(
-        workload="web1", source="host1", argv=["counter"], strategy=Strategy.STOP_AND_COPY,
-        restored_pid=pid, start_ticks=leftovers.start_ticks(pid) if pid else None))
+    leftovers.write_record(
+        root,
+        mid,
+        IncomingRecord(
+            workload="web1",
+            source="host1",
+            argv=["counter"],
+            strategy=Strategy.STOP_AND_COPY,
+            restored_pid=pid,
+            start_ticks=leftovers.start_ticks(pid) if pid else None,
+        ),
+    )
     if pid is not None:
         (root / mid / RESTORED_MARK).write_text(f"{pid}\n")
     return root, data
@@ -103,14 +115,22 @@ class Adoptions:
     def __init__(self) -> None:
         self.done: list[tuple[str, int, list[str]]] = []
 
-    async def __call__(self, name: str, tree: ProcessTree, argv: list[str],
-                       net: object = None) -> None:
+    async def __call__(
+        self, name: str, tree: ProcessTree, argv: list[str], net: object = None
+    ) -> None:
         self.done.append((name, tree.root_pid, argv))
 
 
 def registry(root: Path, data: Path, source: Source, adopt: Adoptions) -> IncomingRegistry:
-    return IncomingRegistry(Criu("/bin/true"), root, data_root=data,
-                            listen_address="127.0.0.1", ask=source, adopt=adopt, policy=POLICY)
+    return IncomingRegistry(
+        Criu("/bin/true"),
+        root,
+        data_root=data,
+        listen_address="127.0.0.1",
+        ask=source,
+        adopt=adopt,
+        policy=POLICY,
+    )
 
 
 async def settled(reg: IncomingRegistry, mid: str) -> None:
@@ -141,8 +161,11 @@ def test_sweep_keeps_a_restored_copy_and_knows_whom_to_ask(tmp_path: Path, copy:
     assert found.removed == [] and len(found.kept) == 1
     kept = found.kept[0]
     assert (kept.migration_id, kept.pid, kept.stopped) == ("m1", copy.pid, True)
-    assert (kept.record.workload, kept.record.source, kept.record.argv) == \
-        ("web1", "host1", ["counter"])
+    assert (kept.record.workload, kept.record.source, kept.record.argv) == (
+        "web1",
+        "host1",
+        ["counter"],
+    )
     assert (data / "web1" / "state").exists()
 
 
@@ -150,9 +173,16 @@ def test_a_reused_pid_is_not_taken_for_the_copy(tmp_path: Path, copy: Copy) -> N
     root, data = left_by_an_earlier_agent(tmp_path, "m1", copy.pid)
     record = leftovers.read_record(root, "m1")
     assert record is not None and record.start_ticks is not None
-    leftovers.write_record(root, "m1", IncomingRecord(
-        workload="web1", source="host1", restored_pid=copy.pid,
-        start_ticks=record.start_ticks + 1))
+    leftovers.write_record(
+        root,
+        "m1",
+        IncomingRecord(
+            workload="web1",
+            source="host1",
+            restored_pid=copy.pid,
+            start_ticks=record.start_ticks + 1,
+        ),
+    )
     found = leftovers.sweep(root, data, lambda name: True)
     assert found.lost == ["m1"] and found.kept == []
     assert alive(copy.pid), "a process that is not the copy is left alone"
@@ -199,8 +229,7 @@ async def test_rolled_back_discards_the_kept_copy(tmp_path: Path, copy: Copy) ->
 
 
 @pytest.mark.asyncio
-async def test_an_unreachable_source_leaves_the_copy_stopped(tmp_path: Path,
-                                                             copy: Copy) -> None:
+async def test_an_unreachable_source_leaves_the_copy_stopped(tmp_path: Path, copy: Copy) -> None:
     root, data = left_by_an_earlier_agent(tmp_path, "m1", copy.pid)
     source = Source(TransportError("source host1 unreachable: connection refused"))
     reg = registry(root, data, source, Adoptions())

@@ -104,7 +104,9 @@ def test_haul_criu_must_be_executable(
         install_record.criu_binary()
 
 
-def test_haul_criu_must_exist(record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_haul_criu_must_exist(
+    record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HAUL_CRIU", str(tmp_path / "no-such-criu"))
     with pytest.raises(ConfigError, match="no-such-criu"):
         install_record.criu_binary()

@@ -33,7 +33,10 @@ def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state
     config = parse_config(tomllib.loads(agent_config_toml(spec, 2, "tok")))
     assert config.host == "host2"
     assert (config.address, config.port, config.advertised_address()) == (
-        "10.77.0.2", 7477, "10.77.0.2")
+        "10.77.0.2",
+        7477,
+        "10.77.0.2",
+    )
     assert config.socket == state / "t1" / "agents" / "host2.sock"
     assert config.state_dir == spec.data_path / "agent"  # the same path on every host
     assert config.host_ns is None and config.tls is None  # it runs inside the host
@@ -45,15 +48,16 @@ def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state
 
 
 def test_the_inventory_names_each_agents_socket_and_its_address_for_peers(
-    tmp_path: Path, state: Path,
+    tmp_path: Path,
+    state: Path,
 ) -> None:
     spec = LabSpec(prefix="t1", hosts=2)
     path = tmp_path / "hosts.toml"
     write_inventory(path, lab_inventory(spec, "tok"))
     inventory = load_inventory(path)
     assert inventory.host("host2") == HostEntry(
-        url=f"unix://{state}/t1/agents/host2.sock", peer_url="http://10.77.0.2:7477",
-        token="tok")
+        url=f"unix://{state}/t1/agents/host2.sock", peer_url="http://10.77.0.2:7477", token="tok"
+    )
     assert sorted(inventory.hosts) == ["host1", "host2"]
 
 
@@ -77,17 +81,27 @@ def test_down_removes_the_inventory_up_wrote_and_the_sockets(tmp_path: Path) -> 
 
 def test_down_keeps_an_inventory_that_holds_another_token(tmp_path: Path) -> None:
     path = tmp_path / "hosts.toml"
-    write_inventory(path, Inventory(hosts={
-        "host1": HostEntry(url="unix:///x.sock", token="tok"),
-        "web": HostEntry(url="https://10.0.0.1:7477", token="other"),
-    }))
+    write_inventory(
+        path,
+        Inventory(
+            hosts={
+                "host1": HostEntry(url="unix:///x.sock", token="tok"),
+                "web": HostEntry(url="https://10.0.0.1:7477", token="other"),
+            }
+        ),
+    )
     assert stop_agents(_ledger_with_inventory(path, "tok")) == []
     assert path.exists()
 
 
 def test_the_ledger_keeps_agents_and_inventory(state: Path) -> None:
-    ledger = Ledger(prefix="t2", hosts=2, agents={"host1": 10, "host2": 11},
-                    inventory="/tmp/hosts.toml", token_sha256="ab" * 32)
+    ledger = Ledger(
+        prefix="t2",
+        hosts=2,
+        agents={"host1": 10, "host2": 11},
+        inventory="/tmp/hosts.toml",
+        token_sha256="ab" * 32,
+    )
     ledger.save()
     assert Ledger.load("t2") == ledger
     Ledger(prefix="t3", hosts=1).save()

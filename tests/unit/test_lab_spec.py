@@ -41,7 +41,9 @@ def test_the_largest_lab_has_distinct_names_and_addresses() -> None:
     subnet = ipaddress.IPv4Network("10.77.0.0/24")
     assert len({m.address for m in members}) == 51
     assert all(m.address.network == subnet for m in members)
-    assert all(m.address.ip not in (subnet.network_address, subnet.broadcast_address) for m in members)
+    assert all(
+        m.address.ip not in (subnet.network_address, subnet.broadcast_address) for m in members
+    )
     assert len({m.netns for m in members} | {spec.switch_netns}) == 52
     # interface names (switch ports) must fit IFNAMSIZ
     assert all(len(m.switch_port) <= 15 for m in members)
@@ -109,4 +111,3 @@ def test_lab_root_is_read_when_used(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert spec.host(1).workdir == tmp_path / "one" / "w" / "host1"
     monkeypatch.setenv("HAUL_LAB_ROOT", str(tmp_path / "two"))
     assert spec.host(1).workdir == tmp_path / "two" / "w" / "host1"
-

@@ -49,9 +49,14 @@ def test_a_tls_agent_config_does_mutual_tls_with_https_peers(state: Path) -> Non
     config = parse_config(tomllib.loads(agent_config_toml(spec, 2, "tok", tls=True)))
     assert config.tls is not None
     assert (config.tls.ca, config.tls.cert, config.tls.key) == (
-        pki / "ca.crt", pki / "host2.crt", pki / "host2.key")
+        pki / "ca.crt",
+        pki / "host2.crt",
+        pki / "host2.key",
+    )
     assert {name: p.url for name, p in config.peers.items()} == {
-        "host1": "https://10.77.0.1:7477", "host3": "https://10.77.0.3:7477"}
+        "host1": "https://10.77.0.1:7477",
+        "host3": "https://10.77.0.3:7477",
+    }
     assert config.auth.bearer_token() == "tok"  # the lab's token, as in a plain lab
 
 
@@ -70,5 +75,8 @@ def test_the_tls_inventory_gives_the_cli_its_certificate(tmp_path: Path, state: 
     assert entry.url == f"unix://{state}/t1/agents/host1.sock"  # from this machine
     assert entry.peer_url == "https://10.77.0.1:7477"  # from the lab's client namespace
     assert (entry.ca, entry.cert, entry.key) == (
-        pki / "ca.crt", pki / f"{CLI_CERT}.crt", pki / f"{CLI_CERT}.key")
+        pki / "ca.crt",
+        pki / f"{CLI_CERT}.crt",
+        pki / f"{CLI_CERT}.key",
+    )
     assert entry.token == "tok"  # 'down' tells its inventory by the token

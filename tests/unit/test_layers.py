@@ -61,8 +61,11 @@ def within(name: str, package: str) -> bool:
 def is_cli(name: str) -> bool:
     """haul.cli, haul.cli_migrate, ... (the command line), not haul.agent.cli."""
     parts = name.split(".")
-    return len(parts) >= 2 and parts[0] == "haul" and (
-        parts[1] == "cli" or parts[1].startswith("cli_"))
+    return (
+        len(parts) >= 2
+        and parts[0] == "haul"
+        and (parts[1] == "cli" or parts[1].startswith("cli_"))
+    )
 
 
 def files(under: str) -> list[Path]:
@@ -76,18 +79,28 @@ def imports_of(path: Path) -> set[str]:
 
 
 def violations(paths: Iterable[Path], forbidden: str) -> list[str]:
-    return [f"{p.relative_to(ROOT)} imports {name}"
-            for p in paths for name in sorted(imports_of(p)) if within(name, forbidden)]
+    return [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in paths
+        for name in sorted(imports_of(p))
+        if within(name, forbidden)
+    ]
 
 
 # -- the rules ---------------------------------------------------------------------------------
 
 
 def test_engine_imports_only_the_standard_library_itself_and_errors() -> None:
-    bad = [f"{p.relative_to(ROOT)} imports {name}"
-           for p in files("haul/engine") for name in sorted(imports_of(p))
-           if not (name.split(".")[0] in sys.stdlib_module_names
-                   or within(name, "haul.engine") or within(name, "haul.errors"))]
+    bad = [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in files("haul/engine")
+        for name in sorted(imports_of(p))
+        if not (
+            name.split(".")[0] in sys.stdlib_module_names
+            or within(name, "haul.engine")
+            or within(name, "haul.errors")
+        )
+    ]
     assert bad == []
 
 
@@ -130,10 +143,13 @@ def test_agent_is_imported_by_none_of_the_layers_under_it(layer: str) -> None:
 
 def test_fakes_are_imported_by_no_module_of_the_package() -> None:
     """Fakes (haul/*/fakes.py) are for tests; haul itself never runs them."""
-    bad = [f"{p.relative_to(ROOT)} imports {name}"
-           for p in files("haul") if p.name != "fakes.py"
-           for name in sorted(imports_of(p))
-           if name.startswith("haul.") and "fakes" in name.split(".")]
+    bad = [
+        f"{p.relative_to(ROOT)} imports {name}"
+        for p in files("haul")
+        if p.name != "fakes.py"
+        for name in sorted(imports_of(p))
+        if name.startswith("haul.") and "fakes" in name.split(".")
+    ]
     assert bad == []
 
 
@@ -152,11 +168,17 @@ def test_every_form_of_import_is_seen() -> None:
         "    import haul.cli\n"
     )
     names = imported(source, "haul.dest.linked")
-    assert names == {"os.path", "haul.cli_migrate", "haul.dest.leftovers",
-                     "haul.source.criusource.CriuSource", "haul.agent.client.AgentClient",
-                     "haul.cli"}
+    assert names == {
+        "os.path",
+        "haul.cli_migrate",
+        "haul.dest.leftovers",
+        "haul.source.criusource.CriuSource",
+        "haul.agent.client.AgentClient",
+        "haul.cli",
+    }
     assert imported("from .figures import PAGE_SIZE\n", "haul.engine", is_package=True) == {
-        "haul.engine.figures.PAGE_SIZE"}
+        "haul.engine.figures.PAGE_SIZE"
+    }
 
 
 def test_the_rules_tell_apart_what_they_name() -> None:

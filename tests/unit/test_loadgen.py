@@ -27,8 +27,9 @@ async def _read(data: bytes, eof: bool = True) -> tuple[int, bool, dict[str, str
 
 @pytest.mark.asyncio
 async def test_read_response_with_length_leaves_the_next_answer() -> None:
-    data = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Count: 7\r\n\r\nhello"
-            b"HTTP/1.1 404 Not Found\r\n")
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Count: 7\r\n\r\nhelloHTTP/1.1 404 Not Found\r\n"
+    )
     status, keep, headers, rest = await _read(data)
     assert (status, keep, headers["x-count"]) == (200, True, "7")
     assert rest == b"HTTP/1.1 404 Not Found\r\n"
@@ -36,26 +37,34 @@ async def test_read_response_with_length_leaves_the_next_answer() -> None:
 
 @pytest.mark.asyncio
 async def test_read_response_chunked_and_close_delimited() -> None:
-    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: 1\r\n\r\nNEXT")
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nTrailer: 1\r\n\r\nNEXT"
+    )
     assert (await _read(chunked))[3] == b"NEXT"
     status, keep, _, rest = await _read(b"HTTP/1.0 200 OK\r\n\r\nbody till the end")
     assert (status, keep, rest) == (200, False, b"")
-    assert (await _read(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))[1] is False
-    assert (await _read(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
-                        b"Content-Length: 0\r\n\r\n"))[1] is True
+    assert (await _read(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"))[
+        1
+    ] is False
+    assert (await _read(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"))[
+        1
+    ] is True
     assert (await _read(b"HTTP/1.1 204 No Content\r\n\r\nNEXT"))[3] == b"NEXT"
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("data", "what"), [
-    (b"", "closed before an answer"),
-    (b"HTTP/1.1 200 OK\r\nContent-Le", "closed in the answer's head"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed in the answer's body"),
-    (b"SSH-2.0-OpenSSH\r\n\r\n", "bad status line"),
-    (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "bad header line"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad Content-Length"),
-])
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"", "closed before an answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", "closed in the answer's head"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed in the answer's body"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n", "bad header line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "bad Content-Length"),
+    ],
+)
 async def test_read_response_refuses_what_is_not_http(data: bytes, what: str) -> None:
     with pytest.raises(BadResponse, match=what):
         await _read(data)
@@ -132,16 +141,14 @@ def answer(writer: asyncio.StreamWriter, n: int) -> None:
 
 @pytest.mark.asyncio
 async def test_a_failed_request_is_recorded_and_never_retried() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         if n in (5, 9):
             writer.close()  # hang up without answering
         else:
             answer(writer, n)
 
     server = ScriptedServer(handler)
-    load = LoadGen("http://svc:8080/", connections=2, connect=server.connect,
-                   retry_pause_s=0.0)
+    load = LoadGen("http://svc:8080/", connections=2, connect=server.connect, retry_pause_s=0.0)
     try:
         stopper = asyncio.get_running_loop().call_later(0.3, load.stop)
         run = await load.run()
@@ -154,7 +161,8 @@ async def test_a_failed_request_is_recorded_and_never_retried() -> None:
     # every request the server read is one the client recorded, once
     assert s.requests == server.requests
     assert sorted(x.served for x in run.samples if x.ok) == sorted(
-        n for n in range(1, server.requests + 1) if n not in (5, 9))
+        n for n in range(1, server.requests + 1) if n not in (5, 9)
+    )
     # two first connections, then one new connection after each failure
     assert server.connections == 2 + 2 and run.reconnects == s.reconnects == 2
 
@@ -163,8 +171,7 @@ async def test_a_failed_request_is_recorded_and_never_retried() -> None:
 async def test_stopping_lets_the_request_in_flight_finish() -> None:
     stop_now = asyncio.Event()
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         if n == 3:
             stop_now.set()
             await asyncio.sleep(0.1)  # answer only after the client was told to stop
@@ -186,8 +193,7 @@ async def test_stopping_lets_the_request_in_flight_finish() -> None:
 
 @pytest.mark.asyncio
 async def test_a_silent_server_times_out_as_a_failure() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         if n == 1:
             answer(writer, n)
         # later requests get no answer at all
@@ -206,8 +212,7 @@ async def test_a_silent_server_times_out_as_a_failure() -> None:
 
 @pytest.mark.asyncio
 async def test_windows_left_open_end_with_the_run() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         answer(writer, n)
 
     server = ScriptedServer(handler)
@@ -222,5 +227,5 @@ async def test_windows_left_open_end_with_the_run() -> None:
     assert [w.label for w in run.windows] == ["A->B"]
     assert run.windows[0].end_s == run.end_s
     assert run.as_json()["windows"] == [
-        {"label": "A->B", "start_s": round(run.windows[0].start_s, 4),
-         "end_s": round(run.end_s, 4)}]
+        {"label": "A->B", "start_s": round(run.windows[0].start_s, 4), "end_s": round(run.end_s, 4)}
+    ]

@@ -84,9 +84,11 @@ def test_sample_ok_needs_an_answer_below_400() -> None:
 
 
 def test_tsv_has_ab_columns_and_reads_back(tmp_path: Path) -> None:
-    samples = (ok(0.0, 0.0012345, conn=0, served=1),
-               Sample(0.5, 0.250, 0.0409, 0.2, 200, 1, 2),
-               failed(1.25, 0.0031, "bad\tthing\nhappened"))
+    samples = (
+        ok(0.0, 0.0012345, conn=0, served=1),
+        Sample(0.5, 0.250, 0.0409, 0.2, 200, 1, 2),
+        failed(1.25, 0.0031, "bad\tthing\nhappened"),
+    )
     run = LoadRun("http://x/", 2, 100.0, 1_700_000_000.25, 2.0, 1, samples)
     path = tmp_path / "run.tsv"
     run.write_tsv(path)

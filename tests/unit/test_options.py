@@ -41,9 +41,21 @@ def test_minimal_options_encode_only_what_was_asked() -> None:
     assert (o.log_file, o.log_level) == ("criu.log", 4)
     assert _set_bools(o) == set()
     for name in (
-        "pid", "network_lock", "ps", "parent_img", "pre_dump_mode", "manage_cgroups_mode",
-        "root", "ghost_limit", "timeout", "config_file", "tls_cacert", "tls_cert", "tls_key",
-        "tls_cacrl", "images_dir",
+        "pid",
+        "network_lock",
+        "ps",
+        "parent_img",
+        "pre_dump_mode",
+        "manage_cgroups_mode",
+        "root",
+        "ghost_limit",
+        "timeout",
+        "config_file",
+        "tls_cacert",
+        "tls_cert",
+        "tls_key",
+        "tls_cacrl",
+        "images_dir",
     ):
         assert not o.HasField(name), name
     assert list(o.external) == list(o.cg_root) == list(o.inherit_fd) == list(o.skip_mnt) == []
@@ -118,7 +130,10 @@ def test_tls_with_everything() -> None:
     o = CriuOptions(images_dir=IMAGES, tls=tls).to_proto(5, None)
     assert o.tls is True
     assert (o.tls_cacert, o.tls_cert, o.tls_key, o.tls_cacrl) == (
-        "/pki/ca.pem", "/pki/cert.pem", "/pki/key.pem", "/pki/crl.pem",
+        "/pki/ca.pem",
+        "/pki/cert.pem",
+        "/pki/key.pem",
+        "/pki/crl.pem",
     )
     assert o.tls_no_cn_verify is True
 

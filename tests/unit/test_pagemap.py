@@ -25,8 +25,9 @@ def image(path: Path, runs: list[tuple[int, int]], *, compat: bool = False) -> P
     """A pagemap image with one entry per (page count, flags)."""
     records = [pagemap_pb2.pagemap_head(pages_id=2).SerializeToString()]
     for i, (pages, flags) in enumerate(runs):
-        entry = pagemap_pb2.pagemap_entry(vaddr=0x400000 + i * 0x100000, flags=flags,
-                                          compat_nr_pages=pages if compat else 0)
+        entry = pagemap_pb2.pagemap_entry(
+            vaddr=0x400000 + i * 0x100000, flags=flags, compat_nr_pages=pages if compat else 0
+        )
         if not compat:
             entry.nr_pages = pages
         records.append(entry.SerializeToString())
@@ -36,8 +37,10 @@ def image(path: Path, runs: list[tuple[int, int]], *, compat: bool = False) -> P
 
 
 def test_only_pages_left_for_the_lazy_daemon_count(tmp_path: Path) -> None:
-    image(tmp_path / "pagemap-1.img", [(10, PE_LAZY), (3, PE_PRESENT), (4, PE_LAZY | PE_PRESENT),
-                                       (7, PE_PARENT)])
+    image(
+        tmp_path / "pagemap-1.img",
+        [(10, PE_LAZY), (3, PE_PRESENT), (4, PE_LAZY | PE_PRESENT), (7, PE_PARENT)],
+    )
     image(tmp_path / "pagemap-2.img", [(5, PE_LAZY)], compat=True)  # an older CRIU's count
     assert lazy_bytes(tmp_path) == (10 + 5) * PAGE_SIZE
     assert [e.flags for e in entries(tmp_path / "pagemap-1.img")] == [2, 4, 6, 1]
@@ -47,12 +50,20 @@ def test_no_pagemap_no_lazy_pages(tmp_path: Path) -> None:
     assert lazy_bytes(tmp_path) == 0
 
 
-@pytest.mark.parametrize(("raw", "says"), [
-    (b"\x00" * 8, "is not a CRIU pagemap image"),
-    (struct.pack("<III", IMG_COMMON_MAGIC, PAGEMAP_MAGIC, 50) + b"\x08\x02", "is truncated"),
-    (struct.pack("<III", IMG_COMMON_MAGIC, PAGEMAP_MAGIC, 2) + b"\x08\x02"
-     + struct.pack("<I", 3) + b"\xff\xff\xff", "malformed pagemap record"),
-])
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"\x00" * 8, "is not a CRIU pagemap image"),
+        (struct.pack("<III", IMG_COMMON_MAGIC, PAGEMAP_MAGIC, 50) + b"\x08\x02", "is truncated"),
+        (
+            struct.pack("<III", IMG_COMMON_MAGIC, PAGEMAP_MAGIC, 2)
+            + b"\x08\x02"
+            + struct.pack("<I", 3)
+            + b"\xff\xff\xff",
+            "malformed pagemap record",
+        ),
+    ],
+)
 def test_a_damaged_image_is_one_clear_error(tmp_path: Path, raw: bytes, says: str) -> None:
     (tmp_path / "pagemap-1.img").write_bytes(raw)
     with pytest.raises(CriuError) as raised:

@@ -68,12 +68,19 @@ def inside(mask: NDArray[np.bool_], layout: PlotLayout) -> NDArray[np.bool_]:
     return mask[top:bottom, left:right]
 
 
-def a_run(*, failures: bool, windows: tuple[Window, ...] = (Window("A->B", 3.9, 4.4),),
-          marks: tuple[Mark, ...] = ()) -> LoadRun:
+def a_run(
+    *,
+    failures: bool,
+    windows: tuple[Window, ...] = (Window("A->B", 3.9, 4.4),),
+    marks: tuple[Mark, ...] = (),
+) -> LoadRun:
     """1 ms every 10 ms for 10 s, none during 3.9..4.3, then one of 400 ms at 4.0 s;
     with ``failures``, one request failed after 200 ms at 7 s."""
-    samples = [Sample(i / 100, 0.001, 0.0, 0.001, 200, i % 2, i + 1)
-               for i in range(1000) if not 390 <= i <= 430]
+    samples = [
+        Sample(i / 100, 0.001, 0.0, 0.001, 200, i % 2, i + 1)
+        for i in range(1000)
+        if not 390 <= i <= 430
+    ]
     samples.append(Sample(4.0, 0.4, 0.0, 0.4, 200, 0, 2000))
     if failures:
         samples.append(Sample(7.0, 0.2, 0.0, 0.0, 0, 1, None, "connection reset"))

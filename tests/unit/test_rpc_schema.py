@@ -137,11 +137,11 @@ def schema_differences(
                         f"{name}.{f.name}: {attr} {getattr(f, attr)} here, "
                         f"{getattr(g, attr)} in CRIU's"
                     )
-            if (f.type in (FDP.TYPE_MESSAGE, FDP.TYPE_ENUM, FDP.TYPE_GROUP)
-                    and _short(f.type_name) != _short(g.type_name)):
+            if f.type in (FDP.TYPE_MESSAGE, FDP.TYPE_ENUM, FDP.TYPE_GROUP) and _short(
+                f.type_name
+            ) != _short(g.type_name):
                 problems.append(
-                    f"{name}.{f.name}: refers to {f.type_name} here, "
-                    f"{g.type_name} in CRIU's"
+                    f"{name}.{f.name}: refers to {f.type_name} here, {g.type_name} in CRIU's"
                 )
     their_enums = dict(_enums(theirs))
     for name, enum in _enums(ours):
@@ -246,8 +246,10 @@ def test_checker_reports_each_kind_of_incompatibility(
 # -- haul's schema against CRIU's ----------------------------------------------
 
 
-@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"),
-                                             (pagemap_pb2, "pagemap.proto")])
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"), (pagemap_pb2, "pagemap.proto")],
+)
 def test_haul_schema_is_a_wire_compatible_subset_of_criu(
     module: object, name: str, tmp_path: Path
 ) -> None:
@@ -257,11 +259,11 @@ def test_haul_schema_is_a_wire_compatible_subset_of_criu(
     assert schema_differences(ours, criu) == []
 
 
-@pytest.mark.parametrize(("module", "name"), [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"),
-                                             (pagemap_pb2, "pagemap.proto")])
-def test_haul_declares_the_same_defaults_as_criu(
-    module: object, name: str, tmp_path: Path
-) -> None:
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [(rpc_pb2, "rpc.proto"), (stats_pb2, "stats.proto"), (pagemap_pb2, "pagemap.proto")],
+)
+def test_haul_declares_the_same_defaults_as_criu(module: object, name: str, tmp_path: Path) -> None:
     criu = _criu_file(name, tmp_path)
     assert default_differences(_haul_file(module), criu) == []
 
@@ -282,8 +284,11 @@ def _normalized(fdp: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileD
 
 def test_generated_modules_match_their_proto_files(tmp_path: Path) -> None:
     files = sorted(p.relative_to(REPO_ROOT).as_posix() for p in HAUL_PROTO_DIR.glob("*.proto"))
-    assert files == ["haul/criu/proto/pagemap.proto", "haul/criu/proto/rpc.proto",
-                     "haul/criu/proto/stats.proto"]
+    assert files == [
+        "haul/criu/proto/pagemap.proto",
+        "haul/criu/proto/rpc.proto",
+        "haul/criu/proto/stats.proto",
+    ]
     fresh = {f.name: f for f in _compile(REPO_ROOT, files, tmp_path / "haul.pb").file}
     for module in (pagemap_pb2, rpc_pb2, stats_pb2):
         committed = _haul_file(module)

@@ -18,7 +18,9 @@ SERVICE_MAGIC = 0x55105940
 STATS_MAGIC = 0x57093306
 
 
-def _image(entry: stats_pb2.stats_entry, *, service: int = SERVICE_MAGIC, magic: int = STATS_MAGIC) -> bytes:
+def _image(
+    entry: stats_pb2.stats_entry, *, service: int = SERVICE_MAGIC, magic: int = STATS_MAGIC
+) -> bytes:
     body = entry.SerializeToString()
     return struct.pack("<III", service, magic, len(body)) + body
 
@@ -99,7 +101,11 @@ def test_missing_files_mean_no_stats(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("service", "magic"),
-    [(SERVICE_MAGIC, STATS_MAGIC + 1), (SERVICE_MAGIC + 1, STATS_MAGIC), (STATS_MAGIC, SERVICE_MAGIC)],
+    [
+        (SERVICE_MAGIC, STATS_MAGIC + 1),
+        (SERVICE_MAGIC + 1, STATS_MAGIC),
+        (STATS_MAGIC, SERVICE_MAGIC),
+    ],
 )
 def test_wrong_magic_is_refused(tmp_path: Path, service: int, magic: int) -> None:
     (tmp_path / "stats-dump").write_bytes(_image(_dump_entry(), service=service, magic=magic))

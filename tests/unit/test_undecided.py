@@ -23,10 +23,18 @@ POLICY = AskPolicy(deadline_s=30.0, again_s=10.0, retry_min_s=2.0, retry_max_s=6
 V = Verdict
 
 
-def step(answer: SourceAnswer | None, *, resumed: bool = False, failures: int = 0,
-         workload: str = "web1"):  # type: ignore[no-untyped-def]
-    return plan(answer, source="host1", workload=workload, resumed=resumed,
-                failures=failures, policy=POLICY, why_unanswered="connection refused")
+def step(
+    answer: SourceAnswer | None, *, resumed: bool = False, failures: int = 0, workload: str = "web1"
+):  # type: ignore[no-untyped-def]
+    return plan(
+        answer,
+        source="host1",
+        workload=workload,
+        resumed=resumed,
+        failures=failures,
+        policy=POLICY,
+        why_unanswered="connection refused",
+    )
 
 
 # -- plan: one answer, one step ------------------------------------------------------------
@@ -138,21 +146,33 @@ class Host:
         await asyncio.sleep(0)
 
 
-def watch(source: Script, host: Host, status: AskStatus | None = None,
-          name: str | None = "host1") -> DecisionWatch:
+def watch(
+    source: Script, host: Host, status: AskStatus | None = None, name: str | None = "host1"
+) -> DecisionWatch:
     return DecisionWatch(
-        migration_id="m1", workload="web1", source=name, ask=source, act=host.act,
-        resumed=lambda: host.resumed, policy=POLICY, status=status or AskStatus(),
-        sleep=host.sleep, clock=lambda: 1000.0,
+        migration_id="m1",
+        workload="web1",
+        source=name,
+        ask=source,
+        act=host.act,
+        resumed=lambda: host.resumed,
+        policy=POLICY,
+        status=status or AskStatus(),
+        sleep=host.sleep,
+        clock=lambda: 1000.0,
     )
 
 
 @pytest.mark.asyncio
 async def test_unreachable_then_in_flight_then_committed() -> None:
-    source = Script([TransportError("source host1 unreachable"),
-                     TransportError("source host1 unreachable"),
-                     SourceAnswer(V.IN_FLIGHT, running=True),
-                     SourceAnswer(V.COMMITTED, running=False)])
+    source = Script(
+        [
+            TransportError("source host1 unreachable"),
+            TransportError("source host1 unreachable"),
+            SourceAnswer(V.IN_FLIGHT, running=True),
+            SourceAnswer(V.COMMITTED, running=False),
+        ]
+    )
     host, status = Host(), AskStatus()
     await watch(source, host, status).run(POLICY.deadline_s)
     assert source.asked == [("host1", "m1")] * 4
@@ -164,9 +184,13 @@ async def test_unreachable_then_in_flight_then_committed() -> None:
 
 @pytest.mark.asyncio
 async def test_committed_while_running_resumes_then_adopts_when_the_job_ends() -> None:
-    source = Script([SourceAnswer(V.COMMITTED, running=True),
-                     SourceAnswer(V.COMMITTED, running=True),
-                     SourceAnswer(V.COMMITTED, running=False)])
+    source = Script(
+        [
+            SourceAnswer(V.COMMITTED, running=True),
+            SourceAnswer(V.COMMITTED, running=True),
+            SourceAnswer(V.COMMITTED, running=False),
+        ]
+    )
     host = Host()
     await watch(source, host).run(0.0)
     assert host.acts == [Act.RESUME, Act.ADOPT]

@@ -57,38 +57,54 @@ class AgentAccess:
             if not parts.path:
                 raise UsageError(f"agent address {self.url!r} names no socket path")
         elif parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"agent address {self.url!r} is not http(s)://HOST:PORT "
-                             "or unix:///PATH")
+            raise UsageError(
+                f"agent address {self.url!r} is not http(s)://HOST:PORT or unix:///PATH"
+            )
         given = [f for f in ("ca", "cert", "key") if getattr(self, f) is not None]
         if given and parts.scheme != "https":
-            raise UsageError(f"TLS files ({', '.join(given)}) were given for {self.url}, "
-                             "which is not https")
+            raise UsageError(
+                f"TLS files ({', '.join(given)}) were given for {self.url}, which is not https"
+            )
         if (self.cert is None) != (self.key is None):
-            raise UsageError(f"{self.url}: a client certificate needs both its cert and "
-                             "its key file")
+            raise UsageError(
+                f"{self.url}: a client certificate needs both its cert and its key file"
+            )
         if self.cert is not None and self.ca is None:
-            raise UsageError(f"{self.url}: a client certificate goes with the CA that "
-                             "signed the agent's")
+            raise UsageError(
+                f"{self.url}: a client certificate goes with the CA that signed the agent's"
+            )
 
     @classmethod
-    def of_entry(cls, entry: HostEntry, *, timeout_s: float | None = DEFAULT_TIMEOUT_S
-                 ) -> AgentAccess:
+    def of_entry(
+        cls, entry: HostEntry, *, timeout_s: float | None = DEFAULT_TIMEOUT_S
+    ) -> AgentAccess:
         """The agent an inventory entry names (its CA and certificate count over https)."""
         https = entry.url.startswith("https://")
-        return cls(entry.url, token=entry.bearer(),
-                   ca=entry.ca if https else None,
-                   cert=entry.cert if https else None,
-                   key=entry.key if https else None, timeout_s=timeout_s)
+        return cls(
+            entry.url,
+            token=entry.bearer(),
+            ca=entry.ca if https else None,
+            cert=entry.cert if https else None,
+            key=entry.key if https else None,
+            timeout_s=timeout_s,
+        )
 
     @classmethod
-    def of_peer(cls, url: str, *, token: str | None = None, tls: TlsFiles | None = None
-                ) -> AgentAccess:
+    def of_peer(
+        cls, url: str, *, token: str | None = None, tls: TlsFiles | None = None
+    ) -> AgentAccess:
         """Another agent, as this agent calls it: ``tls`` are this agent's certificate,
         key and CA (``[agent.tls]``), used when the peer is https."""
         use = tls if url.startswith("https://") else None
-        return cls(url, token=token, ca=use.cacert if use else None,
-                   cert=use.cert if use else None, key=use.key if use else None,
-                   peer=True, timeout_s=None)
+        return cls(
+            url,
+            token=token,
+            ca=use.cacert if use else None,
+            cert=use.cert if use else None,
+            key=use.key if use else None,
+            peer=True,
+            timeout_s=None,
+        )
 
     @property
     def https(self) -> bool:
@@ -107,8 +123,10 @@ class AgentAccess:
         if not self.https:
             return None
         if self.peer and self.tls is None:
-            raise ConfigError(f"{self.url} is https, but this agent has no certificate to "
-                              "call it with ([agent.tls])")
+            raise ConfigError(
+                f"{self.url} is https, but this agent has no certificate to "
+                "call it with ([agent.tls])"
+            )
         if self.ca is None:
             return None
         from haul.agent.ca import client_ssl_context

@@ -51,30 +51,38 @@ class IncomingCalls:
         await self._client.call("POST", "/v1/incoming-check", Done, body=ask)
 
     async def open(self, ask: IncomingOpen) -> IncomingOpened:
-        return await self._client.call("POST", "/v1/incoming", IncomingOpened, body=ask,
-                                       ok=(201,))
+        return await self._client.call("POST", "/v1/incoming", IncomingOpened, body=ask, ok=(201,))
 
     async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None:
         _, raw = await self._client.request(
-            "PUT", f"{_id(migration_id)}/images/{quote(name, safe='')}",
-            data=_file_chunks(path), headers={"X-Haul-SHA256": sha256})
+            "PUT",
+            f"{_id(migration_id)}/images/{quote(name, safe='')}",
+            data=_file_chunks(path),
+            headers={"X-Haul-SHA256": sha256},
+        )
         self._client.parse(Received, raw)
 
     async def put_data(
         self, migration_id: str, rel: str, path: Path, sha256: str, mode: int
     ) -> None:
         _, raw = await self._client.request(
-            "PUT", f"{_id(migration_id)}/data", params={"path": rel}, data=_file_chunks(path),
-            headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"})
+            "PUT",
+            f"{_id(migration_id)}/data",
+            params={"path": rel},
+            data=_file_chunks(path),
+            headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"},
+        )
         self._client.parse(Received, raw)
 
     async def make_dirs(self, migration_id: str, rels: list[str], modes: list[int]) -> None:
-        await self._client.call("POST", f"{_id(migration_id)}/dirs", Done,
-                                body=Paths(paths=rels, modes=modes))
+        await self._client.call(
+            "POST", f"{_id(migration_id)}/dirs", Done, body=Paths(paths=rels, modes=modes)
+        )
 
     async def restore(self, migration_id: str, lazy: bool) -> Restored:
-        return await self._client.call("POST", f"{_id(migration_id)}/restore", Restored,
-                                       body=RestoreAsk(lazy=lazy))
+        return await self._client.call(
+            "POST", f"{_id(migration_id)}/restore", Restored, body=RestoreAsk(lazy=lazy)
+        )
 
     async def resume(self, migration_id: str) -> None:
         await self._client.call("POST", f"{_id(migration_id)}/resume", Done)

@@ -31,8 +31,7 @@ class MigrationCalls:
 
     async def start(self, ask: MigrateAsk) -> MigrationView:
         """Start a migration; the agent runs it (:meth:`watch` follows it)."""
-        return await self._client.call("POST", "/v1/migrations", MigrationView, body=ask,
-                                       ok=(202,))
+        return await self._client.call("POST", "/v1/migrations", MigrationView, body=ask, ok=(202,))
 
     async def check(self, ask: MigrateAsk) -> CheckView:
         """Pre-flight only: what the migration would do, or why it would be refused."""
@@ -53,7 +52,9 @@ class MigrationCalls:
         return await self._client.call("GET", f"{_id(migration_id)}/decision", DecisionView)
 
     async def watch(
-        self, migration_id: str, *,
+        self,
+        migration_id: str,
+        *,
         on_view: Callable[[MigrationView], None] = lambda view: None,
         say: Callable[[str], None] = lambda line: None,
         poll_s: float = POLL_S,

@@ -68,7 +68,8 @@ class AgentClient:
         self._ssl = access.ssl_context()  # a ConfigError here, before any call
         total = access.timeout_s
         self._timeout = aiohttp.ClientTimeout(
-            total=total, sock_connect=min(CONNECT_TIMEOUT_S, total or CONNECT_TIMEOUT_S))
+            total=total, sock_connect=min(CONNECT_TIMEOUT_S, total or CONNECT_TIMEOUT_S)
+        )
         self._session: aiohttp.ClientSession | None = None
         self.migrations = MigrationCalls(self)
         self.incoming = IncomingCalls(self)
@@ -108,9 +109,15 @@ class AgentClient:
         return self.name or f"agent {self.url}: {method} {path}"
 
     async def request(
-        self, method: str, path: str, *, body: BaseModel | None = None,
-        data: AsyncIterable[bytes] | None = None, headers: Mapping[str, str] | None = None,
-        params: Mapping[str, str] | None = None, ok: Sequence[int] = (200,),
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None = None,
+        data: AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        ok: Sequence[int] = (200,),
     ) -> tuple[int, bytes]:
         """Send one request (a JSON ``body``, or a stream of ``data``); return (status,
         body) for an ``ok`` status, raise otherwise."""
@@ -122,21 +129,26 @@ class AgentClient:
             extra["Content-Type"] = "application/json"
         started = time.monotonic()
         try:
-            async with session.request(method, self._base + path, data=sent, headers=extra,
-                                       params=params) as response:
+            async with session.request(
+                method, self._base + path, data=sent, headers=extra, params=params
+            ) as response:
                 status = response.status
                 raw = await response.read()
         except TimeoutError:
-            raise TransportError(f"{self._unreachable(method, path)}: timed out after "
-                                 f"{time.monotonic() - started:.0f} s") from None
+            raise TransportError(
+                f"{self._unreachable(method, path)}: timed out after "
+                f"{time.monotonic() - started:.0f} s"
+            ) from None
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             detail = one_line(str(exc)) or type(exc).__name__
             if self._ssl is not None and _dropped(exc):
                 # TLS 1.3: a server that refuses the client's certificate says so only
                 # after the handshake, by closing or resetting the connection
-                detail += (" (over TLS this is how an agent refuses a client certificate "
-                           "it does not trust: check that the CA that signed this client's "
-                           "certificate is the agent's)")
+                detail += (
+                    " (over TLS this is how an agent refuses a client certificate "
+                    "it does not trust: check that the CA that signed this client's "
+                    "certificate is the agent's)"
+                )
             raise TransportError(f"{self._unreachable(method, path)}: {detail}") from exc
         if status not in ok:
             raise self._error(method, path, status, raw)
@@ -161,11 +173,20 @@ class AgentClient:
         try:
             return model.model_validate_json(raw)
         except ValidationError as exc:
-            raise TransportError(f"{self.name or f'agent {self.url}'}: unexpected answer for "
-                                 f"{model.__name__}: {one_line(str(exc))[:200]}") from None
+            raise TransportError(
+                f"{self.name or f'agent {self.url}'}: unexpected answer for "
+                f"{model.__name__}: {one_line(str(exc))[:200]}"
+            ) from None
 
-    async def call(self, method: str, path: str, model: type[M], *,
-                   body: BaseModel | None = None, ok: Sequence[int] = (200,)) -> M:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        body: BaseModel | None = None,
+        ok: Sequence[int] = (200,),
+    ) -> M:
         """One request whose answer is ``model``."""
         _, raw = await self.request(method, path, body=body, ok=ok)
         return self.parse(model, raw)
@@ -195,18 +216,27 @@ class AgentClient:
 
     # ---------------------------------------------------------------- workloads
 
-    async def start_workload(self, name: str, argv: Sequence[str],
-                             data_dir: str | None = None, net: NetSpec | None = None
-                             ) -> WorkloadView:
-        spec = body_of(WorkloadSpec, f"workload {name!r}", name=name, argv=list(argv),
-                       data_dir=data_dir, net=net)
+    async def start_workload(
+        self,
+        name: str,
+        argv: Sequence[str],
+        data_dir: str | None = None,
+        net: NetSpec | None = None,
+    ) -> WorkloadView:
+        spec = body_of(
+            WorkloadSpec,
+            f"workload {name!r}",
+            name=name,
+            argv=list(argv),
+            data_dir=data_dir,
+            net=net,
+        )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 
     async def adopt(self, pid: int, name: str | None = None) -> WorkloadView:
         """Register the process tree rooted at ``pid`` on that host as a workload."""
         spec = body_of(AdoptSpec, f"pid {pid}", pid=pid, name=name)
-        return await self.call("POST", "/v1/workloads/adopt", WorkloadView, body=spec,
-                               ok=(201,))
+        return await self.call("POST", "/v1/workloads/adopt", WorkloadView, body=spec, ok=(201,))
 
     async def workloads(self) -> list[WorkloadView]:
         return (await self.call("GET", "/v1/workloads", WorkloadList)).workloads
@@ -215,8 +245,7 @@ class AgentClient:
         return await self.call("GET", f"/v1/workloads/{quote(name, safe='')}", WorkloadView)
 
     async def delete_workload(self, name: str) -> WorkloadView:
-        return await self.call("DELETE", f"/v1/workloads/{quote(name, safe='')}",
-                               WorkloadView)
+        return await self.call("DELETE", f"/v1/workloads/{quote(name, safe='')}", WorkloadView)
 
 
 def _dropped(exc: BaseException) -> bool:

@@ -23,8 +23,14 @@ table = RouteTable("health")
 PROBE_NAME = ".ready-probe"
 
 
-@table.json("GET", "/healthz", name="healthz", response=Health, auth=False,
-            summary="The agent process answers (no credentials needed)")
+@table.json(
+    "GET",
+    "/healthz",
+    name="healthz",
+    response=Health,
+    auth=False,
+    summary="The agent process answers (no credentials needed)",
+)
 async def healthz(request: web.Request) -> Health:
     return Health(ok=True)
 
@@ -55,8 +61,9 @@ async def _state_dir_check(ctx: AgentContext) -> Check:
     try:
         await asyncio.to_thread(_probe_write, state_dir)
     except OSError as exc:
-        return Check(name="state_dir", ok=False,
-                     detail=f"cannot write in {state_dir}: {exc.strerror}")
+        return Check(
+            name="state_dir", ok=False, detail=f"cannot write in {state_dir}: {exc.strerror}"
+        )
     return Check(name="state_dir", ok=True, detail=f"{state_dir} is writable")
 
 
@@ -81,8 +88,14 @@ def _host_ns_check(ctx: AgentContext) -> Check | None:
     return Check(name="host_namespaces", ok=True, detail=" ".join(host.prefix()[1:-1]))
 
 
-@table.json("GET", "/readyz", name="readyz", response=Readiness, also={503: "not ready"},
-            summary="Whether this agent can take part in a migration now, check by check")
+@table.json(
+    "GET",
+    "/readyz",
+    name="readyz",
+    response=Readiness,
+    also={503: "not ready"},
+    summary="Whether this agent can take part in a migration now, check by check",
+)
 async def readyz(request: web.Request) -> Readiness | Reply[Readiness]:
     ctx = request.app[CONTEXT]
     checks = [await _criu_check(ctx), await _state_dir_check(ctx), _free_space_check(ctx)]
@@ -93,8 +106,13 @@ async def readyz(request: web.Request) -> Readiness | Reply[Readiness]:
     return readiness if readiness.ready else Reply(readiness, 503)
 
 
-@table.json("GET", "/v1/info", name="info", response=AgentInfo,
-            summary="This host: kernel, CPU, CRIU version and features, free space")
+@table.json(
+    "GET",
+    "/v1/info",
+    name="info",
+    response=AgentInfo,
+    summary="This host: kernel, CPU, CRIU version and features, free space",
+)
 async def info(request: web.Request) -> AgentInfo:
     ctx = request.app[CONTEXT]
     criu: CriuView | None = None
@@ -118,20 +136,31 @@ async def info(request: web.Request) -> AgentInfo:
     )
 
 
-@table.raw("GET", "/metrics", name="metrics", media_type=METRICS_CONTENT_TYPE,
-           summary="Prometheus metrics (text exposition format)")
+@table.raw(
+    "GET",
+    "/metrics",
+    name="metrics",
+    media_type=METRICS_CONTENT_TYPE,
+    summary="Prometheus metrics (text exposition format)",
+)
 async def metrics(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    return web.Response(body=ctx.metrics.render(),
-                        headers={"Content-Type": METRICS_CONTENT_TYPE})
+    return web.Response(body=ctx.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-@table.raw("GET", "/v1/openapi.json", name="openapi", media_type=JSON,
-           summary="This document: the agent's API in OpenAPI 3.1")
+@table.raw(
+    "GET",
+    "/v1/openapi.json",
+    name="openapi",
+    media_type=JSON,
+    summary="This document: the agent's API in OpenAPI 3.1",
+)
 async def openapi(request: web.Request) -> web.StreamResponse:
     routes = request.app[ROUTES]
     doc = build_openapi(
-        routes, title="haul agent", version=__version__,
+        routes,
+        title="haul agent",
+        version=__version__,
         description="The per-host daemon of haul: health, host facts, workloads.",
     )
     return web.json_response(doc)

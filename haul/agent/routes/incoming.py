@@ -39,22 +39,39 @@ def _incoming(request: web.Request) -> IncomingRegistry:
     return request.app[CONTEXT].migrations().incoming
 
 
-@table.json("GET", "/v1/incoming-capabilities", name="incomingCapabilities",
-            response=CapabilitiesView, summary="What this host's kernel and CRIU allow")
+@table.json(
+    "GET",
+    "/v1/incoming-capabilities",
+    name="incomingCapabilities",
+    response=CapabilitiesView,
+    summary="What this host's kernel and CRIU allow",
+)
 async def capabilities(request: web.Request) -> CapabilitiesView:
     caps = await host_capabilities(_incoming(request).criu)
-    return CapabilitiesView(criu_version=caps.criu_version, mem_track=caps.mem_track,
-                            lazy_pages=caps.lazy_pages, lazy_pipe_ok=caps.lazy_pipe_ok)
+    return CapabilitiesView(
+        criu_version=caps.criu_version,
+        mem_track=caps.mem_track,
+        lazy_pages=caps.lazy_pages,
+        lazy_pipe_ok=caps.lazy_pipe_ok,
+    )
 
 
-@table.json_body("POST", "/v1/incoming-check", body=IncomingCheck, response=Done,
-                 name="incomingCheck", errors={409: "the name is taken here"},
-                 summary="Pre-flight: the workload's name is free here and there is room")
+@table.json_body(
+    "POST",
+    "/v1/incoming-check",
+    body=IncomingCheck,
+    response=Done,
+    name="incomingCheck",
+    errors={409: "the name is taken here"},
+    summary="Pre-flight: the workload's name is free here and there is room",
+)
 async def check(request: web.Request, ask: IncomingCheck) -> Done:
     ctx = request.app[CONTEXT]
     if any(r.name == ask.workload for r in ctx.workloads.records()):
-        raise Conflict(f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
-                       code="workload_exists")
+        raise Conflict(
+            f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
+            code="workload_exists",
+        )
     _check_net(request, ask.net)
     await _incoming(request).check(ask.workload, ask.needed_bytes)
     return Done()
@@ -69,21 +86,37 @@ def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None
     return net
 
 
-@table.json_body("POST", "/v1/incoming", body=IncomingOpen, response=IncomingOpened,
-                 status=201, name="openIncoming", summary="Prepare for an incoming migration")
+@table.json_body(
+    "POST",
+    "/v1/incoming",
+    body=IncomingOpen,
+    response=IncomingOpened,
+    status=201,
+    name="openIncoming",
+    summary="Prepare for an incoming migration",
+)
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
     net = _check_net(request, ask.net)
-    item = await _incoming(request).open(ask.id, ask.workload, ask.strategy, ask.needed_bytes,
-                                         lazy, argv=ask.argv, data_mode=ask.data_mode,
-                                         shared_images=Path(ask.shared_images)
-                                         if ask.shared_images else None,
-                                         net=net, page_tls=ask.page_tls, source=ask.source)
+    item = await _incoming(request).open(
+        ask.id,
+        ask.workload,
+        ask.strategy,
+        ask.needed_bytes,
+        lazy,
+        argv=ask.argv,
+        data_mode=ask.data_mode,
+        shared_images=Path(ask.shared_images) if ask.shared_images else None,
+        net=net,
+        page_tls=ask.page_tls,
+        source=ask.source,
+    )
     port = item.dest.page_server_port
     if port is None:
         return IncomingOpened()
-    return IncomingOpened(page_server=Endpoint(address=_incoming(request).listen_address,
-                                               port=port))
+    return IncomingOpened(
+        page_server=Endpoint(address=_incoming(request).listen_address, port=port)
+    )
 
 
 def _sha(request: web.Request) -> str:
@@ -93,72 +126,123 @@ def _sha(request: web.Request) -> str:
     return sha
 
 
-@table.raw("PUT", "/v1/incoming/{id}/images/{name}", name="putImage",
-           summary="One image file (body), checked against X-Haul-SHA256",
-           media_type="application/json")
+@table.raw(
+    "PUT",
+    "/v1/incoming/{id}/images/{name}",
+    name="putImage",
+    summary="One image file (body), checked against X-Haul-SHA256",
+    media_type="application/json",
+)
 async def put_image(request: web.Request) -> web.StreamResponse:
     size = await _incoming(request).receive_image(
-        request.match_info["id"], request.match_info["name"],
-        request.content.iter_chunked(1 << 20), _sha(request),
+        request.match_info["id"],
+        request.match_info["name"],
+        request.content.iter_chunked(1 << 20),
+        _sha(request),
     )
     return web.json_response(Received(bytes=size).model_dump())
 
 
-@table.raw("PUT", "/v1/incoming/{id}/data", name="putData",
-           summary="One file of the workload's data (body; its relative path in ?path=), "
-                   "checked against X-Haul-SHA256",
-           media_type="application/json")
+@table.raw(
+    "PUT",
+    "/v1/incoming/{id}/data",
+    name="putData",
+    summary="One file of the workload's data (body; its relative path in ?path=), "
+    "checked against X-Haul-SHA256",
+    media_type="application/json",
+)
 async def put_data(request: web.Request) -> web.StreamResponse:
     try:
         mode = int(request.headers.get("X-Haul-Mode", "644"), 8)
     except ValueError:
         raise BadRequest("X-Haul-Mode must be an octal file mode", code="bad_mode") from None
     size = await _incoming(request).receive_data(
-        request.match_info["id"], request.query.get("path", ""),
-        request.content.iter_chunked(1 << 20), _sha(request), mode,
+        request.match_info["id"],
+        request.query.get("path", ""),
+        request.content.iter_chunked(1 << 20),
+        _sha(request),
+        mode,
     )
     return web.json_response(Received(bytes=size).model_dump())
 
 
-@table.json_body("POST", "/v1/incoming/{id}/dirs", body=Paths, response=Done, params=ID,
-                 name="makeDirs", summary="The workload's sub-directories, parents first")
+@table.json_body(
+    "POST",
+    "/v1/incoming/{id}/dirs",
+    body=Paths,
+    response=Done,
+    params=ID,
+    name="makeDirs",
+    summary="The workload's sub-directories, parents first",
+)
 async def make_dirs(request: web.Request, ask: Paths) -> Done:
     _incoming(request).make_dirs(request.match_info["id"], ask.paths, ask.modes)
     return Done()
 
 
-@table.json_body("POST", "/v1/incoming/{id}/restore", body=RestoreAsk, response=Restored,
-                 params=ID, name="restoreIncoming",
-                 summary="Restore the received images, the tree left stopped")
+@table.json_body(
+    "POST",
+    "/v1/incoming/{id}/restore",
+    body=RestoreAsk,
+    response=Restored,
+    params=ID,
+    name="restoreIncoming",
+    summary="Restore the received images, the tree left stopped",
+)
 async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     figures = await _incoming(request).restore(request.match_info["id"], ask.lazy)
-    return Restored(pid=figures.dest_pid, duration_s=figures.duration_s,
-                    pages_bytes=figures.pages_bytes)
+    return Restored(
+        pid=figures.dest_pid, duration_s=figures.duration_s, pages_bytes=figures.pages_bytes
+    )
 
 
-@table.json("POST", "/v1/incoming/{id}/resume", response=Done, params=ID, name="resumeIncoming",
-            summary="After the commit: let the restored tree run")
+@table.json(
+    "POST",
+    "/v1/incoming/{id}/resume",
+    response=Done,
+    params=ID,
+    name="resumeIncoming",
+    summary="After the commit: let the restored tree run",
+)
 async def resume(request: web.Request) -> Done:
     await _incoming(request).resume(request.match_info["id"])
     return Done()
 
 
-@table.json("POST", "/v1/incoming/{id}/wait-pages", response=Done, params=ID,
-            name="waitPages", summary="Post-copy: return once every page has arrived")
+@table.json(
+    "POST",
+    "/v1/incoming/{id}/wait-pages",
+    response=Done,
+    params=ID,
+    name="waitPages",
+    summary="Post-copy: return once every page has arrived",
+)
 async def wait_pages(request: web.Request) -> Done:
     await _incoming(request).wait_pages(request.match_info["id"])
     return Done()
 
 
-@table.json("POST", "/v1/incoming/{id}/discard", response=Done, params=ID,
-            name="discardIncoming", summary="Rollback: kill any restored copy, remove everything")
+@table.json(
+    "POST",
+    "/v1/incoming/{id}/discard",
+    response=Done,
+    params=ID,
+    name="discardIncoming",
+    summary="Rollback: kill any restored copy, remove everything",
+)
 async def discard(request: web.Request) -> Done:
     await _incoming(request).discard(request.match_info["id"])
     return Done()
 
 
-@table.json("POST", "/v1/incoming/{id}/finish", response=Done, params=ID,
-            name="finishIncoming", summary="After the commit: register the workload here")
+@table.json(
+    "POST",
+    "/v1/incoming/{id}/finish",
+    response=Done,
+    params=ID,
+    name="finishIncoming",
+    summary="After the commit: register the workload here",
+)
 async def finish(request: web.Request) -> Done:
     await _incoming(request).finish(request.match_info["id"])
     return Done()
@@ -169,14 +253,20 @@ def incoming_view(item: Incoming) -> IncomingView:
     tree = item.dest.tree
     asking = item.asking
     return IncomingView(
-        id=item.migration_id, workload=item.workload, source=item.source or "",
-        strategy=item.strategy.value, state=item.state.value,
+        id=item.migration_id,
+        workload=item.workload,
+        source=item.source or "",
+        strategy=item.strategy.value,
+        state=item.state.value,
         restored_pid=tree.root_pid if tree is not None else None,
         restored_for_s=now - item.restored_at if item.restored_at is not None else None,
-        asks=asking.asks, last_answer=asking.last_answer, note=asking.note,
+        asks=asking.asks,
+        last_answer=asking.last_answer,
+        note=asking.note,
         problem=asking.problem,
         next_ask_in_s=max(0.0, asking.next_ask_at - now)
-        if asking.next_ask_at is not None else None,
+        if asking.next_ask_at is not None
+        else None,
         free_bytes=_free_bytes(item.dest.workdir),
     )
 
@@ -188,14 +278,25 @@ def _free_bytes(path: Path) -> int | None:
         return None
 
 
-@table.json("GET", "/v1/incoming", response=IncomingList, name="listIncoming",
-            summary="Migrations arriving here: a restored copy waiting for its source's "
-                    "decision shows what the source was asked and answered")
+@table.json(
+    "GET",
+    "/v1/incoming",
+    response=IncomingList,
+    name="listIncoming",
+    summary="Migrations arriving here: a restored copy waiting for its source's "
+    "decision shows what the source was asked and answered",
+)
 async def list_incoming(request: web.Request) -> IncomingList:
     return IncomingList(incoming=[incoming_view(i) for i in _incoming(request).items()])
 
 
-@table.json("GET", "/v1/incoming/{id}", response=IncomingView, params=ID, name="getIncoming",
-            summary="One migration arriving here: its state, and what its source was asked")
+@table.json(
+    "GET",
+    "/v1/incoming/{id}",
+    response=IncomingView,
+    params=ID,
+    name="getIncoming",
+    summary="One migration arriving here: its state, and what its source was asked",
+)
 async def get_incoming(request: web.Request) -> IncomingView:
     return incoming_view(_incoming(request).get(request.match_info["id"]))

@@ -73,8 +73,17 @@ async def start_counter(
     (host.data_backing / subdir).mkdir(parents=True)
     inside = lab.data_path / subdir  # the same directory, as the host sees it
     tree = await start_tree(
-        [sys.executable, "-S", "-E", str(COUNTER), str(inside / "state"),
-         "--mem-mib", str(mem_mib), "--interval-ms", str(interval_ms)],
+        [
+            sys.executable,
+            "-S",
+            "-E",
+            str(COUNTER),
+            str(inside / "state"),
+            "--mem-mib",
+            str(mem_mib),
+            "--interval-ms",
+            str(interval_ms),
+        ],
         log_path=inside / "log",
         host=host.ns,
         cwd=inside,
@@ -98,8 +107,9 @@ class Web:
     namespace, so ``url`` names the host's address only while it runs there.
     """
 
-    def __init__(self, tree: ProcessTree, host: HostSpec, subdir: str, port: int,
-                 mem_mib: int, seed: str) -> None:
+    def __init__(
+        self, tree: ProcessTree, host: HostSpec, subdir: str, port: int, mem_mib: int, seed: str
+    ) -> None:
         self.tree = tree
         self.host = host
         self.subdir = subdir
@@ -160,8 +170,20 @@ async def start_web(
     (host.data_backing / subdir).mkdir(parents=True)
     inside = lab.data_path / subdir  # the same directory, as the host sees it
     tree = await start_tree(
-        [sys.executable, "-S", "-E", str(WEB), "--outfile", str(inside / "out"),
-         "--port", str(port), "--mem-mib", str(mem_mib), "--seed", seed],
+        [
+            sys.executable,
+            "-S",
+            "-E",
+            str(WEB),
+            "--outfile",
+            str(inside / "out"),
+            "--port",
+            str(port),
+            "--mem-mib",
+            str(mem_mib),
+            "--seed",
+            seed,
+        ],
         log_path=inside / "log",
         host=host.ns,
         cwd=inside,

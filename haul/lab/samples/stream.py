@@ -109,8 +109,10 @@ def send(host: str, port: int, duration_s: float, interval_s: float) -> int:
         error = f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
-    print(json.dumps({**counts, "largest_gap_ms": round(largest_gap_s * 1000, 1),
-                      "error": error}), flush=True)
+    print(
+        json.dumps({**counts, "largest_gap_ms": round(largest_gap_s * 1000, 1), "error": error}),
+        flush=True,
+    )
     return 1 if error else 0
 
 
@@ -121,8 +123,9 @@ def main() -> int:
         return serve(args[1], int(o["--port"]))
     if len(args) >= 2 and args[0] == "send":
         o = _opts(args[2:], {"--port": "9000", "--duration": "10", "--interval-ms": "10"})
-        return send(args[1], int(o["--port"]), float(o["--duration"]),
-                    int(o["--interval-ms"]) / 1000)
+        return send(
+            args[1], int(o["--port"]), float(o["--duration"]), int(o["--interval-ms"]) / 1000
+        )
     sys.stderr.write(__doc__ or "")
     return 2
 

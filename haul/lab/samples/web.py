@@ -110,18 +110,28 @@ class Service:
         return 404, f"no {path} here: try /, /check or /health\n", []
 
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 501: "Not Implemented"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+}
 
 
-def response(status: int, body: str, extra: list[tuple[str, str]], close: bool,
-             head_only: bool = False) -> bytes:
+def response(
+    status: int, body: str, extra: list[tuple[str, str]], close: bool, head_only: bool = False
+) -> bytes:
     data = body.encode()
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-             "Server: haul-sample-web",
-             "Content-Type: text/plain; charset=utf-8",
-             f"Content-Length: {len(data)}"]
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        "Server: haul-sample-web",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(data)}",
+    ]
     lines += [f"{k}: {v}" for k, v in extra]
     lines.append("Connection: close" if close else "Connection: keep-alive")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -285,13 +295,17 @@ class Server:
         self.selector.close()
 
 
-USAGE = ("usage: web.py --outfile PATH [--port 8080] [--bind ADDR] "
-         "[--mem-mib N] [--seed S]\n")
+USAGE = "usage: web.py --outfile PATH [--port 8080] [--bind ADDR] [--mem-mib N] [--seed S]\n"
 
 
 def parse(args: list[str]) -> dict[str, str]:
-    options = {"--outfile": "", "--port": "8080", "--bind": "0.0.0.0",
-               "--mem-mib": "0", "--seed": "1"}
+    options = {
+        "--outfile": "",
+        "--port": "8080",
+        "--bind": "0.0.0.0",
+        "--mem-mib": "0",
+        "--seed": "1",
+    }
     i = 0
     while i < len(args):
         if args[i] not in options or i + 1 >= len(args):
@@ -326,8 +340,7 @@ def main() -> int:
     port = listener.getsockname()[1]
     server = Server(service, listener, rfd)
     write_file(outfile, f"ready port {port} mem_mib {mem_mib} seed {seed}")
-    print(f"web: listening on {options['--bind']}:{port}, {mem_mib} MiB, seed {seed}",
-          flush=True)
+    print(f"web: listening on {options['--bind']}:{port}, {mem_mib} MiB, seed {seed}", flush=True)
 
     server.run()
 

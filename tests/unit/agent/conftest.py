@@ -30,9 +30,7 @@ def config(tmp_path: Path) -> AgentConfig:
 
 
 @pytest.fixture
-def make_ctx(
-    fake_criu: FakeCriu, starter: FakeStarter
-) -> Callable[[AgentConfig], AgentContext]:
+def make_ctx(fake_criu: FakeCriu, starter: FakeStarter) -> Callable[[AgentConfig], AgentContext]:
     def make(config: AgentConfig) -> AgentContext:
         return AgentContext.create(config, gather_criu=fake_criu, start=starter)
 

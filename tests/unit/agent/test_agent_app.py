@@ -24,10 +24,17 @@ from haul.agent.routing import RouteTable
 from haul.errors import ConfigError, CriuError
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
-PROTECTED = [("GET", "/readyz"), ("GET", "/v1/info"), ("GET", "/metrics"),
-             ("GET", "/v1/openapi.json"), ("GET", "/v1/workloads"),
-             ("GET", "/v1/workloads/x"), ("DELETE", "/v1/workloads/x"),
-             ("POST", "/v1/workloads"), ("GET", "/no/such/route")]
+PROTECTED = [
+    ("GET", "/readyz"),
+    ("GET", "/v1/info"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/workloads"),
+    ("GET", "/v1/workloads/x"),
+    ("DELETE", "/v1/workloads/x"),
+    ("POST", "/v1/workloads"),
+    ("GET", "/no/such/route"),
+]
 
 
 def _error(body: Any) -> tuple[str, str]:
@@ -61,10 +68,12 @@ async def test_every_other_route_refuses_a_caller_without_a_token(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("header", [f"Bearer {TOKEN}x", "Bearer s3cret", f"Basic {TOKEN}",
-                                    "Bearer", f"{TOKEN}"])
-async def test_a_wrong_token_is_refused(make_ctx: MakeCtx, config: AgentConfig,
-                                        header: str) -> None:
+@pytest.mark.parametrize(
+    "header", [f"Bearer {TOKEN}x", "Bearer s3cret", f"Basic {TOKEN}", "Bearer", f"{TOKEN}"]
+)
+async def test_a_wrong_token_is_refused(
+    make_ctx: MakeCtx, config: AgentConfig, header: str
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         response = await client.get("/v1/info", headers={"Authorization": header})
         assert response.status == 401
@@ -86,8 +95,11 @@ async def test_a_refused_request_changes_nothing(
     registry = config.state_dir / "workloads.json"
     async with agent_client(make_ctx(config)) as client:
         before = registry.read_bytes() if registry.exists() else None
-        response = await client.post("/v1/workloads", json={"name": "w", "argv": ["sleep", "60"]},
-                                     headers={"Authorization": "Bearer wrong"})
+        response = await client.post(
+            "/v1/workloads",
+            json={"name": "w", "argv": ["sleep", "60"]},
+            headers={"Authorization": "Bearer wrong"},
+        )
         assert response.status == 401
         assert starter.calls == []
         assert (registry.read_bytes() if registry.exists() else None) == before
@@ -97,8 +109,9 @@ async def test_a_refused_request_changes_nothing(
 
 
 @pytest.mark.asyncio
-async def test_unknown_routes_are_401_before_they_are_404(make_ctx: MakeCtx,
-                                                         config: AgentConfig) -> None:
+async def test_unknown_routes_are_401_before_they_are_404(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     """An anonymous caller learns nothing about which routes exist."""
     async with agent_client(make_ctx(config)) as client:
         assert (await client.get("/v1/secret")).status == 401
@@ -156,8 +169,9 @@ def test_peer_uid_reads_the_kernels_credentials() -> None:
 
 
 @pytest.mark.asyncio
-async def test_unknown_route_and_wrong_method_answer_json(make_ctx: MakeCtx,
-                                                         config: AgentConfig) -> None:
+async def test_unknown_route_and_wrong_method_answer_json(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         response = await client.get("/v2/nothing", headers=AUTH)
         assert response.status == 404
@@ -170,11 +184,13 @@ async def test_unknown_route_and_wrong_method_answer_json(make_ctx: MakeCtx,
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("body", [b"{not json", b"", b"[1, 2", b"\xff\xfe"])
-async def test_malformed_json_is_400(make_ctx: MakeCtx, config: AgentConfig, body: bytes,
-                                     starter: FakeStarter) -> None:
+async def test_malformed_json_is_400(
+    make_ctx: MakeCtx, config: AgentConfig, body: bytes, starter: FakeStarter
+) -> None:
     async with agent_client(make_ctx(config)) as client:
-        response = await client.post("/v1/workloads", data=body,
-                                     headers={**AUTH, "Content-Type": "application/json"})
+        response = await client.post(
+            "/v1/workloads", data=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
         assert response.status == 400
         assert _error(await response.json())[0] == "malformed_json"
     assert starter.calls == []
@@ -221,7 +237,9 @@ async def test_a_handler_bug_still_answers_json(make_ctx: MakeCtx, config: Agent
         response = await client.get("/v1/boom", headers=AUTH)
         assert response.status == 500
         assert _error(await response.json()) == (
-            "internal", "internal error (KeyError); see the agent's log")
+            "internal",
+            "internal error (KeyError); see the agent's log",
+        )
 
 
 def agent_client_with(ctx: AgentContext, tables: tuple[RouteTable, ...]) -> Any:
@@ -229,8 +247,9 @@ def agent_client_with(ctx: AgentContext, tables: tuple[RouteTable, ...]) -> Any:
 
 
 @pytest.mark.asyncio
-async def test_an_area_of_routes_is_added_by_a_table(make_ctx: MakeCtx,
-                                                    config: AgentConfig) -> None:
+async def test_an_area_of_routes_is_added_by_a_table(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     class Echo(BaseModel):
         text: str
 
@@ -260,11 +279,13 @@ def test_a_route_declared_twice_is_refused(make_ctx: MakeCtx, config: AgentConfi
 
 
 @pytest.mark.asyncio
-async def test_openapi_lists_exactly_the_registered_routes(make_ctx: MakeCtx,
-                                                          config: AgentConfig) -> None:
+async def test_openapi_lists_exactly_the_registered_routes(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     app = make_app(make_ctx(config))
-    registered = {(r.method, r.resource.canonical) for r in app.router.routes()
-                  if r.resource is not None}
+    registered = {
+        (r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None
+    }
     async with app_client(app) as client:
         response = await client.get("/v1/openapi.json", headers=AUTH)
         assert response.status == 200
@@ -278,8 +299,9 @@ async def test_openapi_lists_exactly_the_registered_routes(make_ctx: MakeCtx,
 
 
 @pytest.mark.asyncio
-async def test_openapi_schemas_come_from_the_handlers_models(make_ctx: MakeCtx,
-                                                            config: AgentConfig) -> None:
+async def test_openapi_schemas_come_from_the_handlers_models(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         doc = await (await client.get("/v1/openapi.json", headers=AUTH)).json()
     schemas = doc["components"]["schemas"]
@@ -303,8 +325,9 @@ async def test_openapi_schemas_come_from_the_handlers_models(make_ctx: MakeCtx,
     assert get["parameters"][0]["name"] == "name" and get["parameters"][0]["in"] == "path"
     ready = doc["paths"]["/readyz"]["get"]["responses"]
     assert ready["200"]["content"] == ready["503"]["content"]
-    assert "text/plain" in next(iter(doc["paths"]["/metrics"]["get"]["responses"]["200"]
-                                     ["content"]))
+    assert "text/plain" in next(
+        iter(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
+    )
     # every $ref anywhere resolves
     refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', str(doc).replace("'", '"'))
     assert refs and all(r in schemas for r in refs)
@@ -314,8 +337,9 @@ async def test_openapi_schemas_come_from_the_handlers_models(make_ctx: MakeCtx,
 
 
 @pytest.mark.asyncio
-async def test_readyz_is_200_when_every_check_passes(make_ctx: MakeCtx,
-                                                    config: AgentConfig) -> None:
+async def test_readyz_is_200_when_every_check_passes(
+    make_ctx: MakeCtx, config: AgentConfig
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         response = await client.get("/readyz", headers=AUTH)
         body = await response.json()
@@ -336,8 +360,12 @@ async def test_readyz_is_200_when_every_check_passes(make_ctx: MakeCtx,
     ],
 )
 async def test_readyz_is_503_and_lists_what_fails(
-    fake_criu: FakeCriu, starter: FakeStarter, tmp_path: Path,
-    setup: str, failing: str, says: str,
+    fake_criu: FakeCriu,
+    starter: FakeStarter,
+    tmp_path: Path,
+    setup: str,
+    failing: str,
+    says: str,
 ) -> None:
     from haul.agent.fakes import make_config
 
@@ -380,8 +408,9 @@ async def test_readyz_fails_when_the_state_dir_is_gone(
 
 
 @pytest.mark.asyncio
-async def test_criu_is_asked_once_for_a_while(make_ctx: MakeCtx, config: AgentConfig,
-                                             fake_criu: FakeCriu) -> None:
+async def test_criu_is_asked_once_for_a_while(
+    make_ctx: MakeCtx, config: AgentConfig, fake_criu: FakeCriu
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         for _ in range(3):
             await client.get("/readyz", headers=AUTH)
@@ -396,15 +425,15 @@ async def test_info_describes_the_host(make_ctx: MakeCtx, config: AgentConfig) -
     assert info["host"] == "host1"
     assert info["kernel_release"] == os.uname().release
     assert info["criu"]["version"] == "4.1.1"
-    assert info["criu"]["features"] == {"mem_track": False, "lazy_pages": True,
-                                        "pidfd_store": True}
+    assert info["criu"]["features"] == {"mem_track": False, "lazy_pages": True, "pidfd_store": True}
     assert info["cpu"]["count"] >= 1
     assert info["state_dir_free_bytes"] > 0
 
 
 @pytest.mark.asyncio
-async def test_info_says_why_criu_is_missing(make_ctx: MakeCtx, config: AgentConfig,
-                                            fake_criu: FakeCriu) -> None:
+async def test_info_says_why_criu_is_missing(
+    make_ctx: MakeCtx, config: AgentConfig, fake_criu: FakeCriu
+) -> None:
     fake_criu.error = ConfigError("no CRIU: run deploy/install.sh")
     async with agent_client(make_ctx(config)) as client:
         info = await (await client.get("/v1/info", headers=AUTH)).json()
@@ -413,11 +442,17 @@ async def test_info_says_why_criu_is_missing(make_ctx: MakeCtx, config: AgentCon
 
 
 def test_cpuinfo_is_parsed_for_x86_and_arm() -> None:
-    x86 = ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: sse2 avx\n"
-           "\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: sse2 avx\n")
+    x86 = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: sse2 avx\n"
+        "\nprocessor\t: 1\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: sse2 avx\n"
+    )
     cpu = cpu_of(x86)
-    assert (cpu.vendor, cpu.model, cpu.count, cpu.flags) == ("GenuineIntel", "Xeon", 2,
-                                                             ["avx", "sse2"])
+    assert (cpu.vendor, cpu.model, cpu.count, cpu.flags) == (
+        "GenuineIntel",
+        "Xeon",
+        2,
+        ["avx", "sse2"],
+    )
     arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
     cpu = cpu_of(arm)
     assert (cpu.vendor, cpu.model, cpu.count, cpu.flags) == ("0x41", "0xd0c", 1, ["asimd", "fp"])
@@ -427,8 +462,9 @@ def test_cpuinfo_is_parsed_for_x86_and_arm() -> None:
 
 
 @pytest.mark.asyncio
-async def test_metrics_count_requests_by_route_and_status(make_ctx: MakeCtx, tmp_path: Path,
-                                                         config: AgentConfig) -> None:
+async def test_metrics_count_requests_by_route_and_status(
+    make_ctx: MakeCtx, tmp_path: Path, config: AgentConfig
+) -> None:
     from haul.agent.fakes import make_config
 
     async with agent_client(make_ctx(config)) as client:
@@ -443,8 +479,9 @@ async def test_metrics_count_requests_by_route_and_status(make_ctx: MakeCtx, tmp
         text = await response.text()
     assert 'haul_agent_requests_total{method="GET",route="/healthz",status="200"} 2.0' in text
     assert 'haul_agent_requests_total{method="GET",route="/v1/info",status="401"} 1.0' in text
-    assert ('haul_agent_requests_total{method="GET",route="/v1/workloads/{name}",status="404"} '
-            "1.0") in text
+    assert (
+        'haul_agent_requests_total{method="GET",route="/v1/workloads/{name}",status="404"} 1.0'
+    ) in text
     assert 'route="unmatched",status="404"' in text
     assert "haul_agent_workloads 0.0" in text
     assert "haul_agent_migrations_active 0.0" in text

@@ -53,7 +53,9 @@ def test_issue_makes_a_server_and_client_cert_the_ca_signed(tmp_path: Path) -> N
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["host1"]
     assert san.get_values_for_type(x509.IPAddress) == [
-        ipaddress.ip_address("10.77.0.1"), ipaddress.ip_address("::1")]
+        ipaddress.ip_address("10.77.0.1"),
+        ipaddress.ip_address("::1"),
+    ]
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
@@ -79,7 +81,8 @@ def test_a_cert_from_another_ca_does_not_verify(tmp_path: Path) -> None:
     store = Store([_cert(tmp_path / "a" / "ca.crt")])
     with pytest.raises(x509.verification.VerificationError):
         PolicyBuilder().store(store).build_server_verifier(x509.DNSName("host1")).verify(
-            _cert(tmp_path / "b" / "host1.crt"), [])
+            _cert(tmp_path / "b" / "host1.crt"), []
+        )
 
 
 def test_files_are_not_replaced_unless_forced(tmp_path: Path) -> None:

@@ -50,10 +50,24 @@ HAUL = Path(__file__).resolve().parents[3] / "haul"
 LOCAL_CODES = {"bad_decision"}
 
 MIGRATION = {
-    "id": "m1", "workload": "web1", "source": "host1", "dest": "host2", "phase": "freeze",
-    "strategy": "stop-and-copy", "committed": False, "finished": False, "elapsed_s": 1.0,
-    "stats": {"strategy": "stop-and-copy", "iterations": 0, "bytes_sent": 0, "dump_bytes": 0,
-              "transfer_bytes": 0, "frozen_ms": None, "expected_downtime_ms": None},
+    "id": "m1",
+    "workload": "web1",
+    "source": "host1",
+    "dest": "host2",
+    "phase": "freeze",
+    "strategy": "stop-and-copy",
+    "committed": False,
+    "finished": False,
+    "elapsed_s": 1.0,
+    "stats": {
+        "strategy": "stop-and-copy",
+        "iterations": 0,
+        "bytes_sent": 0,
+        "dump_bytes": 0,
+        "transfer_bytes": 0,
+        "frozen_ms": None,
+        "expected_downtime_ms": None,
+    },
 }
 
 
@@ -76,8 +90,17 @@ def _codes_the_agent_sends() -> set[str]:
 
 def test_every_code_an_agent_sends_has_its_class() -> None:
     sent = _codes_the_agent_sends()
-    assert {"no_workload", "workload_exists", "no_migration", "past_commit", "usage",
-            "criu", "unauthorized", "malformed_json", "internal"} <= sent  # the scan works
+    assert {
+        "no_workload",
+        "workload_exists",
+        "no_migration",
+        "past_commit",
+        "usage",
+        "criu",
+        "unauthorized",
+        "malformed_json",
+        "internal",
+    } <= sent  # the scan works
     assert sent - set(PEER_ERRORS) == set(), "codes an agent sends that no class stands for"
     assert set(PEER_ERRORS) - sent == set(), "classes for codes no agent sends"
 
@@ -106,10 +129,18 @@ def test_the_families_a_caller_acts_on() -> None:
     assert not isinstance(peer_error("no_migration", "m"), PeerFailed)
 
 
-@pytest.mark.parametrize(("status", "cls"), [
-    (400, PeerBadRequest), (401, PeerUnauthorized), (404, PeerNotFound), (409, PeerConflict),
-    (500, PeerFailed), (502, PeerFailed), (418, PeerError),
-])
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, PeerBadRequest),
+        (401, PeerUnauthorized),
+        (404, PeerNotFound),
+        (409, PeerConflict),
+        (500, PeerFailed),
+        (502, PeerFailed),
+        (418, PeerError),
+    ],
+)
 def test_an_unknown_code_goes_by_its_status(status: int, cls: type[PeerError]) -> None:
     exc = peer_error("http_teapot", "m", status=status)
     assert type(exc) is cls and exc.code == "http_teapot"
@@ -125,13 +156,18 @@ def test_addresses_the_client_cannot_use(url: str) -> None:
         AgentAccess(url)
 
 
-@pytest.mark.parametrize(("fields", "expected"), [
-    ({"url": "http://h:1", "ca": Path("/ca")}, "TLS files .*ca.* not https"),
-    ({"url": "unix:///s", "cert": Path("/c"), "key": Path("/k"), "ca": Path("/ca")},
-     "not https"),
-    ({"url": "https://h:1", "ca": Path("/ca"), "cert": Path("/c")}, "both its cert and"),
-    ({"url": "https://h:1", "cert": Path("/c"), "key": Path("/k")}, "goes with the CA"),
-])
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"url": "http://h:1", "ca": Path("/ca")}, "TLS files .*ca.* not https"),
+        (
+            {"url": "unix:///s", "cert": Path("/c"), "key": Path("/k"), "ca": Path("/ca")},
+            "not https",
+        ),
+        ({"url": "https://h:1", "ca": Path("/ca"), "cert": Path("/c")}, "both its cert and"),
+        ({"url": "https://h:1", "cert": Path("/c"), "key": Path("/k")}, "goes with the CA"),
+    ],
+)
 def test_tls_files_that_do_not_fit(fields: dict[str, object], expected: str) -> None:
     with pytest.raises(UsageError, match=expected):
         AgentAccess(**fields)  # type: ignore[arg-type]
@@ -141,12 +177,14 @@ def test_an_inventory_entry_gives_its_tls_files_only_over_https(tmp_path: Path) 
     token = tmp_path / "token"
     token.write_text("from-a-file\n")
     files = {"ca": tmp_path / "ca.crt", "cert": tmp_path / "c.crt", "key": tmp_path / "c.key"}
-    over_tls = AgentAccess.of_entry(HostEntry(url="https://10.0.0.1:7477", token_file=token,
-                                              **files))
+    over_tls = AgentAccess.of_entry(
+        HostEntry(url="https://10.0.0.1:7477", token_file=token, **files)
+    )
     assert over_tls.token == "from-a-file" and not over_tls.peer
     assert over_tls.tls == TlsFiles(cacert=files["ca"], cert=files["cert"], key=files["key"])
-    local = AgentAccess.of_entry(HostEntry(url="unix:///run/a.sock", token="t", **files),
-                                 timeout_s=5)
+    local = AgentAccess.of_entry(
+        HostEntry(url="unix:///run/a.sock", token="t", **files), timeout_s=5
+    )
     assert (local.ca, local.cert, local.key, local.tls) == (None, None, None, None)
     assert local.timeout_s == 5
 
@@ -172,8 +210,10 @@ def test_the_tls_context_trusts_the_ca_and_shows_the_certificate(tmp_path: Path)
 
     init_ca(tmp_path)
     pair = issue(tmp_path, "host1", ["127.0.0.1"])
-    access = AgentAccess.of_peer("https://127.0.0.1:7477", tls=TlsFiles(
-        cacert=tmp_path / "ca.crt", cert=pair.cert, key=pair.key))
+    access = AgentAccess.of_peer(
+        "https://127.0.0.1:7477",
+        tls=TlsFiles(cacert=tmp_path / "ca.crt", cert=pair.cert, key=pair.key),
+    )
     context = access.ssl_context()
     assert context is not None and context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname
@@ -183,8 +223,9 @@ def test_the_tls_context_trusts_the_ca_and_shows_the_certificate(tmp_path: Path)
 
 
 @pytest.mark.asyncio
-async def test_the_client_speaks_every_route(make_ctx: MakeCtx, config: AgentConfig,
-                                             starter: FakeStarter) -> None:
+async def test_the_client_speaks_every_route(
+    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter
+) -> None:
     ctx = make_ctx(config)
     async with TestServer(make_app(ctx)) as server:
         url = f"http://{server.host}:{server.port}"
@@ -222,7 +263,8 @@ async def test_error_answers_raise_the_class_of_the_agents_code(
                     await agent.workload("nope")
                 assert info.value.code == "no_workload"
                 assert info.value.one_line() == (
-                    f"agent {url}: GET /v1/workloads/nope: no workload 'nope' on this host")
+                    f"agent {url}: GET /v1/workloads/nope: no workload 'nope' on this host"
+                )
                 await agent.start_workload("w1", ["sleep", "600"])
                 with pytest.raises(WorkloadExists):
                     await agent.start_workload("w1", ["sleep", "600"])
@@ -255,8 +297,11 @@ async def test_no_agent_there_is_a_transport_error() -> None:
                 await agent.health()
         named = AgentAccess.of_peer(f"http://127.0.0.1:{port}").client(name="destination h2")
         async with named as agent:
-            with pytest.raises(TransportError, match=rf"destination h2 unreachable \(http://"
-                               rf"127\.0\.0\.1:{port}\): POST /v1/incoming/m1/resume: "):
+            with pytest.raises(
+                TransportError,
+                match=rf"destination h2 unreachable \(http://"
+                rf"127\.0\.0\.1:{port}\): POST /v1/incoming/m1/resume: ",
+            ):
                 await agent.incoming.resume("m1")
     async with AgentAccess("unix:///nonexistent/agent.sock").client() as agent:
         with pytest.raises(TransportError):
@@ -269,8 +314,11 @@ async def test_an_agent_that_does_not_answer_in_time_is_a_transport_error() -> N
     async with app_client(fake.app()) as http:
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess(url, timeout_s=0.2).client(name="source host1") as agent:
-            with pytest.raises(TransportError, match=r"source host1 unreachable \(http://.*\): "
-                                                     r"GET /healthz: timed out after 0 s"):
+            with pytest.raises(
+                TransportError,
+                match=r"source host1 unreachable \(http://.*\): "
+                r"GET /healthz: timed out after 0 s",
+            ):
                 await agent.health()
 
 
@@ -280,19 +328,22 @@ async def test_an_answer_that_is_not_the_model_is_a_transport_error() -> None:
     async with app_client(fake.app()) as http:
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess(url).client(name="source host1") as agent:
-            with pytest.raises(TransportError, match="source host1: unexpected answer for "
-                                                     "MigrationView"):
+            with pytest.raises(
+                TransportError, match="source host1: unexpected answer for MigrationView"
+            ):
                 await agent.migrations.get("m1")
 
 
 @pytest.mark.asyncio
 async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path) -> None:
-    fake = ScriptedAgent({
-        ("PUT", "/v1/incoming/m1/images/pages-1.img"): [(200, {"bytes": 3})],
-        ("PUT", "/v1/incoming/m1/data"): [(200, {"bytes": 3})],
-        ("POST", "/v1/incoming/m1/dirs"): [(200, {"ok": True})],
-        ("POST", "/v1/incoming/m1/restore"): [(200, {"pid": 42, "duration_s": 0.5})],
-    })
+    fake = ScriptedAgent(
+        {
+            ("PUT", "/v1/incoming/m1/images/pages-1.img"): [(200, {"bytes": 3})],
+            ("PUT", "/v1/incoming/m1/data"): [(200, {"bytes": 3})],
+            ("POST", "/v1/incoming/m1/dirs"): [(200, {"ok": True})],
+            ("POST", "/v1/incoming/m1/restore"): [(200, {"pid": 42, "duration_s": 0.5})],
+        }
+    )
     image = tmp_path / "pages-1.img"
     image.write_bytes(b"abc" * 500_000)  # more than one chunk
     async with app_client(fake.app()) as http:
@@ -314,19 +365,26 @@ async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path
 
 @pytest.mark.asyncio
 async def test_watch_asks_for_an_abort_once_when_cancelled() -> None:
-    running, ended = dict(MIGRATION), {**MIGRATION, "phase": "rolled-back", "finished": True,
-                                       "outcome": "rolled-back"}
-    fake = ScriptedAgent({
-        ("GET", "/v1/migrations/m1"): [(200, running)] * 3 + [(200, ended)],
-        ("POST", "/v1/migrations/m1/abort"): [(200, running)],
-    })
+    running, ended = (
+        dict(MIGRATION),
+        {**MIGRATION, "phase": "rolled-back", "finished": True, "outcome": "rolled-back"},
+    )
+    fake = ScriptedAgent(
+        {
+            ("GET", "/v1/migrations/m1"): [(200, running)] * 3 + [(200, ended)],
+            ("POST", "/v1/migrations/m1/abort"): [(200, running)],
+        }
+    )
     said: list[str] = []
     seen: list[str] = []
     async with app_client(fake.app()) as http:
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess(url).client() as agent:
-            task = asyncio.create_task(agent.migrations.watch(
-                "m1", on_view=lambda v: seen.append(v.phase), say=said.append, poll_s=0.05))
+            task = asyncio.create_task(
+                agent.migrations.watch(
+                    "m1", on_view=lambda v: seen.append(v.phase), say=said.append, poll_s=0.05
+                )
+            )
             while len(fake.seen) < 2:
                 await asyncio.sleep(0.01)
             task.cancel()  # as Ctrl-C does to asyncio.run's main task
@@ -336,38 +394,45 @@ async def test_watch_asks_for_an_abort_once_when_cancelled() -> None:
     assert said == ["aborting: the workload stays where it was"]
 
 
-@pytest.mark.parametrize(("code", "cls"), [("past_commit", PastCommit),
-                                            ("migration_ended", MigrationEnded)])
+@pytest.mark.parametrize(
+    ("code", "cls"), [("past_commit", PastCommit), ("migration_ended", MigrationEnded)]
+)
 @pytest.mark.asyncio
 async def test_a_refused_abort_is_said_and_the_watch_goes_on(
     code: str, cls: type[PeerError]
 ) -> None:
     ended = {**MIGRATION, "phase": "done", "finished": True, "outcome": "done"}
-    fake = ScriptedAgent({
-        ("GET", "/v1/migrations/m1"): [(200, MIGRATION)] * 3 + [(200, ended)],
-        ("POST", "/v1/migrations/m1/abort"): [
-            (409, {"error": {"code": code, "message": "it can only finish"}})],
-    })
+    fake = ScriptedAgent(
+        {
+            ("GET", "/v1/migrations/m1"): [(200, MIGRATION)] * 3 + [(200, ended)],
+            ("POST", "/v1/migrations/m1/abort"): [
+                (409, {"error": {"code": code, "message": "it can only finish"}})
+            ],
+        }
+    )
     said: list[str] = []
     async with app_client(fake.app()) as http:
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess(url).client() as agent:
             with pytest.raises(cls):
                 await agent.migrations.abort("m1")
-            task = asyncio.create_task(agent.migrations.watch("m1", say=said.append,
-                                                              poll_s=0.05))
+            task = asyncio.create_task(agent.migrations.watch("m1", say=said.append, poll_s=0.05))
             while len(fake.seen) < 3:
                 await asyncio.sleep(0.01)
             task.cancel()
             assert (await task).outcome == "done"
-    assert said == [f"not aborted: agent {url}: POST /v1/migrations/m1/abort: it can only "
-                    "finish"]
+    assert said == [f"not aborted: agent {url}: POST /v1/migrations/m1/abort: it can only finish"]
 
 
 @pytest.mark.asyncio
 async def test_the_agents_own_failures_keep_their_family() -> None:
-    fake = ScriptedAgent({("POST", "/v1/incoming/m1/restore"): [
-        (500, {"error": {"code": "criu", "message": "CRIU restore: errno 1"}})]})
+    fake = ScriptedAgent(
+        {
+            ("POST", "/v1/incoming/m1/restore"): [
+                (500, {"error": {"code": "criu", "message": "CRIU restore: errno 1"}})
+            ]
+        }
+    )
     async with app_client(fake.app()) as http:
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess(url).client("destination host2") as agent:

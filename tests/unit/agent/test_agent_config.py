@@ -51,8 +51,9 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
 
 
 def test_other_tables_are_left_to_other_parts_of_haul(tmp_path: Path) -> None:
-    path = _write(tmp_path / "haul.toml",
-                  '[hosts.web]\naddress = "x"\n[agent]\nauth = { token = "t" }\n')
+    path = _write(
+        tmp_path / "haul.toml", '[hosts.web]\naddress = "x"\n[agent]\nauth = { token = "t" }\n'
+    )
     assert load_config(path).auth.bearer_token() == "t"
 
 
@@ -72,9 +73,12 @@ def test_the_example_config_is_valid(tmp_path: Path) -> None:
 
 def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path) -> None:
     _write(tmp_path / "tok", "abc")
-    path = _write(tmp_path / "haul.toml", '[agent]\nstate_dir = "state"\nsocket = "a.sock"\n'
-                  '[agent.auth]\ntoken_file = "tok"\n[agent.host_ns]\nnetns = "lab-host1"\n'
-                  'mntns = "mnt/host1"\n')
+    path = _write(
+        tmp_path / "haul.toml",
+        '[agent]\nstate_dir = "state"\nsocket = "a.sock"\n'
+        '[agent.auth]\ntoken_file = "tok"\n[agent.host_ns]\nnetns = "lab-host1"\n'
+        'mntns = "mnt/host1"\n',
+    )
     config = load_config(path)
     assert config.state_dir == tmp_path / "state"
     assert config.socket == tmp_path / "a.sock"
@@ -87,17 +91,23 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     [
         ('[agent]\nport = 70000\nauth.token = "t"\n', "agent.port: Input should be less than"),
         ('[agent]\nprot = 1\nauth.token = "t"\n', "agent.prot: Extra inputs are not permitted"),
-        ('[agent]\naddress = "example.com"\nauth.token = "t"\n',
-         "agent.address: 'example.com' is not an IP address"),
+        (
+            '[agent]\naddress = "example.com"\nauth.token = "t"\n',
+            "agent.address: 'example.com' is not an IP address",
+        ),
         ('[agent]\nhost = "a/b"\nauth.token = "t"\n', "agent.host: 'a/b' is not a host name"),
         ("[agent]\n", "agent: the TCP listener needs a way to authenticate callers"),
-        ('[agent.auth]\ntoken = "t"\ntoken_file = "f"\n',
-         "agent.auth: give token or token_file, not both"),
+        (
+            '[agent.auth]\ntoken = "t"\ntoken_file = "f"\n',
+            "agent.auth: give token or token_file, not both",
+        ),
         ('[agent.auth]\ntoken = "  "\n', "agent.auth: token is empty"),
-        ('[agent]\nauth.token = "t"\nhost_ns.netns = "../x"\n',
-         "agent.host_ns.netns: '../x' is not a network namespace name"),
+        (
+            '[agent]\nauth.token = "t"\nhost_ns.netns = "../x"\n',
+            "agent.host_ns.netns: '../x' is not a network namespace name",
+        ),
         ('[agent]\nauth.token = "t"\nmin_free_mib = -1\n', "agent.min_free_mib: Input should be"),
-        ('agent = 3\n', "agent: must be a table"),
+        ("agent = 3\n", "agent: must be a table"),
         ("[agent\n", "not valid TOML: "),
     ],
 )
@@ -124,17 +134,18 @@ def test_a_missing_or_empty_token_file_is_refused(tmp_path: Path) -> None:
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:
     _write(tmp_path / "ca.crt", "x")
-    message = _load_error(
-        tmp_path, '[agent.tls]\nca = "ca.crt"\ncert = "h.crt"\nkey = "h.key"\n'
-    )
+    message = _load_error(tmp_path, '[agent.tls]\nca = "ca.crt"\ncert = "h.crt"\nkey = "h.key"\n')
     assert "agent.tls.cert:" in message and "h.crt is not a file" in message
 
 
 def test_tls_alone_is_enough_auth(tmp_path: Path) -> None:
     for name in ("ca.crt", "h.crt", "h.key"):
         _write(tmp_path / name, "x")
-    config = load_config(_write(tmp_path / "haul.toml",
-                                '[agent.tls]\nca = "ca.crt"\ncert = "h.crt"\nkey = "h.key"\n'))
+    config = load_config(
+        _write(
+            tmp_path / "haul.toml", '[agent.tls]\nca = "ca.crt"\ncert = "h.crt"\nkey = "h.key"\n'
+        )
+    )
     assert config.auth.bearer_token() is None and config.tls is not None
 
 

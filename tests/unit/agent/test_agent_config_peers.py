@@ -37,8 +37,16 @@ def test_no_peers_and_the_listening_address_is_advertised() -> None:
 def test_a_wildcard_listener_advertises_nothing_unless_told(wildcard: str) -> None:
     config = parse_config({"agent": {"host": "h1", "address": wildcard, "auth": {"token": "t"}}})
     assert config.advertised_address() is None
-    told = parse_config({"agent": {"host": "h1", "address": wildcard,
-                                   "advertise_address": "192.0.2.7", "auth": {"token": "t"}}})
+    told = parse_config(
+        {
+            "agent": {
+                "host": "h1",
+                "address": wildcard,
+                "advertise_address": "192.0.2.7",
+                "auth": {"token": "t"},
+            }
+        }
+    )
     assert told.advertised_address() == "192.0.2.7"
 
 
@@ -48,7 +56,8 @@ def test_peers_by_host_name_with_their_url_and_token(tmp_path: Path) -> None:
     token_file.chmod(0o600)
     path = tmp_path / "haul.toml"
     path.write_text(
-        '[agent]\nhost = "host1"\n' + AUTH
+        '[agent]\nhost = "host1"\n'
+        + AUTH
         + '[agent.peers.host2]\nurl = "http://10.77.0.2:7477/"\ntoken_file = "peer2.token"\n'
         + '[agent.peers."host3.example.org"]\nurl = "https://[2001:db8::3]:7477"\n'
         + '[agent.peers.host4]\nurl = "http://10.77.0.4:7477"\ntoken = "tok-4444"\n'
@@ -66,24 +75,40 @@ def test_peers_by_host_name_with_their_url_and_token(tmp_path: Path) -> None:
         config.peer("host9")
 
 
-@pytest.mark.parametrize(("toml", "expected"), [
-    ('[agent]\nadvertise_address = "nope"\n' + AUTH,
-     "agent.advertise_address: 'nope' is not an IP address"),
-    ('[agent]\nadvertise_address = "0.0.0.0"\n' + AUTH, "advertise_address 0.0.0.0 is a wildcard"),
-    (AUTH + '[agent.peers.h2]\nurl = "ftp://10.0.0.2"\n',
-     "agent.peers.h2.url: 'ftp://10.0.0.2' is not http(s)://HOST:PORT"),
-    (AUTH + '[agent.peers.h2]\nurl = "http://10.0.0.2:7477/v1"\n', "no path"),
-    (AUTH + '[agent.peers.h2]\nurl = "http://10.0.0.2:99999"\n', "has a bad port"),
-    (AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\ntoken = "a"\ntoken_file = "f"\n',
-     "agent.peers.h2: give token or token_file, not both"),
-    (AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\ntoken = " "\n', "token is empty"),
-    (AUTH + '[agent.peers.h2]\ntoken = "x"\n', "agent.peers.h2.url: Field required"),
-    (AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\nsecret = "x"\n',
-     "agent.peers.h2.secret: Extra inputs are not permitted"),
-    (AUTH + '[agent.peers."bad name"]\nurl = "http://h2:1"\n', "is not a host name"),
-    ('[agent]\nhost = "me"\n' + AUTH + '[agent.peers.me]\nurl = "http://h2:1"\n',
-     "peers: 'me' is this agent's own host name"),
-])
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        (
+            '[agent]\nadvertise_address = "nope"\n' + AUTH,
+            "agent.advertise_address: 'nope' is not an IP address",
+        ),
+        (
+            '[agent]\nadvertise_address = "0.0.0.0"\n' + AUTH,
+            "advertise_address 0.0.0.0 is a wildcard",
+        ),
+        (
+            AUTH + '[agent.peers.h2]\nurl = "ftp://10.0.0.2"\n',
+            "agent.peers.h2.url: 'ftp://10.0.0.2' is not http(s)://HOST:PORT",
+        ),
+        (AUTH + '[agent.peers.h2]\nurl = "http://10.0.0.2:7477/v1"\n', "no path"),
+        (AUTH + '[agent.peers.h2]\nurl = "http://10.0.0.2:99999"\n', "has a bad port"),
+        (
+            AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\ntoken = "a"\ntoken_file = "f"\n',
+            "agent.peers.h2: give token or token_file, not both",
+        ),
+        (AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\ntoken = " "\n', "token is empty"),
+        (AUTH + '[agent.peers.h2]\ntoken = "x"\n', "agent.peers.h2.url: Field required"),
+        (
+            AUTH + '[agent.peers.h2]\nurl = "http://h2:1"\nsecret = "x"\n',
+            "agent.peers.h2.secret: Extra inputs are not permitted",
+        ),
+        (AUTH + '[agent.peers."bad name"]\nurl = "http://h2:1"\n', "is not a host name"),
+        (
+            '[agent]\nhost = "me"\n' + AUTH + '[agent.peers.me]\nurl = "http://h2:1"\n',
+            "peers: 'me' is this agent's own host name",
+        ),
+    ],
+)
 def test_bad_fields_are_one_line_naming_the_field(toml: str, expected: str) -> None:
     assert expected in _error(toml)
 
@@ -93,7 +118,10 @@ def test_a_peer_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     token_file.write_text("x")
     token_file.chmod(0o644)
     path = tmp_path / "haul.toml"
-    path.write_text('[agent]\nhost = "h1"\n' + AUTH
-                    + f'[agent.peers.h2]\nurl = "http://h2:1"\ntoken_file = "{token_file}"\n')
+    path.write_text(
+        '[agent]\nhost = "h1"\n'
+        + AUTH
+        + f'[agent.peers.h2]\nurl = "http://h2:1"\ntoken_file = "{token_file}"\n'
+    )
     with pytest.raises(ConfigError, match=r"agent\.peers\.h2\.token_file: .* readable by others"):
         load_config(path)

@@ -118,14 +118,17 @@ async def test_running_says_whether_the_job_still_runs() -> None:
     assert not decide("m1", job, []).running
 
 
-@pytest.mark.parametrize(("phases", "decision"), [
-    ((), "unknown"),
-    ((Phase.PREPARE, Phase.FREEZE, Phase.TRANSFER, Phase.RESTORE), "rolled-back"),
-    ((Phase.PREPARE, Phase.RESTORE, Phase.ROLLING_BACK, Phase.ROLLED_BACK), "rolled-back"),
-    ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT), "committed"),
-    ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT, Phase.DONE), "committed"),
-    ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT, Phase.FAILED), "committed"),
-])
+@pytest.mark.parametrize(
+    ("phases", "decision"),
+    [
+        ((), "unknown"),
+        ((Phase.PREPARE, Phase.FREEZE, Phase.TRANSFER, Phase.RESTORE), "rolled-back"),
+        ((Phase.PREPARE, Phase.RESTORE, Phase.ROLLING_BACK, Phase.ROLLED_BACK), "rolled-back"),
+        ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT), "committed"),
+        ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT, Phase.DONE), "committed"),
+        ((Phase.PREPARE, Phase.RESTORE, Phase.COMMIT, Phase.FAILED), "committed"),
+    ],
+)
 def test_after_a_restart_the_journal_decides(phases: tuple[Phase, ...], decision: str) -> None:
     view = decide("m1", None, journal(*phases))
     assert view.decision == decision and not view.running
@@ -164,8 +167,9 @@ async def test_a_destination_asks_a_source_agent(make_ctx: MakeCtx, tmp_path: Pa
         raw = await client.get("/v1/migrations/m-commit/decision", headers=AUTH)
         assert raw.status == 200
         assert (await raw.json())["decision"] == "committed"
-    closed = SourceAsker({"host1": AgentAccess.of_peer(f"http://127.0.0.1:{_free_port()}",
-                                                     token=TOKEN)})
+    closed = SourceAsker(
+        {"host1": AgentAccess.of_peer(f"http://127.0.0.1:{_free_port()}", token=TOKEN)}
+    )
     with pytest.raises(TransportError, match="source host1 unreachable"):
         await closed("host1", "m-commit")
 
@@ -182,8 +186,9 @@ async def test_incoming_routes_list_what_arrives(make_ctx: MakeCtx, tmp_path: Pa
 
 
 @pytest.mark.asyncio
-async def test_a_destination_asks_its_source_over_mutual_tls(make_ctx: MakeCtx,
-                                                              tmp_path: Path) -> None:
+async def test_a_destination_asks_its_source_over_mutual_tls(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
     """A source agent with certificates takes only callers with one from its CA: the
     asker calls it with the CA and this agent's own certificate, as for anything else."""
     pki = tmp_path / "pki"
@@ -199,13 +204,14 @@ async def test_a_destination_asks_its_source_over_mutual_tls(make_ctx: MakeCtx,
         url = f"https://127.0.0.1:{server.port}"
         ours = TlsFiles(cacert=pki / "ca.crt", cert=dest.cert, key=dest.key)
         answer = await SourceAsker({"host1": AgentAccess.of_peer(url, tls=ours)})(
-            "host1", "m-commit")
+            "host1", "m-commit"
+        )
         assert answer.verdict is Verdict.COMMITTED
         foreign = TlsFiles(cacert=pki / "ca.crt", cert=stranger.cert, key=stranger.key)
-        with pytest.raises(TransportError, match="source host1 unreachable.*refuses a client "
-                                                 "certificate"):
-            await SourceAsker({"host1": AgentAccess.of_peer(url, tls=foreign)})(
-                "host1", "m-commit")
+        with pytest.raises(
+            TransportError, match="source host1 unreachable.*refuses a client certificate"
+        ):
+            await SourceAsker({"host1": AgentAccess.of_peer(url, tls=foreign)})("host1", "m-commit")
         with pytest.raises(ConfigError, match="no certificate"):
             await SourceAsker({"host1": AgentAccess.of_peer(url)})("host1", "m-commit")
     finally:

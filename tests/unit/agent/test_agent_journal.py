@@ -60,8 +60,11 @@ async def test_records_read_back_in_order(tmp_path: Path) -> None:
     assert entries[0].time_s <= entries[1].time_s <= entries[2].time_s
     lines = (tmp_path / "m1.jsonl").read_text().splitlines()
     assert json.loads(lines[1]) == {
-        "time_s": entries[1].time_s, "migration_id": "m1", "phase": "freeze",
-        "cause": "PreCopyConverged", "detail": "3 iterations, 120 pages left",
+        "time_s": entries[1].time_s,
+        "migration_id": "m1",
+        "phase": "freeze",
+        "cause": "PreCopyConverged",
+        "detail": "3 iterations, 120 pages left",
     }
     assert journal.read("never") == []
     assert os.stat(tmp_path / "m1.jsonl").st_mode & 0o077 == 0
@@ -83,7 +86,9 @@ async def test_open_migrations_are_those_not_in_a_terminal_phase(tmp_path: Path)
     (tmp_path / "journal" / "notes.txt").write_text("not a journal")
     found = journal.open_migrations()
     assert [(m.migration_id, m.phase) for m in found] == [
-        ("committed", Phase.COMMIT), ("frozen", Phase.FREEZE)]
+        ("committed", Phase.COMMIT),
+        ("frozen", Phase.FREEZE),
+    ]
     assert isinstance(found[0], OpenMigration)
 
 
@@ -100,7 +105,10 @@ async def test_a_torn_last_line_is_skipped_then_cut(tmp_path: Path) -> None:
     restarted = Journal(tmp_path)
     await restarted.append(_rec("m", Phase.ROLLING_BACK))
     assert [e.record.phase for e in restarted.read("m")] == [
-        Phase.PREFLIGHT, Phase.FREEZE, Phase.ROLLING_BACK]
+        Phase.PREFLIGHT,
+        Phase.FREEZE,
+        Phase.ROLLING_BACK,
+    ]
     assert path.read_bytes().endswith(b"\n")
 
 
@@ -114,20 +122,21 @@ async def test_a_torn_first_line_leaves_an_empty_journal(tmp_path: Path) -> None
 
 
 def test_a_damaged_middle_line_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "m.jsonl").write_text('garbage\n{"time_s": 1, "migration_id": "m", '
-                                      '"phase": "done", "cause": "c"}\n')
+    (tmp_path / "m.jsonl").write_text(
+        'garbage\n{"time_s": 1, "migration_id": "m", "phase": "done", "cause": "c"}\n'
+    )
     with pytest.raises(JournalError, match="damaged at line 1"):
         Journal(tmp_path).read("m")
-    (tmp_path / "n.jsonl").write_text('{"time_s": 1, "migration_id": "n", "phase": "nope", '
-                                      '"cause": "c"}\n')
+    (tmp_path / "n.jsonl").write_text(
+        '{"time_s": 1, "migration_id": "n", "phase": "nope", "cause": "c"}\n'
+    )
     with pytest.raises(JournalError, match="'nope' is not a valid Phase"):
         Journal(tmp_path).read("n")
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("mid", ["../x", "a/b", "", ".hidden", "x" * 129])
-async def test_migration_ids_that_are_not_file_names_are_refused(tmp_path: Path,
-                                                                 mid: str) -> None:
+async def test_migration_ids_that_are_not_file_names_are_refused(tmp_path: Path, mid: str) -> None:
     journal = Journal(tmp_path / "journal")
     with pytest.raises(UsageError, match="bad migration id"):
         await journal.append(_rec(mid, Phase.PREFLIGHT))

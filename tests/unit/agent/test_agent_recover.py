@@ -53,13 +53,11 @@ async def left_open(tmp_path: Path, phases: list[Phase]) -> Journal:
     for phase in phases:
         await journal.append(JournalRecord("m1", phase, "test"))
     (tmp_path / "outgoing").mkdir()
-    (tmp_path / "outgoing" / "m1.json").write_text(json.dumps({"workload": "web1",
-                                                               "to": "host2"}))
+    (tmp_path / "outgoing" / "m1.json").write_text(json.dumps({"workload": "web1", "to": "host2"}))
     return journal
 
 
-def jobs(tmp_path: Path, journal: Journal, url: str, tree: Tree, moved: list[str]
-         ) -> MigrationJobs:
+def jobs(tmp_path: Path, journal: Journal, url: str, tree: Tree, moved: list[str]) -> MigrationJobs:
     async def on_moved(name: str) -> None:
         moved.append(name)
 
@@ -67,10 +65,16 @@ def jobs(tmp_path: Path, journal: Journal, url: str, tree: Tree, moved: list[str
         return tree  # type: ignore[return-value]
 
     return MigrationJobs(
-        host="host1", criu=Criu("/bin/true"), state_dir=tmp_path, data_root=tmp_path / "w",
-        journal=journal, advertise_address="127.0.0.1",
-        peers={"host2": AgentAccess.of_peer(url, token="t")}, tree_of=tree_of,
-        argv_of=lambda name: [], on_moved=on_moved,
+        host="host1",
+        criu=Criu("/bin/true"),
+        state_dir=tmp_path,
+        data_root=tmp_path / "w",
+        journal=journal,
+        advertise_address="127.0.0.1",
+        peers={"host2": AgentAccess.of_peer(url, token="t")},
+        tree_of=tree_of,
+        argv_of=lambda name: [],
+        on_moved=on_moved,
     )
 
 

@@ -50,8 +50,10 @@ async def test_the_server_listens_on_tcp_and_unix_and_cleans_up(
     server = AgentServer(config, ctx=make_ctx(config))
     await server.start()
     try:
-        assert server.port and server.urls == [f"http://127.0.0.1:{server.port}",
-                                               f"unix://{config.socket}"]
+        assert server.port and server.urls == [
+            f"http://127.0.0.1:{server.port}",
+            f"unix://{config.socket}",
+        ]
         async with AgentAccess(server.urls[0], token=TOKEN).client() as client:
             assert (await client.info()).host == "host1"
         async with AgentAccess(server.urls[0]).client() as client:

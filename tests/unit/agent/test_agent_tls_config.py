@@ -28,7 +28,9 @@ def pki(tmp_path: Path) -> Path:
 
 def _config(pki: Path, cert: str = "host1", **agent: object) -> AgentConfig:
     table: dict[str, object] = {
-        "host": "host1", "address": "10.77.0.1", "state_dir": str(pki / "state"),
+        "host": "host1",
+        "address": "10.77.0.1",
+        "state_dir": str(pki / "state"),
         "criu": sys.executable,  # any executable: CRIU is not run here
         "tls": {"ca": "ca.crt", "cert": f"{cert}.crt", "key": f"{cert}.key"},
         "peers": {"host2": {"url": "https://10.77.0.2:7477"}},
@@ -40,8 +42,9 @@ def _config(pki: Path, cert: str = "host1", **agent: object) -> AgentConfig:
 def test_a_certificate_naming_the_address_is_taken(pki: Path) -> None:
     config = _config(pki)
     assert config.tls is not None
-    assert config.tls.files() == TlsFiles(cacert=pki / "ca.crt", cert=pki / "host1.crt",
-                                          key=pki / "host1.key")
+    assert config.tls.files() == TlsFiles(
+        cacert=pki / "ca.crt", cert=pki / "host1.crt", key=pki / "host1.key"
+    )
     assert certificate_addresses(pki / "host1.crt") == {"10.77.0.1"}
 
 
@@ -86,9 +89,17 @@ def test_the_agents_certificate_reaches_its_peers_and_incoming_migrations(pki: P
 
 
 def test_without_tls_nothing_is_given_to_criu(pki: Path) -> None:
-    config = parse_config({"agent": {"host": "host1", "address": "10.77.0.1",
-                                     "state_dir": str(pki / "state"), "auth": {"token": "t"},
-                                     "criu": sys.executable,
-                                     "peers": {"host2": {"url": "http://10.77.0.2:7477"}}}})
+    config = parse_config(
+        {
+            "agent": {
+                "host": "host1",
+                "address": "10.77.0.1",
+                "state_dir": str(pki / "state"),
+                "auth": {"token": "t"},
+                "criu": sys.executable,
+                "peers": {"host2": {"url": "http://10.77.0.2:7477"}},
+            }
+        }
+    )
     parts = AgentContext.create(config).migrations()
     assert parts.incoming.tls is None and parts.jobs.peers["host2"].tls is None

@@ -29,11 +29,13 @@ def _registry(config: AgentConfig) -> dict[str, dict[str, object]]:
 
 
 @pytest.mark.asyncio
-async def test_start_list_get_delete(make_ctx: MakeCtx, config: AgentConfig,
-                                     starter: FakeStarter) -> None:
+async def test_start_list_get_delete(
+    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter
+) -> None:
     async with agent_client(make_ctx(config)) as client:
-        response = await client.post("/v1/workloads", json={"name": "web1", "argv": SLEEP},
-                                     headers=AUTH)
+        response = await client.post(
+            "/v1/workloads", json={"name": "web1", "argv": SLEEP}, headers=AUTH
+        )
         assert response.status == 201, await response.text()
         started = await response.json()
         pid = started["root_pid"]
@@ -61,8 +63,9 @@ async def test_start_list_get_delete(make_ctx: MakeCtx, config: AgentConfig,
 
 
 @pytest.mark.asyncio
-async def test_a_taken_name_is_409_and_starts_nothing(make_ctx: MakeCtx, config: AgentConfig,
-                                                      starter: FakeStarter) -> None:
+async def test_a_taken_name_is_409_and_starts_nothing(
+    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         body = {"name": "w", "argv": SLEEP}
         assert (await client.post("/v1/workloads", json=body, headers=AUTH)).status == 201
@@ -79,20 +82,23 @@ async def test_two_starts_of_one_name_at_once_start_one_tree(
     async with agent_client(make_ctx(config)) as client:
         body = {"name": "w", "argv": SLEEP}
         responses = await asyncio.gather(
-            *(client.post("/v1/workloads", json=body, headers=AUTH) for _ in range(4)))
+            *(client.post("/v1/workloads", json=body, headers=AUTH) for _ in range(4))
+        )
         assert sorted(r.status for r in responses) == [201, 409, 409, 409]
         assert len(starter.calls) == 1
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("name", ["../x", "..", ".hidden", "Web", "a/b", "-x", "x" * 64, "",
-                                  "a b", "é"])
+@pytest.mark.parametrize(
+    "name", ["../x", "..", ".hidden", "Web", "a/b", "-x", "x" * 64, "", "a b", "é"]
+)
 async def test_bad_names_are_400_and_touch_nothing(
     make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter, name: str
 ) -> None:
     async with agent_client(make_ctx(config)) as client:
-        response = await client.post("/v1/workloads", json={"name": name, "argv": SLEEP},
-                                     headers=AUTH)
+        response = await client.post(
+            "/v1/workloads", json={"name": name, "argv": SLEEP}, headers=AUTH
+        )
         assert response.status == 400
         assert "name" in (await response.json())["error"]["message"]
     assert starter.calls == []
@@ -102,8 +108,9 @@ async def test_bad_names_are_400_and_touch_nothing(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("name", ["Web", "..x%2F..", ".hidden", "x" * 64])
-async def test_bad_names_in_the_path_are_400(make_ctx: MakeCtx, config: AgentConfig,
-                                            name: str) -> None:
+async def test_bad_names_in_the_path_are_400(
+    make_ctx: MakeCtx, config: AgentConfig, name: str
+) -> None:
     async with agent_client(make_ctx(config)) as client:
         for method in ("GET", "DELETE"):
             response = await client.request(method, f"/v1/workloads/{name}", headers=AUTH)
@@ -112,12 +119,12 @@ async def test_bad_names_in_the_path_are_400(make_ctx: MakeCtx, config: AgentCon
 
 
 @pytest.mark.asyncio
-async def test_data_dir_is_the_cwd_and_must_exist(make_ctx: MakeCtx, config: AgentConfig,
-                                                  starter: FakeStarter, tmp_path: Path) -> None:
+async def test_data_dir_is_the_cwd_and_must_exist(
+    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter, tmp_path: Path
+) -> None:
     data = tmp_path / "data" / "web1"
     async with agent_client(make_ctx(config)) as client:
-        body = {"name": "web1", "argv": ["sh", "-c", "pwd; exec sleep 600"],
-                "data_dir": str(data)}
+        body = {"name": "web1", "argv": ["sh", "-c", "pwd; exec sleep 600"], "data_dir": str(data)}
         response = await client.post("/v1/workloads", json=body, headers=AUTH)
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "no_data_dir"
@@ -143,8 +150,9 @@ async def test_a_stopped_and_an_exited_workload_show_as_such(
     import signal
 
     async with agent_client(make_ctx(config)) as client:
-        view = await (await client.post("/v1/workloads", json={"name": "w", "argv": SLEEP},
-                                        headers=AUTH)).json()
+        view = await (
+            await client.post("/v1/workloads", json={"name": "w", "argv": SLEEP}, headers=AUTH)
+        ).json()
         pid = view["root_pid"]
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -173,8 +181,9 @@ async def test_a_restarted_agent_knows_and_can_kill_what_it_started(
 ) -> None:
     first = make_ctx(config)
     async with agent_client(first) as client:
-        view = await (await client.post("/v1/workloads", json={"name": "w", "argv": SLEEP},
-                                        headers=AUTH)).json()
+        view = await (
+            await client.post("/v1/workloads", json={"name": "w", "argv": SLEEP}, headers=AUTH)
+        ).json()
         # the agent goes away; the workload stays (agent_client would kill it: forget it first)
         first.workloads._records.clear()
     pid = view["root_pid"]
@@ -184,7 +193,8 @@ async def test_a_restarted_agent_knows_and_can_kill_what_it_started(
         async with agent_client(second) as client:
             listing = await (await client.get("/v1/workloads", headers=AUTH)).json()
             assert [(w["name"], w["root_pid"], w["status"]) for w in listing["workloads"]] == [
-                ("w", pid, "running")]
+                ("w", pid, "running")
+            ]
             assert (await client.delete("/v1/workloads/w", headers=AUTH)).status == 200
             assert not alive(pid)
     finally:
@@ -197,9 +207,16 @@ async def test_a_reused_pid_is_gone_not_ours(tmp_path: Path) -> None:
     me = os.getpid()
     ticks = start_ticks(me)
     assert ticks is not None
-    record = WorkloadRecord(name="w", argv=["x"], root_pid=me, start_ticks=ticks - 1,
-                            started_at="2026-01-01T00:00:00Z", cwd="/", data_dir=None,
-                            log_path="/dev/null")
+    record = WorkloadRecord(
+        name="w",
+        argv=["x"],
+        root_pid=me,
+        start_ticks=ticks - 1,
+        started_at="2026-01-01T00:00:00Z",
+        cwd="/",
+        data_dir=None,
+        log_path="/dev/null",
+    )
     assert status_of(record) is WorkloadStatus.GONE
     assert status_of(record.model_copy(update={"start_ticks": ticks})) is WorkloadStatus.RUNNING
 
@@ -207,16 +224,23 @@ async def test_a_reused_pid_is_gone_not_ours(tmp_path: Path) -> None:
 def test_the_registry_is_written_atomically_and_read_back(tmp_path: Path) -> None:
     registry = Registry(tmp_path / "workloads.json")
     assert registry.load() == {}
-    record = WorkloadRecord(name="w", argv=["sleep", "1"], root_pid=123, start_ticks=4,
-                            started_at="2026-01-01T00:00:00Z", cwd="/", data_dir=None,
-                            log_path="/l")
+    record = WorkloadRecord(
+        name="w",
+        argv=["sleep", "1"],
+        root_pid=123,
+        start_ticks=4,
+        started_at="2026-01-01T00:00:00Z",
+        cwd="/",
+        data_dir=None,
+        log_path="/l",
+    )
     registry.save({"w": record})
     assert registry.load() == {"w": record}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["workloads.json"]
 
 
 def test_a_damaged_registry_is_an_error_not_an_empty_host(tmp_path: Path) -> None:
-    (tmp_path / "workloads.json").write_text("{\"version\": 1, \"workloads\": [{")
+    (tmp_path / "workloads.json").write_text('{"version": 1, "workloads": [{')
     with pytest.raises(WorkloadError, match="is damaged"):
         Registry(tmp_path / "workloads.json").load()
     (tmp_path / "workloads.json").write_text('{"version": 9, "workloads": []}')
@@ -226,8 +250,7 @@ def test_a_damaged_registry_is_an_error_not_an_empty_host(tmp_path: Path) -> Non
 
 @pytest.mark.asyncio
 async def test_a_start_that_fails_to_register_kills_its_tree(
-    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter,
-    monkeypatch: pytest.MonkeyPatch
+    make_ctx: MakeCtx, config: AgentConfig, starter: FakeStarter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = make_ctx(config)
     await ctx.open()

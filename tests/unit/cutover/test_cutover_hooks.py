@@ -23,8 +23,7 @@ from haul.engine.ports import HookFacts, HookPoint
 from haul.errors import HaulError, UsageError
 from haul.procfs import alive, wait_gone
 
-FACTS = HookFacts("m1", "web1", "host1", "host2", "10.0.0.1", "", Strategy.POST_COPY,
-                  Phase.RESTORE)
+FACTS = HookFacts("m1", "web1", "host1", "host2", "10.0.0.1", "", Strategy.POST_COPY, Phase.RESTORE)
 
 
 def script(directory: Path, name: str, body: str) -> Path:
@@ -55,7 +54,7 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.asyncio
 async def test_a_hook_gets_the_point_the_facts_dev_null_and_a_session_of_its_own(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     seen = tmp_path / "seen.json"
     probe = tmp_path / "probe"
@@ -71,17 +70,30 @@ json.dump({{
 }}, open({str(seen)!r}, "w"))
 """)
     probe.chmod(0o755)
-    facts = HookFacts("m1", "web1", "host1", "host2", "10.0.0.1", "10.0.0.2",
-                      Strategy.STOP_AND_COPY, Phase.ROLLING_BACK,
-                      reason="dest host2: restore failed;\n  rollback complete")
+    facts = HookFacts(
+        "m1",
+        "web1",
+        "host1",
+        "host2",
+        "10.0.0.1",
+        "10.0.0.2",
+        Strategy.STOP_AND_COPY,
+        Phase.ROLLING_BACK,
+        reason="dest host2: restore failed;\n  rollback complete",
+    )
     await hooks(probe).fire(HookPoint.ROLLED_BACK, facts)
     got = json.loads(seen.read_text())
     assert got["argv"] == [str(probe), "rolled-back"]
     assert got["env"] == {
-        "HAUL_POINT": "rolled-back", "HAUL_MIGRATION_ID": "m1", "HAUL_WORKLOAD": "web1",
-        "HAUL_SOURCE_HOST": "host1", "HAUL_DEST_HOST": "host2",
-        "HAUL_SOURCE_ADDRESS": "10.0.0.1", "HAUL_DEST_ADDRESS": "10.0.0.2",
-        "HAUL_STRATEGY": "stop-and-copy", "HAUL_PHASE": "rolling-back",
+        "HAUL_POINT": "rolled-back",
+        "HAUL_MIGRATION_ID": "m1",
+        "HAUL_WORKLOAD": "web1",
+        "HAUL_SOURCE_HOST": "host1",
+        "HAUL_DEST_HOST": "host2",
+        "HAUL_SOURCE_ADDRESS": "10.0.0.1",
+        "HAUL_DEST_ADDRESS": "10.0.0.2",
+        "HAUL_STRATEGY": "stop-and-copy",
+        "HAUL_PHASE": "rolling-back",
         "HAUL_REASON": "dest host2: restore failed; rollback complete",
     }
     assert got["stdin"] == "" and got["stdin_target"] == "/dev/null"
@@ -90,12 +102,14 @@ json.dump({{
 
 
 @pytest.mark.asyncio
-async def test_hook_keeps_the_callers_environment(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hook_keeps_the_callers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOOK_TEST_SETTING", "kept")
     out = tmp_path / "out"
     await hooks(script(tmp_path, "h", f'echo "$HOOK_TEST_SETTING" > {out}\n')).fire(
-        HookPoint.PRE_MIGRATE, FACTS)
+        HookPoint.PRE_MIGRATE, FACTS
+    )
     assert out.read_text() == "kept\n"
 
 
@@ -104,14 +118,19 @@ async def test_hook_keeps_the_callers_environment(tmp_path: Path,
 
 @pytest.mark.asyncio
 async def test_non_zero_exit_is_one_line_with_hook_point_status_and_last_stderr_line(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    gate = script(tmp_path, "gate", "echo checking 10.0.0.2\n"
-                  "echo 'first complaint' >&2\necho 'port 80 does not answer' >&2\nexit 3\n")
+    gate = script(
+        tmp_path,
+        "gate",
+        "echo checking 10.0.0.2\n"
+        "echo 'first complaint' >&2\necho 'port 80 does not answer' >&2\nexit 3\n",
+    )
     with pytest.raises(HookError) as raised:
         await hooks(gate).fire(HookPoint.RESTORED, FACTS)
     assert str(raised.value) == (
-        f"hook {gate} at restored exited with status 3: port 80 does not answer")
+        f"hook {gate} at restored exited with status 3: port 80 does not answer"
+    )
 
 
 @pytest.mark.asyncio
@@ -126,9 +145,12 @@ async def test_failure_without_stderr_quotes_stdout_or_says_no_output(tmp_path: 
 
 @pytest.mark.asyncio
 async def test_long_output_keeps_its_tail(tmp_path: Path) -> None:
-    chatty = script(tmp_path, "chatty",
-                    f"head -c {4 * KEEP_BYTES} /dev/zero | tr '\\0' x >&2\n"
-                    "echo >&2\necho 'the last word' >&2\nexit 2\n")
+    chatty = script(
+        tmp_path,
+        "chatty",
+        f"head -c {4 * KEEP_BYTES} /dev/zero | tr '\\0' x >&2\n"
+        "echo >&2\necho 'the last word' >&2\nexit 2\n",
+    )
     with pytest.raises(HookError, match=r"status 2: the last word$"):
         await hooks(chatty).fire(HookPoint.RESTORED, FACTS)
 
@@ -151,12 +173,14 @@ async def test_hook_that_cannot_start_says_why(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_timeout_kills_the_hook_and_its_process_group(tmp_path: Path) -> None:
     pids = tmp_path / "pids"
-    slow = script(tmp_path, "slow", f"sleep 60 &\necho $$ $! > {pids}\n"
-                  "echo 'still waiting' >&2\nwait\n")
+    slow = script(
+        tmp_path, "slow", f"sleep 60 &\necho $$ $! > {pids}\necho 'still waiting' >&2\nwait\n"
+    )
     with pytest.raises(HookError) as raised:
         await hooks(slow, timeout_s=0.5).fire(HookPoint.PRE_FREEZE, FACTS)
     assert str(raised.value) == (
-        f"hook {slow} at pre-freeze timed out after 0.5 s and was killed: still waiting")
+        f"hook {slow} at pre-freeze timed out after 0.5 s and was killed: still waiting"
+    )
     hook_pid, child_pid = (int(p) for p in pids.read_text().split())
     assert gone(hook_pid) and gone(child_pid)
 
@@ -186,8 +210,12 @@ async def test_what_a_finished_hook_leaves_holding_its_output_is_killed(tmp_path
 
 
 def marker_script(directory: Path, name: str, log: Path, status: int) -> Path:
-    return script(directory, name, f'echo "{name} $1" >> {log}\n'
-                  f"[ {status} = 0 ] || echo '{name} says no' >&2\nexit {status}\n")
+    return script(
+        directory,
+        name,
+        f'echo "{name} $1" >> {log}\n'
+        f"[ {status} = 0 ] || echo '{name} says no' >&2\nexit {status}\n",
+    )
 
 
 @pytest.mark.asyncio
@@ -201,7 +229,7 @@ async def test_before_the_commit_the_first_failing_script_stops_the_rest(tmp_pat
 
 @pytest.mark.asyncio
 async def test_after_the_commit_every_script_runs_and_failures_come_together(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     log = tmp_path / "log"
     scripts = [marker_script(tmp_path, n, log, s) for n, s in (("a", 4), ("b", 0), ("c", 5))]
@@ -210,7 +238,8 @@ async def test_after_the_commit_every_script_runs_and_failures_come_together(
     assert log.read_text() == "a post-commit\nb post-commit\nc post-commit\n"
     assert str(raised.value) == (
         f"hook {scripts[0]} at post-commit exited with status 4: a says no; "
-        f"hook {scripts[2]} at post-commit exited with status 5: c says no")
+        f"hook {scripts[2]} at post-commit exited with status 5: c says no"
+    )
 
 
 class Recorder:
@@ -237,14 +266,16 @@ async def test_chain_runs_in_order_with_the_commit_rule(point: HookPoint) -> Non
     else:
         assert calls == [f"scripts {point.value}", f"haproxy {point.value}"]
         assert str(raised.value) == (
-            f"scripts at {point.value}: refused; haproxy at {point.value}: refused")
+            f"scripts at {point.value}: refused; haproxy at {point.value}: refused"
+        )
 
 
 @pytest.mark.asyncio
 async def test_chain_of_good_hooks_calls_each_once() -> None:
     calls: list[str] = []
     await HookChain(Recorder("a", calls, set()), Recorder("b", calls, set())).fire(
-        HookPoint.PRE_MIGRATE, FACTS)
+        HookPoint.PRE_MIGRATE, FACTS
+    )
     assert calls == ["a pre-migrate", "b pre-migrate"]
 
 
@@ -268,14 +299,19 @@ def test_check_hook_path_accepts_an_absolute_executable(tmp_path: Path) -> None:
     assert check_hook_path(str(good), host="host1") == good
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda d: "relative/hook", "hook 'relative/hook': give an absolute path on host1"),
-    (lambda d: f"{d}/../x", "give an absolute path on host1"),
-    (lambda d: f"{d}/missing", "/missing: no such file on host1"),
-    (lambda d: str(d), ": not a regular file on host1"),
-    (lambda d: str(script(d, "plain", "exit 0\n").chmod(0o644) or d / "plain"),
-     "/plain: not executable on host1 (chmod +x it)"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: "relative/hook", "hook 'relative/hook': give an absolute path on host1"),
+        (lambda d: f"{d}/../x", "give an absolute path on host1"),
+        (lambda d: f"{d}/missing", "/missing: no such file on host1"),
+        (lambda d: str(d), ": not a regular file on host1"),
+        (
+            lambda d: str(script(d, "plain", "exit 0\n").chmod(0o644) or d / "plain"),
+            "/plain: not executable on host1 (chmod +x it)",
+        ),
+    ],
+)
 def test_check_hook_path_refuses_in_one_line(
     tmp_path: Path, make: Callable[[Path], str], message: str
 ) -> None:
@@ -290,4 +326,3 @@ def test_hook_script_refuses_nonsense() -> None:
         HookScript(Path("rel"))
     with pytest.raises(ValueError):
         HookScript(Path("/bin/true"), timeout_s=0)
-

@@ -50,7 +50,10 @@ def test_diagram_is_a_mermaid_state_diagram_with_start_and_ends() -> None:
 def test_python_m_prints_the_diagram() -> None:
     printed = subprocess.run(
         [sys.executable, "-m", "haul.engine.diagram"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     assert printed.stdout == diagram()
     assert printed.stderr == ""

@@ -38,22 +38,94 @@ S = Strategy
 H = HookPoint
 J = journal_call
 COMMIT = J(Phase.COMMIT, "commit")
-PRE_MIGRATE, PRE_FREEZE, RESTORED, POST_COMMIT, ROLLED_BACK = (
-    hook_call(p) for p in HookPoint)
+PRE_MIGRATE, PRE_FREEZE, RESTORED, POST_COMMIT, ROLLED_BACK = (hook_call(p) for p in HookPoint)
 
-PREFLIGHT = [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
-             "dest.capabilities", "source.check_workload", "dest.check_free"]
-TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup",
-        J(Phase.DONE, "CleanedUp")]
+PREFLIGHT = [
+    J(Phase.PREFLIGHT, "MigrationStarted"),
+    "source.capabilities",
+    "dest.capabilities",
+    "source.check_workload",
+    "dest.check_free",
+]
+TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
 
-STOP_AND_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(stop-and-copy)", J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED, COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT, *TAIL]
+STOP_AND_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    PRE_MIGRATE,
+    "dest.prepare(stop-and-copy)",
+    J(Phase.FREEZE, "DestinationPrepared"),
+    PRE_FREEZE,
+    "source.freeze_and_dump(False)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(False)",
+    RESTORED,
+    COMMIT,
+    "source.release(True)",
+    "source.kill",
+    "dest.resume",
+    POST_COMMIT,
+    *TAIL,
+]
 
-PRE_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(pre-copy)", J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)", J(Phase.FREEZE, "PreDumpFinished"), PRE_FREEZE, "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", RESTORED, COMMIT, "source.release(True)", "source.kill", "dest.resume", POST_COMMIT, *TAIL]
+PRE_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    PRE_MIGRATE,
+    "dest.prepare(pre-copy)",
+    J(Phase.PRECOPY, "DestinationPrepared"),
+    "source.pre_dump(1)",
+    "source.pre_dump(2)",
+    J(Phase.FREEZE, "PreDumpFinished"),
+    PRE_FREEZE,
+    "source.freeze_and_dump(False)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(False)",
+    RESTORED,
+    COMMIT,
+    "source.release(True)",
+    "source.kill",
+    "dest.resume",
+    POST_COMMIT,
+    *TAIL,
+]
 
-POST_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), PRE_MIGRATE, "dest.prepare(post-copy)", J(Phase.FREEZE, "DestinationPrepared"), PRE_FREEZE, "source.freeze_and_dump(True)", J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", RESTORED, COMMIT, "dest.resume", POST_COMMIT, J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served", "source.kill", J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
+POST_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    PRE_MIGRATE,
+    "dest.prepare(post-copy)",
+    J(Phase.FREEZE, "DestinationPrepared"),
+    PRE_FREEZE,
+    "source.freeze_and_dump(True)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "source.release(True)",
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(True)",
+    RESTORED,
+    COMMIT,
+    "dest.resume",
+    POST_COMMIT,
+    J(Phase.LAZY_PAGES, "HookFired"),
+    "dest.wait_pages",
+    "source.wait_pages_served",
+    "source.kill",
+    J(Phase.CLEANUP, "SourceKilled"),
+    "source.cleanup",
+    "dest.cleanup",
+    J(Phase.DONE, "CleanedUp"),
+]
 
-HAPPY_CALLS = {S.STOP_AND_COPY: STOP_AND_COPY_CALLS, S.PRE_COPY: PRE_COPY_CALLS,
-               S.POST_COPY: POST_COPY_CALLS}
+HAPPY_CALLS = {
+    S.STOP_AND_COPY: STOP_AND_COPY_CALLS,
+    S.PRE_COPY: PRE_COPY_CALLS,
+    S.POST_COPY: POST_COPY_CALLS,
+}
 
 UNDO = ["source.resume", "dest.discard"]
 UNDO_HELD = ["source.release(False)", *UNDO]
@@ -71,9 +143,17 @@ class Rig:
         self.dest = FakeDest(self.world, self.caps)
         self.journal = FakeJournal(self.world)
         self.hooks = FakeHooks(self.world)
-        self.migration = Migration(MigrationSpec(
-            "m1", "web1", "host1", "host2", strategy=self.strategy,
-            source_address="10.0.0.1", dest_address="10.0.0.2"))
+        self.migration = Migration(
+            MigrationSpec(
+                "m1",
+                "web1",
+                "host1",
+                "host2",
+                strategy=self.strategy,
+                source_address="10.0.0.1",
+                dest_address="10.0.0.2",
+            )
+        )
 
     @property
     def calls(self) -> list[str]:
@@ -81,13 +161,18 @@ class Rig:
 
     def after(self, call: str) -> list[str]:
         last = len(self.calls) - 1 - self.calls[::-1].index(call)
-        return self.calls[last + 1:]
+        return self.calls[last + 1 :]
 
     async def run(self, timeouts: dict[Phase, float] | None = None) -> Outcome:
         outcome = await run(
-            self.migration, source=self.source, dest=self.dest,
-            transport=FakeTransport(self.world), journal=self.journal, timeouts=timeouts,
-            clock=FakeClock(), hooks=self.hooks,
+            self.migration,
+            source=self.source,
+            dest=self.dest,
+            transport=FakeTransport(self.world),
+            journal=self.journal,
+            timeouts=timeouts,
+            clock=FakeClock(),
+            hooks=self.hooks,
         )
         self.check_rules()
         return outcome
@@ -119,11 +204,11 @@ async def test_each_point_is_told_the_migration_its_phase_and_the_strategy_in_us
     rig = Rig(S.AUTO, caps=LAZY_ONLY)  # auto resolves to post-copy on these hosts
     await rig.run()
     facts = [f for _, f in rig.hooks.fired]
-    assert [f.phase for f in facts] == [Phase.PREPARE, Phase.FREEZE, Phase.RESTORE,
-                                        Phase.COMMIT]
+    assert [f.phase for f in facts] == [Phase.PREPARE, Phase.FREEZE, Phase.RESTORE, Phase.COMMIT]
     assert {f.strategy for f in facts} == {S.POST_COPY}
-    assert facts[0] == HookFacts("m1", "web1", "host1", "host2", "10.0.0.1", "10.0.0.2",
-                                 S.POST_COPY, Phase.PREPARE)
+    assert facts[0] == HookFacts(
+        "m1", "web1", "host1", "host2", "10.0.0.1", "10.0.0.2", S.POST_COPY, Phase.PREPARE
+    )
 
 
 async def test_refused_migration_fires_nothing() -> None:
@@ -166,10 +251,15 @@ async def test_failing_hook_before_the_commit_rolls_back(
     assert outcome.phase is Phase.ROLLED_BACK
     assert outcome.reason == (
         f"rolled back during {phase.value} (hooks: hook /gate at {point} exited with "
-        "status 1: not ready); web1 runs on host1, nothing kept on host2")
+        "status 1: not ready); web1 runs on host1, nothing kept on host2"
+    )
     assert rig.after(failing) == [
-        J(phase, f"hook {point} failed"), J(Phase.ROLLING_BACK, "StepFailed"), *undo,
-        ROLLED_BACK, J(Phase.ROLLED_BACK, "HookFired")]
+        J(phase, f"hook {point} failed"),
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *undo,
+        ROLLED_BACK,
+        J(Phase.ROLLED_BACK, "HookFired"),
+    ]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
     assert outcome.problems == ()
     told = rig.hooks.fired[-1][1]
@@ -183,7 +273,8 @@ async def test_failing_hook_is_in_the_journal_with_its_line() -> None:
     await rig.run()
     failed = [r for r in rig.journal.records if r.cause == "hook restored failed"]
     assert [(r.phase, r.detail) for r in failed] == [
-        (Phase.RESTORE, "hook /gate at restored exited with status 3: no")]
+        (Phase.RESTORE, "hook /gate at restored exited with status 3: no")
+    ]
 
 
 async def test_restored_hook_counts_in_the_frozen_window_pre_freeze_does_not() -> None:
@@ -203,7 +294,8 @@ async def test_rollback_with_problems_tells_rolled_back_so() -> None:
     assert outcome.phase is Phase.FAILED
     assert rig.hooks.fired[-1][1].reason == (
         "hooks: hook /gate at restored: no; rollback incomplete: "
-        "dest host2: discarding its copy failed: agent gone")
+        "dest host2: discarding its copy failed: agent gone"
+    )
 
 
 async def test_bug_in_a_hook_before_the_commit_rolls_back_then_propagates() -> None:
@@ -212,8 +304,12 @@ async def test_bug_in_a_hook_before_the_commit_rolls_back_then_propagates() -> N
     with pytest.raises(KeyError):
         await rig.run()
     assert rig.migration.phase is Phase.ROLLED_BACK
-    assert rig.after(PRE_FREEZE) == [J(Phase.ROLLING_BACK, "StepFailed"), *UNDO, ROLLED_BACK,
-                                     J(Phase.ROLLED_BACK, "HookFired")]
+    assert rig.after(PRE_FREEZE) == [
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *UNDO,
+        ROLLED_BACK,
+        J(Phase.ROLLED_BACK, "HookFired"),
+    ]
 
 
 # -- after the commit, and after a rollback: reported, not fatal --------------------------------
@@ -225,9 +321,14 @@ async def test_failing_post_commit_hook_is_a_problem_not_a_failure(strategy: Str
     rig.world.fail(POST_COMMIT, boom("hook /lb at post-commit exited with status 2: x"))
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
-    assert rig.calls == [*HAPPY_CALLS[strategy][:rig.calls.index(POST_COMMIT) + 1], J(Phase.COMMIT, "hook post-commit failed"), *HAPPY_CALLS[strategy][rig.calls.index(POST_COMMIT) + 1:]]
+    assert rig.calls == [
+        *HAPPY_CALLS[strategy][: rig.calls.index(POST_COMMIT) + 1],
+        J(Phase.COMMIT, "hook post-commit failed"),
+        *HAPPY_CALLS[strategy][rig.calls.index(POST_COMMIT) + 1 :],
+    ]
     assert outcome.problems == (
-        "hooks: post-commit failed: hook /lb at post-commit exited with status 2: x",)
+        "hooks: post-commit failed: hook /lb at post-commit exited with status 2: x",
+    )
     assert rig.calls.count("dest.resume") == 1, "the switch-over is not repeated"
 
 
@@ -239,10 +340,15 @@ async def test_failing_rolled_back_hook_is_a_problem_not_a_failure() -> None:
     assert outcome.phase is Phase.ROLLED_BACK
     assert "disk full" in outcome.reason
     assert outcome.problems == (
-        "hooks: rolled-back failed: hook /lb at rolled-back exited with status 1: y",)
+        "hooks: rolled-back failed: hook /lb at rolled-back exited with status 1: y",
+    )
     assert rig.after("transport.transfer_images") == [
-        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, ROLLED_BACK,
-        J(Phase.ROLLING_BACK, "hook rolled-back failed"), J(Phase.ROLLED_BACK, "HookFired")]
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *UNDO_HELD,
+        ROLLED_BACK,
+        J(Phase.ROLLING_BACK, "hook rolled-back failed"),
+        J(Phase.ROLLED_BACK, "HookFired"),
+    ]
 
 
 async def test_bug_in_a_post_commit_hook_is_reported_not_raised() -> None:
@@ -256,11 +362,14 @@ async def test_bug_in_a_post_commit_hook_is_reported_not_raised() -> None:
 # -- timeouts ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("stalled", "phase", "undo"), [
-    (PRE_MIGRATE, Phase.PREPARE, []),
-    (PRE_FREEZE, Phase.FREEZE, UNDO),
-    (RESTORED, Phase.RESTORE, UNDO_HELD),
-])
+@pytest.mark.parametrize(
+    ("stalled", "phase", "undo"),
+    [
+        (PRE_MIGRATE, Phase.PREPARE, []),
+        (PRE_FREEZE, Phase.FREEZE, UNDO),
+        (RESTORED, Phase.RESTORE, UNDO_HELD),
+    ],
+)
 async def test_hook_outlasting_its_phase_before_the_commit_rolls_back(
     stalled: str, phase: Phase, undo: list[str]
 ) -> None:
@@ -269,8 +378,12 @@ async def test_hook_outlasting_its_phase_before_the_commit_rolls_back(
     outcome = await rig.run(timeouts={phase: 0.01})
     assert outcome.phase is Phase.ROLLED_BACK
     assert "(hooks: " in outcome.reason and "timed out after 0.01 s" in outcome.reason
-    assert rig.after(stalled) == [J(Phase.ROLLING_BACK, "StepFailed"), *undo, ROLLED_BACK,
-                                  J(Phase.ROLLED_BACK, "HookFired")]
+    assert rig.after(stalled) == [
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *undo,
+        ROLLED_BACK,
+        J(Phase.ROLLED_BACK, "HookFired"),
+    ]
     assert rig.hooks.cancelled == [HookPoint(stalled[5:-1])]
 
 
@@ -295,13 +408,16 @@ async def test_rolled_back_hook_timing_out_is_a_problem() -> None:
 # -- cancellation --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("strategy", "slow", "undo"), [
-    (S.STOP_AND_COPY, PRE_MIGRATE, []),
-    (S.STOP_AND_COPY, PRE_FREEZE, UNDO),
-    (S.PRE_COPY, PRE_FREEZE, UNDO),
-    (S.STOP_AND_COPY, RESTORED, UNDO_HELD),
-    (S.POST_COPY, RESTORED, UNDO_LAZY),
-])
+@pytest.mark.parametrize(
+    ("strategy", "slow", "undo"),
+    [
+        (S.STOP_AND_COPY, PRE_MIGRATE, []),
+        (S.STOP_AND_COPY, PRE_FREEZE, UNDO),
+        (S.PRE_COPY, PRE_FREEZE, UNDO),
+        (S.STOP_AND_COPY, RESTORED, UNDO_HELD),
+        (S.POST_COPY, RESTORED, UNDO_LAZY),
+    ],
+)
 async def test_cancel_during_a_hook_before_the_commit_rolls_back(
     strategy: Strategy, slow: str, undo: list[str]
 ) -> None:
@@ -315,14 +431,18 @@ async def test_cancel_during_a_hook_before_the_commit_rolls_back(
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert "cancelled by the caller" in rig.migration.reason
     assert rig.hooks.cancelled == [HookPoint(slow[5:-1])], "the hook itself was cancelled"
-    assert rig.after(slow) == [J(Phase.ROLLING_BACK, "AbortRequested"), *undo, ROLLED_BACK,
-                               J(Phase.ROLLED_BACK, "HookFired")]
+    assert rig.after(slow) == [
+        J(Phase.ROLLING_BACK, "AbortRequested"),
+        *undo,
+        ROLLED_BACK,
+        J(Phase.ROLLED_BACK, "HookFired"),
+    ]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 
 @pytest.mark.parametrize("slow", [POST_COMMIT, ROLLED_BACK])
 async def test_cancel_during_a_hook_after_the_commit_or_rollback_interrupts_nothing(
-    slow: str
+    slow: str,
 ) -> None:
     rig = Rig()
     if slow == ROLLED_BACK:

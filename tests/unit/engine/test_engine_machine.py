@@ -167,8 +167,9 @@ def test_the_destinations_page_server_goes_to_the_dumps_only() -> None:
     drive(m, 3)
     assert current(m) == PrepareDestination(S.PRE_COPY, RESIDENT_BYTES)
     there = dataclasses.replace(PAGE_SERVER, port=4711)
-    (first,) = m.handle(DestinationPrepared(dataclasses.replace(
-        answer(current(m)).ready, page_server=there)))  # type: ignore[attr-defined]
+    (first,) = m.handle(
+        DestinationPrepared(dataclasses.replace(answer(current(m)).ready, page_server=there))
+    )  # type: ignore[attr-defined]
     assert first == StartPreDump(1, there)
     rest = [c for _, c in drive(m)]
     assert StartPreDump(2, there) in rest and FreezeAndDump(False, there) in rest
@@ -176,9 +177,14 @@ def test_the_destinations_page_server_goes_to_the_dumps_only() -> None:
 
 def test_dry_run_stops_after_the_preflight_saying_how_it_would_go() -> None:
     m = Migration(spec(dry_run=True))
-    assert [c for _, c in drive(m)] == [RunPreflight(), Finish(
-        Phase.CHECKED, "checked: web1 can move from host1 to host2 with pre-copy (auto: both "
-        "hosts track memory changes); nothing was touched")]
+    assert [c for _, c in drive(m)] == [
+        RunPreflight(),
+        Finish(
+            Phase.CHECKED,
+            "checked: web1 can move from host1 to host2 with pre-copy (auto: both "
+            "hosts track memory changes); nothing was touched",
+        ),
+    ]
     assert m.phase is Phase.CHECKED and m.strategy is S.PRE_COPY
     assert m.stats().strategy_reason == "auto: both hosts track memory changes"
 
@@ -195,9 +201,12 @@ def test_dry_run_refuses_like_a_migration() -> None:
 
 def _failures(m: Migration) -> list[Event]:
     phase = m.phase
-    return [StepFailed(phase, "it broke", "source host1", Part.SOURCE),
-            StepFailed(phase, "it broke", "dest host2", Part.DEST),
-            StepFailed(phase, "it broke", "hooks", Part.HOOKS), AbortRequested()]
+    return [
+        StepFailed(phase, "it broke", "source host1", Part.SOURCE),
+        StepFailed(phase, "it broke", "dest host2", Part.DEST),
+        StepFailed(phase, "it broke", "hooks", Part.HOOKS),
+        AbortRequested(),
+    ]
 
 
 def _variants(m: Migration) -> Iterator[Event]:
@@ -241,8 +250,9 @@ def _states() -> Iterator[tuple[MigrationSpec, list[Event]]]:
             path.append(event)
 
 
-def _after(sp: MigrationSpec, path: list[Event], problems: tuple[str, ...]
-           ) -> Iterator[tuple[MigrationSpec, list[Event]]]:
+def _after(
+    sp: MigrationSpec, path: list[Event], problems: tuple[str, ...]
+) -> Iterator[tuple[MigrationSpec, list[Event]]]:
     """Along a rollback whose undo reports ``problems``."""
     m = replay(sp, path)
     while m.phase not in TERMINAL:
@@ -318,8 +328,9 @@ def test_table_shape() -> None:
 # -- what is refused -------------------------------------------------------------------------
 
 
-def at(phase: Phase, strategy: Strategy = S.STOP_AND_COPY, *, committed: bool = False,
-       **changes: Any) -> Migration:
+def at(
+    phase: Phase, strategy: Strategy = S.STOP_AND_COPY, *, committed: bool = False, **changes: Any
+) -> Migration:
     """A migration that has just entered ``phase`` (on the happy path, or the rollback)."""
     if strategy is S.STOP_AND_COPY and phase in (Phase.PRECOPY, Phase.LAZY_PAGES):
         strategy = S.PRE_COPY if phase is Phase.PRECOPY else S.POST_COPY
@@ -345,10 +356,22 @@ def at(phase: Phase, strategy: Strategy = S.STOP_AND_COPY, *, committed: bool = 
 
 
 EVERY_EVENT: list[Event] = [
-    MigrationStarted(), PreflightFinished(REPORT), HookFired(H.PRE_MIGRATE),
-    DestinationPrepared(), PreDumpFinished(BIG), SourceFrozen(DUMP), DumpReleased(True),
-    ImagesTransferred(TRANSFER), RestoredStopped(RESTORE), CommitRecorded(), SourceKilled(),
-    DestinationResumed(), PagesDelivered(), CleanedUp(), AbortRequested(), RolledBack(),
+    MigrationStarted(),
+    PreflightFinished(REPORT),
+    HookFired(H.PRE_MIGRATE),
+    DestinationPrepared(),
+    PreDumpFinished(BIG),
+    SourceFrozen(DUMP),
+    DumpReleased(True),
+    ImagesTransferred(TRANSFER),
+    RestoredStopped(RESTORE),
+    CommitRecorded(),
+    SourceKilled(),
+    DestinationResumed(),
+    PagesDelivered(),
+    CleanedUp(),
+    AbortRequested(),
+    RolledBack(),
     DestinationRoomChecked(None),
 ]
 ILLEGAL = [
@@ -384,8 +407,9 @@ def test_abort_in_commit_before_the_record_rolls_back() -> None:
     m = at(Phase.COMMIT)
     assert m.abortable and current(m) == RecordCommit()
     (rollback,) = m.handle(AbortRequested("Ctrl-C"))
-    assert rollback == Rollback(Phase.COMMIT, "Ctrl-C", (
-        Undo.RELEASE_DUMP, Undo.RESUME_SOURCE, Undo.DISCARD_DEST))
+    assert rollback == Rollback(
+        Phase.COMMIT, "Ctrl-C", (Undo.RELEASE_DUMP, Undo.RESUME_SOURCE, Undo.DISCARD_DEST)
+    )
 
 
 @pytest.mark.parametrize("event", [DumpReleased(True), SourceKilled(), DestinationResumed()])
@@ -414,8 +438,9 @@ def test_commit_is_recorded_once() -> None:
 
 def test_step_failed_for_another_phase_is_refused() -> None:
     m = at(Phase.TRANSFER)
-    with pytest.raises(IllegalTransition, match="in phase transfer; cannot handle StepFailed "
-                                                "for phase freeze"):
+    with pytest.raises(
+        IllegalTransition, match="in phase transfer; cannot handle StepFailed for phase freeze"
+    ):
         m.handle(StepFailed(Phase.FREEZE, "late"))
     assert m.phase is Phase.TRANSFER
 
@@ -475,8 +500,11 @@ def test_a_rollback_undoes_what_may_have_been_done_in_order(
     m = failing_at(strategy, command)
     (rollback,) = m.handle(StepFailed(m.phase, "it broke", "dest host2", Part.DEST))
     assert isinstance(rollback, Rollback) and rollback.steps == steps
-    reason = ("could not record the commit decision: dest host2: it broke"
-              if command == RecordCommit() else "dest host2: it broke")
+    reason = (
+        "could not record the commit decision: dest host2: it broke"
+        if command == RecordCommit()
+        else "dest host2: it broke"
+    )
     assert rollback.reason == reason
 
 
@@ -484,8 +512,9 @@ def test_rolled_back_tells_the_hooks_that_were_told_pre_migrate() -> None:
     m = failing_at(S.STOP_AND_COPY, TransferImages())
     m.handle(StepFailed(Phase.TRANSFER, "reset", "transport", Part.TRANSPORT))
     (fire,) = m.handle(RolledBack(("dest host2: busy",)))
-    assert fire == FireHook(H.ROLLED_BACK, "transport: reset; rollback incomplete: "
-                                           "dest host2: busy")
+    assert fire == FireHook(
+        H.ROLLED_BACK, "transport: reset; rollback incomplete: dest host2: busy"
+    )
     (finish,) = m.handle(HookFired(H.ROLLED_BACK, "hooks: rolled-back failed"))
     assert isinstance(finish, Finish) and finish.phase is Phase.FAILED
     assert "dest host2: busy" in finish.reason
@@ -505,53 +534,70 @@ def test_a_pre_migrate_step_that_failed_owes_rolled_back_only_if_hooks_ran(
 def test_abort_rolls_back_with_its_reason() -> None:
     m = at(Phase.PRECOPY)
     assert m.handle(AbortRequested("operator pressed Ctrl-C")) == [
-        Rollback(Phase.PRECOPY, "operator pressed Ctrl-C", (RESUME, DISCARD))]
+        Rollback(Phase.PRECOPY, "operator pressed Ctrl-C", (RESUME, DISCARD))
+    ]
 
 
 def test_failure_before_the_commit_ends_rolled_back_saying_where() -> None:
     m = failing_at(S.STOP_AND_COPY, RestoreStopped(False))
     m.handle(StepFailed(Phase.RESTORE, "CRIU restore: errno 17", "dest host2", Part.DEST))
     m.handle(RolledBack())
-    assert m.handle(HookFired(H.ROLLED_BACK)) == [Finish(
-        Phase.ROLLED_BACK, "rolled back during restore (dest host2: CRIU restore: errno 17); "
-        "web1 runs on host1, nothing kept on host2")]
+    assert m.handle(HookFired(H.ROLLED_BACK)) == [
+        Finish(
+            Phase.ROLLED_BACK,
+            "rolled back during restore (dest host2: CRIU restore: errno 17); "
+            "web1 runs on host1, nothing kept on host2",
+        )
+    ]
 
 
 # -- a dump that broke while sending pages to the destination: was its disk full? -----------
 
 
-@pytest.mark.parametrize("command", [StartPreDump(1, PAGE_SERVER), FreezeAndDump(False, PAGE_SERVER)])
+@pytest.mark.parametrize(
+    "command", [StartPreDump(1, PAGE_SERVER), FreezeAndDump(False, PAGE_SERVER)]
+)
 def test_a_source_failure_sending_pages_asks_the_destinations_room(command: Command) -> None:
     strategy = S.PRE_COPY if isinstance(command, StartPreDump) else S.STOP_AND_COPY
     m = failing_at(strategy, command)
     phase = m.phase
     assert m.handle(StepFailed(phase, "page server: EPIPE", "source host1", Part.SOURCE)) == [
-        CheckDestinationRoom()]
+        CheckDestinationRoom()
+    ]
     (rollback,) = m.handle(DestinationRoomChecked(200 << 10))
     assert isinstance(rollback, Rollback) and rollback.failed_phase is phase
     assert rollback.reason == (
         "destination host2 has no room left for the pages (200 KiB free where it keeps "
-        "incoming images): the dump could not send them")
+        "incoming images): the dump could not send them"
+    )
 
 
-@pytest.mark.parametrize("event", [
-    DestinationRoomChecked(None), DestinationRoomChecked(5 << 20),
-    StepFailed(Phase.ROLLING_BACK, "unreachable", "dest host2", Part.DEST)])
+@pytest.mark.parametrize(
+    "event",
+    [
+        DestinationRoomChecked(None),
+        DestinationRoomChecked(5 << 20),
+        StepFailed(Phase.ROLLING_BACK, "unreachable", "dest host2", Part.DEST),
+    ],
+)
 def test_room_enough_or_unknown_keeps_the_original_cause(event: Event) -> None:
     m = failing_at(S.STOP_AND_COPY, FreezeAndDump(False, PAGE_SERVER))
     m.handle(StepFailed(Phase.FREEZE, "page server: EPIPE", "source host1", Part.SOURCE))
     (rollback,) = m.handle(event)
-    assert rollback == Rollback(Phase.FREEZE, "source host1: page server: EPIPE",
-                                (RELEASE, RESUME, DISCARD))
+    assert rollback == Rollback(
+        Phase.FREEZE, "source host1: page server: EPIPE", (RELEASE, RESUME, DISCARD)
+    )
 
 
-@pytest.mark.parametrize(("strategy", "command", "part"), [
-    (S.POST_COPY, FreezeAndDump(True, None), Part.SOURCE),  # pages stay on the source
-    (S.STOP_AND_COPY, FreezeAndDump(False, PAGE_SERVER), Part.HOOKS),
-    (S.STOP_AND_COPY, TransferImages(), Part.TRANSPORT),
-])
-def test_other_failures_roll_back_at_once(strategy: Strategy, command: Command, part: Part
-                                          ) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "command", "part"),
+    [
+        (S.POST_COPY, FreezeAndDump(True, None), Part.SOURCE),  # pages stay on the source
+        (S.STOP_AND_COPY, FreezeAndDump(False, PAGE_SERVER), Part.HOOKS),
+        (S.STOP_AND_COPY, TransferImages(), Part.TRANSPORT),
+    ],
+)
+def test_other_failures_roll_back_at_once(strategy: Strategy, command: Command, part: Part) -> None:
     m = failing_at(strategy, command)
     (rollback,) = m.handle(StepFailed(m.phase, "x", "y", part))
     assert isinstance(rollback, Rollback)
@@ -603,18 +649,34 @@ NO_PIPE = Capabilities("3.19", mem_track=False, lazy_pages=True, lazy_pipe_ok=Fa
     ("source", "dest", "expected", "why"),
     [
         (FULL, FULL, S.PRE_COPY, "auto: both hosts track memory changes"),
-        (FULL, LAZY_ONLY, S.POST_COPY,
-         "auto: host2 has no memory change tracking (soft-dirty); both have lazy pages"),
-        (LAZY_ONLY, LAZY_ONLY, S.POST_COPY,
-         "auto: host1 has no memory change tracking (soft-dirty), host2 has no memory "
-         "change tracking (soft-dirty); both have lazy pages"),
-        (FULL, NO_PIPE, S.STOP_AND_COPY,
-         "auto: host2 has no memory change tracking (soft-dirty), host2 has fs.pipe-max-size "
-         "too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)"),
-        (BASIC, FULL, S.STOP_AND_COPY,
-         "auto: host1 has no memory change tracking (soft-dirty), host1 has no lazy pages "
-         "(userfaultfd), host1 has fs.pipe-max-size too small for lazy pages "
-         "(fix: sysctl fs.pipe-max-size=4194304)"),
+        (
+            FULL,
+            LAZY_ONLY,
+            S.POST_COPY,
+            "auto: host2 has no memory change tracking (soft-dirty); both have lazy pages",
+        ),
+        (
+            LAZY_ONLY,
+            LAZY_ONLY,
+            S.POST_COPY,
+            "auto: host1 has no memory change tracking (soft-dirty), host2 has no memory "
+            "change tracking (soft-dirty); both have lazy pages",
+        ),
+        (
+            FULL,
+            NO_PIPE,
+            S.STOP_AND_COPY,
+            "auto: host2 has no memory change tracking (soft-dirty), host2 has fs.pipe-max-size "
+            "too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)",
+        ),
+        (
+            BASIC,
+            FULL,
+            S.STOP_AND_COPY,
+            "auto: host1 has no memory change tracking (soft-dirty), host1 has no lazy pages "
+            "(userfaultfd), host1 has fs.pipe-max-size too small for lazy pages "
+            "(fix: sysctl fs.pipe-max-size=4194304)",
+        ),
     ],
 )
 def test_auto_picks_the_best_both_ends_allow_and_says_why(
@@ -630,37 +692,55 @@ def test_auto_picks_the_best_both_ends_allow_and_says_why(
 @pytest.mark.parametrize(
     ("requested", "source", "dest", "why"),
     [
-        (S.PRE_COPY, FULL, LAZY_ONLY,
-         "pre-copy is impossible: host2 has no memory change tracking (soft-dirty)"),
-        (S.POST_COPY, BASIC, FULL,
-         "post-copy is impossible: host1 has no lazy pages (userfaultfd), host1 has "
-         "fs.pipe-max-size too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)"),
-        (S.POST_COPY, FULL, NO_PIPE,
-         "post-copy is impossible: host2 has fs.pipe-max-size too small for lazy pages "
-         "(fix: sysctl fs.pipe-max-size=4194304)"),
+        (
+            S.PRE_COPY,
+            FULL,
+            LAZY_ONLY,
+            "pre-copy is impossible: host2 has no memory change tracking (soft-dirty)",
+        ),
+        (
+            S.POST_COPY,
+            BASIC,
+            FULL,
+            "post-copy is impossible: host1 has no lazy pages (userfaultfd), host1 has "
+            "fs.pipe-max-size too small for lazy pages (fix: sysctl fs.pipe-max-size=4194304)",
+        ),
+        (
+            S.POST_COPY,
+            FULL,
+            NO_PIPE,
+            "post-copy is impossible: host2 has fs.pipe-max-size too small for lazy pages "
+            "(fix: sysctl fs.pipe-max-size=4194304)",
+        ),
     ],
 )
 def test_an_impossible_strategy_is_refused(
     requested: Strategy, source: Capabilities, dest: Capabilities, why: str
 ) -> None:
     m = at(Phase.PREFLIGHT, requested)
-    assert m.handle(PreflightFinished(report(source, dest))) == [Finish(
-        Phase.REFUSED, f"refused: {why}; nothing was touched, web1 is as it was on host1")]
+    assert m.handle(PreflightFinished(report(source, dest))) == [
+        Finish(Phase.REFUSED, f"refused: {why}; nothing was touched, web1 is as it was on host1")
+    ]
     assert m.phase is Phase.REFUSED
 
 
 @pytest.mark.parametrize("requested", [S.PRE_COPY, S.POST_COPY, S.STOP_AND_COPY])
 def test_a_possible_strategy_is_kept(requested: Strategy) -> None:
     assert resolve_strategy(requested, report(FULL, FULL), source_host="a", dest_host="b") == (
-        requested, "asked for")
+        requested,
+        "asked for",
+    )
 
 
 def test_preflight_problems_refuse_before_anything() -> None:
     m = at(Phase.PREFLIGHT, S.AUTO)
     problems = ("source host1: no workload web1", "dest host2: web1 exists")
     (finish,) = m.handle(PreflightFinished(dataclasses.replace(REPORT, problems=problems)))
-    assert finish == Finish(Phase.REFUSED, "refused: source host1: no workload web1; dest host2: "
-                            "web1 exists; nothing was touched, web1 is as it was on host1")
+    assert finish == Finish(
+        Phase.REFUSED,
+        "refused: source host1: no workload web1; dest host2: "
+        "web1 exists; nothing was touched, web1 is as it was on host1",
+    )
     assert m.strategy is S.AUTO
 
 
@@ -672,9 +752,11 @@ def test_pre_copy_rounds_follow_the_policy_limits() -> None:
     slow = IterationFigures(0, 50_000, 0, 204_800_000, 1.0)
     assert m.handle(PreDumpFinished(slow)) == [StartPreDump(2, PAGE_SERVER)]
     assert m.handle(PreDumpFinished(dataclasses.replace(slow, pages_written=30_000))) == [
-        StartPreDump(3, PAGE_SERVER)]
+        StartPreDump(3, PAGE_SERVER)
+    ]
     assert m.handle(PreDumpFinished(dataclasses.replace(slow, pages_written=10_000))) == [
-        FireHook(H.PRE_FREEZE)]
+        FireHook(H.PRE_FREEZE)
+    ]
     assert m.stats().precopy_stop_reason.startswith("reached 3 pre-copy rounds")
 
 
@@ -703,7 +785,8 @@ def test_stats_after_a_pre_copy_migration() -> None:
     seconds = BIG.duration_s + SMALL.duration_s + DUMP.duration_s + TRANSFER.duration_s
     assert stats.throughput_bytes_per_s == pytest.approx(stats.bytes_sent / seconds)
     assert stats.dirty_rate_bytes_per_s == pytest.approx(
-        SMALL.pages_written * PAGE_SIZE / BIG.duration_s)
+        SMALL.pages_written * PAGE_SIZE / BIG.duration_s
+    )
     # from the runner's reading before the dump to the one after the resume
     assert stats.frozen_s == RESUMED_AT_S - FREEZE_STARTED_S
     assert stats.restore_s == RESTORE.duration_s
@@ -726,13 +809,16 @@ def _with(events: dict[Event | type[Event], Event], strategy: Strategy) -> Migra
 def test_stats_count_the_pages_the_destination_received() -> None:
     dump = dataclasses.replace(DUMP, duration_s=0.5)
     restore = dataclasses.replace(RESTORE, pages_bytes=64 << 20)
-    m = _with({SourceFrozen: SourceFrozen(dump, 0.0),
-               RestoredStopped: RestoredStopped(restore)}, S.STOP_AND_COPY)
+    m = _with(
+        {SourceFrozen: SourceFrozen(dump, 0.0), RestoredStopped: RestoredStopped(restore)},
+        S.STOP_AND_COPY,
+    )
     stats = m.stats()
     assert stats.bytes_sent == (64 << 20) + TRANSFER.bytes_sent
     assert stats.pages_sent == (64 << 20) // PAGE_SIZE
     assert stats.throughput_bytes_per_s == pytest.approx(
-        stats.bytes_sent / (0.5 + TRANSFER.duration_s))
+        stats.bytes_sent / (0.5 + TRANSFER.duration_s)
+    )
     assert stats.dirty_rate_bytes_per_s is None  # no pre-copy rounds
 
 
@@ -743,12 +829,18 @@ def test_post_copy_counts_the_lazy_pages_but_times_only_the_images() -> None:
     assert stats.bytes_sent == (256 << 20) + TRANSFER.bytes_sent
     assert stats.pages_sent == (256 << 20) // PAGE_SIZE
     assert stats.throughput_bytes_per_s == pytest.approx(
-        TRANSFER.bytes_sent / (DUMP.duration_s + TRANSFER.duration_s))
+        TRANSFER.bytes_sent / (DUMP.duration_s + TRANSFER.duration_s)
+    )
 
 
 def test_problems_after_the_commit_are_kept_and_change_nothing() -> None:
-    m = _with({HookFired(H.POST_COMMIT): HookFired(H.POST_COMMIT, "hooks: post-commit failed"),
-               CleanedUp: CleanedUp(("dest host2: rm: busy",))}, S.STOP_AND_COPY)
+    m = _with(
+        {
+            HookFired(H.POST_COMMIT): HookFired(H.POST_COMMIT, "hooks: post-commit failed"),
+            CleanedUp: CleanedUp(("dest host2: rm: busy",)),
+        },
+        S.STOP_AND_COPY,
+    )
     assert m.phase is Phase.DONE
     assert m.problems == ("hooks: post-commit failed", "dest host2: rm: busy")
 
@@ -766,9 +858,15 @@ def test_plain_accessors() -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"migration_id": ""}, {"dest_host": "host1"}, {"max_downtime_ms": 0},
-        {"max_downtime_ms": float("nan")}, {"max_iterations": 0}, {"freeze_cost_ms": -1},
-        {"shrink_threshold": 0}, {"shrink_threshold": 1.5}, {"page_size": 0},
+        {"migration_id": ""},
+        {"dest_host": "host1"},
+        {"max_downtime_ms": 0},
+        {"max_downtime_ms": float("nan")},
+        {"max_iterations": 0},
+        {"freeze_cost_ms": -1},
+        {"shrink_threshold": 0},
+        {"shrink_threshold": 1.5},
+        {"page_size": 0},
         {"max_retries": -1},
     ],
 )

@@ -20,8 +20,12 @@ def rounds(*pages_and_seconds: tuple[int, float]) -> list[IterationFigures]:
 
 def decisions(history: list[IterationFigures], **limits: float) -> list[Decision]:
     """The decision after each round, as the machine would ask for it."""
-    kwargs: dict[str, float] = {"max_downtime_ms": 100.0, "max_iterations": 8,
-                                "freeze_cost_ms": 50.0, **limits}
+    kwargs: dict[str, float] = {
+        "max_downtime_ms": 100.0,
+        "max_iterations": 8,
+        "freeze_cost_ms": 50.0,
+        **limits,
+    }
     return [
         decide(
             history[:n],
@@ -54,8 +58,7 @@ def test_converging_workload_stops_once_downtime_fits() -> None:
     assert got[-1].reason.startswith("expected downtime 57 ms <= 100 ms")
     # 1 500 dirty pages at the throughput of all three rounds, plus the freeze cost
     throughput = (262_144 + 20_000 + 1_500) * PAGE_SIZE / (1.3 + 0.1 + 0.0075)
-    assert got[-1].expected_downtime_ms == pytest.approx(
-        1_500 * PAGE_SIZE / throughput * 1000 + 50)
+    assert got[-1].expected_downtime_ms == pytest.approx(1_500 * PAGE_SIZE / throughput * 1000 + 50)
     # round 2 shrank enough to go on, although its estimate was still over the limit
     assert got[1].expected_downtime_ms == pytest.approx(149.2, abs=0.1)
     assert "> 100 ms" in got[1].reason
@@ -127,8 +130,10 @@ def test_page_size_scales_the_dirty_bytes() -> None:
 
 def test_throughput_is_measured_on_the_wire_over_all_rounds() -> None:
     # rounds sent 300 MB in 2 s: 150 MB/s, whatever their page counts say
-    history = [IterationFigures(1, 50_000, 0, 200_000_000, 1.5),
-               IterationFigures(2, 10_000, 0, 100_000_000, 0.5)]
+    history = [
+        IterationFigures(1, 50_000, 0, 200_000_000, 1.5),
+        IterationFigures(2, 10_000, 0, 100_000_000, 0.5),
+    ]
     assert expected_downtime_ms(history, freeze_cost_ms=20) == pytest.approx(
         10_000 * PAGE_SIZE / 150e6 * 1000 + 20
     )
@@ -157,10 +162,13 @@ def test_decision_is_frozen() -> None:
 
 def test_throughput_and_dirty_rate_from_recorded_rounds() -> None:
     from haul.engine.policy import dirty_rate_bytes_per_s, throughput_bytes_per_s
-    first = IterationFigures(1, pages_written=100_000, pages_skipped_parent=0,
-                             bytes_sent=409_600_000, duration_s=0.5)
-    second = IterationFigures(2, pages_written=2_000, pages_skipped_parent=98_000,
-                              bytes_sent=8_192_000, duration_s=0.02)
+
+    first = IterationFigures(
+        1, pages_written=100_000, pages_skipped_parent=0, bytes_sent=409_600_000, duration_s=0.5
+    )
+    second = IterationFigures(
+        2, pages_written=2_000, pages_skipped_parent=98_000, bytes_sent=8_192_000, duration_s=0.02
+    )
     assert throughput_bytes_per_s([]) is None
     assert throughput_bytes_per_s([first]) == 409_600_000 / 0.5
     assert throughput_bytes_per_s([first, second]) == (409_600_000 + 8_192_000) / 0.52

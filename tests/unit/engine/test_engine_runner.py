@@ -47,23 +47,84 @@ S = Strategy
 J = journal_call
 COMMIT = J(Phase.COMMIT, "commit")
 
-PREFLIGHT = [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
-             "dest.capabilities", "source.check_workload", "dest.check_free"]
-TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup",
-        J(Phase.DONE, "CleanedUp")]
+PREFLIGHT = [
+    J(Phase.PREFLIGHT, "MigrationStarted"),
+    "source.capabilities",
+    "dest.capabilities",
+    "source.check_workload",
+    "dest.check_free",
+]
+TAIL = [J(Phase.CLEANUP, "HookFired"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
 #: the end of a rollback after the pre-migrate hooks were told (their rolled-back is owed)
 ROLLED_BACK = J(Phase.ROLLED_BACK, "HookFired")
 #: the end of a rollback before they were
 ROLLED_BACK_UNTOLD = J(Phase.ROLLED_BACK, "RolledBack")
 
-STOP_AND_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(stop-and-copy)", J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", COMMIT, "source.release(True)", "source.kill", "dest.resume", *TAIL]
+STOP_AND_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    "dest.prepare(stop-and-copy)",
+    J(Phase.FREEZE, "DestinationPrepared"),
+    "source.freeze_and_dump(False)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(False)",
+    COMMIT,
+    "source.release(True)",
+    "source.kill",
+    "dest.resume",
+    *TAIL,
+]
 
-PRE_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(pre-copy)", J(Phase.PRECOPY, "DestinationPrepared"), "source.pre_dump(1)", "source.pre_dump(2)", J(Phase.FREEZE, "PreDumpFinished"), "source.freeze_and_dump(False)", J(Phase.TRANSFER, "SourceFrozen"), "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(False)", COMMIT, "source.release(True)", "source.kill", "dest.resume", *TAIL]
+PRE_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    "dest.prepare(pre-copy)",
+    J(Phase.PRECOPY, "DestinationPrepared"),
+    "source.pre_dump(1)",
+    "source.pre_dump(2)",
+    J(Phase.FREEZE, "PreDumpFinished"),
+    "source.freeze_and_dump(False)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(False)",
+    COMMIT,
+    "source.release(True)",
+    "source.kill",
+    "dest.resume",
+    *TAIL,
+]
 
-POST_COPY_CALLS = [*PREFLIGHT, J(Phase.PREPARE, "PreflightFinished"), "dest.prepare(post-copy)", J(Phase.FREEZE, "DestinationPrepared"), "source.freeze_and_dump(True)", J(Phase.TRANSFER, "SourceFrozen"), "source.release(True)", "transport.transfer_images", J(Phase.RESTORE, "ImagesTransferred"), "dest.restore(True)", COMMIT, "dest.resume", J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served", "source.kill", J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup", J(Phase.DONE, "CleanedUp")]
+POST_COPY_CALLS = [
+    *PREFLIGHT,
+    J(Phase.PREPARE, "PreflightFinished"),
+    "dest.prepare(post-copy)",
+    J(Phase.FREEZE, "DestinationPrepared"),
+    "source.freeze_and_dump(True)",
+    J(Phase.TRANSFER, "SourceFrozen"),
+    "source.release(True)",
+    "transport.transfer_images",
+    J(Phase.RESTORE, "ImagesTransferred"),
+    "dest.restore(True)",
+    COMMIT,
+    "dest.resume",
+    J(Phase.LAZY_PAGES, "HookFired"),
+    "dest.wait_pages",
+    "source.wait_pages_served",
+    "source.kill",
+    J(Phase.CLEANUP, "SourceKilled"),
+    "source.cleanup",
+    "dest.cleanup",
+    J(Phase.DONE, "CleanedUp"),
+]
 
-HAPPY_CALLS = {S.STOP_AND_COPY: STOP_AND_COPY_CALLS, S.PRE_COPY: PRE_COPY_CALLS,
-               S.POST_COPY: POST_COPY_CALLS}
+HAPPY_CALLS = {
+    S.STOP_AND_COPY: STOP_AND_COPY_CALLS,
+    S.PRE_COPY: PRE_COPY_CALLS,
+    S.POST_COPY: POST_COPY_CALLS,
+}
 
 
 @dataclass
@@ -80,8 +141,11 @@ class Rig:
         self.dest = FakeDest(self.world, self.dest_caps)
         self.transport = FakeTransport(self.world)
         self.journal = FakeJournal(self.world)
-        self.migration = Migration(MigrationSpec(
-            "m1", "web1", "host1", "host2", strategy=self.strategy, max_retries=self.max_retries))
+        self.migration = Migration(
+            MigrationSpec(
+                "m1", "web1", "host1", "host2", strategy=self.strategy, max_retries=self.max_retries
+            )
+        )
 
     @property
     def calls(self) -> list[str]:
@@ -90,13 +154,17 @@ class Rig:
     def after(self, call: str) -> list[str]:
         """The calls after the last call to ``call``."""
         last = len(self.calls) - 1 - self.calls[::-1].index(call)
-        return self.calls[last + 1:]
+        return self.calls[last + 1 :]
 
     async def run(self, timeouts: dict[Phase, float] | None = None) -> Outcome:
         try:
             return await run(
-                self.migration, source=self.source, dest=self.dest, transport=self.transport,
-                journal=self.journal, timeouts=timeouts,
+                self.migration,
+                source=self.source,
+                dest=self.dest,
+                transport=self.transport,
+                journal=self.journal,
+                timeouts=timeouts,
                 on_event=lambda phase, event: self.events.append((phase, event)),
                 clock=FakeClock(),
             )
@@ -115,7 +183,7 @@ class Rig:
             assert "source.release(False)" not in self.calls
 
 
-# -- happy paths -------------------------------------------------------------------------------
+# -- happy paths ---
 
 
 @pytest.mark.parametrize("strategy", [S.STOP_AND_COPY, S.PRE_COPY, S.POST_COPY])
@@ -149,14 +217,22 @@ async def test_on_event_sees_every_event_in_its_phase() -> None:
     assert rig.events[0] == (Phase.NEW, MigrationStarted())
     assert rig.events[-1] == (Phase.CLEANUP, CleanedUp())
     assert [(p, type(e).__name__) for p, e in rig.events] == [
-        (Phase.NEW, "MigrationStarted"), (Phase.PREFLIGHT, "PreflightFinished"),
-        (Phase.PREPARE, "HookFired"), (Phase.PREPARE, "DestinationPrepared"),
-        (Phase.FREEZE, "HookFired"), (Phase.FREEZE, "SourceFrozen"),
-        (Phase.TRANSFER, "ImagesTransferred"), (Phase.RESTORE, "RestoredStopped"),
-        (Phase.RESTORE, "HookFired"), (Phase.COMMIT, "CommitRecorded"),
-        (Phase.COMMIT, "DumpReleased"), (Phase.COMMIT, "SourceKilled"),
-        (Phase.COMMIT, "DestinationResumed"), (Phase.COMMIT, "HookFired"),
-        (Phase.CLEANUP, "CleanedUp")]
+        (Phase.NEW, "MigrationStarted"),
+        (Phase.PREFLIGHT, "PreflightFinished"),
+        (Phase.PREPARE, "HookFired"),
+        (Phase.PREPARE, "DestinationPrepared"),
+        (Phase.FREEZE, "HookFired"),
+        (Phase.FREEZE, "SourceFrozen"),
+        (Phase.TRANSFER, "ImagesTransferred"),
+        (Phase.RESTORE, "RestoredStopped"),
+        (Phase.RESTORE, "HookFired"),
+        (Phase.COMMIT, "CommitRecorded"),
+        (Phase.COMMIT, "DumpReleased"),
+        (Phase.COMMIT, "SourceKilled"),
+        (Phase.COMMIT, "DestinationResumed"),
+        (Phase.COMMIT, "HookFired"),
+        (Phase.CLEANUP, "CleanedUp"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +255,7 @@ async def test_run_refuses_a_used_migration() -> None:
         await rig.run()
 
 
-# -- refused and failing pre-flight --------------------------------------------------------------
+# -- refused and failing pre-flight ---
 
 
 async def test_preflight_problems_refuse_without_touching_anything() -> None:
@@ -188,8 +264,10 @@ async def test_preflight_problems_refuse_without_touching_anything() -> None:
     rig.world.fail("dest.check_free", boom("not enough room"))
     outcome = await rig.run()
     assert outcome.phase is Phase.REFUSED
-    assert outcome.reason == ("refused: source host1: no process tree web1; dest host2: "
-                              "not enough room; nothing was touched, web1 is as it was on host1")
+    assert outcome.reason == (
+        "refused: source host1: no process tree web1; dest host2: "
+        "not enough room; nothing was touched, web1 is as it was on host1"
+    )
     assert rig.calls == [*PREFLIGHT, J(Phase.REFUSED, "PreflightFinished")]
 
 
@@ -206,12 +284,16 @@ async def test_unreachable_host_in_preflight_rolls_back_touching_nothing() -> No
     outcome = await rig.run()
     assert outcome.phase is Phase.ROLLED_BACK
     assert "dest host2: connection refused" in outcome.reason
-    assert rig.calls == [J(Phase.PREFLIGHT, "MigrationStarted"), "source.capabilities",
-                         "dest.capabilities", J(Phase.ROLLING_BACK, "StepFailed"),
-                         J(Phase.ROLLED_BACK, "RolledBack")]
+    assert rig.calls == [
+        J(Phase.PREFLIGHT, "MigrationStarted"),
+        "source.capabilities",
+        "dest.capabilities",
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        J(Phase.ROLLED_BACK, "RolledBack"),
+    ]
 
 
-# -- failures before the commit roll back ---------------------------------------------------------
+# -- failures before the commit roll back ---
 
 UNDO = ["source.resume", "dest.discard"]
 UNDO_HELD = ["source.release(False)", *UNDO]
@@ -254,8 +336,11 @@ async def test_failure_before_the_commit_rolls_back(
     assert outcome.phase is Phase.ROLLED_BACK
     assert "disk full" in outcome.reason and "web1 runs on host1" in outcome.reason
     told = failing != J(Phase.PREPARE, "PreflightFinished")
-    assert rig.after(failing) == [J(Phase.ROLLING_BACK, "StepFailed"), *undo,
-                                  ROLLED_BACK if told else ROLLED_BACK_UNTOLD]
+    assert rig.after(failing) == [
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *undo,
+        ROLLED_BACK if told else ROLLED_BACK_UNTOLD,
+    ]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 
@@ -265,7 +350,8 @@ async def test_failure_says_where() -> None:
     outcome = await rig.run()
     assert outcome.reason == (
         "rolled back during restore (dest host2: CRIU restore: errno 17); "
-        "web1 runs on host1, nothing kept on host2")
+        "web1 runs on host1, nothing kept on host2"
+    )
     failed = [e for _, e in rig.events if isinstance(e, StepFailed)]
     assert failed == [StepFailed(Phase.RESTORE, "CRIU restore: errno 17", "dest host2", Part.DEST)]
 
@@ -283,8 +369,7 @@ async def test_timeout_before_the_commit_rolls_back() -> None:
     rig.world.stall("transport.transfer_images")
     outcome = await rig.run(timeouts={Phase.TRANSFER: 0.01})
     assert outcome.phase is Phase.ROLLED_BACK
-    assert ("transport host1->host2: TransferImages timed out after 0.01 s"
-            in outcome.reason)
+    assert "transport host1->host2: TransferImages timed out after 0.01 s" in outcome.reason
     assert rig.after("transport.transfer_images")[1:-1] == UNDO_HELD
 
 
@@ -295,11 +380,15 @@ async def test_rollback_problems_end_failed_and_say_them() -> None:
     rig.world.fail("dest.discard", RuntimeError("adapter bug"))
     outcome = await rig.run()
     assert outcome.phase is Phase.FAILED
-    assert ("incomplete: source host1: resuming the workload failed: CRIU says the tree is "
-            "gone; dest host2: discarding its copy failed: RuntimeError: adapter bug"
-            in outcome.reason)
+    assert (
+        "incomplete: source host1: resuming the workload failed: CRIU says the tree is "
+        "gone; dest host2: discarding its copy failed: RuntimeError: adapter bug" in outcome.reason
+    )
     assert rig.after("dest.restore(False)") == [
-        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, J(Phase.FAILED, "HookFired")]
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *UNDO_HELD,
+        J(Phase.FAILED, "HookFired"),
+    ]
 
 
 async def test_rollback_steps_time_out_one_by_one() -> None:
@@ -309,7 +398,8 @@ async def test_rollback_steps_time_out_one_by_one() -> None:
     outcome = await rig.run(timeouts={Phase.ROLLING_BACK: 0.01})
     assert outcome.phase is Phase.FAILED
     assert "source host1: releasing the held dump (commit=False) timed out after 0.01 s" in (
-        outcome.reason)
+        outcome.reason
+    )
     assert rig.after("transport.transfer_images")[1:-1] == UNDO_HELD
 
 
@@ -323,7 +413,7 @@ async def test_journal_failing_during_rollback_is_reported_not_fatal() -> None:
     assert rig.after("dest.restore(False)")[1:-1] == UNDO_HELD
 
 
-# -- failures after the commit roll forward ---------------------------------------------------------
+# -- failures after the commit roll forward ---
 
 
 async def test_kill_failing_once_is_retried_without_repeating_the_release() -> None:
@@ -331,8 +421,13 @@ async def test_kill_failing_once_is_retried_without_repeating_the_release() -> N
     rig.world.fail("source.kill", boom("EPERM"))
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
-    assert rig.after(COMMIT) == ["source.release(True)", "source.kill", "source.kill",
-                                 "dest.resume", *TAIL]
+    assert rig.after(COMMIT) == [
+        "source.release(True)",
+        "source.kill",
+        "source.kill",
+        "dest.resume",
+        *TAIL,
+    ]
 
 
 async def test_resume_failing_for_good_fails_saying_what_is_where() -> None:
@@ -342,10 +437,17 @@ async def test_resume_failing_for_good_fails_saying_what_is_where() -> None:
     assert outcome.phase is Phase.FAILED
     assert outcome.reason.startswith(
         "committed: web1 restored on host2 but the switch-over did not finish after 4 "
-        "attempts (dest host2: cgroup frozen)")
-    assert rig.after(COMMIT) == ["source.release(True)", "source.kill", "dest.resume",
-                                 "dest.resume", "dest.resume", "dest.resume",
-                                 J(Phase.FAILED, "StepFailed")]
+        "attempts (dest host2: cgroup frozen)"
+    )
+    assert rig.after(COMMIT) == [
+        "source.release(True)",
+        "source.kill",
+        "dest.resume",
+        "dest.resume",
+        "dest.resume",
+        "dest.resume",
+        J(Phase.FAILED, "StepFailed"),
+    ]
     assert "dest.discard" not in rig.calls
 
 
@@ -355,10 +457,17 @@ async def test_lazy_pages_failing_once_waits_again() -> None:
     outcome = await rig.run()
     assert outcome.phase is Phase.DONE
     assert rig.after("dest.resume") == [
-        J(Phase.LAZY_PAGES, "HookFired"), "dest.wait_pages", "source.wait_pages_served",
-        "dest.wait_pages", "source.wait_pages_served", "source.kill",
-        J(Phase.CLEANUP, "SourceKilled"), "source.cleanup", "dest.cleanup",
-        J(Phase.DONE, "CleanedUp")]
+        J(Phase.LAZY_PAGES, "HookFired"),
+        "dest.wait_pages",
+        "source.wait_pages_served",
+        "dest.wait_pages",
+        "source.wait_pages_served",
+        "source.kill",
+        J(Phase.CLEANUP, "SourceKilled"),
+        "source.cleanup",
+        "dest.cleanup",
+        J(Phase.DONE, "CleanedUp"),
+    ]
 
 
 async def test_pages_never_served_fails_without_killing_the_source() -> None:
@@ -367,7 +476,8 @@ async def test_pages_never_served_fails_without_killing_the_source() -> None:
     outcome = await rig.run()
     assert outcome.phase is Phase.FAILED
     assert "not all its memory arrived after 2 attempts (source host1: page server died)" in (
-        outcome.reason)
+        outcome.reason
+    )
     assert "source.kill" not in rig.calls and "source.resume" not in rig.calls
 
 
@@ -385,8 +495,12 @@ async def test_timeout_after_the_commit_retries() -> None:
     rig.world.stall("dest.resume")
     outcome = await rig.run(timeouts={Phase.COMMIT: 0.01})
     assert outcome.phase is Phase.DONE
-    assert rig.after(COMMIT)[:4] == ["source.release(True)", "source.kill", "dest.resume",
-                                     "dest.resume"]
+    assert rig.after(COMMIT)[:4] == [
+        "source.release(True)",
+        "source.kill",
+        "dest.resume",
+        "dest.resume",
+    ]
 
 
 async def test_cleanup_failures_are_reported_not_fatal() -> None:
@@ -411,7 +525,7 @@ async def test_journal_failing_after_the_commit_rolls_forward() -> None:
     assert rig.calls.count(J(Phase.LAZY_PAGES, "HookFired")) == 2
 
 
-# -- exceptions that are not HaulError ---------------------------------------------------------------
+# -- exceptions that are not HaulError ---
 
 
 async def test_bug_before_the_commit_rolls_back_then_propagates() -> None:
@@ -421,7 +535,10 @@ async def test_bug_before_the_commit_rolls_back_then_propagates() -> None:
         await rig.run()
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert rig.after("transport.transfer_images") == [
-        J(Phase.ROLLING_BACK, "StepFailed"), *UNDO_HELD, ROLLED_BACK]
+        J(Phase.ROLLING_BACK, "StepFailed"),
+        *UNDO_HELD,
+        ROLLED_BACK,
+    ]
 
 
 async def test_bug_after_the_commit_rolls_forward_then_propagates() -> None:
@@ -441,15 +558,24 @@ async def test_failing_on_event_callback_aborts_before_the_commit_then_propagate
             raise ValueError("display broke")
 
     with pytest.raises(ValueError, match="display broke"):
-        await run(rig.migration, source=rig.source, dest=rig.dest, transport=rig.transport,
-                  journal=rig.journal, on_event=on_event)
+        await run(
+            rig.migration,
+            source=rig.source,
+            dest=rig.dest,
+            transport=rig.transport,
+            journal=rig.journal,
+            on_event=on_event,
+        )
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert "on_event callback failed: ValueError: display broke" in rig.migration.reason
     assert rig.after("source.freeze_and_dump(False)") == [
-        J(Phase.ROLLING_BACK, "AbortRequested"), *UNDO_HELD, ROLLED_BACK]
+        J(Phase.ROLLING_BACK, "AbortRequested"),
+        *UNDO_HELD,
+        ROLLED_BACK,
+    ]
 
 
-# -- cancellation ------------------------------------------------------------------------------------
+# -- cancellation ---
 
 CANCEL_BEFORE_COMMIT = [
     (S.STOP_AND_COPY, "source.capabilities", None),
@@ -480,8 +606,11 @@ async def test_cancel_before_the_commit_rolls_back_and_propagates(
     assert rig.migration.phase is Phase.ROLLED_BACK
     assert "cancelled by the caller" in rig.migration.reason
     # None: only the pre-flight ran; nothing to undo, no hook told
-    assert rig.after(slow) == [J(Phase.ROLLING_BACK, "AbortRequested"), *(undo or []),
-                               ROLLED_BACK if undo is not None else ROLLED_BACK_UNTOLD]
+    assert rig.after(slow) == [
+        J(Phase.ROLLING_BACK, "AbortRequested"),
+        *(undo or []),
+        ROLLED_BACK if undo is not None else ROLLED_BACK_UNTOLD,
+    ]
     assert "source.kill" not in rig.calls and "dest.resume" not in rig.calls
 
 
