@@ -40,7 +40,7 @@ async def _frozen_source(criu: Criu, lab: LabSpec, hold_name: str) -> tuple[Criu
     host = lab.host(1)
     counter = await start_counter(lab, host, mem_mib=8, interval_ms=5)
     source = CriuSource(criu.on(host.ns), counter.tree, host.workdir / "outgoing" / hold_name)
-    await source.freeze_and_dump(lazy=False)
+    await source.freeze_and_dump(lazy=False, page_server=None)
     assert source.hold.exists
     assert source.criu_pid is not None
     os.kill(source.criu_pid, signal.SIGKILL)
@@ -91,7 +91,7 @@ async def test_a_post_copy_dump_rolled_back_at_post_dump_lets_the_tree_run(
         host.workdir / "outgoing" / hold_name,
         lazy_listen=PageServer(str(host.address.ip), 27999),
     )
-    await source.freeze_and_dump(lazy=True)
+    await source.freeze_and_dump(lazy=True, page_server=None)
     frozen_at = counter.count()
     async with asyncio.timeout(30):  # it used to wait forever for a lazy-pages client
         await source.release(commit=False)
