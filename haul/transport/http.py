@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from haul.engine.figures import TransferFigures
+from haul.engine.figures import FilesFigures, TransferFigures
 from haul.errors import TransportError
 from haul.transport.imagecopy import sha256_of
 
@@ -49,6 +49,11 @@ class HttpTransport:
         self.migration_id = migration_id
         self.source_images = source_images
         self.source_data = source_data
+
+    async def sync_files(self, round: int) -> FilesFigures:
+        """No files move while the workload runs yet: all of them go in the frozen
+        window with the images (round-by-round sync replaces this)."""
+        return FilesFigures(round=round, files=0, bytes_sent=0, removed=0, duration_s=0.0)
 
     async def transfer_images(self) -> TransferFigures:
         started = time.monotonic()
