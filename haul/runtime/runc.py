@@ -13,8 +13,10 @@ from the bundle and the images (docs/containers.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import signal
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from haul.errors import ContainerError, NoSuchContainer
+from haul.nsexec import HOST, HostNs
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,14 @@ class Runc:
     """One runc root. ``criu``: the CRIU binary for checkpoint and restore (runc would
     otherwise take whatever ``criu`` comes first on PATH)."""
 
-    def __init__(self, root: Path, *, criu: Path | None = None, binary: Path = RUNC) -> None:
+    def __init__(
+        self, root: Path, *, criu: Path | None = None, binary: Path = RUNC, host: HostNs = HOST
+    ) -> None:
         self.root = root
         self.criu = criu
         self.binary = binary
+        #: the host's namespaces runc runs in (an agent inside a lab host is in them already)
+        self.host = host
 
     def __repr__(self) -> str:
         return f"<Runc root={self.root}>"
@@ -91,34 +98,43 @@ class Runc:
         pass_fds: Sequence[int] = (),
         what: str = "",
         log_dir: Path | None = None,
+        detached_log: Path | None = None,
     ) -> str:
-        argv = [str(self.binary), "--root", str(self.root)]
+        """Run runc; its standard output. ``detached_log``: the call leaves a container
+        running that would inherit runc's standard streams (``run -d``, ``restore -d``):
+        they are /dev/null, and runc logs to this file instead."""
+        argv = [*self.host.prefix(), str(self.binary), "--root", str(self.root)]
         if self.criu is not None:
             argv += ["--criu", str(self.criu)]
+        if detached_log is not None:
+            detached_log.unlink(missing_ok=True)
+            argv += ["--log", str(detached_log), "--log-format", "json"]
         argv += list(args)
+        streams = asyncio.subprocess.DEVNULL if detached_log else asyncio.subprocess.PIPE
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdout=streams,
+            stderr=streams,
             pass_fds=tuple(pass_fds),
+            # its own process group: ending runc ends the CRIU it started too
+            start_new_session=True,
         )
         try:
             async with asyncio.timeout(timeout_s):
                 out, err = await proc.communicate()
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
+            await _end(proc)
             raise ContainerError(
                 f"runc {what or args[0]} did not finish within {timeout_s:g} s"
             ) from None
         except asyncio.CancelledError:
-            proc.kill()
-            await asyncio.shield(proc.wait())
+            await asyncio.shield(_end(proc))
             raise
         if proc.returncode != 0:
-            raise self._failed(what or args[0], err.decode(errors="replace"), log_dir)
-        return out.decode(errors="replace")
+            said = err.decode(errors="replace") if err else _log_errors(detached_log)
+            raise self._failed(what or args[0], said, log_dir)
+        return out.decode(errors="replace") if out else ""
 
     def _failed(self, what: str, stderr: str, log_dir: Path | None) -> ContainerError:
         line = _last_line(stderr) or "no message"
@@ -146,9 +162,19 @@ class Runc:
         return [_state_of(r) for r in rows or []]
 
     async def run_detached(self, container_id: str, bundle: Path, *, pid_file: Path) -> int:
-        """``runc run -d``: create and start; returns the container's init PID."""
+        """``runc run -d``: create and start; returns the container's init PID. The
+        container's standard streams are /dev/null (what CRIU can dump); runc's log is
+        next to the PID file."""
         await self._run(
-            "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id
+            "run",
+            "--detach",
+            "--bundle",
+            str(bundle),
+            "--pid-file",
+            str(pid_file),
+            container_id,
+            what="run",
+            detached_log=pid_file.with_suffix(".runc.log"),
         )
         return int(pid_file.read_text().strip())
 
@@ -233,7 +259,32 @@ class Runc:
             timeout_s=CRIU_CALL_TIMEOUT_S,
             what="restore",
             log_dir=opts.work_path,
+            detached_log=opts.work_path / "runc.log",
         )
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kill runc and whatever it started (CRIU), and reap runc."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _log_errors(path: Path | None) -> str:
+    """The error messages of runc's JSON log, one per line."""
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+                lines.append(str(entry.get("msg", "")))
+    return "\n".join(lines)
 
 
 def _state_of(raw: dict[str, object]) -> ContainerState:

@@ -1,0 +1,203 @@
+"""The source side of a runc container's migration: implements the engine's SourcePort.
+
+runc checkpoints the container itself (``runc checkpoint``), which keeps its own state
+right; haul holds the source frozen by pausing the container first (runc's freezer
+cgroup) and asking for ``--leave-running``: CRIU puts back the freezer state it found,
+so after the dump the container is alive and frozen, with no CRIU process left to die
+(docs/containers.md). Rollback resumes it (``runc resume``); the commit kills it
+(``runc kill KILL``, which a frozen task obeys at once) and deletes it.
+
+Stop-and-copy sends the pages to the destination's CRIU page server during the
+checkpoint. Post-copy runs ``runc checkpoint --lazy-pages``: once the dump is written
+runc says so on its status descriptor and its CRIU serves the pages until the
+destination has them all, then the container is paused again.
+
+A container with a network namespace of its own is locked by haul (nftables) before
+the pause, since CRIU unlocks the namespace at the end of a ``--leave-running`` dump
+and the frozen source would otherwise take data the copy never sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from haul.criu.info import host_capabilities
+from haul.criu.options import PageServer
+from haul.criu.service import Criu
+from haul.engine.figures import (
+    PAGE_SIZE,
+    Capabilities,
+    DumpFigures,
+    Endpoint,
+    IterationFigures,
+)
+from haul.errors import ContainerError, HaulError, WorkloadError
+from haul.net import lock
+from haul.runtime import criuconf
+from haul.runtime.runc import CheckpointOptions, Runc
+from haul.workload.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
+
+
+class RuncSource:
+    """Checkpoints container ``container_id`` of ``runc`` (bundle ``bundle``) into
+    ``workdir``. ``lazy_listen``: post-copy, where this host's lazy page server listens."""
+
+    def __init__(
+        self,
+        criu: Criu,
+        runc: Runc,
+        container_id: str,
+        workdir: Path,
+        *,
+        bundle: Path,
+        own_network: bool = False,
+        lazy_listen: PageServer | None = None,
+    ) -> None:
+        self.criu = criu
+        self.runc = runc
+        self.container_id = container_id
+        self.bundle = bundle
+        self.own_network = own_network
+        self.lazy_listen = lazy_listen
+        self.workdir = workdir
+        self.images = workdir / "images"
+        self.logs = workdir / "work"
+        #: the init PID of the container, once checked
+        self._pid: int | None = None
+        #: post-copy: runc's checkpoint, serving pages until the destination has them
+        self._serving: asyncio.Task[None] | None = None
+        self._paused = False
+        self._locked = False
+
+    async def capabilities(self) -> Capabilities:
+        return await host_capabilities(self.criu)
+
+    async def check_workload(self) -> int:
+        state = await self.runc.state(self.container_id)
+        if state.status != "running":
+            raise ContainerError(
+                f"container {self.container_id} is {state.status}, not running: runc "
+                "checkpoints only a running container"
+            )
+        criuconf.config_path(self.bundle)  # raises if runc would give CRIU no options
+        self._pid = state.pid
+        return ProcessTree(state.pid).resident_bytes()
+
+    async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
+        raise ContainerError(
+            "pre-copy rounds of runc containers are not supported yet (runc checkpoint "
+            "--pre-dump needs soft-dirty tracking, which this kernel lacks)"
+        )
+
+    async def freeze_and_dump(self, lazy: bool, page_server: Endpoint | None) -> DumpFigures:
+        if lazy and self.lazy_listen is None:
+            raise WorkloadError("post-copy needs an address for the source's lazy page server")
+        for d in (self.images, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        criuconf.write(
+            criuconf.config_path(self.bundle), criuconf.dump_options(own_network=self.own_network)
+        )
+        pid = self._pid or (await self.runc.state(self.container_id)).pid
+        started = time.monotonic()
+        if self.own_network:
+            await lock.lock(pid)
+            self._locked = True
+        await self.runc.pause(self.container_id)
+        self._paused = True
+        frozen_at = time.monotonic()
+        if lazy:
+            assert self.lazy_listen is not None
+            await self._start_serving(self.lazy_listen)
+        else:
+            target = f"{page_server.address}:{page_server.port}" if page_server else None
+            await self.runc.checkpoint(self.container_id, self._options(page_server=target))
+        pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
+        return DumpFigures(
+            frozen_at_s=frozen_at,
+            pages_written=pages // PAGE_SIZE,
+            pages_lazy=0,
+            bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
+            duration_s=time.monotonic() - started,
+        )
+
+    def _options(
+        self, *, page_server: str | None, lazy: bool = False, status_fd: int | None = None
+    ) -> CheckpointOptions:
+        return CheckpointOptions(
+            image_path=self.images,
+            work_path=self.logs,
+            leave_running=True,
+            tcp_established=self.own_network,
+            file_locks=True,
+            page_server=page_server,
+            lazy_pages=lazy,
+            status_fd=status_fd,
+        )
+
+    async def _start_serving(self, listen: PageServer) -> None:
+        """Post-copy: run the lazy checkpoint in the background; return once runc says
+        the dump is written and its page server is up."""
+        read_end, write_end = os.pipe()
+        opts = self._options(
+            page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
+        )
+        self._serving = asyncio.create_task(
+            self.runc.checkpoint(self.container_id, opts, pass_fds=(write_end,))
+        )
+        ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
+        try:
+            await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            os.close(write_end)  # a runc that died leaves the reader at end of file
+            with contextlib.suppress(OSError):
+                await ready
+            os.close(read_end)
+        if self._serving.done():
+            self._serving.result()  # runc's error
+            raise ContainerError("runc ended the lazy checkpoint before serving any page")
+
+    async def release(self, commit: bool) -> None:
+        """Nothing holds the dump: the frozen container is the hold. A refused post-copy
+        dump stops serving pages."""
+        if not commit:
+            await self._stop_serving()
+
+    async def _stop_serving(self) -> None:
+        if self._serving is not None and not self._serving.done():
+            self._serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, HaulError):
+                await self._serving
+
+    async def wait_pages_served(self) -> None:
+        if self._serving is not None:
+            await self._serving
+
+    async def kill(self) -> None:
+        """After the commit: the frozen container dies without running again."""
+        await self.runc.kill(self.container_id)
+        await self.runc.delete(self.container_id, force=True)
+        self._paused = False
+
+    async def resume(self) -> None:
+        """Rollback: the container runs again here, its network unlocked."""
+        await self._stop_serving()
+        state = await self.runc.state(self.container_id)
+        if state.status == "paused":
+            await self.runc.resume(self.container_id)
+        self._paused = False
+        if self._locked:
+            await lock.unlock(state.pid)
+            self._locked = False
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+    async def cleanup(self) -> None:
+        """After the commit: the images here are no longer needed."""
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
