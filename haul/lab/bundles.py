@@ -21,6 +21,7 @@ from haul.errors import LabError
 from haul.runtime import criuconf
 
 BUSYBOX = Path("/bin/busybox")
+MEMHOG_C = Path(__file__).resolve().parent / "samples" / "memhog.c"
 #: a counter: writes its count to /count 50 times a second (in the root filesystem)
 COUNTER_ARGV = (
     "/bin/sh",
@@ -44,6 +45,23 @@ def busybox_rootfs(rootfs: Path) -> None:
     )
     if done.returncode != 0:
         raise LabError(f"busybox --install in {rootfs} failed: {done.stderr.strip()}")
+
+
+def install_memhog(rootfs: Path) -> None:
+    """Build the memory-holding counter (samples/memhog.c, static) into ``rootfs``'s /bin."""
+    done = subprocess.run(
+        ["gcc", "-static", "-O2", "-o", str(rootfs / "bin" / "memhog"), str(MEMHOG_C)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise LabError(f"building memhog failed: {done.stderr.strip()}")
+
+
+def memhog_argv(mib: int) -> list[str]:
+    """memhog holding ``mib`` MiB, counting into /count, its verdict in /verdict."""
+    return ["/bin/memhog", str(mib), "/count", "/verdict"]
 
 
 def runc_spec() -> dict[str, Any]:
@@ -87,8 +105,9 @@ def make_bundle(
     own_network: bool = False,
 ) -> Path:
     """A bundle directory (config.json and the CRIU configuration file) for a busybox
-    container whose root filesystem is ``rootfs`` (made here)."""
+    container whose root filesystem is ``rootfs`` (made here, with memhog in /bin)."""
     busybox_rootfs(rootfs)
+    install_memhog(rootfs)
     bundle.mkdir(parents=True, exist_ok=True)
     criu_config = bundle / "criu.conf"
     criuconf.write(criu_config, [])

@@ -1,11 +1,13 @@
 """A runc container moved between two lab hosts by the engine, in this process: the
 runc source and destination drivers with real runc and real CRIU, no agents.
 
-The container is busybox counting into a file of its root filesystem, on its host's
-network. After the move runc lists it on host2 only, running under the same ID, the
-count goes on from where it was, ``runc exec`` works there, and host1's runc knows it
-no more. A rollback after the copy was restored leaves it running on host1 and nothing
-on host2, and the next move goes through.
+The container is memhog (haul/lab/samples/memhog.c) in a busybox root filesystem, on
+its host's network: it holds 16 MiB of seeded memory and counts into a file of its root
+filesystem; on SIGTERM it checks its memory and writes its verdict there. After the move
+runc lists it on host2 only, running under the same ID, the count goes on from where it
+was, ``runc exec`` works there, its memory is intact, and host1's runc knows it no more.
+A rollback after the copy was restored leaves it running on host1 and nothing on host2,
+and the next move goes through.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import DEFAULT_TIMEOUTS_S
 from haul.errors import HaulError, NoSuchContainer
-from haul.lab.bundles import make_bundle
+from haul.lab.bundles import make_bundle, memhog_argv
 from haul.lab.spec import HostSpec, LabSpec
 from haul.procfs import state
 from haul.runtime.runc import Runc
@@ -42,6 +45,7 @@ from haul.transport.local import LocalTransport
 
 pytestmark = pytest.mark.asyncio
 NAME = "ctr1"
+MIB = 16
 
 
 @dataclass
@@ -67,6 +71,16 @@ class Hosts:
             return 0
         return int(text) if text else 0
 
+    async def verdict(self, host: HostSpec) -> str:
+        """Stop the container with SIGTERM: its own check of its memory."""
+        await self.runc(host).kill(NAME, signal.SIGTERM)
+        path = self.rootfs(host) / "verdict"
+        for _ in range(500):
+            if path.exists():
+                return path.read_text().strip()
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no verdict on {host.name}")
+
     async def counting(self, host: HostSpec) -> int:
         """The count once it has moved on (the container runs there)."""
         first = self.count(host)
@@ -85,7 +99,11 @@ async def hosts(lab: LabSpec, criu: Criu, criu_path: Path) -> AsyncIterator[Host
     bundle = src.workdir / "bundles" / NAME
     try:
         await asyncio.to_thread(
-            make_bundle, bundle, h.rootfs(src), cgroups_path=h.cgroups_path(src)
+            make_bundle,
+            bundle,
+            h.rootfs(src),
+            argv=memhog_argv(MIB),
+            cgroups_path=h.cgroups_path(src),
         )
         await h.runc(src).run_detached(NAME, bundle, pid_file=src.workdir / f"{NAME}.pid")
         await h.counting(src)
@@ -167,6 +185,7 @@ async def test_a_runc_container_moves_and_runc_manages_it_there(
     assert state(listed.pid) not in (None, "T", "t")
     # runc manages it there: exec, kill, delete
     assert int((await hosts.runc(dst).exec(NAME, ["cat", "/count"])).strip()) >= after
+    assert (await hosts.verdict(dst)).startswith("PASS"), "its memory came over intact"
     await hosts.runc(dst).delete(NAME, force=True)
     assert await hosts.runc(dst).list() == []
     assert outcome.stats.frozen_s is not None
