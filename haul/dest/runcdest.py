@@ -47,7 +47,8 @@ def bundle_config(
 
 class RuncDestination(CriuDestination):
     """Restores container ``container_id`` with ``runc`` from the images in ``workdir``,
-    its root filesystem at ``rootfs`` (filled by the transport)."""
+    its root filesystem at ``rootfs`` (filled by the transport), its bundle made at
+    ``bundle``."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class RuncDestination(CriuDestination):
         *,
         container_id: str,
         source_config: dict[str, Any],
+        bundle: Path,
         rootfs: Path,
         cgroups_path: str,
         data: Path | None = None,
@@ -76,13 +78,14 @@ class RuncDestination(CriuDestination):
         self.source_config = source_config
         self.rootfs = rootfs
         self.cgroups_path = cgroups_path
-        self.bundle = workdir / "bundle"
+        #: where the container's bundle goes on this host (made by the restore)
+        self.bundle = bundle
         self._restored = False
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
         pages_bytes = await asyncio.to_thread(self._pages_bytes, lazy)
-        criu_config = self.workdir / "criu.conf"
+        criu_config = self.bundle / "criu.conf"
         own_network = _own_network(self.source_config)
         if own_network:
             raise ContainerError(
@@ -134,13 +137,13 @@ class RuncDestination(CriuDestination):
             with contextlib.suppress(NoSuchContainer):
                 await self.runc.delete(self.container_id, force=True)
         await super().discard()
+        if self._restored:
+            await asyncio.to_thread(shutil.rmtree, self.bundle, True)
 
     async def cleanup(self) -> None:
-        """After the commit: the images are no longer needed; the bundle stays (runc's
-        state names it)."""
-        await self._stop_page_server()
-        for d in (self.images, self.logs):
-            await asyncio.to_thread(shutil.rmtree, d, True)
+        """After the commit: the images are no longer needed (the bundle, which runc's
+        state names, is elsewhere)."""
+        await super().cleanup()
 
 
 def _own_network(config: dict[str, Any]) -> bool:

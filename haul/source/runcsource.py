@@ -60,6 +60,7 @@ class RuncSource:
         bundle: Path,
         own_network: bool = False,
         lazy_listen: PageServer | None = None,
+        files: Path | None = None,
     ) -> None:
         self.criu = criu
         self.runc = runc
@@ -67,6 +68,8 @@ class RuncSource:
         self.bundle = bundle
         self.own_network = own_network
         self.lazy_listen = lazy_listen
+        #: the container's files here (what the transport sends), gone once it has left
+        self.files = files
         self.workdir = workdir
         self.images = workdir / "images"
         self.logs = workdir / "work"
@@ -199,5 +202,8 @@ class RuncSource:
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
     async def cleanup(self) -> None:
-        """After the commit: the images here are no longer needed."""
+        """After the commit: the images and the container's files here are no longer
+        needed."""
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+        if self.files is not None:
+            await asyncio.to_thread(shutil.rmtree, self.files, True)
