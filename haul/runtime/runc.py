@@ -133,6 +133,8 @@ class Runc:
             raise
         if proc.returncode != 0:
             said = err.decode(errors="replace") if err else _log_errors(detached_log)
+            if not said.strip() and detached_log is not None:
+                said = f"no message (runc's log: {detached_log})"
             raise self._failed(what or args[0], said, log_dir)
         return out.decode(errors="replace") if out else ""
 
