@@ -51,8 +51,11 @@ def check_data_path(value: str) -> PurePosixPath:
         or len(value) > PATH_MAX
         or "\0" in value
         or any(part in ("..", ".", "") for part in p.parts)
+        or p.as_posix() != value
     ):
-        raise UsageError(f"bad data path {value!r}: must be relative and stay inside")
+        raise UsageError(
+            f"bad data path {value!r}: must be relative, written plainly, and stay inside"
+        )
     return p
 
 
@@ -155,6 +158,10 @@ class DataTree:
                 else:
                     os.unlink(name, dir_fd=fd)
             except OSError as exc:
+                if exc.errno == errno.ENOTEMPTY:
+                    raise UsageError(
+                        f"cannot remove {path!r}: the directory is not empty here"
+                    ) from None
                 raise TransportError(f"cannot remove {path!r}: {exc.strerror}") from exc
             return True
 
