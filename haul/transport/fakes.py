@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from haul.transport.http import IncomingUploads
+from haul.transport.treeplan import Node
 
 
 @dataclass(frozen=True)
@@ -123,3 +127,31 @@ def snapshot(root: Path) -> dict[str, Seen]:
             else:
                 seen[rel] = ("other", bits, None)
     return seen
+
+
+@dataclass
+class MeddlingUploads:
+    """The uploads of a real agent client (haul/transport/http.py's IncomingUploads),
+    with ``meddle(rel)`` run right before each data file is sent, once per path: what
+    a running workload does to a file between its hashing and its sending."""
+
+    inner: IncomingUploads
+    meddle: Callable[[str], None]
+    meddled: list[str] = field(default_factory=list)
+
+    async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None:
+        await self.inner.put_image(migration_id, name, path, sha256)
+
+    async def put_data(
+        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
+    ) -> None:
+        if rel not in self.meddled:
+            self.meddled.append(rel)
+            self.meddle(rel)
+        await self.inner.put_data(migration_id, rel, source, sha256, mode)
+
+    async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None:
+        await self.inner.make_entries(migration_id, nodes)
+
+    async def remove_entries(self, migration_id: str, paths: Sequence[str]) -> int:
+        return await self.inner.remove_entries(migration_id, paths)
