@@ -193,8 +193,8 @@ async def check(
     elif view.ok:
         out.print(
             f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
-            f"({view.workload_bytes / 2**20:.1f} MiB resident; CRIU {view.source_criu} "
-            f"-> {view.dest_criu}); nothing was touched"
+            f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB resident; "
+            f"CRIU {view.source_criu} -> {view.dest_criu}); nothing was touched"
         )
     else:
         for problem in view.problems:

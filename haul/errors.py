@@ -55,6 +55,14 @@ class WorkloadError(HaulError):
     """Starting, finding, stopping or resuming a workload failed."""
 
 
+class ContainerError(WorkloadError):
+    """runc refused or failed (run, checkpoint, restore, kill, ...); the line is runc's."""
+
+
+class NoSuchContainer(ContainerError):
+    """runc knows no container of that ID under its root."""
+
+
 class TransportError(HaulError):
     """Moving images or pages between hosts failed."""
 

@@ -368,13 +368,13 @@ class MigrationJobs:
 
     async def check(
         self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
-    ) -> tuple[Strategy | None, list[str], PreflightReport | None]:
+    ) -> tuple[Strategy | None, str, list[str], PreflightReport | None]:
         """Pre-flight only (``haul check``, ``--dry-run``): the migration's own machine and
         ports, run as a dry run that ends after the pre-flight. Touches nothing on either
-        host and journals nothing. Returns the strategy it would use (None: refused),
-        the problems, and the pre-flight's report."""
+        host and journals nothing. Returns the strategy it would use (None: refused)
+        and why, the problems, and the pre-flight's report."""
         if to == self.host:
-            return None, [f"{workload} already runs on {to}"], None
+            return None, "", [f"{workload} already runs on {to}"], None
         peer = self.peer(to)
         tree = self._tree_of(workload)
         spec = MigrationSpec(
@@ -404,10 +404,10 @@ class MigrationJobs:
             )
         report = reports[0] if reports else None
         if outcome.phase is Phase.CHECKED:
-            return outcome.stats.strategy, [], report
+            return outcome.stats.strategy, outcome.stats.strategy_reason, [], report
         if report is not None and report.problems:
-            return None, list(report.problems), report
-        return None, [outcome.reason], report
+            return None, "", list(report.problems), report
+        return None, "", [outcome.reason], report
 
     def abort(self, migration_id: str) -> Job:
         job = self.get(migration_id)

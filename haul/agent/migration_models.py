@@ -140,6 +140,8 @@ class CheckView(_Answer):
     source: str
     dest: str
     strategy: str = ""
+    #: why that strategy (auto: what the hosts allow)
+    strategy_reason: str = ""
     problems: list[str] = Field(default_factory=list)
     workload_bytes: int = 0
     source_criu: str = ""

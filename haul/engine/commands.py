@@ -46,6 +46,13 @@ class PrepareDestination(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SyncFiles(Command):
+    """Send the workload's files while it runs: round 1 all, later rounds the changes."""
+
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
 class StartPreDump(Command):
     iteration: int
     #: where the round sends its pages (None: into the images directory)

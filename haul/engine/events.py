@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from haul.engine.figures import (
     DestinationReady,
     DumpFigures,
+    FilesFigures,
     IterationFigures,
     PreflightReport,
     RestoreFigures,
@@ -62,6 +63,11 @@ class HookFired(Event):
 @dataclass(frozen=True, slots=True)
 class DestinationPrepared(Event):
     ready: DestinationReady = field(default_factory=DestinationReady)
+
+
+@dataclass(frozen=True, slots=True)
+class FilesSynced(Event):
+    figures: FilesFigures
 
 
 @dataclass(frozen=True, slots=True)

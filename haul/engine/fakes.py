@@ -10,6 +10,7 @@ raise on given calls, and gates that hold a call until the test opens them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from haul.engine.commands import (
     Rollback,
     RunPreflight,
     StartPreDump,
+    SyncFiles,
     TransferImages,
 )
 from haul.engine.events import (
@@ -39,6 +41,7 @@ from haul.engine.events import (
     DestinationRoomChecked,
     DumpReleased,
     Event,
+    FilesSynced,
     HookFired,
     ImagesTransferred,
     PagesDelivered,
@@ -54,6 +57,7 @@ from haul.engine.figures import (
     DestinationReady,
     DumpFigures,
     Endpoint,
+    FilesFigures,
     IterationFigures,
     PreflightReport,
     RestoreFigures,
@@ -75,6 +79,8 @@ ROUNDS = (
 )
 DUMP = DumpFigures(frozen_at_s=100.0, pages_written=900, pages_lazy=0, bytes_written=3_686_400)
 LAZY_DUMP = DumpFigures(frozen_at_s=100.0, pages_written=0, pages_lazy=100_000, bytes_written=0)
+#: a files round small enough that the files policy stops after it
+FILES_ROUND = FilesFigures(round=1, files=12, bytes_sent=40_960, removed=0, duration_s=0.02)
 TRANSFER = TransferFigures(files=31, bytes_sent=250_000, duration_s=0.05)
 RESTORE = RestoreFigures(dest_pid=4242, duration_s=0.2)
 RESIDENT_BYTES = 1 << 30
@@ -225,6 +231,10 @@ class FakeTransport:
     def __init__(self, world: World) -> None:
         self.world = world
 
+    async def sync_files(self, round: int) -> FilesFigures:
+        await self.world.enter(f"transport.sync_files({round})")
+        return FILES_ROUND
+
     async def transfer_images(self) -> TransferFigures:
         await self.world.enter("transport.transfer_images")
         return TRANSFER
@@ -319,6 +329,8 @@ def answer(command: Command, report: PreflightReport | None = None) -> Event:
         case PrepareDestination(strategy=strategy):
             lazy = strategy is Strategy.POST_COPY
             return DestinationPrepared(DestinationReady(None if lazy else PAGE_SERVER))
+        case SyncFiles(round=round_):
+            return FilesSynced(dataclasses.replace(FILES_ROUND, round=round_))
         case StartPreDump(iteration=iteration):
             return PreDumpFinished(ROUNDS[min(iteration, len(ROUNDS)) - 1])
         case FreezeAndDump(lazy=lazy):

@@ -47,6 +47,19 @@ class IterationFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class FilesFigures:
+    """One round of the workload's files sent while it runs (round 1: all of them)."""
+
+    round: int
+    #: regular files sent this round
+    files: int
+    bytes_sent: int
+    #: entries removed on the destination this round
+    removed: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class DumpFigures:
     """The final dump, reported when the source is frozen with its images written."""
 

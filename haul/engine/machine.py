@@ -31,7 +31,10 @@ PRECOPY repeats while the pre-copy policy (:mod:`haul.engine.policy`) says go on
 LAZY_PAGES is post-copy only. A dry run (``spec.dry_run``) ends CHECKED after the
 pre-flight, nothing touched. Within a phase, the steps come one command at a time:
 
-* PREPARE: ``FireHook(pre-migrate)``, then ``PrepareDestination``;
+* PREPARE: ``FireHook(pre-migrate)``, then ``PrepareDestination``, then the
+  workload's files in rounds while it runs (``SyncFiles``: the first round all of
+  them, then what changed, while :func:`~haul.engine.policy.files_decide` says go on;
+  what changes after the last round goes in TRANSFER, frozen);
 * FREEZE: ``FireHook(pre-freeze)`` (once: pre-copy rounds do not fire it), then
   ``FreezeAndDump``;
 * TRANSFER: post-copy first ``ReleaseDump(commit=True)`` (CRIU serves lazy pages
@@ -94,6 +97,7 @@ from haul.engine.commands import (
     Rollback,
     RunPreflight,
     StartPreDump,
+    SyncFiles,
     TransferImages,
     Undo,
 )
@@ -106,6 +110,7 @@ from haul.engine.events import (
     DestinationRoomChecked,
     DumpReleased,
     Event,
+    FilesSynced,
     HookFired,
     ImagesTransferred,
     MigrationStarted,
@@ -124,13 +129,14 @@ from haul.engine.figures import (
     Capabilities,
     DumpFigures,
     Endpoint,
+    FilesFigures,
     IterationFigures,
     PreflightReport,
     RestoreFigures,
     TransferFigures,
 )
 from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Strategy
-from haul.engine.policy import Decision, decide, dirty_rate_bytes_per_s
+from haul.engine.policy import Decision, decide, dirty_rate_bytes_per_s, files_decide
 from haul.engine.ports import HookPoint
 from haul.engine.spec import MigrationSpec
 from haul.errors import IllegalTransition
@@ -165,7 +171,9 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Event]], tuple[To, ...]]] = Mapping
             To(Phase.REFUSED, "problems, or strategy impossible"),
         ),
         (Phase.PREPARE, HookFired): (To(Phase.PREPARE, "pre-migrate told: prepare"),),
-        (Phase.PREPARE, DestinationPrepared): (
+        (Phase.PREPARE, DestinationPrepared): (To(Phase.PREPARE, "send the files"),),
+        (Phase.PREPARE, FilesSynced): (
+            To(Phase.PREPARE, "files policy goes on"),
             To(Phase.PRECOPY, "pre-copy"),
             To(Phase.FREEZE, "post-copy, stop-and-copy"),
         ),
@@ -254,6 +262,10 @@ class MigrationStats:
     dirty_rate_bytes_per_s: float | None = None
     #: why this strategy (AUTO: what the hosts allow)
     strategy_reason: str = ""
+    #: rounds of the workload's files sent while it ran, and their bytes (the rest,
+    #: what changed after the last round, is in transfer_bytes)
+    files_rounds: int = 0
+    files_presync_bytes: int = 0
 
 
 def resolve_strategy(
@@ -298,6 +310,8 @@ class Migration:
         self._strategy_reason = ""
         self._needed_bytes = 0
         self._history: list[IterationFigures] = []
+        #: the rounds of the workload's files sent while it ran
+        self._files: list[FilesFigures] = []
         self._decision: Decision | None = None
         self._dump: DumpFigures | None = None
         self._transfer: TransferFigures | None = None
@@ -371,17 +385,19 @@ class Migration:
 
     def stats(self) -> MigrationStats:
         precopy = sum(f.bytes_sent for f in self._history)
+        presync = sum(f.bytes_sent for f in self._files)
         dump = self._dump.bytes_written if self._dump else 0
         transfer = self._transfer.bytes_sent if self._transfer else 0
         # What went to the destination: the images and files, and the pages it received
         # (every pre-copy round's included; the rounds' own count when it could not
         # say; post-copy: the pages its lazy-pages daemon fetches).
         pages = self._restore.pages_bytes if self._restore else 0
-        moved = transfer + max(pages, precopy)
+        moved = presync + transfer + max(pages, precopy)
         # post-copy's pages cross after the restore, outside the timed steps
-        timed = transfer if self._lazy else moved
+        timed = presync + transfer if self._lazy else moved
         seconds = (
             sum(f.duration_s for f in self._history)
+            + sum(f.duration_s for f in self._files)
             + (self._dump.duration_s if self._dump else 0.0)
             + (self._transfer.duration_s if self._transfer else 0.0)
         )
@@ -402,6 +418,8 @@ class Migration:
             throughput_bytes_per_s=timed / seconds if seconds > 0 and timed > 0 else None,
             dirty_rate_bytes_per_s=dirty_rate_bytes_per_s(self._history),
             strategy_reason=self._strategy_reason,
+            files_rounds=len(self._files),
+            files_presync_bytes=presync,
         )
 
     def handle(self, event: Event) -> list[Command]:
@@ -496,7 +514,7 @@ class Migration:
         match command:
             case PrepareDestination():
                 self._dest_touched = True
-            case StartPreDump():
+            case StartPreDump() | SyncFiles():
                 self._source_touched = True
             case FreezeAndDump():
                 self._source_touched = True
@@ -515,6 +533,11 @@ class Migration:
                 return self._preflight_finished(report)
             case DestinationPrepared(ready=ready):
                 self._page_server = ready.page_server
+                return Phase.PREPARE, SyncFiles(1)
+            case FilesSynced(figures=figures):
+                self._files.append(figures)
+                if not files_decide(self._files).stop:
+                    return Phase.PREPARE, SyncFiles(len(self._files) + 1)
                 if self._strategy is Strategy.PRE_COPY:
                     return Phase.PRECOPY, StartPreDump(1, self._page_server)
                 return self._freeze()

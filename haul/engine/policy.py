@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from haul.engine.figures import PAGE_SIZE, IterationFigures
+from haul.engine.figures import PAGE_SIZE, FilesFigures, IterationFigures
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +123,34 @@ def decide(
         f"({last.pages_written} dirty pages after round {rounds})",
         downtime,
     )
+
+
+#: a files round that sends at most this much leaves the rest to the frozen window
+FILES_SETTLED_BYTES = 1 << 20
+#: the workload's files are sent in at most this many rounds while it runs
+MAX_FILES_ROUNDS = 4
+
+
+def files_decide(
+    history: Sequence[FilesFigures],
+    *,
+    settled_bytes: int = FILES_SETTLED_BYTES,
+    max_rounds: int = MAX_FILES_ROUNDS,
+) -> Decision:
+    """After a round of the workload's files, another round (while it runs) or on to
+    the memory? Stop when the last round sent little (what changes next goes in the
+    frozen window's delta), when it sent no less than the round before (the workload
+    writes files as fast as they are sent), or after ``max_rounds``.
+    ``expected_downtime_ms`` is not estimated here (``inf``)."""
+    if not history:
+        return Decision(False, "no files round yet", math.inf)
+    last, rounds = history[-1], len(history)
+    if last.bytes_sent <= settled_bytes:
+        return Decision(
+            True, f"files settled: round {rounds} sent {last.bytes_sent} bytes", math.inf
+        )
+    if rounds >= 2 and last.bytes_sent >= history[-2].bytes_sent:
+        return Decision(True, f"files changed as fast as they were sent (round {rounds})", math.inf)
+    if rounds >= max_rounds:
+        return Decision(True, f"reached {max_rounds} files rounds", math.inf)
+    return Decision(False, f"round {rounds} sent {last.bytes_sent} bytes", math.inf)

@@ -20,6 +20,7 @@ from haul.engine.figures import (
     DestinationReady,
     DumpFigures,
     Endpoint,
+    FilesFigures,
     IterationFigures,
     RestoreFigures,
     TransferFigures,
@@ -107,8 +108,16 @@ class DestPort(Protocol):
 
 
 class TransportPort(Protocol):
+    async def sync_files(self, round: int) -> FilesFigures:
+        """While the workload runs: round 1 sends every file of the workload, later rounds
+        what changed since the round before (new, changed, removed), checked where it
+        lands."""
+        ...
+
     async def transfer_images(self) -> TransferFigures:
-        """Move the non-page images (and the workload's data) to the destination, checked."""
+        """Inside the frozen window: the non-page images, and the workload's files that
+        changed since the last :meth:`sync_files` round (all of them if none ran),
+        checked where they land."""
         ...
 
 

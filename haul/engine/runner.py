@@ -67,6 +67,7 @@ from haul.engine.commands import (
     Rollback,
     RunPreflight,
     StartPreDump,
+    SyncFiles,
     TransferImages,
     Undo,
 )
@@ -79,6 +80,7 @@ from haul.engine.events import (
     DestinationRoomChecked,
     DumpReleased,
     Event,
+    FilesSynced,
     HookFired,
     ImagesTransferred,
     MigrationStarted,
@@ -413,6 +415,10 @@ class _Runner:
             case PrepareDestination(strategy=strategy, needed_bytes=needed):
                 return DestinationPrepared(
                     await self._call(Part.DEST, dest.prepare, strategy, needed)
+                )
+            case SyncFiles(round=round_):
+                return FilesSynced(
+                    await self._call(Part.TRANSPORT, self._transport.sync_files, round_)
                 )
             case StartPreDump(iteration=iteration, page_server=page_server):
                 return PreDumpFinished(

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from haul.engine.figures import TransferFigures
+from haul.engine.figures import FilesFigures, TransferFigures
 from haul.errors import PeerChecksumMismatch, TransportError
 from haul.transport.imagecopy import CHUNK, sha256_of
-from haul.transport.rounds import FileRounds, FilesFigures, Sent
+from haul.transport.rounds import FileRounds, Sent
 from haul.transport.treeplan import Node, Plan
 from haul.transport.treescan import open_inside
 

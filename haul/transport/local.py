@@ -15,10 +15,10 @@ import stat
 import time
 from pathlib import Path
 
-from haul.engine.figures import TransferFigures
+from haul.engine.figures import FilesFigures, TransferFigures
 from haul.errors import TransportError
 from haul.transport.imagecopy import copy_images, verify_images
-from haul.transport.rounds import FileRounds, FilesFigures, Sent
+from haul.transport.rounds import FileRounds, Sent
 from haul.transport.treeapply import apply_plan
 from haul.transport.treeplan import Plan
 

@@ -26,20 +26,10 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from haul.engine.figures import FilesFigures
 from haul.errors import TransportError
 from haul.transport.treeplan import Plan, diff
 from haul.transport.treescan import Entry, Kind, Manifest, scan
-
-
-@dataclass(frozen=True, slots=True)
-class FilesFigures:
-    """One round of the workload's files (the engine's FilesFigures, until it has one)."""
-
-    round: int  # 1 = the full pass
-    files: int  # regular files sent this round
-    bytes_sent: int
-    removed: int  # entries removed on the destination this round
-    duration_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,7 +190,10 @@ def test_check_and_dry_run_touch_nothing(lab_with_agents: tuple[LabSpec, Path]) 
     assert done.returncode == 0, done.stderr
     view = json.loads(done.stdout)
     assert view["ok"] and view["strategy"] == "post-copy"  # auto, on this kernel
+    assert "no memory change tracking (soft-dirty)" in view["strategy_reason"]
     assert view["workload_bytes"] >= 16 << 20
+    journal = lab.host(1).data_backing / "agent" / "journal"
+    assert not list(journal.glob("check-*")), "a check journals nothing"
     refused = run_haul(
         inventory, "migrate", "web3", "--to", "host2", "--strategy", "pre-copy", "--dry-run"
     )

@@ -133,13 +133,14 @@ async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
     ctx = request.app[CONTEXT]
     migration_hooks(ctx.config, ask)  # a hook that cannot run is refused here too
     jobs = ctx.migrations().jobs
-    chosen, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
+    chosen, why, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
     return CheckView(
         ok=chosen is not None,
         workload=ask.workload,
         source=ctx.config.host,
         dest=ask.to,
         strategy=chosen.value if chosen else "",
+        strategy_reason=why,
         problems=problems,
         workload_bytes=report.workload_bytes if report else 0,
         source_criu=report.source.criu_version if report else "",

@@ -25,6 +25,7 @@ from haul.engine.commands import (
     Rollback,
     RunPreflight,
     StartPreDump,
+    SyncFiles,
     TransferImages,
     Undo,
 )
@@ -37,6 +38,7 @@ from haul.engine.events import (
     DestinationRoomChecked,
     DumpReleased,
     Event,
+    FilesSynced,
     HookFired,
     ImagesTransferred,
     MigrationStarted,
@@ -53,6 +55,7 @@ from haul.engine.events import (
 from haul.engine.fakes import (
     BASIC,
     DUMP,
+    FILES_ROUND,
     FREEZE_STARTED_S,
     FULL,
     LAZY_ONLY,
@@ -117,6 +120,7 @@ def test_stop_and_copy_happy_path() -> None:
         RunPreflight(),
         FireHook(H.PRE_MIGRATE),
         PrepareDestination(S.STOP_AND_COPY, RESIDENT_BYTES),
+        SyncFiles(1),
         FireHook(H.PRE_FREEZE),
         FreezeAndDump(lazy=False, page_server=PAGE_SERVER),
         TransferImages(),
@@ -134,8 +138,9 @@ def test_stop_and_copy_happy_path() -> None:
 
 def test_pre_copy_happy_path() -> None:
     got = commands(S.PRE_COPY)
-    assert got[2:7] == [
+    assert got[2:8] == [
         PrepareDestination(S.PRE_COPY, RESIDENT_BYTES),
+        SyncFiles(1),
         StartPreDump(1, PAGE_SERVER),
         StartPreDump(2, PAGE_SERVER),
         FireHook(H.PRE_FREEZE),
@@ -145,7 +150,7 @@ def test_pre_copy_happy_path() -> None:
 
 
 def test_post_copy_happy_path() -> None:
-    assert commands(S.POST_COPY)[3:] == [
+    assert commands(S.POST_COPY)[4:] == [
         FireHook(H.PRE_FREEZE),
         FreezeAndDump(lazy=True, page_server=None),
         ReleaseDump(commit=True),  # CRIU serves lazy pages only once post-dump is answered
@@ -170,9 +175,10 @@ def test_the_destinations_page_server_goes_to_the_dumps_only() -> None:
     (first,) = m.handle(
         DestinationPrepared(dataclasses.replace(answer(current(m)).ready, page_server=there))
     )  # type: ignore[attr-defined]
-    assert first == StartPreDump(1, there)
+    assert first == SyncFiles(1)
     rest = [c for _, c in drive(m)]
-    assert StartPreDump(2, there) in rest and FreezeAndDump(False, there) in rest
+    assert StartPreDump(1, there) in rest and StartPreDump(2, there) in rest
+    assert FreezeAndDump(False, there) in rest
 
 
 def test_dry_run_stops_after_the_preflight_saying_how_it_would_go() -> None:
@@ -220,6 +226,8 @@ def _variants(m: Migration) -> Iterator[Event]:
     match command:
         case RunPreflight():
             yield PreflightFinished(dataclasses.replace(REPORT, problems=("no room",)))
+        case SyncFiles(round=round_):  # a big round: the files policy goes on
+            yield FilesSynced(dataclasses.replace(FILES_ROUND, round=round_, bytes_sent=64 << 20))
         case StartPreDump():
             yield PreDumpFinished(BIG)
             yield PreDumpFinished(SMALL)
@@ -313,7 +321,7 @@ def test_no_run_takes_a_way_the_table_does_not_list() -> None:
 
 
 def test_table_shape() -> None:
-    assert len(list(edges())) == 52
+    assert len(list(edges())) == 54
     for phase in BEFORE_COMMIT - {Phase.NEW}:
         assert TRANSITIONS[(phase, StepFailed)] == (To(Phase.ROLLING_BACK),)
         assert TRANSITIONS[(phase, AbortRequested)] == (To(Phase.ROLLING_BACK),)
@@ -780,9 +788,16 @@ def test_stats_after_a_pre_copy_migration() -> None:
     assert stats.iterations == 2
     assert stats.precopy_bytes == BIG.bytes_sent + SMALL.bytes_sent
     # the destination could not count its pages (RESTORE.pages_bytes == 0): the rounds count
-    assert stats.bytes_sent == stats.precopy_bytes + TRANSFER.bytes_sent
+    assert stats.files_rounds == 1 and stats.files_presync_bytes == FILES_ROUND.bytes_sent
+    assert stats.bytes_sent == (FILES_ROUND.bytes_sent + stats.precopy_bytes + TRANSFER.bytes_sent)
     assert stats.pages_sent == stats.precopy_bytes // PAGE_SIZE
-    seconds = BIG.duration_s + SMALL.duration_s + DUMP.duration_s + TRANSFER.duration_s
+    seconds = (
+        FILES_ROUND.duration_s
+        + BIG.duration_s
+        + SMALL.duration_s
+        + DUMP.duration_s
+        + TRANSFER.duration_s
+    )
     assert stats.throughput_bytes_per_s == pytest.approx(stats.bytes_sent / seconds)
     assert stats.dirty_rate_bytes_per_s == pytest.approx(
         SMALL.pages_written * PAGE_SIZE / BIG.duration_s
@@ -814,10 +829,10 @@ def test_stats_count_the_pages_the_destination_received() -> None:
         S.STOP_AND_COPY,
     )
     stats = m.stats()
-    assert stats.bytes_sent == (64 << 20) + TRANSFER.bytes_sent
+    assert stats.bytes_sent == FILES_ROUND.bytes_sent + (64 << 20) + TRANSFER.bytes_sent
     assert stats.pages_sent == (64 << 20) // PAGE_SIZE
     assert stats.throughput_bytes_per_s == pytest.approx(
-        stats.bytes_sent / (0.5 + TRANSFER.duration_s)
+        stats.bytes_sent / (FILES_ROUND.duration_s + 0.5 + TRANSFER.duration_s)
     )
     assert stats.dirty_rate_bytes_per_s is None  # no pre-copy rounds
 
@@ -826,10 +841,11 @@ def test_post_copy_counts_the_lazy_pages_but_times_only_the_images() -> None:
     restore = dataclasses.replace(RESTORE, pages_bytes=256 << 20)  # to be fetched lazily
     m = _with({RestoredStopped: RestoredStopped(restore)}, S.POST_COPY)
     stats = m.stats()
-    assert stats.bytes_sent == (256 << 20) + TRANSFER.bytes_sent
+    assert stats.bytes_sent == FILES_ROUND.bytes_sent + (256 << 20) + TRANSFER.bytes_sent
     assert stats.pages_sent == (256 << 20) // PAGE_SIZE
     assert stats.throughput_bytes_per_s == pytest.approx(
-        TRANSFER.bytes_sent / (DUMP.duration_s + TRANSFER.duration_s)
+        (FILES_ROUND.bytes_sent + TRANSFER.bytes_sent)
+        / (FILES_ROUND.duration_s + DUMP.duration_s + TRANSFER.duration_s)
     )
 
 
@@ -878,3 +894,24 @@ def test_spec_refuses_nonsense(changes: dict[str, object]) -> None:
 def test_spec_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         SPEC.max_iterations = 3  # type: ignore[misc]
+
+
+def test_files_go_in_rounds_while_the_policy_says_so() -> None:
+    m = Migration(spec(strategy=S.STOP_AND_COPY))
+    drive(m, 3)
+    m.handle(answer(current(m)))  # prepared
+    assert current(m) == SyncFiles(1)
+    big = dataclasses.replace(FILES_ROUND, bytes_sent=300 << 20, files=2000)
+    assert m.handle(FilesSynced(big)) == [SyncFiles(2)]
+    smaller = dataclasses.replace(big, round=2, bytes_sent=8 << 20, files=40)
+    assert m.handle(FilesSynced(smaller)) == [SyncFiles(3)]
+    settled = dataclasses.replace(big, round=3, bytes_sent=4096, files=1)
+    assert m.handle(FilesSynced(settled)) == [FireHook(H.PRE_FREEZE)]
+    assert m.stats().files_rounds == 3
+    assert m.stats().files_presync_bytes == (300 << 20) + (8 << 20) + 4096
+
+
+def test_a_failed_files_round_rolls_back_what_prepare_did() -> None:
+    m = failing_at(S.STOP_AND_COPY, SyncFiles(1))
+    (rollback,) = m.handle(StepFailed(Phase.PREPARE, "EIO", "transport", Part.TRANSPORT))
+    assert rollback == Rollback(Phase.PREPARE, "transport: EIO", (RESUME, DISCARD))

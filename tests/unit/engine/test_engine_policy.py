@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from haul.engine.figures import PAGE_SIZE, IterationFigures
-from haul.engine.policy import Decision, decide, expected_downtime_ms
+from haul.engine.figures import PAGE_SIZE, FilesFigures, IterationFigures
+from haul.engine.policy import Decision, decide, expected_downtime_ms, files_decide
 
 
 def rounds(*pages_and_seconds: tuple[int, float]) -> list[IterationFigures]:
@@ -176,3 +176,25 @@ def test_throughput_and_dirty_rate_from_recorded_rounds() -> None:
     # 2,000 pages were dirtied during the 0.5 s the first round took
     assert dirty_rate_bytes_per_s([first, second]) == 2_000 * PAGE_SIZE / 0.5
     assert dirty_rate_bytes_per_s([dataclasses.replace(first, duration_s=0), second]) is None
+
+
+# -- the workload's files ----------------------------------------------------------------
+
+
+def _files(*sent: int) -> list[FilesFigures]:
+    return [FilesFigures(i + 1, 10, b, 0, 0.1) for i, b in enumerate(sent)]
+
+
+def test_files_rounds_go_on_while_they_shrink_and_send_much() -> None:
+    assert not files_decide(_files()).stop
+    assert not files_decide(_files(300 << 20)).stop
+    assert not files_decide(_files(300 << 20, 20 << 20)).stop
+
+
+def test_files_rounds_stop_when_settled_not_shrinking_or_too_many() -> None:
+    assert files_decide(_files(4096)).reason.startswith("files settled")
+    assert files_decide(_files(300 << 20, 4096)).stop
+    growing = files_decide(_files(300 << 20, 30 << 20, 40 << 20))
+    assert growing.stop and "as fast as they were sent" in growing.reason
+    most = files_decide(_files(400 << 20, 200 << 20, 100 << 20, 50 << 20))
+    assert most.stop and "4 files rounds" in most.reason

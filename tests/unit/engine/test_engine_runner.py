@@ -64,7 +64,8 @@ STOP_AND_COPY_CALLS = [
     *PREFLIGHT,
     J(Phase.PREPARE, "PreflightFinished"),
     "dest.prepare(stop-and-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"),
+    "transport.sync_files(1)",
+    J(Phase.FREEZE, "FilesSynced"),
     "source.freeze_and_dump(False)",
     J(Phase.TRANSFER, "SourceFrozen"),
     "transport.transfer_images",
@@ -81,7 +82,8 @@ PRE_COPY_CALLS = [
     *PREFLIGHT,
     J(Phase.PREPARE, "PreflightFinished"),
     "dest.prepare(pre-copy)",
-    J(Phase.PRECOPY, "DestinationPrepared"),
+    "transport.sync_files(1)",
+    J(Phase.PRECOPY, "FilesSynced"),
     "source.pre_dump(1)",
     "source.pre_dump(2)",
     J(Phase.FREEZE, "PreDumpFinished"),
@@ -101,7 +103,8 @@ POST_COPY_CALLS = [
     *PREFLIGHT,
     J(Phase.PREPARE, "PreflightFinished"),
     "dest.prepare(post-copy)",
-    J(Phase.FREEZE, "DestinationPrepared"),
+    "transport.sync_files(1)",
+    J(Phase.FREEZE, "FilesSynced"),
     "source.freeze_and_dump(True)",
     J(Phase.TRANSFER, "SourceFrozen"),
     "source.release(True)",
@@ -221,6 +224,7 @@ async def test_on_event_sees_every_event_in_its_phase() -> None:
         (Phase.PREFLIGHT, "PreflightFinished"),
         (Phase.PREPARE, "HookFired"),
         (Phase.PREPARE, "DestinationPrepared"),
+        (Phase.PREPARE, "FilesSynced"),
         (Phase.FREEZE, "HookFired"),
         (Phase.FREEZE, "SourceFrozen"),
         (Phase.TRANSFER, "ImagesTransferred"),
@@ -307,6 +311,7 @@ ROOM = "dest.room_left"
 
 BEFORE_COMMIT_FAILURES = [
     (S.STOP_AND_COPY, "dest.prepare(stop-and-copy)", UNDO),
+    (S.STOP_AND_COPY, "transport.sync_files(1)", UNDO),
     (S.PRE_COPY, "source.pre_dump(1)", [ROOM, *UNDO]),
     (S.PRE_COPY, "source.pre_dump(2)", [ROOM, *UNDO]),
     # the dump that failed may have reached post-dump: release it (harmless if not)
@@ -319,7 +324,7 @@ BEFORE_COMMIT_FAILURES = [
     (S.POST_COPY, "transport.transfer_images", UNDO_LAZY),
     (S.POST_COPY, "dest.restore(True)", UNDO_LAZY),
     (S.STOP_AND_COPY, J(Phase.PREPARE, "PreflightFinished"), []),
-    (S.STOP_AND_COPY, J(Phase.FREEZE, "DestinationPrepared"), UNDO),
+    (S.STOP_AND_COPY, J(Phase.FREEZE, "FilesSynced"), UNDO),
     (S.STOP_AND_COPY, J(Phase.RESTORE, "ImagesTransferred"), UNDO_HELD),
     (S.STOP_AND_COPY, COMMIT, UNDO_HELD),
     (S.POST_COPY, COMMIT, UNDO_LAZY),
@@ -580,6 +585,7 @@ async def test_failing_on_event_callback_aborts_before_the_commit_then_propagate
 CANCEL_BEFORE_COMMIT = [
     (S.STOP_AND_COPY, "source.capabilities", None),
     (S.STOP_AND_COPY, "dest.prepare(stop-and-copy)", UNDO),
+    (S.STOP_AND_COPY, "transport.sync_files(1)", UNDO),
     (S.PRE_COPY, "source.pre_dump(1)", UNDO),
     (S.PRE_COPY, "source.pre_dump(2)", UNDO),
     # the dump that failed may have reached post-dump: release it (harmless if not)

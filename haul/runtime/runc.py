@@ -1,0 +1,269 @@
+"""runc, driven through its command line: one runc root, the CRIU haul installed.
+
+Every call is ``runc --root ROOT [--criu CRIU] VERB ...`` run with an argument list
+(never a shell), inside the host's namespaces when the agent runs in one (it inherits
+them). A failure raises :class:`~haul.errors.ContainerError` with runc's own last line;
+for checkpoint and restore, whose runc errors say little ("criu failed: type NOTIFY
+errno 0"), the first error line of CRIU's log in the work directory is quoted too.
+
+What runc keeps per container is only ``ROOT/ID/state.json``: a restore rebuilds it
+from the bundle and the images (docs/containers.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from haul.errors import ContainerError, NoSuchContainer
+
+log = logging.getLogger(__name__)
+
+RUNC = Path("/usr/sbin/runc")
+#: what a container's ID may be (runc's own rule is looser; haul uses workload names)
+CONTAINER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: how long one runc call may take (a checkpoint of a large container is longer: its own)
+CALL_TIMEOUT_S = 60.0
+CRIU_CALL_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """What ``runc state`` says of one container."""
+
+    id: str
+    #: created, running, paused, stopped
+    status: str
+    pid: int
+    bundle: Path
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointOptions:
+    """How ``runc checkpoint`` dumps (docs/containers.md explains each choice)."""
+
+    image_path: Path
+    work_path: Path
+    #: keep the (paused) container alive after the dump: haul holds it frozen
+    leave_running: bool = True
+    tcp_established: bool = False
+    file_locks: bool = True
+    #: ADDRESS:PORT of the destination's page server, or (lazy) where to serve pages
+    page_server: str | None = None
+    lazy_pages: bool = False
+    #: a descriptor runc writes one byte to once the lazy page server is up
+    status_fd: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOptions:
+    bundle: Path
+    image_path: Path
+    work_path: Path
+    tcp_established: bool = False
+    file_locks: bool = True
+    lazy_pages: bool = False
+    pid_file: Path | None = None
+
+
+class Runc:
+    """One runc root. ``criu``: the CRIU binary for checkpoint and restore (runc would
+    otherwise take whatever ``criu`` comes first on PATH)."""
+
+    def __init__(self, root: Path, *, criu: Path | None = None, binary: Path = RUNC) -> None:
+        self.root = root
+        self.criu = criu
+        self.binary = binary
+
+    def __repr__(self) -> str:
+        return f"<Runc root={self.root}>"
+
+    async def _run(
+        self,
+        *args: str,
+        timeout_s: float = CALL_TIMEOUT_S,
+        pass_fds: Sequence[int] = (),
+        what: str = "",
+        log_dir: Path | None = None,
+    ) -> str:
+        argv = [str(self.binary), "--root", str(self.root)]
+        if self.criu is not None:
+            argv += ["--criu", str(self.criu)]
+        argv += list(args)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=tuple(pass_fds),
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ContainerError(
+                f"runc {what or args[0]} did not finish within {timeout_s:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            raise self._failed(what or args[0], err.decode(errors="replace"), log_dir)
+        return out.decode(errors="replace")
+
+    def _failed(self, what: str, stderr: str, log_dir: Path | None) -> ContainerError:
+        line = _last_line(stderr) or "no message"
+        if "does not exist" in line or "container not found" in line.lower():
+            return NoSuchContainer(f"runc {what}: {line}")
+        criu = _criu_error(log_dir) if log_dir is not None else None
+        if criu:
+            line += f"; CRIU: {criu}"
+        return ContainerError(f"runc {what}: {line}")
+
+    async def version(self) -> str:
+        """runc's version number, e.g. ``1.1.5``."""
+        out = await self._run("--version", what="--version")
+        match = re.search(r"runc version (\S+)", out)
+        return match.group(1) if match else out.strip().splitlines()[0]
+
+    async def state(self, container_id: str) -> ContainerState:
+        """Raises :class:`NoSuchContainer` when runc knows no such container here."""
+        raw = json.loads(await self._run("state", container_id))
+        return _state_of(raw)
+
+    async def list(self) -> list[ContainerState]:
+        out = await self._run("list", "--format", "json")
+        rows = json.loads(out) if out.strip() else None
+        return [_state_of(r) for r in rows or []]
+
+    async def run_detached(self, container_id: str, bundle: Path, *, pid_file: Path) -> int:
+        """``runc run -d``: create and start; returns the container's init PID."""
+        await self._run(
+            "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id
+        )
+        return int(pid_file.read_text().strip())
+
+    async def kill(
+        self,
+        container_id: str,
+        sig: signal.Signals = signal.SIGKILL,
+        *,
+        all_processes: bool = False,
+    ) -> None:
+        args = ["kill"] + (["--all"] if all_processes else []) + [container_id, sig.name]
+        await self._run(*args, what="kill")
+
+    async def delete(self, container_id: str, *, force: bool = False) -> None:
+        await self._run("delete", *(["--force"] if force else []), container_id, what="delete")
+
+    async def pause(self, container_id: str) -> None:
+        await self._run("pause", container_id)
+
+    async def resume(self, container_id: str) -> None:
+        await self._run("resume", container_id)
+
+    async def exec(self, container_id: str, argv: Sequence[str]) -> str:
+        """Run ``argv`` in the container; its output."""
+        return await self._run("exec", container_id, *argv, what="exec")
+
+    async def checkpoint(
+        self, container_id: str, opts: CheckpointOptions, *, pass_fds: Sequence[int] = ()
+    ) -> None:
+        args = [
+            "checkpoint",
+            "--image-path",
+            str(opts.image_path),
+            "--work-path",
+            str(opts.work_path),
+        ]
+        if opts.leave_running:
+            args.append("--leave-running")
+        if opts.tcp_established:
+            args.append("--tcp-established")
+        if opts.file_locks:
+            args.append("--file-locks")
+        if opts.page_server is not None:
+            args += ["--page-server", opts.page_server]
+        if opts.lazy_pages:
+            args.append("--lazy-pages")
+        if opts.status_fd is not None:
+            args += ["--status-fd", str(opts.status_fd)]
+        await self._run(
+            *args,
+            container_id,
+            timeout_s=CRIU_CALL_TIMEOUT_S,
+            pass_fds=pass_fds,
+            what="checkpoint",
+            log_dir=opts.work_path,
+        )
+
+    async def restore(self, container_id: str, opts: RestoreOptions) -> None:
+        """``runc restore --detach``; the copy's state (stopped or running) is what the
+        CRIU configuration named by the bundle asks for."""
+        args = [
+            "restore",
+            "--detach",
+            "--bundle",
+            str(opts.bundle),
+            "--image-path",
+            str(opts.image_path),
+            "--work-path",
+            str(opts.work_path),
+        ]
+        if opts.tcp_established:
+            args.append("--tcp-established")
+        if opts.file_locks:
+            args.append("--file-locks")
+        if opts.lazy_pages:
+            args.append("--lazy-pages")
+        if opts.pid_file is not None:
+            args += ["--pid-file", str(opts.pid_file)]
+        await self._run(
+            *args,
+            container_id,
+            timeout_s=CRIU_CALL_TIMEOUT_S,
+            what="restore",
+            log_dir=opts.work_path,
+        )
+
+
+def _state_of(raw: dict[str, object]) -> ContainerState:
+    return ContainerState(
+        id=str(raw["id"]),
+        status=str(raw["status"]),
+        pid=int(str(raw.get("pid") or 0)),
+        bundle=Path(str(raw.get("bundle") or "")),
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    # runc logs as logfmt: level=error msg="..."
+    match = re.search(r'msg="((?:[^"\\]|\\.)*)"', last)
+    return match.group(1).replace('\\"', '"') if match else last
+
+
+def _criu_error(log_dir: Path) -> str | None:
+    """The first ``Error`` line of the CRIU logs runc left in ``log_dir``."""
+    for name in ("dump.log", "restore.log"):
+        path = log_dir / name
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "Error (" in line and "rlimit" not in line.lower():
+                return line.split("): ", 1)[-1].strip()
+    return None
