@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from haul.errors import TransportError
+from haul.transport.datasync import sync_tree
 from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, build, snapshot
 from haul.transport.local import LocalTransport
 from haul.transport.rounds import UNSETTLED, Apply, FileRounds, Sent
@@ -154,3 +155,15 @@ def test_local_apply_refuses_to_make_a_file(tmp_path: Path) -> None:
     build(tmp_path, {"l": LinkNode("x")})
     with pytest.raises(TransportError, match="is a link here"):
         apply_plan(tmp_path, tmp_path, Plan(modes=(Node("l", Kind.DIR, 0o755),)))
+
+
+def test_a_one_pass_copy_of_a_tree(src: Path, tmp_path: Path) -> None:
+    (src / "l").symlink_to("/etc")
+    report = sync_tree(src, tmp_path / "new" / "data")
+    assert (report.files, report.bytes) == (2, 6)
+    assert snapshot(tmp_path / "new" / "data") == snapshot(src)
+    assert (tmp_path / "new" / "data").stat().st_mode & 0o777 == 0o750
+    with pytest.raises(TransportError, match="already exists on the destination"):
+        sync_tree(src, tmp_path / "new" / "data")
+    with pytest.raises(TransportError, match="does not exist on the source"):
+        sync_tree(tmp_path / "absent", tmp_path / "other")
