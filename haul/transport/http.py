@@ -27,6 +27,9 @@ from haul.transport.rounds import FileRounds, Sent
 from haul.transport.treeplan import Node, Plan
 from haul.transport.treescan import open_inside
 
+#: files in flight at once (a round of many small files waits on round trips, not bytes)
+SENDERS = 4
+
 
 class IncomingUploads(Protocol):
     """What the destination agent's client offers for an incoming migration."""
@@ -104,17 +107,35 @@ class HttpTransport:
             await self.uploads.remove_entries(self.migration_id, plan.remove)
         if plan.make:
             await self.uploads.make_entries(self.migration_id, plan.make)
-        files = sent = 0
-        unsent: list[str] = []
-        for node in plan.send:
-            size = await self._send(root, node, frozen=frozen)
-            if size is None:
-                unsent.append(node.path)
-            else:
-                files, sent = files + 1, sent + size
+        sizes = await self._send_all(root, plan.send, frozen=frozen)
         if plan.modes:
             await self.uploads.make_entries(self.migration_id, plan.modes)
-        return Sent(files, sent, tuple(unsent))
+        unsent = tuple(
+            node.path for node, size in zip(plan.send, sizes, strict=True) if size is None
+        )
+        done = [size for size in sizes if size is not None]
+        return Sent(len(done), sum(done), unsent)
+
+    async def _send_all(
+        self, root: Path, nodes: Sequence[Node], *, frozen: bool
+    ) -> list[int | None]:
+        """Send ``nodes``, up to SENDERS at a time (each waits for its answer); each
+        one's size, or None when it was not sent as scanned."""
+        sizes: list[int | None] = [None] * len(nodes)
+        todo = iter(enumerate(nodes))
+
+        async def sender() -> None:
+            for i, node in todo:
+                sizes[i] = await self._send(root, node, frozen=frozen)
+
+        tasks = [asyncio.create_task(sender()) for _ in range(min(SENDERS, len(nodes)))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed: the others stop too
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return sizes
 
     async def _send(self, root: Path, node: Node, *, frozen: bool) -> int | None:
         """Send one file as it is now; None when it is gone, or (while the workload
