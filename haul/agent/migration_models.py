@@ -167,6 +167,10 @@ class StatsView(_Answer):
     dirty_rate_bytes_per_s: float | None = None
     #: why this strategy (auto: what the hosts allow)
     strategy_reason: str = ""
+    #: rounds of the workload's files sent while it ran, and their bytes (what changed
+    #: after the last round went frozen, in transfer_bytes)
+    files_rounds: int = 0
+    files_presync_bytes: int = 0
 
 
 class MigrationView(_Answer):
