@@ -17,7 +17,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -104,7 +104,8 @@ class DataTree:
             return UsageError(f"bad data path {path!r}: {way} is not there (directories first)")
         return TransportError(f"cannot open {way} for {path!r}: {exc.strerror}")
 
-    def _found(self, fd: int, name: str) -> str | None:
+    @staticmethod
+    def _found(fd: int, name: str) -> str | None:
         try:
             return _kind_of(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
         except FileNotFoundError:
@@ -120,7 +121,7 @@ class DataTree:
         if target is not None and (not target or len(target) > PATH_MAX or "\0" in target):
             raise UsageError(f"bad symlink target for {path!r}")
         with self._parent(path) as (fd, name):
-            found = self._found(fd, name)
+            found = DataTree._found(fd, name)
             if found is not None and found != kind:
                 raise UsageError(f"cannot make {kind} {path!r}: a {found} is there")
             try:
@@ -149,7 +150,7 @@ class DataTree:
     def remove(self, path: str) -> bool:
         """Remove one entry (a directory must be empty); False when it was not there."""
         with self._parent(path) as (fd, name):
-            found = self._found(fd, name)
+            found = DataTree._found(fd, name)
             if found is None:
                 return False
             try:
@@ -166,11 +167,18 @@ class DataTree:
             return True
 
     async def write_file(
-        self, path: str, chunks: AsyncIterator[bytes], sha256: str, mode: int
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        sha256: str,
+        mode: int,
+        still_open: Callable[[], object] = lambda: None,
     ) -> int:
-        """Receive the file ``path`` (new, or replacing a file there); its size."""
+        """Receive the file ``path`` (new, or replacing a file there); its size.
+        ``still_open`` raises when the file may no longer take its place (it is called
+        right before, once the whole file arrived)."""
         with self._parent(path) as (fd, name):
-            if self._found(fd, name) not in (None, "file"):
+            if DataTree._found(fd, name) not in (None, "file"):
                 raise UsageError(f"cannot write file {path!r}: something else is there")
             part = f".haul-{secrets.token_hex(8)}.part"
             try:
@@ -184,6 +192,7 @@ class DataTree:
                 os.fchmod(out, mode & FILE_BITS)
                 os.close(out)
                 out = -1
+                still_open()
                 os.rename(part, name, src_dir_fd=fd, dst_dir_fd=fd)
             except OSError as exc:
                 raise TransportError(f"writing {path!r} failed: {exc.strerror}") from exc

@@ -339,8 +339,11 @@ class IncomingRegistry:
         mode: int = 0o644,
     ) -> int:
         """One of the workload's files, new or replacing the one there (its directory
-        came first), checked against ``sha256`` before it takes its place."""
-        return await self._data(migration_id).write_file(path, chunks, sha256, mode)
+        came first), checked against ``sha256`` before it takes its place, and only
+        while the migration still takes files (a restore may have begun meanwhile)."""
+        return await self._data(migration_id).write_file(
+            path, chunks, sha256, mode, still_open=lambda: self._receiving(migration_id)
+        )
 
     def make_entries(self, migration_id: str, entries: list[DataEntry]) -> None:
         """Directories, symbolic links and FIFOs of the workload's files, parents first,

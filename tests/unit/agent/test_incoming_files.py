@@ -4,9 +4,11 @@ a corrupt file, and any file once the copy is being restored."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +195,27 @@ async def test_no_file_is_taken_once_the_copy_is_restored(
             f"incoming migration m1 is {state.value}: it takes no more files",
         )
     assert os.listdir(r.data) == [] and os.listdir(r.images) == []
+
+
+@pytest.mark.asyncio
+async def test_a_file_still_arriving_when_the_restore_begins_never_takes_its_place(
+    incoming: Receiving,
+) -> None:
+    r = incoming
+    item = r.ctx.migrations().incoming.get(r.migration_id)
+    data = b"x" * (3 << 20)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[: 1 << 20]
+        await asyncio.sleep(0.05)
+        item.state = IncomingState.RESTORING  # the source's restore came meanwhile
+        yield data[1 << 20 :]
+
+    answer = await r.http.put(
+        f"/v1/incoming/{r.migration_id}/data",
+        params={"path": "late"},
+        data=body(),
+        headers={**AUTH, "X-Haul-SHA256": _sha(data)},
+    )
+    assert _error((answer.status, await answer.json()))[:2] == (409, "wrong_state")
+    assert os.listdir(r.data) == []
