@@ -42,6 +42,11 @@ class UsageError(HaulError):
     """The caller asked for something that cannot be meant (bad name, bad path)."""
 
 
+class StateError(HaulError):
+    """Asked at the wrong time: what is there now does not take that request (an
+    incoming migration whose copy is restored takes no more files)."""
+
+
 class LabError(HaulError):
     """Creating or removing lab hosts (namespaces, links, addresses) failed."""
 
@@ -244,6 +249,12 @@ class PastCommit(PeerConflict):
     codes = ("past_commit",)
 
 
+class PeerWrongState(PeerConflict):
+    """The agent's own StateError: not now (e.g. files for a copy already restored)."""
+
+    codes = ("wrong_state",)
+
+
 class PeerUnavailable(PeerError):
     """The agent cannot serve this now (e.g. it is not ready)."""
 
@@ -279,6 +290,12 @@ class PeerWorkloadError(PeerFailed):
 
 class PeerTransportError(PeerFailed):
     codes = ("transport",)
+
+
+class PeerChecksumMismatch(PeerTransportError):
+    """What arrived does not match the SHA-256 it came with (the sender may send again)."""
+
+    codes = ("checksum",)
 
 
 class PeerUpstreamError(PeerFailed):

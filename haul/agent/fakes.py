@@ -186,3 +186,35 @@ class ScriptedAgent:
 
     def calls(self) -> list[tuple[str, str]]:
         return [(s.method, s.path) for s in self.seen]
+
+
+@dataclass
+class Receiving:
+    """An agent app with one incoming migration open, served on 127.0.0.1, and where
+    that migration's images and the workload's files land."""
+
+    http: TestClient[web.Request, web.Application]
+    ctx: AgentContext
+    migration_id: str
+    data: Path
+    images: Path
+
+    @property
+    def url(self) -> str:
+        return str(self.http.make_url("")).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def receiving(ctx: AgentContext, workload: str = "web1") -> AsyncIterator[Receiving]:
+    """``ctx``'s app with the incoming migration "m1" of ``workload`` open (post-copy:
+    no page server to start, so no CRIU is run)."""
+    async with agent_client(ctx) as http:
+        opened = await http.post(
+            "/v1/incoming",
+            json={"id": "m1", "workload": workload, "strategy": "post-copy", "needed_bytes": 0},
+            headers=AUTH,
+        )
+        if opened.status != 201:
+            raise AssertionError(f"opening m1 failed: {await opened.text()}")
+        item = ctx.migrations().incoming.get("m1")
+        yield Receiving(http, ctx, "m1", ctx.config.workloads_dir / workload, item.dest.images)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from haul.agent.models import AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
@@ -63,10 +65,35 @@ class IncomingOpened(_Answer):
     page_server: Endpoint | None = None
 
 
-class Paths(_Request):
-    paths: list[str] = Field(max_length=100_000)
-    #: permission bits, one per path (default 0o755)
-    modes: list[int] = Field(default_factory=list, max_length=100_000)
+#: entries in one request of /entries or /remove (each body stays under the agent's limit)
+ENTRIES_PER_REQUEST = 10_000
+#: the longest data path or link target (Linux's PATH_MAX less the NUL)
+DATA_PATH_MAX = 4095
+
+
+class DataEntryAsk(_Request):
+    """One entry of the workload's files: a ``dir`` made (or its mode set), a
+    ``symlink`` (with its ``target``) or a ``fifo`` made, or a ``file``'s mode set."""
+
+    path: str = Field(min_length=1, max_length=DATA_PATH_MAX)
+    kind: Literal["dir", "symlink", "fifo", "file"]
+    mode: int = Field(ge=0, le=0o7777)
+    target: str | None = Field(default=None, min_length=1, max_length=DATA_PATH_MAX)
+
+
+class DataEntries(_Request):
+    #: parents first
+    entries: list[DataEntryAsk] = Field(max_length=ENTRIES_PER_REQUEST)
+
+
+class DataRemoval(_Request):
+    #: relative paths, deepest first (a directory is empty when its turn comes)
+    paths: list[str] = Field(max_length=ENTRIES_PER_REQUEST)
+
+
+class DataRemoved(_Answer):
+    #: how many of the paths were there
+    removed: int
 
 
 class Received(_Answer):
@@ -140,6 +167,10 @@ class StatsView(_Answer):
     dirty_rate_bytes_per_s: float | None = None
     #: why this strategy (auto: what the hosts allow)
     strategy_reason: str = ""
+    #: rounds of the workload's files sent while it ran, and their bytes (what changed
+    #: after the last round went frozen, in transfer_bytes)
+    files_rounds: int = 0
+    files_presync_bytes: int = 0
 
 
 class MigrationView(_Answer):

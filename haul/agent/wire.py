@@ -15,10 +15,12 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from haul.errors import (
+    ChecksumMismatch,
     ConfigError,
     CriuError,
     HaulError,
     PeerError,
+    StateError,
     TransportError,
     UsageError,
     WorkloadError,
@@ -78,9 +80,11 @@ class Unavailable(ApiError):
 #: HaulError families, most specific first: (family, status, code)
 _FAMILIES: tuple[tuple[type[HaulError], int, str], ...] = (
     (UsageError, 400, "usage"),
+    (StateError, 409, "wrong_state"),
     (ConfigError, 500, "config"),
     (CriuError, 500, "criu"),
     (WorkloadError, 500, "workload"),
+    (ChecksumMismatch, 502, "checksum"),
     (TransportError, 502, "transport"),
     (PeerError, 502, "peer"),
 )

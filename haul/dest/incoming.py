@@ -27,18 +27,19 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest import leftovers
 from haul.dest.criudest import CriuDestination
+from haul.dest.datatree import DataEntry, DataTree
 from haul.dest.leftovers import IncomingRecord, RestoredCopy
 from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
+from haul.errors import ChecksumMismatch, HaulError, StateError, TransportError, UsageError
 from haul.net.spec import WorkloadNet
 from haul.workload.proctree import ProcessTree
 
@@ -67,15 +68,11 @@ def check_image_name(value: str) -> str:
     return value
 
 
-def check_data_path(value: str) -> PurePosixPath:
-    p = PurePosixPath(value)
-    if p.is_absolute() or not p.parts or any(part in ("..", ".", "") for part in p.parts):
-        raise UsageError(f"bad data path {value!r}: must be relative and stay inside")
-    return p
-
-
 class IncomingState(enum.Enum):
+    #: the images and the workload's files arrive (only now)
     RECEIVING = "receiving"
+    #: the copy is being restored from what arrived
+    RESTORING = "restoring"
     #: the copy exists, stopped; the source's decision is not known here yet
     RESTORED = "restored"
     #: the commit was heard: the copy runs; the source still finishes the migration
@@ -309,10 +306,25 @@ class IncomingRegistry:
                 "over TLS; the source must have certificates too"
             )
 
+    def _receiving(self, migration_id: str) -> Incoming:
+        """The migration, if it still takes files (before its copy is restored)."""
+        item = self.get(migration_id)
+        if item.state is not IncomingState.RECEIVING:
+            raise StateError(
+                f"incoming migration {migration_id} is {item.state.value}: it takes no more files"
+            )
+        return item
+
+    def _data(self, migration_id: str) -> DataTree:
+        item = self._receiving(migration_id)
+        if self.data_root is None:
+            raise UsageError("this host keeps no workload data directories")
+        return DataTree(self.data_root / item.workload)
+
     async def receive_image(
         self, migration_id: str, name: str, chunks: AsyncIterator[bytes], sha256: str
     ) -> int:
-        item = self.get(migration_id)
+        item = self._receiving(migration_id)
         check_image_name(name)
         size = await _write_checked(item.dest.images / name, chunks, sha256)
         item.received[name] = sha256
@@ -326,41 +338,34 @@ class IncomingRegistry:
         sha256: str,
         mode: int = 0o644,
     ) -> int:
-        item = self.get(migration_id)
-        rel = check_data_path(path)
-        if self.data_root is None:
-            raise UsageError("this host keeps no workload data directories")
-        base = self.data_root / item.workload
-        target = base.joinpath(*rel.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # No component of the way may be a link (a path trick from an earlier file).
-        probe = target.parent
-        while probe != base.parent:
-            if probe.is_symlink():
-                raise UsageError(f"bad data path {path!r}: goes through a link")
-            probe = probe.parent
-        return await _write_checked(target, chunks, sha256, mode & 0o777)
+        """One of the workload's files, new or replacing the one there (its directory
+        came first), checked against ``sha256`` before it takes its place, and only
+        while the migration still takes files (a restore may have begun meanwhile)."""
+        return await self._data(migration_id).write_file(
+            path, chunks, sha256, mode, still_open=lambda: self._receiving(migration_id)
+        )
 
-    def make_dirs(
-        self, migration_id: str, paths: list[str], modes: list[int] | None = None
-    ) -> None:
-        """Create the workload's (possibly empty) sub-directories, parents first."""
-        item = self.get(migration_id)
-        if self.data_root is None:
-            raise UsageError("this host keeps no workload data directories")
-        base = self.data_root / item.workload
-        modes = modes or []
-        for i, path in enumerate(paths):
-            rel = check_data_path(path)
-            target = base.joinpath(*rel.parts)
-            if target.parent.is_symlink() or not target.parent.is_dir():
-                raise UsageError(f"bad data path {path!r}: its parent is not a directory")
-            target.mkdir(exist_ok=True)
-            os.chmod(target, (modes[i] if i < len(modes) else 0o755) & 0o7777)
+    def make_entries(self, migration_id: str, entries: list[DataEntry]) -> None:
+        """Directories, symbolic links and FIFOs of the workload's files, parents first,
+        or the modes of entries there (haul/dest/datatree.py)."""
+        tree = self._data(migration_id)
+        for e in entries:
+            tree.make(e.path, e.kind, e.mode, e.target)
+
+    def remove_entries(self, migration_id: str, paths: list[str]) -> int:
+        """Remove entries of the workload's files, deepest first (a directory must be
+        empty by then); how many were there."""
+        tree = self._data(migration_id)
+        return sum(tree.remove(path) for path in paths)
 
     async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
-        item = self.get(migration_id)
-        figures = await item.dest.restore(lazy)
+        item = self._receiving(migration_id)
+        item.state = IncomingState.RESTORING
+        try:
+            figures = await item.dest.restore(lazy)
+        except BaseException:
+            item.state = IncomingState.RECEIVING
+            raise
         item.state = IncomingState.RESTORED
         item.restored_at = time.time()
         try:  # which process is the copy, for an agent that restarts (restored.pid says too)

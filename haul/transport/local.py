@@ -2,19 +2,25 @@
 
 Implements the engine's TransportPort: the source's images go into the
 destination's images directory (next to any pages the destination's page
-server already wrote there) and the workload's data directory moves into the
-destination's data, every file with a SHA-256 checked where it lands.
+server already wrote there), every file with a SHA-256 checked where it lands.
+The workload's data directory goes in rounds (haul/transport/rounds.py): while it
+runs (``sync_files``), and only what changed since in the frozen window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
 from pathlib import Path
 
 from haul.engine.figures import FilesFigures, TransferFigures
-from haul.transport.datasync import sync_tree
+from haul.errors import TransportError
 from haul.transport.imagecopy import copy_images, verify_images
+from haul.transport.rounds import FileRounds, Sent
+from haul.transport.treeapply import apply_plan
+from haul.transport.treeplan import Plan
 
 
 class LocalTransport:
@@ -30,20 +36,47 @@ class LocalTransport:
         self.dest_images = dest_images
         self.source_data = source_data
         self.dest_data = dest_data
+        #: the rounds of the workload's files (none: it has no data directory to move)
+        self.files = FileRounds(source_data) if source_data and dest_data else None
+        self._root_made = False
 
     async def sync_files(self, round: int) -> FilesFigures:
-        """No files move while the workload runs yet: all of them go in the frozen
-        window with the images (round-by-round sync replaces this)."""
-        return FilesFigures(round=round, files=0, bytes_sent=0, removed=0, duration_s=0.0)
+        """While the workload runs: round 1 sends every file, later rounds what changed."""
+        return await self._files(round, frozen=False)
 
     async def transfer_images(self) -> TransferFigures:
+        """In the frozen window: the images, then what changed since the last round."""
         started = time.monotonic()
         manifest, report = await asyncio.to_thread(
             copy_images, self.source_images, self.dest_images, merge=True
         )
         await asyncio.to_thread(verify_images, self.dest_images, manifest, merge=True)
-        files, sent = report.files, report.bytes
-        if self.source_data is not None and self.dest_data is not None:
-            data = await asyncio.to_thread(sync_tree, self.source_data, self.dest_data)
-            files, sent = files + data.files, sent + data.bytes
-        return TransferFigures(files=files, bytes_sent=sent, duration_s=time.monotonic() - started)
+        last = len(self.files.history) if self.files is not None else 0
+        data = await self._files(last + 1, frozen=True)
+        return TransferFigures(
+            files=report.files + data.files,
+            bytes_sent=report.bytes + data.bytes_sent,
+            duration_s=time.monotonic() - started,
+        )
+
+    async def _files(self, number: int, *, frozen: bool) -> FilesFigures:
+        if self.files is None or self.dest_data is None:
+            return FilesFigures(number, 0, 0, 0, 0.0)
+        source, dest = self.files.root, self.dest_data
+        if not self._root_made:
+            await asyncio.to_thread(_make_root, source, dest)
+            self._root_made = True
+
+        async def apply(plan: Plan) -> Sent:
+            return await asyncio.to_thread(apply_plan, source, dest, plan)
+
+        return await self.files.run(number, apply, frozen=frozen)
+
+
+def _make_root(source: Path, dest: Path) -> None:
+    """The destination's data directory, new, with the source's mode."""
+    if dest.exists() or dest.is_symlink():
+        raise TransportError(f"data directory {dest} already exists on the destination")
+    dest.mkdir(parents=True)
+    if source.is_dir():
+        os.chmod(dest, stat.S_IMODE(source.stat().st_mode))

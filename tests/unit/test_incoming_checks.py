@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from haul.dest.datatree import check_data_path
 from haul.dest.incoming import (
     _write_checked,
-    check_data_path,
     check_id,
     check_image_name,
     check_workload,
@@ -34,7 +34,9 @@ def test_data_paths_accepted(path: str) -> None:
     assert str(check_data_path(path)) == path
 
 
-@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "", "."])
+@pytest.mark.parametrize(
+    "path", ["../x", "a/../../x", "/etc/passwd", "", ".", "./a", "a//b", "a/", "a\0b", "a" * 4096]
+)
 def test_data_paths_refused(path: str) -> None:
     with pytest.raises(UsageError):
         check_data_path(path)

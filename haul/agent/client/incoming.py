@@ -3,34 +3,59 @@ destination agent (haul/agent/routes/incoming.py serves them)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from urllib.parse import quote
 
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
+    ENTRIES_PER_REQUEST,
     CapabilitiesView,
+    DataEntries,
+    DataEntryAsk,
+    DataRemoval,
+    DataRemoved,
     Done,
     IncomingCheck,
     IncomingOpen,
     IncomingOpened,
-    Paths,
     Received,
     RestoreAsk,
     Restored,
 )
+from haul.transport.treeplan import Node
 
 if TYPE_CHECKING:
     from haul.agent.client.session import AgentClient
 
 CHUNK = 1 << 20
+T = TypeVar("T")
 
 
-async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
+#: a rough bound on one /entries or /remove body (the agent takes up to 1 MiB)
+BATCH_BYTES = 256 << 10
+
+
+async def _file_chunks(source: Path | BinaryIO) -> AsyncIterator[bytes]:
+    """The file's bytes from where it is now (an open file: from its position on)."""
+    with source.open("rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
         while chunk := f.read(CHUNK):
             yield chunk
+
+
+def _batches(items: Sequence[T], size_of: Callable[[T], int]) -> Iterator[Sequence[T]]:
+    """``items`` in runs small enough for one request each, in order."""
+    start = size = 0
+    for i, item in enumerate(items):
+        n = size_of(item) + 64
+        if i > start and (size + n > BATCH_BYTES or i - start >= ENTRIES_PER_REQUEST):
+            yield items[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(items):
+        yield items[start:]
 
 
 def _id(migration_id: str) -> str:
@@ -63,21 +88,43 @@ class IncomingCalls:
         self._client.parse(Received, raw)
 
     async def put_data(
-        self, migration_id: str, rel: str, path: Path, sha256: str, mode: int
+        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
     ) -> None:
+        """One of the workload's files, from a path or an open file (read from its
+        position on); it takes its place there once its SHA-256 matched."""
         _, raw = await self._client.request(
             "PUT",
             f"{_id(migration_id)}/data",
             params={"path": rel},
-            data=_file_chunks(path),
+            data=_file_chunks(source),
             headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"},
         )
         self._client.parse(Received, raw)
 
-    async def make_dirs(self, migration_id: str, rels: list[str], modes: list[int]) -> None:
-        await self._client.call(
-            "POST", f"{_id(migration_id)}/dirs", Done, body=Paths(paths=rels, modes=modes)
-        )
+    async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None:
+        """Make these entries of the workload's files, or set their modes, in order
+        (haul/transport/treeplan.py says which)."""
+        for batch in _batches(nodes, lambda n: len(n.path) + len(n.target or "")):
+            entries = [
+                DataEntryAsk(path=n.path, kind=n.kind.value, mode=n.mode, target=n.target)
+                for n in batch
+            ]
+            await self._client.call(
+                "POST", f"{_id(migration_id)}/entries", Done, body=DataEntries(entries=entries)
+            )
+
+    async def remove_entries(self, migration_id: str, paths: Sequence[str]) -> int:
+        """Remove these entries of the workload's files, in order; how many were there."""
+        removed = 0
+        for batch in _batches(paths, len):
+            answer = await self._client.call(
+                "POST",
+                f"{_id(migration_id)}/remove",
+                DataRemoved,
+                body=DataRemoval(paths=list(batch)),
+            )
+            removed += answer.removed
+        return removed
 
     async def restore(self, migration_id: str, lazy: bool) -> Restored:
         return await self._client.call(

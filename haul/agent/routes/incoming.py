@@ -12,12 +12,14 @@ from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
     CapabilitiesView,
+    DataEntries,
+    DataRemoval,
+    DataRemoved,
     Done,
     Endpoint,
     IncomingCheck,
     IncomingOpen,
     IncomingOpened,
-    Paths,
     Received,
     RestoreAsk,
     Restored,
@@ -28,6 +30,7 @@ from haul.agent.wire import BadRequest, Conflict
 from haul.agent.workloads import workload_net
 from haul.criu.info import host_capabilities
 from haul.criu.options import PageServer
+from haul.dest.datatree import DataEntry
 from haul.dest.incoming import Incoming, IncomingRegistry
 from haul.net.spec import WorkloadNet
 
@@ -148,7 +151,8 @@ async def put_image(request: web.Request) -> web.StreamResponse:
     "/v1/incoming/{id}/data",
     name="putData",
     summary="One file of the workload's data (body; its relative path in ?path=), "
-    "checked against X-Haul-SHA256",
+    "checked against X-Haul-SHA256 before it takes its place (new, or replacing the "
+    "file there); its directory comes first",
     media_type="application/json",
 )
 async def put_data(request: web.Request) -> web.StreamResponse:
@@ -166,18 +170,42 @@ async def put_data(request: web.Request) -> web.StreamResponse:
     return web.json_response(Received(bytes=size).model_dump())
 
 
+NOT_RECEIVING = {409: "the copy is restored or being restored: it takes no more files"}
+
+
 @table.json_body(
     "POST",
-    "/v1/incoming/{id}/dirs",
-    body=Paths,
+    "/v1/incoming/{id}/entries",
+    body=DataEntries,
     response=Done,
     params=ID,
-    name="makeDirs",
-    summary="The workload's sub-directories, parents first",
+    name="makeDataEntries",
+    errors=NOT_RECEIVING,
+    summary="Entries of the workload's files, parents first: directories made (or their "
+    "mode set), symbolic links and FIFOs made, files' modes set",
 )
-async def make_dirs(request: web.Request, ask: Paths) -> Done:
-    _incoming(request).make_dirs(request.match_info["id"], ask.paths, ask.modes)
+async def make_entries(request: web.Request, ask: DataEntries) -> Done:
+    _incoming(request).make_entries(
+        request.match_info["id"],
+        [DataEntry(e.path, e.kind, e.mode, e.target) for e in ask.entries],
+    )
     return Done()
+
+
+@table.json_body(
+    "POST",
+    "/v1/incoming/{id}/remove",
+    body=DataRemoval,
+    response=DataRemoved,
+    params=ID,
+    name="removeDataEntries",
+    errors=NOT_RECEIVING,
+    summary="Remove entries of the workload's files, deepest first (a directory must be "
+    "empty by its turn); entries not there are skipped",
+)
+async def remove_entries(request: web.Request, ask: DataRemoval) -> DataRemoved:
+    removed = _incoming(request).remove_entries(request.match_info["id"], ask.paths)
+    return DataRemoved(removed=removed)
 
 
 @table.json_body(

@@ -63,6 +63,8 @@ def view(job: Job) -> MigrationView:
             throughput_bytes_per_s=s.throughput_bytes_per_s,
             dirty_rate_bytes_per_s=s.dirty_rate_bytes_per_s,
             strategy_reason=s.strategy_reason,
+            files_rounds=s.files_rounds,
+            files_presync_bytes=s.files_presync_bytes,
         ),
         events=[EventView(t_s=t, phase=p, event=e) for t, p, e in job.events],
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
-from haul.agent.fakes import FakeCriu, FakeStarter, make_config
+from haul.agent.fakes import FakeCriu, FakeStarter, Receiving, make_config, receiving
 
 
 @pytest.fixture
@@ -35,3 +36,12 @@ def make_ctx(fake_criu: FakeCriu, starter: FakeStarter) -> Callable[[AgentConfig
         return AgentContext.create(config, gather_criu=fake_criu, start=starter)
 
     return make
+
+
+@pytest_asyncio.fixture
+async def incoming(
+    make_ctx: Callable[[AgentConfig], AgentContext], tmp_path: Path
+) -> AsyncIterator[Receiving]:
+    """An agent with the incoming migration m1 of web1 open."""
+    async with receiving(make_ctx(make_config(tmp_path, criu="/bin/true"))) as found:
+        yield found

@@ -4,6 +4,7 @@ calls against the agent's app, and the agent's error codes as exception classes.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import ssl
@@ -14,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from haul.agent import wire
-from haul.agent.app import make_app
+from haul.agent.app import MAX_BODY_BYTES, make_app
 from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
@@ -43,6 +44,8 @@ from haul.errors import (
     peer_error,
 )
 from haul.inventory import HostEntry
+from haul.transport.treeplan import Node
+from haul.transport.treescan import Kind
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
 HAUL = Path(__file__).resolve().parents[3] / "haul"
@@ -340,7 +343,8 @@ async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path
         {
             ("PUT", "/v1/incoming/m1/images/pages-1.img"): [(200, {"bytes": 3})],
             ("PUT", "/v1/incoming/m1/data"): [(200, {"bytes": 3})],
-            ("POST", "/v1/incoming/m1/dirs"): [(200, {"ok": True})],
+            ("POST", "/v1/incoming/m1/entries"): [(200, {"ok": True})],
+            ("POST", "/v1/incoming/m1/remove"): [(200, {"removed": 1})],
             ("POST", "/v1/incoming/m1/restore"): [(200, {"pid": 42, "duration_s": 0.5})],
         }
     )
@@ -351,16 +355,53 @@ async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path
         async with AgentAccess.of_peer(url, token="peer-token").client("destination h2") as a:
             await a.incoming.put_image("m1", "pages-1.img", image, "ab" * 32)
             await a.incoming.put_data("m1", "sub/f", image, "cd" * 32, 0o640)
-            await a.incoming.make_dirs("m1", ["sub"], [0o750])
+            with image.open("rb") as opened:
+                opened.seek(3)  # an open file goes from where it is
+                await a.incoming.put_data("m1", "sub/g", opened, "ef" * 32, 0o600)
+            await a.incoming.make_entries(
+                "m1", [Node("sub", Kind.DIR, 0o750), Node("sub/l", Kind.SYMLINK, 0o777, "../x")]
+            )
+            assert await a.incoming.remove_entries("m1", ["old"]) == 1
             restored = await a.incoming.restore("m1", lazy=True)
     assert (restored.pid, restored.pages_bytes) == (42, 0)
-    put_image, put_data, dirs, restore = fake.seen
+    put_image, put_data, put_open, entries, remove, restore = fake.seen
     assert put_image.body == image.read_bytes()
     assert put_image.headers["X-Haul-SHA256"] == "ab" * 32
     assert put_image.headers["Authorization"] == "Bearer peer-token"
     assert (put_data.query, put_data.headers["X-Haul-Mode"]) == ({"path": "sub/f"}, "640")
-    assert dirs.body == b'{"paths":["sub"],"modes":[488]}'
+    assert put_open.body == image.read_bytes()[3:] and put_open.headers["X-Haul-Mode"] == "600"
+    assert json.loads(entries.body) == {
+        "entries": [
+            {"path": "sub", "kind": "dir", "mode": 0o750},
+            {"path": "sub/l", "kind": "symlink", "mode": 0o777, "target": "../x"},
+        ]
+    }
+    assert remove.body == b'{"paths":["old"]}'
     assert restore.body == b'{"lazy":true}'
+
+
+@pytest.mark.asyncio
+async def test_many_entries_go_in_order_in_requests_the_agent_takes() -> None:
+    fake = ScriptedAgent(
+        {
+            ("POST", "/v1/incoming/m1/entries"): [(200, {"ok": True})],
+            ("POST", "/v1/incoming/m1/remove"): [(200, {"removed": 7})],
+        }
+    )
+    nodes = [Node(f"d/{i:06}", Kind.DIR, 0o755) for i in range(25_000)]
+    long_paths = [("x" * 200 + f"/{i}") for i in range(3_000)]
+    async with app_client(fake.app()) as http:
+        url = str(http.make_url("")).rstrip("/")
+        async with AgentAccess(url).client("destination h2") as a:
+            await a.incoming.make_entries("m1", nodes)
+            removed = await a.incoming.remove_entries("m1", long_paths)
+    makes = [json.loads(s.body)["entries"] for s in fake.seen if s.path.endswith("/entries")]
+    removes = [json.loads(s.body)["paths"] for s in fake.seen if s.path.endswith("/remove")]
+    assert len(makes) > 2 and len(removes) > 1
+    assert [e["path"] for batch in makes for e in batch] == [n.path for n in nodes]
+    assert [p for batch in removes for p in batch] == long_paths
+    assert removed == 7 * len(removes)  # the answers add up
+    assert max(len(s.body) for s in fake.seen) < MAX_BODY_BYTES // 2
 
 
 @pytest.mark.asyncio

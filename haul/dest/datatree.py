@@ -1,0 +1,218 @@
+"""The workload's data directory on the destination, as the source's rounds change it.
+
+Every path comes over the wire: it is checked to be relative and to stay inside
+(:func:`check_data_path`), and reached from the workload's directory one component
+at a time with O_NOFOLLOW, so no link (one the source sent earlier, say) leads a
+write outside. A file is written to a temporary name next to its place, checked
+against its SHA-256, and only then renamed into place: a half-written or corrupt
+file never replaces a good one. Nothing runs in this directory until the copy is
+restored, so what is checked here stays true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
+
+#: a directory on the way, opened without following a link
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: the longest path and link target taken (Linux's PATH_MAX less the NUL)
+PATH_MAX = 4095
+#: permission bits a file or FIFO keeps: no set-id bits, as the agent writes as root
+FILE_BITS = 0o777
+#: the kinds of entry the source makes here (files are sent; "file" sets a file's mode)
+KINDS = ("dir", "symlink", "fifo", "file")
+
+
+@dataclass(frozen=True, slots=True)
+class DataEntry:
+    """An entry the source makes here, or sets the mode of (see :meth:`DataTree.make`)."""
+
+    path: str
+    kind: str
+    mode: int
+    target: str | None = None
+
+
+def check_data_path(value: str) -> PurePosixPath:
+    p = PurePosixPath(value)
+    if (
+        p.is_absolute()
+        or not p.parts
+        or len(value) > PATH_MAX
+        or "\0" in value
+        or any(part in ("..", ".", "") for part in p.parts)
+        or p.as_posix() != value
+    ):
+        raise UsageError(
+            f"bad data path {value!r}: must be relative, written plainly, and stay inside"
+        )
+    return p
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+class DataTree:
+    """One workload's data directory here: ``base``, which this agent made."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    @contextlib.contextmanager
+    def _parent(self, path: str) -> Iterator[tuple[int, str]]:
+        """The directory that holds ``path`` (a descriptor) and the last name of it."""
+        rel = check_data_path(path)
+        try:
+            fd = os.open(self.base, DIR_FLAGS)
+        except OSError as exc:
+            raise TransportError(f"cannot open {self.base}: {exc.strerror}") from exc
+        try:
+            for depth, part in enumerate(rel.parts[:-1], 1):
+                try:
+                    sub = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    way = "/".join(rel.parts[:depth])
+                    raise self._bad_way(path, way, exc) from None
+                os.close(fd)
+                fd = sub
+            yield fd, rel.parts[-1]
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _bad_way(path: str, way: str, exc: OSError) -> HaulError:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return UsageError(f"bad data path {path!r}: {way} is a link or not a directory")
+        if exc.errno == errno.ENOENT:
+            return UsageError(f"bad data path {path!r}: {way} is not there (directories first)")
+        return TransportError(f"cannot open {way} for {path!r}: {exc.strerror}")
+
+    @staticmethod
+    def _found(fd: int, name: str) -> str | None:
+        try:
+            return _kind_of(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return None
+
+    def make(self, path: str, kind: str, mode: int, target: str | None = None) -> None:
+        """A directory (made, or its mode set), a symbolic link or a FIFO (made), or an
+        existing file's mode set. What is there already must be of that kind."""
+        if kind not in KINDS:
+            raise UsageError(f"bad entry kind {kind!r} for {path!r}")
+        if (kind == "symlink") != (target is not None):
+            raise UsageError(f"bad entry {path!r}: a target comes with a symlink, and only then")
+        if target is not None and (not target or len(target) > PATH_MAX or "\0" in target):
+            raise UsageError(f"bad symlink target for {path!r}")
+        with self._parent(path) as (fd, name):
+            found = DataTree._found(fd, name)
+            if found is not None and found != kind:
+                raise UsageError(f"cannot make {kind} {path!r}: a {found} is there")
+            try:
+                self._make(fd, name, kind, mode, target, exists=found is not None)
+            except OSError as exc:
+                raise TransportError(f"cannot make {kind} {path!r}: {exc.strerror}") from exc
+
+    @staticmethod
+    def _make(fd: int, name: str, kind: str, mode: int, target: str | None, exists: bool) -> None:
+        if kind == "symlink" and target is not None:
+            if exists and os.readlink(name, dir_fd=fd) != target:
+                raise UsageError(f"a different symlink {name!r} is there")
+            if not exists:
+                os.symlink(target, name, dir_fd=fd)
+            return
+        if not exists:
+            if kind == "dir":
+                os.mkdir(name, 0o700, dir_fd=fd)
+            elif kind == "fifo":
+                os.mkfifo(name, 0o600, dir_fd=fd)
+            else:
+                raise UsageError(f"file {name!r} is not there; files are sent, not made")
+        # not a link (checked above), so this changes the entry itself
+        os.chmod(name, mode & (0o7777 if kind == "dir" else FILE_BITS), dir_fd=fd)
+
+    def remove(self, path: str) -> bool:
+        """Remove one entry (a directory must be empty); False when it was not there."""
+        with self._parent(path) as (fd, name):
+            found = DataTree._found(fd, name)
+            if found is None:
+                return False
+            try:
+                if found == "dir":
+                    os.rmdir(name, dir_fd=fd)
+                else:
+                    os.unlink(name, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ENOTEMPTY:
+                    raise UsageError(
+                        f"cannot remove {path!r}: the directory is not empty here"
+                    ) from None
+                raise TransportError(f"cannot remove {path!r}: {exc.strerror}") from exc
+            return True
+
+    async def write_file(
+        self,
+        path: str,
+        chunks: AsyncIterator[bytes],
+        sha256: str,
+        mode: int,
+        still_open: Callable[[], object] = lambda: None,
+    ) -> int:
+        """Receive the file ``path`` (new, or replacing a file there); its size.
+        ``still_open`` raises when the file may no longer take its place (it is called
+        right before, once the whole file arrived)."""
+        with self._parent(path) as (fd, name):
+            if DataTree._found(fd, name) not in (None, "file"):
+                raise UsageError(f"cannot write file {path!r}: something else is there")
+            part = f".haul-{secrets.token_hex(8)}.part"
+            try:
+                out = os.open(
+                    part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd
+                )
+            except OSError as exc:
+                raise TransportError(f"cannot create {path!r}: {exc.strerror}") from exc
+            try:
+                size = await _write_all(out, chunks, sha256, path)
+                os.fchmod(out, mode & FILE_BITS)
+                os.close(out)
+                out = -1
+                still_open()
+                os.rename(part, name, src_dir_fd=fd, dst_dir_fd=fd)
+            except OSError as exc:
+                raise TransportError(f"writing {path!r} failed: {exc.strerror}") from exc
+            finally:
+                if out >= 0:
+                    os.close(out)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part, dir_fd=fd)
+            return size
+
+
+async def _write_all(fd: int, chunks: AsyncIterator[bytes], sha256: str, path: str) -> int:
+    h = hashlib.sha256()
+    size = 0
+    async for chunk in chunks:
+        h.update(chunk)
+        size += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+    if h.hexdigest() != sha256.lower():
+        raise ChecksumMismatch(f"data file {path!r} arrived corrupt (SHA-256 mismatch)")
+    return size

@@ -1,0 +1,157 @@
+"""Trees of files for tests: described as data, made on disk, changed in place (only
+what differs, so what stays keeps its inode and times), and read back to compare.
+
+A tree is a mapping of names to nodes: :class:`FileNode`, :class:`DirNode`,
+:class:`LinkNode`, :class:`FifoNode`. haul itself never imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from haul.transport.http import IncomingUploads
+from haul.transport.treeplan import Node
+
+
+@dataclass(frozen=True)
+class FileNode:
+    data: bytes = b""
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class DirNode:
+    children: Mapping[str, TreeNode] = field(default_factory=dict)
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class LinkNode:
+    target: str
+
+
+@dataclass(frozen=True)
+class FifoNode:
+    mode: int = 0o644
+
+
+TreeNode = FileNode | DirNode | LinkNode | FifoNode
+Tree = Mapping[str, TreeNode]
+
+
+def build(root: Path, tree: Tree) -> None:
+    """Make ``tree`` in the existing directory ``root``."""
+    morph(root, {}, tree)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _same_kind(a: TreeNode, b: TreeNode) -> bool:
+    if isinstance(a, LinkNode) and isinstance(b, LinkNode):
+        return a.target == b.target
+    return type(a) is type(b)
+
+
+def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
+    """Change ``root``, which holds ``old``, into ``new``: remove what went or changed
+    kind, rewrite changed files in place (same inode), set changed modes. With
+    ``same_tick`` a rewritten file keeps its mtime, as a rewrite within one mtime tick
+    does (only its ctime tells)."""
+    for name, gone in old.items():
+        if name not in new or not _same_kind(gone, new[name]):
+            _remove(root / name)
+    for name, node in new.items():
+        path = root / name
+        was: TreeNode | None = old.get(name)
+        if was is not None and not _same_kind(was, node):
+            was = None
+        if isinstance(node, DirNode):
+            if was is None:
+                path.mkdir()
+            if not isinstance(was, DirNode) or was.mode != node.mode:
+                os.chmod(path, node.mode)
+            children = was.children if isinstance(was, DirNode) else {}
+            morph(path, children, node.children, same_tick=same_tick)
+        elif isinstance(node, FileNode):
+            if not isinstance(was, FileNode) or was.data != node.data:
+                before = os.lstat(path) if was is not None else None
+                with open(path, "r+b" if was is not None else "wb") as f:
+                    f.truncate(0)
+                    f.write(node.data)
+                if same_tick and before is not None:
+                    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if not isinstance(was, FileNode) or was.mode != node.mode:
+                os.chmod(path, node.mode)
+        elif isinstance(node, LinkNode):
+            if was is None:
+                os.symlink(node.target, path)
+        else:
+            if was is None:
+                os.mkfifo(path)
+            if not isinstance(was, FifoNode) or was.mode != node.mode:
+                os.chmod(path, node.mode)
+
+
+#: one entry as read back: kind, permission bits, then a file's bytes or a link's target
+Seen = tuple[str, int, bytes | str | None]
+
+
+def snapshot(root: Path) -> dict[str, Seen]:
+    """Everything under ``root`` by relative path, links not followed."""
+    seen: dict[str, Seen] = {}
+    for current, dirs, files in os.walk(root):
+        for name in sorted(dirs) + sorted(files):
+            path = Path(current) / name
+            rel = path.relative_to(root).as_posix()
+            mode = os.lstat(path).st_mode
+            bits = stat.S_IMODE(mode)
+            if stat.S_ISLNK(mode):
+                seen[rel] = ("symlink", 0, os.readlink(path))
+            elif stat.S_ISDIR(mode):
+                seen[rel] = ("dir", bits, None)
+            elif stat.S_ISREG(mode):
+                seen[rel] = ("file", bits & 0o777, path.read_bytes())
+            elif stat.S_ISFIFO(mode):
+                seen[rel] = ("fifo", bits & 0o777, None)
+            else:
+                seen[rel] = ("other", bits, None)
+    return seen
+
+
+@dataclass
+class MeddlingUploads:
+    """The uploads of a real agent client (haul/transport/http.py's IncomingUploads),
+    with ``meddle(rel)`` run right before each data file is sent, once per path: what
+    a running workload does to a file between its hashing and its sending."""
+
+    inner: IncomingUploads
+    meddle: Callable[[str], None]
+    meddled: list[str] = field(default_factory=list)
+
+    async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None:
+        await self.inner.put_image(migration_id, name, path, sha256)
+
+    async def put_data(
+        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
+    ) -> None:
+        if rel not in self.meddled:
+            self.meddled.append(rel)
+            self.meddle(rel)
+        await self.inner.put_data(migration_id, rel, source, sha256, mode)
+
+    async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None:
+        await self.inner.make_entries(migration_id, nodes)
+
+    async def remove_entries(self, migration_id: str, paths: Sequence[str]) -> int:
+        return await self.inner.remove_entries(migration_id, paths)

@@ -1,0 +1,221 @@
+"""The destination's routes for the workload's files (put data, /entries, /remove):
+what they make, and what they refuse: path tricks, links on the way, the wrong kind,
+a corrupt file, and any file once the copy is being restored."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from haul.agent.fakes import AUTH, Receiving
+from haul.dest.incoming import IncomingState
+from haul.transport.fakes import snapshot
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _put(
+    r: Receiving, path: str, data: bytes, *, sha: str | None = None, mode: str = "640"
+) -> tuple[int, Any]:
+    answer = await r.http.put(
+        f"/v1/incoming/{r.migration_id}/data",
+        params={"path": path},
+        data=data,
+        headers={**AUTH, "X-Haul-SHA256": sha or _sha(data), "X-Haul-Mode": mode},
+    )
+    return answer.status, await answer.json()
+
+
+async def _entries(r: Receiving, *entries: dict[str, Any]) -> tuple[int, Any]:
+    answer = await r.http.post(
+        f"/v1/incoming/{r.migration_id}/entries", json={"entries": list(entries)}, headers=AUTH
+    )
+    return answer.status, await answer.json()
+
+
+async def _remove(r: Receiving, *paths: str) -> tuple[int, Any]:
+    answer = await r.http.post(
+        f"/v1/incoming/{r.migration_id}/remove", json={"paths": list(paths)}, headers=AUTH
+    )
+    return answer.status, await answer.json()
+
+
+def _error(answer: tuple[int, Any]) -> tuple[int, str, str]:
+    status, body = answer
+    return status, body["error"]["code"], body["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_entries_files_and_removals_make_the_tree(incoming: Receiving) -> None:
+    r = incoming
+    assert await _entries(
+        r,
+        {"path": "d", "kind": "dir", "mode": 0o700},
+        {"path": "d/e", "kind": "dir", "mode": 0o755},
+        {"path": "d/l", "kind": "symlink", "mode": 0o777, "target": "/etc/passwd"},
+        {"path": "p", "kind": "fifo", "mode": 0o640},
+    ) == (200, {"ok": True})
+    assert await _put(r, "d/f", b"first") == (200, {"bytes": 5})
+    assert await _put(r, "d/f", b"again", mode="600") == (200, {"bytes": 5})  # replaced
+    assert await _entries(
+        r,
+        {"path": "d", "kind": "dir", "mode": 0o750},  # there: its mode set
+        {"path": "d/f", "kind": "file", "mode": 0o604},
+        {"path": "d/l", "kind": "symlink", "mode": 0o777, "target": "/etc/passwd"},  # again
+    ) == (200, {"ok": True})
+    assert snapshot(r.data) == {
+        "d": ("dir", 0o750, None),
+        "d/e": ("dir", 0o755, None),
+        "d/f": ("file", 0o604, b"again"),
+        "d/l": ("symlink", 0, "/etc/passwd"),
+        "p": ("fifo", 0o640, None),
+    }
+    assert await _remove(r, "d/e", "d/l", "d/gone", "p") == (200, {"removed": 3})
+    assert sorted(snapshot(r.data)) == ["d", "d/f"]
+    assert _error(await _remove(r, "d")) == (
+        400,
+        "usage",
+        "cannot remove 'd': the directory is not empty here",
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_file_never_replaces_the_good_one(incoming: Receiving) -> None:
+    r = incoming
+    await _put(r, "f", b"good")
+    status, code, message = _error(await _put(r, "f", b"evil", sha=_sha(b"else")))
+    assert (status, code) == (502, "checksum") and "SHA-256 mismatch" in message
+    assert (r.data / "f").read_bytes() == b"good"
+    assert os.listdir(r.data) == ["f"]  # no half-written part left
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "path", ["../x", "a/../../x", "/etc/passwd", "", ".", "./f", "a//b", "a\0b", "x" * 4096]
+)
+async def test_path_tricks_are_refused_everywhere(incoming: Receiving, path: str) -> None:
+    r = incoming
+    answers = [
+        await _put(r, path, b"x"),
+        await _entries(r, {"path": path, "kind": "dir", "mode": 0o755}),
+        await _remove(r, path),
+    ]
+    for answer in answers:
+        status, code, message = _error(answer)
+        assert status == 400 and code in ("usage", "invalid_body"), message
+    assert os.listdir(r.data) == []
+
+
+@pytest.mark.asyncio
+async def test_nothing_goes_through_a_link(incoming: Receiving, tmp_path: Path) -> None:
+    r = incoming
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    await _entries(r, {"path": "l", "kind": "symlink", "mode": 0o777, "target": str(outside)})
+    refused = [
+        await _put(r, "l/keep", b"evil"),
+        await _put(r, "l/new", b"evil"),
+        await _entries(r, {"path": "l/d", "kind": "dir", "mode": 0o755}),
+        await _entries(r, {"path": "l/keep", "kind": "file", "mode": 0o777}),
+        await _remove(r, "l/keep"),
+    ]
+    for answer in refused:
+        status, code, message = _error(answer)
+        assert (status, code) == (400, "usage") and "l is a link or not a directory" in message
+    # the link itself: never written through, nor its mode set through it
+    assert _error(await _put(r, "l", b"evil"))[2] == (
+        "cannot write file 'l': something else is there"
+    )
+    assert _error(await _entries(r, {"path": "l", "kind": "dir", "mode": 0o700}))[2] == (
+        "cannot make dir 'l': a symlink is there"
+    )
+    assert _error(
+        await _entries(r, {"path": "l", "kind": "symlink", "mode": 0o777, "target": "/"})
+    )[2] == ("a different symlink 'l' is there")
+    assert await _remove(r, "l") == (200, {"removed": 1})  # the link goes, not its target
+    assert os.listdir(outside) == ["keep"] and (outside / "keep").read_text() == "keep"
+    assert stat.S_IMODE(outside.stat().st_mode) != 0o777
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"path": "x", "kind": "socket", "mode": 0o755}, "kind: Input should be"),
+        ({"path": "x", "kind": "symlink", "mode": 0o777}, "a target comes with a symlink"),
+        ({"path": "x", "kind": "dir", "mode": 0o755, "target": "y"}, "a target comes with"),
+        ({"path": "x", "kind": "dir", "mode": 0o10000}, "mode: Input should be less"),
+        ({"path": "x", "kind": "file", "mode": 0o644}, "files are sent, not made"),
+        ({"path": "f", "kind": "dir", "mode": 0o755}, "cannot make dir 'f': a file is there"),
+        ({"path": "f/x", "kind": "dir", "mode": 0o755}, "f is a link or not a directory"),
+        ({"path": "no/x", "kind": "fifo", "mode": 0o644}, "no is not there (directories first)"),
+    ],
+)
+async def test_entries_that_cannot_be_made_are_refused(
+    incoming: Receiving, entry: dict[str, Any], says: str
+) -> None:
+    await _put(incoming, "f", b"file")
+    status, _, message = _error(await _entries(incoming, entry))
+    assert status == 400 and says in message
+    assert os.listdir(incoming.data) == ["f"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("state", [IncomingState.RESTORING, IncomingState.RESTORED])
+async def test_no_file_is_taken_once_the_copy_is_restored(
+    incoming: Receiving, state: IncomingState
+) -> None:
+    r = incoming
+    r.ctx.migrations().incoming.get(r.migration_id).state = state
+    image = await r.http.put(
+        f"/v1/incoming/{r.migration_id}/images/core-1.img",
+        data=b"x",
+        headers={**AUTH, "X-Haul-SHA256": _sha(b"x")},
+    )
+    answers = [
+        (image.status, await image.json()),
+        await _put(r, "f", b"x"),
+        await _entries(r, {"path": "d", "kind": "dir", "mode": 0o755}),
+        await _remove(r, "f"),
+    ]
+    for answer in answers:
+        assert _error(answer) == (
+            409,
+            "wrong_state",
+            f"incoming migration m1 is {state.value}: it takes no more files",
+        )
+    assert os.listdir(r.data) == [] and os.listdir(r.images) == []
+
+
+@pytest.mark.asyncio
+async def test_a_file_still_arriving_when_the_restore_begins_never_takes_its_place(
+    incoming: Receiving,
+) -> None:
+    r = incoming
+    item = r.ctx.migrations().incoming.get(r.migration_id)
+    data = b"x" * (3 << 20)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[: 1 << 20]
+        await asyncio.sleep(0.05)
+        item.state = IncomingState.RESTORING  # the source's restore came meanwhile
+        yield data[1 << 20 :]
+
+    answer = await r.http.put(
+        f"/v1/incoming/{r.migration_id}/data",
+        params={"path": "late"},
+        data=body(),
+        headers={**AUTH, "X-Haul-SHA256": _sha(data)},
+    )
+    assert _error((answer.status, await answer.json()))[:2] == (409, "wrong_state")
+    assert os.listdir(r.data) == []

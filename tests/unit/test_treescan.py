@@ -1,0 +1,86 @@
+"""Scanning a workload's files into a manifest, and reading one without following links."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from haul.errors import TransportError
+from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, build
+from haul.transport.treescan import Kind, open_inside, scan
+
+
+def test_a_scan_sees_every_kind_with_what_tells_a_change(tmp_path: Path) -> None:
+    build(
+        tmp_path,
+        {
+            "d": DirNode({"f": FileNode(b"abc", 0o640), "e": DirNode(mode=0o750)}),
+            "l": LinkNode("../outside"),
+            "p": FifoNode(0o600),
+        },
+    )
+    found = scan(tmp_path)
+    assert list(found) == ["d", "d/e", "d/f", "l", "p"]
+    f = found["d/f"]
+    st = os.lstat(tmp_path / "d" / "f")
+    assert (f.kind, f.mode, f.size) == (Kind.FILE, 0o640, 3)
+    assert (f.mtime_ns, f.ctime_ns, f.inode) == (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    assert (found["d/e"].kind, found["d/e"].mode) == (Kind.DIR, 0o750)
+    assert (found["l"].kind, found["l"].target) == (Kind.SYMLINK, "../outside")
+    assert (found["p"].kind, found["p"].mode) == (Kind.FIFO, 0o600)
+
+
+def test_a_link_to_a_directory_is_an_entry_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("no")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "in").symlink_to(outside)
+    assert list(scan(root)) == ["in"]
+
+
+def test_sockets_are_skipped(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(tmp_path / "sock"))
+        (tmp_path / "f").write_text("x")
+        assert list(scan(tmp_path)) == ["f"]
+
+
+def test_a_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    (tmp_path / "d").mkdir()
+    os.mknod(tmp_path / "d" / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    with pytest.raises(TransportError) as caught:
+        scan(tmp_path)
+    assert caught.value.one_line() == (
+        f"{tmp_path / 'd' / 'null'} is a device or special file; a workload's files cannot carry it"
+    )
+
+
+def test_no_data_directory_is_no_files(tmp_path: Path) -> None:
+    assert scan(tmp_path / "absent") == {}
+
+
+def test_open_inside_reads_a_file_and_nothing_through_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_text("secret")
+    root = tmp_path / "root"
+    root.mkdir()
+    build(root, {"d": DirNode({"f": FileNode(b"mine")}), "p": FifoNode(), "l": LinkNode("d/f")})
+    (root / "via").symlink_to(outside)
+    fd = open_inside(root, "d/f")
+    assert fd is not None
+    with os.fdopen(fd, "rb") as f:
+        assert f.read() == b"mine"
+    assert open_inside(root, "via/f") is None  # a parent that is a link
+    assert open_inside(root, "l") is None  # the file itself is a link
+    assert open_inside(root, "p") is None  # a FIFO is not read (nor blocks)
+    assert open_inside(root, "d/gone") is None
+    assert open_inside(root, "d/f/x") is None
