@@ -14,6 +14,7 @@ a discarded copy takes it along with its namespace.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from haul.errors import WorkloadError
 from haul.net.veth import netns_path
@@ -34,10 +35,15 @@ table inet {TABLE} {{
 """
 
 
-async def _nft(pid: int, *args: str, script: str | None = None) -> None:
+def _netns(target: int | Path) -> str:
+    """A process's network namespace (by PID), or a namespace file (by path)."""
+    return netns_path(target) if isinstance(target, int) else str(target)
+
+
+async def _nft(target: int | Path, *args: str, script: str | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
         "nsenter",
-        f"--net={netns_path(pid)}",
+        f"--net={_netns(target)}",
         "--",
         "nft",
         *args,
@@ -48,29 +54,30 @@ async def _nft(pid: int, *args: str, script: str | None = None) -> None:
     _, err = await proc.communicate(script.encode() if script is not None else None)
     if proc.returncode != 0:
         raise WorkloadError(
-            f"nft {' '.join(args)} in the network namespace of {pid} failed: "
+            f"nft {' '.join(args)} in the network namespace of {target} failed: "
             f"{err.decode(errors='replace').strip()}"
         )
 
 
-async def lock(pid: int) -> None:
-    """Drop all traffic of ``pid``'s network namespace but loopback."""
-    await _nft(pid, "-f", "-", script=_LOCK)
+async def lock(target: int | Path) -> None:
+    """Drop all traffic but loopback's in the network namespace of ``target`` (a PID, or
+    the path of a namespace file)."""
+    await _nft(target, "-f", "-", script=_LOCK)
 
 
-async def unlock(pid: int) -> None:
+async def unlock(target: int | Path) -> None:
     """Remove haul's lock; harmless when it is gone already (a repeated resume)."""
     try:
-        await _nft(pid, "delete", "table", "inet", TABLE)
+        await _nft(target, "delete", "table", "inet", TABLE)
     except WorkloadError:
-        if await is_locked(pid):
+        if await is_locked(target):
             raise
 
 
-async def is_locked(pid: int) -> bool:
+async def is_locked(target: int | Path) -> bool:
     proc = await asyncio.create_subprocess_exec(
         "nsenter",
-        f"--net={netns_path(pid)}",
+        f"--net={_netns(target)}",
         "--",
         "nft",
         "list",
