@@ -58,6 +58,10 @@ class NoSuchContainer(ContainerError):
     """runc knows no container of that ID under its root."""
 
 
+class ImageError(ContainerError):
+    """An OCI image layout cannot be read, resolved or unpacked."""
+
+
 class TransportError(HaulError):
     """Moving images or pages between hosts failed."""
 

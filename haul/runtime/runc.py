@@ -146,11 +146,59 @@ class Runc:
         return [_state_of(r) for r in rows or []]
 
     async def run_detached(self, container_id: str, bundle: Path, *, pid_file: Path) -> int:
-        """``runc run -d``: create and start; returns the container's init PID."""
-        await self._run(
-            "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id
+        """``runc run -d``: create and start; returns the container's init PID.
+
+        A detached container without a terminal gets runc's own stdin, stdout and
+        stderr, so runc runs with all three on /dev/null: pipes would stay open in
+        the container (the call would never end) and a host file cannot be dumped
+        by CRIU. runc's own error then comes from its log, kept next to the PID file.
+        """
+        log_file = pid_file.with_name(pid_file.name + ".runc-log.json")
+        await self._run_devnull(
+            "run",
+            "--detach",
+            "--bundle",
+            str(bundle),
+            "--pid-file",
+            str(pid_file),
+            container_id,
+            log_file=log_file,
+            what="run",
         )
         return int(pid_file.read_text().strip())
+
+    async def _run_devnull(
+        self, *args: str, log_file: Path, what: str, timeout_s: float = CALL_TIMEOUT_S
+    ) -> None:
+        """A runc call whose stdio is /dev/null (what it starts inherits them); its
+        error is read from ``--log`` (JSON lines), which is removed afterwards."""
+        argv = [str(self.binary), "--root", str(self.root)]
+        if self.criu is not None:
+            argv += ["--criu", str(self.criu)]
+        argv += ["--log", str(log_file), "--log-format", "json", *args]
+        log_file.unlink(missing_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ContainerError(f"runc {what} did not finish within {timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+            raise
+        try:
+            if proc.returncode != 0:
+                raise self._failed(what, _json_log_error(log_file), None)
+        finally:
+            log_file.unlink(missing_ok=True)
 
     async def kill(
         self,
@@ -253,6 +301,22 @@ def _last_line(text: str) -> str:
     # runc logs as logfmt: level=error msg="..."
     match = re.search(r'msg="((?:[^"\\]|\\.)*)"', last)
     return match.group(1).replace('\\"', '"') if match else last
+
+
+def _json_log_error(log_file: Path) -> str:
+    """The last error runc wrote to its ``--log-format json`` log, or ''."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", ""))
+    return ""
 
 
 def _criu_error(log_dir: Path) -> str | None:
