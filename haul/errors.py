@@ -184,6 +184,12 @@ class NotATree(PeerBadRequest):
     codes = ("not_a_tree",)
 
 
+class NotDumpable(PeerBadRequest):
+    """A container that runc and CRIU could not checkpoint there (the reasons follow)."""
+
+    codes = ("not_dumpable",)
+
+
 class NoChecksum(PeerBadRequest):
     codes = ("no_sha256",)
 
@@ -212,6 +218,12 @@ class NoSuchWorkload(PeerNotFound):
 
 class NoSuchProcess(PeerNotFound):
     codes = ("no_process",)
+
+
+class UnknownContainer(PeerNotFound):
+    """runc knows no container of that ID under that root on that host."""
+
+    codes = ("no_container",)
 
 
 class NoSuchMigration(PeerNotFound):
