@@ -171,6 +171,16 @@ def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> di
     }
 
 
+def short_image(image: str | None) -> str:
+    """An image as the table shows it: the layout's directory name and the tag
+    (``oci:/srv/images/web:v1`` -> ``web:v1``); JSON has the whole reference."""
+    if image is None:
+        return "-"
+    head, _, tag = image.rpartition(":")
+    name = head.rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}:{tag}" if head.startswith("oci:/") and name else image
+
+
 def _emit(
     rows: Sequence[tuple[str, WorkloadView]],
     output: Output,
@@ -198,7 +208,7 @@ def _emit(
             w.status.value,
             str(w.root_pid),
             address,
-            w.image or "-",
+            short_image(w.image),
             _started(w.started_at),
             shlex.join(w.argv),
         )
