@@ -83,12 +83,19 @@ def _peer_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _cgroup_path(value: str) -> str:
+    parts = value.split("/")
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]{1,64}){1,8}", value) or "." in parts or ".." in parts:
+        raise ValueError(f"{value!r} is not a cgroup path like /haul/host1")
+    return value
+
+
 HostName = Annotated[str, AfterValidator(_host_name)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 NetnsName = Annotated[str, AfterValidator(_netns_name)]
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 PeerUrl = Annotated[str, AfterValidator(_peer_url)]
-CgroupPath = Annotated[str, Field(pattern=r"^(/[A-Za-z0-9_.-]{1,64}){1,8}$")]
+CgroupPath = Annotated[str, AfterValidator(_cgroup_path)]
 
 
 class _Section(BaseModel):

@@ -192,6 +192,12 @@ class Containers:
     ) -> StartedContainer:
         """Make the container's bundle, mounts and namespace, and ``runc run -d`` it."""
         self._check_host()
+        roots = self.settings.allowed_roots
+        if spec.image is not None:  # refused before anything is read or made
+            inside_roots(ImageRef.parse(spec.image).layout, roots, "image layout")
+        for what, given in (("bundle", spec.bundle), ("rootfs", spec.rootfs)):
+            if given is not None:
+                inside_roots(Path(given), roots, what)
         runc = self.runc()
         dirs = self.dirs(name)
         if dirs.directory.exists():
@@ -200,7 +206,6 @@ class Containers:
             with contextlib.suppress(NoSuchContainer):
                 await runc.delete(name, force=True)
             await self._release(name, dirs, cgroup=cgroups_path(self.settings.cgroup_parent, name))
-        roots = self.settings.allowed_roots
         lower: Path | None = None
         image_digest: str | None = None
         layers: list[str] = []
@@ -208,7 +213,6 @@ class Containers:
         unpack_s: float | None = None
         if spec.image is not None:
             ref = ImageRef.parse(spec.image)
-            inside_roots(ref.layout, roots, "image layout")
             cached = await self.images.unpack(ref)
             unpack_s = cached.unpack_s
             source = read_config(cached.config, f"image {ref}")
