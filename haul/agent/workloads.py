@@ -384,11 +384,13 @@ class WorkloadManager:
             await asyncio.shield(self._remove_container_quietly(name, started.record))
             raise
         log.info(
-            "started container %s: pid %d, %s (image unpacked in %s, run in %.3f s)",
+            "started container %s: pid %d, %s (image %s, run in %.3f s)",
             name,
             started.pid,
             started.record.image or started.record.bundle,
-            "cache" if started.unpack_s is None else f"{started.unpack_s:.3f} s",
+            "from the cache"
+            if started.unpack_s is None
+            else f"unpacked in {started.unpack_s:.3f} s",
             started.run_s,
         )
         return record

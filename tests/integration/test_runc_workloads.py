@@ -154,6 +154,12 @@ def test_a_container_from_an_image_runs_is_listed_and_leaves_nothing(
     assert config["process"]["terminal"] is False
     assert "network" not in [ns["type"] for ns in config["linux"]["namespaces"]]
 
+    # runc's paused is the workload's paused
+    assert host_runc(lab, "host1", "pause", "c1").returncode == 0
+    assert [r["status"] for r in ps(inventory)] == ["paused"]
+    assert host_runc(lab, "host1", "resume", "c1").returncode == 0
+    assert [r["status"] for r in ps(inventory)] == ["running"]
+
     # a second container of the same image starts from the cache
     started = time.monotonic()
     second = run_haul(
@@ -168,6 +174,8 @@ def test_a_container_from_an_image_runs_is_listed_and_leaves_nothing(
     ]
     assert len(list((agent / "images").iterdir())) == 1
 
+    log = (lab.member("host1").workdir / "agent.log").read_text().splitlines()
+    print(*[line for line in log if "started container" in line], sep="\n")
     for name in ("c1", "c2"):
         killed = run_haul(inventory, "kill", name)
         assert killed.returncode == 0, killed.stderr
@@ -180,10 +188,14 @@ def test_a_container_from_an_image_runs_is_listed_and_leaves_nothing(
 
 @pytest.mark.root
 def test_a_container_with_its_own_address_answers_from_another_host(
-    lab_with_agents: tuple[LabSpec, Path], busybox_image: ImageRef
+    lab_with_agents: tuple[LabSpec, Path],
 ) -> None:
     lab, inventory = lab_with_agents
-    image = _lab_image(lab, busybox_image)
+    # the demo's way to an image: haul lab image builds one in the lab's directory
+    built = run_haul(inventory, "lab", "image", "--prefix", lab.prefix)
+    assert built.returncode == 0, built.stderr
+    image = ImageRef.parse(built.stdout.strip())
+    assert image.layout.is_relative_to(lab.root_dir) and resolve(image).layer_digests
     done = run_haul(
         inventory, "run", "--name", "web", "--host", "host1", "--runtime", "runc",
         "--image", str(image), "--ip", f"{ADDRESS}/24", "-o", "json",
@@ -242,6 +254,55 @@ def _runc_run(lab: LabSpec, bundle: Path, cid: str, root: Path, stdout: Path | N
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL, timeout=30
         )
     assert done.returncode == 0
+
+
+@pytest.mark.root
+def test_a_container_from_a_bundle_and_from_a_rootfs_uses_them_as_they_are(
+    lab_with_agents: tuple[LabSpec, Path], busybox_image: ImageRef
+) -> None:
+    lab, inventory = lab_with_agents
+    image = _lab_image(lab, busybox_image)
+    given = _plain_bundle(lab, image, "given")
+    bare = _plain_bundle(lab, image, "bare") / "rootfs"
+    runc = ("--host", "host1", "--runtime", "runc")
+    done = run_haul(inventory, "run", "--name", "b1", *runc, "--bundle", str(given))
+    assert done.returncode == 0, done.stderr
+    script = "echo hello > /data/hello; exec /bin/sleep 1000"
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        "r1",
+        *runc,
+        "--rootfs",
+        str(bare),
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [(r["name"], r["status"], r["image"]) for r in ps(inventory)] == [
+        ("b1", "running", None),
+        ("r1", "running", None),
+    ]
+    # the given rootfs is written to as it is (no overlay); the counter counts there
+    wait_until("b1 counting", lambda: (given / "rootfs" / "data" / "count").exists(), 10.0)
+    wait_until("r1 writing", lambda: (bare / "data" / "hello").exists(), 10.0)
+    assert [m for m in _agent_mounts(lab, "host1") if "/containers/" in m] == []
+    agent = _agent_dir(lab, "host1")
+    config = json.loads((agent / "containers" / "b1" / "bundle" / "config.json").read_text())
+    assert config["root"]["path"] == str(given / "rootfs")
+    assert config["linux"]["cgroupsPath"] == f"{lab_cgroup_parent(lab, 'host1')}/b1"
+    # runc's default configuration for a bare rootfs: the host's network, writable
+    config = json.loads((agent / "containers" / "r1" / "bundle" / "config.json").read_text())
+    assert "network" not in [ns["type"] for ns in config["linux"]["namespaces"]]
+    assert config["root"] == {"path": str(bare), "readonly": False}
+    for name in ("b1", "r1"):
+        killed = run_haul(inventory, "kill", name)
+        assert killed.returncode == 0, killed.stderr
+        assert _leftovers(lab, "host1", name) == []
+    assert (given / "config.json").is_file() and (bare / "bin" / "busybox").is_file()
 
 
 @pytest.mark.root
