@@ -131,13 +131,27 @@ class ContainerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PreparedContainer:
+    """A container ready to run (or to be restored into) on this host."""
+
+    record: ContainerRecord
+    #: its config.json, as written
+    config: dict[str, Any]
+    #: seconds unpacking its image took (None: it was cached, or there is none)
+    unpack_s: float | None
+    #: seconds the whole preparation took (the unpack included)
+    prepare_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class StartedContainer:
     record: ContainerRecord
     pid: int
     argv: list[str]
-    #: seconds: unpacking the image (None: it was cached, or there is none)
+    #: seconds: unpacking the image (None: it was cached, or there is none), preparing
+    #: everything (the unpack included), and ``runc run -d``
     unpack_s: float | None = None
-    #: seconds from the first thing made to runc's answer (namespace, mounts, runc run)
+    prepare_s: float = 0.0
     run_s: float = 0.0
 
 
@@ -191,7 +205,35 @@ class Containers:
         self, name: str, spec: WorkloadSpec, net: WorkloadNet | None
     ) -> StartedContainer:
         """Make the container's bundle, mounts and namespace, and ``runc run -d`` it."""
+        prepared = await self.prepare(name, spec, net)
+        runc = self.runc()
+        started = time.monotonic()
+        try:
+            runc.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            dirs = self.dirs(name)
+            pid = await runc.run_detached(name, dirs.bundle, pid_file=dirs.pid_file)
+        except BaseException:
+            await asyncio.shield(self._undo_start(runc, name, prepared.record))
+            raise
+        return StartedContainer(
+            prepared.record,
+            pid,
+            _args_of(prepared.config),
+            unpack_s=prepared.unpack_s,
+            prepare_s=prepared.prepare_s,
+            run_s=time.monotonic() - started,
+        )
+
+    async def prepare(
+        self, name: str, spec: WorkloadSpec, net: WorkloadNet | None
+    ) -> PreparedContainer:
+        """Everything a container ``name`` needs on this host but running it: the image
+        unpacked, its directory, network namespace (with ``net``'s veth and address),
+        overlay rootfs, CRIU configuration file and config.json (this host's cgroup and
+        paths). Then either :meth:`start` runs it, or a migration restores into it; on
+        failure nothing is left, and :meth:`release` removes it all."""
         self._check_host()
+        begun = time.monotonic()
         roots = self.settings.allowed_roots
         if spec.image is not None:  # refused before anything is read or made
             inside_roots(ImageRef.parse(spec.image).layout, roots, "image layout")
@@ -200,12 +242,13 @@ class Containers:
                 inside_roots(Path(given), roots, what)
         runc = self.runc()
         dirs = self.dirs(name)
+        cgroup = cgroups_path(self.settings.cgroup_parent, name)
         if dirs.directory.exists():
             # the name is not registered (the manager checked): a start that died left these
             log.warning("container %s: removing what an earlier start left", name)
             with contextlib.suppress(NoSuchContainer):
                 await runc.delete(name, force=True)
-            await self._release(name, dirs, cgroup=cgroups_path(self.settings.cgroup_parent, name))
+            await self._release(name, dirs, cgroup=cgroup)
         lower: Path | None = None
         image_digest: str | None = None
         layers: list[str] = []
@@ -233,7 +276,6 @@ class Containers:
                 raise UsageError(f"rootfs {spec.rootfs} is not a directory")
             source = await self._default_config(runc, name)
             readonly = False
-        cgroup = cgroups_path(self.settings.cgroup_parent, name)
         netns = dirs.netns if net is not None else None
         config = runtime_config(
             source,
@@ -258,25 +300,21 @@ class Containers:
             cgroups_path=cgroup,
             criu_config=str(dirs.criu_config),
         )
-        started = time.monotonic()
         try:
-            pid = await self._make_and_run(runc, name, dirs, net, lower, config)
+            await self._make(name, dirs, net, lower, config)
         except BaseException:
-            await asyncio.shield(self._release(name, dirs, cgroup=cgroup))
+            await asyncio.shield(self._release_quietly(name, dirs, cgroup=cgroup))
             raise
-        return StartedContainer(
-            record, pid, _args_of(config), unpack_s=unpack_s, run_s=time.monotonic() - started
-        )
+        return PreparedContainer(record, config, unpack_s, time.monotonic() - begun)
 
-    async def _make_and_run(
+    async def _make(
         self,
-        runc: Runc,
         name: str,
         dirs: ContainerDirs,
         net: WorkloadNet | None,
         lower: Path | None,
         config: dict[str, Any],
-    ) -> int:
+    ) -> None:
         dirs.directory.mkdir(parents=True, mode=0o700)
         if net is not None:
             if self.bridge is None:
@@ -287,8 +325,6 @@ class Containers:
             await mount_overlay(lower=lower, upper=dirs.upper, work=dirs.work, target=dirs.rootfs)
         write_criu_config(dirs.criu_config, own_netns=net is not None)
         write_config(dirs.config, config)
-        runc.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return await runc.run_detached(name, dirs.bundle, pid_file=dirs.pid_file)
 
     async def _default_config(self, runc: Runc, name: str) -> dict[str, Any]:
         """runc's default configuration (``runc spec``), for a bare rootfs."""
@@ -326,6 +362,20 @@ class Containers:
         away): mounts, namespace, veth, cgroup, its directory. Adopted ones: nothing."""
         if record.owned:
             await self._release(name, self.dirs(name), cgroup=record.cgroups_path)
+
+    async def _undo_start(self, runc: Runc, name: str, record: ContainerRecord) -> None:
+        """After a failed or cancelled ``runc run``: whatever runc made, then the rest."""
+        with contextlib.suppress(ContainerError):  # none made (the usual case)
+            await runc.delete(name, force=True)
+        await self._release_quietly(name, self.dirs(name), cgroup=record.cgroups_path)
+
+    async def _release_quietly(self, name: str, dirs: ContainerDirs, *, cgroup: str) -> None:
+        """:meth:`_release` after a failure: its own problems are logged, not raised (the
+        failure is what the caller must hear of)."""
+        try:
+            await self._release(name, dirs, cgroup=cgroup)
+        except HaulError as exc:
+            log.error("%s", exc.one_line())
 
     async def _release(self, name: str, dirs: ContainerDirs, *, cgroup: str) -> None:
         problems: list[str] = []

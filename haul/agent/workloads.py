@@ -379,25 +379,28 @@ class WorkloadManager:
     ) -> WorkloadRecord:
         started = await self.containers.start(name, spec, net)
         try:
-            record = await self._register_container(name, started, spec.net)
+            record = await self.register_container(name, started, spec.net)
         except BaseException:
             await asyncio.shield(self._remove_container_quietly(name, started.record))
             raise
         log.info(
-            "started container %s: pid %d, %s (image %s, run in %.3f s)",
+            "started container %s: pid %d, %s (image %s; prepared in %.3f s, runc run %.3f s)",
             name,
             started.pid,
             started.record.image or started.record.bundle,
             "from the cache"
             if started.unpack_s is None
             else f"unpacked in {started.unpack_s:.3f} s",
+            started.prepare_s,
             started.run_s,
         )
         return record
 
-    async def _register_container(
+    async def register_container(
         self, name: str, started: StartedContainer, net: NetSpec | None
     ) -> WorkloadRecord:
+        """Register a container running here (started, adopted, or restored by a
+        migration: its record says where everything is); Conflict if the name is taken."""
         ticks = start_ticks(started.pid)
         if ticks is None:
             raise WorkloadError(f"container {name} exited as soon as it started")
@@ -610,7 +613,7 @@ class WorkloadManager:
             self._busy.add(name)
         try:
             started = await self.containers.adopt(container_id, runc_root)
-            record = await self._register_container(name, started, None)
+            record = await self.register_container(name, started, None)
         finally:
             self._busy.discard(name)
         log.info("adopted container %s as workload %s: pid %d", container_id, name, started.pid)
