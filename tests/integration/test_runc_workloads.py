@@ -9,6 +9,7 @@ when it is removed; the lab's removal deletes any container a failing test left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from haul.lab.agents import lab_cgroup_parent
+from haul.lab.agents import lab_cgroup_parent, restart_agent
 from haul.lab.containers import container_ids, host_runc, host_runc_argv
 from haul.lab.operator import agent_pid, ps, run_haul, wait_until
 from haul.lab.spec import LabSpec
@@ -298,6 +299,12 @@ def test_a_container_from_a_bundle_and_from_a_rootfs_uses_them_as_they_are(
     config = json.loads((agent / "containers" / "r1" / "bundle" / "config.json").read_text())
     assert "network" not in [ns["type"] for ns in config["linux"]["namespaces"]]
     assert config["root"] == {"path": str(bare), "readonly": False}
+    # the containers outlive their agent; a restarted one knows them from its registry
+    asyncio.run(restart_agent(lab, "host1"))
+    assert [(r["name"], r["status"]) for r in ps(inventory)] == [
+        ("b1", "running"),
+        ("r1", "running"),
+    ]
     for name in ("b1", "r1"):
         killed = run_haul(inventory, "kill", name)
         assert killed.returncode == 0, killed.stderr
