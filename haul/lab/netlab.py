@@ -17,7 +17,7 @@ before it is created; ``down`` kills every process inside the lab's
 namespaces, removes them, restores recorded sysctls, and deletes the ledger.
 Unless told not to, ``up`` also starts a ``haul agent`` in each host
 (:mod:`haul.lab.agents`), which ``down`` stops first; then it deletes the runc
-containers those agents ran (:mod:`haul.lab.containers`).
+containers those agents ran (:mod:`haul.lab.hostrunc`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from haul.criu.info import PIPE_MAX_SIZE_NEEDED
 from haul.errors import LabError, UsageError
 from haul.lab.agents import start_agents, stop_agents
-from haul.lab.containers import remove_containers
+from haul.lab.hostrunc import remove_containers
 from haul.lab.ledger import Ledger, known_prefixes
 from haul.lab.spec import BRIDGE, HOST_BRIDGE, HOST_IFNAME, HostSpec, LabSpec
 from haul.procfs import kill_netns_members, kill_ns_members, netns_inode, pids_in_ns

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from haul.lab.agents import lab_cgroup_parent, restart_agent
-from haul.lab.containers import container_ids, host_runc, host_runc_argv
+from haul.lab.hostrunc import container_ids, host_runc, host_runc_argv
 from haul.lab.operator import agent_pid, ps, run_haul, wait_until
 from haul.lab.spec import LabSpec
 from haul.net.spec import host_ifname
