@@ -11,6 +11,7 @@ none of the lab's namespaces, so killing those would miss it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -99,4 +100,9 @@ def remove_containers(spec: LabSpec) -> list[str]:
                 pass
             except OSError as exc:
                 problems.append(f"cgroup {directory}: {exc.strerror}")
+    # the parents' common top (/haul) goes too when no other lab or host uses it
+    top = lab_cgroup_parent(spec, "host1").strip("/").split("/")[0]
+    for mount in cgroup_mounts():
+        with contextlib.suppress(OSError):
+            (mount / top).rmdir()
     return problems
