@@ -35,8 +35,10 @@ trap 'die "step failed at line $LINENO (exit $?): see the output above"' ERR
 export DEBIAN_FRONTEND=noninteractive
 
 # ---------------------------------------------------------------- packages
-RUNTIME_PKGS=(iproute2 nftables runc iputils-arping iputils-ping haproxy openssh-server
-              python3-venv util-linux procps ca-certificates)
+# runc runs OCI containers; umoci unpacks OCI image layouts (no registry); busybox-static
+# fills the tiny test and demo image (haul/lab/images.py).
+RUNTIME_PKGS=(iproute2 nftables runc umoci busybox-static iputils-arping iputils-ping haproxy
+              openssh-server python3-venv util-linux procps ca-certificates)
 BUILD_PKGS=(build-essential pkgconf libbsd-dev libcap-dev libgnutls28-dev
             libnet1-dev libnftables-dev libnl-3-dev libprotobuf-c-dev
             libprotobuf-dev protobuf-c-compiler protobuf-compiler uuid-dev
@@ -177,14 +179,25 @@ fi
 [ -d "$CRIU_SRC" ] || die "no source tree for CRIU $CRIU_VERSION (ZDTM test programs need it)"
 note "$CRIU_SRC"
 
+step "runc"
+RUNC_BIN=$(command -v runc || true)
+[ -n "$RUNC_BIN" ] && [ -x "$RUNC_BIN" ] || die "runc is not installed (package runc)"
+RUNC_VERSION=$("$RUNC_BIN" --version | awk '/^runc version/ {print $3}')
+[ -n "$RUNC_VERSION" ] || die "$RUNC_BIN --version says no version"
+note "using $RUNC_BIN ($RUNC_VERSION); haul always gives it --criu $CRIU_BIN"
+
 step "record choices in $ETC/install.toml"
 mkdir -p "$ETC"
 cat > "$ETC/install.toml.new" <<TOML
-# Written by haul's deploy/install.sh; haul reads it to find CRIU.
+# Written by haul's deploy/install.sh; haul reads it to find CRIU and runc.
 [criu]
 path = "$CRIU_BIN"
 version = "$CRIU_VERSION"
 source = "$CRIU_SRC"
+
+[runc]
+path = "$RUNC_BIN"
+version = "$RUNC_VERSION"
 TOML
 mv "$ETC/install.toml.new" "$ETC/install.toml"
 

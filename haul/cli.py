@@ -157,6 +157,39 @@ def lab_status_cmd(prefix: PrefixOpt = "haul", output: OutputOpt = Output.text) 
     _print_status(lab_status(prefix), output)
 
 
+@lab_app.command("image", context_settings={"allow_interspersed_args": False})
+def lab_image_cmd(
+    prefix: PrefixOpt = "haul",
+    tag: Annotated[str, typer.Option("--tag", help="the image's tag")] = "latest",
+    cmd: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="its command, after -- (default: a shell loop counting into /data/count)",
+            metavar="CMD",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Build a tiny busybox OCI image layout in the lab's directory (where its agents may
+    read it; 'lab down' removes it) and print its reference, for haul run --image."""
+    from haul.errors import LabError
+    from haul.lab.images import COUNTER_CMD, build_busybox_image, set_command
+    from haul.lab.ledger import Ledger
+    from haul.lab.spec import LabSpec
+    from haul.runtime.images import ImageRef
+
+    _need_root()
+    if Ledger.load(prefix) is None:
+        raise LabError(f"lab {prefix!r} is not up: 'haul lab up' first")
+    layout = LabSpec(prefix=prefix).root_dir / "images" / "busybox"
+    if not (layout / "index.json").is_file():
+        build_busybox_image(layout)
+    ref = ImageRef(layout)
+    if cmd or tag != ref.tag:
+        ref = set_command(ref, cmd or COUNTER_CMD, tag=tag)
+    sys.stdout.write(f"{ref}\n")
+
+
 def _print_status(status: Any, output: Output) -> None:
     if output is Output.json:
         _emit_json(dataclasses.asdict(status) | {"complete": status.complete})

@@ -1,4 +1,5 @@
-"""``haul ps``, ``haul run`` and ``haul kill``: workloads on the hosts of the inventory.
+"""``haul ps``, ``haul run``, ``haul adopt`` and ``haul kill``: workloads on the hosts of
+the inventory.
 
 Each command asks the agents named in the hosts inventory (``--hosts FILE``,
 ``HAUL_HOSTS``, or ``~/.config/haul/hosts.toml``; ``haul lab up`` writes one)
@@ -165,7 +166,19 @@ def workload_json(host: str, w: WorkloadView, now: datetime | None = None) -> di
         "log_path": w.log_path,
         "address": w.net.address if w.net is not None else None,
         "port": w.net.port if w.net is not None else None,
+        "runtime": w.runtime,
+        "image": w.image,
     }
+
+
+def short_image(image: str | None) -> str:
+    """An image as the table shows it: the layout's directory name and the tag
+    (``oci:/srv/images/web:v1`` -> ``web:v1``); JSON has the whole reference."""
+    if image is None:
+        return "-"
+    head, _, tag = image.rpartition(":")
+    name = head.rstrip("/").rsplit("/", 1)[-1]
+    return f"{name}:{tag}" if head.startswith("oci:/") and name else image
 
 
 def _emit(
@@ -181,7 +194,8 @@ def _emit(
         sys.stdout.write(json.dumps(value, indent=2) + "\n")
         return
     table = Table(title=title)
-    for col in ("host", "name", "status", "root pid", "address", "started", "argv"):
+    columns = ("host", "name", "runtime", "status", "root pid", "address", "image", "started")
+    for col in (*columns, "argv"):
         table.add_column(col, justify="right" if col == "root pid" else "left")
     for host, w in rows:
         address = (
@@ -190,9 +204,11 @@ def _emit(
         table.add_row(
             host,
             w.name,
+            w.runtime,
             w.status.value,
             str(w.root_pid),
             address,
+            short_image(w.image),
             _started(w.started_at),
             shlex.join(w.argv),
         )
@@ -223,11 +239,12 @@ def ps_cmd(
         raise ConfigError("could not list every host: " + "; ".join(failed))
 
 
+class RuntimeChoice(enum.StrEnum):
+    process = "process"
+    runc = "runc"
+
+
 def run_cmd(
-    argv: Annotated[
-        list[str],
-        typer.Argument(help="the command to run, after --", metavar="CMD", show_default=False),
-    ],
     name: Annotated[str, typer.Option("--name", help="the workload's name", show_default=False)],
     host: Annotated[str, typer.Option("--host", help="the host to run it on", show_default=False)],
     data_dir: Annotated[
@@ -260,13 +277,59 @@ def run_cmd(
         str | None,
         typer.Option("--gateway", help="its default route (with --ip)", show_default=False),
     ] = None,
+    runtime: Annotated[
+        RuntimeChoice,
+        typer.Option(
+            "--runtime",
+            help="process: a process tree haul starts; runc: an OCI container "
+            "(with --image, --bundle or --rootfs)",
+        ),
+    ] = RuntimeChoice.process,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="runc: an OCI image layout on the host, oci:/PATH[:TAG] (default tag latest)",
+            show_default=False,
+        ),
+    ] = None,
+    bundle: Annotated[
+        str | None,
+        typer.Option("--bundle", help="runc: a bundle directory on the host", show_default=False),
+    ] = None,
+    rootfs: Annotated[
+        str | None,
+        typer.Option(
+            "--rootfs",
+            help="runc: a root filesystem on the host (runc's default configuration; give CMD)",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
+    argv: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="the command to run, after -- (a container's overrides its image's)",
+            metavar="CMD",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Start CMD as workload NAME on HOST, through that host's agent."""
+    """Start CMD as workload NAME on HOST, or a runc container, through that host's agent."""
     from haul.agent.models import NetSpec
     from haul.net.spec import WorkloadNet
 
+    sources = [f for f, v in (("--image", image), ("--bundle", bundle), ("--rootfs", rootfs)) if v]
+    if runtime is RuntimeChoice.process and sources:
+        raise UsageError(f"{', '.join(sources)}: only with --runtime runc")
+    if runtime is RuntimeChoice.runc and len(sources) != 1:
+        raise UsageError(
+            "--runtime runc takes one of --image, --bundle and --rootfs"
+            + (f", not {' and '.join(sources)}" if sources else "")
+        )
+    if runtime is RuntimeChoice.process and not argv:
+        raise UsageError("give the command to run after --")
     ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
         raise UsageError("--port and --gateway go with --ip")
@@ -277,7 +340,16 @@ def run_cmd(
 
     async def start() -> WorkloadView:
         async with client_for(entry) as agent:
-            return await agent.start_workload(name, argv, data_dir=data_dir, net=net)
+            return await agent.start_workload(
+                name,
+                argv or [],
+                data_dir=data_dir,
+                net=net,
+                runtime=runtime.value,
+                image=image,
+                bundle=bundle,
+                rootfs=rootfs,
+            )
 
     view = asyncio.run(start())
     _emit([(host, view)], output, title=f"started on {host}", single=True)
@@ -313,8 +385,77 @@ def kill_cmd(
     _emit([(where, view)], output, title=f"killed on {where}", single=True)
 
 
+def _one_host(inventory: Inventory, host: str | None) -> tuple[str, HostEntry]:
+    """``host``, or the inventory's only host."""
+    if host is None and len(inventory.hosts) > 1:
+        raise UsageError(f"--host: which host is it on ({', '.join(sorted(inventory.hosts))})?")
+    ((name, entry),) = _select(inventory, host)
+    return name, entry
+
+
+def adopt_cmd(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="runc:ID (a container started with runc run -d) or pid:PID (a tree)",
+            metavar="runc:ID|pid:PID",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="the host it runs on (default: the only one)", show_default=False
+        ),
+    ] = None,
+    runc_root: Annotated[
+        str | None,
+        typer.Option(
+            "--runc-root",
+            help="the runc root it was started under, as the host sees it (default runc's, "
+            "/run/runc)",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="its workload name (default: the container's ID, or pid-PID)",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = Output.text,
+    hosts_file: HostsFileOpt = None,
+) -> None:
+    """Make an existing container or process tree a workload of its host's agent; a
+    container that runc and CRIU could not checkpoint there is refused, with the reasons."""
+    kind, _, what = target.partition(":")
+    if kind not in ("runc", "pid") or not what:
+        raise UsageError(f"{target!r}: give runc:CONTAINER_ID or pid:PID")
+    if kind == "pid" and runc_root is not None:
+        raise UsageError("--runc-root goes with runc:ID")
+    pid = 0
+    if kind == "pid":
+        try:
+            pid = int(what)
+        except ValueError:
+            raise UsageError(f"{target!r} is not pid:NUMBER") from None
+    where, entry = _one_host(load_inventory(hosts_file), host)
+
+    async def adopt() -> WorkloadView:
+        async with client_for(entry) as agent:
+            if kind == "runc":
+                return await agent.adopt_container(what, runc_root=runc_root, name=name)
+            return await agent.adopt(pid, name)
+
+    view = asyncio.run(adopt())
+    _emit([(where, view)], output, title=f"adopted on {where}", single=True)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``ps``, ``run`` and ``kill`` to ``app`` (the ``haul`` command)."""
+    """Add ``ps``, ``run``, ``adopt`` and ``kill`` to ``app`` (the ``haul`` command)."""
     app.command("ps")(ps_cmd)
     app.command("run", context_settings={"allow_interspersed_args": False})(run_cmd)
+    app.command("adopt")(adopt_cmd)
     app.command("kill")(kill_cmd)

@@ -63,6 +63,10 @@ class NoSuchContainer(ContainerError):
     """runc knows no container of that ID under its root."""
 
 
+class ImageError(ContainerError):
+    """An OCI image layout cannot be read, resolved or unpacked."""
+
+
 class TransportError(HaulError):
     """Moving images or pages between hosts failed."""
 
@@ -185,6 +189,12 @@ class NotATree(PeerBadRequest):
     codes = ("not_a_tree",)
 
 
+class NotDumpable(PeerBadRequest):
+    """A container that runc and CRIU could not checkpoint there (the reasons follow)."""
+
+    codes = ("not_dumpable",)
+
+
 class NoChecksum(PeerBadRequest):
     codes = ("no_sha256",)
 
@@ -213,6 +223,12 @@ class NoSuchWorkload(PeerNotFound):
 
 class NoSuchProcess(PeerNotFound):
     codes = ("no_process",)
+
+
+class UnknownContainer(PeerNotFound):
+    """runc knows no container of that ID under that root on that host."""
+
+    codes = ("no_container",)
 
 
 class NoSuchMigration(PeerNotFound):

@@ -83,11 +83,19 @@ def _peer_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _cgroup_path(value: str) -> str:
+    parts = value.split("/")
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]{1,64}){1,8}", value) or "." in parts or ".." in parts:
+        raise ValueError(f"{value!r} is not a cgroup path like /haul/host1")
+    return value
+
+
 HostName = Annotated[str, AfterValidator(_host_name)]
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
 NetnsName = Annotated[str, AfterValidator(_netns_name)]
 IfName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")]
 PeerUrl = Annotated[str, AfterValidator(_peer_url)]
+CgroupPath = Annotated[str, AfterValidator(_cgroup_path)]
 
 
 class _Section(BaseModel):
@@ -165,6 +173,19 @@ class HooksConfig(_Section):
     timeout_s: float = Field(default=DEFAULT_HOOK_TIMEOUT_S, gt=0, le=3600)
 
 
+class RuncConfig(_Section):
+    """OCI containers run by runc on this host (``haul run --runtime runc``)."""
+
+    #: the directories a container's image layout, bundle or root filesystem may be
+    #: in, as this host sees them (none: containers can be started from nothing)
+    allowed_roots: list[Path] = Field(default_factory=list, max_length=64)
+    #: the cgroup every container's own cgroup goes under (``PARENT/NAME``); it must
+    #: differ between hosts sharing one machine's cgroups. Default: ``/haul/<host>``
+    cgroup_parent: CgroupPath | None = None
+    #: runc's state directory for the containers haul starts; default: ``STATE/runc``
+    root: Path | None = None
+
+
 class AgentConfig(_Section):
     #: the name this agent answers to (and the name in its certificate)
     host: HostName = Field(default_factory=socket.gethostname)
@@ -199,6 +220,7 @@ class AgentConfig(_Section):
     #: per workload: the load balancer its migrations cut over,
     #: ``haproxy:SOCKET:BACKEND/SERVER[,addr]`` (see haul/cutover/lb_spec.py)
     lb: dict[str, str] = Field(default_factory=dict)
+    runc: RuncConfig = RuncConfig()
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:
@@ -255,6 +277,14 @@ class AgentConfig(_Section):
         return self.state_dir / "workloads"
 
     @property
+    def runc_root(self) -> Path:
+        return self.runc.root if self.runc.root is not None else self.state_dir / "runc"
+
+    @property
+    def cgroup_parent(self) -> str:
+        return self.runc.cgroup_parent or f"/haul/{self.host}"
+
+    @property
     def journal_dir(self) -> Path:
         return self.state_dir / "journal"
 
@@ -304,6 +334,13 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
     if config.host_ns is not None and config.host_ns.mntns is not None:
         update["host_ns"] = config.host_ns.model_copy(
             update={"mntns": _resolve(base, config.host_ns.mntns)}
+        )
+    if config.runc.allowed_roots or config.runc.root is not None:
+        update["runc"] = config.runc.model_copy(
+            update={
+                "allowed_roots": [_resolve(base, p) for p in config.runc.allowed_roots],
+                "root": _resolve(base, config.runc.root) if config.runc.root else None,
+            }
         )
     if config.hooks.scripts:
         update["hooks"] = config.hooks.model_copy(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
+from haul.agent.containers import ContainerSettings
 from haul.agent.decisions import SourceAsker
 from haul.agent.hostinfo import CriuProbe, GatherCriu
 from haul.agent.jobs import MigrationJobs
@@ -135,6 +136,14 @@ class AgentContext:
                 host=host,
                 start=start if start is not None else start_tree,
                 bridge=config.bridge,
+                containers=ContainerSettings(
+                    state_dir=config.state_dir,
+                    runc_root=config.runc_root,
+                    cgroup_parent=config.cgroup_parent,
+                    allowed_roots=tuple(config.runc.allowed_roots),
+                    criu=config.criu_path,
+                    host=host,
+                ),
             ),
             journal=Journal(config.journal_dir),
             criu=CriuProbe(gather_criu if gather_criu is not None else gather_real),

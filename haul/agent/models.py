@@ -9,9 +9,13 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from haul.errors import UsageError
+from haul.runtime.images import ImageRef
+from haul.runtime.runc import CONTAINER_ID_RE
 
 #: a workload's name: also the name of its directory, so no path tricks can pass
 WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -35,7 +39,24 @@ def _absolute_path(value: str) -> str:
     return value
 
 
+def _image_ref(value: str) -> str:
+    try:
+        return str(ImageRef.parse(value))
+    except UsageError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _container_id(value: str) -> str:
+    if not CONTAINER_ID_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a container ID (letters, digits, _ . -; at most 63)")
+    return value
+
+
 Arg = Annotated[str, AfterValidator(_plain_arg)]
+#: how a workload runs: a process tree haul starts itself, or an OCI container run by runc
+Runtime = Literal["process", "runc"]
+ImageText = Annotated[str, Field(max_length=4096), AfterValidator(_image_ref)]
+ContainerId = Annotated[str, AfterValidator(_container_id)]
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 WorkloadName = Annotated[str, Field(pattern=WORKLOAD_NAME_PATTERN)]
 
@@ -124,27 +145,72 @@ class NetSpec(_Request):
 
 class WorkloadSpec(_Request):
     """What to start: a name, a command, and optionally the workload's data directory
-    and an address of its own."""
+    and an address of its own; or (runtime ``runc``) an OCI container from an image
+    layout, a bundle or a root filesystem, whose command ``argv`` overrides the image's."""
 
     name: WorkloadName
-    argv: Annotated[list[Arg], Field(min_length=1, max_length=MAX_ARGV)]
+    #: the command (required for a process tree and with ``rootfs``)
+    argv: Annotated[list[Arg], Field(max_length=MAX_ARGV)] = []
     #: the workload's data directory as the host sees it (it must exist); default: a
     #: directory the agent makes in its state directory. It is the workload's cwd.
     data_dir: AbsolutePath | None = None
     net: NetSpec | None = None
+    runtime: Runtime = "process"
+    #: runc: ``oci:LAYOUT[:TAG]``, an OCI image layout on the host (no registry)
+    image: ImageText | None = None
+    #: runc: a bundle directory on the host (its config.json and root filesystem)
+    bundle: AbsolutePath | None = None
+    #: runc: a root filesystem on the host, run with runc's default configuration
+    rootfs: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WorkloadSpec:
+        given = [f for f in ("image", "bundle", "rootfs") if getattr(self, f) is not None]
+        if self.runtime == "process":
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for runtime runc")
+            if not self.argv:
+                raise ValueError("argv: a process workload needs a command")
+            return self
+        if len(given) != 1:
+            raise ValueError(
+                "runtime runc takes exactly one of image, bundle and rootfs"
+                + (f" (given: {', '.join(given)})" if given else "")
+            )
+        if self.data_dir is not None:
+            raise ValueError("data_dir: only for process workloads (a container has its rootfs)")
+        if self.rootfs is not None and not self.argv:
+            raise ValueError("argv: a container from a bare rootfs needs a command")
+        return self
 
 
 class AdoptSpec(_Request):
-    """An existing process tree to register as a workload (for `haul migrate pid:PID`)."""
+    """An existing process tree (for `haul migrate pid:PID`) or runc container (`haul
+    adopt runc:ID`) to register as a workload."""
 
-    pid: int = Field(ge=2)
-    #: default: pid-PID
+    pid: int | None = Field(default=None, ge=2)
+    #: a runc container's ID, under ``runc_root``
+    container: ContainerId | None = None
+    #: the runc root the container was started under (default: runc's, /run/runc)
+    runc_root: AbsolutePath | None = None
+    #: default: pid-PID, or the container's ID
     name: WorkloadName | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AdoptSpec:
+        if (self.pid is None) == (self.container is None):
+            raise ValueError("give exactly one of pid and container")
+        if self.runc_root is not None and self.container is None:
+            raise ValueError("runc_root: only with container")
+        return self
 
 
 class WorkloadStatus(enum.StrEnum):
     RUNNING = "running"
+    #: a process tree SIGSTOPped, or a container that is not running (runc's stopped/created)
     STOPPED = "stopped"
+    #: a container whose cgroup is frozen (runc pause)
+    PAUSED = "paused"
     GONE = "gone"
 
 
@@ -159,6 +225,9 @@ class WorkloadView(_Answer):
     log_path: str
     #: the workload's own address, when it has one
     net: NetSpec | None = None
+    runtime: Runtime = "process"
+    #: runc: the image it was started from (``oci:LAYOUT:TAG``), None for a bundle or rootfs
+    image: str | None = None
 
 
 class WorkloadList(_Answer):

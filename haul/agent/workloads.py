@@ -1,7 +1,9 @@
 """The workloads an agent runs on its host, and the registry file that outlives the agent.
 
 A workload is a process tree started by :func:`haul.workload.proctree.start_tree`
-inside the host's namespaces, its log in ``STATE/workloads/NAME/log``. The
+inside the host's namespaces, its log in ``STATE/workloads/NAME/log``; or (runtime
+``runc``) an OCI container run by runc (haul/agent/containers.py), its root PID the
+container's init, its details in the record's ``container``. The
 registry (``STATE/workloads.json``) maps each name to its root PID, the
 kernel's start time of that PID, its command and when it started; it is
 rewritten atomically (temporary file, fsync, rename, fsync of the directory)
@@ -22,17 +24,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from haul.agent.containers import (
+    DEFAULT_RUNC_ROOT,
+    ContainerRecord,
+    Containers,
+    ContainerSettings,
+    StartedContainer,
+)
 from haul.agent.models import (
     WORKLOAD_NAME_RE,
     NetSpec,
+    Runtime,
     WorkloadSpec,
     WorkloadStatus,
     WorkloadView,
 )
 from haul.agent.wire import BadRequest, Conflict, NotFound
-from haul.errors import UsageError, WorkloadError
+from haul.errors import HaulError, UsageError, WorkloadError
 from haul.net import veth
 from haul.net.spec import WorkloadNet
 from haul.nsexec import HOST, HostNs
@@ -76,6 +86,15 @@ class WorkloadRecord(BaseModel):
     log_path: str
     #: its own address (it runs in a network namespace of its own), or None
     net: NetSpec | None = None
+    runtime: Runtime = "process"
+    #: runtime runc: the container (what a migration driver needs of it)
+    container: ContainerRecord | None = None
+
+    @model_validator(mode="after")
+    def _container_iff_runc(self) -> WorkloadRecord:
+        if (self.runtime == "runc") != (self.container is not None):
+            raise ValueError("a runc workload has a container record, and only it")
+        return self
 
 
 class _RegistryFile(BaseModel):
@@ -126,6 +145,8 @@ def status_of(record: WorkloadRecord) -> WorkloadStatus:
 
 
 def view_of(record: WorkloadRecord, status: WorkloadStatus | None = None) -> WorkloadView:
+    """The record as the API shows it; ``status`` from runc for a container (see
+    :meth:`WorkloadManager.view`), else read from /proc."""
     return WorkloadView(
         name=record.name,
         argv=record.argv,
@@ -136,6 +157,8 @@ def view_of(record: WorkloadRecord, status: WorkloadStatus | None = None) -> Wor
         data_dir=record.data_dir,
         log_path=record.log_path,
         net=record.net,
+        runtime=record.runtime,
+        image=record.container.image if record.container is not None else None,
     )
 
 
@@ -234,6 +257,7 @@ class WorkloadManager:
         start: StartTree = start_tree,
         kill_timeout_s: float = KILL_TIMEOUT_S,
         bridge: str | None = None,
+        containers: ContainerSettings | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.host = host
@@ -250,6 +274,10 @@ class WorkloadManager:
         #: addresses of workloads being started right now
         self._addresses_busy: set[str] = set()
         self._lock = asyncio.Lock()
+        self.containers = Containers(
+            containers if containers is not None else ContainerSettings.default(state_dir),
+            bridge=bridge,
+        )
 
     @property
     def workloads_dir(self) -> Path:
@@ -339,10 +367,73 @@ class WorkloadManager:
                 self.check_net(net)
                 self._addresses_busy.add(net.ip)
         try:
+            if spec.runtime == "runc":
+                return await self._start_container(name, spec, net)
             return await self._start_tree(name, spec, cwd, net)
         finally:
             if net is not None:
                 self._addresses_busy.discard(net.ip)
+
+    async def _start_container(
+        self, name: str, spec: WorkloadSpec, net: WorkloadNet | None
+    ) -> WorkloadRecord:
+        started = await self.containers.start(name, spec, net)
+        try:
+            record = await self.register_container(name, started, spec.net)
+        except BaseException:
+            await asyncio.shield(self._remove_container_quietly(name, started.record))
+            raise
+        log.info(
+            "started container %s: pid %d, %s (image %s; prepared in %.3f s, runc run %.3f s)",
+            name,
+            started.pid,
+            started.record.image or started.record.bundle,
+            "from the cache"
+            if started.unpack_s is None
+            else f"unpacked in {started.unpack_s:.3f} s",
+            started.prepare_s,
+            started.run_s,
+        )
+        return record
+
+    async def register_container(
+        self, name: str, started: StartedContainer, net: NetSpec | None
+    ) -> WorkloadRecord:
+        """Register a container running here (started, adopted, or restored by a
+        migration: its record says where everything is); Conflict if the name is taken."""
+        ticks = start_ticks(started.pid)
+        if ticks is None:
+            raise WorkloadError(f"container {name} exited as soon as it started")
+        record = WorkloadRecord(
+            name=name,
+            argv=started.argv,
+            root_pid=started.pid,
+            start_ticks=ticks,
+            started_at=datetime.now(UTC),
+            cwd=started.record.bundle,
+            data_dir=None,
+            # runc gives a container /dev/null as stdio (CRIU can dump that, not a host file)
+            log_path=os.devnull,
+            net=net,
+            runtime="runc",
+            container=started.record,
+        )
+        async with self._lock:
+            if name in self._records:
+                raise Conflict(
+                    f"a workload named {name!r} exists on this host", code="workload_exists"
+                )
+            records = {**self._records, name: record}
+            await asyncio.to_thread(self.registry.save, records)
+            self._records = records
+        return record
+
+    async def _remove_container_quietly(self, name: str, container: ContainerRecord) -> None:
+        try:
+            if container.owned:
+                await self.containers.remove(name, container)
+        except HaulError as exc:
+            log.error("could not remove unregistered container %s: %s", name, exc.one_line())
 
     async def _start_tree(
         self, name: str, spec: WorkloadSpec, cwd: Path, net: WorkloadNet | None
@@ -416,9 +507,13 @@ class WorkloadManager:
                 )
             self._busy.add(name)
         try:
-            status = status_of(record)
-            if status is not WorkloadStatus.GONE:
-                await self.tree(name).kill(self.kill_timeout_s)
+            if record.container is not None:
+                status = await self.containers.status(record.container)
+                await self.containers.remove(name, record.container)
+            else:
+                status = status_of(record)
+                if status is not WorkloadStatus.GONE:
+                    await self.tree(name).kill(self.kill_timeout_s)
             async with self._lock:
                 records = {k: v for k, v in self._records.items() if k != name}
                 await asyncio.to_thread(self.registry.save, records)
@@ -487,6 +582,64 @@ class WorkloadManager:
             argv = []
         self.directory(name).mkdir(parents=True, exist_ok=True, mode=0o700)
         return await self.adopt(name, ProcessTree(pid), argv or [f"pid:{pid}"])
+
+    async def adopt_container(
+        self, container_id: str, runc_root: Path | None, name: str | None
+    ) -> WorkloadRecord:
+        """Register a runc container someone started (``runc:ID``) once it is known to be
+        one runc and CRIU can checkpoint here; haul then owns the container, not its
+        bundle. The name defaults to the container's ID."""
+        if name is None and not WORKLOAD_NAME_RE.fullmatch(container_id):
+            raise BadRequest(
+                f"container ID {container_id!r} is not a workload name; give one (--name)",
+                code="bad_name",
+            )
+        name = check_name(name or container_id)
+        for other in self._records.values():
+            if (
+                other.container is not None
+                and other.container.id == container_id
+                and Path(other.container.runc_root) == (runc_root or DEFAULT_RUNC_ROOT)
+            ):
+                raise Conflict(
+                    f"container {container_id} is workload {other.name} already",
+                    code="workload_exists",
+                )
+        async with self._lock:
+            if name in self._records or name in self._busy:
+                raise Conflict(
+                    f"a workload named {name!r} exists on this host", code="workload_exists"
+                )
+            self._busy.add(name)
+        try:
+            started = await self.containers.adopt(container_id, runc_root)
+            record = await self.register_container(name, started, None)
+        finally:
+            self._busy.discard(name)
+        log.info("adopted container %s as workload %s: pid %d", container_id, name, started.pid)
+        return record
+
+    async def status(self, record: WorkloadRecord) -> WorkloadStatus:
+        """The workload's status now: runc's for a container, /proc's for a tree."""
+        if record.container is not None:
+            return await self.containers.status(record.container)
+        return status_of(record)
+
+    async def view(self, name: str) -> WorkloadView:
+        record = self.get(name)
+        return view_of(record, await self.status(record))
+
+    async def views(self) -> list[WorkloadView]:
+        """Every workload with its status (one ``runc list`` per runc root)."""
+        records = self.records()
+        found = await self.containers.statuses(r.container for r in records if r.container)
+        return [
+            view_of(
+                r,
+                found[(r.container.runc_root, r.container.id)] if r.container is not None else None,
+            )
+            for r in records
+        ]
 
     async def forget(self, name: str) -> None:
         """Unregister a workload that has moved to another host (nothing is killed)."""

@@ -141,6 +141,12 @@ def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = Fals
         "",
         "[agent.auth]",
         f"token = {_toml_str(token)}",
+        "",
+        # containers may come from anywhere in the lab's directory (images, bundles);
+        # hosts share this machine's cgroups, so each has a parent of its own
+        "[agent.runc]",
+        f"allowed_roots = [{_toml_str(spec.root_dir)}]",
+        f"cgroup_parent = {_toml_str(lab_cgroup_parent(spec, host.name))}",
     ]
     if tls:
         pki = pki_dir(spec.prefix)
@@ -163,6 +169,11 @@ def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = Fals
             f"token = {_toml_str(token)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def lab_cgroup_parent(spec: LabSpec, host: str) -> str:
+    """The cgroup a lab host's containers go under: unique per lab and host."""
+    return f"/haul/{spec.prefix}-{host}"
 
 
 def lab_inventory(spec: LabSpec, token: str, *, tls: bool = False) -> Inventory:

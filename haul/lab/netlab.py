@@ -16,7 +16,8 @@ Everything is made through pyroute2. Each namespace is written to the ledger
 before it is created; ``down`` kills every process inside the lab's
 namespaces, removes them, restores recorded sysctls, and deletes the ledger.
 Unless told not to, ``up`` also starts a ``haul agent`` in each host
-(:mod:`haul.lab.agents`), which ``down`` stops first.
+(:mod:`haul.lab.agents`), which ``down`` stops first; then it deletes the runc
+containers those agents ran (:mod:`haul.lab.hostrunc`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from haul.criu.info import PIPE_MAX_SIZE_NEEDED
 from haul.errors import LabError, UsageError
 from haul.lab.agents import start_agents, stop_agents
+from haul.lab.hostrunc import remove_containers
 from haul.lab.ledger import Ledger, known_prefixes
 from haul.lab.spec import BRIDGE, HOST_BRIDGE, HOST_IFNAME, HostSpec, LabSpec
 from haul.procfs import kill_netns_members, kill_ns_members, netns_inode, pids_in_ns
@@ -257,6 +259,9 @@ def lab_down(prefix: str) -> list[str]:
         return []
     removed: list[str] = []
     problems: list[str] = stop_agents(ledger)
+    # runc containers with a network namespace of their own are in none of the lab's
+    # namespaces: runc deletes them (and their cgroups go) while the hosts still exist
+    problems += remove_containers(LabSpec(prefix=ledger.prefix, hosts=ledger.hosts))
     # Workloads with a network namespace of their own are found by their host's mount
     # namespace; those frozen in a migration's hold die only once it is thawed.
     for mount in ledger.mounts:

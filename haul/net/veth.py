@@ -1,7 +1,8 @@
 """Give a freshly started workload its network: a veth pair, the address, the routes.
 
 Runs in the host's network namespace (where the agent runs). The workload's
-namespace is reached through ``/proc/PID/ns/net`` of its init.
+namespace is reached through ``/proc/PID/ns/net`` of its init, or (a container's,
+which haul makes before the container starts) through the file it is bind-mounted on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
 
     Returns the host end's name. On failure, whatever was made is removed.
     """
+    return await attach_netns(workload, netns_path(pid), net, bridge)
+
+
+async def attach_netns(workload: str, netns: str, net: WorkloadNet, bridge: str) -> str:
+    """:func:`attach` for the network namespace at path ``netns``."""
     index = await bridge_index(bridge)
     outer = host_ifname(workload)
     try:
@@ -46,11 +52,11 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
                 "add",
                 ifname=outer,
                 kind="veth",
-                peer={"ifname": INNER_IFNAME, "net_ns_fd": netns_path(pid)},
+                peer={"ifname": INNER_IFNAME, "net_ns_fd": netns},
             )
             host_end = (await ipr.link_lookup(ifname=outer))[0]
             await ipr.link("set", index=host_end, master=index, state="up")
-        await _configure_inside(pid, net)
+        await _configure_inside(netns, net)
     except NetlinkError as exc:
         await detach(workload)
         raise WorkloadError(
@@ -62,7 +68,7 @@ async def attach(workload: str, pid: int, net: WorkloadNet, bridge: str) -> str:
     return outer
 
 
-async def _configure_inside(pid: int, net: WorkloadNet) -> None:
+async def _configure_inside(netns: str, net: WorkloadNet) -> None:
     """Address, routes and links up inside the workload's namespace, with iproute2 run
     there. Not pyroute2's netns=: it forks a helper from the agent, and a forked child
     of an asyncio process shares its signal wake-up fd, so the helper's SIGTERM reached
@@ -76,7 +82,7 @@ async def _configure_inside(pid: int, net: WorkloadNet) -> None:
         batch.append(f"route add default via {net.gateway}")
     proc = await asyncio.create_subprocess_exec(
         "nsenter",
-        f"--net={netns_path(pid)}",
+        f"--net={netns}",
         "--",
         "ip",
         "-batch",
@@ -88,7 +94,7 @@ async def _configure_inside(pid: int, net: WorkloadNet) -> None:
     _, err = await proc.communicate("\n".join(batch).encode() + b"\n")
     if proc.returncode != 0:
         raise WorkloadError(
-            f"cannot configure the network namespace of {pid}: "
+            f"cannot configure the network namespace {netns}: "
             f"{err.decode(errors='replace').strip()}"
         )
 

@@ -153,6 +153,10 @@ class Runc:
         match = re.search(r"runc version (\S+)", out)
         return match.group(1) if match else out.strip().splitlines()[0]
 
+    async def spec(self, bundle: Path) -> None:
+        """``runc spec``: write runc's default config.json into ``bundle`` (it must have none)."""
+        await self._run("spec", "--bundle", str(bundle), what="spec")
+
     async def state(self, container_id: str) -> ContainerState:
         """Raises :class:`NoSuchContainer` when runc knows no such container here."""
         raw = json.loads(await self._run("state", container_id))

@@ -14,9 +14,11 @@ import pytest_asyncio
 from haul.criu.service import Criu
 from haul.errors import ConfigError
 from haul.install_record import criu_binary, criu_source
+from haul.lab.images import build_busybox_image
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
 from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
+from haul.runtime.images import ImageRef
 
 ZDTM_TESTS = tuple(ZDTM_ARGS | ZDTM_MORE_ARGS)
 
@@ -85,3 +87,10 @@ def zdtm_dir() -> Path:
         if done.returncode != 0:
             pytest.fail(f"building ZDTM failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
     return static
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> ImageRef:
+    """A busybox OCI image layout (its command counts into /data/count), built once per
+    session (haul/lab/images.py); copy it where an agent may read it."""
+    return build_busybox_image(tmp_path_factory.mktemp("oci") / "busybox")

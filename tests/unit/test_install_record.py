@@ -18,6 +18,7 @@ def record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HAUL_INSTALL_RECORD", str(path))
     monkeypatch.delenv("HAUL_CRIU", raising=False)
     monkeypatch.delenv("HAUL_CRIU_SOURCE", raising=False)
+    monkeypatch.delenv("HAUL_RUNC", raising=False)
     return path
 
 
@@ -69,6 +70,8 @@ def test_missing_record_is_none(record: Path) -> None:
         'criu = "/usr/local/sbin/criu"\n',  # criu is not a table
         "[criu]\nversion = '4.1'\n",  # no path
         "[criu]\npath = 42\n",  # path is not a string
+        'runc = 3\n[criu]\npath = "/c"\n',  # runc is not a table
+        '[criu]\npath = "/c"\n[runc]\npath = 3\n',  # runc's path is not a string
     ],
 )
 def test_malformed_record_is_a_config_error(record: Path, text: str) -> None:
@@ -165,3 +168,36 @@ def test_criu_source_comes_from_the_record_or_the_override(
     assert install_record.criu_source() == Path("/src/criu")
     monkeypatch.setenv("HAUL_CRIU_SOURCE", str(tmp_path / "mine"))
     assert install_record.criu_source() == tmp_path / "mine"
+
+
+def test_runc_is_recorded_with_its_version(record: Path) -> None:
+    record.write_text(
+        '[criu]\npath = "/c"\n\n[runc]\npath = "/usr/sbin/runc"\nversion = "1.1.5+ds1"\n'
+    )
+    got = install_record.read_install_record()
+    assert got is not None
+    assert (got.runc_path, got.runc_version) == (Path("/usr/sbin/runc"), "1.1.5+ds1")
+
+
+def test_a_record_from_before_runc_has_none(record: Path) -> None:
+    record.write_text('[criu]\npath = "/c"\n')
+    got = install_record.read_install_record()
+    assert got is not None
+    assert (got.runc_path, got.runc_version) == (None, "")
+
+
+def test_runc_binary_is_the_recorded_one_unless_overridden(
+    record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = _executable(tmp_path / "recorded-runc")
+    record.write_text(f'[criu]\npath = "/c"\n[runc]\npath = "{recorded}"\n')
+    assert install_record.runc_binary() == recorded
+    override = _executable(tmp_path / "dev-runc")
+    monkeypatch.setenv("HAUL_RUNC", str(override))
+    assert install_record.runc_binary() == override
+
+
+def test_a_recorded_runc_that_is_gone_is_a_config_error(record: Path, tmp_path: Path) -> None:
+    record.write_text(f'[criu]\npath = "/c"\n[runc]\npath = "{tmp_path / "gone"}"\n')
+    with pytest.raises(ConfigError, match="gone is not an executable"):
+        install_record.runc_binary()

@@ -47,6 +47,22 @@ def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state
     }
 
 
+def test_each_host_runs_containers_from_the_labs_directory_in_cgroups_of_its_own() -> None:
+    configs = [
+        parse_config(tomllib.loads(agent_config_toml(LabSpec(prefix=p, hosts=2), i, "tok")))
+        for p in ("t1", "t2")
+        for i in (1, 2)
+    ]
+    assert configs[0].runc.allowed_roots == [LabSpec(prefix="t1").root_dir]
+    assert [c.cgroup_parent for c in configs] == [
+        "/haul/t1-host1",
+        "/haul/t1-host2",
+        "/haul/t2-host1",
+        "/haul/t2-host2",
+    ]
+    assert configs[0].runc_root == LabSpec(prefix="t1").data_path / "agent" / "runc"
+
+
 def test_the_inventory_names_each_agents_socket_and_its_address_for_peers(
     tmp_path: Path,
     state: Path,

@@ -136,7 +136,7 @@ def test_every_cli_import_allowance_is_still_needed() -> None:
     assert CLI_IMPORT_ALLOWED - set(_cli_importers()) == set()
 
 
-@pytest.mark.parametrize("layer", ["engine", "criu", "source", "dest", "workload"])
+@pytest.mark.parametrize("layer", ["engine", "criu", "source", "dest", "workload", "runtime"])
 def test_agent_is_imported_by_none_of_the_layers_under_it(layer: str) -> None:
     assert violations(files(f"haul/{layer}"), "haul.agent") == []
 

@@ -31,6 +31,7 @@ from haul.agent.models import (
     Health,
     NetSpec,
     Readiness,
+    Runtime,
     WorkloadList,
     WorkloadSpec,
     WorkloadView,
@@ -222,7 +223,14 @@ class AgentClient:
         argv: Sequence[str],
         data_dir: str | None = None,
         net: NetSpec | None = None,
+        *,
+        runtime: Runtime = "process",
+        image: str | None = None,
+        bundle: str | None = None,
+        rootfs: str | None = None,
     ) -> WorkloadView:
+        """Start a process tree, or (``runtime="runc"``) a container from one of
+        ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command)."""
         spec = body_of(
             WorkloadSpec,
             f"workload {name!r}",
@@ -230,12 +238,30 @@ class AgentClient:
             argv=list(argv),
             data_dir=data_dir,
             net=net,
+            runtime=runtime,
+            image=image,
+            bundle=bundle,
+            rootfs=rootfs,
         )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 
     async def adopt(self, pid: int, name: str | None = None) -> WorkloadView:
         """Register the process tree rooted at ``pid`` on that host as a workload."""
         spec = body_of(AdoptSpec, f"pid {pid}", pid=pid, name=name)
+        return await self.call("POST", "/v1/workloads/adopt", WorkloadView, body=spec, ok=(201,))
+
+    async def adopt_container(
+        self, container: str, *, runc_root: str | None = None, name: str | None = None
+    ) -> WorkloadView:
+        """Register the runc container ``container`` (under ``runc_root``, default runc's
+        own) on that host as a workload, if it can be checkpointed there."""
+        spec = body_of(
+            AdoptSpec,
+            f"container {container!r}",
+            container=container,
+            runc_root=runc_root,
+            name=name,
+        )
         return await self.call("POST", "/v1/workloads/adopt", WorkloadView, body=spec, ok=(201,))
 
     async def workloads(self) -> list[WorkloadView]:

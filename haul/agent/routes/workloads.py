@@ -1,6 +1,8 @@
-"""The workloads on this host: start, list, look at, kill."""
+"""The workloads on this host: start, adopt, list, look at, kill."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from aiohttp import web
 
@@ -22,12 +24,12 @@ NAME_PARAM = {"name": "the workload's name: ^[a-z0-9][a-z0-9_.-]{0,62}$"}
     status=201,
     name="startWorkload",
     errors={409: "the name is taken"},
-    summary="Start a process tree on this host and register it",
+    summary="Start a process tree or a runc container on this host and register it",
 )
 async def start_workload(request: web.Request, spec: WorkloadSpec) -> WorkloadView:
     ctx = request.app[CONTEXT]
     record = await ctx.workloads.start(spec)
-    return view_of(record)
+    return view_of(record, await ctx.workloads.status(record))
 
 
 @table.json_body(
@@ -37,11 +39,20 @@ async def start_workload(request: web.Request, spec: WorkloadSpec) -> WorkloadVi
     response=WorkloadView,
     status=201,
     name="adoptWorkload",
-    errors={404: "no such process", 409: "the name is taken"},
-    summary="Register an existing tree (the init of its own PID namespace)",
+    errors={
+        400: "not a tree, or a container that cannot be checkpointed here (the reasons)",
+        404: "no such process or container",
+        409: "the name is taken",
+    },
+    summary="Register an existing tree (the init of its own PID namespace) or runc container",
 )
 async def adopt_workload(request: web.Request, spec: AdoptSpec) -> WorkloadView:
     ctx = request.app[CONTEXT]
+    if spec.container is not None:
+        root = Path(spec.runc_root) if spec.runc_root is not None else None
+        record = await ctx.workloads.adopt_container(spec.container, root, spec.name)
+        return view_of(record, await ctx.workloads.status(record))
+    assert spec.pid is not None  # AdoptSpec takes exactly one of pid and container
     return view_of(await ctx.workloads.adopt_pid(spec.pid, spec.name))
 
 
@@ -54,7 +65,7 @@ async def adopt_workload(request: web.Request, spec: AdoptSpec) -> WorkloadView:
 )
 async def list_workloads(request: web.Request) -> WorkloadList:
     ctx = request.app[CONTEXT]
-    return WorkloadList(workloads=[view_of(r) for r in ctx.workloads.records()])
+    return WorkloadList(workloads=await ctx.workloads.views())
 
 
 @table.json(
@@ -68,7 +79,7 @@ async def list_workloads(request: web.Request) -> WorkloadList:
 )
 async def get_workload(request: web.Request) -> WorkloadView:
     ctx = request.app[CONTEXT]
-    return view_of(ctx.workloads.get(request.match_info["name"]))
+    return await ctx.workloads.view(request.match_info["name"])
 
 
 @table.json(

@@ -200,14 +200,29 @@ async def test_malformed_json_is_400(
 @pytest.mark.parametrize(
     ("body", "says"),
     [
-        ({"name": "w"}, "argv: Field required"),
-        ({"name": "w", "argv": []}, "argv: List should have at least 1 item"),
+        ({"name": "w"}, "argv: a process workload needs a command"),
+        ({"name": "w", "argv": []}, "argv: a process workload needs a command"),
         ({"name": "w", "argv": "sleep 1"}, "argv: Input should be a valid list"),
         ({"name": "w", "argv": ["a\x00b"]}, "argv.0: an argument may not contain a NUL byte"),
         ({"name": "w", "argv": ["true"], "colour": "red"}, "colour: Extra inputs"),
         ({"name": "w", "argv": ["true"], "data_dir": "rel/dir"}, "data_dir: must be an absolute"),
         ({"name": "w", "argv": ["true"], "data_dir": "/a/../b"}, "data_dir: must not contain"),
         ([1, 2], "Input should be a valid dictionary"),
+        ({"name": "w", "argv": ["true"], "image": "oci:/i"}, "image: only for runtime runc"),
+        ({"name": "w", "runtime": "runc"}, "runc takes exactly one of image, bundle and rootfs"),
+        (
+            {"name": "w", "runtime": "runc", "image": "oci:/i", "bundle": "/b"},
+            "exactly one of image, bundle and rootfs (given: image, bundle)",
+        ),
+        ({"name": "w", "runtime": "runc", "rootfs": "/r"}, "bare rootfs needs a command"),
+        ({"name": "w", "runtime": "runc", "image": "/i"}, "image: image '/i': give an OCI"),
+        ({"name": "w", "runtime": "runc", "image": "oci:/i:a b"}, "bad tag 'a b'"),
+        ({"name": "w", "runtime": "runc", "bundle": "b"}, "bundle: must be an absolute path"),
+        (
+            {"name": "w", "runtime": "runc", "image": "oci:/i", "data_dir": "/d"},
+            "data_dir: only for process workloads",
+        ),
+        ({"name": "w", "runtime": "docker", "image": "oci:/i"}, "runtime: Input should be"),
     ],
 )
 async def test_a_body_that_fails_validation_is_400_in_one_line(
@@ -313,7 +328,8 @@ async def test_openapi_schemas_come_from_the_handlers_models(
 
     start = doc["paths"]["/v1/workloads"]["post"]
     spec = resolve(start["requestBody"]["content"]["application/json"]["schema"])
-    assert spec["required"] == ["name", "argv"]
+    assert spec["required"] == ["name"]
+    assert spec["properties"]["runtime"]["enum"] == ["process", "runc"]
     assert spec["properties"]["name"]["pattern"] == "^[a-z0-9][a-z0-9_.-]{0,62}$"
     assert spec["additionalProperties"] is False
     assert set(start["responses"]) == {"201", "400", "401", "409"}
