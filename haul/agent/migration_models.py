@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -12,6 +12,10 @@ from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
+#: an OCI blob's digest (what haul moves: sha256)
+BLOB_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+#: blobs in one image at most (a manifest, a config and its layers)
+MAX_IMAGE_BLOBS = 256
 
 
 class Done(_Answer):
@@ -40,6 +44,21 @@ class Endpoint(_Request):
     port: int = Field(ge=1, le=65535)
 
 
+class ContainerMove(_Request):
+    """A runc container that comes along (haul/agent/arrivals.py): its configuration as
+    its source runs it, and its image, whose blobs the destination may lack."""
+
+    #: the source's config.json (its root filesystem and cgroup are made this host's)
+    config: dict[str, Any]
+    #: the image it was started from (as given there), its manifest digest and every
+    #: blob of it (manifest, config, layers); none for a container from a bundle or rootfs
+    image: str | None = None
+    image_digest: str | None = Field(default=None, pattern=BLOB_DIGEST_PATTERN)
+    blobs: list[str] = Field(default_factory=list, max_length=MAX_IMAGE_BLOBS)
+    #: its argv, for its registry entry here
+    argv: list[str] = Field(default_factory=list)
+
+
 class IncomingOpen(_Request):
     id: str = Field(pattern=MIGRATION_ID_PATTERN)
     workload: WorkloadName
@@ -59,10 +78,14 @@ class IncomingOpen(_Request):
     #: the source's host name: whom this host asks, through its own peers config, if
     #: it never hears the decision
     source: str | None = Field(default=None, pattern=HOST_NAME_PATTERN)
+    #: a runc container, not a process tree
+    container: ContainerMove | None = None
 
 
 class IncomingOpened(_Answer):
     page_server: Endpoint | None = None
+    #: the image blobs this host lacks: the source sends them (``/blobs/{digest}``)
+    missing_blobs: list[str] = Field(default_factory=list)
 
 
 #: entries in one request of /entries or /remove (each body stays under the agent's limit)

@@ -19,30 +19,75 @@ import contextlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.dest.criudest import RESTORED_MARK, CriuDestination
 from haul.engine.figures import RestoreFigures
 from haul.errors import ContainerError, NoSuchContainer
+from haul.net import lock
+from haul.net.announce import announce
+from haul.net.spec import WorkloadNet
 from haul.runtime import criuconf
 from haul.runtime.runc import RestoreOptions, Runc
 from haul.workload.proctree import ProcessTree
 
 
 def bundle_config(
-    source: dict[str, Any], *, rootfs: Path, cgroups_path: str, criu_config: Path
+    source: dict[str, Any],
+    *,
+    rootfs: Path,
+    cgroups_path: str,
+    criu_config: Path,
+    netns: Path | None = None,
 ) -> dict[str, Any]:
-    """The source's ``config.json`` for this host: its root filesystem, cgroup and CRIU
-    configuration file here. Everything else (the process, mounts, namespaces) is the
+    """The source's ``config.json`` for this host: its root filesystem, cgroup, network
+    namespace (by path: the source's file names the source's) and CRIU configuration
+    file here. Everything else (the process, mounts, other namespaces) is the
     container's own and stays as it is."""
     config: dict[str, Any] = json.loads(json.dumps(source))  # a deep copy of plain JSON
     config.setdefault("root", {})["path"] = str(rootfs)
-    config.setdefault("linux", {})["cgroupsPath"] = cgroups_path
+    linux = config.setdefault("linux", {})
+    linux["cgroupsPath"] = cgroups_path
+    if netns is not None:
+        spaces = [ns for ns in linux.get("namespaces", []) if ns.get("type") != "network"]
+        linux["namespaces"] = [*spaces, {"type": "network", "path": str(netns)}]
     config.setdefault("annotations", {})[criuconf.ANNOTATION] = str(criu_config)
     return config
+
+
+class ContainerHome(Protocol):
+    """Where the copy lives on this host, made right before the restore."""
+
+    @property
+    def netns(self) -> Path | None:
+        """Its network namespace's file, when it has an address of its own."""
+        ...
+
+    async def make(self) -> Path:
+        """The root filesystem ready (and the namespace made and locked); its path."""
+        ...
+
+    async def release(self) -> None:
+        """A discarded copy: what :meth:`make` made goes."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainHome:
+    """A root filesystem directory the transport fills, on its host's network."""
+
+    rootfs: Path
+    netns: Path | None = None
+
+    async def make(self) -> Path:
+        return self.rootfs
+
+    async def release(self) -> None:
+        return None
 
 
 class RuncDestination(CriuDestination):
@@ -59,8 +104,9 @@ class RuncDestination(CriuDestination):
         container_id: str,
         source_config: dict[str, Any],
         bundle: Path,
-        rootfs: Path,
+        home: ContainerHome,
         cgroups_path: str,
+        net: WorkloadNet | None = None,
         data: Path | None = None,
         listen: PageServer | None = None,
         lazy_source: PageServer | None = None,
@@ -76,36 +122,39 @@ class RuncDestination(CriuDestination):
         self.runc = runc
         self.container_id = container_id
         self.source_config = source_config
-        self.rootfs = rootfs
         self.cgroups_path = cgroups_path
         #: where the container's bundle goes on this host (made by the restore)
         self.bundle = bundle
+        self.home = home
+        #: its address, announced once it runs here
+        self.container_net = net
         self._restored = False
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
         pages_bytes = await asyncio.to_thread(self._pages_bytes, lazy)
         criu_config = self.bundle / "criu.conf"
-        own_network = _own_network(self.source_config)
-        if own_network:
+        self._restored = True  # from here, discard must undo what the home and runc made
+        rootfs = await self.home.make()
+        own_network = self.home.netns is not None
+        if _own_network(self.source_config) and not own_network:
             raise ContainerError(
-                "a container with a network namespace of its own cannot be restored here "
-                "yet: its namespace must be made and locked on this host first"
+                "the container has a network namespace of its own, but no address to give it here"
             )
         criuconf.write(criu_config, criuconf.restore_options(own_network=own_network))
         self.bundle.mkdir(parents=True, exist_ok=True)
         config = bundle_config(
             self.source_config,
-            rootfs=self.rootfs,
+            rootfs=rootfs,
             cgroups_path=self.cgroups_path,
             criu_config=criu_config,
+            netns=self.home.netns,
         )
         (self.bundle / "config.json").write_text(json.dumps(config, indent=2))
         if lazy:
             self._daemon = self.lazy_pages_daemon()
             await self._daemon.start()
         pid_file = self.workdir / "container.pid"
-        self._restored = True  # from here, discard must delete what runc made
         await self.runc.restore(
             self.container_id,
             RestoreOptions(
@@ -130,6 +179,10 @@ class RuncDestination(CriuDestination):
         """After the commit: every process of the stopped copy continues."""
         if self.tree is None:
             raise ContainerError("nothing was restored here to resume")
+        if self.home.netns is not None:
+            await lock.unlock(self.home.netns)
+            if self.container_net is not None:
+                await announce(self.tree.root_pid, self.container_net)
         self.tree.resume()
 
     async def discard(self) -> None:
@@ -138,6 +191,7 @@ class RuncDestination(CriuDestination):
                 await self.runc.delete(self.container_id, force=True)
         await super().discard()
         if self._restored:
+            await self.home.release()
             await asyncio.to_thread(shutil.rmtree, self.bundle, True)
 
     async def cleanup(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from haul.agent.journal import Journal
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
-from haul.dest.runcdest import RuncDestination
+from haul.dest.runcdest import PlainHome, RuncDestination
 from haul.engine.machine import Migration
 from haul.engine.phases import Strategy
 from haul.engine.ports import HooksPort
@@ -95,7 +95,7 @@ class LabContainers:
             container_id=name,
             source_config=config,
             bundle=self.bundle(dst, name),
-            rootfs=self.rootfs(dst, name),
+            home=PlainHome(self.rootfs(dst, name)),
             cgroups_path=self.cgroups_path(dst, name),
             data=dst.data_backing,
             listen=PageServer(str(dst.address.ip), 0),

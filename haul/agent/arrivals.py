@@ -1,0 +1,233 @@
+"""A runc container arriving from another host: its image, its home, its record here.
+
+The destination agent keeps the image blobs that containers bring (``STATE/images/
+layouts/KEY``: an OCI image layout per image, KEY from its manifest digest). A container
+from an image needs only the blobs this host lacks: :func:`missing_blobs` answers the
+source, which sends them (each checked against its own digest), and
+:meth:`ContainerArrival.unpack` unpacks the image into the agent's image cache once,
+as ``haul run --image`` would. A container whose image is cached here already costs no
+blob at all.
+
+Its home here is what :class:`~haul.dest.runcdest.RuncDestination` restores into
+(docs/containers.md): ``STATE/containers/NAME`` as for a container started here, its
+root filesystem an overlay of the image (below) and its writable layer (above: what the
+transport sends), or for a container without an image a plain directory of all its
+files; with an address of its own, a network namespace kept by a bind mount, its veth
+on this host's bridge, locked until the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from haul.agent.containers import ContainerRecord, Containers, StartedContainer
+from haul.agent.migration_models import ContainerMove
+from haul.errors import ChecksumMismatch, ContainerError, HaulError, UsageError
+from haul.net import lock, veth
+from haul.net.spec import WorkloadNet
+from haul.runtime.bundle import (
+    ContainerDirs,
+    cgroups_path,
+    create_netns,
+    mount_overlay,
+    remove_cgroups,
+    remove_netns,
+    unmount,
+)
+from haul.runtime.images import DIGEST_RE, INDEX_TYPE, MANIFEST_TYPE, ImageRef, blob_path
+from haul.transport.imagecopy import sha256_of
+
+log = logging.getLogger(__name__)
+
+#: the tag under which a received image is known in its layout here
+RECEIVED_TAG = "haul"
+
+
+def layout_of(containers: Containers, digest: str) -> Path:
+    """Where this host keeps the blobs of image ``digest``."""
+    return containers.settings.images_dir / "layouts" / digest.replace(":", "-")
+
+
+def missing_blobs(containers: Containers, move: ContainerMove) -> list[str]:
+    """The blobs of ``move``'s image this host has neither unpacked nor kept."""
+    if move.image_digest is None:
+        return []
+    if (containers.images.path(move.image_digest) / "rootfs").is_dir():
+        return []
+    layout = layout_of(containers, move.image_digest)
+    return [d for d in move.blobs if not blob_path(layout, d).is_file()]
+
+
+async def receive_blob(
+    containers: Containers, move: ContainerMove, digest: str, chunks: AsyncIterator[bytes]
+) -> int:
+    """One blob of ``move``'s image, kept only if its content has that digest."""
+    if move.image_digest is None or digest not in move.blobs:
+        raise UsageError(f"blob {digest} is not one of this container's image")
+    target = blob_path(layout_of(containers, move.image_digest), digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    size = 0
+    with tmp.open("wb") as f:
+        async for chunk in chunks:
+            f.write(chunk)
+            size += len(chunk)
+    if "sha256:" + await asyncio.to_thread(sha256_of, tmp) != digest:
+        tmp.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"blob {digest} does not match its digest")
+    tmp.rename(target)
+    return size
+
+
+@dataclass
+class ContainerArrival:
+    """What becomes of one arriving container on this host (an incoming migration's)."""
+
+    containers: Containers
+    name: str
+    move: ContainerMove
+    net: WorkloadNet | None = None
+    dirs: ContainerDirs = field(init=False)
+    #: the image's rootfs here (cached), for a container from an image
+    lower: Path | None = None
+    _made: bool = False
+
+    def __post_init__(self) -> None:
+        self.dirs = self.containers.dirs(self.name)
+
+    @property
+    def overlay(self) -> bool:
+        return self.move.image_digest is not None
+
+    @property
+    def files(self) -> Path:
+        """Where the transport puts the container's files: its writable layer, or all
+        of its root filesystem when it has no image."""
+        return self.dirs.upper if self.overlay else self.dirs.directory / "rootfs"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dirs.rootfs if self.overlay else self.files
+
+    @property
+    def netns(self) -> Path | None:
+        return self.dirs.netns if self.net is not None else None
+
+    @property
+    def cgroups_path(self) -> str:
+        return cgroups_path(self.containers.settings.cgroup_parent, self.name)
+
+    def open(self) -> None:
+        """Before any file arrives: the container's directory, empty. Refused when the
+        name has one here already (a container of that name lives here)."""
+        if self.dirs.directory.exists():
+            raise UsageError(f"a container directory for {self.name} exists on this host")
+        self.dirs.directory.mkdir(parents=True, mode=0o700)
+        self._made = True
+        self.files.mkdir(parents=True, mode=0o755)
+
+    async def unpack(self) -> None:
+        """The image, from the blobs received (or the cache), unpacked into the cache."""
+        digest = self.move.image_digest
+        if digest is None:
+            return
+        cached = self.containers.images.path(digest)
+        if not (cached / "rootfs").is_dir():
+            layout = layout_of(self.containers, digest)
+            missing = [d for d in self.move.blobs if not blob_path(layout, d).is_file()]
+            if missing:
+                raise ContainerError(
+                    f"image {self.move.image} lacks {len(missing)} blob(s) here: "
+                    f"{', '.join(missing[:3])}"
+                )
+            _write_index(layout, digest)
+            await self.containers.images.unpack(ImageRef(layout, RECEIVED_TAG))
+        self.lower = cached / "rootfs"
+
+    async def make(self) -> Path:
+        """Right before the restore: the root filesystem (the overlay mounted) and,
+        with an address of its own, the namespace made, its veth on this host's bridge,
+        and locked. Returns the root filesystem's path."""
+        if self.overlay:
+            if self.lower is None:
+                await self.unpack()
+            assert self.lower is not None
+            await mount_overlay(
+                lower=self.lower,
+                upper=self.dirs.upper,
+                work=self.dirs.work,
+                target=self.dirs.rootfs,
+            )
+        if self.net is not None:
+            bridge = self.containers.bridge
+            if bridge is None:
+                raise ContainerError("this host has no bridge for workload addresses")
+            await create_netns(self.dirs.netns)
+            await veth.attach_netns(self.name, str(self.dirs.netns), self.net, bridge)
+            await lock.lock(self.dirs.netns)
+        return self.rootfs
+
+    async def release(self) -> None:
+        """A discarded arrival: everything made for it here goes."""
+        if not self._made:
+            return
+        problems: list[str] = []
+        with contextlib.suppress(HaulError):
+            await veth.detach(self.name)
+        for undo in (unmount(self.dirs.rootfs), remove_netns(self.dirs.netns)):
+            try:
+                await undo
+            except HaulError as exc:
+                problems.append(exc.one_line())
+        problems += remove_cgroups(self.cgroups_path)
+        await asyncio.to_thread(_rmtree, self.dirs.directory)
+        if problems:
+            raise ContainerError(f"container {self.name}: {'; '.join(problems)}")
+
+    def record(self, runc_root: Path) -> ContainerRecord:
+        """Its registry record here, once it runs here."""
+        return ContainerRecord(
+            id=self.name,
+            runc_root=str(runc_root),
+            bundle=str(self.dirs.bundle),
+            image=self.move.image,
+            image_digest=self.move.image_digest,
+            layer_digests=[],
+            rootfs=str(self.rootfs),
+            rootfs_upper=str(self.dirs.upper) if self.overlay else None,
+            rootfs_lower=str(self.lower) if self.lower is not None else None,
+            netns=str(self.netns) if self.netns is not None else None,
+            cgroups_path=self.cgroups_path,
+            criu_config=str(self.dirs.bundle / "criu.conf"),
+        )
+
+    def started(self, runc_root: Path, pid: int) -> StartedContainer:
+        return StartedContainer(self.record(runc_root), pid, list(self.move.argv))
+
+
+def _write_index(layout: Path, digest: str) -> None:
+    """An OCI layout whose index names the received manifest under :data:`RECEIVED_TAG`."""
+    if not DIGEST_RE.fullmatch(digest):
+        raise UsageError(f"bad image digest {digest!r}")
+    manifest = blob_path(layout, digest)
+    entry: dict[str, Any] = {
+        "mediaType": MANIFEST_TYPE,
+        "digest": digest,
+        "size": manifest.stat().st_size,
+        "annotations": {"org.opencontainers.image.ref.name": RECEIVED_TAG},
+    }
+    (layout / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [entry]}
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
