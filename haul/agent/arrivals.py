@@ -23,13 +23,19 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from haul.agent.containers import ContainerRecord, Containers, StartedContainer
 from haul.agent.migration_models import ContainerMove
+from haul.agent.models import NetSpec
+from haul.agent.workloads import net_spec
+from haul.criu.options import PageServer
+from haul.criu.service import Criu
+from haul.dest.criudest import CriuDestination
+from haul.dest.runcdest import RuncDestination
 from haul.errors import ChecksumMismatch, ContainerError, HaulError, UsageError
 from haul.net import lock, veth
 from haul.net.spec import WorkloadNet
@@ -46,6 +52,9 @@ from haul.runtime.images import DIGEST_RE, INDEX_TYPE, MANIFEST_TYPE, ImageRef, 
 from haul.transport.imagecopy import sha256_of
 
 log = logging.getLogger(__name__)
+
+#: register_container(name, started, net) of the workload manager
+Register = Callable[[str, StartedContainer, NetSpec | None], Awaitable[object]]
 
 #: the tag under which a received image is known in its layout here
 RECEIVED_TAG = "haul"
@@ -94,6 +103,8 @@ class ContainerArrival:
     containers: Containers
     name: str
     move: ContainerMove
+    #: registers the running copy as a workload of this host
+    register: Register
     net: WorkloadNet | None = None
     dirs: ContainerDirs = field(init=False)
     #: the image's rootfs here (cached), for a container from an image
@@ -175,10 +186,17 @@ class ContainerArrival:
             await lock.lock(self.dirs.netns)
         return self.rootfs
 
+    async def adopt(self, pid: int) -> None:
+        """The copy runs here now: its workload record (done already: nothing)."""
+        await self.register(
+            self.name, self.started(self.containers.runc().root, pid), net_spec(self.net)
+        )
+
     async def release(self) -> None:
-        """A discarded arrival: everything made for it here goes."""
+        """A discarded arrival: everything made for it here goes (once)."""
         if not self._made:
             return
+        self._made = False
         problems: list[str] = []
         with contextlib.suppress(HaulError):
             await veth.detach(self.name)
@@ -231,3 +249,38 @@ def _write_index(layout: Path, digest: str) -> None:
 
 def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def arrival_factory(
+    containers: Containers, criu: Criu, register: Register
+) -> Callable[..., Awaitable[tuple[CriuDestination, ContainerArrival]]]:
+    """The incoming registry's ``arrive``: an arriving container's destination port
+    (RuncDestination restoring into its home here) and the arrival itself."""
+
+    async def arrive(
+        migration_id: str,
+        workload: str,
+        move: ContainerMove,
+        net: WorkloadNet | None,
+        workdir: Path,
+        listen: PageServer | None,
+        lazy_source: PageServer | None,
+    ) -> tuple[CriuDestination, ContainerArrival]:
+        arrival = ContainerArrival(containers, workload, move, register, net)
+        arrival.open()
+        dest = RuncDestination(
+            criu,
+            containers.runc(),
+            workdir,
+            container_id=workload,
+            source_config=move.config,
+            bundle=arrival.dirs.bundle,
+            home=arrival,
+            cgroups_path=arrival.cgroups_path,
+            net=net,
+            listen=listen,
+            lazy_source=lazy_source,
+        )
+        return dest, arrival
+
+    return arrive

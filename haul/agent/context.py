@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from haul.agent.arrivals import arrival_factory
 from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
-from haul.agent.containers import ContainerSettings
+from haul.agent.containers import ContainerSettings, StartedContainer
 from haul.agent.decisions import SourceAsker
 from haul.agent.hostinfo import CriuProbe, GatherCriu
 from haul.agent.jobs import MigrationJobs
 from haul.agent.journal import Journal
 from haul.agent.metrics import AgentMetrics
+from haul.agent.models import NetSpec
 from haul.agent.wire import NotFound
 from haul.agent.workloads import StartTree, WorkloadManager, net_spec
 from haul.criu.info import CriuInfo, gather
@@ -88,6 +90,7 @@ class AgentContext:
                     ask=SourceAsker(peers),
                     adopt=self._adopt,
                     policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
+                    arrive=arrival_factory(self.workloads.containers, criu, self._adopt_container),
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host,
@@ -100,6 +103,8 @@ class AgentContext:
                     tree_of=self.workloads.tree,
                     argv_of=lambda name: list(self.workloads.get(name).argv),
                     net_of=lambda name: self.workloads.get(name).net,
+                    container_of=lambda name: self.workloads.get(name).container,
+                    containers=self.workloads.containers,
                     on_moved=self.workloads.forget,
                 ),
             )
@@ -115,6 +120,17 @@ class AgentContext:
         except NotFound:
             pass
         await self.workloads.adopt(name, tree, argv, net_spec(net))
+
+    async def _adopt_container(
+        self, name: str, started: StartedContainer, net: NetSpec | None
+    ) -> None:
+        """Register a committed container copy here (already registered: done)."""
+        try:
+            if self.workloads.get(name).root_pid == started.pid:
+                return  # adopted before this agent restarted
+        except NotFound:
+            pass
+        await self.workloads.register_container(name, started, net)
 
     @classmethod
     def create(

@@ -23,7 +23,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haul.agent.client import AgentAccess, AgentClient
+from haul.agent.containers import ContainerRecord, Containers
 from haul.agent.journal import Journal
+from haul.agent.migration_models import ContainerMove
 from haul.agent.models import NetSpec
 from haul.agent.remote import RemoteDestination
 from haul.agent.wire import Conflict, NotFound
@@ -38,9 +40,11 @@ from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
-from haul.errors import HaulError, UsageError
+from haul.errors import ContainerError, HaulError, UsageError
+from haul.runtime.images import ImageRef, blob_path
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
+from haul.source.runcsource import RuncSource
 from haul.transport.http import HttpTransport
 from haul.workload.proctree import ProcessTree
 
@@ -72,7 +76,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class _Ports:
-    source: CriuSource
+    source: CriuSource | RuncSource
     dest: RemoteDestination
     transport: HttpTransport
 
@@ -105,6 +109,8 @@ class MigrationJobs:
         argv_of: Callable[[str], list[str]],
         on_moved: Callable[[str], Awaitable[None]],
         net_of: Callable[[str], NetSpec | None] = lambda name: None,
+        container_of: Callable[[str], ContainerRecord | None] = lambda name: None,
+        containers: Containers | None = None,
     ) -> None:
         self.host = host
         self.criu = criu
@@ -116,6 +122,8 @@ class MigrationJobs:
         self._tree_of = tree_of
         self._argv_of = argv_of
         self._net_of = net_of
+        self._container_of = container_of
+        self._containers = containers
         self._on_moved = on_moved
         self._jobs: dict[str, Job] = {}
         self._moving: set[str] = set()
@@ -195,6 +203,11 @@ class MigrationJobs:
     ) -> AsyncIterator[_Ports]:
         """The ports of one migration from this host: the local CRIU, the destination
         agent over HTTP, the transport between them."""
+        container = self._container_of(spec.workload)
+        if container is not None:
+            async with self._container_ports(spec, container, peer, shared_dir) as ports:
+                yield ports
+            return
         data = self.data_root / spec.workload
         async with _peer_client(peer, spec.dest_host) as client:
             workdir = (
@@ -227,6 +240,49 @@ class MigrationJobs:
                 source.images,
                 source_data=data,
                 skip_pages=shared_dir is not None,
+            )
+            yield _Ports(source, dest, transport)
+
+    @contextlib.asynccontextmanager
+    async def _container_ports(
+        self,
+        spec: MigrationSpec,
+        container: ContainerRecord,
+        peer: AgentAccess,
+        shared_dir: Path | None,
+    ) -> AsyncIterator[_Ports]:
+        """A runc container's: runc checkpoints it here (RuncSource), the destination
+        restores it with runc, its files are its writable layer (or, without an image,
+        its whole root filesystem) and its image's blobs go only where they lack."""
+        if self._containers is None:
+            raise ContainerError("this agent runs no containers")
+        if shared_dir is not None:
+            raise UsageError("--shared-dir does not take containers yet")
+        move, layout = container_move(container, self._argv_of(spec.workload))
+        files = Path(container.rootfs_upper or container.rootfs)
+        async with _peer_client(peer, spec.dest_host) as client:
+            workdir = self.state_dir / "outgoing" / spec.migration_id
+            source = RuncSource(
+                self.criu,
+                self._containers.runc(Path(container.runc_root)),
+                container.id,
+                workdir,
+                bundle=Path(container.bundle),
+                own_network=container.netns is not None,
+                lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
+            )
+            dest = RemoteDestination(
+                client,
+                spec.migration_id,
+                spec.workload,
+                lazy_source=source.lazy_listen,
+                net=self._net_of(spec.workload),
+                source_host=self.host,
+                container=move,
+                image_layout=layout,
+            )
+            transport = HttpTransport(
+                client.incoming, spec.migration_id, source.images, source_data=files
             )
             yield _Ports(source, dest, transport)
 
@@ -436,3 +492,24 @@ class MigrationJobs:
                     await job.task
                 except (asyncio.CancelledError, HaulError) as exc:
                     log.info("migration %s ended while closing: %r", job.id, exc)
+
+
+def container_move(
+    container: ContainerRecord, argv: list[str]
+) -> tuple[ContainerMove, Path | None]:
+    """What the destination is told of a container, and where its image's blobs are here."""
+    config = json.loads(Path(container.bundle, "config.json").read_text())
+    if container.image is None or container.image_digest is None:
+        return ContainerMove(config=config, argv=argv), None
+    layout = ImageRef.parse(container.image).layout
+    manifest = json.loads(blob_path(layout, container.image_digest).read_text())
+    blobs = [container.image_digest, manifest["config"]["digest"]]
+    blobs += [layer["digest"] for layer in manifest.get("layers", [])]
+    move = ContainerMove(
+        config=config,
+        image=container.image,
+        image_digest=container.image_digest,
+        blobs=blobs,
+        argv=argv,
+    )
+    return move, layout

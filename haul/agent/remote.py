@@ -6,11 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from haul.agent.client import AgentClient, body_of
-from haul.agent.migration_models import IncomingCheck, IncomingOpen
+from haul.agent.migration_models import ContainerMove, IncomingCheck, IncomingOpen
 from haul.agent.models import NetSpec
 from haul.criu.options import PageServer
 from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy
+from haul.errors import ContainerError
+from haul.runtime.images import blob_path
 
 
 class RemoteDestination:
@@ -29,8 +31,13 @@ class RemoteDestination:
         shared_images: Path | None = None,
         net: NetSpec | None = None,
         source_host: str | None = None,
+        container: ContainerMove | None = None,
+        image_layout: Path | None = None,
     ) -> None:
         self.client = client
+        #: a runc container (not a process tree), and where its image's blobs are here
+        self.container = container
+        self.image_layout = image_layout
         #: the workload's own address, which goes with it
         self.net = net
         #: this (the source's) host name: whom the destination asks for the decision
@@ -79,10 +86,28 @@ class RemoteDestination:
                 page_tls=self.client.access.tls is not None,
                 source=self.source_host,
                 lazy_source={"address": lazy.address, "port": lazy.port} if lazy else None,
+                container=self.container,
             )
         )
+        await self._send_image(answer.missing_blobs)
         ps = answer.page_server
         return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)
+
+    async def _send_image(self, missing: list[str]) -> None:
+        """A container's image blobs the destination lacks (none when it has the image),
+        then the image unpacked there: all while the container still runs here."""
+        if self.container is None or self.container.image_digest is None:
+            return
+        if missing and self.image_layout is None:
+            raise ContainerError("the destination lacks the image's blobs and they are not here")
+        for digest in missing:
+            if digest not in self.container.blobs:
+                raise ContainerError(f"the destination asked for blob {digest}, not the image's")
+            assert self.image_layout is not None
+            await self.client.incoming.put_blob(
+                self.migration_id, digest, blob_path(self.image_layout, digest)
+            )
+        await self.client.incoming.unpack_image(self.migration_id)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         answer = await self.client.incoming.restore(self.migration_id, lazy)

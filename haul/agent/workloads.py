@@ -642,12 +642,19 @@ class WorkloadManager:
         ]
 
     async def forget(self, name: str) -> None:
-        """Unregister a workload that has moved to another host (nothing is killed)."""
+        """Unregister a workload that has moved to another host (nothing is killed); a
+        container's mounts, namespace, cgroup and directory here go too."""
         async with self._lock:
+            gone = self._records.get(name)
             records = {k: v for k, v in self._records.items() if k != name}
             await asyncio.to_thread(self.registry.save, records)
             self._records = records
             self._trees.pop(name, None)
+        if gone is not None and gone.container is not None:
+            try:
+                await self.containers.release(name, gone.container)
+            except HaulError as exc:
+                log.error("container %s moved away; %s", name, exc.one_line())
 
     async def aclose(self) -> None:
         """Forget the launchers; the workloads keep running (they outlive the agent)."""

@@ -17,6 +17,7 @@ of it is refused).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
@@ -28,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
@@ -86,6 +87,8 @@ class Incoming:
     strategy: Strategy
     dest: CriuDestination
     argv: list[str] = field(default_factory=list)
+    #: a runc container arriving (its image, its home here), or None for a process tree
+    arrival: ContainerArrivalPort | None = None
     received: dict[str, str] = field(default_factory=dict)  # name -> sha256
     #: the workload's own address, for its registry entry here after the commit
     net: WorkloadNet | None = None
@@ -101,6 +104,30 @@ class Incoming:
 
 #: adopt(workload, tree, argv, net): register a migrated copy as a workload of this host
 Adopt = Callable[[str, ProcessTree, list[str], WorkloadNet | None], Awaitable[object]]
+
+
+class ContainerArrivalPort(Protocol):
+    """What the registry needs of an arriving container (haul/agent/arrivals.py)."""
+
+    @property
+    def files(self) -> Path:
+        """Where the transport puts the container's files."""
+        ...
+
+    async def unpack(self) -> None: ...
+
+    async def release(self) -> None: ...
+
+    async def adopt(self, pid: int) -> None:
+        """Register the running copy as a workload of this host."""
+        ...
+
+
+#: how an arriving container's destination port and home are made (the agent's)
+Arrive = Callable[
+    [str, str, Any, WorkloadNet | None, Path, PageServer | None, PageServer | None],
+    Awaitable[tuple[CriuDestination, ContainerArrivalPort]],
+]
 #: how many settled migrations are remembered, for the source's late calls
 SETTLED_KEPT = 256
 
@@ -164,6 +191,7 @@ class IncomingRegistry:
         ask: AskSource | None = None,
         adopt: Adopt | None = None,
         policy: AskPolicy | None = None,
+        arrive: Arrive | None = None,
     ) -> None:
         self.criu = criu
         #: where arriving workloads with their own address get their veth attached
@@ -175,6 +203,8 @@ class IncomingRegistry:
         self.tls = tls
         self.ask = ask
         self.adopt = adopt
+        #: makes an arriving container's destination port (None: this host runs none)
+        self.arrive = arrive
         self.policy = policy if policy is not None else AskPolicy()
         self._items: dict[str, Incoming] = {}
         #: migration id -> "committed" or "discarded", once settled here
@@ -252,12 +282,25 @@ class IncomingRegistry:
         net: WorkloadNet | None = None,
         page_tls: bool = False,
         source: str | None = None,
+        container: Any = None,
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
         if migration_id in self._items or migration_id in self._settled:
             raise UsageError(f"migration {migration_id} is already open here")
         self._check_page_tls(page_tls)
+        if container is not None:
+            return await self._open_container(
+                migration_id,
+                workload,
+                strategy,
+                needed_bytes,
+                lazy_source,
+                container=container,
+                net=net,
+                page_tls=page_tls,
+                source=source,
+            )
         dest = CriuDestination(
             self.criu,
             self.root / migration_id,
@@ -292,6 +335,70 @@ class IncomingRegistry:
         self._items[migration_id] = item
         return item
 
+    async def _open_container(
+        self,
+        migration_id: str,
+        workload: str,
+        strategy: Strategy,
+        needed_bytes: int,
+        lazy_source: PageServer | None,
+        *,
+        container: Any,
+        net: WorkloadNet | None,
+        page_tls: bool,
+        source: str | None,
+    ) -> Incoming:
+        """A runc container: its destination port and home are the agent's to make."""
+        if self.arrive is None:
+            raise UsageError("this host runs no containers (no runc here)")
+        if page_tls:
+            raise UsageError(
+                "containers' pages do not travel over TLS yet (runc gives CRIU "
+                "no TLS options); move it between agents without certificates"
+            )
+        dest, arrival = await self.arrive(
+            migration_id,
+            workload,
+            container,
+            net,
+            self.root / migration_id,
+            None if strategy is Strategy.POST_COPY else PageServer(self.listen_address, 0),
+            lazy_source,
+        )
+        try:
+            await dest.check_free(workload, needed_bytes)
+            self.root.mkdir(parents=True, exist_ok=True)
+            await dest.prepare(strategy)
+        except BaseException:
+            await asyncio.shield(self._release_arrival(dest, arrival))
+            raise
+        item = Incoming(
+            migration_id, workload, strategy, dest, net=net, source=source, arrival=arrival
+        )
+        self._items[migration_id] = item
+        return item
+
+    @staticmethod
+    async def _release_arrival(dest: CriuDestination, arrival: ContainerArrivalPort) -> None:
+        with contextlib.suppress(HaulError):
+            await dest.discard()
+        with contextlib.suppress(HaulError):
+            await arrival.release()
+
+    async def receive_blob(self, migration_id: str, receive: Callable[[], Awaitable[int]]) -> int:
+        """One blob of an arriving container's image, while the migration takes files."""
+        item = self._receiving(migration_id)
+        if item.arrival is None:
+            raise UsageError(f"incoming migration {migration_id} brings no container")
+        return await receive()
+
+    async def unpack_image(self, migration_id: str) -> None:
+        """An arriving container's image, unpacked here from the blobs received."""
+        item = self._receiving(migration_id)
+        if item.arrival is None:
+            raise UsageError(f"incoming migration {migration_id} brings no container")
+        await item.arrival.unpack()
+
     def _check_page_tls(self, page_tls: bool) -> None:
         """Both ends agree on TLS for the pages: the source asks for it when it has
         certificates and calls this agent over https; this agent, with certificates,
@@ -317,6 +424,8 @@ class IncomingRegistry:
 
     def _data(self, migration_id: str) -> DataTree:
         item = self._receiving(migration_id)
+        if item.arrival is not None:
+            return DataTree(item.arrival.files)
         if self.data_root is None:
             raise UsageError("this host keeps no workload data directories")
         return DataTree(self.data_root / item.workload)
@@ -456,6 +565,9 @@ class IncomingRegistry:
 
     async def _discard(self, item: Incoming) -> None:
         self._settle(item.migration_id, "discarded")
+        if item.arrival is not None:
+            await self._release_arrival(item.dest, item.arrival)
+            return
         await item.dest.discard()
         if self.data_root is not None:
             # a copy found at agent start: its CriuDestination did not create the data
@@ -466,7 +578,9 @@ class IncomingRegistry:
         self._settle(item.migration_id, "committed")
         # adopted before its record goes: an agent that dies in between finds the copy
         # again, asks again, and adopts it again (which finds it adopted)
-        if self.adopt is not None and item.dest.tree is not None:
+        if item.arrival is not None and item.dest.tree is not None:
+            await item.arrival.adopt(item.dest.tree.root_pid)
+        elif self.adopt is not None and item.dest.tree is not None:
             await self.adopt(item.workload, item.dest.tree, item.argv, item.net)
         leftovers.forget_record(self.root, item.migration_id)
         await item.dest.cleanup()

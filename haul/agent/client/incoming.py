@@ -87,6 +87,19 @@ class IncomingCalls:
         )
         self._client.parse(Received, raw)
 
+    async def put_blob(self, migration_id: str, digest: str, path: Path) -> None:
+        """One blob of an arriving container's image (its digest checks it)."""
+        _, raw = await self._client.request(
+            "PUT",
+            f"{_id(migration_id)}/blobs/{quote(digest, safe='')}",
+            data=_file_chunks(path),
+        )
+        self._client.parse(Received, raw)
+
+    async def unpack_image(self, migration_id: str) -> None:
+        """The arriving container's image unpacked there, from the blobs it has."""
+        await self._client.call("POST", f"{_id(migration_id)}/image", Done)
+
     async def put_data(
         self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
     ) -> None:

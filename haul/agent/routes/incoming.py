@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
@@ -113,13 +114,57 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
         net=net,
         page_tls=ask.page_tls,
         source=ask.source,
+        container=ask.container,
+    )
+    missing = (
+        missing_blobs(request.app[CONTEXT].workloads.containers, ask.container)
+        if ask.container is not None
+        else []
     )
     port = item.dest.page_server_port
     if port is None:
-        return IncomingOpened()
+        return IncomingOpened(missing_blobs=missing)
     return IncomingOpened(
-        page_server=Endpoint(address=_incoming(request).listen_address, port=port)
+        page_server=Endpoint(address=_incoming(request).listen_address, port=port),
+        missing_blobs=missing,
     )
+
+
+@table.raw(
+    "PUT",
+    "/v1/incoming/{id}/blobs/{digest}",
+    name="putBlob",
+    summary="One blob of an arriving container's image (body), kept only if its content "
+    "has that digest",
+    media_type="application/json",
+)
+async def put_blob(request: web.Request) -> web.StreamResponse:
+    mid, digest = request.match_info["id"], request.match_info["digest"]
+    incoming = _incoming(request)
+    item = incoming.get(mid)
+    move = item.arrival.move if isinstance(item.arrival, ContainerArrival) else None
+    if move is None:
+        raise BadRequest(f"incoming migration {mid} brings no container", code="usage")
+    containers = request.app[CONTEXT].workloads.containers
+    size = await incoming.receive_blob(
+        mid,
+        lambda: receive_blob(containers, move, digest, request.content.iter_chunked(1 << 20)),
+    )
+    return web.json_response(Received(bytes=size).model_dump())
+
+
+@table.json(
+    "POST",
+    "/v1/incoming/{id}/image",
+    response=Done,
+    params=ID,
+    name="unpackImage",
+    summary="Unpack an arriving container's image from the blobs received (or find it "
+    "unpacked here already)",
+)
+async def unpack_image(request: web.Request) -> Done:
+    await _incoming(request).unpack_image(request.match_info["id"])
+    return Done()
 
 
 def _sha(request: web.Request) -> str:
