@@ -35,6 +35,7 @@ from haul.runtime import criuconf
 from haul.runtime.runc import CheckpointOptions, RestoreOptions
 
 NAME = "bench"
+SETTLE_S = 2.0
 
 
 async def wait_counting(lab: LabContainers, host: HostSpec) -> None:
@@ -101,6 +102,10 @@ async def one_size(mib: int) -> list[tuple[str, float, float, int]]:
     try:
         await lab.start(h1, NAME, memhog_argv(mib))
         await wait_counting(lab, h1)
+        # files written less than a second before a scan are sent once more (a second
+        # write within one timestamp tick would go unseen): a container just made would
+        # send its whole root filesystem frozen; a running service's files are older
+        await asyncio.sleep(SETTLE_S)
         frozen, copied = await by_hand(lab, h1, h2)
         rows.append(("runc checkpoint + cp -a + runc restore", frozen, frozen, copied))
         await wait_counting(lab, h2)
@@ -108,6 +113,7 @@ async def one_size(mib: int) -> list[tuple[str, float, float, int]]:
         for strategy in (Strategy.STOP_AND_COPY, Strategy.POST_COPY):
             for _ in range(2):
                 there = h1 if here is h2 else h2
+                await asyncio.sleep(SETTLE_S)
                 started = time.monotonic()
                 outcome = await lab.migrate(NAME, here, there, strategy=strategy)
                 total = (time.monotonic() - started) * 1000
