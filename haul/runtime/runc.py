@@ -62,6 +62,10 @@ class CheckpointOptions:
     lazy_pages: bool = False
     #: a descriptor runc writes one byte to once the lazy page server is up
     status_fd: int | None = None
+    #: a pre-copy round: memory only, the container runs on (needs soft-dirty tracking)
+    pre_dump: bool = False
+    #: the images of the round before, relative to ``image_path`` (``../pre1``)
+    parent_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,10 @@ class Runc:
             args += ["--page-server", opts.page_server]
         if opts.lazy_pages:
             args.append("--lazy-pages")
+        if opts.pre_dump:
+            args.append("--pre-dump")
+        if opts.parent_path is not None:
+            args += ["--parent-path", opts.parent_path]
         if opts.status_fd is not None:
             args += ["--status-fd", str(opts.status_fd)]
         await self._run(

@@ -30,6 +30,7 @@ from pathlib import Path
 from haul.criu.info import host_capabilities
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
+from haul.criu.stats import read_dump_stats
 from haul.engine.figures import (
     PAGE_SIZE,
     Capabilities,
@@ -79,6 +80,8 @@ class RuncSource:
         self._serving: asyncio.Task[None] | None = None
         self._paused = False
         self._locked = False
+        #: pre-copy rounds done: the final dump's parent is the last
+        self._rounds = 0
 
     async def capabilities(self) -> Capabilities:
         return await host_capabilities(self.criu)
@@ -95,9 +98,36 @@ class RuncSource:
         return ProcessTree(state.pid).resident_bytes()
 
     async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
-        raise ContainerError(
-            "pre-copy rounds of runc containers are not supported yet (runc checkpoint "
-            "--pre-dump needs soft-dirty tracking, which this kernel lacks)"
+        """One pre-copy round while the container runs: ``runc checkpoint --pre-dump``
+        into ``pre<iteration>``, whose parent is the round before (needs soft-dirty
+        tracking, which the pre-flight checks)."""
+        images = self.workdir / f"pre{iteration}"
+        images.mkdir(parents=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        criuconf.write(
+            criuconf.config_path(self.bundle), criuconf.dump_options(own_network=self.own_network)
+        )
+        started = time.monotonic()
+        await self.runc.checkpoint(
+            self.container_id,
+            CheckpointOptions(
+                image_path=images,
+                work_path=self.logs,
+                leave_running=False,
+                file_locks=False,
+                page_server=_address(page_server),
+                pre_dump=True,
+                parent_path=f"../pre{iteration - 1}" if iteration > 1 else None,
+            ),
+        )
+        self._rounds = iteration
+        written = await asyncio.to_thread(_pages_written, self.logs, images)
+        return IterationFigures(
+            iteration=iteration,
+            pages_written=written,
+            pages_skipped_parent=0,
+            bytes_sent=written * PAGE_SIZE,
+            duration_s=time.monotonic() - started,
         )
 
     async def freeze_and_dump(self, lazy: bool, page_server: Endpoint | None) -> DumpFigures:
@@ -120,8 +150,9 @@ class RuncSource:
             assert self.lazy_listen is not None
             await self._start_serving(self.lazy_listen)
         else:
-            target = f"{page_server.address}:{page_server.port}" if page_server else None
-            await self.runc.checkpoint(self.container_id, self._options(page_server=target))
+            await self.runc.checkpoint(
+                self.container_id, self._options(page_server=_address(page_server))
+            )
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at,
@@ -143,6 +174,7 @@ class RuncSource:
             page_server=page_server,
             lazy_pages=lazy,
             status_fd=status_fd,
+            parent_path=f"../pre{self._rounds}" if self._rounds else None,
         )
 
     async def _start_serving(self, listen: PageServer) -> None:
@@ -207,3 +239,17 @@ class RuncSource:
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.files is not None:
             await asyncio.to_thread(shutil.rmtree, self.files, True)
+
+
+def _address(page_server: Endpoint | None) -> str | None:
+    return f"{page_server.address}:{page_server.port}" if page_server is not None else None
+
+
+def _pages_written(logs: Path, images: Path) -> int:
+    """Pages a round wrote: CRIU's stats of the round (runc leaves them in its work
+    directory), else the round's page images' size (none when they went to a page
+    server)."""
+    stats = read_dump_stats(logs)
+    if stats is not None:
+        return stats.pages_written
+    return sum(p.stat().st_size for p in images.glob("pages-*.img")) // PAGE_SIZE

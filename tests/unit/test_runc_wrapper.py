@@ -10,7 +10,14 @@ import pytest
 from haul.dest.runcdest import _own_network, bundle_config
 from haul.errors import ContainerError
 from haul.runtime import criuconf
-from haul.runtime.runc import Runc, _criu_error, _last_line, _log_errors, _state_of
+from haul.runtime.runc import (
+    CheckpointOptions,
+    Runc,
+    _criu_error,
+    _last_line,
+    _log_errors,
+    _state_of,
+)
 
 
 def test_runc_s_logfmt_line_gives_its_message() -> None:
@@ -103,3 +110,49 @@ def test_the_destination_bundle_is_the_source_s_made_this_host_s() -> None:
     assert source["root"] == {"path": "/src/rootfs"}, "the source's config is not changed"
     assert not _own_network(config)
     assert _own_network({"linux": {"namespaces": [{"type": "network", "path": "/n"}]}})
+
+
+def _recording_runc(tmp_path: Path) -> tuple[Runc, Path]:
+    """A runc that records its argument list and succeeds (the argv is what is tested)."""
+    record = tmp_path / "argv"
+    fake = tmp_path / "runc"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    return Runc(tmp_path / "root", criu=Path("/usr/local/sbin/criu"), binary=fake), record
+
+
+@pytest.mark.asyncio
+async def test_a_pre_copy_round_and_the_final_dump_after_it(tmp_path: Path) -> None:
+    runc, record = _recording_runc(tmp_path)
+    await runc.checkpoint(
+        "c1",
+        CheckpointOptions(
+            image_path=tmp_path / "pre2",
+            work_path=tmp_path / "w",
+            leave_running=False,
+            file_locks=False,
+            page_server="10.0.0.2:7000",
+            pre_dump=True,
+            parent_path="../pre1",
+        ),
+    )
+    argv = record.read_text().split("\n")[:-1]
+    assert argv[:4] == ["--root", str(tmp_path / "root"), "--criu", "/usr/local/sbin/criu"]
+    assert argv[4] == "checkpoint" and argv[-1] == "c1"
+    assert "--pre-dump" in argv and "--leave-running" not in argv
+    assert argv[argv.index("--parent-path") + 1] == "../pre1"
+    assert argv[argv.index("--page-server") + 1] == "10.0.0.2:7000"
+    await runc.checkpoint(
+        "c1",
+        CheckpointOptions(
+            image_path=tmp_path / "i",
+            work_path=tmp_path / "w",
+            tcp_established=True,
+            lazy_pages=True,
+            status_fd=5,
+        ),
+    )
+    argv = record.read_text().split("\n")[:-1]
+    assert {"--leave-running", "--tcp-established", "--file-locks", "--lazy-pages"} <= set(argv)
+    assert "--pre-dump" not in argv and "--parent-path" not in argv
+    assert argv[argv.index("--status-fd") + 1] == "5"
