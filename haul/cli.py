@@ -236,6 +236,14 @@ def demo_cmd(
     out_dir: Annotated[
         Path, typer.Option("--out", help="where to write haul-demo.png and haul-demo.tsv")
     ] = Path("."),
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="process: the service as a process tree; runc: in a runc container "
+            "(the lab's busybox image, the host's Python mounted read-only)",
+        ),
+    ] = "process",
     output: OutputOpt = Output.text,
 ) -> None:
     """Move a web service host1 -> host2 -> host1 under load through HAProxy, in a lab:
@@ -252,13 +260,24 @@ def demo_cmd(
         raise UsageError(
             f"unknown strategy {strategy!r} (auto, post-copy, stop-and-copy, pre-copy)"
         ) from None
+    if runtime not in ("process", "runc"):
+        raise UsageError(f"unknown runtime {runtime!r} (process, runc)")
     say = (lambda m: err.print(f"[dim]>[/dim] {m}")) if output is Output.text else (lambda m: None)
-    result = _run(run_demo(mem_mib=mem_mib, strategy=chosen, out_dir=out_dir, say=say))
+    result = _run(
+        run_demo(
+            mem_mib=mem_mib,
+            strategy=chosen,
+            out_dir=out_dir,
+            runtime="runc" if runtime == "runc" else "process",
+            say=say,
+        )
+    )
     load = result.load
     if output is Output.json:
         _emit_json(
             {
                 "passed": result.passed,
+                "runtime": result.runtime,
                 "mem_mib": result.mem_mib,
                 "moves": [dataclasses.asdict(m) for m in result.moves],
                 "load": load.as_json(),
@@ -270,7 +289,8 @@ def demo_cmd(
             }
         )
     else:
-        moves = Table(title=f"haul demo: a {mem_mib} MiB web service moved under load")
+        what = "web service in a runc container" if result.runtime == "runc" else "web service"
+        moves = Table(title=f"haul demo: a {mem_mib} MiB {what} moved under load")
         for col in ("move", "strategy", "outcome", "frozen ms", "total ms"):
             moves.add_column(col, justify="left" if col in ("move", "strategy") else "right")
         for m in result.moves:

@@ -305,6 +305,16 @@ def run_cmd(
             show_default=False,
         ),
     ] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mount",
+            help="runc: SRC:DST[:ro], the host's SRC mounted read-only at DST in the "
+            "container (repeatable; SRC in the agent's allowed roots, and the same on every "
+            "host it moves to)",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
     argv: Annotated[
@@ -317,8 +327,9 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Start CMD as workload NAME on HOST, or a runc container, through that host's agent."""
-    from haul.agent.models import NetSpec
+    from haul.agent.models import MountSpec, NetSpec
     from haul.net.spec import WorkloadNet
+    from haul.runtime.mounts import BindMount
 
     sources = [f for f, v in (("--image", image), ("--bundle", bundle), ("--rootfs", rootfs)) if v]
     if runtime is RuntimeChoice.process and sources:
@@ -330,6 +341,9 @@ def run_cmd(
         )
     if runtime is RuntimeChoice.process and not argv:
         raise UsageError("give the command to run after --")
+    if runtime is RuntimeChoice.process and mount:
+        raise UsageError("--mount: only with --runtime runc (a process tree sees its host)")
+    mounts = [BindMount.parse(text) for text in mount or []]
     ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
         raise UsageError("--port and --gateway go with --ip")
@@ -349,6 +363,7 @@ def run_cmd(
                 image=image,
                 bundle=bundle,
                 rootfs=rootfs,
+                mounts=[MountSpec(source=str(m.source), destination=m.destination) for m in mounts],
             )
 
     view = asyncio.run(start())

@@ -13,7 +13,9 @@ Its home here is what :class:`~haul.dest.runcdest.RuncDestination` restores into
 root filesystem an overlay of the image (below) and its writable layer (above: what the
 transport sends), or for a container without an image a plain directory of all its
 files; with an address of its own, a network namespace kept by a bind mount, its veth
-on this host's bridge, locked until the commit.
+on this host's bridge, locked until the commit. The host paths its configuration
+bind-mounts (``haul run --mount``) must be here and in this agent's allowed roots, or the
+arrival is refused before anything is made.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from haul.runtime.bundle import (
     unmount,
 )
 from haul.runtime.images import DIGEST_RE, INDEX_TYPE, MANIFEST_TYPE, ImageRef, blob_path
+from haul.runtime.mounts import bind_mounts, check_sources
 from haul.transport.imagecopy import sha256_of
 
 log = logging.getLogger(__name__)
@@ -266,6 +269,9 @@ def arrival_factory(
         listen: PageServer | None,
         lazy_source: PageServer | None,
     ) -> tuple[CriuDestination, ContainerArrival]:
+        # runc mounts the same host paths here (docs/containers.md): only those this
+        # agent allows, and only if they are here
+        check_sources(bind_mounts(move.config), containers.settings.allowed_roots)
         arrival = ContainerArrival(containers, workload, move, register, net)
         arrival.open()
         dest = RuncDestination(

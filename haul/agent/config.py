@@ -177,7 +177,8 @@ class RuncConfig(_Section):
     """OCI containers run by runc on this host (``haul run --runtime runc``)."""
 
     #: the directories a container's image layout, bundle or root filesystem may be
-    #: in, as this host sees them (none: containers can be started from nothing)
+    #: in, and the host paths it may bind-mount read-only (``haul run --mount``), as
+    #: this host sees them (none: containers can be started from nothing)
     allowed_roots: list[Path] = Field(default_factory=list, max_length=64)
     #: the cgroup every container's own cgroup goes under (``PARENT/NAME``); it must
     #: differ between hosts sharing one machine's cgroups. Default: ``/haul/<host>``

@@ -10,6 +10,8 @@ What a migration driver needs of a container is in its :class:`ContainerRecord` 
 in the workload registry): its ID and runc root, its bundle, its image (reference,
 manifest digest, layers), its writable layer (``rootfs_upper``, all the container wrote)
 over the image's rootfs (``rootfs_lower``), its network namespace's path and its cgroup.
+The host paths it mounts read-only (``haul run --mount``, haul/runtime/mounts.py) are in
+its config.json, checked against the allowed roots like its image, bundle or rootfs.
 
 A start that fails part way removes whatever it made, in reverse order; so does
 :meth:`Containers.remove`, which also kills the container (``runc kill KILL``, then
@@ -58,6 +60,7 @@ from haul.runtime.bundle import (
     write_criu_config,
 )
 from haul.runtime.images import ImageCache, ImageRef
+from haul.runtime.mounts import BindMount, add_mounts, check_sources
 from haul.runtime.runc import ContainerState, Runc
 
 log = logging.getLogger(__name__)
@@ -240,6 +243,9 @@ class Containers:
         for what, given in (("bundle", spec.bundle), ("rootfs", spec.rootfs)):
             if given is not None:
                 inside_roots(Path(given), roots, what)
+        mounts = check_sources(
+            [BindMount(Path(m.source), m.destination) for m in spec.mounts], roots
+        )
         runc = self.runc()
         dirs = self.dirs(name)
         cgroup = cgroups_path(self.settings.cgroup_parent, name)
@@ -286,6 +292,7 @@ class Containers:
             args=spec.argv or None,
             readonly=readonly,
         )
+        add_mounts(config, mounts)
         record = ContainerRecord(
             id=name,
             runc_root=str(runc.root),

@@ -21,6 +21,7 @@ from haul.runtime.runc import CONTAINER_ID_RE
 WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 WORKLOAD_NAME_RE = re.compile(WORKLOAD_NAME_PATTERN)
 MAX_ARGV = 4096
+MAX_MOUNTS = 64
 
 
 def _plain_arg(value: str) -> str:
@@ -143,6 +144,14 @@ class NetSpec(_Request):
     gateway: str | None = Field(default=None, max_length=64)
 
 
+class MountSpec(_Request):
+    """runc: the host's ``source`` bind-mounted read-only at ``destination`` in the
+    container (haul/runtime/mounts.py); ``source`` must lie in the agent's allowed roots."""
+
+    source: AbsolutePath
+    destination: AbsolutePath
+
+
 class WorkloadSpec(_Request):
     """What to start: a name, a command, and optionally the workload's data directory
     and an address of its own; or (runtime ``runc``) an OCI container from an image
@@ -162,6 +171,8 @@ class WorkloadSpec(_Request):
     bundle: AbsolutePath | None = None
     #: runc: a root filesystem on the host, run with runc's default configuration
     rootfs: AbsolutePath | None = None
+    #: runc: read-only bind mounts of the host's paths, added to its configuration
+    mounts: Annotated[list[MountSpec], Field(max_length=MAX_MOUNTS)] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkloadSpec:
@@ -169,6 +180,8 @@ class WorkloadSpec(_Request):
         if self.runtime == "process":
             if given:
                 raise ValueError(f"{', '.join(given)}: only for runtime runc")
+            if self.mounts:
+                raise ValueError("mounts: only for runtime runc (a process tree sees its host)")
             if not self.argv:
                 raise ValueError("argv: a process workload needs a command")
             return self

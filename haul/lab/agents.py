@@ -66,6 +66,9 @@ LOG_TAIL_LINES = 12
 #: the certificate (in the lab's pki directory) the operator's CLI presents
 CLI_CERT = "haul-cli"
 _POLL_S = 0.1
+#: what a lab's containers may bind-mount read-only besides the lab's directory: the
+#: machine's programs and libraries, which every lab host shares (haul run --mount)
+LAB_SYSTEM_ROOTS = (Path("/usr"), Path("/lib"), Path("/lib64"))
 
 
 def lab_dir(prefix: str) -> Path:
@@ -142,10 +145,13 @@ def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = Fals
         "[agent.auth]",
         f"token = {_toml_str(token)}",
         "",
-        # containers may come from anywhere in the lab's directory (images, bundles);
+        # containers may come from anywhere in the lab's directory (images, bundles)
+        # and mount the machine's programs read-only (the demo's runs its Python);
         # hosts share this machine's cgroups, so each has a parent of its own
         "[agent.runc]",
-        f"allowed_roots = [{_toml_str(spec.root_dir)}]",
+        "allowed_roots = ["
+        + ", ".join(_toml_str(p) for p in (spec.root_dir, *LAB_SYSTEM_ROOTS))
+        + "]",
         f"cgroup_parent = {_toml_str(lab_cgroup_parent(spec, host.name))}",
     ]
     if tls:

@@ -12,6 +12,11 @@ then writes its own verdict on SIGTERM; its request count must equal what the
 client saw answered. The result: a table, the client's TSV (ab -g style) and
 a PNG of latency over time with the migrations shaded. Everything the demo
 made is removed, also on failure or Ctrl-C.
+
+With ``runtime="runc"`` (``haul demo --runtime runc``) the service runs in a runc
+container of the lab's busybox image, the host's Python lent to it by read-only bind
+mounts, and moves as a container (haul/lab/demoservice.py, docs/containers.md); the
+rest is the same.
 """
 
 from __future__ import annotations
@@ -29,23 +34,29 @@ from pathlib import Path
 
 from haul.agent.client import AgentAccess
 from haul.agent.migration_models import MigrateAsk
-from haul.agent.models import NetSpec
+from haul.agent.models import Runtime
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, WorkloadError
 from haul.inventory import load_inventory
+from haul.lab.demoservice import SERVICE, DemoService
 from haul.lab.haproxy import LbConfig, LbServer, start_haproxy, stop_haproxy
 from haul.lab.loadgen import LoadGen, http_get, netns_connector
 from haul.lab.loadrun import LoadRun, Summary
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.plot import write_latency_png
-from haul.lab.samples import WEB
 from haul.lab.spec import LabSpec
 
 DEMO_PREFIX = "demo"
-SERVICE = "web"
 SERVICE_ADDRESS = "10.77.0.100/24"
 SERVICE_PORT = 8080
 FRONTEND_PORT = 80
+#: HAProxy's ``timeout server`` in the demo. The service's address follows it and its
+#: TCP connections move with it, so a request in flight at the freeze is answered by
+#: the copy; HAProxy must not replay it after a timeout (retry-on response-timeout,
+#: haul/cutover/haproxy.py), or the service counts it twice. So: longer than any frozen
+#: window plus restore here (0.4 to 1.5 s measured, more on a busy machine), and than
+#: /check at 256 MiB on a busy core (about 1.5 s), which the lab's default 1 s is not.
+SERVER_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,8 @@ class DemoResult:
     served: int
     png: Path
     tsv: Path
+    #: how the service ran, as its host's agent said at the end: process or runc
+    runtime: str = "process"
 
     @property
     def passed(self) -> bool:
@@ -94,10 +107,12 @@ async def run_demo(
     settle_s: float = 2.0,
     connections: int = 2,
     moves: int = 2,
+    runtime: Runtime = "process",
     say: Callable[[str], None] = lambda _: None,
 ) -> DemoResult:
     """``moves``: how many migrations (host1 -> host2, then back, and so on); 0 runs the
-    same load with no migration (a baseline for bench/gaps.py)."""
+    same load with no migration (a baseline for bench/gaps.py). ``runtime``: the service
+    as a process tree, or in a runc container (haul/lab/demoservice.py)."""
     await asyncio.to_thread(lab_down, DEMO_PREFIX)  # a demo lab left by a crash is ours
     spec = LabSpec(prefix=DEMO_PREFIX, hosts=2)
     with tempfile.TemporaryDirectory(prefix="haul-demo-") as tmp:
@@ -108,8 +123,9 @@ async def run_demo(
         )
         await lab_up(spec, inventory=inventory)
         try:
+            service = DemoService(spec, runtime, mem_mib, SERVICE_PORT, SERVICE_ADDRESS)
             return await _demo(
-                spec, inventory, mem_mib, strategy, out_dir, settle_s, connections, moves, say
+                service, inventory, strategy, out_dir, settle_s, connections, moves, say
             )
         finally:
             await asyncio.shield(asyncio.to_thread(lab_down, DEMO_PREFIX))
@@ -117,9 +133,8 @@ async def run_demo(
 
 
 async def _demo(
-    spec: LabSpec,
+    service: DemoService,
     inventory: Path,
-    mem_mib: int,
     strategy: Strategy,
     out_dir: Path,
     settle_s: float,
@@ -127,31 +142,17 @@ async def _demo(
     moves: int,
     say: Callable[[str], None],
 ) -> DemoResult:
+    spec, mem_mib = service.spec, service.mem_mib
     inv = load_inventory(inventory)
     host1, host2 = spec.host(1).name, spec.host(2).name
     async with AgentAccess.of_entry(inv.host(host1)).client() as agent:
-        view = await agent.start_workload(
-            SERVICE,
-            [
-                sys.executable,
-                "-S",
-                "-E",
-                str(WEB),
-                "--outfile",
-                "verdict",
-                "--port",
-                str(SERVICE_PORT),
-                "--mem-mib",
-                str(mem_mib),
-            ],
-            net=NetSpec(address=SERVICE_ADDRESS, port=SERVICE_PORT),
-        )
-    outfile = spec.host(1).data_backing / "agent" / "workloads" / SERVICE / "verdict"
-    await _wait_ready(outfile, timeout_s=30 + mem_mib / 20)
+        view = await service.start(agent, sys.executable)
+    await _wait_ready(service.outfile(host1), timeout_s=30 + mem_mib / 20)
     ip = SERVICE_ADDRESS.split("/")[0]
+    where_it_runs = "in a runc container " if service.runtime == "runc" else ""
     say(
-        f"started the web service on {host1} at {ip}:{SERVICE_PORT} holding {mem_mib} MiB "
-        f"(root PID {view.root_pid})"
+        f"started the web service {where_it_runs}on {host1} at {ip}:{SERVICE_PORT} holding "
+        f"{mem_mib} MiB (root PID {view.root_pid})"
     )
     proxy = await start_haproxy(
         spec,
@@ -159,6 +160,7 @@ async def _demo(
             servers=(LbServer(SERVICE, ip, SERVICE_PORT),),
             frontend_port=FRONTEND_PORT,
             check_path="/health",
+            server_timeout_ms=SERVER_TIMEOUT_MS,
         ),
     )
     say(f"HAProxy in {spec.client.netns}: {proxy.url} -> {ip}:{SERVICE_PORT}")
@@ -224,17 +226,18 @@ async def _demo(
             else (done_moves[-1].source if done_moves else host1)
         )
         check = await _check(proxy.url, spec)
-        verdict, served = await _verdict(spec, inventory, where)
+        verdict, served, runtime = await _verdict(service, inventory, where)
     finally:
         await stop_haproxy(spec, proxy)
     out_dir.mkdir(parents=True, exist_ok=True)
     tsv, png = out_dir / "haul-demo.tsv", out_dir / "haul-demo.png"
     run.write_tsv(tsv)
     summary = run.summary()
-    write_latency_png(
-        png, run, title=f"haul demo: a {mem_mib} MiB web service moved A->B->A under load"
+    what = "web service in a runc container" if runtime == "runc" else "web service"
+    write_latency_png(png, run, title=f"haul demo: a {mem_mib} MiB {what} moved A->B->A under load")
+    return DemoResult(
+        mem_mib, tuple(done_moves), summary, check, verdict, served, png, tsv, runtime
     )
-    return DemoResult(mem_mib, tuple(done_moves), summary, check, verdict, served, png, tsv)
 
 
 async def _wait_ready(outfile: Path, timeout_s: float) -> None:
@@ -255,12 +258,15 @@ async def _check(url: str, spec: LabSpec) -> str:
     return body.decode(errors="replace").strip() if status == 200 else f"FAIL HTTP {status}"
 
 
-async def _verdict(spec: LabSpec, inventory: Path, host: str) -> tuple[str, int]:
-    """SIGTERM the service where it runs; its verdict line and the requests it counted."""
+async def _verdict(service: DemoService, inventory: Path, host: str) -> tuple[str, int, str]:
+    """SIGTERM the service where it runs; its verdict line, the requests it counted, and
+    its runtime as the agent there knows it."""
     async with AgentAccess.of_entry(load_inventory(inventory).host(host)).client() as agent:
         view = await agent.workload(SERVICE)
-    os.kill(view.root_pid, signal.SIGTERM)  # its init forwards it to the service
-    outfile = spec.member(host).data_backing / "agent" / "workloads" / SERVICE / "verdict"
+    # a process tree's init forwards it to the service; in a container the service is
+    # the init (PID 1 there), which takes the signals it has a handler for
+    os.kill(view.root_pid, signal.SIGTERM)
+    outfile = service.outfile(host)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError):
@@ -268,6 +274,6 @@ async def _verdict(spec: LabSpec, inventory: Path, host: str) -> tuple[str, int]
             if text.startswith(("PASS", "FAIL")):
                 words = text.split()
                 served = int(words[-1]) if words[-1].isdigit() else -1
-                return text, served
+                return text, served, view.runtime
         await asyncio.sleep(0.05)
-    return "FAIL no verdict within 30 s", -1
+    return "FAIL no verdict within 30 s", -1, view.runtime

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.agents import lab_cgroup_parent
+from haul.lab.spec import LabSpec
+from haul.runtime.bundle import cgroup_mounts
+
 
 def _haul(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -17,16 +21,36 @@ def _haul(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
+@pytest.mark.parametrize(
+    ("runtime", "strategy", "mem_mib"),
+    [
+        ("process", "stop-and-copy", 64),
+        ("process", "post-copy", 64),
+        # in a runc container: the busybox image, the host's Python mounted read-only
+        ("runc", "stop-and-copy", 32),
+    ],
+)
 def test_demo_moves_the_web_service_under_load_with_no_failed_request(
-    strategy: str, tmp_path: Path
+    runtime: str, strategy: str, mem_mib: int, tmp_path: Path
 ) -> None:
     """HTTP through HAProxy while the service moves A->B->A, its address following it."""
     done = _haul(
-        "demo", "--mem-mib", "64", "--strategy", strategy, "--out", str(tmp_path), "-o", "json"
+        "demo",
+        "--runtime",
+        runtime,
+        "--mem-mib",
+        str(mem_mib),
+        "--strategy",
+        strategy,
+        "--out",
+        str(tmp_path),
+        "-o",
+        "json",
     )
     assert done.returncode == 0, done.stderr + done.stdout
     result = json.loads(done.stdout)
+    # the agent where it ended ran it so (a container's verdict is read from its layer)
+    assert result["runtime"] == runtime
     moves = result["moves"]
     assert [(m["source"], m["dest"], m["outcome"]) for m in moves] == [
         ("host1", "host2", "done"),
@@ -35,6 +59,7 @@ def test_demo_moves_the_web_service_under_load_with_no_failed_request(
     assert all(m["strategy"] == strategy and m["frozen_ms"] > 0 for m in moves)
     load = result["load"]
     print(
+        runtime,
         strategy,
         "largest gap ms:",
         load["largest_gap_ms"],
@@ -51,6 +76,10 @@ def test_demo_moves_the_web_service_under_load_with_no_failed_request(
     assert len(rows) == load["requests"] + 1  # a header, then one line per request
     left = [n for n in os.listdir("/run/netns") if n.startswith("demo-")]
     assert left == []
+    lab = LabSpec(prefix="demo")
+    assert not lab.root_dir.exists()  # runc roots, layers, image, the copy of web.py: gone
+    parents = [lab_cgroup_parent(lab, h).strip("/") for h in ("host1", "host2")]
+    assert [m / p for m in cgroup_mounts() for p in parents if (m / p).exists()] == []
 
 
 def test_criu_info_reports_a_working_criu() -> None:

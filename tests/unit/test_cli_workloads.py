@@ -35,6 +35,11 @@ def test_the_table_shows_an_images_layout_name_and_tag(image: str | None, shown:
             "not --image and --bundle",
         ),
         ([], "give the command to run after --"),
+        (["--mount", "/usr:/usr", "--", "/bin/true"], "--mount: only with --runtime runc"),
+        (
+            ["--runtime", "runc", "--image", "oci:/i", "--mount", "/srv:/srv:rw"],
+            "only read-only mounts",
+        ),
     ],
 )
 def test_run_refuses_in_one_line_before_any_call(

@@ -53,7 +53,12 @@ def test_each_host_runs_containers_from_the_labs_directory_in_cgroups_of_its_own
         for p in ("t1", "t2")
         for i in (1, 2)
     ]
-    assert configs[0].runc.allowed_roots == [LabSpec(prefix="t1").root_dir]
+    assert configs[0].runc.allowed_roots == [
+        LabSpec(prefix="t1").root_dir,
+        Path("/usr"),  # the machine's programs, for read-only mounts
+        Path("/lib"),
+        Path("/lib64"),
+    ]
     assert [c.cgroup_parent for c in configs] == [
         "/haul/t1-host1",
         "/haul/t1-host2",

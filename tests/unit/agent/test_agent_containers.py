@@ -18,7 +18,7 @@ from haul.agent.config import AgentConfig
 from haul.agent.containers import ContainerRecord, status_of_state
 from haul.agent.context import AgentContext
 from haul.agent.fakes import AUTH, agent_client, make_config
-from haul.agent.models import AdoptSpec, WorkloadStatus
+from haul.agent.models import AdoptSpec, MountSpec, WorkloadSpec, WorkloadStatus
 from haul.agent.workloads import Registry, WorkloadRecord, view_of
 from haul.errors import ConfigError
 from haul.runtime.runc import ContainerState
@@ -181,3 +181,66 @@ async def test_a_path_outside_the_allowed_roots_is_400_and_makes_nothing(
         assert listing["workloads"] == []
     assert not (config.state_dir / "containers").exists()
     assert not (config.state_dir / "images").exists()
+
+
+@pytest.mark.asyncio
+async def test_a_mount_from_outside_the_allowed_roots_is_400_and_makes_nothing(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    """Checked with the image's path, before the image is read or anything is made."""
+    images = tmp_path / "images"
+    config = make_config(tmp_path, runc={"allowed_roots": [str(images)]})
+    async with agent_client(make_ctx(config)) as client:
+        body = {
+            "name": "web",
+            "runtime": "runc",
+            "image": f"oci:{images}/web:v1",
+            "mounts": [{"source": "/srv/python", "destination": "/usr"}],
+        }
+        response = await client.post("/v1/workloads", json=body, headers=AUTH)
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert "mount source /srv/python is outside" in error["message"], error
+    assert not (config.state_dir / "containers").exists()
+    assert not (config.state_dir / "images").exists()
+
+
+def test_mounts_go_with_runtime_runc_only() -> None:
+    mount = MountSpec(source="/usr", destination="/usr")
+    with pytest.raises(ValidationError, match="mounts: only for runtime runc"):
+        WorkloadSpec(name="web", argv=["/bin/sh"], mounts=[mount])
+    with pytest.raises(ValidationError, match="absolute path"):
+        MountSpec(source="usr", destination="/usr")
+    spec = WorkloadSpec(name="web", runtime="runc", image="oci:/i", mounts=[mount])
+    assert spec.mounts == [mount]
+
+
+@pytest.mark.asyncio
+async def test_a_container_whose_mounts_this_host_does_not_allow_is_refused_on_arrival(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    """runc mounts the same host paths on the destination: they must be allowed there."""
+    allowed = tmp_path / "srv"
+    (allowed / "app").mkdir(parents=True)
+    config = make_config(tmp_path, runc={"allowed_roots": [str(allowed)]})
+    mounts = [
+        {"destination": "/opt/app", "type": "bind", "source": str(allowed / "app")},
+        {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["bind", "ro"]},
+    ]
+    move = {"config": {"process": {"args": ["/bin/sh"]}, "mounts": mounts}}
+    async with agent_client(make_ctx(config)) as client:
+        opened = await client.post(
+            "/v1/incoming",
+            json={
+                "id": "m1",
+                "workload": "web",
+                "strategy": "post-copy",
+                "needed_bytes": 0,
+                "container": move,
+            },
+            headers=AUTH,
+        )
+        assert opened.status == 400
+        error = (await opened.json())["error"]
+        assert "mount source /usr is outside" in error["message"], error
+    assert not (config.state_dir / "containers").exists()
