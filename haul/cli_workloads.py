@@ -34,7 +34,7 @@ from haul.inventory import HostEntry, Inventory, load_inventory
 
 if TYPE_CHECKING:
     from haul.agent.client import AgentClient
-    from haul.agent.models import WorkloadView
+    from haul.agent.models import MountSpec, WorkloadView
 
 #: how long one call to an agent may take
 AGENT_TIMEOUT_S = 30.0
@@ -239,6 +239,20 @@ def ps_cmd(
         raise ConfigError("could not list every host: " + "; ".join(failed))
 
 
+def parse_mount(text: str) -> MountSpec:
+    """``--mount SRC:DST`` or ``SRC:DST:ro`` as a MountSpec; a UsageError line otherwise."""
+    from haul.agent.client.session import body_of
+    from haul.agent.models import MountSpec
+
+    parts = text.split(":")
+    readonly = len(parts) == 3 and parts[2] == "ro"
+    if len(parts) != 2 and not readonly:
+        raise UsageError(f"--mount {text!r}: give SRC:DST or SRC:DST:ro")
+    return body_of(
+        MountSpec, f"--mount {text!r}", source=parts[0], destination=parts[1], readonly=readonly
+    )
+
+
 class RuntimeChoice(enum.StrEnum):
     process = "process"
     runc = "runc"
@@ -305,6 +319,16 @@ def run_cmd(
             show_default=False,
         ),
     ] = None,
+    mount: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mount",
+            help="runc: bind SRC (a path on the host) at DST in the container, SRC:DST[:ro] "
+            "(repeatable); SRC inside the agent's allowed roots, or with :ro the host's "
+            "library directories",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
     argv: Annotated[
@@ -328,8 +352,11 @@ def run_cmd(
             "--runtime runc takes one of --image, --bundle and --rootfs"
             + (f", not {' and '.join(sources)}" if sources else "")
         )
+    if runtime is RuntimeChoice.process and mount:
+        raise UsageError("--mount: only with --runtime runc")
     if runtime is RuntimeChoice.process and not argv:
         raise UsageError("give the command to run after --")
+    mounts = [parse_mount(m) for m in mount or []]
     ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
         raise UsageError("--port and --gateway go with --ip")
@@ -349,6 +376,7 @@ def run_cmd(
                 image=image,
                 bundle=bundle,
                 rootfs=rootfs,
+                mounts=mounts,
             )
 
     view = asyncio.run(start())

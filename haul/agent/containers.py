@@ -43,11 +43,13 @@ from haul.runtime import dumpable
 from haul.runtime.bundle import (
     CRIU_CONFIG_ANNOTATION,
     ContainerDirs,
+    bind_mount,
     cgroups_path,
     create_netns,
     inside_roots,
     mount_overlay,
     mount_points,
+    mount_source,
     read_config,
     remove_cgroups,
     remove_netns,
@@ -240,6 +242,14 @@ class Containers:
         for what, given in (("bundle", spec.bundle), ("rootfs", spec.rootfs)):
             if given is not None:
                 inside_roots(Path(given), roots, what)
+        binds = [
+            bind_mount(
+                mount_source(Path(m.source), roots, readonly=m.readonly),
+                m.destination,
+                readonly=m.readonly,
+            )
+            for m in spec.mounts
+        ]
         runc = self.runc()
         dirs = self.dirs(name)
         cgroup = cgroups_path(self.settings.cgroup_parent, name)
@@ -285,6 +295,7 @@ class Containers:
             netns=netns,
             args=spec.argv or None,
             readonly=readonly,
+            binds=binds,
         )
         record = ContainerRecord(
             id=name,

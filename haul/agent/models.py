@@ -143,6 +143,24 @@ class NetSpec(_Request):
     gateway: str | None = Field(default=None, max_length=64)
 
 
+class MountSpec(_Request):
+    """A file or directory of the host bind-mounted into a container (runtime runc;
+    ``haul run --mount SRC:DST[:ro]``). The agent takes a source inside its allowed roots,
+    or, read-only, one of the host's library directories (haul/runtime/bundle.py)."""
+
+    #: as the host sees it
+    source: AbsolutePath
+    #: inside the container
+    destination: AbsolutePath
+    readonly: bool = False
+
+    @model_validator(mode="after")
+    def _not_the_root(self) -> MountSpec:
+        if self.destination.rstrip("/") == "":
+            raise ValueError("a mount's destination may not be the container's root")
+        return self
+
+
 class WorkloadSpec(_Request):
     """What to start: a name, a command, and optionally the workload's data directory
     and an address of its own; or (runtime ``runc``) an OCI container from an image
@@ -162,13 +180,16 @@ class WorkloadSpec(_Request):
     bundle: AbsolutePath | None = None
     #: runc: a root filesystem on the host, run with runc's default configuration
     rootfs: AbsolutePath | None = None
+    #: runc: host paths bind-mounted into the container (each destination once)
+    mounts: Annotated[list[MountSpec], Field(max_length=64)] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkloadSpec:
         given = [f for f in ("image", "bundle", "rootfs") if getattr(self, f) is not None]
         if self.runtime == "process":
-            if given:
-                raise ValueError(f"{', '.join(given)}: only for runtime runc")
+            if given or self.mounts:
+                only = [*given, *(["mounts"] if self.mounts else [])]
+                raise ValueError(f"{', '.join(only)}: only for runtime runc")
             if not self.argv:
                 raise ValueError("argv: a process workload needs a command")
             return self
@@ -181,6 +202,10 @@ class WorkloadSpec(_Request):
             raise ValueError("data_dir: only for process workloads (a container has its rootfs)")
         if self.rootfs is not None and not self.argv:
             raise ValueError("argv: a container from a bare rootfs needs a command")
+        destinations = [m.destination.rstrip("/") for m in self.mounts]
+        twice = sorted({d for d in destinations if destinations.count(d) > 1})
+        if twice:
+            raise ValueError(f"mounts: {', '.join(twice)} mounted twice")
         return self
 
 

@@ -19,6 +19,11 @@ Each container has a directory of its own, ``STATE/containers/NAME`` (:class:`Co
   container writes lands in ``upper/`` alone. A given bundle or rootfs is used as it is.
 - ``netns``: a bind mount of the container's network namespace (nsfs), with ``lo`` up.
 
+Bind mounts asked for (``haul run --mount SRC:DST[:ro]``) are added to ``mounts`` by
+:func:`runtime_config`, each source resolved by :func:`mount_source`: inside the agent's
+allowed roots, or, read-only, one of :data:`READONLY_SYSTEM_DIRS`. runc's checkpoint tells
+CRIU they are external, and its restore mounts the same sources again (docs/containers.md).
+
 The container's stdin, stdout and stderr are /dev/null (haul/runtime/runc.py): CRIU
 cannot dump a descriptor of a host file (docs/environment.md).
 """
@@ -45,6 +50,11 @@ OWN_NETNS_CRIU_OPTIONS = ("network-lock nftables", "tcp-established")
 #: characters overlayfs takes as separators in its mount options
 _OVERLAY_UNSAFE = (",", ":", "\n", "\\")
 CGROUP_FS_TYPES = ("cgroup", "cgroup2")
+#: what a container may bind-mount read-only whatever the allowed roots say: the host's
+#: shared libraries, so that a dynamically linked program from an allowed root (CRIU's
+#: ZDTM programs) runs in a minimal image such as busybox. They hold the distribution's
+#: public files and no secrets, and read-only a container cannot change them.
+READONLY_SYSTEM_DIRS = (Path("/lib"), Path("/lib64"), Path("/usr/lib"), Path("/usr/lib64"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,34 @@ def inside_roots(path: Path, roots: Sequence[Path], what: str) -> Path:
     )
 
 
+def mount_source(path: Path, roots: Sequence[Path], *, readonly: bool) -> Path:
+    """A bind mount's source with every symbolic link resolved, if it exists and lies in
+    one of ``roots`` or, for a read-only mount, in one of :data:`READONLY_SYSTEM_DIRS`;
+    a UsageError line otherwise."""
+    real = Path(os.path.realpath(path))
+    system = [Path(os.path.realpath(d)) for d in READONLY_SYSTEM_DIRS]
+    if not (readonly and any(real.is_relative_to(d) for d in system)):
+        try:
+            inside_roots(path, roots, "mount source")
+        except UsageError as exc:
+            libs = ", ".join(str(d) for d in READONLY_SYSTEM_DIRS)
+            extra = (
+                f" and the host's library directories ({libs})"
+                if readonly
+                else f"; a read-only mount (:ro) may also name the host's libraries ({libs})"
+            )
+            raise UsageError(exc.message + extra) from None
+    if not real.exists():
+        raise UsageError(f"mount source {path} does not exist")
+    return real
+
+
+def bind_mount(source: Path, destination: str, *, readonly: bool) -> dict[str, Any]:
+    """The ``mounts`` entry of config.json that binds ``source`` at ``destination``."""
+    options = ["bind", "nosuid", "nodev", *(["ro"] if readonly else [])]
+    return {"destination": destination, "type": "bind", "source": str(source), "options": options}
+
+
 def read_config(path: Path, what: str) -> dict[str, Any]:
     """A runtime configuration (config.json) as a dict; ContainerError if unreadable."""
     try:
@@ -141,8 +179,10 @@ def runtime_config(
     netns: Path | None,
     args: Sequence[str] | None = None,
     readonly: bool | None = None,
+    binds: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """``source`` edited for haul (see the module's docstring); ``source`` is not changed."""
+    """``source`` edited for haul (see the module's docstring); ``source`` is not changed.
+    ``binds`` (:func:`bind_mount`) replace any mount of the same destination."""
     config = copy.deepcopy(source)
     process = config.setdefault("process", {})
     process["terminal"] = False
@@ -155,6 +195,11 @@ def runtime_config(
     root["path"] = str(rootfs)
     if readonly is not None:
         root["readonly"] = readonly
+    if binds:
+        taken = {b["destination"].rstrip("/") for b in binds}
+        mounts = config.get("mounts") or []
+        kept = [m for m in mounts if str(m.get("destination", "")).rstrip("/") not in taken]
+        config["mounts"] = [*kept, *binds]
     linux = config.setdefault("linux", {})
     linux["cgroupsPath"] = cgroups_path
     namespaces = [ns for ns in linux.get("namespaces", []) if ns.get("type") != "network"]

@@ -35,6 +35,17 @@ def test_the_table_shows_an_images_layout_name_and_tag(image: str | None, shown:
             "not --image and --bundle",
         ),
         ([], "give the command to run after --"),
+        (["--mount", "/a:/b", "--", "/bin/true"], "--mount: only with --runtime runc"),
+        (["--runtime", "runc", "--image", "oci:/i", "--mount", "/a"], "give SRC:DST or SRC:DST:ro"),
+        (["--runtime", "runc", "--image", "oci:/i", "--mount", "/a:/b:rw"], "SRC:DST:ro"),
+        (
+            ["--runtime", "runc", "--image", "oci:/i", "--mount", "a:/b"],
+            "--mount 'a:/b': source: must be an absolute path",
+        ),
+        (
+            ["--runtime", "runc", "--image", "oci:/i", "--mount", "/a:/"],
+            "may not be the container's root",
+        ),
     ],
 )
 def test_run_refuses_in_one_line_before_any_call(

@@ -29,6 +29,7 @@ from haul.agent.models import (
     AdoptSpec,
     AgentInfo,
     Health,
+    MountSpec,
     NetSpec,
     Readiness,
     Runtime,
@@ -228,9 +229,11 @@ class AgentClient:
         image: str | None = None,
         bundle: str | None = None,
         rootfs: str | None = None,
+        mounts: Sequence[MountSpec] = (),
     ) -> WorkloadView:
         """Start a process tree, or (``runtime="runc"``) a container from one of
-        ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command)."""
+        ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command)
+        with ``mounts`` bound into it."""
         spec = body_of(
             WorkloadSpec,
             f"workload {name!r}",
@@ -242,6 +245,7 @@ class AgentClient:
             image=image,
             bundle=bundle,
             rootfs=rootfs,
+            mounts=list(mounts),
         )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 

@@ -18,12 +18,13 @@ from haul.agent.config import AgentConfig
 from haul.agent.containers import ContainerRecord, status_of_state
 from haul.agent.context import AgentContext
 from haul.agent.fakes import AUTH, agent_client, make_config
-from haul.agent.models import AdoptSpec, WorkloadStatus
+from haul.agent.models import AdoptSpec, MountSpec, WorkloadSpec, WorkloadStatus
 from haul.agent.workloads import Registry, WorkloadRecord, view_of
 from haul.errors import ConfigError
 from haul.runtime.runc import ContainerState
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
+MOUNT = {"source": "/a", "destination": "/x"}
 
 CONTAINER = ContainerRecord(
     id="web",
@@ -111,6 +112,30 @@ def test_adopt_asks_for_one_thing(fields: dict[str, object], says: str) -> None:
     assert AdoptSpec(container="Web_1").container == "Web_1"
 
 
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        (
+            {"runtime": "process", "image": None, "argv": ["/bin/true"], "mounts": [MOUNT]},
+            "mounts: only for runtime runc",
+        ),
+        ({"mounts": [MOUNT, MOUNT]}, "/x mounted twice"),
+        ({"mounts": [{**MOUNT, "source": "a"}]}, "absolute path"),
+        ({"mounts": [{**MOUNT, "destination": "/"}]}, "may not be the container's root"),
+        ({"mounts": [{**MOUNT, "destination": "/x/../etc"}]}, "'.' or '..'"),
+    ],
+)
+def test_mounts_go_with_runc_each_destination_once(fields: dict[str, object], says: str) -> None:
+    body = {"name": "web", "runtime": "runc", "image": "oci:/srv/images/web"}
+    with pytest.raises(ValidationError, match=says):
+        WorkloadSpec.model_validate({**body, **fields})
+    two = [
+        MountSpec(source="/a", destination="/x", readonly=True),
+        MountSpec(source="/a", destination="/y"),
+    ]
+    assert WorkloadSpec.model_validate({**body, "mounts": two}).mounts == two
+
+
 def _state(status: str, pid: int) -> ContainerState:
     return ContainerState(id="web", status=status, pid=pid, bundle=Path("/b"))
 
@@ -181,3 +206,40 @@ async def test_a_path_outside_the_allowed_roots_is_400_and_makes_nothing(
         assert listing["workloads"] == []
     assert not (config.state_dir / "containers").exists()
     assert not (config.state_dir / "images").exists()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("mount", "says"),
+    [
+        ({"source": "/srv/zdtm", "destination": "/zdtm"}, "mount source /srv/zdtm is outside"),
+        (
+            {"source": "/usr/lib", "destination": "/usr/lib"},
+            "a read-only mount (:ro) may also name the host's libraries",
+        ),
+        (
+            {"source": "/etc", "destination": "/etc", "readonly": True},
+            "and the host's library directories",
+        ),
+    ],
+)
+async def test_a_mount_from_outside_the_allowed_roots_is_400_and_makes_nothing(
+    make_ctx: MakeCtx, tmp_path: Path, mount: dict[str, object], says: str
+) -> None:
+    allowed = tmp_path / "allowed"
+    config = make_config(tmp_path, runc={"allowed_roots": [str(allowed)]})
+    async with agent_client(make_ctx(config)) as client:
+        body = {
+            "name": "web",
+            "runtime": "runc",
+            "rootfs": str(allowed / "rootfs"),
+            "argv": ["/bin/sh"],
+            "mounts": [mount],
+        }
+        response = await client.post("/v1/workloads", json=body, headers=AUTH)
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["code"] == "usage" and says in error["message"], error
+        listing = await (await client.get("/v1/workloads", headers=AUTH)).json()
+        assert listing["workloads"] == []
+    assert not (config.state_dir / "containers").exists()

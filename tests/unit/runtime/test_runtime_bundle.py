@@ -12,9 +12,12 @@ import pytest
 from haul.errors import ContainerError, UsageError
 from haul.runtime.bundle import (
     CRIU_CONFIG_ANNOTATION,
+    READONLY_SYSTEM_DIRS,
     ContainerDirs,
+    bind_mount,
     cgroups_path,
     inside_roots,
+    mount_source,
     read_config,
     root_path,
     runtime_config,
@@ -101,6 +104,44 @@ def test_paths_must_lie_in_an_allowed_root(tmp_path: Path) -> None:
         inside_roots(allowed / "bundle", [], "rootfs")
     with pytest.raises(UsageError, match="not an absolute path"):
         inside_roots(Path("bundle"), [allowed], "bundle")
+
+
+def test_a_mount_source_lies_in_an_allowed_root_or_is_a_library_directory_read_only(
+    tmp_path: Path,
+) -> None:
+    allowed = tmp_path / "allowed"
+    (allowed / "zdtm").mkdir(parents=True)
+    (allowed / "link").symlink_to(allowed / "zdtm")
+    assert mount_source(allowed / "link", [allowed], readonly=False) == allowed / "zdtm"
+    libs = next(d for d in READONLY_SYSTEM_DIRS if d.exists())
+    assert mount_source(libs, [allowed], readonly=True) == libs.resolve()
+    with pytest.raises(UsageError, match=r"may also name the host's libraries \(/lib,"):
+        mount_source(libs, [allowed], readonly=False)
+    with pytest.raises(UsageError, match="outside .* and the host's library directories"):
+        mount_source(Path("/etc"), [allowed], readonly=True)
+    with pytest.raises(UsageError, match="does not exist"):
+        mount_source(allowed / "none", [allowed], readonly=True)
+
+
+def test_binds_are_added_to_the_mounts_and_replace_one_of_the_same_destination() -> None:
+    source = copy.deepcopy(UMOCI_CONFIG)
+    proc = {"destination": "/proc", "type": "proc", "source": "proc"}
+    source["mounts"] = [proc, {"destination": "/data/", "type": "tmpfs", "source": "tmpfs"}]
+    binds = [
+        bind_mount(Path("/srv/zdtm"), "/zdtm", readonly=True),
+        bind_mount(Path("/srv/out"), "/data", readonly=False),
+    ]
+    config = _edit(source, binds=binds)
+    assert config["mounts"] == [proc, *binds]
+    assert binds[0] == {
+        "destination": "/zdtm",
+        "type": "bind",
+        "source": "/srv/zdtm",
+        "options": ["bind", "nosuid", "nodev", "ro"],
+    }
+    assert "ro" not in binds[1]["options"]
+    assert len(source["mounts"]) == 2, "the source is not changed"
+    assert "mounts" not in _edit(), "no binds, no mounts added"
 
 
 def test_root_path_is_taken_from_the_bundle() -> None:
