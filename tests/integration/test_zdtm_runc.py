@@ -101,12 +101,16 @@ class ZdtmLab:
 
     def wait_ready(self, w: str, name: str, timeout_s: float = 30.0) -> str | None:
         """Wait until program ``name`` in container ``w`` on host1 has written its
-        pidfile (None); if its container ends first, return what it wrote to its outfile."""
-        pidfile = self.run_dir("host1", w) / f"{name}.pid"
+        pidfile (None). If it reports an error first (ZDTM's ``ERR:`` lines in its
+        outfile: its first process may then wait forever, ZDTM's lib missing a child that
+        fails at once) or its container ends, return what it wrote to its outfile."""
+        run_dir = self.run_dir("host1", w)
         deadline = time.monotonic() + timeout_s
-        while not pidfile.exists():
+        while not (run_dir / f"{name}.pid").exists():
             assert time.monotonic() < deadline, f"{name} wrote no pidfile in {timeout_s:g} s"
-            if self.status("host1", w) != "running":
+            out = run_dir / f"{name}.out"
+            said = out.read_text() if out.exists() else ""
+            if " ERR: " in said or self.status("host1", w) != "running":
                 return self.outfile("host1", w, name)
             time.sleep(0.05)
         return None
@@ -172,10 +176,11 @@ def test_a_zdtm_program_in_a_container_moves_and_passes(
         ended = zdtm_lab.wait_ready(w, name)
         if ended is not None:
             _expected(name, ended)
-            pytest.fail(f"{name} ended on host1 before it was ready:\n{ended[-2000:]}")
+            pytest.fail(f"{name} failed on host1 before it was ready:\n{ended[-2000:]}")
         moved = run_haul(
             inventory, "migrate", w, "--to", "host2", "--strategy", strategy, "-o", "json"
         )
+        assert moved.stdout, f"haul migrate printed no result: {moved.stderr}"
         result = json.loads(moved.stdout)
         if result["outcome"] != "done":
             # the one rule: rolled back, it runs on host1 alone, intact
