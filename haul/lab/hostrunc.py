@@ -6,7 +6,8 @@ as the host sees it, and their cgroups under :func:`haul.lab.agents.lab_cgroup_p
 with nsenter: ``ip netns exec`` would remount /sys and hide the cgroup hierarchies)
 against that root, with haul's CRIU. :func:`remove_containers` deletes every container of
 a lab's hosts and their cgroups: a container in a network namespace of its own is in
-none of the lab's namespaces, so killing those would miss it.
+none of the lab's namespaces, so killing those would miss it. :func:`left_on` lists what of
+a container that moved away its old host still keeps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from haul.errors import ConfigError
 from haul.install_record import criu_binary, runc_binary
 from haul.lab.agents import lab_cgroup_parent
+from haul.lab.operator import agent_pid
 from haul.lab.spec import HostSpec, LabSpec
 from haul.runtime.bundle import cgroup_mounts
 
@@ -65,6 +67,26 @@ def container_ids(spec: LabSpec, host: str, root: Path | None = None) -> list[st
         return []
     rows = json.loads(done.stdout) if done.stdout.strip() else None
     return [str(r["id"]) for r in rows or []]
+
+
+def left_on(spec: LabSpec, host: str, name: str) -> list[str]:
+    """What of the agent's container ``name`` is still on ``host`` (it moved away): its
+    runc state, mounts under the agent's state directory in the agent's mount namespace,
+    its directory, its cgroup."""
+    left = [f"runc state {c}" for c in container_ids(spec, host) if c == name]
+    agent_dir = spec.data_path / "agent"
+    mine = (agent_dir / "containers" / name, agent_dir / "runc" / name)
+    mounts = Path(f"/proc/{agent_pid(spec, host)}/mountinfo").read_text().splitlines()
+    left += [
+        f"mount {point}"
+        for point in (m.split()[4] for m in mounts)
+        if any(Path(point).is_relative_to(d) for d in mine)
+    ]
+    if (spec.member(host).data_backing / "agent" / "containers" / name).exists():
+        left.append("its directory")
+    parent = lab_cgroup_parent(spec, host).strip("/")
+    left += [f"cgroup {m}" for m in cgroup_mounts() if (m / parent / name).exists()]
+    return left
 
 
 def cgroup_tree(path: str) -> list[Path]:
