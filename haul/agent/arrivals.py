@@ -266,6 +266,7 @@ def arrival_factory(
         listen: PageServer | None,
         lazy_source: PageServer | None,
     ) -> tuple[CriuDestination, ContainerArrival]:
+        containers.check_runs_containers()
         arrival = ContainerArrival(containers, workload, move, register, net)
         arrival.open()
         dest = RuncDestination(

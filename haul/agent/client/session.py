@@ -228,9 +228,13 @@ class AgentClient:
         image: str | None = None,
         bundle: str | None = None,
         rootfs: str | None = None,
+        memory_bytes: int | None = None,
+        cpus: float | None = None,
+        pids_limit: int | None = None,
     ) -> WorkloadView:
         """Start a process tree, or (``runtime="runc"``) a container from one of
-        ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command)."""
+        ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command),
+        with these cgroup limits if given."""
         spec = body_of(
             WorkloadSpec,
             f"workload {name!r}",
@@ -242,6 +246,9 @@ class AgentClient:
             image=image,
             bundle=bundle,
             rootfs=rootfs,
+            memory_bytes=memory_bytes,
+            cpus=cpus,
+            pids_limit=pids_limit,
         )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 
