@@ -54,9 +54,8 @@ async def by_hand(lab: LabContainers, src: HostSpec, dst: HostSpec) -> tuple[flo
     for d in (images, logs):
         d.mkdir(parents=True, exist_ok=True)
     config = json.loads((lab.bundle(src, NAME) / "config.json").read_text())
-    criuconf.write(
-        criuconf.config_path(lab.bundle(src, NAME)), criuconf.dump_options(own_network=False)
-    )
+    # the file the lab's bundle's org.criu.config annotation names (haul/lab/bundles.py)
+    criuconf.write(lab.bundle(src, NAME) / "criu.conf", criuconf.dump_options(own_network=False))
     started = time.monotonic()
     await lab.runc(src).checkpoint(
         NAME, CheckpointOptions(image_path=images, work_path=logs, leave_running=False)

@@ -26,7 +26,7 @@ from rich.table import Table
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.migration_models import MigrateAsk, MigrationView
 from haul.engine.phases import Strategy
-from haul.errors import HaulError, NoSuchMigration, UsageError
+from haul.errors import HaulError, NoSuchMigration, NoSuchWorkload, UsageError
 from haul.inventory import HostEntry, Inventory, load_inventory
 
 EXIT = {"done": 0, "rolled-back": 1, "refused": 3, "failed": 4}
@@ -43,18 +43,28 @@ def client_for(entry: HostEntry) -> AgentClient:
     return AgentAccess.of_entry(entry).client()
 
 
-async def find_host(inv: Inventory, workload: str) -> str:
-    """The one host whose agent runs ``workload``."""
+async def find_host(inv: Inventory, workload: str) -> str | None:
+    """The one host whose agent runs ``workload`` (None: none does)."""
     found: list[str] = []
     for name, entry in sorted(inv.hosts.items()):
         async with client_for(entry) as agent:
             if any(w.name == workload and w.status != "gone" for w in await agent.workloads()):
                 found.append(name)
-    if not found:
-        raise UsageError(f"no host in the inventory runs a workload named {workload!r}")
     if len(found) > 1:
         raise UsageError(f"{workload!r} runs on several hosts ({', '.join(found)}); use --from")
-    return found[0]
+    return found[0] if found else None
+
+
+def refused(why: str) -> int:
+    """A migration refused before it began: one line, and the exit code for it."""
+    err.print(f"haul: refused: {why}; nothing was touched", markup=False)
+    return EXIT["refused"]
+
+
+def _no_such(workload: str, where: str | None) -> str:
+    if where is None:
+        return f"no host in the inventory runs a workload named {workload!r}"
+    return f"no workload {workload!r} on {where}"
 
 
 def _progress(view: MigrationView) -> Table:
@@ -172,7 +182,8 @@ def _result(view: MigrationView, output: str) -> None:
         phases.add_row(phase, f"{ms:.0f}")
     out.print(phases)
     if view.outcome != "done":
-        err.print(f"haul: {view.outcome}: {view.reason}", markup=False)
+        reason = view.reason.removeprefix(f"{view.outcome}: ")  # said once is enough
+        err.print(f"haul: {view.outcome}: {reason}", markup=False)
     for p in view.problems:
         err.print(f"  {p}", markup=False)
 
@@ -189,19 +200,25 @@ async def check(
     inv = load_inventory(hosts)
     inv.host(to)
     src = source or await find_host(inv, workload)
+    if src is None:
+        return refused(_no_such(workload, None))
     async with client_for(inv.host(src)) as agent:
-        view = await agent.migrations.check(ask)
+        try:
+            view = await agent.migrations.check(ask)
+        except NoSuchWorkload:
+            return refused(_no_such(workload, src))
     if output == "json":
         sys.stdout.write(view.model_dump_json() + "\n")
     elif view.ok:
+        runtimes = f"; {view.source_runtime} -> {view.dest_runtime}" if view.source_runtime else ""
         out.print(
             f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
             f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB resident; "
-            f"CRIU {view.source_criu} -> {view.dest_criu}); nothing was touched"
+            f"CRIU {view.source_criu} -> {view.dest_criu}{runtimes}); nothing was touched"
         )
-    else:
-        for problem in view.problems:
-            err.print(f"haul: refused: {problem}", markup=False)
+    else:  # one line: every problem, as a migration's refusal says them
+        problems = [p.removeprefix("refused: ") for p in view.problems]
+        err.print(f"haul: refused: {'; '.join(problems)}", markup=False)
     return 0 if view.ok else 3
 
 
@@ -218,10 +235,15 @@ async def migrate(
     if workload.startswith("pid:"):
         workload, ask = await _adopt(inv, workload, source, ask)
     src = source or await find_host(inv, workload)
+    if src is None:
+        return refused(_no_such(workload, None))
     if src == to:
         raise UsageError(f"{workload} already runs on {to}")
     async with client_for(inv.host(src)) as agent:
-        started = await agent.migrations.start(ask)
+        try:
+            started = await agent.migrations.start(ask)
+        except NoSuchWorkload:
+            return refused(_no_such(workload, src))
         view = await watch(agent, started.id, live=sys.stderr.isatty() and output == "text")
     _result(view, output)
     return EXIT.get(view.outcome, 4)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -239,6 +240,19 @@ def ps_cmd(
         raise ConfigError("could not list every host: " + "; ".join(failed))
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+    """``64M``, ``1.5G``, ``512KiB`` or a number of bytes, as bytes (K, M, G, T: powers
+    of 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"{flag} {text!r}: give bytes, or a number with K, M, G or T")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
 class RuntimeChoice(enum.StrEnum):
     process = "process"
     runc = "runc"
@@ -315,6 +329,26 @@ def run_cmd(
             show_default=False,
         ),
     ] = None,
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            "--memory",
+            help="runc: its memory limit, bytes or with K, M, G (powers of 1024), e.g. 64M",
+            show_default=False,
+        ),
+    ] = None,
+    cpus: Annotated[
+        float | None,
+        typer.Option(
+            "--cpus", help="runc: CPUs' worth of time it may use, e.g. 0.5", show_default=False
+        ),
+    ] = None,
+    pids_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--pids-limit", help="runc: how many tasks it may have at once", show_default=False
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
     argv: Annotated[
@@ -344,6 +378,11 @@ def run_cmd(
     if runtime is RuntimeChoice.process and mount:
         raise UsageError("--mount: only with --runtime runc (a process tree sees its host)")
     mounts = [BindMount.parse(text) for text in mount or []]
+    given = (("--memory", memory), ("--cpus", cpus), ("--pids-limit", pids_limit))
+    limits = [flag for flag, value in given if value is not None]
+    if runtime is RuntimeChoice.process and limits:
+        raise UsageError(f"{', '.join(limits)}: only with --runtime runc")
+    memory_bytes = parse_bytes(memory, "--memory") if memory is not None else None
     ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
         raise UsageError("--port and --gateway go with --ip")
@@ -364,6 +403,9 @@ def run_cmd(
                 bundle=bundle,
                 rootfs=rootfs,
                 mounts=[MountSpec(source=str(m.source), destination=m.destination) for m in mounts],
+                memory_bytes=memory_bytes,
+                cpus=cpus,
+                pids_limit=pids_limit,
             )
 
     view = asyncio.run(start())

@@ -269,6 +269,7 @@ def arrival_factory(
         listen: PageServer | None,
         lazy_source: PageServer | None,
     ) -> tuple[CriuDestination, ContainerArrival]:
+        containers.check_runs_containers()
         # runc mounts the same host paths here (docs/containers.md): only those this
         # agent allows, and only if they are here
         check_sources(bind_mounts(move.config), containers.settings.allowed_roots)

@@ -34,7 +34,7 @@ from pydantic import (
 
 from haul.criu.options import TlsFiles
 from haul.errors import ConfigError
-from haul.install_record import criu_binary
+from haul.install_record import criu_binary, runc_binary
 from haul.nsexec import HostNs
 
 DEFAULT_CONFIG_PATH = Path("/etc/haul/haul.toml")
@@ -185,6 +185,12 @@ class RuncConfig(_Section):
     cgroup_parent: CgroupPath | None = None
     #: runc's state directory for the containers haul starts; default: ``STATE/runc``
     root: Path | None = None
+    #: the runc binary; default: the one the installer recorded
+    #: (haul.install_record.runc_binary)
+    binary: Path | None = None
+    #: false: this host runs no containers (process trees only); containers are
+    #: neither started nor moved here
+    enabled: bool = True
 
 
 class AgentConfig(_Section):
@@ -273,6 +279,14 @@ class AgentConfig(_Section):
             raise ConfigError(f"agent.criu: {self.criu} is not an executable file")
         return self.criu
 
+    def runc_path(self) -> Path:
+        """The runc binary the agent runs (raises ConfigError when there is none)."""
+        if self.runc.binary is None:
+            return runc_binary()
+        if not (self.runc.binary.is_file() and os.access(self.runc.binary, os.X_OK)):
+            raise ConfigError(f"agent.runc.binary: {self.runc.binary} is not an executable file")
+        return self.runc.binary
+
     @property
     def workloads_dir(self) -> Path:
         return self.state_dir / "workloads"
@@ -336,11 +350,13 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
         update["host_ns"] = config.host_ns.model_copy(
             update={"mntns": _resolve(base, config.host_ns.mntns)}
         )
-    if config.runc.allowed_roots or config.runc.root is not None:
-        update["runc"] = config.runc.model_copy(
+    runc = config.runc
+    if runc.allowed_roots or runc.root is not None or runc.binary is not None:
+        update["runc"] = runc.model_copy(
             update={
-                "allowed_roots": [_resolve(base, p) for p in config.runc.allowed_roots],
-                "root": _resolve(base, config.runc.root) if config.runc.root else None,
+                "allowed_roots": [_resolve(base, p) for p in runc.allowed_roots],
+                "root": _resolve(base, runc.root) if runc.root else None,
+                "binary": _resolve(base, runc.binary) if runc.binary else None,
             }
         )
     if config.hooks.scripts:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from haul.agent.models import WorkloadSpec, WorkloadStatus
 from haul.agent.wire import BadRequest, NotFound
-from haul.errors import ContainerError, HaulError, NoSuchContainer, UsageError
+from haul.errors import ConfigError, ContainerError, HaulError, NoSuchContainer, UsageError
 from haul.install_record import criu_binary, runc_binary
 from haul.net import veth
 from haul.net.spec import WorkloadNet
@@ -43,8 +43,8 @@ from haul.nsexec import HOST, HostNs
 from haul.procfs import state as proc_state
 from haul.runtime import dumpable
 from haul.runtime.bundle import (
-    CRIU_CONFIG_ANNOTATION,
     ContainerDirs,
+    Limits,
     cgroups_path,
     create_netns,
     inside_roots,
@@ -94,7 +94,8 @@ class ContainerRecord(BaseModel):
     netns: str | None = None
     #: ``linux.cgroupsPath``
     cgroups_path: str
-    #: the CRIU configuration file its ``org.criu.config`` annotation names, or None
+    #: the CRIU configuration file its ``org.criu.config`` annotation names, when haul
+    #: made it (and rewrites it before each checkpoint); None for an adopted container
     criu_config: str | None = None
     #: haul made its bundle, rootfs mount and namespace (and removes them); False when
     #: adopted: only the container itself is haul's to kill
@@ -115,6 +116,8 @@ class ContainerSettings:
     runc_binary: Callable[[], Path] = runc_binary
     #: the host's namespaces, when the agent is outside them (then it runs no containers)
     host: HostNs = HOST
+    #: False: this host runs no containers (``agent.runc.enabled``)
+    enabled: bool = True
 
     @classmethod
     def default(cls, state_dir: Path) -> ContainerSettings:
@@ -195,12 +198,44 @@ class Containers:
     def dirs(self, name: str) -> ContainerDirs:
         return ContainerDirs(self.settings.containers_dir / name)
 
-    def _check_host(self) -> None:
+    def why_none(self) -> str | None:
+        """Why this host runs no containers, whatever its runc (None: it may)."""
+        if not self.settings.enabled:
+            return "its agent.runc.enabled is false"
         if self.settings.host.prefix():
-            raise ContainerError(
-                "this agent runs outside its host's namespaces (agent.host_ns): it "
-                "runs no containers; run it inside them"
+            return (
+                "its agent runs outside its host's namespaces (agent.host_ns); run it inside them"
             )
+        return None
+
+    def check_runs_containers(self) -> None:
+        why = self.why_none()
+        if why is not None:
+            raise ContainerError(f"this host runs no containers: {why}")
+
+    async def runtime(self) -> tuple[str | None, str]:
+        """runc's version here, or None and why this host runs no containers (its runc
+        is missing or broken, or it runs none at all)."""
+        why = self.why_none()
+        if why is not None:
+            return None, why
+        try:
+            return await self.runc().version(), ""
+        except HaulError as exc:  # no runc configured or installed; one that fails
+            return None, exc.one_line()
+
+    async def name_taken(self, name: str) -> str | None:
+        """What of a container ``name`` is on this host already (runc knows one under
+        the agent's root, or its directory is there), or None: it may arrive."""
+        root = self.settings.runc_root
+        if root.is_dir() and self.why_none() is None:
+            # without a usable runc, nothing can be asked (the pre-flight says so apart)
+            with contextlib.suppress(NoSuchContainer, ConfigError):
+                state = await self.runc().state(name)
+                return f"runc has a container {name} ({state.status}) under {root}"
+        if self.dirs(name).directory.exists():
+            return f"a container directory {self.dirs(name).directory} is there"
+        return None
 
     # ------------------------------------------------------------ start
 
@@ -235,7 +270,7 @@ class Containers:
         overlay rootfs, CRIU configuration file and config.json (this host's cgroup and
         paths). Then either :meth:`start` runs it, or a migration restores into it; on
         failure nothing is left, and :meth:`release` removes it all."""
-        self._check_host()
+        self.check_runs_containers()
         begun = time.monotonic()
         roots = self.settings.allowed_roots
         if spec.image is not None:  # refused before anything is read or made
@@ -291,6 +326,7 @@ class Containers:
             netns=netns,
             args=spec.argv or None,
             readonly=readonly,
+            limits=Limits(memory_bytes=spec.memory_bytes, cpus=spec.cpus, pids=spec.pids_limit),
         )
         add_mounts(config, mounts)
         record = ContainerRecord(
@@ -437,7 +473,7 @@ class Containers:
     async def adopt(self, container_id: str, runc_root: Path | None) -> StartedContainer:
         """Check that a container someone started under ``runc_root`` can be checkpointed
         here, and describe it; raise NotFound or BadRequest (the reasons) otherwise."""
-        self._check_host()
+        self.check_runs_containers()
         root = runc_root if runc_root is not None else DEFAULT_RUNC_ROOT
         runc = self.runc(root)
         try:
@@ -466,8 +502,6 @@ class Containers:
                 code="not_dumpable",
             )
         cgroup = dumpable.freezer_cgroup(state.pid) or ""
-        annotations = config.get("annotations") or {}
-        criu_config = annotations.get(CRIU_CONFIG_ANNOTATION)
         record = ContainerRecord(
             id=container_id,
             runc_root=str(root),
@@ -475,7 +509,9 @@ class Containers:
             rootfs=str(root_path(config, state.bundle)),
             netns=netns,
             cgroups_path=cgroup,
-            criu_config=str(criu_config) if criu_config else None,
+            # the file its org.criu.config annotation names, if any, is its owner's:
+            # haul's options go to its CRIU otherwise (haul/runtime/criuconf.py)
+            criu_config=None,
             owned=False,
         )
         return StartedContainer(record, state.pid, _args_of(config))

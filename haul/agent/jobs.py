@@ -189,6 +189,7 @@ class MigrationJobs:
             max_iterations=max_iterations,
             source_address=own or self.advertise_address,
             dest_address=own or urlsplit(peer.url).hostname or "",
+            container_runtime=self._runtime_of(workload),
         )
         job = Job(Migration(spec), started_at=time.monotonic())
         self._write_intent(mid, workload, to)
@@ -196,6 +197,10 @@ class MigrationJobs:
         self._moving.add(workload)
         job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
+
+    def _runtime_of(self, workload: str) -> str | None:
+        """The runtime a workload runs with (None: a process tree)."""
+        return "runc" if self._container_of(workload) is not None else None
 
     @contextlib.asynccontextmanager
     async def _ports(
@@ -260,6 +265,9 @@ class MigrationJobs:
             raise UsageError("--shared-dir does not take containers yet")
         move, layout = container_move(container, self._argv_of(spec.workload))
         files = Path(container.rootfs_upper or container.rootfs)
+        net = self._net_of(spec.workload)
+        # haul rewrites only a CRIU configuration file of its own (haul/runtime/criuconf.py)
+        criu_config = container.criu_config if container.owned else None
         async with _peer_client(peer, spec.dest_host) as client:
             workdir = self.state_dir / "outgoing" / spec.migration_id
             source = RuncSource(
@@ -267,8 +275,9 @@ class MigrationJobs:
                 self._containers.runc(Path(container.runc_root)),
                 container.id,
                 workdir,
-                bundle=Path(container.bundle),
+                criu_config=Path(criu_config) if criu_config else None,
                 own_network=container.netns is not None,
+                network_moves=net is not None,
                 lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
             )
             dest = RemoteDestination(
@@ -276,7 +285,7 @@ class MigrationJobs:
                 spec.migration_id,
                 spec.workload,
                 lazy_source=source.lazy_listen,
-                net=self._net_of(spec.workload),
+                net=net,
                 source_host=self.host,
                 container=move,
                 image_layout=layout,
@@ -440,6 +449,7 @@ class MigrationJobs:
             dest_host=to,
             strategy=strategy,
             dry_run=True,
+            container_runtime=self._runtime_of(workload),
         )
         migration = Migration(spec)
         reports: list[PreflightReport] = []
@@ -461,8 +471,8 @@ class MigrationJobs:
         report = reports[0] if reports else None
         if outcome.phase is Phase.CHECKED:
             return outcome.stats.strategy, outcome.stats.strategy_reason, [], report
-        if report is not None and report.problems:
-            return None, "", list(report.problems), report
+        if migration.refused_for:
+            return None, "", list(migration.refused_for), report
         return None, "", [outcome.reason], report
 
     def abort(self, migration_id: str) -> Job:

@@ -25,11 +25,22 @@ class Done(_Answer):
 # ------------------------------------------------------------ destination side
 
 
+class RuntimeView(_Answer):
+    """A container runtime and its version, e.g. runc 1.1.5+ds1."""
+
+    name: str
+    version: str
+
+
 class CapabilitiesView(_Answer):
     criu_version: str
     mem_track: bool
     lazy_pages: bool
     lazy_pipe_ok: bool
+    #: the runtime this host runs containers with (None: it runs none)
+    runtime: RuntimeView | None = None
+    #: why it runs none, when ``runtime`` is None
+    no_runtime: str = ""
 
 
 class IncomingCheck(_Request):
@@ -37,6 +48,8 @@ class IncomingCheck(_Request):
     needed_bytes: int = Field(ge=0)
     #: the workload's own address: it must be free on the destination
     net: NetSpec | None = None
+    #: a runc container: no container of that name may be on the destination either
+    container: bool = False
 
 
 class Endpoint(_Request):
@@ -169,6 +182,10 @@ class CheckView(_Answer):
     workload_bytes: int = 0
     source_criu: str = ""
     dest_criu: str = ""
+    #: each host's container runtime, e.g. ``runc 1.1.5+ds1`` (empty: none there, or
+    #: not asked: a source reports its runtime for a container only)
+    source_runtime: str = ""
+    dest_runtime: str = ""
 
 
 class EventView(_Answer):

@@ -22,6 +22,13 @@ WORKLOAD_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 WORKLOAD_NAME_RE = re.compile(WORKLOAD_NAME_PATTERN)
 MAX_ARGV = 4096
 MAX_MOUNTS = 64
+#: the least memory a container may be limited to (runc's init and CRIU's restore
+#: run in its cgroup too)
+MIN_MEMORY_BYTES = 4 << 20
+#: the CPU limit's bounds (the kernel takes a quota of 1 ms per period at least)
+MIN_CPUS, MAX_CPUS = 0.01, 1024.0
+#: a WorkloadSpec's cgroup limits (runtime runc only)
+LIMITS = ("memory_bytes", "cpus", "pids_limit")
 
 
 def _plain_arg(value: str) -> str:
@@ -173,13 +180,19 @@ class WorkloadSpec(_Request):
     rootfs: AbsolutePath | None = None
     #: runc: read-only bind mounts of the host's paths, added to its configuration
     mounts: Annotated[list[MountSpec], Field(max_length=MAX_MOUNTS)] = []
+    #: runc: the container's cgroup limits (memory.limit, cpu.quota over a 100 ms
+    #: period, pids.limit); they move with it
+    memory_bytes: int | None = Field(default=None, ge=MIN_MEMORY_BYTES, le=2**62)
+    cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS)
+    pids_limit: int | None = Field(default=None, ge=1, le=2**31)
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkloadSpec:
         given = [f for f in ("image", "bundle", "rootfs") if getattr(self, f) is not None]
+        limits = [f for f in LIMITS if getattr(self, f) is not None]
         if self.runtime == "process":
-            if given:
-                raise ValueError(f"{', '.join(given)}: only for runtime runc")
+            if given or limits:
+                raise ValueError(f"{', '.join(given + limits)}: only for runtime runc")
             if self.mounts:
                 raise ValueError("mounts: only for runtime runc (a process tree sees its host)")
             if not self.argv:

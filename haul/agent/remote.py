@@ -9,7 +9,13 @@ from haul.agent.client import AgentClient, body_of
 from haul.agent.migration_models import ContainerMove, IncomingCheck, IncomingOpen
 from haul.agent.models import NetSpec
 from haul.criu.options import PageServer
-from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
+from haul.engine.figures import (
+    Capabilities,
+    ContainerRuntime,
+    DestinationReady,
+    Endpoint,
+    RestoreFigures,
+)
 from haul.engine.phases import Strategy
 from haul.errors import ContainerError
 from haul.runtime.images import blob_path
@@ -51,11 +57,14 @@ class RemoteDestination:
 
     async def capabilities(self) -> Capabilities:
         caps = await self.client.incoming.capabilities()
+        runtime = caps.runtime
         return Capabilities(
             criu_version=caps.criu_version,
             mem_track=caps.mem_track,
             lazy_pages=caps.lazy_pages,
             lazy_pipe_ok=caps.lazy_pipe_ok,
+            runtime=ContainerRuntime(runtime.name, runtime.version) if runtime else None,
+            no_runtime=caps.no_runtime,
         )
 
     async def check_free(self, workload: str, needed_bytes: int) -> None:
@@ -66,6 +75,7 @@ class RemoteDestination:
                 workload=workload,
                 needed_bytes=needed_bytes,
                 net=self.net,
+                container=self.container is not None,
             )
         )
 

@@ -11,6 +11,17 @@ PAGE_SIZE: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerRuntime:
+    """The container runtime a host runs containers with, e.g. ``runc`` ``1.1.5+ds1``."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities:
     """What one host's kernel and CRIU allow (from FEATURE_CHECK and the host's checks)."""
 
@@ -19,6 +30,10 @@ class Capabilities:
     lazy_pages: bool
     #: fs.pipe-max-size is large enough for CRIU's lazy transfer
     lazy_pipe_ok: bool = True
+    #: the runtime this host runs containers with (None: it runs none)
+    runtime: ContainerRuntime | None = None
+    #: why it runs none (e.g. its runc is missing), when ``runtime`` is None
+    no_runtime: str = ""
 
 
 @dataclass(frozen=True, slots=True)

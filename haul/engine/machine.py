@@ -65,9 +65,10 @@ irreversible.
   not repeated, they are behind the machine), at most ``spec.max_retries`` times in
   a row; then FAILED, with a reason that says what is where. ``AbortRequested`` is
   refused.
-* PREFLIGHT ends REFUSED (nothing touched) when the report lists problems or the
-  requested strategy is impossible on these hosts; ``Strategy.AUTO`` is resolved
-  there (:func:`resolve_strategy`).
+* PREFLIGHT ends REFUSED (nothing touched) when the report lists problems, when a
+  container's runtime is missing on the destination or older there than on the
+  source (:func:`runtime_problems`), or when the requested strategy is impossible on
+  these hosts; ``Strategy.AUTO`` is resolved there (:func:`resolve_strategy`).
 
 Terminal phases accept no event. The diagram in :mod:`haul.engine.diagram` is drawn
 from :data:`TRANSITIONS`; keep every way out of a phase in the table.
@@ -139,6 +140,7 @@ from haul.engine.phases import AFTER_COMMIT, BEFORE_COMMIT, TERMINAL, Phase, Str
 from haul.engine.policy import Decision, decide, dirty_rate_bytes_per_s, files_decide
 from haul.engine.ports import HookPoint
 from haul.engine.spec import MigrationSpec
+from haul.engine.versions import older
 from haul.errors import IllegalTransition
 
 #: at most this much room left where the destination keeps the pages: a dump that
@@ -300,6 +302,37 @@ def resolve_strategy(
     return requested, "asked for"
 
 
+def runtime_problems(spec: MigrationSpec, report: PreflightReport) -> tuple[str, ...]:
+    """Why a container cannot move between these hosts (empty: it can, or it is a
+    process tree): the destination must run its runtime, at the source's version or a
+    newer one (a runtime restores what an older one checkpointed, not the reverse)."""
+    wanted = spec.container_runtime
+    if wanted is None:
+        return ()
+    source, dest = report.source.runtime, report.dest.runtime
+    if dest is None:
+        why = f" ({report.dest.no_runtime})" if report.dest.no_runtime else ""
+        return (f"{spec.dest_host} runs no containers{why}",)
+    if dest.name != wanted:
+        return (f"{spec.dest_host} runs containers with {dest.name}, not {wanted}",)
+    if source is None or source.name != wanted:
+        why = f" ({report.source.no_runtime})" if report.source.no_runtime else ""
+        return (f"{spec.source_host} cannot run {wanted} now{why}",)
+    match older(dest.version, source.version):
+        case True:
+            return (
+                f"{spec.dest_host}'s {wanted} {dest.version} is older than "
+                f"{spec.source_host}'s {source.version} (the destination's must be the "
+                "same or newer)",
+            )
+        case None:
+            return (
+                f"cannot compare {spec.source_host}'s {wanted} version {source.version!r} "
+                f"with {spec.dest_host}'s {dest.version!r}",
+            )
+    return ()
+
+
 class Migration:
     """One migration's state. Feed it events with :meth:`handle`; run what it returns."""
 
@@ -341,6 +374,8 @@ class Migration:
         #: what went wrong without changing the outcome (hooks after the commit, cleanup)
         self._problems: list[str] = []
         self._reason = ""
+        #: what the pre-flight refused the migration for, one line each
+        self._refused_for: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<Migration {self._spec.migration_id} {self._phase.value} {self._strategy.value}>"
@@ -382,6 +417,12 @@ class Migration:
     def reason(self) -> str:
         """The final reason, once the migration is in a terminal phase."""
         return self._reason
+
+    @property
+    def refused_for(self) -> tuple[str, ...]:
+        """Once REFUSED: why, one line each (the ports' problems, the runtimes', or
+        the requested strategy's)."""
+        return self._refused_for
 
     def stats(self) -> MigrationStats:
         precopy = sum(f.bytes_sent for f in self._history)
@@ -637,8 +678,9 @@ class Migration:
         raise AssertionError(f"no rule for the {event.point.value} hooks")
 
     def _preflight_finished(self, report: PreflightReport) -> tuple[Phase, Command]:
-        if report.problems:
-            return self._refuse("; ".join(report.problems))
+        problems = (*report.problems, *runtime_problems(self._spec, report))
+        if problems:
+            return self._refuse(problems)
         strategy, why = resolve_strategy(
             self._spec.strategy,
             report,
@@ -646,7 +688,7 @@ class Migration:
             dest_host=self._spec.dest_host,
         )
         if strategy is None:
-            return self._refuse(why)
+            return self._refuse((why,))
         self._strategy = strategy
         self._strategy_reason = why
         self._needed_bytes = report.workload_bytes
@@ -659,12 +701,13 @@ class Migration:
             )
         return Phase.PREPARE, FireHook(HookPoint.PRE_MIGRATE)
 
-    def _refuse(self, why: str) -> tuple[Phase, Command]:
+    def _refuse(self, problems: tuple[str, ...]) -> tuple[Phase, Command]:
         spec = self._spec
+        self._refused_for = problems
         return Phase.REFUSED, Finish(
             Phase.REFUSED,
-            f"refused: {why}; nothing was touched, {spec.workload} is as it was on "
-            f"{spec.source_host}",
+            f"refused: {'; '.join(problems)}; nothing was touched, {spec.workload} is as "
+            f"it was on {spec.source_host}",
         )
 
     def _step_failed(self, event: StepFailed) -> tuple[Phase, Command]:

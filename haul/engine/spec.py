@@ -41,6 +41,9 @@ class MigrationSpec:
     dest_address: str = ""
     #: pre-flight only (``haul check``, ``--dry-run``): end CHECKED, touch nothing
     dry_run: bool = False
+    #: the container runtime the workload runs with (e.g. ``runc``; None: a process
+    #: tree): the destination must run it, at the source's version or newer
+    container_runtime: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("migration_id", "workload", "source_host", "dest_host"):
@@ -58,5 +61,7 @@ class MigrationSpec:
             raise ValueError(f"shrink_threshold must be in (0, 1], not {self.shrink_threshold}")
         if self.page_size <= 0:
             raise ValueError(f"page_size must be > 0, not {self.page_size}")
+        if self.container_runtime == "":
+            raise ValueError("MigrationSpec.container_runtime must be None or a name")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, not {self.max_retries}")

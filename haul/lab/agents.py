@@ -127,9 +127,19 @@ def _toml_str(value: object) -> str:
     return json.dumps(str(value))
 
 
-def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = False) -> str:
+def agent_config_toml(
+    spec: LabSpec,
+    index: int,
+    token: str,
+    *,
+    tls: bool = False,
+    runc_binary: Path | None = None,
+    runs_containers: bool = True,
+) -> str:
     """The ``[agent]`` table for host ``index``: every path as that host sees it.
-    With ``tls``, the lab's certificates (:func:`make_lab_pki`) must exist."""
+    With ``tls``, the lab's certificates (:func:`make_lab_pki`) must exist.
+    ``runc_binary`` and ``runs_containers``: its ``[agent.runc]`` binary and enabled
+    (default: the installer's runc; it runs containers)."""
     host = spec.host(index)
     lines = [
         "# written by 'haul lab up'; removed by 'haul lab down'",
@@ -154,6 +164,10 @@ def agent_config_toml(spec: LabSpec, index: int, token: str, *, tls: bool = Fals
         + "]",
         f"cgroup_parent = {_toml_str(lab_cgroup_parent(spec, host.name))}",
     ]
+    if runc_binary is not None:
+        lines.append(f"binary = {_toml_str(runc_binary)}")
+    if not runs_containers:
+        lines.append("enabled = false")
     if tls:
         pki = pki_dir(spec.prefix)
         own = host_files(pki, host.name)
@@ -426,6 +440,32 @@ async def restart_agent(
     ledger.save()
     await _wait_healthy(host, proc, agent_socket(spec.prefix, name), timeout_s)
     return proc.pid
+
+
+async def reconfigure_agent(
+    spec: LabSpec, name: str, *, runc_binary: Path | None = None, runs_containers: bool = True
+) -> int | None:
+    """Write host ``name``'s agent configuration again with these ``[agent.runc]``
+    settings (its token and TLS as they were) and restart the agent; its new PID.
+    Tests use it to make a host whose runc is missing, another one, or none at all."""
+    path = agent_config_path(spec.member(name))
+    try:
+        agent = tomllib.loads(path.read_text())["agent"]
+        token = str(agent["auth"]["token"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise LabError(f"cannot read the agent config {path}: {exc}") from exc
+    index = next(i for i in range(1, spec.hosts + 1) if spec.host(i).name == name)
+    text = agent_config_toml(
+        spec,
+        index,
+        token,
+        tls="tls" in agent,
+        runc_binary=runc_binary,
+        runs_containers=runs_containers,
+    )
+    parse_config(tomllib.loads(text), where=str(path), base=path.parent)
+    _write_private(path, text)
+    return await restart_agent(spec, name)
 
 
 _SPAWNED: list[subprocess.Popen[bytes]] = []

@@ -83,7 +83,7 @@ class LabContainers:
             self.runc(src),
             name,
             src.workdir / "out" / mid,
-            bundle=self.bundle(src, name),
+            criu_config=self.bundle(src, name) / "criu.conf",
             files=self.rootfs(src, name),
             lazy_listen=PageServer(str(src.address.ip), 20000 + secrets.randbelow(20000)),
         )

@@ -6,8 +6,12 @@ as the host sees it, and their cgroups under :func:`haul.lab.agents.lab_cgroup_p
 with nsenter: ``ip netns exec`` would remount /sys and hide the cgroup hierarchies)
 against that root, with haul's CRIU. :func:`remove_containers` deletes every container of
 a lab's hosts and their cgroups: a container in a network namespace of its own is in
-none of the lab's namespaces, so killing those would miss it. :func:`left_on` lists what of
-a container that moved away its old host still keeps.
+none of the lab's namespaces, so killing those would miss it.
+
+For tests of containers someone started with plain runc: :func:`plain_bundle` unpacks an
+image by hand into a bundle, as an operator would, and :func:`run_plain` runs it with
+``runc run -d`` (its stdio /dev/null); :func:`left_on` says what of a container is
+still on a host, :func:`cgroup_value` reads one of its cgroup files there.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import json
 import subprocess
 from pathlib import Path
 
-from haul.errors import ConfigError
+from haul.errors import ConfigError, LabError
 from haul.install_record import criu_binary, runc_binary
 from haul.lab.agents import lab_cgroup_parent
 from haul.lab.operator import agent_pid
 from haul.lab.spec import HostSpec, LabSpec
 from haul.runtime.bundle import cgroup_mounts
+from haul.runtime.images import UMOCI, ImageRef
 
 RUNC_TIMEOUT_S = 60.0
 
@@ -69,26 +74,6 @@ def container_ids(spec: LabSpec, host: str, root: Path | None = None) -> list[st
     return [str(r["id"]) for r in rows or []]
 
 
-def left_on(spec: LabSpec, host: str, name: str) -> list[str]:
-    """What of the agent's container ``name`` is still on ``host`` (it moved away): its
-    runc state, mounts under the agent's state directory in the agent's mount namespace,
-    its directory, its cgroup."""
-    left = [f"runc state {c}" for c in container_ids(spec, host) if c == name]
-    agent_dir = spec.data_path / "agent"
-    mine = (agent_dir / "containers" / name, agent_dir / "runc" / name)
-    mounts = Path(f"/proc/{agent_pid(spec, host)}/mountinfo").read_text().splitlines()
-    left += [
-        f"mount {point}"
-        for point in (m.split()[4] for m in mounts)
-        if any(Path(point).is_relative_to(d) for d in mine)
-    ]
-    if (spec.member(host).data_backing / "agent" / "containers" / name).exists():
-        left.append("its directory")
-    parent = lab_cgroup_parent(spec, host).strip("/")
-    left += [f"cgroup {m}" for m in cgroup_mounts() if (m / parent / name).exists()]
-    return left
-
-
 def cgroup_tree(path: str) -> list[Path]:
     """Every directory of cgroup ``path`` and below it, in every hierarchy, deepest first."""
     found: list[Path] = []
@@ -128,3 +113,85 @@ def remove_containers(spec: LabSpec) -> list[str]:
         with contextlib.suppress(OSError):
             (mount / top).rmdir()
     return problems
+
+
+# -- containers started outside haul, and what a container leaves behind ----------------
+
+
+def plain_bundle(spec: LabSpec, host: str, image: ImageRef, name: str) -> Path:
+    """A bundle unpacked by hand from ``image`` (``umoci unpack``) into the lab's
+    directory, as someone would for ``runc run``: no terminal, the host's network, a
+    cgroup under ``host``'s parent; no ``org.criu.config`` annotation."""
+    bundle = spec.root_dir / "plain" / name
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        [str(UMOCI), "unpack", "--image", image.umoci_image, str(bundle)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise LabError(f"umoci unpack {image}: {done.stderr.strip()}")
+    config = json.loads((bundle / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["linux"]["namespaces"] = [
+        ns for ns in config["linux"]["namespaces"] if ns["type"] != "network"
+    ]
+    config["linux"]["cgroupsPath"] = f"{lab_cgroup_parent(spec, host)}/{name}"
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def run_plain(spec: LabSpec, host: str, bundle: Path, cid: str, root: Path) -> None:
+    """``runc run -d`` of ``bundle`` as container ``cid`` under ``root`` in ``host``, its
+    standard streams /dev/null (what haul can adopt); runc logs next to the bundle."""
+    log = bundle.with_name(f"{bundle.name}.runc.log")
+    argv = host_runc_argv(
+        spec,
+        spec.member(host),
+        "--log",
+        str(log),
+        "run",
+        "-d",
+        "--bundle",
+        str(bundle),
+        cid,
+        root=root,
+    )
+    done = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # the container keeps what runc had: nothing to wait on
+        stderr=subprocess.DEVNULL,
+        timeout=RUNC_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise LabError(f"runc run {cid} in {host} failed: {tail[0] if tail else 'no message'}")
+
+
+def left_on(spec: LabSpec, host: str, name: str, root: Path | None = None) -> list[str]:
+    """What of container ``name`` is on ``host``: runc's state of it (under the agent's
+    root, or ``root`` too), mounts and its directory in the agent's state directory,
+    its cgroup in any hierarchy."""
+    roots = [None, root] if root is not None else [None]
+    left = [
+        f"runc state under {r or 'the agent root'}"
+        for r in roots
+        if name in container_ids(spec, host, r)
+    ]
+    state = str(spec.data_path / "agent" / "containers" / name) + "/"
+    mounts = Path(f"/proc/{agent_pid(spec, host)}/mountinfo").read_text().splitlines()
+    left += [f"mount {m.split()[4]}" for m in mounts if (m.split()[4] + "/").startswith(state)]
+    if (spec.member(host).data_backing / "agent" / "containers" / name).exists():
+        left.append("its directory")
+    parent = lab_cgroup_parent(spec, host).strip("/")
+    left += [f"cgroup {m / parent / name}" for m in cgroup_mounts() if (m / parent / name).exists()]
+    return left
+
+
+def cgroup_value(spec: LabSpec, host: str, name: str, controller: str, file: str) -> str:
+    """One cgroup v1 file of container ``name`` on ``host`` (its cgroup under the host's
+    parent), e.g. ``("memory", "memory.limit_in_bytes")``."""
+    directory = Path("/sys/fs/cgroup") / controller / lab_cgroup_parent(spec, host).strip("/")
+    return (directory / name / file).read_text().strip()

@@ -12,7 +12,9 @@ Each container has a directory of its own, ``STATE/containers/NAME`` (:class:`Co
   container shares the host's network); and the ``org.criu.config`` annotation naming
   ``criu.conf``, the CRIU options runc's checkpoint and restore read (set per
   migration; created empty, or with the network lock and TCP options when the
-  container has its own namespace).
+  container has its own namespace); the limits ``haul run`` was given (memory, CPU,
+  PIDs) in ``linux.resources``, which a migration carries with the configuration, so
+  runc sets them on the container's cgroup wherever it is restored.
 - ``bundle/rootfs``: for an image, an overlay mount whose lower layer is the image's
   unpacked rootfs in the host's image cache (read-only, shared by every container of
   that image) and whose upper layer is ``upper/`` (with ``work/``): everything the
@@ -87,6 +89,38 @@ class ContainerDirs:
         return self.directory / "pid"
 
 
+#: the CFS period a CPU limit is given in (the kernel's default), microseconds
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a container may use, as its cgroup enforces it (None: no limit set here;
+    whatever its configuration says stays)."""
+
+    memory_bytes: int | None = None
+    #: CPUs' worth of time per period (0.5: half of one CPU)
+    cpus: float | None = None
+    pids: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.memory_bytes, self.cpus, self.pids))
+
+
+def set_limits(linux: dict[str, Any], limits: Limits) -> None:
+    """Write ``limits`` into a configuration's ``linux.resources`` (memory.limit,
+    cpu.quota and cpu.period, pids.limit); the rest of it stays."""
+    resources = linux.setdefault("resources", {})
+    if limits.memory_bytes is not None:
+        resources.setdefault("memory", {})["limit"] = limits.memory_bytes
+    if limits.cpus is not None:
+        cpu = resources.setdefault("cpu", {})
+        cpu["quota"] = round(limits.cpus * CPU_PERIOD_US)
+        cpu["period"] = CPU_PERIOD_US
+    if limits.pids is not None:
+        resources.setdefault("pids", {})["limit"] = limits.pids
+
+
 def cgroups_path(parent: str, name: str) -> str:
     """The container's ``linux.cgroupsPath``: ``PARENT/NAME`` (PARENT is per host)."""
     return f"{parent.rstrip('/')}/{name}"
@@ -141,8 +175,10 @@ def runtime_config(
     netns: Path | None,
     args: Sequence[str] | None = None,
     readonly: bool | None = None,
+    limits: Limits | None = None,
 ) -> dict[str, Any]:
-    """``source`` edited for haul (see the module's docstring); ``source`` is not changed."""
+    """``source`` edited for haul (see the module's docstring), with ``limits`` in its
+    ``linux.resources``; ``source`` is not changed."""
     config = copy.deepcopy(source)
     process = config.setdefault("process", {})
     process["terminal"] = False
@@ -157,6 +193,8 @@ def runtime_config(
         root["readonly"] = readonly
     linux = config.setdefault("linux", {})
     linux["cgroupsPath"] = cgroups_path
+    if limits:
+        set_limits(linux, limits)
     namespaces = [ns for ns in linux.get("namespaces", []) if ns.get("type") != "network"]
     if netns is not None:
         namespaces.append({"type": "network", "path": str(netns)})

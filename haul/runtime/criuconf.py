@@ -1,39 +1,30 @@
-"""The CRIU configuration file runc reads for a container (docs/containers.md).
+"""The CRIU configuration files runc's CRIU reads for a container (docs/containers.md).
 
 runc passes CRIU none of the options haul needs for a migration (nftables network
 lock, leave the restored copy stopped, close the TCP connections of a container on
-its host's network), but it names a CRIU configuration file when the container's
-``config.json`` carries the ``org.criu.config`` annotation. haul writes that file
-right before each checkpoint and restore: one option per line, without the leading
-dashes; an option whose argument is optional takes it after ``=``.
+its host's network). CRIU reads them from configuration files, one option per line
+without the leading dashes (an option whose argument is optional takes it after
+``=``), in this order, a later one overriding an earlier one:
+
+- the file ``CRIU_CONFIG_FILE`` names in its environment, which it inherits from runc:
+  haul writes one per checkpoint (:data:`ENV`), so every container gets haul's
+  options, whoever made its bundle;
+- the file runc names over the RPC: the one the container's ``org.criu.config``
+  annotation names (haul's own for the containers it starts or restores, written
+  right before each checkpoint and restore), or ``/etc/criu/runc.conf`` when the
+  container has no such annotation. For a container haul adopted, that file is its
+  owner's: haul never writes it, and what it says wins over haul's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from haul.errors import ContainerError
-
 ANNOTATION = "org.criu.config"
-
-
-def config_path(bundle: Path) -> Path:
-    """The file the bundle's ``org.criu.config`` annotation names; raises when it has none
-    (runc would then read /etc/criu/runc.conf, which is every container's)."""
-    try:
-        config = json.loads((bundle / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ContainerError(f"cannot read {bundle / 'config.json'}: {exc}") from exc
-    named = (config.get("annotations") or {}).get(ANNOTATION)
-    if not named:
-        raise ContainerError(
-            f"the container's config.json ({bundle}) has no {ANNOTATION} annotation: runc "
-            "would give CRIU no nftables network lock"
-        )
-    return Path(named)
+#: the environment variable CRIU reads a configuration file from
+ENV = "CRIU_CONFIG_FILE"
 
 
 def dump_options(*, own_network: bool) -> list[str]:

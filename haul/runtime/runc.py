@@ -19,8 +19,8 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from haul.errors import ContainerError, NoSuchContainer
@@ -45,6 +45,8 @@ class ContainerState:
     status: str
     pid: int
     bundle: Path
+    #: the annotations it was created with (runc's own copy: what its checkpoint reads)
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +105,12 @@ class Runc:
         what: str = "",
         log_dir: Path | None = None,
         detached_log: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> str:
         """Run runc; its standard output. ``detached_log``: the call leaves a container
         running that would inherit runc's standard streams (``run -d``, ``restore -d``):
-        they are /dev/null, and runc logs to this file instead."""
+        they are /dev/null, and runc logs to this file instead. ``env``: variables added
+        to runc's environment (the CRIU it starts inherits them)."""
         argv = [*self.host.prefix(), str(self.binary), "--root", str(self.root)]
         if self.criu is not None:
             argv += ["--criu", str(self.criu)]
@@ -121,6 +125,7 @@ class Runc:
             stdout=streams,
             stderr=streams,
             pass_fds=tuple(pass_fds),
+            env={**os.environ, **env} if env else None,
             # its own process group: ending runc ends the CRIU it started too
             start_new_session=True,
         )
@@ -212,7 +217,12 @@ class Runc:
         return await self._run("exec", container_id, *argv, what="exec")
 
     async def checkpoint(
-        self, container_id: str, opts: CheckpointOptions, *, pass_fds: Sequence[int] = ()
+        self,
+        container_id: str,
+        opts: CheckpointOptions,
+        *,
+        pass_fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         args = [
             "checkpoint",
@@ -244,6 +254,7 @@ class Runc:
             pass_fds=pass_fds,
             what="checkpoint",
             log_dir=opts.work_path,
+            env=env,
         )
 
     async def restore(self, container_id: str, opts: RestoreOptions) -> None:
@@ -302,11 +313,17 @@ def _log_errors(path: Path | None) -> str:
 
 
 def _state_of(raw: dict[str, object]) -> ContainerState:
+    annotations = raw.get("annotations")
     return ContainerState(
         id=str(raw["id"]),
         status=str(raw["status"]),
         pid=int(str(raw.get("pid") or 0)),
         bundle=Path(str(raw.get("bundle") or "")),
+        annotations=(
+            {str(k): str(v) for k, v in annotations.items()}
+            if isinstance(annotations, dict)
+            else {}
+        ),
     )
 
 

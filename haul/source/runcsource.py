@@ -15,12 +15,18 @@ destination has them all, then the container is paused again.
 A container with a network namespace of its own is locked by haul (nftables) before
 the pause, since CRIU unlocks the namespace at the end of a ``--leave-running`` dump
 and the frozen source would otherwise take data the copy never sees.
+
+CRIU gets haul's options through ``CRIU_CONFIG_FILE`` (a file in the work directory),
+and for a container haul made also through the file its ``org.criu.config``
+annotation names (haul/runtime/criuconf.py); an adopted container's own file is not
+haul's to write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -34,6 +40,7 @@ from haul.criu.stats import read_dump_stats
 from haul.engine.figures import (
     PAGE_SIZE,
     Capabilities,
+    ContainerRuntime,
     DumpFigures,
     Endpoint,
     IterationFigures,
@@ -48,8 +55,14 @@ log = logging.getLogger(__name__)
 
 
 class RuncSource:
-    """Checkpoints container ``container_id`` of ``runc`` (bundle ``bundle``) into
-    ``workdir``. ``lazy_listen``: post-copy, where this host's lazy page server listens."""
+    """Checkpoints container ``container_id`` of ``runc`` into ``workdir``.
+
+    ``criu_config``: the CRIU configuration file the container's ``org.criu.config``
+    annotation names when haul owns it (it is rewritten before each checkpoint); None
+    for a container haul adopted. ``own_network``: it has a network namespace of its
+    own; ``network_moves``: the destination can be told its address (not for a
+    namespace someone else made: such a container is refused at the pre-flight).
+    ``lazy_listen``: post-copy, where this host's lazy page server listens."""
 
     def __init__(
         self,
@@ -58,16 +71,18 @@ class RuncSource:
         container_id: str,
         workdir: Path,
         *,
-        bundle: Path,
+        criu_config: Path | None = None,
         own_network: bool = False,
+        network_moves: bool = True,
         lazy_listen: PageServer | None = None,
         files: Path | None = None,
     ) -> None:
         self.criu = criu
         self.runc = runc
         self.container_id = container_id
-        self.bundle = bundle
+        self.criu_config = criu_config
         self.own_network = own_network
+        self.network_moves = network_moves
         self.lazy_listen = lazy_listen
         #: the container's files here (what the transport sends), gone once it has left
         self.files = files
@@ -84,7 +99,12 @@ class RuncSource:
         self._rounds = 0
 
     async def capabilities(self) -> Capabilities:
-        return await host_capabilities(self.criu)
+        caps = await host_capabilities(self.criu)
+        try:
+            version = await self.runc.version()
+        except ContainerError as exc:
+            return dataclasses.replace(caps, no_runtime=exc.one_line())
+        return dataclasses.replace(caps, runtime=ContainerRuntime("runc", version))
 
     async def check_workload(self) -> int:
         state = await self.runc.state(self.container_id)
@@ -93,7 +113,12 @@ class RuncSource:
                 f"container {self.container_id} is {state.status}, not running: runc "
                 "checkpoints only a running container"
             )
-        criuconf.config_path(self.bundle)  # raises if runc would give CRIU no options
+        if self.own_network and not self.network_moves:
+            raise ContainerError(
+                f"container {self.container_id} has a network namespace haul did not "
+                "make (it was adopted): haul does not know its address to give it on "
+                "another host"
+            )
         self._pid = state.pid
         return ProcessTree(state.pid).resident_bytes()
 
@@ -104,9 +129,10 @@ class RuncSource:
         images = self.workdir / f"pre{iteration}"
         images.mkdir(parents=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        criuconf.write(
-            criuconf.config_path(self.bundle), criuconf.dump_options(own_network=self.own_network)
-        )
+        options = criuconf.dump_options(own_network=self.own_network)
+        criuconf.write(self.env_config, options)
+        if self.criu_config is not None:
+            criuconf.write(self.criu_config, options)
         started = time.monotonic()
         await self.runc.checkpoint(
             self.container_id,
@@ -119,6 +145,7 @@ class RuncSource:
                 pre_dump=True,
                 parent_path=f"../pre{iteration - 1}" if iteration > 1 else None,
             ),
+            env=self._env(),
         )
         self._rounds = iteration
         written = await asyncio.to_thread(_pages_written, self.logs, images)
@@ -135,9 +162,10 @@ class RuncSource:
             raise WorkloadError("post-copy needs an address for the source's lazy page server")
         for d in (self.images, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        criuconf.write(
-            criuconf.config_path(self.bundle), criuconf.dump_options(own_network=self.own_network)
-        )
+        options = criuconf.dump_options(own_network=self.own_network)
+        criuconf.write(self.env_config, options)
+        if self.criu_config is not None:
+            criuconf.write(self.criu_config, options)
         pid = self._pid or (await self.runc.state(self.container_id)).pid
         started = time.monotonic()
         if self.own_network:
@@ -151,7 +179,9 @@ class RuncSource:
             await self._start_serving(self.lazy_listen)
         else:
             await self.runc.checkpoint(
-                self.container_id, self._options(page_server=_address(page_server))
+                self.container_id,
+                self._options(page_server=_address(page_server)),
+                env=self._env(),
             )
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
@@ -161,6 +191,14 @@ class RuncSource:
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
             duration_s=time.monotonic() - started,
         )
+
+    @property
+    def env_config(self) -> Path:
+        """The CRIU configuration file runc's CRIU is given in its environment."""
+        return self.workdir / "criu.conf"
+
+    def _env(self) -> dict[str, str]:
+        return {criuconf.ENV: str(self.env_config)}
 
     def _options(
         self, *, page_server: str | None, lazy: bool = False, status_fd: int | None = None
@@ -185,7 +223,7 @@ class RuncSource:
             page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
         )
         self._serving = asyncio.create_task(
-            self.runc.checkpoint(self.container_id, opts, pass_fds=(write_end,))
+            self.runc.checkpoint(self.container_id, opts, pass_fds=(write_end,), env=self._env())
         )
         ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
         try:

@@ -87,7 +87,7 @@ def test_wrong_token_is_refused_and_nothing_moves(
 def test_unknown_workload_and_host_fail_in_one_line(lab_with_agents: tuple[LabSpec, Path]) -> None:
     _, inventory = lab_with_agents
     done = run_haul(inventory, "migrate", "nope", "--to", "host2")
-    assert done.returncode == 2 and done.stderr.startswith("haul: error:")
+    assert done.returncode == 3 and done.stderr.startswith("haul: refused:")  # at pre-flight
     assert "nope" in done.stderr and done.stderr.count("\n") == 1
     done = run_haul(inventory, "migrate", "nope", "--to", "host9")
     assert done.returncode == 2 and "host9" in done.stderr

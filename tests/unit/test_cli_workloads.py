@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from haul.cli import app
-from haul.cli_workloads import short_image
+from haul.cli_workloads import parse_bytes, short_image
 from haul.errors import UsageError
 
 
@@ -40,6 +40,12 @@ def test_the_table_shows_an_images_layout_name_and_tag(image: str | None, shown:
             ["--runtime", "runc", "--image", "oci:/i", "--mount", "/srv:/srv:rw"],
             "only read-only mounts",
         ),
+        (["--memory", "64M", "--", "sleep", "1"], "--memory: only with --runtime runc"),
+        (
+            ["--cpus", "1", "--pids-limit", "9", "--", "sleep", "1"],
+            "--cpus, --pids-limit: only with --runtime runc",
+        ),
+        (["--runtime", "runc", "--image", "oci:/i", "--memory", "lots"], "--memory 'lots'"),
     ],
 )
 def test_run_refuses_in_one_line_before_any_call(
@@ -66,3 +72,25 @@ def test_adopt_refuses_in_one_line(tmp_path: Path, args: list[str], says: str) -
     result = CliRunner().invoke(app, ["adopt", *args, "--hosts", str(tmp_path / "none.toml")])
     assert isinstance(result.exception, UsageError), result.output
     assert says in result.exception.one_line()
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("1048576", 1 << 20),
+        ("64M", 64 << 20),
+        ("64m", 64 << 20),
+        ("512KiB", 512 << 10),
+        ("1.5G", 3 << 29),
+        ("2 GB", 2 << 30),
+        ("1T", 1 << 40),
+    ],
+)
+def test_sizes_are_bytes_or_powers_of_1024(text: str, size: int) -> None:
+    assert parse_bytes(text, "--memory") == size
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1M", "64X", "1e6", "64 MB extra"])
+def test_a_size_that_is_none_is_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="--memory"):
+        parse_bytes(text, "--memory")

@@ -47,6 +47,16 @@ def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state
     }
 
 
+def test_a_hosts_runc_can_be_another_or_none() -> None:
+    spec = LabSpec(prefix="t1", hosts=2)
+    plain = parse_config(tomllib.loads(agent_config_toml(spec, 2, "tok")))
+    assert (plain.runc.binary, plain.runc.enabled) == (None, True)
+    other = agent_config_toml(spec, 2, "tok", runc_binary=Path("/t/runc"), runs_containers=False)
+    config = parse_config(tomllib.loads(other))
+    assert (config.runc.binary, config.runc.enabled) == (Path("/t/runc"), False)
+    assert config.cgroup_parent == plain.cgroup_parent  # the rest is as it was
+
+
 def test_each_host_runs_containers_from_the_labs_directory_in_cgroups_of_its_own() -> None:
     configs = [
         parse_config(tomllib.loads(agent_config_toml(LabSpec(prefix=p, hosts=2), i, "tok")))

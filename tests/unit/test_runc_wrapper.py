@@ -68,7 +68,12 @@ def test_a_detached_call_reads_runc_s_json_log(tmp_path: Path) -> None:
 def test_state_is_read_from_runc_s_json() -> None:
     s = _state_of({"id": "c1", "status": "paused", "pid": 42, "bundle": "/b"})
     assert (s.id, s.status, s.pid, s.bundle) == ("c1", "paused", 42, Path("/b"))
+    assert s.annotations == {}
     assert _state_of({"id": "c2", "status": "stopped", "pid": 0}).pid == 0
+    annotated = _state_of(
+        {"id": "c3", "status": "running", "pid": 7, "annotations": {criuconf.ANNOTATION: "/x"}}
+    )
+    assert annotated.annotations == {criuconf.ANNOTATION: "/x"}
 
 
 def test_criu_options_per_side() -> None:
@@ -77,18 +82,12 @@ def test_criu_options_per_side() -> None:
     assert criuconf.restore_options(own_network=True)[0] == "leave-stopped"
 
 
-def test_the_configuration_file_is_the_annotated_one(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(
-        json.dumps({"annotations": {criuconf.ANNOTATION: "/x/criu.conf"}})
-    )
-    assert criuconf.config_path(tmp_path) == Path("/x/criu.conf")
+def test_the_configuration_file_is_one_option_a_line(tmp_path: Path) -> None:
     criuconf.write(tmp_path / "c.conf", ["leave-stopped", "tcp-close"])
     assert (tmp_path / "c.conf").read_text() == "leave-stopped\ntcp-close\n"
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(ContainerError, match="no org.criu.config annotation"):
-        criuconf.config_path(tmp_path)
-    with pytest.raises(ContainerError, match="cannot read"):
-        criuconf.config_path(tmp_path / "none")
+    criuconf.write(tmp_path / "c.conf", [])
+    assert (tmp_path / "c.conf").read_text() == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["c.conf"]
 
 
 def test_the_destination_bundle_is_the_source_s_made_this_host_s() -> None:

@@ -230,10 +230,13 @@ class AgentClient:
         bundle: str | None = None,
         rootfs: str | None = None,
         mounts: Sequence[MountSpec] = (),
+        memory_bytes: int | None = None,
+        cpus: float | None = None,
+        pids_limit: int | None = None,
     ) -> WorkloadView:
         """Start a process tree, or (``runtime="runc"``) a container from one of
         ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command),
-        with ``mounts`` (the host's paths, read-only)."""
+        with ``mounts`` (the host's paths, read-only) and these cgroup limits if given."""
         spec = body_of(
             WorkloadSpec,
             f"workload {name!r}",
@@ -246,6 +249,9 @@ class AgentClient:
             bundle=bundle,
             rootfs=rootfs,
             mounts=list(mounts),
+            memory_bytes=memory_bytes,
+            cpus=cpus,
+            pids_limit=pids_limit,
         )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 

@@ -24,6 +24,7 @@ from haul.agent.migration_models import (
     Received,
     RestoreAsk,
     Restored,
+    RuntimeView,
 )
 from haul.agent.models import NetSpec
 from haul.agent.routing import RouteTable
@@ -52,11 +53,14 @@ def _incoming(request: web.Request) -> IncomingRegistry:
 )
 async def capabilities(request: web.Request) -> CapabilitiesView:
     caps = await host_capabilities(_incoming(request).criu)
+    version, why = await request.app[CONTEXT].workloads.containers.runtime()
     return CapabilitiesView(
         criu_version=caps.criu_version,
         mem_track=caps.mem_track,
         lazy_pages=caps.lazy_pages,
         lazy_pipe_ok=caps.lazy_pipe_ok,
+        runtime=RuntimeView(name="runc", version=version) if version is not None else None,
+        no_runtime=why,
     )
 
 
@@ -67,7 +71,8 @@ async def capabilities(request: web.Request) -> CapabilitiesView:
     response=Done,
     name="incomingCheck",
     errors={409: "the name is taken here"},
-    summary="Pre-flight: the workload's name is free here and there is room",
+    summary="Pre-flight: the workload's name is free here (no workload, and for a "
+    "container no runc container or container directory, of that name) and there is room",
 )
 async def check(request: web.Request, ask: IncomingCheck) -> Done:
     ctx = request.app[CONTEXT]
@@ -76,6 +81,13 @@ async def check(request: web.Request, ask: IncomingCheck) -> Done:
             f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
             code="workload_exists",
         )
+    if ask.container:
+        taken = await ctx.workloads.containers.name_taken(ask.workload)
+        if taken is not None:
+            raise Conflict(
+                f"the name {ask.workload!r} is taken on {ctx.config.host}: {taken}",
+                code="workload_exists",
+            )
     _check_net(request, ask.net)
     await _incoming(request).check(ask.workload, ask.needed_bytes)
     return Done()

@@ -147,6 +147,8 @@ async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
         workload_bytes=report.workload_bytes if report else 0,
         source_criu=report.source.criu_version if report else "",
         dest_criu=report.dest.criu_version if report else "",
+        source_runtime=str(report.source.runtime or "") if report else "",
+        dest_runtime=str(report.dest.runtime or "") if report else "",
     )
 
 

@@ -10,17 +10,24 @@ import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from haul.agent.config import AgentConfig
-from haul.agent.containers import ContainerRecord, status_of_state
+from haul.agent.containers import (
+    ContainerRecord,
+    Containers,
+    ContainerSettings,
+    status_of_state,
+)
 from haul.agent.context import AgentContext
 from haul.agent.fakes import AUTH, agent_client, make_config
 from haul.agent.models import AdoptSpec, MountSpec, WorkloadSpec, WorkloadStatus
 from haul.agent.workloads import Registry, WorkloadRecord, view_of
-from haul.errors import ConfigError
+from haul.errors import ConfigError, ContainerError
+from haul.nsexec import HostNs
 from haul.runtime.runc import ContainerState
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
@@ -149,6 +156,38 @@ def test_the_runc_settings_and_their_defaults(tmp_path: Path) -> None:
     )
     assert config.runc.allowed_roots == [tmp_path / "images", Path("/srv")]
     assert (config.cgroup_parent, config.runc_root) == ("/lab/h1", tmp_path / "rr")
+    assert config.runc.enabled and config.runc.binary is None
+
+
+def test_a_configured_runc_must_be_an_executable_file(tmp_path: Path) -> None:
+    runc = tmp_path / "bin" / "runc"
+    config = make_config(tmp_path, runc={"binary": "bin/runc", "enabled": False})
+    assert (config.runc.binary, config.runc.enabled) == (runc, False)
+    with pytest.raises(ConfigError, match=f"agent.runc.binary: {runc} is not an executable"):
+        config.runc_path()
+    runc.parent.mkdir()
+    runc.write_text("#!/bin/sh\n")
+    with pytest.raises(ConfigError, match="is not an executable"):
+        config.runc_path()
+    runc.chmod(0o755)
+    assert config.runc_path() == runc
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"memory_bytes": 64 << 20}, "memory_bytes: only for runtime runc"),
+        ({"cpus": 0.5, "pids_limit": 9}, "cpus, pids_limit: only for runtime runc"),
+        ({"runtime": "runc", "image": "oci:/i", "memory_bytes": 1 << 20}, "greater than or"),
+        ({"runtime": "runc", "image": "oci:/i", "cpus": 0.001}, "greater than or equal to 0.01"),
+        ({"runtime": "runc", "image": "oci:/i", "pids_limit": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_limits_are_a_containers_and_sensible(fields: dict[str, object], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        WorkloadSpec.model_validate({"name": "w", "argv": ["/bin/sh"], **fields})
+    spec = WorkloadSpec(name="w", runtime="runc", image="oci:/i", memory_bytes=4 << 20, cpus=2)
+    assert (spec.memory_bytes, spec.cpus, spec.pids_limit) == (4 << 20, 2.0, None)
 
 
 @pytest.mark.parametrize("parent", ["haul/h1", "/haul/../x", "/", "/a b"])
@@ -244,3 +283,75 @@ async def test_a_container_whose_mounts_this_host_does_not_allow_is_refused_on_a
         error = (await opened.json())["error"]
         assert "mount source /usr is outside" in error["message"], error
     assert not (config.state_dir / "containers").exists()
+
+
+#: a runc that knows one container, ``taken``, and says it is version 1.2.3
+FAKE_RUNC = """#!/bin/sh
+want=""
+for a in "$@"; do
+    case "$a" in
+        --version) echo "runc version 1.2.3"; echo "commit: x"; exit 0 ;;
+        state) want=state ;;
+        *) if [ "$want" = state ]; then id="$a"; fi ;;
+    esac
+done
+if [ "$id" = taken ]; then
+    echo '{"id": "taken", "pid": 0, "status": "stopped", "bundle": "/b"}'
+    exit 0
+fi
+echo 'level=error msg="container does not exist"' >&2
+exit 1
+"""
+
+
+def _containers(tmp_path: Path, script: str | None = FAKE_RUNC, **kw: Any) -> Containers:
+    runc = tmp_path / "runc"
+    if script is not None:
+        runc.write_text(script)
+        runc.chmod(0o755)
+    config = make_config(tmp_path, runc={"binary": str(runc)})
+    settings = ContainerSettings(
+        state_dir=tmp_path / "state",
+        runc_root=tmp_path / "state" / "runc",
+        cgroup_parent="/haul/t",
+        runc_binary=config.runc_path,
+        **kw,
+    )
+    return Containers(settings)
+
+
+@pytest.mark.asyncio
+async def test_a_host_reports_its_runcs_version_or_why_it_runs_none(tmp_path: Path) -> None:
+    assert await _containers(tmp_path).runtime() == ("1.2.3", "")
+    assert await _containers(tmp_path, enabled=False).runtime() == (
+        None,
+        "its agent.runc.enabled is false",
+    )
+    outside = await _containers(tmp_path, host=HostNs(net=Path("/run/netns/x"))).runtime()
+    assert outside[0] is None and "outside its host's namespaces" in outside[1]
+    missing = await _containers(tmp_path / "nowhere", script=None).runtime()
+    assert missing == (
+        None,
+        f"agent.runc.binary: {tmp_path / 'nowhere' / 'runc'} is not an executable file",
+    )
+    broken = await _containers(tmp_path, "#!/bin/sh\necho 'no runc here' >&2\nexit 3\n").runtime()
+    assert broken == (None, "runc --version: no runc here")
+
+
+@pytest.mark.asyncio
+async def test_a_name_is_taken_by_a_runc_container_or_a_containers_directory(
+    tmp_path: Path,
+) -> None:
+    containers = _containers(tmp_path)
+    assert await containers.name_taken("taken") is None, "no runc root yet: nothing to ask"
+    containers.settings.runc_root.mkdir(parents=True)
+    assert await containers.name_taken("taken") == (
+        f"runc has a container taken (stopped) under {containers.settings.runc_root}"
+    )
+    assert await containers.name_taken("free") is None
+    containers.dirs("free").directory.mkdir(parents=True)
+    assert await containers.name_taken("free") == (
+        f"a container directory {containers.dirs('free').directory} is there"
+    )
+    with pytest.raises(ContainerError, match="this host runs no containers: its agent.runc"):
+        _containers(tmp_path, enabled=False).check_runs_containers()

@@ -11,8 +11,10 @@ import pytest
 
 from haul.errors import ContainerError, UsageError
 from haul.runtime.bundle import (
+    CPU_PERIOD_US,
     CRIU_CONFIG_ANNOTATION,
     ContainerDirs,
+    Limits,
     cgroups_path,
     inside_roots,
     read_config,
@@ -139,3 +141,27 @@ def test_where_a_containers_pieces_live() -> None:
         Path("/state/containers/web/netns"),
     )
     assert cgroups_path("/haul/host1/", "web") == "/haul/host1/web"
+
+
+def test_limits_go_into_linux_resources_and_keep_the_rest() -> None:
+    source = copy.deepcopy(UMOCI_CONFIG)
+    source["linux"]["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
+    limits = Limits(memory_bytes=64 << 20, cpus=0.5, pids=32)
+    config = _edit(source, limits=limits)
+    assert config["linux"]["resources"] == {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "memory": {"limit": 64 << 20},
+        "cpu": {"quota": 50_000, "period": CPU_PERIOD_US},
+        "pids": {"limit": 32},
+    }
+    assert source["linux"]["resources"] == {"devices": [{"allow": False, "access": "rwm"}]}
+    assert _edit(limits=Limits(cpus=2))["linux"]["resources"] == {
+        "cpu": {"quota": 200_000, "period": 100_000}
+    }
+
+
+def test_no_limits_leave_the_resources_as_they_were() -> None:
+    assert not Limits()
+    assert "resources" not in _edit(limits=Limits())["linux"]
+    assert "resources" not in _edit()["linux"]
+    assert Limits(pids=1)
