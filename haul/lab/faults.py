@@ -2,7 +2,8 @@
 
 - :func:`seizing_criu`: the CRIU that has seized a process (ptraces it), as runc's
   CRIU does with every task of a container it checkpoints (it renames itself ``dump
-  --rpc``, so it is found by what it traces, not by its command line).
+  --rpc``, so it is found by what it traces, not by its command line); its
+  :func:`parent` is the ``runc checkpoint`` that reports its end.
 - :func:`freezer_state`: the cgroup v1 freezer state of a lab host's container, read
   where the kernel keeps it (``runc exec`` into a frozen container would hang).
 - :func:`stopped`: a process held with SIGSTOP for the duration of a ``with`` (an agent
@@ -20,6 +21,15 @@ from pathlib import Path
 from haul.lab.agents import lab_cgroup_parent
 from haul.lab.spec import LabSpec
 from haul.runtime.bundle import cgroup_mounts
+
+
+def parent(pid: int) -> int | None:
+    """The parent of ``pid``, or None when ``pid`` is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rindex(")") + 2 :].split()[1])
 
 
 def tracer(pid: int) -> int | None:

@@ -43,8 +43,9 @@ def pause_at_restored(
     *,
     source: str = "host1",
     dest: str = "host2",
+    strategy: str = "stop-and-copy",
 ) -> tuple[str, subprocess.Popen[str]]:
-    """Start ``name``'s migration ``source`` -> ``dest`` (stop-and-copy) with a hook that
+    """Start ``name``'s migration ``source`` -> ``dest`` (``strategy``) with a hook that
     holds the source at the ``restored`` point until ``release`` exists; return the
     migration's ID and the ``haul migrate`` process once ``dest`` has restored its copy
     (stopped) and the source waits in the hook, nothing decided."""
@@ -63,7 +64,7 @@ def pause_at_restored(
             "--to",
             dest,
             "--strategy",
-            "stop-and-copy",
+            strategy,
             "--hook",
             str(hook),
             "--hook-timeout",

@@ -10,8 +10,10 @@ migration).
   held at the ``restored`` hook point, haul/lab/held.py). If the source then rolls back,
   the restarted agent finds the copy, asks the source and discards it; if the source
   committed, the restarted agent asks, resumes it and registers it as a runc container.
-- An abort (``haul jobs abort``, Ctrl-C) while runc checkpoints the container: it runs
-  on the source again, not left paused, and the next migration goes through.
+- An abort (``haul jobs abort``, Ctrl-C) while runc's CRIU dumps the container (held
+  stopped there, so the abort surely lands in the final dump): the container runs on the
+  source again, not left paused, its address answers, and the next migration goes
+  through with its memory intact.
 - runc's CRIU killed while it dumps the container: the container stays frozen (paused)
   while the migration is held (the destination's agent does not answer, so the rollback
   waits on it), and runs again once the rollback resumes it.
@@ -33,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from haul.lab.agents import agent_log_path, restart_agent
-from haul.lab.faults import freezer_state, seizing_criu, stopped
+from haul.lab.faults import freezer_state, parent, seizing_criu, stopped
 from haul.lab.held import finish_cli, pause_at_restored
 from haul.lab.hostrunc import container_ids, container_leftovers, host_runc
 from haul.lab.images import add_memhog
@@ -52,8 +54,8 @@ from haul.runtime.images import ImageRef
 
 NAME = "fc1"
 ADDRESS = "10.77.0.123"
-#: memhog's memory: enough that the final dump takes a moment, little enough to be quick
-MEMHOG_MIB = 256
+#: memhog's memory: the final dump takes a moment (CRIU is found while it dumps)
+MEMHOG_MIB = 128
 STOP_AND_COPY_JSON = ("--strategy", "stop-and-copy", "-o", "json")
 
 
@@ -289,16 +291,20 @@ def test_abort_during_the_final_dump_resumes_the_container(
     before = set(journal_dir(lab, "host1").glob("*.jsonl"))
     migrating = _migrate(inventory, migrations)
     mid = _new_migration(lab, before)
-    _seized_criu(lab, init)
-    if how == "jobs-abort":
-        aborted = run_haul(inventory, "jobs", "abort", mid)
-        assert aborted.returncode == 0, aborted.stderr
-    else:
-        migrating.send_signal(signal.SIGINT)
-    out, errs = migrating.communicate(timeout=120)
+    # CRIU has seized the container and dumps it; held there (stopped), the dump cannot
+    # end before the abort lands, which kills runc and its CRIU
+    with stopped(_seized_criu(lab, init)):
+        if how == "jobs-abort":
+            aborted = run_haul(inventory, "jobs", "abort", mid)
+            assert aborted.returncode == 0, aborted.stderr
+        else:
+            migrating.send_signal(signal.SIGINT)
+        out, errs = migrating.communicate(timeout=60)
     assert migrating.returncode == 1, errs
     assert json.loads(out)["outcome"] == "rolled-back"
-    assert "commit" not in journal_phases(lab, "host1", mid)
+    phases = journal_phases(lab, "host1", mid)
+    assert phases[phases.index("rolling-back") - 1] == "freeze", phases
+    assert "commit" not in phases
     _runs_only_on(lab, inventory, "host1")
     assert _pings(lab, "host2"), "its address answers: no lock is left on it"
     assert container_leftovers(lab, "host2", NAME) == []
@@ -339,5 +345,46 @@ def test_criu_killed_during_the_checkpoint_keeps_the_container_frozen(
     assert _pings(lab, "host2"), "its address answers: no lock is left on it"
     wait_until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
     assert container_leftovers(lab, "host2", NAME) == []
+    _moves_again(lab, inventory)
+    assert _verdict(lab, "host2").startswith("PASS")
+
+
+def test_criu_killed_while_it_serves_pages_lets_nothing_run(
+    lab_with_agents: tuple[LabSpec, Path], memhog_image: ImageRef, release: Path
+) -> None:
+    """Post-copy: runc's CRIU serves the pages with every task seized; the container is
+    paused all the while, so a CRIU that dies lets nothing run, even before runc hears of
+    it (runc held stopped here), until the rollback resumes it."""
+    lab, inventory = lab_with_agents
+    _run(lab, inventory, memhog_image, "--", "/bin/memhog", str(MEMHOG_MIB), "/count", "/verdict")
+    _counting_on(lab, "host1", 0)
+    init = _init_pid(lab, "host1")
+    mid, migrating = pause_at_restored(lab, inventory, NAME, release, strategy="post-copy")
+    copy = _copy_pid(lab, mid)
+    criu = seizing_criu(init)
+    assert criu, "runc's CRIU serves the pages, the container's tasks seized"
+    assert _runc_status(lab, "host1") == "paused", "paused while CRIU serves its pages"
+    runc = parent(criu)
+    assert runc is not None
+    with stopped(runc):
+        os.kill(criu, signal.SIGKILL)
+        wait_until("CRIU's end", lambda: seizing_criu(init) is None)
+        held_at = _count(lab, "host1")
+        time.sleep(0.5)
+        assert _count(lab, "host1") == held_at, "it did not run"
+        assert _runc_status(lab, "host1") == "paused"
+    assert _runc_status(lab, "host1") == "paused"
+    release.write_text("fail\n")
+    finish_cli(migrating)
+    wait_until(
+        "host1's rollback",
+        lambda: journal_phases(lab, "host1", mid)[-1] in ("rolled-back", "failed"),
+    )
+    assert "commit" not in journal_phases(lab, "host1", mid)
+    wait_until("host2 to discard its copy", lambda: state(copy) is None)
+    wait_until("host2's incoming to empty", lambda: incoming(lab, "host2") == [])
+    assert container_leftovers(lab, "host2", NAME) == []
+    _runs_only_on(lab, inventory, "host1")
+    assert _pings(lab, "host2"), "its address answers: no lock is left on it"
     _moves_again(lab, inventory)
     assert _verdict(lab, "host2").startswith("PASS")
