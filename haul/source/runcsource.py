@@ -15,6 +15,15 @@ destination has them all, then the container is paused again.
 A container with a network namespace of its own is locked by haul (nftables) before
 the pause, since CRIU unlocks the namespace at the end of a ``--leave-running`` dump
 and the frozen source would otherwise take data the copy never sees.
+
+CRIU thaws the container's cgroup once it has seized every task (they wait in ptrace
+stops) and freezes it again only at its end; a CRIU that dies in between lets the
+tasks go, running. So a checkpoint that fails or is cancelled (an abort kills runc and
+its CRIU) pauses the container again at once, and a post-copy checkpoint, which serves
+pages with the tasks seized, has the container paused as soon as its dump is written
+(the freezer takes traced tasks; CRIU needs no ptrace to serve pages): then a CRIU that
+dies lets nothing run. A killed CRIU also leaves its nftables lock in the container's
+namespace; the rollback removes it (haul/net/lock.py).
 """
 
 from __future__ import annotations
@@ -121,7 +130,7 @@ class RuncSource:
             await self._start_serving(self.lazy_listen)
         else:
             target = f"{page_server.address}:{page_server.port}" if page_server else None
-            await self.runc.checkpoint(self.container_id, self._options(page_server=target))
+            await self._checkpoint(self._options(page_server=target))
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at,
@@ -145,16 +154,41 @@ class RuncSource:
             status_fd=status_fd,
         )
 
+    async def _checkpoint(self, opts: CheckpointOptions, pass_fds: tuple[int, ...] = ()) -> None:
+        """``runc checkpoint``; one that fails or is cancelled leaves the container paused
+        (its CRIU may have died with the cgroup thawed)."""
+        try:
+            await self.runc.checkpoint(self.container_id, opts, pass_fds=pass_fds)
+        except BaseException:
+            await asyncio.shield(self._pause_again())
+            raise
+
+    async def _pause_again(self) -> None:
+        """The container back in its freezer, unless it is there (or gone)."""
+        try:
+            state = await self.runc.state(self.container_id)
+            if state.status == "running":
+                await self.runc.pause(self.container_id)
+                log.warning(
+                    "container %s: its checkpoint ended part way; paused it again",
+                    self.container_id,
+                )
+        except HaulError as exc:
+            log.error(
+                "container %s: could not pause it again after its checkpoint ended part way: %s",
+                self.container_id,
+                exc.one_line(),
+            )
+
     async def _start_serving(self, listen: PageServer) -> None:
         """Post-copy: run the lazy checkpoint in the background; return once runc says
-        the dump is written and its page server is up."""
+        the dump is written and its page server is up, with the container paused again
+        (CRIU serves its pages with the tasks seized and the cgroup thawed)."""
         read_end, write_end = os.pipe()
         opts = self._options(
             page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
         )
-        self._serving = asyncio.create_task(
-            self.runc.checkpoint(self.container_id, opts, pass_fds=(write_end,))
-        )
+        self._serving = asyncio.create_task(self._checkpoint(opts, pass_fds=(write_end,)))
         ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
         try:
             await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -166,6 +200,7 @@ class RuncSource:
         if self._serving.done():
             self._serving.result()  # runc's error
             raise ContainerError("runc ended the lazy checkpoint before serving any page")
+        await self._pause_again()
 
     async def release(self, commit: bool) -> None:
         """Nothing holds the dump: the frozen container is the hold. A refused post-copy
@@ -190,9 +225,17 @@ class RuncSource:
         self._paused = False
 
     async def resume(self) -> None:
-        """Rollback: the container runs again here, its network unlocked."""
+        """Rollback: the container runs again here, its network unlocked (haul's lock, and
+        the one a CRIU killed while it dumped left)."""
         await self._stop_serving()
         state = await self.runc.state(self.container_id)
+        if self.own_network:
+            for table in await lock.drop_criu_locks(state.pid):
+                log.warning(
+                    "container %s: removed %s, the lock a CRIU that ended part way left",
+                    self.container_id,
+                    table,
+                )
         if state.status == "paused":
             await self.runc.resume(self.container_id)
         self._paused = False
