@@ -130,6 +130,13 @@ class RuncDestination(CriuDestination):
         self.container_net = net
         self._restored = False
 
+    def found(self, pid: int | None) -> None:
+        """A copy an earlier agent began to restore here (its agent restarted): discard
+        undoes whatever runc and the home made; ``pid``, the copy runc restored, is what
+        resume lets go."""
+        self._restored = True
+        self.tree = ProcessTree(pid) if pid is not None else None
+
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
         pages_bytes = await asyncio.to_thread(self._pages_bytes, lazy)
