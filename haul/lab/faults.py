@@ -4,6 +4,8 @@
   CRIU does with every task of a container it checkpoints (it renames itself ``dump
   --rpc``, so it is found by what it traces, not by its command line); its
   :func:`parent` is the ``runc checkpoint`` that reports its end.
+- :func:`runc_restoring`: a ``runc restore`` of a migration, found by the migration's
+  images directory on its command line.
 - :func:`freezer_state`: the cgroup v1 freezer state of a lab host's container, read
   where the kernel keeps it (``runc exec`` into a frozen container would hang).
 - :func:`stopped`: a process held with SIGSTOP for the duration of a ``with`` (an agent
@@ -30,6 +32,23 @@ def parent(pid: int) -> int | None:
     except OSError:
         return None
     return int(raw[raw.rindex(")") + 2 :].split()[1])
+
+
+def runc_restoring(migration_id: str) -> int | None:
+    """The PID of a ``runc restore`` of migration ``migration_id`` (its images directory
+    is the migration's, on its command line), or None while there is none."""
+    images = f"/incoming/{migration_id}/images"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        if "restore" in words and any(w.endswith(images) for w in words):
+            return int(entry.name)
+    return None
 
 
 def tracer(pid: int) -> int | None:

@@ -10,6 +10,8 @@ migration).
   held at the ``restored`` hook point, haul/lab/held.py). If the source then rolls back,
   the restarted agent finds the copy, asks the source and discards it; if the source
   committed, the restarted agent asks, resumes it and registers it as a runc container.
+  Or it dies while ``runc restore`` runs: the source rolls back, and the restarted agent
+  waits for that restore, which outlives it, and removes the copy runc made.
 - An abort (``haul jobs abort``, Ctrl-C) while runc's CRIU dumps the container (held
   stopped there, so the abort surely lands in the final dump): the container runs on the
   source again, not left paused, its address answers, and the next migration goes
@@ -22,6 +24,7 @@ migration).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
@@ -35,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from haul.lab.agents import agent_log_path, restart_agent
-from haul.lab.faults import freezer_state, parent, seizing_criu, stopped
+from haul.lab.faults import freezer_state, parent, runc_restoring, seizing_criu, stopped
 from haul.lab.held import finish_cli, pause_at_restored
 from haul.lab.hostrunc import container_ids, container_leftovers, host_runc
 from haul.lab.images import add_memhog
@@ -272,6 +275,50 @@ def test_destination_agent_killed_at_restored_then_committed(
     killed = run_haul(inventory, "kill", NAME, "--host", "host2")
     assert killed.returncode == 0, killed.stderr
     assert container_leftovers(lab, "host2", NAME) == []
+
+
+def test_destination_agent_killed_while_runc_restores(
+    lab_with_agents: tuple[LabSpec, Path],
+    memhog_image: ImageRef,
+    migrations: list[subprocess.Popen[str]],
+) -> None:
+    """host2's agent dies while ``runc restore`` runs (runc held stopped meanwhile); host1
+    rolls back. runc restore outlives its agent (a session of its own): the restarted
+    agent waits for it to end before it removes the container runc restored, which was
+    never marked restored (its source cannot have committed), with everything made for
+    it."""
+    lab, inventory = lab_with_agents
+    _run(lab, inventory, memhog_image, "--", "/bin/memhog", str(MEMHOG_MIB), "/count", "/verdict")
+    _counting_on(lab, "host1", 0)
+    before = set(journal_dir(lab, "host1").glob("*.jsonl"))
+    migrating = _migrate(inventory, migrations)
+    mid = _new_migration(lab, before)
+    runc = wait_until("runc restore on host2", lambda: runc_restoring(mid), timeout_s=60)
+    log = agent_log_path(lab.host(2))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with stopped(runc):
+            asyncio.run(restart_agent(lab, "host2", kill_only=True))
+            out, errs = migrating.communicate(timeout=120)
+            assert migrating.returncode != 0, out + errs
+            phases = journal_phases(lab, "host1", mid)
+            assert "commit" not in phases and phases[-1] in ("rolled-back", "failed"), phases
+            assert _runc_status(lab, "host1") == "running"
+            _counting_on(lab, "host1", _count(lab, "host1"))
+            # host2's agent comes back while runc restore still runs
+            restarted = pool.submit(asyncio.run, restart_agent(lab, "host2"))
+            wait_until(
+                "host2's agent to wait for runc restore",
+                lambda: (
+                    f"container {NAME}: waits for what an earlier agent left" in (log.read_text())
+                ),
+            )
+        restarted.result(timeout=60)
+    assert runc_restoring(mid) is None
+    assert container_leftovers(lab, "host2", NAME) == []
+    assert f"removed what an earlier agent left of incoming migration {mid}" in log.read_text()
+    _runs_only_on(lab, inventory, "host1")
+    _moves_again(lab, inventory)
+    assert _verdict(lab, "host2").startswith("PASS")
 
 
 # -- the final dump interrupted ----------------------------------------------------------------
