@@ -55,6 +55,24 @@ def tree_pids(root_pid: int) -> list[int]:
     return [root_pid, *members]
 
 
+def naming(path: Path) -> list[int]:
+    """Every process with a command-line argument that is ``path`` or a path under it
+    (``--work-path PATH/work``), sorted."""
+    top = str(path)
+    found = []
+    for pid in _pids():
+        try:
+            argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        for arg in argv:
+            text = arg.decode(errors="replace")
+            if text == top or text.startswith(top + "/"):
+                found.append(pid)
+                break
+    return sorted(found)
+
+
 def state(pid: int) -> str | None:
     """The one-letter state from /proc/PID/stat (R, S, T, t, Z, ...), None if gone."""
     try:

@@ -16,6 +16,13 @@ files; with an address of its own, a network namespace kept by a bind mount, its
 on this host's bridge, locked until the commit. The host paths its configuration
 bind-mounts (``haul run --mount``) must be here and in this agent's allowed roots, or the
 arrival is refused before anything is made.
+
+on this host's bridge, locked until the commit.
+
+:class:`Arrivals` makes both for the incoming registry, and makes them again for an
+agent that restarts, from what the migration's record saved (the source's
+``ContainerMove``): over the home an earlier agent made, to discard it with everything
+in it or to resume and register the copy restored there (haul/dest/incoming.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from haul.agent.containers import ContainerRecord, Containers, StartedContainer
 from haul.agent.migration_models import ContainerMove
@@ -138,6 +147,20 @@ class ContainerArrival:
     @property
     def cgroups_path(self) -> str:
         return cgroups_path(self.containers.settings.cgroup_parent, self.name)
+
+    def saved(self) -> dict[str, Any]:
+        """What the migration's record keeps of it: the source's ``ContainerMove``."""
+        return self.move.model_dump(mode="json")
+
+    def found(self) -> None:
+        """An arrival an earlier agent began (its record is written once the home's
+        directory is claimed): what was made here is this one's to release, and the
+        image, if it is unpacked here, is the overlay's lower layer."""
+        self._made = True
+        if self.move.image_digest is not None:
+            cached = self.containers.images.path(self.move.image_digest) / "rootfs"
+            if cached.is_dir():
+                self.lower = cached
 
     def open(self) -> None:
         """Before any file arrives: the container's directory, empty. Refused when the
@@ -254,13 +277,18 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def arrival_factory(
-    containers: Containers, criu: Criu, register: Register
-) -> Callable[..., Awaitable[tuple[CriuDestination, ContainerArrival]]]:
-    """The incoming registry's ``arrive``: an arriving container's destination port
-    (RuncDestination restoring into its home here) and the arrival itself."""
+class Arrivals:
+    """The incoming registry's arrivals (haul/dest/incoming.py ``ContainerArrivals``): an
+    arriving container's destination port (RuncDestination restoring into its home here)
+    and the arrival itself, new or rebuilt from its record after a restart."""
+
+    def __init__(self, containers: Containers, criu: Criu, register: Register) -> None:
+        self.containers = containers
+        self.criu = criu
+        self.register = register
 
     async def arrive(
+        self,
         migration_id: str,
         workload: str,
         move: ContainerMove,
@@ -269,25 +297,52 @@ def arrival_factory(
         listen: PageServer | None,
         lazy_source: PageServer | None,
     ) -> tuple[CriuDestination, ContainerArrival]:
-        containers.check_runs_containers()
+        self.containers.check_runs_containers()
         # runc mounts the same host paths here (docs/containers.md): only those this
         # agent allows, and only if they are here
-        check_sources(bind_mounts(move.config), containers.settings.allowed_roots)
-        arrival = ContainerArrival(containers, workload, move, register, net)
+        check_sources(bind_mounts(move.config), self.containers.settings.allowed_roots)
+        arrival = ContainerArrival(self.containers, workload, move, self.register, net)
         arrival.open()
-        dest = RuncDestination(
-            criu,
-            containers.runc(),
+        return self._dest(arrival, workdir, listen, lazy_source), arrival
+
+    def again(
+        self,
+        workload: str,
+        saved: dict[str, Any],
+        net: WorkloadNet | None,
+        workdir: Path,
+        pid: int | None,
+    ) -> tuple[CriuDestination, ContainerArrival]:
+        try:
+            move = ContainerMove.model_validate(saved)
+        except ValidationError as exc:
+            raise ContainerError(
+                f"container {workload}: its incoming migration's record is unreadable "
+                f"({exc.error_count()} problem(s))"
+            ) from None
+        arrival = ContainerArrival(self.containers, workload, move, self.register, net)
+        arrival.found()
+        dest = self._dest(arrival, workdir, None, None)
+        dest.found(pid)
+        return dest, arrival
+
+    def _dest(
+        self,
+        arrival: ContainerArrival,
+        workdir: Path,
+        listen: PageServer | None,
+        lazy_source: PageServer | None,
+    ) -> RuncDestination:
+        return RuncDestination(
+            self.criu,
+            self.containers.runc(),
             workdir,
-            container_id=workload,
-            source_config=move.config,
+            container_id=arrival.name,
+            source_config=arrival.move.config,
             bundle=arrival.dirs.bundle,
             home=arrival,
             cgroups_path=arrival.cgroups_path,
-            net=net,
+            net=arrival.net,
             listen=listen,
             lazy_source=lazy_source,
         )
-        return dest, arrival
-
-    return arrive

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from haul.agent.arrivals import arrival_factory
+from haul.agent.arrivals import Arrivals
 from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig
 from haul.agent.containers import ContainerSettings, StartedContainer
@@ -90,7 +90,7 @@ class AgentContext:
                     ask=SourceAsker(peers),
                     adopt=self._adopt,
                     policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
-                    arrive=arrival_factory(self.workloads.containers, criu, self._adopt_container),
+                    arrivals=Arrivals(self.workloads.containers, criu, self._adopt_container),
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host,
@@ -173,7 +173,7 @@ class AgentContext:
         await self.workloads.open()
         try:
             incoming = self.migrations().incoming
-            found = incoming.sweep()
+            found = await incoming.sweep()
         except HaulError as exc:  # no usable CRIU yet: nothing can have been migrated here
             log.warning("incoming migrations not swept: %s", exc.one_line())
         else:

@@ -32,7 +32,7 @@ from haul.agent.wire import Conflict, NotFound
 from haul.agent.workloads import workload_net
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
-from haul.engine.events import Event, PreflightFinished
+from haul.engine.events import Event, PreflightFinished, SourceKilled
 from haul.engine.figures import PreflightReport
 from haul.engine.machine import Migration
 from haul.engine.phases import AFTER_COMMIT, TERMINAL, Phase, Strategy
@@ -64,6 +64,8 @@ class Job:
     #: (seconds since start, phase, event name) as they happened
     events: list[tuple[float, str, str]] = field(default_factory=list)
     error: str = ""
+    #: the source was killed after the commit: the workload is the destination's now
+    source_killed: bool = False
 
     @property
     def id(self) -> str:
@@ -312,6 +314,8 @@ class MigrationJobs:
                     job.events.append(
                         (time.monotonic() - job.started_at, phase.value, type(event).__name__)
                     )
+                    if isinstance(event, SourceKilled):
+                        job.source_killed = True
 
                 outcome = await run(
                     job.migration,
@@ -324,7 +328,10 @@ class MigrationJobs:
                     hooks=hooks,
                 )
             job.outcome = outcome
-            if outcome.phase is Phase.DONE:
+            if outcome.phase is Phase.DONE or job.source_killed:
+                # killed after the commit, it is the destination's even when the
+                # destination was not told (it asks this agent, and resumes its copy):
+                # what this host had of it goes (a container's mounts, namespace...)
                 await self._on_moved(spec.workload)
             self._intent_path(job.id).unlink(missing_ok=True)
             return outcome

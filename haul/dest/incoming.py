@@ -12,12 +12,19 @@ asks the source agent and acts on its answer; whichever comes first settles
 the migration, under the migration's lock, and the later call finds it settled
 (``resume`` and ``finish`` of a committed migration then succeed, ``discard``
 of it is refused).
+
+A runc container arrives through the agent's :class:`ContainerArrivals`; its record
+(haul/dest/leftovers.py) holds what the source said of it, so a restarted agent
+rebuilds its arrival and destination over the home it has here: it removes a
+container's migration that was never restored (or whose copy is gone) with
+everything made for it (runc's container, mounts, namespace, cgroup, directory), and
+keeps a restored copy to ask its source about, which is then discarded the same way
+or resumed and registered as this host's runc container.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import logging
@@ -40,7 +47,14 @@ from haul.dest.leftovers import IncomingRecord, RestoredCopy
 from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import ChecksumMismatch, HaulError, StateError, TransportError, UsageError
+from haul.errors import (
+    ChecksumMismatch,
+    ContainerError,
+    HaulError,
+    StateError,
+    TransportError,
+    UsageError,
+)
 from haul.net.spec import WorkloadNet
 from haul.workload.proctree import ProcessTree
 
@@ -114,6 +128,10 @@ class ContainerArrivalPort(Protocol):
         """Where the transport puts the container's files."""
         ...
 
+    def saved(self) -> dict[str, Any]:
+        """What its record keeps of it, for :meth:`ContainerArrivals.again`."""
+        ...
+
     async def unpack(self) -> None: ...
 
     async def release(self) -> None: ...
@@ -123,11 +141,37 @@ class ContainerArrivalPort(Protocol):
         ...
 
 
-#: how an arriving container's destination port and home are made (the agent's)
-Arrive = Callable[
-    [str, str, Any, WorkloadNet | None, Path, PageServer | None, PageServer | None],
-    Awaitable[tuple[CriuDestination, ContainerArrivalPort]],
-]
+class ContainerArrivals(Protocol):
+    """How an arriving container's destination port and home are made, and made again
+    by a restarted agent from its record (the agent's: haul/agent/arrivals.py)."""
+
+    async def arrive(
+        self,
+        migration_id: str,
+        workload: str,
+        move: Any,
+        net: WorkloadNet | None,
+        workdir: Path,
+        listen: PageServer | None,
+        lazy_source: PageServer | None,
+    ) -> tuple[CriuDestination, ContainerArrivalPort]:
+        """A new arrival, its home's directory claimed (refused when the name has one)."""
+        ...
+
+    def again(
+        self,
+        workload: str,
+        saved: dict[str, Any],
+        net: WorkloadNet | None,
+        workdir: Path,
+        pid: int | None,
+    ) -> tuple[CriuDestination, ContainerArrivalPort]:
+        """An arrival an earlier agent began, from what its record ``saved``: discarding
+        it removes whatever was made for it here; ``pid``, its restored copy, is what a
+        resume lets go. Raises HaulError when ``saved`` is unreadable."""
+        ...
+
+
 #: how many settled migrations are remembered, for the source's late calls
 SETTLED_KEPT = 256
 
@@ -172,6 +216,26 @@ def _net_fields(net: WorkloadNet | None) -> dict[str, Any]:
     return {"net_address": str(net.address), "net_port": net.port}
 
 
+def _record_net(record: IncomingRecord) -> WorkloadNet | None:
+    if record.net_address is None:
+        return None
+    return WorkloadNet.parse(record.net_address, record.net_port)
+
+
+def _record_of(item: Incoming, restored_pid: int | None = None) -> IncomingRecord:
+    """What a restarted agent needs of ``item`` (with its copy's PID once restored)."""
+    return IncomingRecord(
+        workload=item.workload,
+        source=item.source,
+        argv=item.argv,
+        strategy=item.strategy,
+        restored_pid=restored_pid,
+        start_ticks=leftovers.start_ticks(restored_pid) if restored_pid is not None else None,
+        container=item.arrival.saved() if item.arrival is not None else None,
+        **_net_fields(item.net),
+    )
+
+
 class IncomingRegistry:
     """Every incoming migration of one destination host.
 
@@ -191,7 +255,7 @@ class IncomingRegistry:
         ask: AskSource | None = None,
         adopt: Adopt | None = None,
         policy: AskPolicy | None = None,
-        arrive: Arrive | None = None,
+        arrivals: ContainerArrivals | None = None,
     ) -> None:
         self.criu = criu
         #: where arriving workloads with their own address get their veth attached
@@ -204,48 +268,96 @@ class IncomingRegistry:
         self.ask = ask
         self.adopt = adopt
         #: makes an arriving container's destination port (None: this host runs none)
-        self.arrive = arrive
+        self.arrivals = arrivals
         self.policy = policy if policy is not None else AskPolicy()
         self._items: dict[str, Incoming] = {}
         #: migration id -> "committed" or "discarded", once settled here
         self._settled: OrderedDict[str, str] = OrderedDict()
 
-    def sweep(self) -> leftovers.Sweep:
+    async def sweep(self) -> leftovers.Sweep:
         """At agent start: nothing is in flight yet, so whatever an earlier agent left
         of incoming migrations is removed, except a restored copy that still exists:
-        it waits for its source's decision (:meth:`start_watches` asks for it)."""
+        it waits for its source's decision (:meth:`start_watches` asks for it). A
+        container's migration goes with everything made for it here (its runc
+        container too: a copy not marked restored was never announced to its source,
+        which therefore cannot have committed)."""
         found = leftovers.sweep(
             self.root, self.data_root, lambda name: MIGRATION_ID.fullmatch(name) is not None
         )
+        kept = []
         for copy in found.kept:
-            self._items[copy.migration_id] = self._reloaded(copy)
+            try:
+                self._items[copy.migration_id] = self._reloaded(copy)
+            except HaulError as exc:
+                log.error(
+                    "incoming migration %s: %s; its copy is left as it is",
+                    copy.migration_id,
+                    exc.one_line(),
+                )
+                continue
+            kept.append(copy)
+        found.kept = kept
+        for left in found.containers:
+            if await self._remove_left(left):
+                found.removed.append(left.migration_id)
         return found
 
     def _reloaded(self, copy: RestoredCopy) -> Incoming:
         record = copy.record
-        net = None
-        if record.net_address is not None:
-            net = WorkloadNet.parse(record.net_address, record.net_port)
-        dest = CriuDestination(
-            self.criu,
-            copy.workdir,
-            data=self.data_root,
-            workload=record.workload,
-            net=net,
-            bridge=self.bridge if net is not None else None,
-        )
-        dest.tree = ProcessTree(copy.pid)
+        net = _record_net(record)
+        arrival: ContainerArrivalPort | None = None
+        if record.container is not None:
+            dest, arrival = self._container_again(copy.workdir, record, copy.pid)
+        else:
+            dest = CriuDestination(
+                self.criu,
+                copy.workdir,
+                data=self.data_root,
+                workload=record.workload,
+                net=net,
+                bridge=self.bridge if net is not None else None,
+            )
+            dest.tree = ProcessTree(copy.pid)
         return Incoming(
             copy.migration_id,
             record.workload,
             record.strategy,
             dest,
             argv=list(record.argv),
+            arrival=arrival,
             source=record.source,
             net=net,
             state=IncomingState.RESTORED if copy.stopped else IncomingState.RESUMED,
             restored_at=time.time(),
         )
+
+    def _container_again(
+        self, workdir: Path, record: IncomingRecord, pid: int | None
+    ) -> tuple[CriuDestination, ContainerArrivalPort]:
+        if self.arrivals is None or record.container is None:
+            raise ContainerError(
+                f"an arriving container {record.workload}, but this host runs no containers"
+            )
+        return self.arrivals.again(
+            record.workload, record.container, _record_net(record), workdir, pid
+        )
+
+    async def _remove_left(self, left: leftovers.ContainerLeft) -> bool:
+        """A container's migration an earlier agent left, not kept: runc's container (if
+        runc restored one), the container's home, the work directory, the record."""
+        try:
+            dest, arrival = self._container_again(left.workdir, left.record, None)
+        except HaulError as exc:
+            log.error(
+                "incoming migration %s: %s; what it left is left as it is",
+                left.migration_id,
+                exc.one_line(),
+            )
+            return False
+        if not await self._release_arrival(dest, arrival, left.migration_id):
+            return False
+        leftovers.forget_record(self.root, left.migration_id)
+        return True
 
     def start_watches(self) -> None:
         """Ask at once about every migration :meth:`sweep` kept (needs a running loop)."""
@@ -348,15 +460,16 @@ class IncomingRegistry:
         page_tls: bool,
         source: str | None,
     ) -> Incoming:
-        """A runc container: its destination port and home are the agent's to make."""
-        if self.arrive is None:
+        """A runc container: its destination port and home are the agent's to make; its
+        record (what the source said of it) is written as soon as its home is claimed."""
+        if self.arrivals is None:
             raise UsageError("this host runs no containers (no runc here)")
         if page_tls:
             raise UsageError(
                 "containers' pages do not travel over TLS yet (runc gives CRIU "
                 "no TLS options); move it between agents without certificates"
             )
-        dest, arrival = await self.arrive(
+        dest, arrival = await self.arrivals.arrive(
             migration_id,
             workload,
             container,
@@ -365,25 +478,40 @@ class IncomingRegistry:
             None if strategy is Strategy.POST_COPY else PageServer(self.listen_address, 0),
             lazy_source,
         )
-        try:
-            await dest.check_free(workload, needed_bytes)
-            self.root.mkdir(parents=True, exist_ok=True)
-            await dest.prepare(strategy)
-        except BaseException:
-            await asyncio.shield(self._release_arrival(dest, arrival))
-            raise
         item = Incoming(
             migration_id, workload, strategy, dest, net=net, source=source, arrival=arrival
         )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            leftovers.write_record(self.root, migration_id, _record_of(item))
+            await dest.check_free(workload, needed_bytes)
+            await dest.prepare(strategy)
+        except BaseException:
+            await asyncio.shield(self._release_arrival(dest, arrival, migration_id))
+            leftovers.forget_record(self.root, migration_id)
+            raise
         self._items[migration_id] = item
         return item
 
     @staticmethod
-    async def _release_arrival(dest: CriuDestination, arrival: ContainerArrivalPort) -> None:
-        with contextlib.suppress(HaulError):
-            await dest.discard()
-        with contextlib.suppress(HaulError):
-            await arrival.release()
+    async def _release_arrival(
+        dest: CriuDestination, arrival: ContainerArrivalPort, migration_id: str
+    ) -> bool:
+        """Everything made for an arriving container goes (what cannot is logged);
+        whether all went."""
+        problems = []
+        for undo in (dest.discard, arrival.release):
+            try:
+                await undo()
+            except HaulError as exc:
+                problems.append(exc.one_line())
+        if problems:
+            log.error(
+                "incoming migration %s: its container could not be removed entirely: %s",
+                migration_id,
+                "; ".join(problems),
+            )
+        return not problems
 
     async def receive_blob(self, migration_id: str, receive: Callable[[], Awaitable[int]]) -> int:
         """One blob of an arriving container's image, while the migration takes files."""
@@ -478,19 +606,7 @@ class IncomingRegistry:
         item.state = IncomingState.RESTORED
         item.restored_at = time.time()
         try:  # which process is the copy, for an agent that restarts (restored.pid says too)
-            leftovers.write_record(
-                self.root,
-                migration_id,
-                IncomingRecord(
-                    workload=item.workload,
-                    source=item.source,
-                    argv=item.argv,
-                    strategy=item.strategy,
-                    restored_pid=figures.dest_pid,
-                    start_ticks=leftovers.start_ticks(figures.dest_pid),
-                    **_net_fields(item.net),
-                ),
-            )
+            leftovers.write_record(self.root, migration_id, _record_of(item, figures.dest_pid))
         except TransportError as exc:
             log.warning("incoming migration %s: %s", migration_id, exc.one_line())
         if item.watch is None:
@@ -566,7 +682,9 @@ class IncomingRegistry:
     async def _discard(self, item: Incoming) -> None:
         self._settle(item.migration_id, "discarded")
         if item.arrival is not None:
-            await self._release_arrival(item.dest, item.arrival)
+            # kept when something stays: a restarted agent tries again
+            if await self._release_arrival(item.dest, item.arrival, item.migration_id):
+                leftovers.forget_record(self.root, item.migration_id)
             return
         await item.dest.discard()
         if self.data_root is not None:

@@ -8,6 +8,12 @@ A restarted agent keeps a migration whose copy still exists (the copy waits for
 its source's decision) and removes everything else an earlier agent left.
 An older agent wrote only ``ROOT/ID.workload`` (the workload's name); it is
 still read.
+
+A runc container's record also holds what the source said of the container (its
+configuration and image, ``container``): the restarted agent rebuilds its arrival and
+destination from it over the home the container has here (haul/agent/arrivals.py). A
+container's migration that is not kept is not removed here: its runc container, mounts,
+namespace and cgroup go through the registry's arrivals (:attr:`Sweep.containers`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from haul.dest.criudest import RESTORED_MARK
 from haul.engine.phases import Strategy
@@ -40,6 +47,9 @@ class IncomingRecord:
     #: the workload's own address (``10.77.0.100/24``) and port, when it has one
     net_address: str | None = None
     net_port: int | None = None
+    #: a runc container arrives: what its source said of it (haul/agent/arrivals.py
+    #: rebuilds its arrival from it); None for a process tree
+    container: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -52,6 +62,7 @@ class IncomingRecord:
                 "start_ticks": self.start_ticks,
                 "net_address": self.net_address,
                 "net_port": self.net_port,
+                "container": self.container,
             }
         )
 
@@ -61,6 +72,9 @@ class IncomingRecord:
         if not isinstance(data, dict) or not isinstance(data.get("workload"), str):
             raise ValueError("not an incoming migration record")
         pid, ticks = data.get("restored_pid"), data.get("start_ticks")
+        container = data.get("container")
+        if container is not None and not isinstance(container, dict):
+            raise ValueError("an incoming migration record with a bad container")
         return cls(
             workload=data["workload"],
             source=str(data["source"]) if data.get("source") else None,
@@ -70,6 +84,7 @@ class IncomingRecord:
             start_ticks=int(ticks) if ticks is not None else None,
             net_address=str(data["net_address"]) if data.get("net_address") else None,
             net_port=int(data["net_port"]) if data.get("net_port") else None,
+            container=container,
         )
 
 
@@ -133,12 +148,24 @@ class RestoredCopy:
     stopped: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerLeft:
+    """A container's incoming migration an earlier agent left whose copy is not kept
+    (never restored, restored part way, or gone): everything made for it must go."""
+
+    migration_id: str
+    workdir: Path
+    record: IncomingRecord
+
+
 @dataclass(slots=True)
 class Sweep:
     removed: list[str] = field(default_factory=list)
     kept: list[RestoredCopy] = field(default_factory=list)
     #: restored copies that are gone: their migration's files were removed
     lost: list[str] = field(default_factory=list)
+    #: containers' migrations not kept, left for the registry to remove (not in removed)
+    containers: list[ContainerLeft] = field(default_factory=list)
 
 
 def _restored_pid(workdir: Path, record: IncomingRecord | None) -> int | None:
@@ -168,7 +195,8 @@ def _live_copy(pid: int | None, record: IncomingRecord | None) -> str | None:
 
 def sweep(root: Path, data_root: Path | None, is_migration_id: Callable[[str], bool]) -> Sweep:
     """At agent start: keep the migrations whose restored copy is alive, remove the rest
-    (their work directory, their workload data directory, their record)."""
+    (their work directory, their workload data directory, their record), except a
+    container's, which is listed in :attr:`Sweep.containers` for its arrival to remove."""
     found = Sweep()
     if not root.is_dir():
         return found
@@ -190,6 +218,9 @@ def sweep(root: Path, data_root: Path | None, is_migration_id: Callable[[str], b
             continue
         if marked:
             found.lost.append(mid)
+        if record is not None and record.container is not None:
+            found.containers.append(ContainerLeft(mid, workdir, record))
+            continue
         shutil.rmtree(workdir, ignore_errors=True)
         if record is not None and data_root is not None and check_data_name(record.workload):
             shutil.rmtree(data_root / record.workload, ignore_errors=True)

@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +34,15 @@ from haul.errors import ContainerError, NoSuchContainer
 from haul.net import lock
 from haul.net.announce import announce
 from haul.net.spec import WorkloadNet
+from haul.procfs import naming, wait_gone
 from haul.runtime import criuconf
 from haul.runtime.runc import RestoreOptions, Runc
 from haul.workload.proctree import ProcessTree
+
+log = logging.getLogger(__name__)
+
+#: how long a discard waits for a ``runc restore`` an earlier agent left running
+ORPHAN_RESTORE_WAIT_S = 30.0
 
 
 def bundle_config(
@@ -129,6 +138,16 @@ class RuncDestination(CriuDestination):
         #: its address, announced once it runs here
         self.container_net = net
         self._restored = False
+        #: rebuilt by an agent that restarted (:meth:`found`)
+        self._found = False
+
+    def found(self, pid: int | None) -> None:
+        """A copy an earlier agent began to restore here (its agent restarted): discard
+        undoes whatever runc and the home made; ``pid``, the copy runc restored, is what
+        resume lets go."""
+        self._restored = True
+        self._found = True
+        self.tree = ProcessTree(pid) if pid is not None else None
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
@@ -186,6 +205,8 @@ class RuncDestination(CriuDestination):
         self.tree.resume()
 
     async def discard(self) -> None:
+        if self._found:
+            await self._end_orphan_restore()
         if self._restored:
             with contextlib.suppress(NoSuchContainer):
                 await self.runc.delete(self.container_id, force=True)
@@ -193,6 +214,40 @@ class RuncDestination(CriuDestination):
         if self._restored:
             await self.home.release()
             await asyncio.to_thread(shutil.rmtree, self.bundle, True)
+
+    async def _end_orphan_restore(self, timeout_s: float = ORPHAN_RESTORE_WAIT_S) -> None:
+        """``runc restore`` runs in a session of its own, so the one an earlier agent
+        started may outlive it, and make the container after a discard that did not wait
+        for it: wait until no process names this migration's work directory, and after
+        ``timeout_s`` end them (runc's process group: runc and its CRIU)."""
+        pids = await asyncio.to_thread(naming, self.workdir)
+        if not pids:
+            return
+        log.warning(
+            "container %s: waits for what an earlier agent left running (pid %s) before "
+            "it is removed",
+            self.container_id,
+            ", ".join(map(str, pids)),
+        )
+        deadline = time.monotonic() + timeout_s
+        while pids and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            pids = await asyncio.to_thread(naming, self.workdir)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                if group == os.getpgrp():
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(group, signal.SIGKILL)
+        if pids:
+            log.error(
+                "container %s: ended pid %s after %.0f s",
+                self.container_id,
+                ", ".join(map(str, pids)),
+                timeout_s,
+            )
+            await asyncio.to_thread(wait_gone, pids, 5.0)
 
     async def cleanup(self) -> None:
         """After the commit: the images are no longer needed (the bundle, which runc's

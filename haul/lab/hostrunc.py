@@ -26,6 +26,7 @@ from haul.install_record import criu_binary, runc_binary
 from haul.lab.agents import lab_cgroup_parent
 from haul.lab.operator import agent_pid
 from haul.lab.spec import HostSpec, LabSpec
+from haul.net.spec import host_ifname
 from haul.runtime.bundle import cgroup_mounts
 from haul.runtime.images import UMOCI, ImageRef
 
@@ -72,6 +73,37 @@ def container_ids(spec: LabSpec, host: str, root: Path | None = None) -> list[st
         return []
     rows = json.loads(done.stdout) if done.stdout.strip() else None
     return [str(r["id"]) for r in rows or []]
+
+
+def container_leftovers(spec: LabSpec, host: str, name: str) -> list[str]:
+    """What of container ``name`` is on ``host`` (which should have none of it): runc's
+    state of it, any mount under the host's agent state directory, its directory there,
+    its cgroup, the host end of its veth, what the agent keeps of incoming migrations."""
+    member = spec.member(host)
+    left = [f"runc state {c}" for c in container_ids(spec, host) if c == name]
+    state = str(spec.data_path / "agent") + "/"
+    mounts = subprocess.run(
+        [*member.ns.prefix(), "cat", "/proc/self/mountinfo"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=RUNC_TIMEOUT_S,
+    ).stdout.splitlines()
+    left += [f"mount {m.split()[4]}" for m in mounts if m.split()[4].startswith(state)]
+    agent_dir = member.data_backing / "agent"
+    if (agent_dir / "containers" / name).exists():
+        left.append(f"directory containers/{name}")
+    left += [f"incoming/{p.name}" for p in sorted((agent_dir / "incoming").glob("*"))]
+    parent = lab_cgroup_parent(spec, host).strip("/")
+    left += [f"cgroup {m / parent / name}" for m in cgroup_mounts() if (m / parent / name).exists()]
+    veth = subprocess.run(
+        [*member.ns.prefix(), "ip", "link", "show", host_ifname(name)],
+        capture_output=True,
+        timeout=RUNC_TIMEOUT_S,
+    )
+    if veth.returncode == 0:
+        left.append(f"veth {host_ifname(name)}")
+    return left
 
 
 def cgroup_tree(path: str) -> list[Path]:

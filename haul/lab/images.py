@@ -6,7 +6,8 @@ The layout holds one image (a few hundred KiB): busybox with its applets linked 
 operator would: ``init``, ``new``, ``unpack`` (an empty rootfs), busybox copied in and
 ``busybox --install -s`` run in it, ``repack``, and ``config --config.cmd`` for the
 command. :func:`set_command` gives an image of the same layout another command,
-under another tag. Every step needs root (umoci unpacks as root, chroot).
+under another tag; :func:`add_memhog` adds the memory-holding sample in a layer of its
+own, under another tag. Every step needs root (umoci unpacks as root, chroot).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from haul.errors import LabError
+from haul.lab.bundles import install_memhog
 from haul.runtime.images import DEFAULT_TAG, TAG_RE, UMOCI, ImageRef, resolve
 
 BUSYBOX = Path("/bin/busybox")
@@ -90,6 +92,18 @@ def build_busybox_image(
 def set_command(image: ImageRef, cmd: Sequence[str], *, tag: str) -> ImageRef:
     """The same image with command ``cmd``, under ``tag`` in the same layout."""
     _umoci("config", "--image", image.umoci_image, "--tag", _check_tag(tag), *_config_cmd(cmd))
+    return ImageRef(image.layout, tag)
+
+
+def add_memhog(image: ImageRef, *, tag: str) -> ImageRef:
+    """The same image with memhog (haul/lab/samples/memhog.c, static) in ``/bin``, as a
+    new layer, under ``tag`` in the same layout; its command stays the image's."""
+    with tempfile.TemporaryDirectory(dir=image.layout.parent, prefix=".memhog-") as work:
+        bundle = Path(work) / "bundle"
+        _umoci("unpack", "--image", image.umoci_image, str(bundle))
+        install_memhog(bundle / "rootfs")
+        _umoci("repack", "--image", f"{image.layout}:{_check_tag(tag)}", str(bundle))
+    _umoci("gc", "--layout", str(image.layout))
     return ImageRef(image.layout, tag)
 
 

@@ -20,6 +20,15 @@ CRIU gets haul's options through ``CRIU_CONFIG_FILE`` (a file in the work direct
 and for a container haul made also through the file its ``org.criu.config``
 annotation names (haul/runtime/criuconf.py); an adopted container's own file is not
 haul's to write.
+
+CRIU thaws the container's cgroup once it has seized every task (they wait in ptrace
+stops) and freezes it again only at its end; a CRIU that dies in between lets the
+tasks go, running. So a checkpoint that fails or is cancelled (an abort kills runc and
+its CRIU) pauses the container again at once, and a post-copy checkpoint, which serves
+pages with the tasks seized, has the container paused as soon as its dump is written
+(the freezer takes traced tasks; CRIU needs no ptrace to serve pages): then a CRIU that
+dies lets nothing run. A killed CRIU also leaves its nftables lock in the container's
+namespace; the rollback removes it (haul/net/lock.py).
 """
 
 from __future__ import annotations
@@ -178,11 +187,7 @@ class RuncSource:
             assert self.lazy_listen is not None
             await self._start_serving(self.lazy_listen)
         else:
-            await self.runc.checkpoint(
-                self.container_id,
-                self._options(page_server=_address(page_server)),
-                env=self._env(),
-            )
+            await self._checkpoint(self._options(page_server=_address(page_server)))
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at,
@@ -215,16 +220,41 @@ class RuncSource:
             parent_path=f"../pre{self._rounds}" if self._rounds else None,
         )
 
+    async def _checkpoint(self, opts: CheckpointOptions, pass_fds: tuple[int, ...] = ()) -> None:
+        """``runc checkpoint``; one that fails or is cancelled leaves the container paused
+        (its CRIU may have died with the cgroup thawed)."""
+        try:
+            await self.runc.checkpoint(self.container_id, opts, pass_fds=pass_fds, env=self._env())
+        except BaseException:
+            await asyncio.shield(self._pause_again())
+            raise
+
+    async def _pause_again(self) -> None:
+        """The container back in its freezer, unless it is there (or gone)."""
+        try:
+            state = await self.runc.state(self.container_id)
+            if state.status == "running":
+                await self.runc.pause(self.container_id)
+                log.warning(
+                    "container %s: its checkpoint ended part way; paused it again",
+                    self.container_id,
+                )
+        except HaulError as exc:
+            log.error(
+                "container %s: could not pause it again after its checkpoint ended part way: %s",
+                self.container_id,
+                exc.one_line(),
+            )
+
     async def _start_serving(self, listen: PageServer) -> None:
         """Post-copy: run the lazy checkpoint in the background; return once runc says
-        the dump is written and its page server is up."""
+        the dump is written and its page server is up, with the container paused again
+        (CRIU serves its pages with the tasks seized and the cgroup thawed)."""
         read_end, write_end = os.pipe()
         opts = self._options(
             page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
         )
-        self._serving = asyncio.create_task(
-            self.runc.checkpoint(self.container_id, opts, pass_fds=(write_end,), env=self._env())
-        )
+        self._serving = asyncio.create_task(self._checkpoint(opts, pass_fds=(write_end,)))
         ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
         try:
             await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -236,6 +266,7 @@ class RuncSource:
         if self._serving.done():
             self._serving.result()  # runc's error
             raise ContainerError("runc ended the lazy checkpoint before serving any page")
+        await self._pause_again()
 
     async def release(self, commit: bool) -> None:
         """Nothing holds the dump: the frozen container is the hold. A refused post-copy
@@ -260,9 +291,17 @@ class RuncSource:
         self._paused = False
 
     async def resume(self) -> None:
-        """Rollback: the container runs again here, its network unlocked."""
+        """Rollback: the container runs again here, its network unlocked (haul's lock, and
+        the one a CRIU killed while it dumped left)."""
         await self._stop_serving()
         state = await self.runc.state(self.container_id)
+        if self.own_network:
+            for table in await lock.drop_criu_locks(state.pid):
+                log.warning(
+                    "container %s: removed %s, the lock a CRIU that ended part way left",
+                    self.container_id,
+                    table,
+                )
         if state.status == "paused":
             await self.runc.resume(self.container_id)
         self._paused = False

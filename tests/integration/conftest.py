@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest_asyncio
 from haul.criu.service import Criu
 from haul.errors import ConfigError
 from haul.install_record import criu_binary, criu_source
+from haul.lab.held import end_started
 from haul.lab.images import build_busybox_image
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
@@ -94,3 +95,16 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> ImageRef:
     """A busybox OCI image layout (its command counts into /data/count), built once per
     session (haul/lab/images.py); copy it where an agent may read it."""
     return build_busybox_image(tmp_path_factory.mktemp("oci") / "busybox")
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Iterator[Path]:
+    """The file that lets a migration held at its ``restored`` hook go
+    (haul/lab/held.py); made at the end, whatever happened, and every ``haul migrate``
+    the test started there is ended and reaped."""
+    path = tmp_path / "release"
+    try:
+        yield path
+    finally:
+        path.touch()
+        end_started()

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from haul.lab.agents import lab_cgroup_parent
-from haul.lab.hostrunc import container_ids, host_runc
-from haul.lab.operator import agent_pid, ps, run_haul, wait_until
+from haul.lab.hostrunc import container_ids, container_leftovers, host_runc
+from haul.lab.operator import ps, run_haul, wait_until
 from haul.lab.spec import LabSpec
-from haul.runtime.bundle import cgroup_mounts
 from haul.runtime.images import ImageRef
 
 ADDRESS = "10.77.0.122"
@@ -43,19 +41,6 @@ def _count(lab: LabSpec, host: str) -> int:
 
 def _counting_on(lab: LabSpec, host: str, above: int) -> int:
     return wait_until(f"{NAME} counting on {host}", lambda: (n := _count(lab, host)) > above and n)
-
-
-def _left_on(lab: LabSpec, host: str) -> list[str]:
-    """What of the container is still on ``host`` (it moved away)."""
-    left = [f"runc state {c}" for c in container_ids(lab, host)]
-    state = str(lab.data_path / "agent") + "/"
-    mounts = Path(f"/proc/{agent_pid(lab, host)}/mountinfo").read_text().splitlines()
-    left += [f"mount {m.split()[4]}" for m in mounts if m.split()[4].startswith(state)]
-    if (lab.member(host).data_backing / "agent" / "containers" / NAME).exists():
-        left.append("its directory")
-    parent = lab_cgroup_parent(lab, host).strip("/")
-    left += [f"cgroup {m}" for m in cgroup_mounts() if (m / parent / NAME).exists()]
-    return left
 
 
 def _pings(lab: LabSpec, host: str) -> bool:
@@ -116,7 +101,7 @@ def test_a_runc_container_moves_there_and_back_through_the_agents(
         seen = host_runc(lab, dst, "exec", NAME, "/bin/cat", "/data/m")
         assert seen.stdout.strip() == marker
         assert _pings(lab, src), f"its address answers from {src}, where it is not"
-        assert _left_on(lab, src) == []
+        assert container_leftovers(lab, src, NAME) == []
     assert list(blobs_dir.iterdir()), "host2 lacked the image: its blobs came"
     killed = run_haul(inventory, "kill", NAME, "--host", "host1")
     assert killed.returncode == 0, killed.stderr

@@ -17,20 +17,17 @@ commits (or its hook fails and it rolls back), and host2, back, asks over TLS.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from haul.lab.agents import agent_config_path, agent_log_path, restart_agent
+from haul.lab.held import finish_cli, pause_at_restored
 from haul.lab.operator import (
     count,
     incoming,
-    journal_dir,
     journal_phases,
     ps,
     run_counter,
@@ -51,99 +48,10 @@ def set_ask_after(lab: LabSpec, host: str, seconds: float) -> None:
     asyncio.run(restart_agent(lab, host))
 
 
-#: `haul migrate` processes a test started; ended and reaped by the `release` fixture
-_CLI: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture
-def release(tmp_path: Path) -> Iterator[Path]:
-    """The file that lets the waiting hook go; made at the end, whatever happened (and
-    every `haul migrate` the test started is ended and reaped)."""
-    path = tmp_path / "release"
-    try:
-        yield path
-    finally:
-        path.touch()
-        while _CLI:
-            proc = _CLI.pop()
-            if proc.poll() is None:
-                proc.kill()
-            if proc.stdout is not None and not proc.stdout.closed:
-                proc.communicate()
-
-
-WAIT_AT_RESTORED = """#!/bin/sh
-# At "restored", say so, then wait (at most 120 s) until the test releases us; a
-# release file with something in it makes the hook fail (the migration rolls back).
-[ "$1" = restored ] || exit 0
-touch {reached}
-i=0
-while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
-[ -s {release} ] && exit 1
-exit 0
-"""
-
-
-def pause_at_restored(
-    lab: LabSpec, inventory: Path, name: str, release: Path
-) -> tuple[str, subprocess.Popen[str]]:
-    """Start ``name``'s migration host1 -> host2 with a hook that holds the source at
-    the ``restored`` point until ``release`` exists; return once host2 has restored
-    its copy (stopped) and the source waits in the hook, nothing decided."""
-    reached = release.with_name("reached")
-    hook = release.with_name("wait-at-restored")
-    hook.write_text(WAIT_AT_RESTORED.format(reached=reached, release=release))
-    hook.chmod(0o755)
-    before = set(journal_dir(lab, "host1").glob("*.jsonl"))
-    migrating = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "haul",
-            "migrate",
-            name,
-            "--to",
-            "host2",
-            "--strategy",
-            "stop-and-copy",
-            "--hook",
-            str(hook),
-            "--hook-timeout",
-            "150",
-            "-o",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HAUL_HOSTS": str(inventory)},
-    )
-    _CLI.append(migrating)
-    path = wait_until(
-        "the migration's journal", lambda: set(journal_dir(lab, "host1").glob("*.jsonl")) - before
-    )
-    mid = next(iter(path)).stem
-    wait_until("the source to wait at the restored hook", reached.exists, timeout_s=120)
-    assert journal_phases(lab, "host1", mid)[-1] == "restore", "nothing is decided yet"
-    wait_until(
-        "host2's restored copy",
-        lambda: [r for r in incoming(lab, "host2") if r["id"] == mid and r["state"] == "restored"],
-    )
-    return mid, migrating
-
-
 def copy_pid(lab: LabSpec, mid: str) -> int:
     [row] = [r for r in incoming(lab, "host2") if r["id"] == mid]
     assert row["state"] == "restored" and state(row["restored_pid"]) in ("T", "t"), row
     return int(row["restored_pid"])
-
-
-def finish_cli(migrating: subprocess.Popen[str]) -> None:
-    try:
-        migrating.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        migrating.kill()
-        migrating.communicate()
 
 
 @pytest.mark.parametrize("source", ["killed-after-the-commit", "alive"])

@@ -1,16 +1,11 @@
 """What a restarted destination agent finds of its incoming migrations, and how a kept
 restored copy is settled by its source's answer (no CRIU: the "restored copy" is a
-stopped ``sleep`` in a PID namespace of its own, made with an unprivileged user
-namespace)."""
+stopped ``sleep`` in a PID namespace of its own, haul/dest/fakes.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,57 +14,24 @@ import pytest
 from haul.criu.service import Criu
 from haul.dest import leftovers
 from haul.dest.criudest import RESTORED_MARK
+from haul.dest.fakes import StandInCopy as Copy
 from haul.dest.incoming import IncomingRegistry, IncomingState
 from haul.dest.leftovers import IncomingRecord
 from haul.dest.undecided import AskPolicy, SourceAnswer, Verdict
 from haul.engine.phases import Strategy
-from haul.errors import TransportError, UsageError
+from haul.errors import TransportError, UsageError, WorkloadError
 from haul.procfs import alive, state
 from haul.workload.proctree import ProcessTree
 
 POLICY = AskPolicy(deadline_s=0.01, again_s=0.01, retry_min_s=0.01, retry_max_s=0.02)
 
 
-class Copy:
-    """A stopped process tree that stands for a restored copy."""
-
-    def __init__(self) -> None:
-        self.launcher = subprocess.Popen(
-            ["unshare", "--user", "--map-root-user", "--pid", "--fork", "sleep", "300"],
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 5
-        children: list[str] = []
-        while not children and time.monotonic() < deadline:
-            if self.launcher.poll() is not None:
-                err = self.launcher.stderr.read().decode() if self.launcher.stderr else ""
-                pytest.skip(f"no unprivileged PID namespace here: {err.strip()}")
-            try:
-                path = Path(f"/proc/{self.launcher.pid}/task/{self.launcher.pid}/children")
-                children = path.read_text().split()
-            except FileNotFoundError:
-                pass
-            time.sleep(0.01)
-        assert children, "the stand-in copy did not start"
-        self.pid = int(children[0])
-        os.kill(self.pid, signal.SIGSTOP)
-        while state(self.pid) not in ("T", "t"):
-            time.sleep(0.005)
-
-    def close(self) -> None:
-        for pid in (self.pid, self.launcher.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.launcher.wait()
-        if self.launcher.stderr:
-            self.launcher.stderr.close()
-
-
 @pytest.fixture
 def copy() -> Iterator[Copy]:
-    c = Copy()
+    try:
+        c = Copy()
+    except WorkloadError as exc:
+        pytest.skip(exc.one_line())
     try:
         yield c
     finally:
@@ -196,7 +158,7 @@ async def test_committed_resumes_and_adopts_the_kept_copy(tmp_path: Path, copy: 
     root, data = left_by_an_earlier_agent(tmp_path, "m1", copy.pid)
     source, adopt = Source(SourceAnswer(Verdict.COMMITTED, running=False)), Adoptions()
     reg = registry(root, data, source, adopt)
-    reg.sweep()
+    await reg.sweep()
     assert [i.state for i in reg.items()] == [IncomingState.RESTORED]
     reg.start_watches()
     await settled(reg, "m1")
@@ -217,7 +179,7 @@ async def test_rolled_back_discards_the_kept_copy(tmp_path: Path, copy: Copy) ->
     root, data = left_by_an_earlier_agent(tmp_path, "m1", copy.pid)
     adopt = Adoptions()
     reg = registry(root, data, Source(SourceAnswer(Verdict.ROLLED_BACK)), adopt)
-    reg.sweep()
+    await reg.sweep()
     reg.start_watches()
     await settled(reg, "m1")
     assert not alive(copy.pid) and adopt.done == []
@@ -233,7 +195,7 @@ async def test_an_unreachable_source_leaves_the_copy_stopped(tmp_path: Path, cop
     root, data = left_by_an_earlier_agent(tmp_path, "m1", copy.pid)
     source = Source(TransportError("source host1 unreachable: connection refused"))
     reg = registry(root, data, source, Adoptions())
-    reg.sweep()
+    await reg.sweep()
     reg.start_watches()
     while len(source.asked) < 5:
         await asyncio.sleep(0.01)

@@ -121,3 +121,17 @@ def test_tree_pids_of_a_gone_process_is_empty() -> None:
 
 def test_netns_inode_of_an_unknown_name_is_none() -> None:
     assert procfs.netns_inode(f"haul-unit-test-absent-{os.getpid()}") is None
+
+
+def test_naming_finds_the_processes_whose_arguments_are_under_a_path(tmp_path: Path) -> None:
+    work = tmp_path / "m1"
+    proc = subprocess.Popen(["sh", "-c", "sleep 30; :", "sh", "--work-path", str(work / "work")])
+    other = subprocess.Popen(["sh", "-c", "sleep 30; :", "sh", f"{work}-not-under"])
+    try:
+        assert procfs.naming(work) == [proc.pid]
+        assert procfs.naming(work / "work") == [proc.pid]
+        assert procfs.naming(tmp_path / "m2") == []
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
