@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from haul.agent.arrivals import layout_of
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.containers import ContainerRecord, Containers
 from haul.agent.journal import Journal
@@ -265,7 +266,12 @@ class MigrationJobs:
             raise ContainerError("this agent runs no containers")
         if shared_dir is not None:
             raise UsageError("--shared-dir does not take containers yet")
-        move, layout = container_move(container, self._argv_of(spec.workload))
+        received = (
+            layout_of(self._containers, container.image_digest)
+            if container.image_digest is not None
+            else None
+        )
+        move, layout = container_move(container, self._argv_of(spec.workload), received=received)
         files = Path(container.rootfs_upper or container.rootfs)
         net = self._net_of(spec.workload)
         # haul rewrites only a CRIU configuration file of its own (haul/runtime/criuconf.py)
@@ -512,21 +518,33 @@ class MigrationJobs:
 
 
 def container_move(
-    container: ContainerRecord, argv: list[str]
+    container: ContainerRecord, argv: list[str], *, received: Path | None = None
 ) -> tuple[ContainerMove, Path | None]:
-    """What the destination is told of a container, and where its image's blobs are here."""
+    """What the destination is told of a container, and where its image's blobs are here:
+    the layout it was started from, or (a container that came from another host) the
+    layout its blobs were received into (``received``)."""
     config = json.loads(Path(container.bundle, "config.json").read_text())
     if container.image is None or container.image_digest is None:
         return ContainerMove(config=config, argv=argv), None
-    layout = ImageRef.parse(container.image).layout
-    manifest = json.loads(blob_path(layout, container.image_digest).read_text())
-    blobs = [container.image_digest, manifest["config"]["digest"]]
-    blobs += [layer["digest"] for layer in manifest.get("layers", [])]
+    digest = container.image_digest
+    candidates = [ImageRef.parse(container.image).layout]
+    if received is not None:
+        candidates.append(received)
+    layout = next((c for c in candidates if blob_path(c, digest).is_file()), None)
+    if layout is None:
+        raise ContainerError(
+            f"the blobs of image {container.image} ({digest}) are not on this host "
+            f"(looked in {', '.join(map(str, candidates))})"
+        )
+    try:
+        manifest = json.loads(blob_path(layout, digest).read_text())
+        blobs = [digest, str(manifest["config"]["digest"])]
+        blobs += [str(layer["digest"]) for layer in manifest.get("layers", [])]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ContainerError(
+            f"the manifest of image {container.image} is unreadable: {exc}"
+        ) from exc
     move = ContainerMove(
-        config=config,
-        image=container.image,
-        image_digest=container.image_digest,
-        blobs=blobs,
-        argv=argv,
+        config=config, image=container.image, image_digest=digest, blobs=blobs, argv=argv
     )
     return move, layout
