@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from haul.agent.client import AgentAccess, AgentClient
+from haul.agent.client import AgentAccess, AgentClient, body_of
 from haul.agent.migration_models import MigrateAsk, MigrationView
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, NoSuchMigration, NoSuchWorkload, UsageError
@@ -322,7 +322,9 @@ def register(app: typer.Typer) -> None:
             from haul.cutover.lb_spec import parse_lb_spec
 
             parse_lb_spec(lb)  # bad input: one line here, before any call
-        ask = MigrateAsk(
+        ask = body_of(  # a flag out of bounds: one line, not pydantic's report
+            MigrateAsk,
+            "haul migrate",
             workload=workload if not workload.startswith("pid:") else "pending",
             to=to,
             strategy=strategy,
