@@ -43,6 +43,7 @@ from haul.criu.service import Criu
 from haul.dest import leftovers
 from haul.dest.criudest import CriuDestination
 from haul.dest.datatree import DataEntry, DataTree
+from haul.dest.intake import PRIVATE_FILE, private_dir
 from haul.dest.leftovers import IncomingRecord, RestoredCopy
 from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
@@ -177,7 +178,7 @@ SETTLED_KEPT = 256
 
 
 async def _write_checked(
-    target: Path, chunks: AsyncIterator[bytes], sha256: str, mode: int = 0o644
+    target: Path, chunks: AsyncIterator[bytes], sha256: str, mode: int = PRIVATE_FILE
 ) -> int:
     h = hashlib.sha256()
     size = 0
@@ -428,7 +429,7 @@ class IncomingRegistry:
         await dest.check_free(workload, needed_bytes)
         # What a restarted agent needs: which workload's data this migration may
         # create (removed after a crash), and whom to ask about a restored copy.
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         record = IncomingRecord(
             workload=workload,
             source=source,
@@ -482,7 +483,7 @@ class IncomingRegistry:
             migration_id, workload, strategy, dest, net=net, source=source, arrival=arrival
         )
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             leftovers.write_record(self.root, migration_id, _record_of(item))
             await dest.check_free(workload, needed_bytes)
             await dest.prepare(strategy)
