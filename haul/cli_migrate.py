@@ -213,7 +213,7 @@ async def check(
         runtimes = f"; {view.source_runtime} -> {view.dest_runtime}" if view.source_runtime else ""
         out.print(
             f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
-            f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB resident; "
+            f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB of memory and files; "
             f"CRIU {view.source_criu} -> {view.dest_criu}{runtimes}); nothing was touched"
         )
     else:  # one line: every problem, as a migration's refusal says them
