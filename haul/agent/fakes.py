@@ -138,6 +138,28 @@ async def kill_workloads(ctx: AgentContext) -> None:
                 await ctx.workloads.tree(record.name).kill(5.0)
 
 
+class FakeDisk:
+    """A disk whose free space is what ``extra_bytes`` left of it once what is under
+    ``root`` now and later (file sizes, read on every call) is taken: as an agent's
+    incoming migrations write there, it fills (set ``IncomingRegistry.free_bytes`` to
+    :meth:`free`)."""
+
+    def __init__(self, root: Path, extra_bytes: int) -> None:
+        self.root = root
+        self.capacity = self.used() + extra_bytes
+
+    def used(self) -> int:
+        total = 0
+        for path in self.root.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and not path.is_symlink():
+                    total += path.stat().st_size
+        return total
+
+    def free(self, path: Path) -> int:
+        return self.capacity - self.used()
+
+
 @dataclass(frozen=True)
 class Seen:
     """One request a ScriptedAgent received."""

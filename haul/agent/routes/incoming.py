@@ -160,7 +160,9 @@ async def put_blob(request: web.Request) -> web.StreamResponse:
     containers = request.app[CONTEXT].workloads.containers
     size = await incoming.receive_blob(
         mid,
-        lambda: receive_blob(containers, move, digest, request.content.iter_chunked(1 << 20)),
+        digest,
+        request.content.iter_chunked(1 << 20),
+        lambda chunks: receive_blob(containers, move, digest, chunks),
     )
     return web.json_response(Received(bytes=size).model_dump())
 
