@@ -206,7 +206,7 @@ class LimitsConfig(_Section):
     #: (nothing arrived, no call about it, no page written) is discarded
     incoming_idle_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
     #: an incoming migration not restored this long after it was opened is discarded
-    incoming_deadline_s: float = Field(default=3600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    incoming_deadline_s: float = Field(default=21600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
     #: an incoming migration may hold this many times the bytes its pre-flight claimed
     #: (the workload's memory and files), plus upload_slack_bytes
     upload_margin: float = Field(default=1.25, ge=1.0, le=100.0, allow_inf_nan=False)

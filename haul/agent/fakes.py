@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,22 @@ async def kill_workloads(ctx: AgentContext) -> None:
         if status_of(record) is not WorkloadStatus.GONE:
             with contextlib.suppress(HaulError):
                 await ctx.workloads.tree(record.name).kill(5.0)
+
+
+def silent_criu(directory: Path) -> Path:
+    """A CRIU binary (``criu swrk FD``) that reads every request and answers none, and
+    exits when its caller hangs up: what it is asked hangs until it is cancelled, and
+    nothing of it is left once its session closed."""
+    path = directory / "silent-criu"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "fd = int(sys.argv[2])\n"
+        "while os.read(fd, 1 << 16):\n"
+        "    pass\n"
+    )
+    path.chmod(0o755)
+    return path
 
 
 class FakeDisk:

@@ -396,6 +396,8 @@ class IncomingRegistry:
         check_workload(workload)
         probe = CriuDestination(self.criu, self.root / "preflight", data=self.data_root)
         await probe.check_free(workload, needed_bytes)
+        free = await asyncio.to_thread(self.free_bytes, self.root)
+        self.limits.check_room(f"{workload}'s incoming migration", needed_bytes, self.root, free)
 
     async def open(
         self,
@@ -422,7 +424,7 @@ class IncomingRegistry:
         try:
             where = self.root
             free = await asyncio.to_thread(self.free_bytes, where)
-            self.limits.check_room(migration_id, needed_bytes, where, free)
+            self.limits.check_room(f"incoming migration {migration_id}", needed_bytes, where, free)
             return await self._open(
                 migration_id,
                 workload,
@@ -758,8 +760,10 @@ class IncomingRegistry:
             await self._discard(item)
 
     async def discard_if(self, migration_id: str, still: Callable[[Incoming], bool]) -> bool:
-        """Discard the migration if ``still(item)`` holds under its lock, where no call
-        can change it meanwhile (the reaper's rule, haul/dest/reaper.py); whether it was."""
+        """Discard the migration if ``still(item)`` holds under its lock (the reaper's
+        rule, haul/dest/reaper.py); whether it was. Resume, discard and the decision
+        watch take the lock; a restore marks the migration restoring before it awaits
+        anything, so ``still`` sees a restore that began."""
         item = self._items.get(migration_id)
         if item is None:
             return False

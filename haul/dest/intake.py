@@ -90,7 +90,7 @@ class IntakeLimits:
     #: no progress for this long, never restored: discarded
     idle_s: float = 300.0
     #: not restored this long after its opening: discarded
-    deadline_s: float = 3600.0
+    deadline_s: float = 21600.0
     #: the budget: the pre-flight's claim times this, plus slack_bytes
     margin: float = 1.25
     slack_bytes: int = 64 << 20
@@ -110,17 +110,15 @@ class IntakeLimits:
                 f"= {self.max_incoming}); nothing of {migration_id} was made here"
             )
 
-    def check_room(
-        self, migration_id: str, needed_bytes: int, where: Path, free: int | None
-    ) -> None:
-        """At the open: the claim fits in ``free`` (bytes free where it will land) with
-        the journal's reserve left; NoRoom otherwise."""
+    def check_room(self, what: str, needed_bytes: int, where: Path, free: int | None) -> None:
+        """Before ``what`` (an incoming migration) is made: its claim fits in ``free``
+        (bytes free where it will land) with the journal's reserve left; NoRoom
+        otherwise."""
         if free is not None and free - needed_bytes < self.reserve_bytes:
             raise NoRoom(
-                f"no room for incoming migration {migration_id} here: {_mib(free)} free in "
-                f"{where}, its pre-flight claims {_mib(needed_bytes)} and "
-                f"{_mib(self.reserve_bytes)} are kept for the journal ([agent.limits] "
-                f"journal_reserve_bytes); nothing of {migration_id} was made here"
+                f"no room for {what} here: {_mib(free)} free in {where}, its pre-flight "
+                f"claims {_mib(needed_bytes)} and {_mib(self.reserve_bytes)} are kept for "
+                "the journal ([agent.limits] journal_reserve_bytes); nothing was made here"
             )
 
 

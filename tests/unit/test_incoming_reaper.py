@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from haul.agent.fakes import silent_criu
 from haul.criu.service import Criu
 from haul.dest import leftovers
 from haul.dest.criudest import RESTORED_MARK
@@ -204,10 +205,7 @@ async def test_a_restored_copy_is_never_reaped(tmp_path: Path, clock: Clock, cop
 
 @pytest.mark.asyncio
 async def test_a_copy_being_restored_is_not_reaped(tmp_path: Path, clock: Clock) -> None:
-    hang = tmp_path / "criu"
-    hang.write_text("#!/bin/sh\nexec sleep 30\n")
-    hang.chmod(0o755)
-    reg = make_registry(tmp_path, clock, criu=str(hang))
+    reg = make_registry(tmp_path, clock, criu=str(silent_criu(tmp_path)))
     reaper = Reaper(reg)
     await open_one(reg)
     restoring = asyncio.create_task(reg.restore("m1", lazy=False))

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from haul.agent.config import AgentConfig
 from haul.agent.context import AgentContext
-from haul.agent.fakes import AUTH, FakeDisk, agent_client, make_config
+from haul.agent.fakes import AUTH, FakeDisk, agent_client, make_config, silent_criu
 from haul.dest.intake import ENTRY_BYTES, IntakeLimits
 from haul.errors import ConfigError
 
@@ -105,7 +105,7 @@ class Streamed:
 def test_limits_have_defaults_and_bounds(tmp_path: Path) -> None:
     limits = make_config(tmp_path).limits
     assert (limits.max_incoming, limits.max_migrations) == (8, 4)
-    assert (limits.incoming_idle_s, limits.incoming_deadline_s) == (300.0, 3600.0)
+    assert (limits.incoming_idle_s, limits.incoming_deadline_s) == (300.0, 21600.0)
     assert (limits.upload_margin, limits.upload_slack_bytes) == (1.25, 64 * MIB)
     assert limits.journal_reserve_bytes == 64 * MIB
     set_ = make_config(tmp_path, limits={"max_incoming": 2, "journal_reserve_bytes": 0}).limits
@@ -185,12 +185,9 @@ async def test_migrations_beyond_max_migrations_are_a_429(
 ) -> None:
     """Two workloads, one migration at a time: the second is refused while the first
     runs (its pre-flight hangs on a CRIU that never answers), and goes once it ended."""
-    hang = tmp_path / "criu"
-    hang.write_text("#!/bin/sh\nexec sleep 60\n")
-    hang.chmod(0o755)
     config = make_config(
         tmp_path,
-        criu=str(hang),
+        criu=str(silent_criu(tmp_path)),
         limits={"max_migrations": 1},
         peers={"host2": {"url": "http://127.0.0.1:9", "token": "t"}},
     )
@@ -328,8 +325,18 @@ async def test_the_disk_is_checked_against_what_arrives_and_the_reserve_kept(
         status, body = await open_incoming(client, "m2", needed_bytes=2 * MIB)
         assert status == 507
         code, message = _error(body)
-        assert code == "no_room" and "nothing of m2 was made here" in message
+        assert message.startswith("no room for incoming migration m2 here: 1.5 MiB free in ")
+        assert code == "no_room" and message.endswith("; nothing was made here")
         assert not (config.state_dir / "incoming" / "m2").exists()
+        # and the pre-flight says so first, touching nothing
+        check = await client.post(
+            "/v1/incoming-check",
+            json={"workload": "w-m2", "needed_bytes": 2 * MIB},
+            headers=AUTH,
+        )
+        assert check.status == 507
+        code, message = _error(await check.json())
+        assert code == "no_room" and message.startswith("no room for w-m2's incoming migration")
 
 
 # ------------------------------------------------------------------ off the event loop
