@@ -158,6 +158,10 @@ class ContainerArrival:
         """What the migration's record keeps of it: the source's ``ContainerMove``."""
         return self.move.model_dump(mode="json")
 
+    @property
+    def image_bytes(self) -> int:
+        return self.move.blob_bytes
+
     def found(self) -> None:
         """An arrival an earlier agent began (its record is written once the home's
         directory is claimed): what was made here is this one's to release, and the

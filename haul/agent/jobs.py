@@ -573,7 +573,13 @@ def container_move(
         raise ContainerError(
             f"the manifest of image {container.image} is unreadable: {exc}"
         ) from exc
+    weigh = [blob_path(layout, b) for b in blobs]
     move = ContainerMove(
-        config=config, image=container.image, image_digest=digest, blobs=blobs, argv=argv
+        config=config,
+        image=container.image,
+        image_digest=digest,
+        blobs=blobs,
+        blob_bytes=sum(p.stat().st_size for p in weigh if p.is_file()),
+        argv=argv,
     )
     return move, layout

@@ -72,6 +72,9 @@ class ContainerMove(_Request):
     image: str | None = None
     image_digest: str | None = Field(default=None, pattern=BLOB_DIGEST_PATTERN)
     blobs: list[str] = Field(default_factory=list, max_length=MAX_IMAGE_BLOBS)
+    #: what those blobs weigh on the source: the destination's budget for this
+    #: migration counts them besides the pre-flight's claim (docs/limits.md)
+    blob_bytes: int = Field(default=0, ge=0, le=MAX_BYTES)
     #: its argv, for its registry entry here
     argv: list[str] = Field(default_factory=list)
 

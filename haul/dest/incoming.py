@@ -144,6 +144,12 @@ class ContainerArrivalPort(Protocol):
         """What its record keeps of it, for :meth:`ContainerArrivals.again`."""
         ...
 
+    @property
+    def image_bytes(self) -> int:
+        """What the source says its image's blobs weigh (those this host lacks come
+        over HTTP): counted in the migration's budget besides the pre-flight's claim."""
+        ...
+
     async def unpack(self) -> None: ...
 
     async def release(self) -> None: ...
@@ -564,7 +570,7 @@ class IncomingRegistry:
             net=net,
             source=source,
             arrival=arrival,
-            intake=self._intake(migration_id, needed_bytes),
+            intake=self._intake(migration_id, needed_bytes + arrival.image_bytes),
         )
         try:
             private_dir(self.root)

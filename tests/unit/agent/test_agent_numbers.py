@@ -66,6 +66,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "lazy_source": {"address": "10.77.0.1", "port": 20001},
         "data_mode": 0o700,
         "net": {"address": "10.77.0.101/24", "port": 8080},
+        "container": {"config": {}, "blob_bytes": 4096},
     },
     ("POST", "/v1/incoming/{id}/entries"): {
         "entries": [{"path": "d", "kind": "dir", "mode": 0o755}]
