@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from haul.agent.client import AgentAccess, AgentClient
+from haul.agent.client import AgentAccess, AgentClient, body_of
 from haul.agent.migration_models import MigrateAsk, MigrationView
 from haul.engine.phases import Strategy
 from haul.errors import HaulError, NoSuchMigration, NoSuchWorkload, UsageError
@@ -213,7 +213,7 @@ async def check(
         runtimes = f"; {view.source_runtime} -> {view.dest_runtime}" if view.source_runtime else ""
         out.print(
             f"{workload}: {view.source} -> {view.dest} would go by {view.strategy} "
-            f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB resident; "
+            f"({view.strategy_reason}; {view.workload_bytes / 2**20:.1f} MiB of memory and files; "
             f"CRIU {view.source_criu} -> {view.dest_criu}{runtimes}); nothing was touched"
         )
     else:  # one line: every problem, as a migration's refusal says them
@@ -322,7 +322,9 @@ def register(app: typer.Typer) -> None:
             from haul.cutover.lb_spec import parse_lb_spec
 
             parse_lb_spec(lb)  # bad input: one line here, before any call
-        ask = MigrateAsk(
+        ask = body_of(  # a flag out of bounds: one line, not pydantic's report
+            MigrateAsk,
+            "haul migrate",
             workload=workload if not workload.startswith("pid:") else "pending",
             to=to,
             strategy=strategy,

@@ -71,6 +71,23 @@ class TransportError(HaulError):
     """Moving images or pages between hosts failed."""
 
 
+class LimitError(HaulError):
+    """One of the agent's limits refuses the request ([agent.limits], docs/limits.md)."""
+
+
+class TooMany(LimitError):
+    """As many incoming migrations, or migrations, as the agent takes at once run already."""
+
+
+class OverBudget(LimitError):
+    """An incoming migration was sent more than its byte budget (what its pre-flight
+    claimed, with a margin)."""
+
+
+class NoRoom(LimitError):
+    """What arrives would leave the disk less free space than the journal's reserve."""
+
+
 class ChecksumMismatch(TransportError):
     """A copied file's content does not match what the sender hashed."""
 
@@ -277,6 +294,24 @@ class PeerUnavailable(PeerError):
     codes = ("unavailable",)
 
 
+class PeerBusy(PeerUnavailable):
+    """The agent takes no more migrations (incoming, or its own) at once now."""
+
+    codes = ("too_many",)
+
+
+class PeerOverBudget(PeerBadRequest):
+    """More was sent for an incoming migration than its budget allows."""
+
+    codes = ("over_budget",)
+
+
+class PeerNoRoom(PeerError):
+    """The agent's disk has no room for it beyond the reserve kept for its journal."""
+
+    codes = ("no_room",)
+
+
 # -- what failed on the agent's side, by the family of its own error
 
 
@@ -340,7 +375,9 @@ _BY_STATUS: Mapping[int, type[PeerError]] = MappingProxyType(
         405: MethodNotAllowed,
         409: PeerConflict,
         413: BodyTooLarge,
+        429: PeerBusy,
         503: PeerUnavailable,
+        507: PeerNoRoom,
     }
 )
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ from haul.agent.workloads import net_spec
 from haul.criu.options import PageServer
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
+from haul.dest.intake import write_chunks
 from haul.dest.runcdest import RuncDestination
 from haul.errors import ChecksumMismatch, ContainerError, HaulError, UsageError
 from haul.net import lock, veth
@@ -61,7 +64,6 @@ from haul.runtime.bundle import (
 )
 from haul.runtime.images import DIGEST_RE, INDEX_TYPE, MANIFEST_TYPE, ImageRef, blob_path
 from haul.runtime.mounts import bind_mounts, check_sources
-from haul.transport.imagecopy import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +98,16 @@ async def receive_blob(
     target = blob_path(layout_of(containers, move.image_digest), digest)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
-    size = 0
-    with tmp.open("wb") as f:
-        async for chunk in chunks:
-            f.write(chunk)
-            size += len(chunk)
-    if "sha256:" + await asyncio.to_thread(sha256_of, tmp) != digest:
+    h = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        size = await write_chunks(fd, chunks, h)  # in a worker thread
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    if "sha256:" + h.hexdigest() != digest:
         tmp.unlink(missing_ok=True)
         raise ChecksumMismatch(f"blob {digest} does not match its digest")
     tmp.rename(target)
@@ -151,6 +157,10 @@ class ContainerArrival:
     def saved(self) -> dict[str, Any]:
         """What the migration's record keeps of it: the source's ``ContainerMove``."""
         return self.move.model_dump(mode="json")
+
+    @property
+    def image_bytes(self) -> int:
+        return self.move.blob_bytes
 
     def found(self) -> None:
         """An arrival an earlier agent began (its record is written once the home's

@@ -193,6 +193,38 @@ class RuncConfig(_Section):
     enabled: bool = True
 
 
+class LimitsConfig(_Section):
+    """What the agent takes at once, and how much and how long an incoming migration
+    may take (docs/limits.md)."""
+
+    #: incoming migrations open here at once (receiving, or a restored copy waiting for
+    #: its source's decision); one more is a 429
+    max_incoming: int = Field(default=8, ge=1, le=1024)
+    #: migrations this agent runs as their source at once; one more is a 429
+    max_migrations: int = Field(default=4, ge=1, le=1024)
+    #: an incoming migration that has not restored and made no progress for this long
+    #: (nothing arrived, no call about it, no page written) is discarded
+    incoming_idle_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False)
+    #: an incoming migration not restored this long after it was opened is discarded
+    incoming_deadline_s: float = Field(default=21600.0, gt=0, le=7 * 86400, allow_inf_nan=False)
+    #: an incoming migration may hold this many times the bytes its pre-flight claimed
+    #: (the workload's memory and files), plus upload_slack_bytes
+    upload_margin: float = Field(default=1.25, ge=1.0, le=100.0, allow_inf_nan=False)
+    upload_slack_bytes: int = Field(default=64 << 20, ge=0, le=1 << 50)
+    #: free space kept in the state directory's file system for the journal: what
+    #: arrives for a migration may not take it
+    journal_reserve_bytes: int = Field(default=64 << 20, ge=0, le=1 << 50)
+
+    @model_validator(mode="after")
+    def _deadline_after_idle(self) -> LimitsConfig:
+        if self.incoming_deadline_s < self.incoming_idle_s:
+            raise ValueError(
+                f"incoming_deadline_s ({self.incoming_deadline_s:g}) is shorter than "
+                f"incoming_idle_s ({self.incoming_idle_s:g})"
+            )
+        return self
+
+
 class AgentConfig(_Section):
     #: the name this agent answers to (and the name in its certificate)
     host: HostName = Field(default_factory=socket.gethostname)
@@ -228,6 +260,7 @@ class AgentConfig(_Section):
     #: ``haproxy:SOCKET:BACKEND/SERVER[,addr]`` (see haul/cutover/lb_spec.py)
     lb: dict[str, str] = Field(default_factory=dict)
     runc: RuncConfig = RuncConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:

@@ -10,14 +10,15 @@ trees, so the API runs without root.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from haul.agent.arrivals import Arrivals
 from haul.agent.client import AgentAccess
-from haul.agent.config import AgentConfig
+from haul.agent.config import AgentConfig, LimitsConfig
 from haul.agent.containers import ContainerSettings, StartedContainer
 from haul.agent.decisions import SourceAsker
 from haul.agent.hostinfo import CriuProbe, GatherCriu
@@ -30,6 +31,8 @@ from haul.agent.workloads import StartTree, WorkloadManager, net_spec
 from haul.criu.info import CriuInfo, gather
 from haul.criu.service import Criu
 from haul.dest.incoming import IncomingRegistry
+from haul.dest.intake import IntakeLimits
+from haul.dest.reaper import Reaper
 from haul.dest.undecided import AskPolicy
 from haul.errors import HaulError
 from haul.net.spec import WorkloadNet
@@ -44,6 +47,11 @@ class MigrationParts:
 
     incoming: IncomingRegistry
     jobs: MigrationJobs
+    #: discards incoming migrations that went nowhere (haul/dest/reaper.py)
+    reaper: Reaper = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reaper = Reaper(self.incoming)
 
 
 def _advertise(config: AgentConfig) -> str:
@@ -51,6 +59,18 @@ def _advertise(config: AgentConfig) -> str:
     if chosen:
         return str(chosen)
     return config.address if config.address not in ("0.0.0.0", "::") else "127.0.0.1"
+
+
+def intake_limits(limits: LimitsConfig) -> IntakeLimits:
+    """The agent's [agent.limits] as incoming migrations use them."""
+    return IntakeLimits(
+        max_incoming=limits.max_incoming,
+        idle_s=limits.incoming_idle_s,
+        deadline_s=limits.incoming_deadline_s,
+        margin=limits.upload_margin,
+        slack_bytes=limits.upload_slack_bytes,
+        reserve_bytes=limits.journal_reserve_bytes,
+    )
 
 
 def _peers(config: AgentConfig) -> dict[str, AgentAccess]:
@@ -91,6 +111,8 @@ class AgentContext:
                     adopt=self._adopt,
                     policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
                     arrivals=Arrivals(self.workloads.containers, criu, self._adopt_container),
+                    limits=intake_limits(self.config.limits),
+                    host=self.config.host,
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host,
@@ -106,8 +128,12 @@ class AgentContext:
                     container_of=lambda name: self.workloads.get(name).container,
                     containers=self.workloads.containers,
                     on_moved=self.workloads.forget,
+                    max_running=self.config.limits.max_migrations,
                 ),
             )
+            with contextlib.suppress(RuntimeError):  # no loop running yet: open() starts it
+                asyncio.get_running_loop()
+                self._migrations.reaper.start()
         return self._migrations
 
     async def _adopt(
@@ -195,6 +221,7 @@ class AgentContext:
                     copy.record.source or "an unnamed source",
                 )
             incoming.start_watches()
+            self.migrations().reaper.start()
             self._recovery = asyncio.create_task(self._recover())
         self.metrics.workloads.set_function(lambda: len(self.workloads))
 
@@ -209,6 +236,7 @@ class AgentContext:
         if self._recovery is not None:
             await self._recovery
         if self._migrations is not None:
+            await self._migrations.reaper.aclose()
             await self._migrations.incoming.aclose()
             await self._migrations.jobs.aclose()
         await self.workloads.aclose()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,44 @@ async def kill_workloads(ctx: AgentContext) -> None:
         if status_of(record) is not WorkloadStatus.GONE:
             with contextlib.suppress(HaulError):
                 await ctx.workloads.tree(record.name).kill(5.0)
+
+
+def silent_criu(directory: Path) -> Path:
+    """A CRIU binary (``criu swrk FD``) that reads every request and answers none, and
+    exits when its caller hangs up: what it is asked hangs until it is cancelled, and
+    nothing of it is left once its session closed."""
+    path = directory / "silent-criu"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "fd = int(sys.argv[2])\n"
+        "while os.read(fd, 1 << 16):\n"
+        "    pass\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+class FakeDisk:
+    """A disk whose free space is what ``extra_bytes`` left of it once what is under
+    ``root`` now and later (file sizes, read on every call) is taken: as an agent's
+    incoming migrations write there, it fills (set ``IncomingRegistry.free_bytes`` to
+    :meth:`free`)."""
+
+    def __init__(self, root: Path, extra_bytes: int) -> None:
+        self.root = root
+        self.capacity = self.used() + extra_bytes
+
+    def used(self) -> int:
+        total = 0
+        for path in self.root.rglob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_file() and not path.is_symlink():
+                    total += path.stat().st_size
+        return total
+
+    def free(self, path: Path) -> int:
+        return self.capacity - self.used()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from haul.engine.ports import HooksPort, JournalRecord
 from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
-from haul.errors import ContainerError, HaulError, UsageError
+from haul.errors import ContainerError, HaulError, TooMany, UsageError
 from haul.runtime.images import ImageRef, blob_path
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
@@ -52,6 +52,8 @@ from haul.workload.proctree import ProcessTree
 log = logging.getLogger(__name__)
 
 LAZY_PORTS = (20000, 40000)
+#: ended migrations remembered (GET /v1/migrations/ID); older ones are in the journal
+ENDED_KEPT = 256
 #: how long a restarted agent waits for the destination when it finishes a migration
 RECOVER_PEER_TIMEOUT_S = 30.0
 
@@ -114,8 +116,13 @@ class MigrationJobs:
         net_of: Callable[[str], NetSpec | None] = lambda name: None,
         container_of: Callable[[str], ContainerRecord | None] = lambda name: None,
         containers: Containers | None = None,
+        max_running: int = 4,
+        ended_kept: int = ENDED_KEPT,
     ) -> None:
         self.host = host
+        #: migrations run at once ([agent.limits] max_migrations); one more is refused
+        self.max_running = max_running
+        self.ended_kept = ended_kept
         self.criu = criu
         self.state_dir = state_dir
         self.data_root = data_root
@@ -177,6 +184,7 @@ class MigrationJobs:
         tree = self._tree_of(workload)  # raises when there is no such workload
         if workload in self._moving:
             raise UsageError(f"{workload} is already being migrated")
+        self._admit(workload)
         mid = f"m{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
         # Where the workload answers: its own address, which moves with it, or else
         # its host's (hooks and load balancers are told).
@@ -196,10 +204,30 @@ class MigrationJobs:
         )
         job = Job(Migration(spec), started_at=time.monotonic())
         self._write_intent(mid, workload, to)
+        self._forget_ended()
         self._jobs[mid] = job
         self._moving.add(workload)
         job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
+
+    def running(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.task is not None and not j.task.done())
+
+    def _admit(self, workload: str) -> None:
+        """Refuse (TooMany) a migration beyond ``max_running`` at once."""
+        running = self.running()
+        if running >= self.max_running:
+            raise TooMany(
+                f"{self.host} runs {running} migration{'s' if running != 1 else ''} already "
+                f"([agent.limits] max_migrations = {self.max_running}); {workload} keeps "
+                f"running on {self.host}, try again once one has ended"
+            )
+
+    def _forget_ended(self) -> None:
+        """Keep the ``ended_kept`` latest ended migrations (their journals stay)."""
+        ended = [j for j in self.all() if j.task is not None and j.task.done()]
+        for job in ended[: max(0, len(ended) - self.ended_kept)]:
+            del self._jobs[job.id]
 
     def _runtime_of(self, workload: str) -> str | None:
         """The runtime a workload runs with (None: a process tree)."""
@@ -287,6 +315,7 @@ class MigrationJobs:
                 own_network=container.netns is not None,
                 network_moves=net is not None,
                 lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
+                sent_files=files,
             )
             dest = RemoteDestination(
                 client,
@@ -544,7 +573,13 @@ def container_move(
         raise ContainerError(
             f"the manifest of image {container.image} is unreadable: {exc}"
         ) from exc
+    weigh = [blob_path(layout, b) for b in blobs]
     move = ContainerMove(
-        config=config, image=container.image, image_digest=digest, blobs=blobs, argv=argv
+        config=config,
+        image=container.image,
+        image_digest=digest,
+        blobs=blobs,
+        blob_bytes=sum(p.stat().st_size for p in weigh if p.is_file()),
+        argv=argv,
     )
     return move, layout

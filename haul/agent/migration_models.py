@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from haul.agent.models import AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
+from haul.agent.models import MAX_BYTES, AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
 
 MIGRATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -16,6 +16,10 @@ HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
 BLOB_DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 #: blobs in one image at most (a manifest, a config and its layers)
 MAX_IMAGE_BLOBS = 256
+#: the longest downtime a migration may be asked to allow (an hour)
+MAX_DOWNTIME_MS = 3_600_000.0
+#: the longest time limit a migration may be given (a day)
+MAX_TIMEOUT_S = 86_400.0
 
 
 class Done(_Answer):
@@ -45,7 +49,7 @@ class CapabilitiesView(_Answer):
 
 class IncomingCheck(_Request):
     workload: WorkloadName
-    needed_bytes: int = Field(ge=0)
+    needed_bytes: int = Field(ge=0, le=MAX_BYTES)
     #: the workload's own address: it must be free on the destination
     net: NetSpec | None = None
     #: a runc container: no container of that name may be on the destination either
@@ -68,6 +72,9 @@ class ContainerMove(_Request):
     image: str | None = None
     image_digest: str | None = Field(default=None, pattern=BLOB_DIGEST_PATTERN)
     blobs: list[str] = Field(default_factory=list, max_length=MAX_IMAGE_BLOBS)
+    #: what those blobs weigh on the source: the destination's budget for this
+    #: migration counts them besides the pre-flight's claim (docs/limits.md)
+    blob_bytes: int = Field(default=0, ge=0, le=MAX_BYTES)
     #: its argv, for its registry entry here
     argv: list[str] = Field(default_factory=list)
 
@@ -76,7 +83,7 @@ class IncomingOpen(_Request):
     id: str = Field(pattern=MIGRATION_ID_PATTERN)
     workload: WorkloadName
     strategy: Strategy
-    needed_bytes: int = Field(ge=0)
+    needed_bytes: int = Field(ge=0, le=MAX_BYTES)
     lazy_source: Endpoint | None = None
     #: the workload's registry entry on the source, adopted here after the commit
     argv: list[str] = Field(default_factory=list)
@@ -154,9 +161,9 @@ class MigrateAsk(_Request):
     workload: WorkloadName
     to: str = Field(min_length=1, max_length=63)
     strategy: Strategy = Strategy.AUTO
-    max_downtime_ms: float = Field(default=300.0, gt=0)
+    max_downtime_ms: float = Field(default=300.0, gt=0, le=MAX_DOWNTIME_MS)
     max_iterations: int = Field(default=8, ge=1, le=100)
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     #: memory through this directory, which both hosts see, instead of a page server
     shared_dir: AbsolutePath | None = None
     #: hook executables on the source host, run after the agent's own [agent.hooks]

@@ -29,6 +29,11 @@ MIN_MEMORY_BYTES = 4 << 20
 MIN_CPUS, MAX_CPUS = 0.01, 1024.0
 #: a WorkloadSpec's cgroup limits (runtime runc only)
 LIMITS = ("memory_bytes", "cpus", "pids_limit")
+#: the largest PID Linux hands out (PID_MAX_LIMIT on 64-bit machines)
+PID_MAX = 1 << 22
+#: the largest byte count a request may carry (far beyond any disk, and still exact
+#: as a float: what the agent computes with it cannot overflow)
+MAX_BYTES = 1 << 62
 
 
 def _plain_arg(value: str) -> str:
@@ -70,7 +75,9 @@ WorkloadName = Annotated[str, Field(pattern=WORKLOAD_NAME_PATTERN)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no infinite or NaN floats (JSON's 1e999 parses as infinity): every figure a
+    # request carries is a finite one, within the bounds its field gives
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Answer(BaseModel):
@@ -182,7 +189,7 @@ class WorkloadSpec(_Request):
     mounts: Annotated[list[MountSpec], Field(max_length=MAX_MOUNTS)] = []
     #: runc: the container's cgroup limits (memory.limit, cpu.quota over a 100 ms
     #: period, pids.limit); they move with it
-    memory_bytes: int | None = Field(default=None, ge=MIN_MEMORY_BYTES, le=2**62)
+    memory_bytes: int | None = Field(default=None, ge=MIN_MEMORY_BYTES, le=MAX_BYTES)
     cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS)
     pids_limit: int | None = Field(default=None, ge=1, le=2**31)
 
@@ -214,7 +221,7 @@ class AdoptSpec(_Request):
     """An existing process tree (for `haul migrate pid:PID`) or runc container (`haul
     adopt runc:ID`) to register as a workload."""
 
-    pid: int | None = Field(default=None, ge=2)
+    pid: int | None = Field(default=None, ge=2, le=PID_MAX)
     #: a runc container's ID, under ``runc_root``
     container: ContainerId | None = None
     #: the runc root the container was started under (default: runc's, /run/runc)

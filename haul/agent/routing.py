@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -280,6 +281,11 @@ async def read_body(request: web.Request, model: type[B]) -> B:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not JSON: {exc}", code="malformed_json") from None
+    except ValueError:  # Python parses no integer of more digits than sys.get_int_max_str_digits()
+        raise BadRequest(
+            f"the body holds a number of more than {sys.get_int_max_str_digits()} digits",
+            code="malformed_json",
+        ) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -19,8 +19,11 @@ from haul.errors import (
     ConfigError,
     CriuError,
     HaulError,
+    NoRoom,
+    OverBudget,
     PeerError,
     StateError,
+    TooMany,
     TransportError,
     UsageError,
     WorkloadError,
@@ -79,6 +82,9 @@ class Unavailable(ApiError):
 
 #: HaulError families, most specific first: (family, status, code)
 _FAMILIES: tuple[tuple[type[HaulError], int, str], ...] = (
+    (TooMany, 429, "too_many"),
+    (OverBudget, 413, "over_budget"),
+    (NoRoom, 507, "no_room"),
     (UsageError, 400, "usage"),
     (StateError, 409, "wrong_state"),
     (ConfigError, 500, "config"),

@@ -38,6 +38,7 @@ from haul.criu.notify import Action, Notification
 from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.pagemap import lazy_bytes
 from haul.criu.service import Criu
+from haul.dest.intake import private_dir
 from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy
 from haul.errors import ConfigError, TransportError, WorkloadError
@@ -111,8 +112,7 @@ class CriuDestination:
             if (self.data / workload).exists():
                 raise WorkloadError(f"{self.data / workload} already exists on the destination")
             self._data_dir = self.data / workload
-        probe = self.workdir.parent
-        probe.mkdir(parents=True, exist_ok=True)
+        probe = private_dir(self.workdir.parent)
         free = shutil.disk_usage(probe).free
         if free < needed_bytes * SPACE_MARGIN:
             raise TransportError(
@@ -121,8 +121,8 @@ class CriuDestination:
             )
 
     async def prepare(self, strategy: Strategy, needed_bytes: int = 0) -> DestinationReady:
-        for d in (self.images, self.logs):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.workdir, self.images, self.logs):
+            private_dir(d)  # the images hold the workload's memory: root's alone
         if strategy in (Strategy.STOP_AND_COPY, Strategy.PRE_COPY) and self.listen is not None:
             info = await self.criu.page_server(self.page_server_options(self.listen))
             self.page_server_port, self._page_server_pid = info.port, info.pid

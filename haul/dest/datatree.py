@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from haul.dest.intake import write_chunks
 from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
 
 #: a directory on the way, opened without following a link
@@ -206,13 +207,7 @@ class DataTree:
 
 async def _write_all(fd: int, chunks: AsyncIterator[bytes], sha256: str, path: str) -> int:
     h = hashlib.sha256()
-    size = 0
-    async for chunk in chunks:
-        h.update(chunk)
-        size += len(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view) :]
+    size = await write_chunks(fd, chunks, h)  # in a worker thread, not on the event loop
     if h.hexdigest() != sha256.lower():
         raise ChecksumMismatch(f"data file {path!r} arrived corrupt (SHA-256 mismatch)")
     return size

@@ -90,6 +90,10 @@ class FakeArrival:
     def saved(self) -> dict[str, Any]:
         return dict(self.move)
 
+    @property
+    def image_bytes(self) -> int:
+        return int(self.move.get("blob_bytes", 0))
+
     async def unpack(self) -> None:
         return None
 

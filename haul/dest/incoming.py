@@ -43,6 +43,16 @@ from haul.criu.service import Criu
 from haul.dest import leftovers
 from haul.dest.criudest import CriuDestination
 from haul.dest.datatree import DataEntry, DataTree
+from haul.dest.intake import (
+    ENTRY_BYTES,
+    PRIVATE_FILE,
+    FreeBytes,
+    Intake,
+    IntakeLimits,
+    disk_free,
+    private_dir,
+    write_chunks,
+)
 from haul.dest.leftovers import IncomingRecord, RestoredCopy
 from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
@@ -114,6 +124,8 @@ class Incoming:
     asking: AskStatus = field(default_factory=AskStatus)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watch: asyncio.Task[None] | None = None
+    #: what it holds here, its budget, its progress (haul/dest/intake.py)
+    intake: Intake = field(default_factory=Intake.unbounded)
 
 
 #: adopt(workload, tree, argv, net): register a migrated copy as a workload of this host
@@ -130,6 +142,12 @@ class ContainerArrivalPort(Protocol):
 
     def saved(self) -> dict[str, Any]:
         """What its record keeps of it, for :meth:`ContainerArrivals.again`."""
+        ...
+
+    @property
+    def image_bytes(self) -> int:
+        """What the source says its image's blobs weigh (those this host lacks come
+        over HTTP): counted in the migration's budget besides the pre-flight's claim."""
         ...
 
     async def unpack(self) -> None: ...
@@ -177,10 +195,9 @@ SETTLED_KEPT = 256
 
 
 async def _write_checked(
-    target: Path, chunks: AsyncIterator[bytes], sha256: str, mode: int = 0o644
+    target: Path, chunks: AsyncIterator[bytes], sha256: str, mode: int = PRIVATE_FILE
 ) -> int:
     h = hashlib.sha256()
-    size = 0
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except FileExistsError:
@@ -188,13 +205,7 @@ async def _write_checked(
     except OSError as exc:
         raise TransportError(f"cannot create {target.name}: {exc.strerror}") from exc
     try:
-        async for chunk in chunks:
-            h.update(chunk)
-            size += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+        size = await write_chunks(fd, chunks, h)
     except OSError as exc:
         os.close(fd)
         target.unlink(missing_ok=True)
@@ -256,8 +267,17 @@ class IncomingRegistry:
         adopt: Adopt | None = None,
         policy: AskPolicy | None = None,
         arrivals: ContainerArrivals | None = None,
+        limits: IntakeLimits | None = None,
+        host: str = "this host",
     ) -> None:
         self.criu = criu
+        self.host = host
+        #: how many at once, each one's budget, the journal's reserve, the reaper's times
+        self.limits = limits if limits is not None else IntakeLimits()
+        self.free_bytes: FreeBytes = disk_free
+        self.clock: Callable[[], float] = time.monotonic
+        #: migrations whose opening has begun and not ended (they count as open)
+        self._opening = 0
         #: where arriving workloads with their own address get their veth attached
         self.bridge = bridge
         self.root = root
@@ -369,18 +389,75 @@ class IncomingRegistry:
         return sorted(self._items.values(), key=lambda i: i.migration_id)
 
     def get(self, migration_id: str) -> Incoming:
+        """The migration (a call about it: its progress)."""
         try:
-            return self._items[check_id(migration_id)]
+            item = self._items[check_id(migration_id)]
         except KeyError:
             raise UsageError(f"no incoming migration {migration_id!r} here") from None
+        item.intake.touch()
+        return item
 
     async def check(self, workload: str, needed_bytes: int) -> None:
         """Pre-flight: nothing of that name here, and room for it."""
         check_workload(workload)
         probe = CriuDestination(self.criu, self.root / "preflight", data=self.data_root)
         await probe.check_free(workload, needed_bytes)
+        free = await asyncio.to_thread(self.free_bytes, self.root)
+        self.limits.check_room(f"{workload}'s incoming migration", needed_bytes, self.root, free)
 
     async def open(
+        self,
+        migration_id: str,
+        workload: str,
+        strategy: Strategy,
+        needed_bytes: int,
+        lazy_source: PageServer | None,
+        *,
+        argv: list[str] | None = None,
+        data_mode: int = 0o700,
+        shared_images: Path | None = None,
+        net: WorkloadNet | None = None,
+        page_tls: bool = False,
+        source: str | None = None,
+        container: Any = None,
+    ) -> Incoming:
+        """A new incoming migration, within the limits: refused (TooMany) when as many
+        as the agent takes at once are open or opening, and (NoRoom) when its claim
+        does not fit with the journal's reserve left; nothing is made then."""
+        check_id(migration_id)
+        self.limits.admit(migration_id, len(self._items) + self._opening, self.host)
+        self._opening += 1
+        try:
+            where = self.root
+            free = await asyncio.to_thread(self.free_bytes, where)
+            self.limits.check_room(f"incoming migration {migration_id}", needed_bytes, where, free)
+            return await self._open(
+                migration_id,
+                workload,
+                strategy,
+                needed_bytes,
+                lazy_source,
+                argv=argv,
+                data_mode=data_mode,
+                shared_images=shared_images,
+                net=net,
+                page_tls=page_tls,
+                source=source,
+                container=container,
+            )
+        finally:
+            self._opening -= 1
+
+    def _intake(self, migration_id: str, needed_bytes: int) -> Intake:
+        return Intake(
+            migration_id,
+            needed_bytes=needed_bytes,
+            limits=self.limits,
+            free_bytes=self.free_bytes,
+            clock=self.clock,
+        )
+
+    async def _open(
         self,
         migration_id: str,
         workload: str,
@@ -428,7 +505,7 @@ class IncomingRegistry:
         await dest.check_free(workload, needed_bytes)
         # What a restarted agent needs: which workload's data this migration may
         # create (removed after a crash), and whom to ask about a restored copy.
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
         record = IncomingRecord(
             workload=workload,
             source=source,
@@ -442,7 +519,14 @@ class IncomingRegistry:
             (self.data_root / workload).mkdir(parents=True)
             os.chmod(self.data_root / workload, data_mode & 0o7777)
         item = Incoming(
-            migration_id, workload, strategy, dest, argv=list(argv or []), net=net, source=source
+            migration_id,
+            workload,
+            strategy,
+            dest,
+            argv=list(argv or []),
+            net=net,
+            source=source,
+            intake=self._intake(migration_id, needed_bytes),
         )
         self._items[migration_id] = item
         return item
@@ -479,10 +563,17 @@ class IncomingRegistry:
             lazy_source,
         )
         item = Incoming(
-            migration_id, workload, strategy, dest, net=net, source=source, arrival=arrival
+            migration_id,
+            workload,
+            strategy,
+            dest,
+            net=net,
+            source=source,
+            arrival=arrival,
+            intake=self._intake(migration_id, needed_bytes + arrival.image_bytes),
         )
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
             leftovers.write_record(self.root, migration_id, _record_of(item))
             await dest.check_free(workload, needed_bytes)
             await dest.prepare(strategy)
@@ -513,19 +604,28 @@ class IncomingRegistry:
             )
         return not problems
 
-    async def receive_blob(self, migration_id: str, receive: Callable[[], Awaitable[int]]) -> int:
-        """One blob of an arriving container's image, while the migration takes files."""
+    async def receive_blob(
+        self,
+        migration_id: str,
+        digest: str,
+        chunks: AsyncIterator[bytes],
+        receive: Callable[[AsyncIterator[bytes]], Awaitable[int]],
+    ) -> int:
+        """One blob of an arriving container's image (``receive`` writes the chunks it is
+        given), while the migration takes files, within its budget."""
         item = self._receiving(migration_id)
         if item.arrival is None:
             raise UsageError(f"incoming migration {migration_id} brings no container")
-        return await receive()
+        async with item.intake.upload(f"blob/{digest}", chunks, self.root) as metered:
+            return await receive(metered)
 
     async def unpack_image(self, migration_id: str) -> None:
         """An arriving container's image, unpacked here from the blobs received."""
         item = self._receiving(migration_id)
         if item.arrival is None:
             raise UsageError(f"incoming migration {migration_id} brings no container")
-        await item.arrival.unpack()
+        with item.intake.working():
+            await item.arrival.unpack()
 
     def _check_page_tls(self, page_tls: bool) -> None:
         """Both ends agree on TLS for the pages: the source asks for it when it has
@@ -563,7 +663,9 @@ class IncomingRegistry:
     ) -> int:
         item = self._receiving(migration_id)
         check_image_name(name)
-        size = await _write_checked(item.dest.images / name, chunks, sha256)
+        images = item.dest.images
+        async with item.intake.upload(f"image/{name}", chunks, images) as metered:
+            size = await _write_checked(images / name, metered, sha256)
         item.received[name] = sha256
         return size
 
@@ -578,22 +680,35 @@ class IncomingRegistry:
         """One of the workload's files, new or replacing the one there (its directory
         came first), checked against ``sha256`` before it takes its place, and only
         while the migration still takes files (a restore may have begun meanwhile)."""
-        return await self._data(migration_id).write_file(
-            path, chunks, sha256, mode, still_open=lambda: self._receiving(migration_id)
-        )
+        tree, intake = self._data(migration_id), self.get(migration_id).intake
+        async with intake.upload(f"data/{path}", chunks, tree.base) as metered:
+            return await tree.write_file(
+                path, metered, sha256, mode, still_open=lambda: self._receiving(migration_id)
+            )
 
     def make_entries(self, migration_id: str, entries: list[DataEntry]) -> None:
         """Directories, symbolic links and FIFOs of the workload's files, parents first,
-        or the modes of entries there (haul/dest/datatree.py)."""
-        tree = self._data(migration_id)
+        or the modes of entries there (haul/dest/datatree.py); each made one counts
+        ENTRY_BYTES against the migration's budget."""
+        tree, intake = self._data(migration_id), self.get(migration_id).intake
         for e in entries:
+            made = e.kind != "file"  # a file's entry only sets its mode
+            if made:
+                intake.check_budget(ENTRY_BYTES - intake.held.get(f"data/{e.path}", 0))
             tree.make(e.path, e.kind, e.mode, e.target)
+            if made:
+                intake.hold(f"data/{e.path}", ENTRY_BYTES)
 
     def remove_entries(self, migration_id: str, paths: list[str]) -> int:
         """Remove entries of the workload's files, deepest first (a directory must be
-        empty by then); how many were there."""
-        tree = self._data(migration_id)
-        return sum(tree.remove(path) for path in paths)
+        empty by then); how many were there. What they held is freed."""
+        tree, intake = self._data(migration_id), self.get(migration_id).intake
+        removed = 0
+        for path in paths:
+            if tree.remove(path):
+                intake.release(f"data/{path}")
+                removed += 1
+        return removed
 
     async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
         item = self._receiving(migration_id)
@@ -649,6 +764,21 @@ class IncomingRegistry:
                 return
             self._stop_watch(item)
             await self._discard(item)
+
+    async def discard_if(self, migration_id: str, still: Callable[[Incoming], bool]) -> bool:
+        """Discard the migration if ``still(item)`` holds under its lock (the reaper's
+        rule, haul/dest/reaper.py); whether it was. Resume, discard and the decision
+        watch take the lock; a restore marks the migration restoring before it awaits
+        anything, so ``still`` sees a restore that began."""
+        item = self._items.get(migration_id)
+        if item is None:
+            return False
+        async with item.lock:
+            if self._items.get(migration_id) is not item or not still(item):
+                return False
+            self._stop_watch(item)
+            await self._discard(item)
+        return True
 
     async def finish(self, migration_id: str) -> Incoming | None:
         """After the commit: forget the migration, keep the running copy and adopt it as

@@ -42,7 +42,8 @@ class PreflightReport:
     dest: Capabilities
     #: problems that refuse the migration before anything is touched (empty = go)
     problems: tuple[str, ...] = ()
-    #: resident memory of the workload tree, for the policy's first estimate
+    #: the workload tree's resident memory and its files: what the destination
+    #: needs room for, and what bounds what may be sent to it
     workload_bytes: int = 0
 
 

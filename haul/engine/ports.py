@@ -32,7 +32,9 @@ class SourcePort(Protocol):
     async def capabilities(self) -> Capabilities: ...
 
     async def check_workload(self) -> int:
-        """Raise unless the workload exists and can be dumped; return its resident bytes."""
+        """Raise unless the workload exists and can be dumped; return the bytes the
+        destination needs room for: its resident memory and its files
+        (haul/workload/footprint.py)."""
         ...
 
     async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
@@ -79,8 +81,9 @@ class DestPort(Protocol):
         ...
 
     async def prepare(self, strategy: Strategy, needed_bytes: int) -> DestinationReady:
-        """Make room for the migration (``needed_bytes``: the workload's resident memory)
-        and start what receives it; say where its page server listens, if it runs one."""
+        """Make room for the migration (``needed_bytes``: the workload's resident memory
+        and files, as the source's ``check_workload`` counts them) and start what
+        receives it; say where its page server listens, if it runs one."""
         ...
 
     async def restore(self, lazy: bool) -> RestoreFigures:

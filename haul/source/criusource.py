@@ -37,6 +37,7 @@ from haul.criu.service import Criu
 from haul.engine.figures import PAGE_SIZE, Capabilities, DumpFigures, Endpoint, IterationFigures
 from haul.errors import HaulError, WorkloadError
 from haul.source.freezer import Hold
+from haul.workload.footprint import files_bytes
 from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,13 @@ class CriuSource:
         return await host_capabilities(self.criu)
 
     async def check_workload(self) -> int:
+        """The bytes the destination needs room for: the tree's memory and its files."""
         if not self.tree.alive:
             raise WorkloadError(f"no workload tree with root PID {self.tree.root_pid} runs here")
-        return self.tree.resident_bytes()
+        resident = self.tree.resident_bytes()
+        if self.data_dir is None:
+            return resident
+        return resident + await asyncio.to_thread(files_bytes, self.data_dir)
 
     async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
         # Each round is a fresh images dir whose parent is the previous round's.

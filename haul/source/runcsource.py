@@ -58,6 +58,7 @@ from haul.errors import ContainerError, HaulError, WorkloadError
 from haul.net import lock
 from haul.runtime import criuconf
 from haul.runtime.runc import CheckpointOptions, Runc
+from haul.workload.footprint import files_bytes
 from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class RuncSource:
         network_moves: bool = True,
         lazy_listen: PageServer | None = None,
         files: Path | None = None,
+        sent_files: Path | None = None,
     ) -> None:
         self.criu = criu
         self.runc = runc
@@ -95,6 +97,9 @@ class RuncSource:
         self.lazy_listen = lazy_listen
         #: the container's files here (what the transport sends), gone once it has left
         self.files = files
+        #: what the transport sends of them (counted in the pre-flight's claim), if
+        #: not ``files`` (the agent removes those itself)
+        self.sent_files = sent_files if sent_files is not None else files
         self.workdir = workdir
         self.images = workdir / "images"
         self.logs = workdir / "work"
@@ -129,7 +134,10 @@ class RuncSource:
                 "another host"
             )
         self._pid = state.pid
-        return ProcessTree(state.pid).resident_bytes()
+        resident = ProcessTree(state.pid).resident_bytes()
+        if self.sent_files is None:
+            return resident
+        return resident + await asyncio.to_thread(files_bytes, self.sent_files)
 
     async def pre_dump(self, iteration: int, page_server: Endpoint | None) -> IterationFigures:
         """One pre-copy round while the container runs: ``runc checkpoint --pre-dump``

@@ -222,10 +222,24 @@ async def test_the_record_is_written_as_the_home_is_claimed(tmp_path: Path) -> N
     await reg.discard("m1")
     assert not leftovers.record_path(root, "m1").exists()
     assert not (tmp_path / "containers" / "c1").exists()
-    # one that cannot be prepared leaves neither record nor home
+    # one that cannot be prepared leaves neither record nor home (the limits' room
+    # check at the open is told there is room: the destination's own check says not)
+    reg.free_bytes = lambda path: 1 << 62
     with pytest.raises(TransportError, match="not enough room"):
         await reg.open("m2", "c2", Strategy.STOP_AND_COPY, 1 << 60, None, container=MOVE)
     assert not leftovers.record_path(root, "m2").exists()
     assert not (tmp_path / "containers" / "c2").exists()
     assert len(arrivals.made) == 2
+    await reg.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_budget_counts_what_the_images_blobs_weigh(tmp_path: Path) -> None:
+    """Blobs the destination lacks come over HTTP: its budget for the migration counts
+    what the source says they weigh, besides the pre-flight's claim."""
+    reg, _, _ = setup(tmp_path)
+    move = MOVE | {"blob_bytes": 5000}
+    await reg.open("m1", "c1", Strategy.POST_COPY, 1000, None, container=move)
+    assert reg.get("m1").intake.budget_bytes == reg.limits.budget(6000)
+    await reg.discard("m1")
     await reg.aclose()

@@ -160,7 +160,9 @@ async def put_blob(request: web.Request) -> web.StreamResponse:
     containers = request.app[CONTEXT].workloads.containers
     size = await incoming.receive_blob(
         mid,
-        lambda: receive_blob(containers, move, digest, request.content.iter_chunked(1 << 20)),
+        digest,
+        request.content.iter_chunked(1 << 20),
+        lambda chunks: receive_blob(containers, move, digest, chunks),
     )
     return web.json_response(Received(bytes=size).model_dump())
 
@@ -213,10 +215,13 @@ async def put_image(request: web.Request) -> web.StreamResponse:
     media_type="application/json",
 )
 async def put_data(request: web.Request) -> web.StreamResponse:
+    text = request.headers.get("X-Haul-Mode", "644")
     try:
-        mode = int(request.headers.get("X-Haul-Mode", "644"), 8)
+        mode = int(text, 8) if len(text) <= 6 else -1
     except ValueError:
-        raise BadRequest("X-Haul-Mode must be an octal file mode", code="bad_mode") from None
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise BadRequest("X-Haul-Mode must be an octal file mode (0 to 7777)", code="bad_mode")
     size = await _incoming(request).receive_data(
         request.match_info["id"],
         request.query.get("path", ""),

@@ -52,6 +52,9 @@ def test_the_blobs_are_found_where_it_was_started_or_where_they_came(tmp_path: P
     record = _record(tmp_path, f"oci:{started_from}:v1", digest)
     move, layout = container_move(record, ["/bin/sh"])
     assert layout == started_from and move.blobs == [digest, *rest]
+    # what they weigh, for the destination's budget
+    assert move.blob_bytes == sum(blob_path(layout, b).stat().st_size for b in move.blobs)
+    assert move.blob_bytes > len(b"a layer")
     assert move.config == {"process": {"args": ["/bin/sh"]}}
     # a container that came from another host: the layout it named is not here
     came = tmp_path / "received"
