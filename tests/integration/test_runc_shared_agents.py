@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 
 from haul.lab.held import pause_at_restored
-from haul.lab.hostrunc import container_ids, container_leftovers, host_runc
+from haul.lab.hostrunc import container_ids, container_leftovers, host_runc, plain_bundle
 from haul.lab.operator import incoming, ps, received_bytes, run_haul, wait_until
 from haul.lab.spec import LabSpec
 from haul.runtime.images import ImageRef
@@ -130,6 +130,56 @@ def test_a_container_on_shared_storage_moves_there_and_back_sending_none_of_it(
     assert killed.returncode == 0, killed.stderr
     assert container_ids(lab, "host1") == []
     assert not layer.exists(), "the container is gone: its layer goes with it"
+
+
+def test_a_container_from_a_rootfs_on_shared_storage_moves_in_place(
+    lab_with_agents: tuple[LabSpec, Path], busybox_image: ImageRef
+) -> None:
+    """A container run from a root filesystem (``--rootfs``) that lies in the shared
+    directory: it runs there on each host, none of it is sent, and no host's cleanup
+    removes it (it is the operator's)."""
+    lab, inventory = lab_with_agents
+    image = _lab_image(lab, busybox_image)
+    shared = _shared(lab)
+    rootfs = shared / "rootfs-sc1"
+    shutil.move(plain_bundle(lab, "host1", image, NAME) / "rootfs", rootfs)
+    script = "i=0; while true; do i=$((i+1)); echo $i > /data/count; sleep 0.1; done"
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        NAME,
+        "--host",
+        "host1",
+        "--runtime",
+        "runc",
+        "--rootfs",
+        str(rootfs),
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    count = _counting_on(lab, "host1", 0)
+    for src, dst, marker in (("host1", "host2", "there"), ("host2", "host1", "back")):
+        written = host_runc(lab, src, "exec", NAME, "/bin/sh", "-c", f"echo {marker} > /data/m")
+        assert written.returncode == 0, written.stderr
+        before = received_bytes(lab, dst)
+        moved = _migrate(inventory, dst, "--shared-dir", str(shared))
+        assert moved.returncode == 0, moved.stderr + moved.stdout
+        assert container_ids(lab, dst) == [NAME] and container_ids(lab, src) == []
+        count = _counting_on(lab, dst, count)
+        seen = host_runc(lab, dst, "exec", NAME, "/bin/cat", "/data/m")
+        assert seen.returncode == 0 and seen.stdout.strip() == marker
+        assert received_bytes(lab, dst) == before
+        assert container_leftovers(lab, src, NAME) == []
+        assert (rootfs / "data" / "m").read_text().strip() == marker
+        assert (rootfs / "bin" / "busybox").is_file()
+        assert sorted(p.name for p in shared.iterdir()) == ["rootfs-sc1"]
+    killed = run_haul(inventory, "kill", NAME, "--host", "host1")
+    assert killed.returncode == 0, killed.stderr
+    assert (rootfs / "bin" / "busybox").is_file(), "the operator's rootfs stays"
 
 
 def test_a_failure_before_the_commit_leaves_it_on_the_source_with_its_files(
