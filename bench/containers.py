@@ -7,10 +7,12 @@ container on host1. First the baseline, by hand: `runc checkpoint` (the containe
 ends), `cp -a` of the images and the root filesystem to host2, `runc restore -d` there
 (frozen = total: from the checkpoint to the restored container running). Then haul's
 engine with the runc drivers (in this process, no agents): stop-and-copy and post-copy,
-each host2 -> host1 -> host2. Prints the frozen and total times, the ratio of frozen
-time to the baseline's, and the bytes of images (pages not counted) and of the
-container's files sent inside the frozen window. Needs root and an installed haul
-(deploy/install.sh). Not a test.
+each host2 -> host1 -> host2. Then the same container with its root filesystem in a
+directory both hosts see, moved as ``--shared-dir`` moves it (images written there and
+restored from there, the root filesystem used in place), host1 -> host2 -> host1.
+Prints the frozen and total times, the ratio of frozen time to the baseline's, and the
+bytes of images (pages not counted) and of the container's files sent inside the
+frozen window. Needs root and an installed haul (deploy/install.sh). Not a test.
 """
 
 from __future__ import annotations
@@ -129,11 +131,41 @@ async def one_size(mib: int) -> list[tuple[str, float, float, int]]:
                 )
                 here = there
                 await wait_counting(lab, here)
+        with contextlib.suppress(HaulError):
+            await lab.runc(here).delete(NAME, force=True)
+        rows += await shared_moves(
+            LabContainers(spec, criu_binary(), spec.root_dir / "shared"), mib
+        )
     finally:
         for host in (h1, h2):
             with contextlib.suppress(HaulError):
                 await lab.runc(host).delete(NAME, force=True)
         lab_down(spec.prefix)
+    return rows
+
+
+async def shared_moves(lab: LabContainers, mib: int) -> list[tuple[str, float, float, int]]:
+    """``--shared-dir``: host1 -> host2 -> host1, the root filesystem in ``lab.shared``."""
+    h1, h2 = lab.lab.host(1), lab.lab.host(2)
+    rows: list[tuple[str, float, float, int]] = []
+    await lab.start(h1, NAME, memhog_argv(mib))
+    await wait_counting(lab, h1)
+    here = h1
+    for _ in range(2):
+        there = h2 if here is h1 else h1
+        await asyncio.sleep(SETTLE_S)
+        started = time.monotonic()
+        outcome = await lab.migrate(NAME, here, there)
+        total = (time.monotonic() - started) * 1000
+        if outcome.phase is not Phase.DONE:
+            raise SystemExit(f"shared directory: {outcome.reason}")
+        frozen = (outcome.stats.frozen_s or 0) * 1000
+        name = f"haul --shared-dir stop-and-copy {here.name}->{there.name}"
+        rows.append((name, frozen, total, outcome.stats.transfer_bytes))
+        here = there
+        await wait_counting(lab, here)
+    with contextlib.suppress(HaulError):
+        await lab.runc(here).delete(NAME, force=True)
     return rows
 
 

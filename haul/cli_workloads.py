@@ -349,6 +349,15 @@ def run_cmd(
             "--pids-limit", help="runc: how many tasks it may have at once", show_default=False
         ),
     ] = None,
+    shared_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--shared-dir",
+            help="runc with --image: its writable layer in this directory, which the hosts "
+            "it moves between see too (migrate --shared-dir then sends none of it)",
+            show_default=False,
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
     hosts_file: HostsFileOpt = None,
     argv: Annotated[
@@ -382,6 +391,11 @@ def run_cmd(
     limits = [flag for flag, value in given if value is not None]
     if runtime is RuntimeChoice.process and limits:
         raise UsageError(f"{', '.join(limits)}: only with --runtime runc")
+    if shared_dir is not None and image is None:
+        raise UsageError(
+            "--shared-dir: only with --runtime runc --image (a bundle's or rootfs's files "
+            "are used where they are: put them in the shared directory)"
+        )
     memory_bytes = parse_bytes(memory, "--memory") if memory is not None else None
     ((_, entry),) = _select(load_inventory(hosts_file), host)
     if ip is None and (port is not None or gateway is not None):
@@ -406,6 +420,7 @@ def run_cmd(
                 memory_bytes=memory_bytes,
                 cpus=cpus,
                 pids_limit=pids_limit,
+                shared_dir=str(shared_dir.absolute()) if shared_dir is not None else None,
             )
 
     view = asyncio.run(start())

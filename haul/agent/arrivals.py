@@ -17,7 +17,14 @@ on this host's bridge, locked until the commit. The host paths its configuration
 bind-mounts (``haul run --mount``) must be here and in this agent's allowed roots, or the
 arrival is refused before anything is made.
 
-on this host's bridge, locked until the commit.
+With ``--shared-dir`` a container's writable state may be on storage both hosts see
+(``ContainerMove.shared_layer`` or ``shared_rootfs``): it is used where it is, and
+nothing of it arrives. The overlay here is this host's image cache under that layer's
+``upper/``, with a work directory of this host's own in the layer
+(haul/runtime/sharedlayer.py); a discarded arrival unmounts it and removes only that
+work directory, never the layer (the source's container runs on it again). The layer
+must lie in this agent's allowed roots, and so must a layout the image's missing
+blobs are taken from (:func:`take_blobs`, each checked against its digest).
 
 :class:`Arrivals` makes both for the incoming registry, and makes them again for an
 agent that restarts, from what the migration's record saved (the source's
@@ -57,13 +64,17 @@ from haul.runtime.bundle import (
     ContainerDirs,
     cgroups_path,
     create_netns,
+    inside_roots,
     mount_overlay,
+    mount_points,
     remove_cgroups,
     remove_netns,
     unmount,
 )
 from haul.runtime.images import DIGEST_RE, INDEX_TYPE, MANIFEST_TYPE, ImageRef, blob_path
 from haul.runtime.mounts import bind_mounts, check_sources
+from haul.runtime.sharedlayer import SharedLayer
+from haul.transport.imagecopy import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +125,30 @@ async def receive_blob(
     return size
 
 
+def take_blobs(containers: Containers, move: ContainerMove, layout: Path) -> int:
+    """The blobs of ``move``'s image this host lacks, copied from ``layout`` (an OCI
+    layout on storage both hosts see, in this agent's allowed roots), each kept only if
+    its content has its digest; the bytes copied."""
+    layout = inside_roots(layout, containers.settings.allowed_roots, "the shared image layout")
+    copied = 0
+    for digest in missing_blobs(containers, move):
+        source = blob_path(layout, digest)
+        if not source.is_file():
+            raise ContainerError(
+                f"blob {digest} is not in {layout} (is it shared with the source?)"
+            )
+        target = blob_path(layout_of(containers, move.image_digest or ""), digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".part")
+        shutil.copyfile(source, tmp)
+        if "sha256:" + sha256_of(tmp) != digest:
+            tmp.unlink(missing_ok=True)
+            raise ChecksumMismatch(f"blob {digest} in {layout} does not match its digest")
+        tmp.rename(target)
+        copied += target.stat().st_size
+    return copied
+
+
 @dataclass
 class ContainerArrival:
     """What becomes of one arriving container on this host (an incoming migration's)."""
@@ -137,18 +172,53 @@ class ContainerArrival:
         return self.move.image_digest is not None
 
     @property
-    def files(self) -> Path:
+    def layer(self) -> SharedLayer | None:
+        """Its writable layer on shared storage, used in place (None: it arrives)."""
+        shared = self.move.shared_layer
+        return SharedLayer(Path(shared)) if shared is not None else None
+
+    @property
+    def upper(self) -> Path:
+        """The overlay's writable layer here (a container from an image)."""
+        return self.layer.upper if self.layer is not None else self.dirs.upper
+
+    @property
+    def files(self) -> Path | None:
         """Where the transport puts the container's files: its writable layer, or all
-        of its root filesystem when it has no image."""
+        of its root filesystem when it has no image; None when they are used in place
+        on shared storage (none arrive)."""
+        if self.move.in_place:
+            return None
         return self.dirs.upper if self.overlay else self.dirs.directory / "rootfs"
 
     @property
     def rootfs(self) -> Path:
-        return self.dirs.rootfs if self.overlay else self.files
+        if self.overlay:
+            return self.dirs.rootfs
+        if self.move.shared_rootfs is not None:
+            return Path(self.move.shared_rootfs)
+        return self.dirs.directory / "rootfs"
+
+    def check_in_place(self, roots: tuple[Path, ...]) -> None:
+        """A writable state used in place is in this agent's allowed roots, and here."""
+        if self.layer is not None:
+            inside_roots(self.layer.directory, roots, "the container's shared layer")
+            self.layer.check_here()
+        elif self.move.shared_rootfs is not None:
+            rootfs = inside_roots(Path(self.move.shared_rootfs), roots, "the container's rootfs")
+            if not rootfs.is_dir():
+                raise UsageError(
+                    f"the container's rootfs {rootfs} is not on this host: is the shared "
+                    "directory shared with its source?"
+                )
 
     @property
     def netns(self) -> Path | None:
         return self.dirs.netns if self.net is not None else None
+
+    @property
+    def host(self) -> str:
+        return self.containers.settings.host_name
 
     @property
     def cgroups_path(self) -> str:
@@ -179,7 +249,8 @@ class ContainerArrival:
             raise UsageError(f"a container directory for {self.name} exists on this host")
         self.dirs.directory.mkdir(parents=True, mode=0o700)
         self._made = True
-        self.files.mkdir(parents=True, mode=0o755)
+        if self.files is not None:
+            self.files.mkdir(parents=True, mode=0o755)
 
     async def unpack(self) -> None:
         """The image, from the blobs received (or the cache), unpacked into the cache."""
@@ -207,11 +278,13 @@ class ContainerArrival:
             if self.lower is None:
                 await self.unpack()
             assert self.lower is not None
+            layer = self.layer
             await mount_overlay(
                 lower=self.lower,
-                upper=self.dirs.upper,
-                work=self.dirs.work,
+                upper=self.upper,
+                work=layer.work(self.host) if layer is not None else self.dirs.work,
                 target=self.dirs.rootfs,
+                shared=layer is not None,
             )
         if self.net is not None:
             bridge = self.containers.bridge
@@ -242,7 +315,15 @@ class ContainerArrival:
             except HaulError as exc:
                 problems.append(exc.one_line())
         problems += remove_cgroups(self.cgroups_path)
-        await asyncio.to_thread(_rmtree, self.dirs.directory)
+        # never below a mount still there: through an overlay, that would remove the
+        # container's own files (and on shared storage, the source's)
+        mounted = [p for p in mount_points() if Path(p).is_relative_to(self.dirs.directory)]
+        if mounted:
+            problems.append(f"still mounted: {', '.join(sorted(mounted))}; kept")
+        else:
+            await asyncio.to_thread(_rmtree, self.dirs.directory)
+            if self.layer is not None:  # this host's work directory; the layer stays
+                await asyncio.to_thread(self.layer.remove_work, self.host)
         if problems:
             raise ContainerError(f"container {self.name}: {'; '.join(problems)}")
 
@@ -256,8 +337,9 @@ class ContainerArrival:
             image_digest=self.move.image_digest,
             layer_digests=[],
             rootfs=str(self.rootfs),
-            rootfs_upper=str(self.dirs.upper) if self.overlay else None,
+            rootfs_upper=str(self.upper) if self.overlay else None,
             rootfs_lower=str(self.lower) if self.lower is not None else None,
+            shared_layer=self.move.shared_layer,
             netns=str(self.netns) if self.netns is not None else None,
             cgroups_path=self.cgroups_path,
             criu_config=str(self.dirs.bundle / "criu.conf"),
@@ -306,14 +388,16 @@ class Arrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        shared_images: Path | None = None,
     ) -> tuple[CriuDestination, ContainerArrival]:
         self.containers.check_runs_containers()
         # runc mounts the same host paths here (docs/containers.md): only those this
         # agent allows, and only if they are here
         check_sources(bind_mounts(move.config), self.containers.settings.allowed_roots)
         arrival = ContainerArrival(self.containers, workload, move, self.register, net)
+        arrival.check_in_place(self.containers.settings.allowed_roots)
         arrival.open()
-        return self._dest(arrival, workdir, listen, lazy_source), arrival
+        return self._dest(arrival, workdir, listen, lazy_source, shared_images), arrival
 
     def again(
         self,
@@ -332,7 +416,7 @@ class Arrivals:
             ) from None
         arrival = ContainerArrival(self.containers, workload, move, self.register, net)
         arrival.found()
-        dest = self._dest(arrival, workdir, None, None)
+        dest = self._dest(arrival, workdir, None, None, None)
         dest.found(pid)
         return dest, arrival
 
@@ -342,6 +426,7 @@ class Arrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        shared_images: Path | None,
     ) -> RuncDestination:
         return RuncDestination(
             self.criu,
@@ -355,4 +440,5 @@ class Arrivals:
             net=arrival.net,
             listen=listen,
             lazy_source=lazy_source,
+            shared_images=shared_images,
         )

@@ -27,7 +27,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from haul.runtime.bundle import (
 from haul.runtime.images import ImageCache, ImageRef
 from haul.runtime.mounts import BindMount, add_mounts, check_sources
 from haul.runtime.runc import ContainerState, Runc
+from haul.runtime.sharedlayer import SharedLayer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class ContainerRecord(BaseModel):
     rootfs: str
     #: the overlay's writable layer (everything the container wrote), or None
     rootfs_upper: str | None = None
+    #: the directory on shared storage that holds its writable layer (``haul run
+    #: --shared-dir``; haul/runtime/sharedlayer.py), or None: the layer is in the
+    #: container's directory here. It moves in place, and goes only with the container
+    shared_layer: str | None = None
     #: the image's unpacked rootfs in this host's cache (read-only), or None
     rootfs_lower: str | None = None
     #: where its own network namespace is kept (a bind mount), or None: the host's
@@ -118,6 +123,8 @@ class ContainerSettings:
     host: HostNs = HOST
     #: False: this host runs no containers (``agent.runc.enabled``)
     enabled: bool = True
+    #: this host's name (``agent.host``): its overlay work directory in a shared layer
+    host_name: str = field(default_factory=socket.gethostname)
 
     @classmethod
     def default(cls, state_dir: Path) -> ContainerSettings:
@@ -281,6 +288,7 @@ class Containers:
         mounts = check_sources(
             [BindMount(Path(m.source), m.destination) for m in spec.mounts], roots
         )
+        layer = self._shared_layer(name, spec)
         runc = self.runc()
         dirs = self.dirs(name)
         cgroup = cgroups_path(self.settings.cgroup_parent, name)
@@ -337,18 +345,44 @@ class Containers:
             image_digest=image_digest,
             layer_digests=layers,
             rootfs=str(rootfs),
-            rootfs_upper=str(dirs.upper) if lower is not None else None,
+            rootfs_upper=str(self._upper(dirs, layer)) if lower is not None else None,
             rootfs_lower=str(lower) if lower is not None else None,
+            shared_layer=str(layer.directory) if layer is not None else None,
             netns=str(netns) if netns is not None else None,
             cgroups_path=cgroup,
             criu_config=str(dirs.criu_config),
         )
+        if layer is not None:
+            layer.create()  # refused when taken meanwhile, before anything else is made
         try:
-            await self._make(name, dirs, net, lower, config)
+            await self._make(name, dirs, net, lower, config, layer)
         except BaseException:
-            await asyncio.shield(self._release_quietly(name, dirs, cgroup=cgroup))
+            await asyncio.shield(
+                self._release_quietly(name, dirs, cgroup=cgroup, layer=layer, drop_layer=True)
+            )
             raise
         return PreparedContainer(record, config, unpack_s, time.monotonic() - begun)
+
+    def _shared_layer(self, name: str, spec: WorkloadSpec) -> SharedLayer | None:
+        """Where ``haul run --shared-dir`` puts the container's writable layer (checked
+        before anything is made: in the allowed roots, there, not taken)."""
+        if spec.shared_dir is None:
+            return None
+        shared = inside_roots(
+            Path(spec.shared_dir), self.settings.allowed_roots, "shared directory"
+        )
+        if not shared.is_dir():
+            raise UsageError(f"shared directory {spec.shared_dir} does not exist here")
+        layer = SharedLayer.of(shared, name)
+        layer.check_free()
+        return layer
+
+    @staticmethod
+    def _upper(dirs: ContainerDirs, layer: SharedLayer | None) -> Path:
+        return layer.upper if layer is not None else dirs.upper
+
+    def _work(self, dirs: ContainerDirs, layer: SharedLayer | None) -> Path:
+        return layer.work(self.settings.host_name) if layer is not None else dirs.work
 
     async def _make(
         self,
@@ -357,6 +391,7 @@ class Containers:
         net: WorkloadNet | None,
         lower: Path | None,
         config: dict[str, Any],
+        layer: SharedLayer | None = None,
     ) -> None:
         dirs.directory.mkdir(parents=True, mode=0o700)
         if net is not None:
@@ -365,7 +400,13 @@ class Containers:
             await create_netns(dirs.netns)
             await veth.attach_netns(name, str(dirs.netns), net, self.bridge)
         if lower is not None:
-            await mount_overlay(lower=lower, upper=dirs.upper, work=dirs.work, target=dirs.rootfs)
+            await mount_overlay(
+                lower=lower,
+                upper=self._upper(dirs, layer),
+                work=self._work(dirs, layer),
+                target=dirs.rootfs,
+                shared=layer is not None,
+            )
         write_criu_config(dirs.criu_config, own_netns=net is not None)
         write_config(dirs.config, config)
 
@@ -387,7 +428,13 @@ class Containers:
         """Kill and delete the container, then remove what haul made for it."""
         await self.stop(record)
         if record.owned:
-            await self._release(name, self.dirs(name), cgroup=record.cgroups_path)
+            await self._release(
+                name,
+                self.dirs(name),
+                cgroup=record.cgroups_path,
+                layer=_layer_of(record),
+                drop_layer=True,
+            )
         else:
             for problem in remove_cgroups(record.cgroups_path):
                 log.warning("container %s: %s", record.id, problem)
@@ -402,25 +449,54 @@ class Containers:
 
     async def release(self, name: str, record: ContainerRecord) -> None:
         """Remove what haul made for a container that no longer runs here (e.g. it moved
-        away): mounts, namespace, veth, cgroup, its directory. Adopted ones: nothing."""
+        away): mounts, namespace, veth, cgroup, its directory, and its work directory
+        in a shared layer (never the layer itself: the container runs on it elsewhere
+        now). Adopted ones: nothing."""
         if record.owned:
-            await self._release(name, self.dirs(name), cgroup=record.cgroups_path)
+            await self._release(
+                name, self.dirs(name), cgroup=record.cgroups_path, layer=_layer_of(record)
+            )
 
     async def _undo_start(self, runc: Runc, name: str, record: ContainerRecord) -> None:
         """After a failed or cancelled ``runc run``: whatever runc made, then the rest."""
         with contextlib.suppress(ContainerError):  # none made (the usual case)
             await runc.delete(name, force=True)
-        await self._release_quietly(name, self.dirs(name), cgroup=record.cgroups_path)
+        await self._release_quietly(
+            name,
+            self.dirs(name),
+            cgroup=record.cgroups_path,
+            layer=_layer_of(record),
+            drop_layer=True,
+        )
 
-    async def _release_quietly(self, name: str, dirs: ContainerDirs, *, cgroup: str) -> None:
+    async def _release_quietly(
+        self,
+        name: str,
+        dirs: ContainerDirs,
+        *,
+        cgroup: str,
+        layer: SharedLayer | None = None,
+        drop_layer: bool = False,
+    ) -> None:
         """:meth:`_release` after a failure: its own problems are logged, not raised (the
         failure is what the caller must hear of)."""
         try:
-            await self._release(name, dirs, cgroup=cgroup)
+            await self._release(name, dirs, cgroup=cgroup, layer=layer, drop_layer=drop_layer)
         except HaulError as exc:
             log.error("%s", exc.one_line())
 
-    async def _release(self, name: str, dirs: ContainerDirs, *, cgroup: str) -> None:
+    async def _release(
+        self,
+        name: str,
+        dirs: ContainerDirs,
+        *,
+        cgroup: str,
+        layer: SharedLayer | None = None,
+        drop_layer: bool = False,
+    ) -> None:
+        """What haul made for container ``name`` here goes; with ``layer`` (on shared
+        storage), this host's work directory in it, and with ``drop_layer`` the whole
+        layer. Nothing is removed below a mount that is still there."""
         problems: list[str] = []
         with contextlib.suppress(HaulError):
             await veth.detach(name)
@@ -435,6 +511,10 @@ class Containers:
             problems.append(f"still mounted: {', '.join(sorted(mounted))}; {dirs.directory} kept")
         else:
             await asyncio.to_thread(shutil.rmtree, dirs.directory, True)
+            if layer is not None and drop_layer:
+                await asyncio.to_thread(layer.remove)
+            elif layer is not None:
+                await asyncio.to_thread(layer.remove_work, self.settings.host_name)
         if problems:
             raise ContainerError(
                 f"container {name}: could not remove everything: {'; '.join(problems)}"
@@ -515,3 +595,7 @@ class Containers:
             owned=False,
         )
         return StartedContainer(record, state.pid, _args_of(config))
+
+
+def _layer_of(record: ContainerRecord) -> SharedLayer | None:
+    return SharedLayer(Path(record.shared_layer)) if record.shared_layer is not None else None

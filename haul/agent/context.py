@@ -187,6 +187,7 @@ class AgentContext:
                     runc_binary=config.runc_path,
                     host=host,
                     enabled=config.runc.enabled,
+                    host_name=config.host,
                 ),
             ),
             journal=Journal(config.journal_dir),

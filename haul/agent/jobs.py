@@ -42,7 +42,9 @@ from haul.engine.runner import Outcome, run
 from haul.engine.spec import MigrationSpec
 from haul.engine.timeouts import scaled
 from haul.errors import ContainerError, HaulError, TooMany, UsageError
+from haul.runtime.bundle import is_mount_point
 from haul.runtime.images import ImageRef, blob_path
+from haul.runtime.sharedlayer import lies_in
 from haul.source.criusource import CriuSource
 from haul.source.freezer import Hold
 from haul.source.runcsource import RuncSource
@@ -182,6 +184,16 @@ class MigrationJobs:
                 strategy = Strategy.STOP_AND_COPY
         peer = self.peer(to)
         tree = self._tree_of(workload)  # raises when there is no such workload
+        container = self._container_of(workload)
+        if shared_dir is not None and container is not None:
+            in_place(container, shared_dir)  # refused, in one line, when it is not there
+        if shared_dir is None and container is not None and container.shared_layer:
+            # a copy would leave the layer behind on the shared storage, used by no one
+            holder = Path(container.shared_layer).parent.parent
+            raise UsageError(
+                f"{workload}'s writable layer is on shared storage ({container.shared_layer}): "
+                f"move it with --shared-dir {holder}"
+            )
         if workload in self._moving:
             raise UsageError(f"{workload} is already being migrated")
         self._admit(workload)
@@ -203,7 +215,7 @@ class MigrationJobs:
             container_runtime=self._runtime_of(workload),
         )
         job = Job(Migration(spec), started_at=time.monotonic())
-        self._write_intent(mid, workload, to)
+        self._write_intent(mid, workload, to, shared_dir)
         self._forget_ended()
         self._jobs[mid] = job
         self._moving.add(workload)
@@ -292,20 +304,48 @@ class MigrationJobs:
         its whole root filesystem) and its image's blobs go only where they lack."""
         if self._containers is None:
             raise ContainerError("this agent runs no containers")
-        if shared_dir is not None:
-            raise UsageError("--shared-dir does not take containers yet")
         received = (
             layout_of(self._containers, container.image_digest)
             if container.image_digest is not None
             else None
         )
-        move, layout = container_move(container, self._argv_of(spec.workload), received=received)
-        files = Path(container.rootfs_upper or container.rootfs)
+        move, layout = container_move(
+            container, self._argv_of(spec.workload), received=received, shared_dir=shared_dir
+        )
+        # --shared-dir: its files stay where they are, its images are written there
+        files = None if move.in_place else Path(container.rootfs_upper or container.rootfs)
         net = self._net_of(spec.workload)
         # haul rewrites only a CRIU configuration file of its own (haul/runtime/criuconf.py)
         criu_config = container.criu_config if container.owned else None
+        workdir = (shared_dir or self.state_dir / "outgoing") / spec.migration_id
+        if shared_dir is not None:
+            # made before the destination is asked: it checks that it sees it
+            workdir.mkdir(mode=0o700)
+        try:
+            async with self._runc_ports(
+                spec, container, peer, move, layout, workdir, files, net, criu_config, shared_dir
+            ) as ports:
+                yield ports
+        finally:
+            if shared_dir is not None:  # the images and blobs there are no one's now
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    @contextlib.asynccontextmanager
+    async def _runc_ports(
+        self,
+        spec: MigrationSpec,
+        container: ContainerRecord,
+        peer: AgentAccess,
+        move: ContainerMove,
+        layout: Path | None,
+        workdir: Path,
+        files: Path | None,
+        net: NetSpec | None,
+        criu_config: str | None,
+        shared_dir: Path | None,
+    ) -> AsyncIterator[_Ports]:
+        assert self._containers is not None
         async with _peer_client(peer, spec.dest_host) as client:
-            workdir = self.state_dir / "outgoing" / spec.migration_id
             source = RuncSource(
                 self.criu,
                 self._containers.runc(Path(container.runc_root)),
@@ -326,9 +366,15 @@ class MigrationJobs:
                 source_host=self.host,
                 container=move,
                 image_layout=layout,
+                shared_images=source.images if shared_dir is not None else None,
+                blobs_through=workdir if shared_dir is not None else None,
             )
             transport = HttpTransport(
-                client.incoming, spec.migration_id, source.images, source_data=files
+                client.incoming,
+                spec.migration_id,
+                source.images,
+                source_data=files,
+                images_shared=shared_dir is not None,
             )
             yield _Ports(source, dest, transport)
 
@@ -381,13 +427,18 @@ class MigrationJobs:
     def _intent_path(self, migration_id: str) -> Path:
         return self.state_dir / "outgoing" / f"{migration_id}.json"
 
-    def _write_intent(self, migration_id: str, workload: str, to: str) -> None:
+    def _write_intent(
+        self, migration_id: str, workload: str, to: str, shared_dir: Path | None = None
+    ) -> None:
         """What a restarted agent needs to finish a migration this one started."""
         path = self._intent_path(migration_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        intent = {"workload": workload, "to": to}
+        if shared_dir is not None:
+            intent["shared_dir"] = str(shared_dir)
         with tmp.open("w") as f:
-            json.dump({"workload": workload, "to": to}, f)
+            json.dump(intent, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -403,6 +454,7 @@ class MigrationJobs:
             try:
                 data = json.loads(intent.read_text())
                 workload, to = str(data["workload"]), str(data["to"])
+                shared = data.get("shared_dir")
             except (OSError, ValueError, KeyError) as exc:
                 log.error("unreadable migration intent %s: %s", intent, exc)
                 continue
@@ -420,6 +472,8 @@ class MigrationJobs:
             )
             intent.unlink(missing_ok=True)
             shutil.rmtree(outgoing / mid, ignore_errors=True)
+            if isinstance(shared, str) and shared.startswith("/"):
+                shutil.rmtree(Path(shared, mid), ignore_errors=True)
             log.warning("recovered migration %s: %s", mid, line)
             done.append(f"{mid}: {line}")
         return done
@@ -546,15 +600,51 @@ class MigrationJobs:
                     log.info("migration %s ended while closing: %r", job.id, exc)
 
 
+def in_place(container: ContainerRecord, shared_dir: Path) -> tuple[str | None, str | None]:
+    """A migration with ``--shared-dir``: where the container's writable state lies in
+    ``shared_dir``, used in place (``ContainerMove.shared_layer`` or ``shared_rootfs``).
+    UsageError, one line saying what to do, when it is not there: such a move sends
+    none of it (docs/containers.md)."""
+    name = container.id
+    if container.image_digest is not None:
+        layer = container.shared_layer
+        if layer is not None and lies_in(Path(layer), shared_dir):
+            return os.path.realpath(layer), None
+        raise UsageError(
+            f"--shared-dir moves a container's writable layer where it is, and {name}'s "
+            f"is not in {shared_dir} (it is {container.rootfs_upper}): start it with "
+            f"haul run --shared-dir {shared_dir}, or move it without --shared-dir"
+        )
+    rootfs = Path(container.rootfs)
+    if not lies_in(rootfs, shared_dir):
+        raise UsageError(
+            f"--shared-dir moves a container's root filesystem where it is, and {name}'s "
+            f"is not in {shared_dir} (it is {rootfs}): keep it in the shared directory, "
+            "or move it without --shared-dir"
+        )
+    if is_mount_point(rootfs):
+        raise UsageError(
+            f"{name}'s root filesystem {rootfs} is a mount point on this host: another "
+            "host would not see there what it runs on; move it without --shared-dir"
+        )
+    return None, os.path.realpath(rootfs)
+
+
 def container_move(
-    container: ContainerRecord, argv: list[str], *, received: Path | None = None
+    container: ContainerRecord,
+    argv: list[str],
+    *,
+    received: Path | None = None,
+    shared_dir: Path | None = None,
 ) -> tuple[ContainerMove, Path | None]:
     """What the destination is told of a container, and where its image's blobs are here:
     the layout it was started from, or (a container that came from another host) the
-    layout its blobs were received into (``received``)."""
+    layout its blobs were received into (``received``). With ``shared_dir``, its
+    writable state is used in place (:func:`in_place`)."""
     config = json.loads(Path(container.bundle, "config.json").read_text())
+    layer, rootfs = in_place(container, shared_dir) if shared_dir is not None else (None, None)
     if container.image is None or container.image_digest is None:
-        return ContainerMove(config=config, argv=argv), None
+        return ContainerMove(config=config, argv=argv, shared_rootfs=rootfs), None
     digest = container.image_digest
     candidates = [ImageRef.parse(container.image).layout]
     if received is not None:
@@ -581,5 +671,6 @@ def container_move(
         blobs=blobs,
         blob_bytes=sum(p.stat().st_size for p in weigh if p.is_file()),
         argv=argv,
+        shared_layer=layer,
     )
     return move, layout

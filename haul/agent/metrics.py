@@ -41,6 +41,16 @@ class AgentMetrics:
             "Migrations this agent takes part in now",
             registry=self.registry,
         )
+        self.received_bytes = Counter(
+            "haul_agent_received_bytes",
+            "Bytes of incoming migrations received over the API, by what they were "
+            "(image: CRIU's images; data: the workload's files; blob: a container "
+            "image's blobs)",
+            ("what",),
+            registry=self.registry,
+        )
+        for what in ("image", "data", "blob"):
+            self.received_bytes.labels(what)
         self.migrations = Counter(
             "haul_agent_migrations",
             "Migrations finished, by outcome (done, rolled-back, refused, failed)",

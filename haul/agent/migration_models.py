@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from haul.agent.models import MAX_BYTES, AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
@@ -77,6 +77,25 @@ class ContainerMove(_Request):
     blob_bytes: int = Field(default=0, ge=0, le=MAX_BYTES)
     #: its argv, for its registry entry here
     argv: list[str] = Field(default_factory=list)
+    #: its writable state is on storage both hosts see (``--shared-dir``) and is used
+    #: where it is, none of it sent: for a container from an image, the directory of
+    #: its overlay's writable layer (``upper/``, and a work directory per host:
+    #: haul/runtime/sharedlayer.py); for any other, its root filesystem
+    shared_layer: AbsolutePath | None = None
+    shared_rootfs: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _in_place(self) -> ContainerMove:
+        if self.shared_layer is not None and self.image_digest is None:
+            raise ValueError("shared_layer: only for a container from an image")
+        if self.shared_rootfs is not None and self.image_digest is not None:
+            raise ValueError("shared_rootfs: a container from an image has shared_layer")
+        return self
+
+    @property
+    def in_place(self) -> bool:
+        """Its writable state stays where it is (nothing of it is sent)."""
+        return self.shared_layer is not None or self.shared_rootfs is not None
 
 
 class IncomingOpen(_Request):
@@ -100,6 +119,13 @@ class IncomingOpen(_Request):
     source: str | None = Field(default=None, pattern=HOST_NAME_PATTERN)
     #: a runc container, not a process tree
     container: ContainerMove | None = None
+
+
+class BlobsFrom(_Request):
+    """Where the destination takes the image blobs it lacks: an OCI image layout on
+    storage both hosts see (``--shared-dir``), instead of over the API."""
+
+    layout: AbsolutePath
 
 
 class IncomingOpened(_Answer):

@@ -192,12 +192,18 @@ class WorkloadSpec(_Request):
     memory_bytes: int | None = Field(default=None, ge=MIN_MEMORY_BYTES, le=MAX_BYTES)
     cpus: float | None = Field(default=None, ge=MIN_CPUS, le=MAX_CPUS)
     pids_limit: int | None = Field(default=None, ge=1, le=2**31)
+    #: runc with an image: the container's writable layer goes in this directory, which
+    #: other hosts see too (``SHARED/layers/NAME``); ``haul migrate --shared-dir`` then
+    #: moves it in place (docs/containers.md)
+    shared_dir: AbsolutePath | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkloadSpec:
         given = [f for f in ("image", "bundle", "rootfs") if getattr(self, f) is not None]
         limits = [f for f in LIMITS if getattr(self, f) is not None]
         if self.runtime == "process":
+            if self.shared_dir is not None:
+                raise ValueError("shared_dir: only for runtime runc")
             if given or limits:
                 raise ValueError(f"{', '.join(given + limits)}: only for runtime runc")
             if self.mounts:
@@ -214,6 +220,11 @@ class WorkloadSpec(_Request):
             raise ValueError("data_dir: only for process workloads (a container has its rootfs)")
         if self.rootfs is not None and not self.argv:
             raise ValueError("argv: a container from a bare rootfs needs a command")
+        if self.shared_dir is not None and self.image is None:
+            raise ValueError(
+                "shared_dir: only with image (a bundle's or rootfs's files are used where "
+                "they are: put them in the shared directory)"
+            )
         return self
 
 

@@ -3,6 +3,8 @@ API (``/v1/incoming/...``, through :class:`haul.agent.client.AgentClient`)."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
 from haul.agent.client import AgentClient, body_of
@@ -19,6 +21,7 @@ from haul.engine.figures import (
 from haul.engine.phases import Strategy
 from haul.errors import ContainerError
 from haul.runtime.images import blob_path
+from haul.runtime.sharedlayer import lies_in
 
 
 class RemoteDestination:
@@ -39,11 +42,15 @@ class RemoteDestination:
         source_host: str | None = None,
         container: ContainerMove | None = None,
         image_layout: Path | None = None,
+        blobs_through: Path | None = None,
     ) -> None:
         self.client = client
         #: a runc container (not a process tree), and where its image's blobs are here
         self.container = container
         self.image_layout = image_layout
+        #: ``--shared-dir``: the image's blobs go through this migration's directory in
+        #: the shared directory (its parent), or stay in a layout that lies there
+        self.blobs_through = blobs_through
         #: the workload's own address, which goes with it
         self.net = net
         #: this (the source's) host name: whom the destination asks for the decision
@@ -113,11 +120,30 @@ class RemoteDestination:
         for digest in missing:
             if digest not in self.container.blobs:
                 raise ContainerError(f"the destination asked for blob {digest}, not the image's")
-            assert self.image_layout is not None
-            await self.client.incoming.put_blob(
-                self.migration_id, digest, blob_path(self.image_layout, digest)
-            )
+        if missing and self.blobs_through is not None:
+            await self._share_blobs(missing, self.blobs_through)
+        else:
+            for digest in missing:
+                assert self.image_layout is not None
+                await self.client.incoming.put_blob(
+                    self.migration_id, digest, blob_path(self.image_layout, digest)
+                )
         await self.client.incoming.unpack_image(self.migration_id)
+
+    async def _share_blobs(self, missing: list[str], through: Path) -> None:
+        """The missing blobs from a layout on shared storage: the image's own when it
+        lies there, else a copy in ``through`` (the migration's shared directory)."""
+        assert self.image_layout is not None
+        layout = self.image_layout
+        if not lies_in(layout, through.parent):
+            layout = through / "layout"
+            for digest in missing:
+                target = blob_path(layout, digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(
+                    shutil.copyfile, blob_path(self.image_layout, digest), target
+                )
+        await self.client.incoming.take_blobs(self.migration_id, layout)
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         answer = await self.client.incoming.restore(self.migration_id, lazy)

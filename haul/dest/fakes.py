@@ -84,7 +84,10 @@ class FakeArrival:
     fail_release: str | None = None
 
     @property
-    def files(self) -> Path:
+    def files(self) -> Path | None:
+        """None when its move says its files are used in place (shared storage)."""
+        if self.move.get("shared_layer") or self.move.get("shared_rootfs"):
+            return None
         return self.home / "upper"
 
     def saved(self) -> dict[str, Any]:
@@ -138,6 +141,8 @@ class FakeArrivals:
     rebuilt: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)
     #: every arrival's release fails with this message
     fail_release: str | None = None
+    #: the shared images directory each new arrival was told of (None: none)
+    shared_images: list[Path | None] = field(default_factory=list)
 
     async def arrive(
         self,
@@ -148,7 +153,9 @@ class FakeArrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        shared_images: Path | None = None,
     ) -> tuple[FakeContainerDestination, FakeArrival]:
+        self.shared_images.append(shared_images)
         home = self.home / workload
         if home.exists():
             raise ContainerError(f"a container directory for {workload} exists")

@@ -136,8 +136,9 @@ class ContainerArrivalPort(Protocol):
     """What the registry needs of an arriving container (haul/agent/arrivals.py)."""
 
     @property
-    def files(self) -> Path:
-        """Where the transport puts the container's files."""
+    def files(self) -> Path | None:
+        """Where the transport puts the container's files (None: they are used in
+        place, on storage both hosts see, and none arrive)."""
         ...
 
     def saved(self) -> dict[str, Any]:
@@ -172,8 +173,10 @@ class ContainerArrivals(Protocol):
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        shared_images: Path | None = None,
     ) -> tuple[CriuDestination, ContainerArrivalPort]:
-        """A new arrival, its home's directory claimed (refused when the name has one)."""
+        """A new arrival, its home's directory claimed (refused when the name has one);
+        with ``shared_images``, restored from the images there."""
         ...
 
     def again(
@@ -489,6 +492,7 @@ class IncomingRegistry:
                 net=net,
                 page_tls=page_tls,
                 source=source,
+                shared_images=shared_images,
             )
         dest = CriuDestination(
             self.criu,
@@ -543,9 +547,11 @@ class IncomingRegistry:
         net: WorkloadNet | None,
         page_tls: bool,
         source: str | None,
+        shared_images: Path | None = None,
     ) -> Incoming:
         """A runc container: its destination port and home are the agent's to make; its
-        record (what the source said of it) is written as soon as its home is claimed."""
+        record (what the source said of it) is written as soon as its home is claimed.
+        With ``shared_images`` runc restores from there, with no page server here."""
         if self.arrivals is None:
             raise UsageError("this host runs no containers (no runc here)")
         if page_tls:
@@ -553,14 +559,22 @@ class IncomingRegistry:
                 "containers' pages do not travel over TLS yet (runc gives CRIU "
                 "no TLS options); move it between agents without certificates"
             )
+        if shared_images is not None and not shared_images.parent.is_dir():
+            # the source made the migration's directory there before it asked
+            raise UsageError(
+                f"{shared_images.parent} is not on this host: is "
+                f"{shared_images.parent.parent} shared with {source or 'the source'}?"
+            )
+        listen = PageServer(self.listen_address, 0)
         dest, arrival = await self.arrivals.arrive(
             migration_id,
             workload,
             container,
             net,
             self.root / migration_id,
-            None if strategy is Strategy.POST_COPY else PageServer(self.listen_address, 0),
+            None if strategy is Strategy.POST_COPY or shared_images is not None else listen,
             lazy_source,
+            shared_images,
         )
         item = Incoming(
             migration_id,
@@ -619,6 +633,15 @@ class IncomingRegistry:
         async with item.intake.upload(f"blob/{digest}", chunks, self.root) as metered:
             return await receive(metered)
 
+    async def take_blobs(self, migration_id: str, take: Callable[[], Awaitable[int]]) -> int:
+        """An arriving container's missing blobs, from a layout on shared storage (read
+        here, so nothing of them arrives over the API to count against the budget)."""
+        item = self._receiving(migration_id)
+        if item.arrival is None:
+            raise UsageError(f"incoming migration {migration_id} brings no container")
+        with item.intake.working():
+            return await take()
+
     async def unpack_image(self, migration_id: str) -> None:
         """An arriving container's image, unpacked here from the blobs received."""
         item = self._receiving(migration_id)
@@ -653,6 +676,11 @@ class IncomingRegistry:
     def _data(self, migration_id: str) -> DataTree:
         item = self._receiving(migration_id)
         if item.arrival is not None:
+            if item.arrival.files is None:
+                raise UsageError(
+                    f"incoming migration {migration_id}: the container's files are used "
+                    "where they are (shared storage); none are taken"
+                )
             return DataTree(item.arrival.files)
         if self.data_root is None:
             raise UsageError("this host keeps no workload data directories")

@@ -8,8 +8,12 @@ haul writes ``leave-stopped`` into the CRIU configuration file the bundle names
 (:mod:`haul.runtime.criuconf`) and resumes it only after the commit.
 
 The bundle is the source's ``config.json`` made this host's: the root filesystem where
-the transport put the container's files, and a cgroup path of this host's
-(docs/containers.md).
+the transport put the container's files (or, on storage both hosts see, where they
+are), and a cgroup path of this host's (docs/containers.md).
+
+With ``shared_images`` (``--shared-dir``) runc restores from the images the source's
+checkpoint wrote in a directory both hosts see: nothing of them is copied here, and
+there is no page server (the pages are in those images).
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ class RuncDestination(CriuDestination):
         data: Path | None = None,
         listen: PageServer | None = None,
         lazy_source: PageServer | None = None,
+        shared_images: Path | None = None,
     ) -> None:
         super().__init__(
             criu,
@@ -126,6 +131,7 @@ class RuncDestination(CriuDestination):
             data=data,
             listen=listen,
             lazy_source=lazy_source,
+            shared_images=shared_images,
             workload=container_id,
         )
         self.runc = runc
@@ -148,6 +154,21 @@ class RuncDestination(CriuDestination):
         self._restored = True
         self._found = True
         self.tree = ProcessTree(pid) if pid is not None else None
+
+    @property
+    def image_path(self) -> Path:
+        """Where runc restores from: the shared directory's images, or those received."""
+        return self.shared_images if self.shared_images is not None else self.images
+
+    def _pages_bytes(self, lazy: bool) -> int:
+        if self.shared_images is None:
+            return super()._pages_bytes(lazy)
+        if not self.shared_images.is_dir():
+            raise ContainerError(
+                f"the images {self.shared_images} are not on this host: is the shared "
+                "directory shared with the source?"
+            )
+        return sum(p.stat().st_size for p in self.shared_images.glob("pages-*.img"))
 
     async def restore(self, lazy: bool) -> RestoreFigures:
         started = time.monotonic()
@@ -178,7 +199,7 @@ class RuncDestination(CriuDestination):
             self.container_id,
             RestoreOptions(
                 bundle=self.bundle,
-                image_path=self.images,
+                image_path=self.image_path,
                 work_path=self.logs,
                 tcp_established=own_network,
                 file_locks=True,

@@ -5,6 +5,11 @@ lab hosts (as :mod:`haul.lab.migrate` does for process trees): ``RuncSource`` on
 source host, ``RuncDestination`` on the destination (its CRIU page server on the lab
 network), ``LocalTransport`` for the images and the container's root filesystem. Each
 lab host has its own runc root and cgroup path (lab hosts share one machine's cgroups).
+
+With ``shared`` (a directory every lab host sees) the containers' root filesystems are
+there and their migrations go as ``--shared-dir`` ones do through the agents: runc
+checkpoints into ``shared/out/ID``, the destination's runc restores from there (no page
+server, no image copied), and the root filesystem is used where it is.
 """
 
 from __future__ import annotations
@@ -39,13 +44,15 @@ class LabContainers:
 
     lab: LabSpec
     criu_path: Path
+    shared: Path | None = None
 
     def runc(self, host: HostSpec) -> Runc:
         return Runc(host.workdir / "runc", criu=self.criu_path, host=host.ns)
 
     def rootfs(self, host: HostSpec, name: str) -> Path:
-        """The container's root filesystem: in the host's data, where files move."""
-        return host.data_backing / name
+        """The container's root filesystem: in the host's data, where files move; or in
+        the shared directory, the same for every host."""
+        return self.shared / name if self.shared is not None else host.data_backing / name
 
     def bundle(self, host: HostSpec, name: str) -> Path:
         return host.workdir / "bundles" / name
@@ -78,13 +85,15 @@ class LabContainers:
     ) -> Outcome:
         mid = "m" + secrets.token_hex(6)
         criu = Criu(self.criu_path)
+        shared = self.shared
         source = RuncSource(
             criu.on(src.ns),
             self.runc(src),
             name,
-            src.workdir / "out" / mid,
+            (shared if shared is not None else src.workdir) / "out" / mid,
             criu_config=self.bundle(src, name) / "criu.conf",
-            files=self.rootfs(src, name),
+            # the shared root filesystem is the destination's after the commit
+            files=self.rootfs(src, name) if shared is None else None,
             lazy_listen=PageServer(str(src.address.ip), 20000 + secrets.randbelow(20000)),
         )
         config = json.loads((self.bundle(src, name) / "config.json").read_text())
@@ -97,15 +106,17 @@ class LabContainers:
             bundle=self.bundle(dst, name),
             home=PlainHome(self.rootfs(dst, name)),
             cgroups_path=self.cgroups_path(dst, name),
-            data=dst.data_backing,
-            listen=PageServer(str(dst.address.ip), 0),
+            data=dst.data_backing if shared is None else None,
+            listen=PageServer(str(dst.address.ip), 0) if shared is None else None,
             lazy_source=source.lazy_listen,
+            shared_images=source.images if shared is not None else None,
         )
         transport = LocalTransport(
             source.images,
             dest.images,
-            source_data=self.rootfs(src, name),
-            dest_data=self.rootfs(dst, name),
+            source_data=self.rootfs(src, name) if shared is None else None,
+            dest_data=self.rootfs(dst, name) if shared is None else None,
+            images_shared=shared is not None,
         )
         migration = Migration(MigrationSpec(mid, name, src.name, dst.name, strategy=strategy))
         return await run(

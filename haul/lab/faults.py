@@ -5,7 +5,7 @@
   --rpc``, so it is found by what it traces, not by its command line); its
   :func:`parent` is the ``runc checkpoint`` that reports its end.
 - :func:`runc_restoring`: a ``runc restore`` of a migration, found by the migration's
-  images directory on its command line.
+  images directory on its command line (received, or in a shared directory).
 - :func:`freezer_state`: the cgroup v1 freezer state of a lab host's container, read
   where the kernel keeps it (``runc exec`` into a frozen container would hang).
 - :func:`stopped`: a process held with SIGSTOP for the duration of a ``with`` (an agent
@@ -37,7 +37,7 @@ def parent(pid: int) -> int | None:
 def runc_restoring(migration_id: str) -> int | None:
     """The PID of a ``runc restore`` of migration ``migration_id`` (its images directory
     is the migration's, on its command line), or None while there is none."""
-    images = f"/incoming/{migration_id}/images"
+    images = f"/{migration_id}/images"
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

@@ -44,11 +44,13 @@ def pause_at_restored(
     source: str = "host1",
     dest: str = "host2",
     strategy: str = "stop-and-copy",
+    extra: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.Popen[str]]:
     """Start ``name``'s migration ``source`` -> ``dest`` (``strategy``) with a hook that
     holds the source at the ``restored`` point until ``release`` exists; return the
     migration's ID and the ``haul migrate`` process once ``dest`` has restored its copy
-    (stopped) and the source waits in the hook, nothing decided."""
+    (stopped) and the source waits in the hook, nothing decided. ``extra``: more
+    arguments of ``haul migrate``."""
     reached = release.with_name("reached")
     hook = release.with_name("wait-at-restored")
     hook.write_text(WAIT_AT_RESTORED.format(reached=reached, release=release))
@@ -69,6 +71,7 @@ def pause_at_restored(
             str(hook),
             "--hook-timeout",
             "150",
+            *extra,
             "-o",
             "json",
         ],

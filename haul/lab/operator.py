@@ -179,3 +179,20 @@ def incoming(lab: LabSpec, host: str) -> list[dict[str, Any]]:
             return [view.model_dump() for view in await agent.incoming.all()]
 
     return asyncio.run(get())
+
+
+def received_bytes(lab: LabSpec, host: str) -> dict[str, float]:
+    """What ``host``'s agent has received of incoming migrations over its API, in bytes
+    by kind (image, data, blob): its ``haul_agent_received_bytes`` counters."""
+
+    async def get() -> str:
+        async with AgentAccess(f"unix://{agent_socket(lab.prefix, host)}").client() as agent:
+            return await agent.metrics_text()
+
+    found: dict[str, float] = {}
+    for line in asyncio.run(get()).splitlines():
+        if line.startswith("haul_agent_received_bytes_total{"):
+            labels, value = line.rsplit(" ", 1)
+            what = labels.split('what="', 1)[1].split('"', 1)[0]
+            found[what] = float(value)
+    return found

@@ -248,12 +248,23 @@ def _overlay_safe(path: Path) -> str:
     return text
 
 
-async def mount_overlay(*, lower: Path, upper: Path, work: Path, target: Path) -> None:
-    """Mount an overlay of ``lower`` (read-only) and ``upper`` (the writes) at ``target``."""
+async def mount_overlay(
+    *, lower: Path, upper: Path, work: Path, target: Path, shared: bool = False
+) -> None:
+    """Mount an overlay of ``lower`` (read-only) and ``upper`` (the writes) at ``target``.
+
+    ``shared``: ``upper`` is on storage another host mounts too (a container's layer
+    moved in place, haul/runtime/sharedlayer.py). overlayfs marks an upper directory in
+    use and, with its ``index`` feature on, refuses a second mount of it; ``index=off``
+    makes that a warning. Two mounts exist only between a migration's freeze and the
+    end of its commit or rollback, while neither container runs (the source frozen,
+    the copy stopped), each with a work directory of its own (docs/containers.md)."""
     options = (
         f"lowerdir={_overlay_safe(lower)},upperdir={_overlay_safe(upper)},"
         f"workdir={_overlay_safe(work)}"
     )
+    if shared:
+        options += ",index=off"
     for path in (upper, work, target):
         path.mkdir(parents=True, exist_ok=True, mode=0o755)
     await _run(

@@ -66,10 +66,14 @@ class HttpTransport:
         *,
         source_data: Path | None = None,
         skip_pages: bool = False,
+        images_shared: bool = False,
     ) -> None:
         self.uploads = uploads
         #: the pages stay where they are (a directory both hosts see)
         self.skip_pages = skip_pages
+        #: every image stays where it is: the destination restores from that directory
+        #: (a runc container's ``--shared-dir`` migration)
+        self.images_shared = images_shared
         self.migration_id = migration_id
         self.source_images = source_images
         #: the rounds of the workload's files (none: it has no data directory to move)
@@ -86,7 +90,10 @@ class HttpTransport:
         """In the frozen window: the images, then what changed since the last round."""
         started = time.monotonic()
         files = sent = 0
-        for entry in sorted(os.scandir(self.source_images), key=lambda e: e.name):
+        entries: list[os.DirEntry[str]] = (
+            [] if self.images_shared else list(os.scandir(self.source_images))
+        )
+        for entry in sorted(entries, key=lambda e: e.name):
             if not entry.is_file(follow_symlinks=False):
                 raise TransportError(f"{entry.path} is not a regular file; refusing to send it")
             if self.skip_pages and entry.name.startswith("pages-"):

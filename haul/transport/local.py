@@ -31,7 +31,10 @@ class LocalTransport:
         *,
         source_data: Path | None = None,
         dest_data: Path | None = None,
+        images_shared: bool = False,
     ) -> None:
+        #: the destination restores from ``source_images`` itself (a shared directory)
+        self.images_shared = images_shared
         self.source_images = source_images
         self.dest_images = dest_images
         self.source_data = source_data
@@ -47,15 +50,18 @@ class LocalTransport:
     async def transfer_images(self) -> TransferFigures:
         """In the frozen window: the images, then what changed since the last round."""
         started = time.monotonic()
-        manifest, report = await asyncio.to_thread(
-            copy_images, self.source_images, self.dest_images, merge=True
-        )
-        await asyncio.to_thread(verify_images, self.dest_images, manifest, merge=True)
+        files = sent = 0
+        if not self.images_shared:
+            manifest, report = await asyncio.to_thread(
+                copy_images, self.source_images, self.dest_images, merge=True
+            )
+            await asyncio.to_thread(verify_images, self.dest_images, manifest, merge=True)
+            files, sent = report.files, report.bytes
         last = len(self.files.history) if self.files is not None else 0
         data = await self._files(last + 1, frozen=True)
         return TransferFigures(
-            files=report.files + data.files,
-            bytes_sent=report.bytes + data.bytes_sent,
+            files=files + data.files,
+            bytes_sent=sent + data.bytes_sent,
             duration_s=time.monotonic() - started,
         )
 

@@ -46,6 +46,11 @@ def test_the_table_shows_an_images_layout_name_and_tag(image: str | None, shown:
             "--cpus, --pids-limit: only with --runtime runc",
         ),
         (["--runtime", "runc", "--image", "oci:/i", "--memory", "lots"], "--memory 'lots'"),
+        (["--shared-dir", "/s", "--", "sleep", "1"], "--shared-dir: only with --runtime runc"),
+        (
+            ["--runtime", "runc", "--rootfs", "/r", "--shared-dir", "/s", "--", "/bin/sh"],
+            "put them in the shared directory",
+        ),
     ],
 )
 def test_run_refuses_in_one_line_before_any_call(

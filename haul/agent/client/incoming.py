@@ -12,6 +12,7 @@ from urllib.parse import quote
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
     ENTRIES_PER_REQUEST,
+    BlobsFrom,
     CapabilitiesView,
     DataEntries,
     DataEntryAsk,
@@ -95,6 +96,17 @@ class IncomingCalls:
             data=_file_chunks(path),
         )
         self._client.parse(Received, raw)
+
+    async def take_blobs(self, migration_id: str, layout: Path) -> int:
+        """The arriving container's missing blobs, taken there from ``layout`` (an OCI
+        layout on storage both hosts see); the bytes it copied."""
+        answer = await self._client.call(
+            "POST",
+            f"{_id(migration_id)}/blobs-from",
+            Received,
+            body=BlobsFrom(layout=str(layout)),
+        )
+        return answer.bytes
 
     async def unpack_image(self, migration_id: str) -> None:
         """The arriving container's image unpacked there, from the blobs it has."""

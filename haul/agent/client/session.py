@@ -233,10 +233,12 @@ class AgentClient:
         memory_bytes: int | None = None,
         cpus: float | None = None,
         pids_limit: int | None = None,
+        shared_dir: str | None = None,
     ) -> WorkloadView:
         """Start a process tree, or (``runtime="runc"``) a container from one of
         ``image``, ``bundle`` or ``rootfs`` (``argv``, if any, overrides its command),
-        with ``mounts`` (the host's paths, read-only) and these cgroup limits if given."""
+        with ``mounts`` (the host's paths, read-only) and these cgroup limits if given;
+        an image's container with its writable layer in ``shared_dir`` if given."""
         spec = body_of(
             WorkloadSpec,
             f"workload {name!r}",
@@ -252,6 +254,7 @@ class AgentClient:
             memory_bytes=memory_bytes,
             cpus=cpus,
             pids_limit=pids_limit,
+            shared_dir=shared_dir,
         )
         return await self.call("POST", "/v1/workloads", WorkloadView, body=spec, ok=(201,))
 

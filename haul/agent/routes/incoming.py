@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
 from pathlib import Path
 
 from aiohttp import web
 
-from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob
+from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob, take_blobs
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
+    BlobsFrom,
     CapabilitiesView,
     DataEntries,
     DataRemoval,
@@ -42,6 +44,19 @@ ID = {"id": "the migration's id"}
 
 def _incoming(request: web.Request) -> IncomingRegistry:
     return request.app[CONTEXT].migrations().incoming
+
+
+def _received(request: web.Request, what: str, size: int) -> web.StreamResponse:
+    """Counted (``haul_agent_received_bytes``), then answered."""
+    request.app[CONTEXT].metrics.received_bytes.labels(what).inc(size)
+    return web.json_response(Received(bytes=size).model_dump())
+
+
+def _arriving(request: web.Request, mid: str) -> ContainerArrival:
+    item = _incoming(request).get(mid)
+    if not isinstance(item.arrival, ContainerArrival):
+        raise BadRequest(f"incoming migration {mid} brings no container", code="usage")
+    return item.arrival
 
 
 @table.json(
@@ -152,19 +167,35 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
 )
 async def put_blob(request: web.Request) -> web.StreamResponse:
     mid, digest = request.match_info["id"], request.match_info["digest"]
-    incoming = _incoming(request)
-    item = incoming.get(mid)
-    move = item.arrival.move if isinstance(item.arrival, ContainerArrival) else None
-    if move is None:
-        raise BadRequest(f"incoming migration {mid} brings no container", code="usage")
+    move = _arriving(request, mid).move
     containers = request.app[CONTEXT].workloads.containers
-    size = await incoming.receive_blob(
+    size = await _incoming(request).receive_blob(
         mid,
         digest,
         request.content.iter_chunked(1 << 20),
         lambda chunks: receive_blob(containers, move, digest, chunks),
     )
-    return web.json_response(Received(bytes=size).model_dump())
+    return _received(request, "blob", size)
+
+
+@table.json_body(
+    "POST",
+    "/v1/incoming/{id}/blobs-from",
+    body=BlobsFrom,
+    response=Received,
+    params=ID,
+    name="takeBlobs",
+    summary="Take the blobs of an arriving container's image this host lacks from an OCI "
+    "layout both hosts see (shared storage), each kept only if its content has its digest",
+)
+async def take_blobs_from(request: web.Request, ask: BlobsFrom) -> Received:
+    mid = request.match_info["id"]
+    move = _arriving(request, mid).move
+    containers = request.app[CONTEXT].workloads.containers
+    size = await _incoming(request).take_blobs(
+        mid, lambda: asyncio.to_thread(take_blobs, containers, move, Path(ask.layout))
+    )
+    return Received(bytes=size)
 
 
 @table.json(
@@ -202,7 +233,7 @@ async def put_image(request: web.Request) -> web.StreamResponse:
         request.content.iter_chunked(1 << 20),
         _sha(request),
     )
-    return web.json_response(Received(bytes=size).model_dump())
+    return _received(request, "image", size)
 
 
 @table.raw(
@@ -229,7 +260,7 @@ async def put_data(request: web.Request) -> web.StreamResponse:
         _sha(request),
         mode,
     )
-    return web.json_response(Received(bytes=size).model_dump())
+    return _received(request, "data", size)
 
 
 NOT_RECEIVING = {409: "the copy is restored or being restored: it takes no more files"}

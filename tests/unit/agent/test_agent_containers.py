@@ -4,6 +4,7 @@ anything is made."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from haul.agent.arrivals import layout_of, take_blobs
 from haul.agent.config import AgentConfig
 from haul.agent.containers import (
     ContainerRecord,
@@ -24,11 +26,14 @@ from haul.agent.containers import (
 )
 from haul.agent.context import AgentContext
 from haul.agent.fakes import AUTH, agent_client, make_config
+from haul.agent.migration_models import ContainerMove
 from haul.agent.models import AdoptSpec, MountSpec, WorkloadSpec, WorkloadStatus
 from haul.agent.workloads import Registry, WorkloadRecord, view_of
-from haul.errors import ConfigError, ContainerError
+from haul.errors import ChecksumMismatch, ConfigError, ContainerError, UsageError
 from haul.nsexec import HostNs
+from haul.runtime.images import blob_path
 from haul.runtime.runc import ContainerState
+from haul.runtime.sharedlayer import SharedLayer
 
 MakeCtx = Callable[[AgentConfig], AgentContext]
 
@@ -355,3 +360,147 @@ async def test_a_name_is_taken_by_a_runc_container_or_a_containers_directory(
     )
     with pytest.raises(ContainerError, match="this host runs no containers: its agent.runc"):
         _containers(tmp_path, enabled=False).check_runs_containers()
+
+
+# -- --shared-dir -------------------------------------------------------------------------------
+
+
+def test_a_shared_directory_goes_with_a_containers_image_only() -> None:
+    with pytest.raises(ValidationError, match="shared_dir: only for runtime runc"):
+        WorkloadSpec(name="web", argv=["/bin/sh"], shared_dir="/srv/shared")
+    with pytest.raises(ValidationError, match="shared_dir: only with image"):
+        WorkloadSpec(name="web", runtime="runc", rootfs="/r", argv=["/bin/sh"], shared_dir="/s")
+    spec = WorkloadSpec(name="web", runtime="runc", image="oci:/i", shared_dir="/srv/shared")
+    assert spec.shared_dir == "/srv/shared"
+
+
+@pytest.mark.asyncio
+async def test_a_shared_directory_not_allowed_or_a_layer_taken_is_400_and_makes_nothing(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    srv = tmp_path / "srv"
+    taken = SharedLayer.of(srv / "shared", "web")
+    taken.create()
+    (taken.upper / "theirs").write_text("another host's container")
+    config = make_config(tmp_path, runc={"allowed_roots": [str(srv)]})
+    image = f"oci:{srv}/images/web:v1"
+    async with agent_client(make_ctx(config)) as client:
+        for shared, says in (
+            ("/var/tmp", "shared directory /var/tmp is outside"),
+            (str(srv / "missing"), "does not exist here"),
+            (str(srv / "shared"), "a container of that name keeps its writable layer"),
+        ):
+            body = {"name": "web", "runtime": "runc", "image": image, "shared_dir": shared}
+            response = await client.post("/v1/workloads", json=body, headers=AUTH)
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert says in error["message"], error
+    assert not (config.state_dir / "containers").exists()
+    assert not (config.state_dir / "images").exists()
+    assert (taken.upper / "theirs").read_text() == "another host's container"
+
+
+def _shared_move(layer: SharedLayer) -> dict[str, object]:
+    return {
+        "config": {"process": {"args": ["/bin/sh"]}},
+        "image": "oci:/srv/images/web:v1",
+        "image_digest": "sha256:" + "c" * 64,
+        "shared_layer": str(layer.directory),
+    }
+
+
+def _open(move: dict[str, object], images: Path) -> dict[str, object]:
+    return {
+        "id": "m1",
+        "workload": "web",
+        "strategy": "stop-and-copy",
+        "needed_bytes": 0,
+        "container": move,
+        "shared_images": str(images),
+    }
+
+
+@pytest.mark.asyncio
+async def test_an_arrival_in_place_needs_the_shared_storage_here_and_takes_no_file(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    """Refused before anything is made when this host does not see the layer or the
+    migration's directory; once open, its files are refused (they are not sent)."""
+    srv = tmp_path / "srv"
+    shared = srv / "shared"
+    config = make_config(tmp_path, runc={"allowed_roots": [str(srv)]})
+    layer = SharedLayer.of(shared, "web")
+    images = shared / "m1" / "images"
+    async with agent_client(make_ctx(config)) as client:
+        opened = await client.post(
+            "/v1/incoming", json=_open(_shared_move(layer), images), headers=AUTH
+        )
+        assert opened.status == 400
+        error = (await opened.json())["error"]
+        assert f"{shared / 'm1'} is not on this host" in error["message"], error
+        images.parent.mkdir(parents=True)
+        opened = await client.post(
+            "/v1/incoming", json=_open(_shared_move(layer), images), headers=AUTH
+        )
+        assert opened.status == 400
+        error = (await opened.json())["error"]
+        assert (
+            f"the container's writable layer {layer.upper} is not on this host" in error["message"]
+        ), error
+        assert not (config.state_dir / "containers").exists()
+        layer.create()
+        opened = await client.post(
+            "/v1/incoming", json=_open(_shared_move(layer), images), headers=AUTH
+        )
+        assert opened.status == 201, await opened.text()
+        assert (await opened.json())["page_server"] is None, "the pages are in the images"
+        put = await client.put(
+            "/v1/incoming/m1/data",
+            params={"path": "f"},
+            data=b"x",
+            headers={**AUTH, "X-Haul-SHA256": hashlib.sha256(b"x").hexdigest()},
+        )
+        assert put.status == 400
+        assert "used where they are" in (await put.json())["error"]["message"]
+        discarded = await client.post("/v1/incoming/m1/discard", headers=AUTH)
+        assert discarded.status == 200, await discarded.text()
+    assert layer.upper.is_dir(), "a discarded arrival leaves the layer"
+    assert not (config.state_dir / "containers" / "web").exists()
+
+
+def test_missing_blobs_are_taken_from_a_shared_layout_each_checked(tmp_path: Path) -> None:
+    srv = tmp_path / "srv"
+    settings = ContainerSettings(
+        state_dir=tmp_path / "state",
+        runc_root=tmp_path / "state" / "runc",
+        cgroup_parent="/haul/t",
+        allowed_roots=(srv,),
+    )
+    containers = Containers(settings)
+    shared = srv / "shared" / "m1" / "layout"
+    blobs = {}
+    for data in (b"manifest", b"config", b"layer"):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blob_path(shared, digest).parent.mkdir(parents=True, exist_ok=True)
+        blob_path(shared, digest).write_bytes(data)
+        blobs[digest] = data
+    manifest = next(iter(blobs))
+    move = ContainerMove(
+        config={"process": {"args": ["/bin/sh"]}},
+        image="oci:/srv/images/web:v1",
+        image_digest=manifest,
+        blobs=list(blobs),
+    )
+    with pytest.raises(UsageError, match="the shared image layout /elsewhere is outside"):
+        take_blobs(containers, move, Path("/elsewhere"))
+    layer = next(d for d, data in blobs.items() if data == b"layer")
+    blob_path(shared, layer).write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch, match=f"blob {layer} in {shared} does not match"):
+        take_blobs(containers, move, shared)
+    blob_path(shared, layer).write_bytes(b"layer")
+    # the blobs before it were kept (each checked): only the layer is copied now
+    assert take_blobs(containers, move, shared) == len(b"layer")
+    kept = layout_of(containers, manifest)
+    assert {d: blob_path(kept, d).read_bytes() for d in blobs} == blobs
+    assert not list(kept.rglob("*.part"))
+    assert take_blobs(containers, move, shared) == 0, "none lacks now"

@@ -72,6 +72,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "entries": [{"path": "d", "kind": "dir", "mode": 0o755}]
     },
     ("POST", "/v1/incoming/{id}/remove"): {"paths": ["d"]},
+    ("POST", "/v1/incoming/{id}/blobs-from"): {"layout": "/srv/shared/layout"},
     ("POST", "/v1/incoming/{id}/restore"): {"lazy": False},
 }
 

@@ -111,3 +111,22 @@ async def test_an_unreachable_destination_is_left_to_ask(tmp_path: Path) -> None
     assert "destination host2 unreachable" in line
     assert line.endswith("host2 asks this agent for the decision and discards its copy")
     assert last(journal) == {"phase": Phase.ROLLED_BACK, "cause": "recovered"}
+
+
+@pytest.mark.asyncio
+async def test_what_a_migration_wrote_in_a_shared_directory_goes_with_it(tmp_path: Path) -> None:
+    """A --shared-dir migration's images in SHARED/ID: removed once it is finished, the
+    rest of the shared directory left as it is."""
+    log: list[str] = []
+    journal = await left_open(tmp_path, [Phase.FREEZE, Phase.RESTORE])
+    shared = tmp_path / "shared"
+    (shared / "m1" / "images").mkdir(parents=True)
+    (shared / "layers" / "web1" / "upper").mkdir(parents=True)
+    intent = {"workload": "web1", "to": "host2", "shared_dir": str(shared)}
+    (tmp_path / "outgoing" / "m1.json").write_text(json.dumps(intent))
+    async with app_client(destination(log)) as client:
+        url = str(client.make_url("")).rstrip("/")
+        await jobs(tmp_path, journal, url, Tree(log), []).recover()
+    assert log == ["destination discard", "source resumed"]
+    assert sorted(p.name for p in shared.iterdir()) == ["layers"]
+    assert (shared / "layers" / "web1" / "upper").is_dir()

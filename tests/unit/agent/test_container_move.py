@@ -6,13 +6,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from haul.agent.containers import ContainerRecord
-from haul.agent.jobs import container_move
-from haul.errors import ContainerError
+from haul.agent.jobs import container_move, in_place
+from haul.agent.migration_models import ContainerMove
+from haul.errors import ContainerError, UsageError
 from haul.runtime.images import blob_path
+from haul.runtime.sharedlayer import SharedLayer
 
 
 def _blob(layout: Path, data: bytes) -> str:
@@ -70,3 +74,61 @@ def test_blobs_nowhere_here_are_one_clear_line(tmp_path: Path) -> None:
         container_move(record, [], received=tmp_path / "received")
     plain = _record(tmp_path, None, None)
     assert container_move(plain, [])[1] is None
+
+
+# -- --shared-dir: the container's writable state used where it is -----------------------------
+
+
+def test_a_shared_layer_in_the_shared_directory_is_used_in_place(tmp_path: Path) -> None:
+    started_from = tmp_path / "started"
+    digest, _ = _image(started_from)
+    shared = tmp_path / "shared"
+    layer = SharedLayer.of(shared, "c1")
+    layer.create()
+    record = _record(tmp_path, f"oci:{started_from}:v1", digest).model_copy(
+        update={"shared_layer": str(layer.directory), "rootfs_upper": str(layer.upper)}
+    )
+    move, _ = container_move(record, [], shared_dir=shared)
+    assert move.shared_layer == str(layer.directory) and move.shared_rootfs is None
+    assert move.in_place
+    # a link to the shared directory names the same place
+    (tmp_path / "link").symlink_to(shared)
+    assert in_place(record, tmp_path / "link") == (str(layer.directory), None)
+    # without --shared-dir it is not in place (the job refuses that move: see jobs.start)
+    assert not container_move(record, [])[0].in_place
+
+
+def test_a_writable_layer_elsewhere_is_refused_saying_what_to_do(tmp_path: Path) -> None:
+    started_from = tmp_path / "started"
+    digest, _ = _image(started_from)
+    record = _record(tmp_path, f"oci:{started_from}:v1", digest).model_copy(
+        update={"rootfs_upper": "/state/containers/c1/upper"}
+    )
+    with pytest.raises(UsageError) as refused:
+        container_move(record, [], shared_dir=tmp_path / "shared")
+    line = refused.value.one_line()
+    assert "c1's is not in" in line and "/state/containers/c1/upper" in line
+    assert f"haul run --shared-dir {tmp_path / 'shared'}" in line
+
+
+def test_a_rootfs_in_the_shared_directory_is_used_in_place(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    rootfs = shared / "rootfs"
+    rootfs.mkdir(parents=True)
+    record = _record(tmp_path, None, None).model_copy(update={"rootfs": str(rootfs)})
+    move, layout = container_move(record, [], shared_dir=shared)
+    assert (move.shared_rootfs, move.shared_layer, layout) == (str(rootfs), None, None)
+    elsewhere = _record(tmp_path, None, None)
+    with pytest.raises(UsageError, match="root filesystem where it is, and c1's is not in"):
+        container_move(elsewhere, [], shared_dir=shared)
+
+
+def test_what_a_move_says_is_in_place_must_fit_the_container() -> None:
+    config: dict[str, Any] = {"process": {"args": ["/bin/sh"]}}
+    with pytest.raises(ValidationError, match="shared_layer: only for a container from"):
+        ContainerMove(config=config, shared_layer="/shared/layers/c1")
+    with pytest.raises(ValidationError, match="shared_rootfs: a container from an image"):
+        ContainerMove(config=config, image_digest="sha256:" + "a" * 64, shared_rootfs="/r")
+    with pytest.raises(ValidationError, match="absolute path"):
+        ContainerMove(config=config, shared_rootfs="shared/r")
+    assert not ContainerMove(config=config).in_place

@@ -219,3 +219,31 @@ async def test_a_file_still_arriving_when_the_restore_begins_never_takes_its_pla
     )
     assert _error((answer.status, await answer.json()))[:2] == (409, "wrong_state")
     assert os.listdir(r.data) == []
+
+
+def _received(text: str) -> dict[str, float]:
+    prefix = 'haul_agent_received_bytes_total{what="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+@pytest.mark.asyncio
+async def test_the_bytes_received_are_counted_by_what_they_are(incoming: Receiving) -> None:
+    """haul_agent_received_bytes counts what was taken: the files, the images; a
+    corrupt one is not counted."""
+    r = incoming
+    metrics = await r.http.get("/metrics", headers=AUTH)
+    assert _received(await metrics.text()) == {"image": 0.0, "data": 0.0, "blob": 0.0}
+    assert await _put(r, "a", b"12345") == (200, {"bytes": 5})
+    assert (await _put(r, "b", b"xyz", sha=_sha(b"other")))[0] != 200
+    image = await r.http.put(
+        f"/v1/incoming/{r.migration_id}/images/core-1.img",
+        data=b"1234567",
+        headers={**AUTH, "X-Haul-SHA256": _sha(b"1234567")},
+    )
+    assert image.status == 200, await image.text()
+    metrics = await r.http.get("/metrics", headers=AUTH)
+    assert _received(await metrics.text()) == {"image": 7.0, "data": 5.0, "blob": 0.0}
