@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haul.agent.arrivals import layout_of
+from haul.agent.bindings import Bindings
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.containers import ContainerRecord, Containers
 from haul.agent.journal import Journal
@@ -109,6 +110,7 @@ class MigrationJobs:
         advertise_address: str,
         peers: Mapping[str, AgentAccess],
         tree_of: Callable[[str], ProcessTree],
+        bindings: Bindings | None = None,
         argv_of: Callable[[str], list[str]],
         on_moved: Callable[[str], Awaitable[None]],
         net_of: Callable[[str], NetSpec | None] = lambda name: None,
@@ -122,6 +124,8 @@ class MigrationJobs:
         self.journal = journal
         self.advertise_address = advertise_address
         self.peers = peers
+        #: which peer each migration goes to, and the secret it gave (docs/security.md)
+        self.bindings = bindings if bindings is not None else Bindings(state_dir)
         self._tree_of = tree_of
         self._argv_of = argv_of
         self._net_of = net_of
@@ -195,6 +199,7 @@ class MigrationJobs:
             container_runtime=self._runtime_of(workload),
         )
         job = Job(Migration(spec), started_at=time.monotonic())
+        self.bindings.record_destination(mid, to)  # only `to` may ask for its decision
         self._write_intent(mid, workload, to)
         self._jobs[mid] = job
         self._moving.add(workload)
@@ -241,6 +246,7 @@ class MigrationJobs:
                 shared_images=source.images if shared_dir is not None else None,
                 net=net,
                 source_host=self.host,
+                on_secret=self._keeper(spec),
             )
             transport = HttpTransport(
                 client.incoming,
@@ -297,11 +303,18 @@ class MigrationJobs:
                 source_host=self.host,
                 container=move,
                 image_layout=layout,
+                on_secret=self._keeper(spec),
             )
             transport = HttpTransport(
                 client.incoming, spec.migration_id, source.images, source_data=files
             )
             yield _Ports(source, dest, transport)
+
+    def _keeper(self, spec: MigrationSpec) -> Callable[[str], None] | None:
+        """Where the destination's secret for a migration is kept (not for a dry run)."""
+        if spec.dry_run:
+            return None
+        return lambda secret: self.bindings.record_secret(spec.migration_id, secret)
 
     async def _run(
         self,
@@ -417,6 +430,9 @@ class MigrationJobs:
                     await tree.kill()
             peer = self.peer(to)
             async with asyncio.timeout(RECOVER_PEER_TIMEOUT_S), _peer_client(peer, to) as client:
+                secret = self.bindings.secret_of(mid)
+                if secret is not None:
+                    client.incoming.bind(mid, secret)
                 dest = RemoteDestination(client, mid, workload)
                 if committed:
                     await dest.resume()

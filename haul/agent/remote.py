@@ -3,6 +3,7 @@ API (``/v1/incoming/...``, through :class:`haul.agent.client.AgentClient`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from haul.agent.client import AgentClient, body_of
@@ -23,7 +24,9 @@ from haul.runtime.images import blob_path
 
 class RemoteDestination:
     """DestPort for one migration to a destination agent. Its ``client`` is made from
-    this agent's access to that peer: over https its page channels are TLS too."""
+    this agent's access to that peer: over https its page channels are TLS too. The
+    secret the destination answers the opening with goes with every later call of the
+    migration (the client binds it) and to ``on_secret``, which keeps it."""
 
     def __init__(
         self,
@@ -39,8 +42,11 @@ class RemoteDestination:
         source_host: str | None = None,
         container: ContainerMove | None = None,
         image_layout: Path | None = None,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        #: keeps the secret the destination answers the opening with (for a restart)
+        self.on_secret = on_secret
         #: a runc container (not a process tree), and where its image's blobs are here
         self.container = container
         self.image_layout = image_layout
@@ -99,6 +105,8 @@ class RemoteDestination:
                 container=self.container,
             )
         )
+        if answer.secret is not None and self.on_secret is not None:
+            self.on_secret(answer.secret)
         await self._send_image(answer.missing_blobs)
         ps = answer.page_server
         return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)

@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp import web
 
 from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob
+from haul.agent.auth import caller_of
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
@@ -27,6 +28,7 @@ from haul.agent.migration_models import (
     RuntimeView,
 )
 from haul.agent.models import NetSpec
+from haul.agent.roles import admit_open
 from haul.agent.routing import RouteTable
 from haul.agent.wire import BadRequest, Conflict
 from haul.agent.workloads import workload_net
@@ -109,9 +111,13 @@ def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None
     response=IncomingOpened,
     status=201,
     name="openIncoming",
-    summary="Prepare for an incoming migration",
+    errors={403: "a peer opening in another's name, or naming a directory not shared here"},
+    summary="Prepare for an incoming migration (opened by a peer: the answer's secret "
+    "goes with its later calls of it)",
 )
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
+    caller = caller_of(request)
+    ask = admit_open(caller, ask, request.app[CONTEXT].config.shared_dirs)
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
     net = _check_net(request, ask.net)
     item = await _incoming(request).open(
@@ -134,11 +140,15 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
         else []
     )
     port = item.dest.page_server_port
+    secret = (
+        None if caller.is_operator else request.app[CONTEXT].bindings.secret(ask.id, caller.name)
+    )
     if port is None:
-        return IncomingOpened(missing_blobs=missing)
+        return IncomingOpened(missing_blobs=missing, secret=secret)
     return IncomingOpened(
         page_server=Endpoint(address=_incoming(request).listen_address, port=port),
         missing_blobs=missing,
+        secret=secret,
     )
 
 
