@@ -43,7 +43,7 @@ from haul.agent.containers import ContainerRecord, Containers, StartedContainer
 from haul.agent.migration_models import ContainerMove
 from haul.agent.models import NetSpec
 from haul.agent.workloads import net_spec
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
 from haul.dest.runcdest import RuncDestination
@@ -296,6 +296,7 @@ class Arrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        tls: TlsFiles | None = None,
     ) -> tuple[CriuDestination, ContainerArrival]:
         self.containers.check_runs_containers()
         # runc mounts the same host paths here (docs/containers.md): only those this
@@ -303,7 +304,7 @@ class Arrivals:
         check_sources(bind_mounts(move.config), self.containers.settings.allowed_roots)
         arrival = ContainerArrival(self.containers, workload, move, self.register, net)
         arrival.open()
-        return self._dest(arrival, workdir, listen, lazy_source), arrival
+        return self._dest(arrival, workdir, listen, lazy_source, tls), arrival
 
     def again(
         self,
@@ -332,6 +333,7 @@ class Arrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        tls: TlsFiles | None = None,
     ) -> RuncDestination:
         return RuncDestination(
             self.criu,
@@ -345,4 +347,5 @@ class Arrivals:
             net=arrival.net,
             listen=listen,
             lazy_source=lazy_source,
+            tls=tls,
         )

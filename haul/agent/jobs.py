@@ -293,6 +293,7 @@ class MigrationJobs:
                 own_network=container.netns is not None,
                 network_moves=net is not None,
                 lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
+                tls=client.access.tls,
             )
             dest = RemoteDestination(
                 client,

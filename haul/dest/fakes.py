@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
 from haul.errors import ContainerError, WorkloadError
@@ -134,6 +134,8 @@ class FakeArrivals:
     rebuilt: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)
     #: every arrival's release fails with this message
     fail_release: str | None = None
+    #: the TLS files the last arrival's page channels were given
+    tls: TlsFiles | None = None
 
     async def arrive(
         self,
@@ -144,7 +146,9 @@ class FakeArrivals:
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        tls: TlsFiles | None = None,
     ) -> tuple[FakeContainerDestination, FakeArrival]:
+        self.tls = tls
         home = self.home / workload
         if home.exists():
             raise ContainerError(f"a container directory for {workload} exists")

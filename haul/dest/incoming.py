@@ -154,8 +154,10 @@ class ContainerArrivals(Protocol):
         workdir: Path,
         listen: PageServer | None,
         lazy_source: PageServer | None,
+        tls: TlsFiles | None = None,
     ) -> tuple[CriuDestination, ContainerArrivalPort]:
-        """A new arrival, its home's directory claimed (refused when the name has one)."""
+        """A new arrival, its home's directory claimed (refused when the name has one);
+        with ``tls`` its page channels are TLS."""
         ...
 
     def again(
@@ -464,11 +466,6 @@ class IncomingRegistry:
         record (what the source said of it) is written as soon as its home is claimed."""
         if self.arrivals is None:
             raise UsageError("this host runs no containers (no runc here)")
-        if page_tls:
-            raise UsageError(
-                "containers' pages do not travel over TLS yet (runc gives CRIU "
-                "no TLS options); move it between agents without certificates"
-            )
         dest, arrival = await self.arrivals.arrive(
             migration_id,
             workload,
@@ -477,6 +474,7 @@ class IncomingRegistry:
             self.root / migration_id,
             None if strategy is Strategy.POST_COPY else PageServer(self.listen_address, 0),
             lazy_source,
+            tls=self.tls if page_tls else None,
         )
         item = Incoming(
             migration_id, workload, strategy, dest, net=net, source=source, arrival=arrival

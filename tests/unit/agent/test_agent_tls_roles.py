@@ -141,3 +141,28 @@ def test_the_agent_refuses_a_key_others_can_read(tmp_path: Path, ca: Path) -> No
     os.chmod(ca / "host1.key", 0o640)
     with pytest.raises(ConfigError, match="chmod 600"):
         _config(tmp_path, ca)
+
+
+def test_haul_ca_revoke_names_a_certificate_by_name_or_serial(tmp_path: Path) -> None:
+    from cryptography import x509
+    from typer.testing import CliRunner
+
+    from haul.cli import app
+
+    d = str(tmp_path / "pki")
+    runner = CliRunner()
+    for args in (["init"], ["issue", "host2"], ["issue", "host3"], ["crl"]):
+        done = runner.invoke(app, ["ca", *args, "--dir", d])
+        assert done.exit_code == 0, done.output
+    serials = {
+        name: x509.load_pem_x509_certificate((tmp_path / "pki" / f"{name}.crt").read_bytes())
+        for name in ("host2", "host3")
+    }
+    assert runner.invoke(app, ["ca", "revoke", "host2", "--dir", d]).exit_code == 0
+    hex3 = f"{serials['host3'].serial_number:x}"
+    assert runner.invoke(app, ["ca", "revoke", "--serial", hex3, "--dir", d]).exit_code == 0
+    assert crl_serials(tmp_path / "pki" / "crl.pem", tmp_path / "pki" / "ca.crt") == {
+        c.serial_number for c in serials.values()
+    }
+    bad = runner.invoke(app, ["ca", "revoke", "--serial", "xyz", "--dir", d])
+    assert isinstance(bad.exception, UsageError) and "not a hexadecimal" in str(bad.exception)
