@@ -221,3 +221,16 @@ async def test_only_the_destination_peer_asks_for_a_decision(
         assert (await client.get(path, headers=AUTH)).status == 200
         # a migration this agent never ran has no destination: no peer may ask
         assert (await client.get("/v1/migrations/m8/decision", headers=AS_HOST2)).status == 403
+
+
+def test_docs_security_lists_exactly_what_peers_may_call() -> None:
+    """docs/security.md's table of peer routes is the table the agent enforces."""
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    rows = re.findall(r"^\| `(GET|POST|PUT|DELETE|PATCH) (\S+)` \| (.+) \|$", doc, re.M)
+    kinds = {"any peer": Access.PEER, "opened": Access.PEER_INCOMING}
+    kinds["destination"] = Access.PEER_DECISION
+    documented = {
+        (method, path): next(kind for word, kind in kinds.items() if word in who)
+        for method, path, who in rows
+    }
+    assert documented == dict(ACCESS)
