@@ -226,7 +226,7 @@ async def test_only_the_destination_peer_asks_for_a_decision(
 def test_docs_security_lists_exactly_what_peers_may_call() -> None:
     """docs/security.md's table of peer routes is the table the agent enforces."""
     doc = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
-    rows = re.findall(r"^\| `(GET|POST|PUT|DELETE|PATCH) (\S+)` \| (.+) \|$", doc, re.M)
+    rows = re.findall(r"^\| `(GET|POST|PUT|DELETE|PATCH) (\S+)` \| (.+) \|$", doc, re.MULTILINE)
     kinds = {"any peer": Access.PEER, "opened": Access.PEER_INCOMING}
     kinds["destination"] = Access.PEER_DECISION
     documented = {
