@@ -511,6 +511,12 @@ def _read_inbound_tokens(where: str, config: AgentConfig) -> AgentConfig:
     operator = config.auth.bearer_token()
     seen: dict[str, str] = {}
     for name, peer in peers.items():
+        if operator is not None and peer.bearer_token() == operator:
+            raise ConfigError(
+                f"{where}: agent.peers.{name}.token is this agent's operator token: agents "
+                "sharing one are each other's operators; give each pair a token of its own "
+                f"(the inbound_token of this host's entry on {name})"
+            )
         token = peer.inbound()
         if token is None:
             continue

@@ -69,6 +69,10 @@ def test_a_name_that_is_both_an_operator_and_a_peer_is_refused(tmp_path: Path) -
             "agent.peers.host2.inbound_token is the operator token",
         ),
         (
+            {"host2": {"url": "http://127.0.0.1:1", "token": TOKEN}},
+            "agent.peers.host2.token is this agent's operator token",
+        ),
+        (
             {
                 "host2": {"url": "http://127.0.0.1:1", "inbound_token": "same"},
                 "host3": {"url": "http://127.0.0.1:2", "inbound_token": "same"},
