@@ -307,8 +307,8 @@ class AuthPolicy:
         if access is Access.PEER_INCOMING and self.bindings is not None:
             if not self.bindings.check(mid, caller.name, request.headers.get(SECRET_HEADER)):
                 return (
-                    f"peer {caller.name} did not open incoming migration {mid} here, or sent "
-                    f"not its secret ({SECRET_HEADER})"
+                    f"peer {caller.name} did not open incoming migration {mid} here, or did "
+                    f"not send its secret ({SECRET_HEADER})"
                 )
             opener = self.opener(mid)
             if opener is not None and opener != caller.name:

@@ -24,11 +24,30 @@ import secrets
 from pathlib import Path
 
 from haul.agent.journal import MIGRATION_ID_RE
+from haul.errors import ConfigError
 
 #: the request header that carries a migration's secret
 SECRET_HEADER = "X-Haul-Migration-Secret"
 KEY_FILE = "bindings.key"
 BOUND_DIR = "bound"
+
+
+def _read_or_make_key(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+    else:
+        key = secrets.token_bytes(32)
+        try:
+            os.write(fd, key)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    if len(key) < 32:
+        raise OSError(f"shorter than a key; remove it to make a new one ({len(key)} bytes)")
+    return key
 
 
 class Bindings:
@@ -43,21 +62,10 @@ class Bindings:
     def _hmac_key(self) -> bytes:
         if self._key is None:
             path = self.state_dir / KEY_FILE
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                key = path.read_bytes()
-            else:
-                key = secrets.token_bytes(32)
-                try:
-                    os.write(fd, key)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            if len(key) < 32:
-                raise OSError(f"{path} is shorter than a key; remove it to make a new one")
-            self._key = key
+                self._key = _read_or_make_key(path)
+            except OSError as exc:
+                raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
         return self._key
 
     def secret(self, migration_id: str, peer: str) -> str:
@@ -108,10 +116,7 @@ class Bindings:
 
     def destination_of(self, migration_id: str) -> str | None:
         """The peer migration ``migration_id`` went to from here, if it went from here."""
-        try:
-            return self._read(migration_id).get("dest")
-        except ValueError:
-            return None
+        return self._read(migration_id).get("dest")
 
     def secret_of(self, migration_id: str) -> str | None:
         """The destination's secret for ``migration_id``, if it gave one."""

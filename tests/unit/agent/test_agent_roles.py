@@ -234,3 +234,21 @@ def test_docs_security_lists_exactly_what_peers_may_call() -> None:
         for method, path, who in rows
     }
     assert documented == dict(ACCESS)
+
+
+def test_the_secret_is_the_agents_own_and_survives_a_restart(tmp_path: Path) -> None:
+    first = Bindings(tmp_path / "state")
+    secret = first.secret("m1", "host2")
+    key = tmp_path / "state" / "bindings.key"
+    assert (key.stat().st_mode & 0o777) == 0o600 and len(key.read_bytes()) == 32
+    again = Bindings(tmp_path / "state")  # a restarted agent
+    assert again.check("m1", "host2", secret)
+    assert not again.check("m2", "host2", secret) and not again.check("m1", "host3", secret)
+    assert not again.check("m1", "host2", None) and not again.check("m1", "host2", "")
+    other = Bindings(tmp_path / "elsewhere")  # another agent
+    assert not other.check("m1", "host2", secret)
+    # the source side: whom a migration went to, and the secret it was given
+    first.record_destination("m1", "host2")
+    first.record_secret("m1", secret)
+    assert (again.destination_of("m1"), again.secret_of("m1")) == ("host2", secret)
+    assert again.destination_of("m9") is None and again.destination_of("../x") is None
