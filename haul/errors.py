@@ -165,6 +165,13 @@ class PeerUnauthorized(PeerError):
     codes = ("unauthorized",)
 
 
+class PeerForbidden(PeerError):
+    """Valid credentials, but not for this: a peer agent asking for what only an
+    operator may, or for a migration it did not open (docs/security.md)."""
+
+    codes = ("forbidden",)
+
+
 class PeerBadRequest(PeerError):
     """The request is malformed or asks for what cannot be meant (400 and the like)."""
 
@@ -371,6 +378,7 @@ _BY_STATUS: Mapping[int, type[PeerError]] = MappingProxyType(
     {
         400: PeerBadRequest,
         401: PeerUnauthorized,
+        403: PeerForbidden,
         404: PeerNotFound,
         405: MethodNotAllowed,
         409: PeerConflict,

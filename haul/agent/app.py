@@ -7,7 +7,9 @@ is added here) and wraps them, outermost first, in:
 1. metrics: counts every answer by method, route template and status;
 2. errors: every failure becomes ``{"error": {"code", "message"}}`` (unknown
    route 404, wrong method 405, a HaulError by its family, a bug 500);
-3. auth: see :mod:`haul.agent.auth`; a refused request stops here.
+3. auth: see :mod:`haul.agent.auth`; a refused request stops here (401: no
+   caller it knows; 403: a caller whose role may not call the route, as
+   :mod:`haul.agent.roles` says).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from haul.agent.auth import AuthPolicy, auth_middleware, route_key
+from haul.agent.auth import AuthPolicy, Credentials, auth_middleware, route_key
 from haul.agent.context import CONTEXT, AgentContext
 from haul.agent.metrics import AgentMetrics
 from haul.agent.routes import health, incoming, migrations, workloads
@@ -121,6 +123,9 @@ def make_app(ctx: AgentContext, *, tables: Sequence[RouteTable] = TABLES) -> web
     policy = AuthPolicy(
         token=ctx.config.auth.bearer_token(),
         public=frozenset(r.key for r in routes if not r.auth),
+        credentials=Credentials.of(ctx.config),
+        bindings=ctx.bindings,
+        opener=ctx.incoming_opener,
     )
     app = web.Application(
         middlewares=[metrics_middleware(ctx.metrics), errors_middleware, auth_middleware(policy)],

@@ -52,7 +52,7 @@ from haul.agent.containers import ContainerRecord, Containers, StartedContainer
 from haul.agent.migration_models import ContainerMove
 from haul.agent.models import NetSpec
 from haul.agent.workloads import net_spec
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
 from haul.dest.intake import write_chunks
@@ -389,6 +389,7 @@ class Arrivals:
         listen: PageServer | None,
         lazy_source: PageServer | None,
         shared_images: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> tuple[CriuDestination, ContainerArrival]:
         self.containers.check_runs_containers()
         # runc mounts the same host paths here (docs/containers.md): only those this
@@ -397,7 +398,7 @@ class Arrivals:
         arrival = ContainerArrival(self.containers, workload, move, self.register, net)
         arrival.check_in_place(self.containers.settings.allowed_roots)
         arrival.open()
-        return self._dest(arrival, workdir, listen, lazy_source, shared_images), arrival
+        return self._dest(arrival, workdir, listen, lazy_source, shared_images, tls), arrival
 
     def again(
         self,
@@ -427,6 +428,7 @@ class Arrivals:
         listen: PageServer | None,
         lazy_source: PageServer | None,
         shared_images: Path | None,
+        tls: TlsFiles | None = None,
     ) -> RuncDestination:
         return RuncDestination(
             self.criu,
@@ -441,4 +443,5 @@ class Arrivals:
             listen=listen,
             lazy_source=lazy_source,
             shared_images=shared_images,
+            tls=tls,
         )

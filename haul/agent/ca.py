@@ -5,7 +5,19 @@
 it, naming the host (DNS) and its addresses (IP) as subject alternative
 names, good both as a server certificate (the agent's listener) and as a
 client certificate (one agent or the CLI calling another). Keys are written
-mode 0600 and never replaced unless asked.
+mode 0600 and never replaced unless asked. A certificate lives a year
+(:data:`CERT_DAYS`) and at most :data:`MAX_CERT_DAYS`: a stolen key is good for
+that long at most, and until then only as long as no revocation names it.
+
+``haul ca revoke NAME`` adds a certificate's serial to ``crl.pem``, the CA's
+certificate revocation list, signed by the CA; agents given it (``[agent.tls]
+crl``) refuse that certificate, and so does CRIU on the page channels. The list
+names its next update at the CA's own end, so it never goes stale on its own:
+a copy is good until a newer one replaces it (docs/security.md).
+
+A certificate's common name is who its holder is to an agent: a peer (the name
+of an ``[agent.peers]`` entry) or an operator (``[agent.auth] operators``); a
+certificate of this CA whose name is neither may call nothing.
 
 The addresses matter: whoever connects to a host checks that its certificate
 names the address it connected to. Python's TLS does for the agents' API, and
@@ -37,8 +49,12 @@ from haul.errors import ConfigError, UsageError
 DEFAULT_CA_DIR = Path("/etc/haul/ca")
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
+CA_CRL = "crl.pem"
 CA_DAYS = 3650
-CERT_DAYS = 825
+#: how long a host's or an operator's certificate lives by default: a year
+CERT_DAYS = 365
+#: and at most (the public web's limit for server certificates)
+MAX_CERT_DAYS = 397
 #: certificates start a little in the past, for clocks that differ between hosts
 BACKDATE = datetime.timedelta(minutes=5)
 
@@ -173,6 +189,10 @@ def init_ca(
 
 def load_ca(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     pair = ca_files(directory)
+    if pair.key.exists():
+        from haul.agent.config import check_private
+
+        check_private(str(directory), "the CA's key", pair.key)
     try:
         key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
         cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
@@ -200,6 +220,11 @@ def issue(
     addresses = _parse_ips(ips)
     if days < 1:
         raise UsageError("a certificate must be valid for at least a day")
+    if days > MAX_CERT_DAYS:
+        raise UsageError(
+            f"a certificate lives at most {MAX_CERT_DAYS} days, not {days}; "
+            "issue a new one before it ends (haul ca issue ... --force)"
+        )
     ca_key, ca_cert = load_ca(directory)
     _refuse_existing(pair, overwrite)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -260,32 +285,125 @@ def issue(
     return pair
 
 
-def server_ssl_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    """For the agent's TCP listener: present ``cert``, require a client certificate from ``ca``."""
+def _crl_builder(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    serials: frozenset[int],
+    number: int,
+) -> x509.CertificateRevocationList:
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        # good until a newer list replaces it: one that went stale on its own would
+        # make every handshake fail (OpenSSL and GnuTLS refuse an expired list)
+        .next_update(max(ca_cert.not_valid_after_utc, now + datetime.timedelta(days=1)))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for serial in sorted(serials):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - BACKDATE)
+            .build()
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _load_crl(crl: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList:
+    try:
+        loaded = x509.load_pem_x509_crl(crl.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{crl} is not a PEM certificate revocation list: {exc}") from exc
+    public = ca_cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not loaded.is_signature_valid(public):
+        raise ConfigError(f"{crl} is not signed by the CA of {ca_cert.subject.rfc4514_string()}")
+    return loaded
+
+
+def crl_serials(crl: Path, ca: Path) -> frozenset[int]:
+    """The serials the revocation list ``crl`` names, once its signature is checked
+    against the CA certificate ``ca`` (ConfigError in one line otherwise)."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{ca} is not a PEM certificate: {exc}") from exc
+    return frozenset(r.serial_number for r in _load_crl(crl, ca_cert))
+
+
+def write_crl(directory: Path, add: frozenset[int] = frozenset()) -> Path:
+    """(Re)write DIR/crl.pem: the serials it named, and ``add``, signed by the CA."""
+    ca_key, ca_cert = load_ca(directory)
+    path = directory / CA_CRL
+    serials, number = frozenset[int](), 1
+    if path.exists():
+        old = _load_crl(path, ca_cert)
+        serials = frozenset(r.serial_number for r in old)
+        with contextlib.suppress(x509.ExtensionNotFound):
+            number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    crl = _crl_builder(ca_key, ca_cert, serials | add, number)
+    _write(path, crl.public_bytes(serialization.Encoding.PEM), 0o644, overwrite=True)
+    return path
+
+
+def revoke(directory: Path, name: str | None = None, *, serial: int | None = None) -> Path:
+    """Revoke the certificate DIR/NAME.crt (or the one with ``serial``): its serial goes
+    into DIR/crl.pem, which every agent must then be given (docs/security.md)."""
+    if (name is None) == (serial is None):
+        raise UsageError("revoke a certificate by its name or by its serial, one of them")
+    if name is not None:
+        path = host_files(directory, name).cert
+        try:
+            serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        except FileNotFoundError:
+            raise UsageError(f"no certificate {name} in {directory} ({path})") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is not a PEM certificate: {exc}") from exc
+    assert serial is not None
+    return write_crl(directory, frozenset({serial}))
+
+
+def server_ssl_context(ca: Path, cert: Path, key: Path, crl: Path | None = None) -> ssl.SSLContext:
+    """For the agent's TCP listener: present ``cert``, require a client certificate from
+    ``ca`` that ``crl`` (if given) does not name."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
-    _load(ctx, ca, cert, key)
+    _load(ctx, ca, cert, key, crl)
     return ctx
 
 
 def client_ssl_context(
-    ca: Path, cert: Path | None = None, key: Path | None = None
+    ca: Path, cert: Path | None = None, key: Path | None = None, crl: Path | None = None
 ) -> ssl.SSLContext:
-    """For calling an agent: trust only ``ca``, check the host name, present ``cert`` if given."""
+    """For calling an agent: trust only ``ca``, check the host name and (with ``crl``)
+    that the agent's certificate is not revoked, present ``cert`` if given."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server and its name
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if (cert is None) != (key is None):
         raise UsageError("a client certificate needs both its cert and its key file")
-    _load(ctx, ca, cert, key)
+    _load(ctx, ca, cert, key, crl)
     return ctx
 
 
-def _load(ctx: ssl.SSLContext, ca: Path, cert: Path | None, key: Path | None) -> None:
+def _load(
+    ctx: ssl.SSLContext, ca: Path, cert: Path | None, key: Path | None, crl: Path | None = None
+) -> None:
     try:
         ctx.load_verify_locations(cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"TLS: cannot load the CA certificate {ca}: {exc}") from exc
+    if crl is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(crl))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS: cannot load the revocation list {crl}: {exc}") from exc
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     if cert is not None and key is not None:
         try:
             ctx.load_cert_chain(str(cert), str(key))

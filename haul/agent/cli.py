@@ -87,12 +87,14 @@ def ca_issue_cmd(
         list[str] | None, typer.Option("--ip", help="an address of the host (repeat for several)")
     ] = None,
     directory: DirOpt = DEFAULT_CA_DIR,
-    days: Annotated[int, typer.Option("--days", help="how long it is valid")] = 825,
+    days: Annotated[int, typer.Option("--days", help="how long it is valid (at most 397)")] = 365,
     force: ForceOpt = False,
 ) -> None:
     """Issue DIR/HOST.key (mode 0600) and DIR/HOST.crt, for server and client use.
 
-    Give every address other hosts reach HOST at (--ip): they check it."""
+    Give every address other hosts reach HOST at (--ip): they check it. The name is
+    who the holder is to an agent: a peer when an [agent.peers] entry has that
+    name, an operator when [agent.auth] operators lists it, else no one."""
     from haul.agent.ca import issue
 
     pair = issue(directory, host, ips or [], days=days, overwrite=force)
@@ -105,6 +107,40 @@ def ca_issue_cmd(
             "must be reached by name, and CRIU's TLS page transfer to it needs "
             "its address (haul ca issue HOST --ip ADDRESS --force)\n"
         )
+
+
+@ca_app.command("revoke")
+def ca_revoke_cmd(
+    name: Annotated[
+        str | None, typer.Argument(help="the certificate's name (DIR/NAME.crt)")
+    ] = None,
+    serial: Annotated[
+        str | None, typer.Option("--serial", help="or its serial number, in hex")
+    ] = None,
+    directory: DirOpt = DEFAULT_CA_DIR,
+) -> None:
+    """Revoke a certificate: its serial goes into DIR/crl.pem, signed by the CA.
+
+    Copy crl.pem to every agent's [agent.tls] crl path: each reads it again when it
+    changes and then refuses the certificate (and so does CRIU on page channels)."""
+    from haul.agent.ca import revoke
+
+    number = None
+    if serial is not None:
+        try:
+            number = int(serial.removeprefix("0x"), 16)
+        except ValueError:
+            raise UsageError(f"--serial {serial!r} is not a hexadecimal number") from None
+    path = revoke(directory, name, serial=number)
+    sys.stdout.write(f"{path}\n")
+
+
+@ca_app.command("crl")
+def ca_crl_cmd(directory: DirOpt = DEFAULT_CA_DIR) -> None:
+    """Write DIR/crl.pem again (empty at first): what it revokes, signed by the CA."""
+    from haul.agent.ca import write_crl
+
+    sys.stdout.write(f"{write_crl(directory)}\n")
 
 
 def main() -> None:

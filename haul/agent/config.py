@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from haul.criu.options import TlsFiles
-from haul.errors import ConfigError
+from haul.errors import ConfigError, UsageError
 from haul.install_record import criu_binary, runc_binary
 from haul.nsexec import HostNs
 
@@ -49,6 +49,10 @@ HOST_NAME_RE = re.compile(
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
 _NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+
+
+def _loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
 
 
 def _host_name(value: str) -> str:
@@ -122,7 +126,14 @@ class _Token(_Section):
 
 
 class AuthConfig(_Token):
-    """Bearer token TCP callers must present."""
+    """The operators' credentials besides root on the unix socket (docs/security.md):
+    the operator token (``token``/``token_file``), and the names of the client
+    certificates that are operators'. A peer's credentials are in its [agent.peers]
+    entry, never here: whoever holds these may do everything on this host."""
+
+    #: client certificates (their common name, as ``haul ca issue NAME`` made them)
+    #: whose holders are operators
+    operators: list[HostName] = Field(default_factory=list, max_length=64)
 
 
 class TlsConfig(_Section):
@@ -136,11 +147,16 @@ class TlsConfig(_Section):
 
     ca: Path
     cert: Path
+    #: must not be readable by group or others (checked at load)
     key: Path
+    #: the CA's certificate revocation list (``haul ca revoke`` writes it): a client
+    #: certificate it names is refused at the TLS handshake and, the file being read
+    #: again when it changes, at every request; CRIU checks it on the page channels
+    crl: Path | None = None
 
     def files(self) -> TlsFiles:
         """The files as CRIU takes them."""
-        return TlsFiles(cacert=self.ca, cert=self.cert, key=self.key)
+        return TlsFiles(cacert=self.ca, cert=self.cert, key=self.key, cacrl=self.crl)
 
 
 class PeerConfig(_Token):
@@ -148,9 +164,29 @@ class PeerConfig(_Token):
 
     ``url`` is the peer's TCP listener; over https the peer checks this
     agent's own certificate (``[agent.tls]``), so a token is optional there.
+    ``token`` is what this agent sends when it calls the peer; ``inbound_token``
+    is what the peer sends when it calls this agent, and makes the caller that peer
+    (over plain HTTP, where there is no certificate to name it: a lab, or loopback).
+    Over TLS the peer is the client certificate whose name is the entry's key.
     """
 
     url: PeerUrl
+    inbound_token: SecretStr | None = None
+    inbound_token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_inbound_source(self) -> PeerConfig:
+        if self.inbound_token is not None and self.inbound_token_file is not None:
+            raise ValueError("give inbound_token or inbound_token_file, not both")
+        if self.inbound_token is not None and not self.inbound_token.get_secret_value().strip():
+            raise ValueError("inbound_token is empty")
+        return self
+
+    def inbound(self) -> str | None:
+        """The token this peer calls this agent with (read from its file at load), or None."""
+        if self.inbound_token is None:
+            return None
+        return self.inbound_token.get_secret_value().strip()
 
 
 class HostNsConfig(_Section):
@@ -261,6 +297,22 @@ class AgentConfig(_Section):
     lb: dict[str, str] = Field(default_factory=dict)
     runc: RuncConfig = RuncConfig()
     limits: LimitsConfig = LimitsConfig()
+    #: directories where a migration's pages may wait for the destination (``haul migrate
+    #: --shared-dir``, which both hosts see): a peer may name only a path inside one
+    shared_dirs: list[Path] = Field(default_factory=list, max_length=32)
+    #: true only for a lab on one machine: lets the TCP listener go beyond loopback
+    #: without TLS, and take tokens there (docs/security.md)
+    insecure_lab: bool = False
+
+    @model_validator(mode="after")
+    def _operators_are_not_peers(self) -> AgentConfig:
+        for name in self.auth.operators:
+            if name in self.peers:
+                raise ValueError(
+                    f"{name} is both an operator (auth.operators) and a peer (peers.{name}); "
+                    "a peer's certificate must not be an operator's"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tcp_needs_auth(self) -> AgentConfig:
@@ -268,6 +320,17 @@ class AgentConfig(_Section):
             raise ValueError(
                 "the TCP listener needs a way to authenticate callers: "
                 "set auth.token, auth.token_file or the [agent.tls] table"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _plain_tcp_stays_on_loopback(self) -> AgentConfig:
+        if self.tls is None and not self.insecure_lab and not _loopback(self.address):
+            raise ValueError(
+                f"agent.address {self.address} reaches beyond this host and there is no "
+                "[agent.tls]: tokens and pages would cross the network in clear text; "
+                "set up TLS (haul ca init; haul ca issue HOST --ip ADDRESS), listen on "
+                "127.0.0.1, or, for a lab on one machine only, set insecure_lab = true"
             )
         return self
 
@@ -378,6 +441,7 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
             ca=_resolve(base, config.tls.ca),
             cert=_resolve(base, config.tls.cert),
             key=_resolve(base, config.tls.key),
+            crl=_resolve(base, config.tls.crl) if config.tls.crl is not None else None,
         )
     if config.host_ns is not None and config.host_ns.mntns is not None:
         update["host_ns"] = config.host_ns.model_copy(
@@ -392,24 +456,34 @@ def _with_paths_from(config: AgentConfig, base: Path) -> AgentConfig:
                 "binary": _resolve(base, runc.binary) if runc.binary else None,
             }
         )
+    if config.shared_dirs:
+        update["shared_dirs"] = [_resolve(base, p) for p in config.shared_dirs]
     if config.hooks.scripts:
         update["hooks"] = config.hooks.model_copy(
             update={"scripts": [_resolve(base, p) for p in config.hooks.scripts]}
         )
-    if any(peer.token_file is not None for peer in config.peers.values()):
+    if any(
+        peer.token_file is not None or peer.inbound_token_file is not None
+        for peer in config.peers.values()
+    ):
         update["peers"] = {
-            name: peer
-            if peer.token_file is None
-            else peer.model_copy(update={"token_file": _resolve(base, peer.token_file)})
+            name: peer.model_copy(
+                update={
+                    "token_file": _resolve(base, peer.token_file) if peer.token_file else None,
+                    "inbound_token_file": _resolve(base, peer.inbound_token_file)
+                    if peer.inbound_token_file
+                    else None,
+                }
+            )
             for name, peer in config.peers.items()
         }
     return config.model_copy(update=update)
 
 
-def _read_token_file(where: str, path: Path, field: str = "agent.auth.token_file") -> str:
+def check_private(where: str, field: str, path: Path) -> None:
+    """A secret's file (a token, a private key) must not be open to group or others."""
     try:
         st = path.stat()
-        text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{where}: {field}: cannot read {path}: {exc.strerror}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -417,6 +491,14 @@ def _read_token_file(where: str, path: Path, field: str = "agent.auth.token_file
             f"{where}: {field}: {path} is readable by others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod 600 it"
         )
+
+
+def _read_token_file(where: str, path: Path, field: str = "agent.auth.token_file") -> str:
+    check_private(where, field, path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: {field}: cannot read {path}: {exc.strerror}") from exc
     token = text.strip()
     if not token:
         raise ConfigError(f"{where}: {field}: {path} is empty")
@@ -424,16 +506,65 @@ def _read_token_file(where: str, path: Path, field: str = "agent.auth.token_file
 
 
 def _check_tls_files(where: str, tls: TlsConfig) -> None:
-    for field in ("ca", "cert", "key"):
-        path: Path = getattr(tls, field)
-        if not path.is_file():
+    for field in ("ca", "cert", "key", "crl"):
+        path: Path | None = getattr(tls, field)
+        if path is not None and not path.is_file():
             raise ConfigError(f"{where}: agent.tls.{field}: {path} is not a file")
+    check_private(where, "agent.tls.key", tls.key)
+    if tls.crl is not None:
+        from haul.agent.ca import crl_serials
+
+        try:
+            crl_serials(tls.crl, tls.ca)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: agent.tls.crl: {exc.message}") from None
 
 
-def _check_hooks(where: str, hooks: HooksConfig) -> None:
-    for i, path in enumerate(hooks.scripts):
+def _check_hooks(where: str, config: AgentConfig) -> None:
+    from haul.cutover.hooks import check_hook_path
+
+    for i, path in enumerate(config.hooks.scripts):
         if not (path.is_file() and os.access(path, os.X_OK)):
             raise ConfigError(f"{where}: agent.hooks.scripts.{i}: {path} is not an executable file")
+        try:
+            check_hook_path(path, host=config.host)
+        except UsageError as exc:
+            raise ConfigError(f"{where}: agent.hooks.scripts.{i}: {exc.message}") from None
+
+
+def _read_inbound_tokens(where: str, config: AgentConfig) -> AgentConfig:
+    """Each peer's inbound token read from its file; each must be the peer's own."""
+    peers = {}
+    for name, peer in config.peers.items():
+        if peer.inbound_token_file is not None:
+            field = f"agent.peers.{name}.inbound_token_file"
+            read = _read_token_file(where, peer.inbound_token_file, field)
+            peer = peer.model_copy(update={"inbound_token": SecretStr(read)})
+        peers[name] = peer
+    operator = config.auth.bearer_token()
+    seen: dict[str, str] = {}
+    for name, peer in peers.items():
+        if operator is not None and peer.bearer_token() == operator:
+            raise ConfigError(
+                f"{where}: agent.peers.{name}.token is this agent's operator token: agents "
+                "sharing one are each other's operators; give each pair a token of its own "
+                f"(the inbound_token of this host's entry on {name})"
+            )
+        token = peer.inbound()
+        if token is None:
+            continue
+        if operator is not None and token == operator:
+            raise ConfigError(
+                f"{where}: agent.peers.{name}.inbound_token is the operator token "
+                "(agent.auth); give each peer a token of its own"
+            )
+        if token in seen:
+            raise ConfigError(
+                f"{where}: agent.peers: {seen[token]} and {name} present the same "
+                "inbound_token; give each peer a token of its own"
+            )
+        seen[token] = name
+    return config.model_copy(update={"peers": peers})
 
 
 def certificate_addresses(path: Path) -> set[str]:
@@ -501,10 +632,11 @@ def parse_config(
                 peer = peer.model_copy(update={"token": SecretStr(token)})
             peers[name] = peer
         config = config.model_copy(update={"peers": peers})
+    config = _read_inbound_tokens(where, config)
     if config.tls is not None:
         _check_tls_files(where, config.tls)
         _check_cert_names(where, config)
-    _check_hooks(where, config.hooks)
+    _check_hooks(where, config)
     return config
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from haul.agent.arrivals import Arrivals
+from haul.agent.bindings import Bindings
 from haul.agent.client import AgentAccess
 from haul.agent.config import AgentConfig, LimitsConfig
 from haul.agent.containers import ContainerSettings, StartedContainer
@@ -90,6 +91,8 @@ class AgentContext:
     journal: Journal
     criu: CriuProbe
     metrics: AgentMetrics
+    #: which peer each migration belongs to (docs/security.md)
+    bindings: Bindings
     _migrations: MigrationParts | None = None
     _recovery: asyncio.Task[None] | None = None
 
@@ -122,6 +125,7 @@ class AgentContext:
                     journal=self.journal,
                     advertise_address=address,
                     peers=peers,
+                    bindings=self.bindings,
                     tree_of=self.workloads.tree,
                     argv_of=lambda name: list(self.workloads.get(name).argv),
                     net_of=lambda name: self.workloads.get(name).net,
@@ -135,6 +139,15 @@ class AgentContext:
                 asyncio.get_running_loop()
                 self._migrations.reaper.start()
         return self._migrations
+
+    def incoming_opener(self, migration_id: str) -> str | None:
+        """The peer that opened incoming migration ``migration_id`` here ("" when it
+        names none), or None when no such migration is open here."""
+        try:
+            item = self.migrations().incoming.get(migration_id)
+        except HaulError:
+            return None
+        return item.source or ""
 
     async def _adopt(
         self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None
@@ -193,6 +206,7 @@ class AgentContext:
             journal=Journal(config.journal_dir),
             criu=CriuProbe(gather_criu if gather_criu is not None else gather_real),
             metrics=AgentMetrics(),
+            bindings=Bindings(config.state_dir),
         )
 
     async def open(self) -> None:

@@ -101,6 +101,8 @@ class FakeStarter:
 def make_config(tmp_path: Path, **agent: object) -> AgentConfig:
     table: dict[str, object] = {
         "host": "host1",
+        # loopback: plain TCP beyond it needs TLS or insecure_lab (docs/security.md)
+        "address": "127.0.0.1",
         "state_dir": str(tmp_path / "state"),
         "socket": str(tmp_path / "agent.sock"),
         "min_free_mib": 0,

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from haul.agent.arrivals import layout_of
+from haul.agent.bindings import Bindings
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.containers import ContainerRecord, Containers
 from haul.agent.journal import Journal
@@ -113,6 +114,7 @@ class MigrationJobs:
         advertise_address: str,
         peers: Mapping[str, AgentAccess],
         tree_of: Callable[[str], ProcessTree],
+        bindings: Bindings | None = None,
         argv_of: Callable[[str], list[str]],
         on_moved: Callable[[str], Awaitable[None]],
         net_of: Callable[[str], NetSpec | None] = lambda name: None,
@@ -131,6 +133,8 @@ class MigrationJobs:
         self.journal = journal
         self.advertise_address = advertise_address
         self.peers = peers
+        #: which peer each migration goes to, and the secret it gave (docs/security.md)
+        self.bindings = bindings if bindings is not None else Bindings(state_dir)
         self._tree_of = tree_of
         self._argv_of = argv_of
         self._net_of = net_of
@@ -215,6 +219,7 @@ class MigrationJobs:
             container_runtime=self._runtime_of(workload),
         )
         job = Job(Migration(spec), started_at=time.monotonic())
+        self.bindings.record_destination(mid, to)  # only `to` may ask for its decision
         self._write_intent(mid, workload, to, shared_dir)
         self._forget_ended()
         self._jobs[mid] = job
@@ -281,6 +286,7 @@ class MigrationJobs:
                 shared_images=source.images if shared_dir is not None else None,
                 net=net,
                 source_host=self.host,
+                on_secret=self._keeper(spec),
             )
             transport = HttpTransport(
                 client.incoming,
@@ -356,6 +362,7 @@ class MigrationJobs:
                 network_moves=net is not None,
                 lazy_listen=PageServer(self.advertise_address, secrets.choice(range(*LAZY_PORTS))),
                 sent_files=files,
+                tls=client.access.tls,
             )
             dest = RemoteDestination(
                 client,
@@ -368,6 +375,7 @@ class MigrationJobs:
                 image_layout=layout,
                 shared_images=source.images if shared_dir is not None else None,
                 blobs_through=workdir if shared_dir is not None else None,
+                on_secret=self._keeper(spec),
             )
             transport = HttpTransport(
                 client.incoming,
@@ -377,6 +385,12 @@ class MigrationJobs:
                 images_shared=shared_dir is not None,
             )
             yield _Ports(source, dest, transport)
+
+    def _keeper(self, spec: MigrationSpec) -> Callable[[str], None] | None:
+        """Where the destination's secret for a migration is kept (not for a dry run)."""
+        if spec.dry_run:
+            return None
+        return lambda secret: self.bindings.record_secret(spec.migration_id, secret)
 
     async def _run(
         self,
@@ -500,6 +514,9 @@ class MigrationJobs:
                     await tree.kill()
             peer = self.peer(to)
             async with asyncio.timeout(RECOVER_PEER_TIMEOUT_S), _peer_client(peer, to) as client:
+                secret = self.bindings.secret_of(mid)
+                if secret is not None:
+                    client.incoming.bind(mid, secret)
                 dest = RemoteDestination(client, mid, workload)
                 if committed:
                     await dest.resume()

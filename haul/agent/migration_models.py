@@ -132,6 +132,9 @@ class IncomingOpened(_Answer):
     page_server: Endpoint | None = None
     #: the image blobs this host lacks: the source sends them (``/blobs/{digest}``)
     missing_blobs: list[str] = Field(default_factory=list)
+    #: opened by a peer: the secret its later calls of this migration must carry
+    #: (header X-Haul-Migration-Secret; docs/security.md)
+    secret: str | None = None
 
 
 #: entries in one request of /entries or /remove (each body stays under the agent's limit)

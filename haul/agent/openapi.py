@@ -2,7 +2,8 @@
 
 Request and response schemas come from the pydantic models the handlers are
 declared with (validation schemas for request bodies, serialisation schemas
-for answers), collected under ``components/schemas``.
+for answers), collected under ``components/schemas``. Each operation says who
+may call it (``x-haul-callers``, from :mod:`haul.agent.roles`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from haul.agent.roles import access_of, described
 from haul.agent.routing import Route
-from haul.agent.wire import JSON
+from haul.agent.wire import JSON, ErrorBody
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY_SCHEMES = {
     "bearerToken": {
         "type": "http",
         "scheme": "bearer",
-        "description": "the token in the agent's [agent.auth]",
+        "description": "the operator token ([agent.auth]), or a peer's inbound_token "
+        "([agent.peers.NAME]); over TLS, the unix socket or loopback only",
     },
     "clientCertificate": {
         "type": "mutualTLS",
-        "description": "a certificate signed by the agent's CA",
+        "description": "a certificate signed by the agent's CA whose name is an operator's "
+        "([agent.auth] operators) or a peer's ([agent.peers.NAME]), not revoked",
     },
 }
 
@@ -34,7 +38,7 @@ Schemas = dict[tuple[type[Any], JsonSchemaMode], dict[str, Any]]
 
 
 def _model_uses(routes: Sequence[Route]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
-    uses: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+    uses: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
     for route in routes:
         if route.body is not None:
             uses.append((route.body, "validation"))
@@ -70,6 +74,16 @@ def _operation(route: Route, schemas: Schemas) -> dict[str, Any]:
             "description": r.description,
             "content": {r.media_type: {"schema": schema}},
         }
+    if route.auth:
+        # who may call it (haul/agent/roles.py); anyone else known to the agent gets 403
+        op["x-haul-callers"] = described(access_of(route.key))
+        responses.setdefault(
+            "403",
+            {
+                "description": "the caller's role may not call it (docs/security.md)",
+                "content": {JSON: {"schema": schemas[(ErrorBody, "serialization")]}},
+            },
+        )
     op["responses"] = responses
     if not route.auth:
         op["security"] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from haul.agent.client import AgentClient, body_of
@@ -26,7 +27,9 @@ from haul.runtime.sharedlayer import lies_in
 
 class RemoteDestination:
     """DestPort for one migration to a destination agent. Its ``client`` is made from
-    this agent's access to that peer: over https its page channels are TLS too."""
+    this agent's access to that peer: over https its page channels are TLS too. The
+    secret the destination answers the opening with goes with every later call of the
+    migration (the client binds it) and to ``on_secret``, which keeps it."""
 
     def __init__(
         self,
@@ -43,8 +46,11 @@ class RemoteDestination:
         container: ContainerMove | None = None,
         image_layout: Path | None = None,
         blobs_through: Path | None = None,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        #: keeps the secret the destination answers the opening with (for a restart)
+        self.on_secret = on_secret
         #: a runc container (not a process tree), and where its image's blobs are here
         self.container = container
         self.image_layout = image_layout
@@ -106,6 +112,8 @@ class RemoteDestination:
                 container=self.container,
             )
         )
+        if answer.secret is not None and self.on_secret is not None:
+            self.on_secret(answer.secret)
         await self._send_image(answer.missing_blobs)
         ps = answer.page_server
         return DestinationReady(Endpoint(ps.address, ps.port) if ps is not None else None)

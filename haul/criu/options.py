@@ -8,10 +8,11 @@ the caller opened (CRIU resolves them in the caller's fd table).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from haul.criu.proto import rpc_pb2
+from haul.errors import ConfigError
 
 
 class NetworkLock(enum.Enum):
@@ -53,13 +54,42 @@ EVERY_ADDRESS = ""
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """Certificates for the TLS page-server channel (PEM files)."""
+    """Certificates for the TLS page-server channel (PEM files).
+
+    CRIU checks the other end's certificate against ``cacert`` (and ``cacrl``, the
+    CA's revocation list, when given) and, unless ``no_cn_verify``, that it names
+    CRIU's own ``address``: right for a side that connects (the address is the
+    other end's), never for a side that listens (its address is its own, which no
+    sender's certificate names), so a listening side takes :meth:`listening`."""
 
     cacert: Path
     cert: Path
     key: Path
     cacrl: Path | None = None
     no_cn_verify: bool = False
+
+    def listening(self) -> TlsFiles:
+        """These files for a side that listens: the sender's certificate is checked
+        against the CA (and its revocation list), not against a name."""
+        return replace(self, no_cn_verify=True)
+
+    def config_lines(self) -> list[str]:
+        """The same as CRIU configuration file lines (for a CRIU runc starts, which
+        takes TLS options from nowhere else)."""
+        paths = [self.cacert, self.cert, self.key, *([self.cacrl] if self.cacrl else [])]
+        for path in paths:
+            if any(c.isspace() for c in str(path)):
+                raise ConfigError(
+                    f"{path}: a CRIU configuration file takes no blanks in a path; "
+                    "move the TLS files to a path without"
+                )
+        lines = ["tls", f"tls-cacert {self.cacert}", f"tls-cert {self.cert}"]
+        lines.append(f"tls-key {self.key}")
+        if self.cacrl is not None:
+            lines.append(f"tls-cacrl {self.cacrl}")
+        if self.no_cn_verify:
+            lines.append("tls-no-cn-verify")
+        return lines
 
 
 @dataclass(frozen=True, slots=True)

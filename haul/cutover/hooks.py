@@ -75,7 +75,8 @@ class HookScript:
 
 
 def check_hook_path(path: str | Path, *, host: str) -> Path:
-    """``path`` if it is an absolute path to an executable file here, else one UsageError
+    """``path`` if it is an absolute path to an executable file here that root (or the
+    agent's own user) owns and neither group nor others may write, else one UsageError
     line that says what is wrong and on which host (hooks run on the source host)."""
     text = str(path)
     if "\x00" in text:
@@ -92,6 +93,15 @@ def check_hook_path(path: str | Path, *, host: str) -> Path:
         raise UsageError(f"hook {text}: not a regular file on {host}")
     if not os.access(text, os.X_OK):
         raise UsageError(f"hook {text}: not executable on {host} (chmod +x it)")
+    # It runs as root: only root (or the user the agent runs as) may have made it
+    # or be able to change it (docs/security.md).
+    if st.st_uid not in (0, os.geteuid()):
+        raise UsageError(f"hook {text}: owned by uid {st.st_uid}, not root, on {host}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(
+            f"hook {text}: writable by group or others on {host} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); chmod go-w it"
+        )
     return Path(text)
 
 

@@ -12,19 +12,23 @@ and restores its TCP connections. haul locks the restored namespace at CRIU's
 post-restore notification (:mod:`haul.net.lock`) and unlocks it only in
 ``resume``, followed by a gratuitous ARP (:mod:`haul.net.announce`).
 With ``tls`` (this host's certificate, key and CA), both page channels are TLS:
-the page server takes only a sender whose certificate the CA signed, and the
-lazy-pages daemon checks that the source's certificate names the address it
-connects to. CRIU compares a *listening* side's peer with the listener's own
-``--address`` (criu/tls.c), which no sender's certificate names; given no
-address it checks the CA alone, so a TLS page server listens on every IPv4
-address of the host, as CRIU's lazy page server does when asked over RPC.
+the page server takes only a sender whose certificate the CA signed and its
+revocation list does not name, and the lazy-pages daemon checks that the
+source's certificate names the address it connects to. The page server listens
+on the address the source is told (``listen``: the one facing the peers), never
+on every address. CRIU compares a *listening* side's peer with the listener's
+own address (criu/tls.c), which no sender's certificate names, so the page
+server checks the sender's certificate against the CA alone
+(:meth:`TlsFiles.listening`). CRIU takes the first connection and closes its
+listener: a stranger that connects first gets nothing without a certificate of
+the CA, and the real sender, refused, fails the migration, which rolls back
+(docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import shutil
 import signal
@@ -35,13 +39,13 @@ from pathlib import Path
 from haul.criu.info import host_capabilities
 from haul.criu.lazypages import LazyPagesDaemon
 from haul.criu.notify import Action, Notification
-from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
+from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.pagemap import lazy_bytes
 from haul.criu.service import Criu
 from haul.dest.intake import private_dir
 from haul.engine.figures import Capabilities, DestinationReady, Endpoint, RestoreFigures
 from haul.engine.phases import Strategy
-from haul.errors import ConfigError, TransportError, WorkloadError
+from haul.errors import TransportError, WorkloadError
 from haul.net import lock, veth
 from haul.net.announce import announce
 from haul.net.spec import INNER_IFNAME, WorkloadNet, host_ifname
@@ -138,16 +142,9 @@ class CriuDestination:
             return None
 
     def page_server_options(self, listen: PageServer) -> CriuOptions:
-        """This host's page server: on ``listen``, or with TLS on every IPv4 address
-        (see the module's docstring; the sender is still told ``listen``)."""
-        if self.tls is not None:
-            if ipaddress.ip_address(listen.address).version != 4:
-                raise ConfigError(
-                    f"TLS page transfer needs an IPv4 address, not {listen.address}: CRIU's "
-                    "TLS page server checks its sender by CA alone only when it listens on "
-                    "every IPv4 address"
-                )
-            listen = PageServer(EVERY_ADDRESS, listen.port)
+        """This host's page server, on ``listen`` (the address the sender is told);
+        with TLS it checks the sender's certificate against the CA alone (see the
+        module's docstring)."""
         # No notifications: the page server is CRIU's child and outlives this request;
         # its status-ready notification could come after the answer, into a session
         # haul has closed, and CRIU then ends the page server ("Can't send response:
@@ -157,7 +154,7 @@ class CriuDestination:
             work_dir=self.logs,
             log_file="page-server.log",
             page_server=listen,
-            tls=self.tls,
+            tls=self.tls.listening() if self.tls is not None else None,
             notify_scripts=False,
         )
 
@@ -228,6 +225,10 @@ class CriuDestination:
         if not shared.is_dir():
             raise TransportError(f"the shared directory {shared} is not visible here")
         for page in sorted(shared.glob("pages-*.img")):
+            # what the source left there, and nothing it points at (a link to a file
+            # of this host would put that file into the restored copy's memory)
+            if page.is_symlink() or not page.is_file():
+                raise TransportError(f"{page} in the shared directory is not a plain file")
             target = self.images / page.name
             try:
                 os.link(page, target)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import CriuDestination
 from haul.errors import ContainerError, WorkloadError
@@ -143,6 +143,8 @@ class FakeArrivals:
     fail_release: str | None = None
     #: the shared images directory each new arrival was told of (None: none)
     shared_images: list[Path | None] = field(default_factory=list)
+    #: the TLS files the last arrival's page channels were given
+    tls: TlsFiles | None = None
 
     async def arrive(
         self,
@@ -154,8 +156,10 @@ class FakeArrivals:
         listen: PageServer | None,
         lazy_source: PageServer | None,
         shared_images: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> tuple[FakeContainerDestination, FakeArrival]:
         self.shared_images.append(shared_images)
+        self.tls = tls
         home = self.home / workload
         if home.exists():
             raise ContainerError(f"a container directory for {workload} exists")

@@ -174,9 +174,11 @@ class ContainerArrivals(Protocol):
         listen: PageServer | None,
         lazy_source: PageServer | None,
         shared_images: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> tuple[CriuDestination, ContainerArrivalPort]:
         """A new arrival, its home's directory claimed (refused when the name has one);
-        with ``shared_images``, restored from the images there."""
+        with ``shared_images``, restored from the images there; with ``tls`` its page
+        channels are TLS."""
         ...
 
     def again(
@@ -554,11 +556,6 @@ class IncomingRegistry:
         With ``shared_images`` runc restores from there, with no page server here."""
         if self.arrivals is None:
             raise UsageError("this host runs no containers (no runc here)")
-        if page_tls:
-            raise UsageError(
-                "containers' pages do not travel over TLS yet (runc gives CRIU "
-                "no TLS options); move it between agents without certificates"
-            )
         if shared_images is not None and not shared_images.parent.is_dir():
             # the source made the migration's directory there before it asked
             raise UsageError(
@@ -575,6 +572,7 @@ class IncomingRegistry:
             None if strategy is Strategy.POST_COPY or shared_images is not None else listen,
             lazy_source,
             shared_images,
+            tls=self.tls if page_tls else None,
         )
         item = Incoming(
             migration_id,

@@ -2,7 +2,8 @@
 
 What CRIU needs around the restore is :class:`~haul.dest.criudest.CriuDestination`'s
 (the images directory, the page server for stop-and-copy, the lazy-pages daemon for
-post-copy, room checks); the restore itself is runc's (``runc restore --detach``), so
+post-copy, room checks; with ``tls`` both are TLS, as for a process tree); the restore
+itself is runc's (``runc restore --detach``), so
 runc's own state of the container is right on this host. The copy is restored stopped:
 haul writes ``leave-stopped`` into the CRIU configuration file the bundle names
 (:mod:`haul.runtime.criuconf`) and resumes it only after the commit.
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from haul.criu.options import PageServer
+from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.dest.criudest import RESTORED_MARK, CriuDestination
 from haul.engine.figures import RestoreFigures
@@ -124,6 +125,7 @@ class RuncDestination(CriuDestination):
         listen: PageServer | None = None,
         lazy_source: PageServer | None = None,
         shared_images: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         super().__init__(
             criu,
@@ -133,6 +135,7 @@ class RuncDestination(CriuDestination):
             lazy_source=lazy_source,
             shared_images=shared_images,
             workload=container_id,
+            tls=tls,
         )
         self.runc = runc
         self.container_id = container_id

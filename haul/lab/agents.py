@@ -5,17 +5,23 @@ of its own, so every path in its configuration is as the host sees it:
 
 - its state directory is ``<data path>/agent``, inside the host's own data
   directory (a workload's files sit at the same path on every host);
-- its TCP listener is the host's lab address, port 7477, with the lab token
-  (one random token per lab);
+- its TCP listener is the host's lab address, port 7477; the lab token (one
+  random token per lab) is its operator token (docs/security.md);
 - its unix socket is ``<lab state dir>/<prefix>/agents/<host>.sock``: /run
   is shared by every mount namespace, so haul's CLI reaches it from outside;
-- every other host is a peer, at ``http://<its address>:7477`` with the token.
+- every other host is a peer, at ``http://<its address>:7477``. A plain lab's
+  agents are ``insecure_lab``: plain HTTP beyond loopback. Each ordered pair of
+  hosts has a token of its own (:func:`pair_token`, derived from the lab token):
+  what one sends the other names it as that peer there, never as an operator;
+- pages may wait in the lab's shared directory (``<lab dir>/shared``,
+  ``haul migrate --shared-dir``), the one a peer may name.
 
 With ``tls``, the lab also has a CA of its own in ``<lab state dir>/<prefix>/pki``
-(also on /run), a certificate for each host naming its name and address, and
-one for the operator's CLI (``haul-cli``). Each agent's listener then does
-mutual TLS with its host's certificate, its peers are at
-``https://<address>:7477``, and migrations between them send pages over TLS.
+(also on /run), a certificate for each host naming its name and address, one
+for the operator's CLI (``haul-cli``, the agents' one operator certificate) and
+a revocation list (``crl.pem``, empty). Each agent's listener then does mutual
+TLS with its host's certificate, its peers are at ``https://<address>:7477`` and
+known by their certificates, and migrations between them send pages over TLS.
 The inventory keeps each agent's unix socket as ``url`` (this machine's own
 network namespace cannot reach the lab's addresses) and adds the CA and the
 CLI's certificate for ``peer_url``: from the lab's client namespace, an
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -45,7 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from haul.agent.ca import ca_files, host_files, init_ca, issue
+from haul.agent.ca import CA_CRL, ca_files, host_files, init_ca, issue, write_crl
 from haul.agent.client import AgentAccess
 from haul.agent.config import parse_config
 from haul.errors import ConfigError, HaulError, LabError, UsageError
@@ -115,7 +122,21 @@ def make_lab_pki(spec: LabSpec) -> Path:
         host = spec.host(i)
         issue(directory, host.name, [str(host.address.ip)])
     issue(directory, CLI_CERT, [])
+    write_crl(directory)
     return directory
+
+
+def shared_dir(prefix: str) -> Path:
+    """Where a lab's migrations may leave their pages for the destination (on /run,
+    seen by every host): the one directory its agents let a peer name."""
+    return lab_dir(prefix) / "shared"
+
+
+def pair_token(token: str, sender: str, receiver: str) -> str:
+    """The token ``sender``'s agent calls ``receiver``'s with in a plain lab: derived
+    from the lab token, so each pair has its own and none is the operator token."""
+    mac = hmac.new(token.encode(), f"peer {sender} -> {receiver}".encode(), hashlib.sha256)
+    return mac.hexdigest()
 
 
 def token_digest(token: str) -> str:
@@ -151,9 +172,13 @@ def agent_config_toml(
         f"socket = {_toml_str(agent_socket(spec.prefix, host.name))}",
         f"state_dir = {_toml_str(spec.data_path / 'agent')}",
         f"bridge = {_toml_str(HOST_BRIDGE)}",
+        f"shared_dirs = [{_toml_str(shared_dir(spec.prefix))}]",
+        # plain HTTP beyond loopback: a lab on one machine, and nothing else
+        *([] if tls else ["insecure_lab = true"]),
         "",
         "[agent.auth]",
         f"token = {_toml_str(token)}",
+        *([f"operators = [{_toml_str(CLI_CERT)}]"] if tls else []),
         "",
         # containers may come from anywhere in the lab's directory (images, bundles)
         # and mount the machine's programs read-only (the demo's runs its Python);
@@ -177,17 +202,18 @@ def agent_config_toml(
             f"ca = {_toml_str(ca_files(pki).cert)}",
             f"cert = {_toml_str(own.cert)}",
             f"key = {_toml_str(own.key)}",
+            f"crl = {_toml_str(pki / CA_CRL)}",
         ]
     for i in range(1, spec.hosts + 1):
         if i == index:
             continue
         peer = spec.host(i)
-        lines += [
-            "",
-            f"[agent.peers.{peer.name}]",
-            f"url = {_toml_str(peer_url(peer, tls))}",
-            f"token = {_toml_str(token)}",
-        ]
+        lines += ["", f"[agent.peers.{peer.name}]", f"url = {_toml_str(peer_url(peer, tls))}"]
+        if not tls:  # with TLS, each knows the other by its certificate
+            lines += [
+                f"token = {_toml_str(pair_token(token, host.name, peer.name))}",
+                f"inbound_token = {_toml_str(pair_token(token, peer.name, host.name))}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -321,6 +347,7 @@ async def start_agents(
     ledger.token_sha256 = token_digest(token)
     ledger.record_dir(lab_dir(spec.prefix))
     sockets_dir(spec.prefix).mkdir(parents=True, exist_ok=True, mode=0o755)
+    shared_dir(spec.prefix).mkdir(parents=True, exist_ok=True, mode=0o700)
     if tls:
         try:
             make_lab_pki(spec)

@@ -12,8 +12,13 @@ dies; ``resume`` and ``kill`` thaw it.
 With ``tls`` (this host's certificate, key and CA), every page channel is TLS:
 dumps check that the destination page server's certificate names the address
 they send to, and the lazy page server takes only a destination whose
-certificate the CA signed (CRIU gives it no address over RPC, so it checks the
-CA alone, as the destination's page server does).
+certificate the CA signed and its revocation list does not name (it checks the
+CA alone, as the destination's page server does: CRIU would compare the
+destination's certificate with the listener's own address).
+
+The lazy page server listens on ``lazy_listen``, the address the destination is
+told, not on every address: CRIU's RPC ignores a lazy dump's address, so it
+comes in a CRIU configuration file of the dump's own (:data:`LAZY_CONFIG`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from haul.criu.info import host_capabilities
 from haul.criu.notify import Action, Notification
-from haul.criu.options import CriuOptions, NetworkLock, PageServer, TlsFiles
+from haul.criu.options import EVERY_ADDRESS, CriuOptions, NetworkLock, PageServer, TlsFiles
 from haul.criu.results import DumpResult
 from haul.criu.service import Criu
 from haul.engine.figures import PAGE_SIZE, Capabilities, DumpFigures, Endpoint, IterationFigures
@@ -44,6 +49,9 @@ log = logging.getLogger(__name__)
 
 #: how long a lazy dump told to roll back may take to reach its page server (then ended)
 LAZY_SERVING_TIMEOUT_S = 10.0
+#: in the dump's work directory: the CRIU configuration file naming the lazy page
+#: server's address (CRIU's RPC takes none for it)
+LAZY_CONFIG = "lazy-server.conf"
 
 
 class RolledBackAtPostDump(HaulError):
@@ -167,6 +175,8 @@ class CriuSource:
                 serving.set()  # post-copy: the network is unlocked, the page server up
 
         opts = self.dump_options(lazy, _page_server(page_server))
+        if opts.config_file is not None and self.lazy_listen is not None:
+            opts.config_file.write_text(f"address {self.lazy_listen.address}\n")
         started = time.monotonic()
         self._dump = asyncio.create_task(self._dump_in_session(opts, hold))
         dump = self._dump
@@ -220,14 +230,22 @@ class CriuSource:
             leave_running=False,
             lazy_pages=lazy,
             page_server=page_server,
-            tls=self._tls_for(page_server),
+            tls=self._tls_for(page_server, listening=lazy),
             track_mem=parent is not None,
             parent_img=parent,
+            config_file=self.logs / LAZY_CONFIG if lazy and self._bound_lazy() else None,
         )
 
-    def _tls_for(self, page_server: PageServer | None) -> TlsFiles | None:
-        """TLS for a dump's page channel; none when the pages stay here."""
-        return self.tls if page_server is not None else None
+    def _bound_lazy(self) -> bool:
+        """Whether the lazy page server is bound to an address of its own."""
+        return self.lazy_listen is not None and self.lazy_listen.address != EVERY_ADDRESS
+
+    def _tls_for(self, page_server: PageServer | None, listening: bool = False) -> TlsFiles | None:
+        """TLS for a dump's page channel; none when the pages stay here. The lazy page
+        server listens: it checks the destination's certificate against the CA alone."""
+        if self.tls is None or page_server is None:
+            return None
+        return self.tls.listening() if listening else self.tls
 
     async def _dump_in_session(
         self, opts: CriuOptions, hold: Callable[[Notification], Awaitable[None]]

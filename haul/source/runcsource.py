@@ -19,7 +19,9 @@ and the frozen source would otherwise take data the copy never sees.
 CRIU gets haul's options through ``CRIU_CONFIG_FILE`` (a file in the work directory),
 and for a container haul made also through the file its ``org.criu.config``
 annotation names (haul/runtime/criuconf.py); an adopted container's own file is not
-haul's to write.
+haul's to write. Those options carry TLS for the page channels when the agents have
+certificates (runc passes CRIU no TLS options of its own), and post-copy the lazy
+page server's address, so it listens there and not on every address.
 
 CRIU thaws the container's cgroup once it has seized every task (they wait in ptrace
 stops) and freezes it again only at its end; a CRIU that dies in between lets the
@@ -43,7 +45,7 @@ import time
 from pathlib import Path
 
 from haul.criu.info import host_capabilities
-from haul.criu.options import PageServer
+from haul.criu.options import EVERY_ADDRESS, PageServer, TlsFiles
 from haul.criu.service import Criu
 from haul.criu.stats import read_dump_stats
 from haul.engine.figures import (
@@ -72,7 +74,8 @@ class RuncSource:
     for a container haul adopted. ``own_network``: it has a network namespace of its
     own; ``network_moves``: the destination can be told its address (not for a
     namespace someone else made: such a container is refused at the pre-flight).
-    ``lazy_listen``: post-copy, where this host's lazy page server listens."""
+    ``lazy_listen``: post-copy, where this host's lazy page server listens.
+    ``tls``: this host's certificate, key and CA; every page channel is then TLS."""
 
     def __init__(
         self,
@@ -87,8 +90,11 @@ class RuncSource:
         lazy_listen: PageServer | None = None,
         files: Path | None = None,
         sent_files: Path | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.criu = criu
+        #: this host's certificate, key and CA: every page channel is then TLS
+        self.tls = tls
         self.runc = runc
         self.container_id = container_id
         self.criu_config = criu_config
@@ -146,10 +152,7 @@ class RuncSource:
         images = self.workdir / f"pre{iteration}"
         images.mkdir(parents=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        options = criuconf.dump_options(own_network=self.own_network)
-        criuconf.write(self.env_config, options)
-        if self.criu_config is not None:
-            criuconf.write(self.criu_config, options)
+        self._write_criu_config(page_server=page_server is not None, lazy=False)
         started = time.monotonic()
         await self.runc.checkpoint(
             self.container_id,
@@ -179,10 +182,7 @@ class RuncSource:
             raise WorkloadError("post-copy needs an address for the source's lazy page server")
         for d in (self.images, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        options = criuconf.dump_options(own_network=self.own_network)
-        criuconf.write(self.env_config, options)
-        if self.criu_config is not None:
-            criuconf.write(self.criu_config, options)
+        self._write_criu_config(page_server=page_server is not None, lazy=lazy)
         pid = self._pid or (await self.runc.state(self.container_id)).pid
         started = time.monotonic()
         if self.own_network:
@@ -204,6 +204,20 @@ class RuncSource:
             bytes_written=sum(p.stat().st_size for p in self.images.iterdir()),
             duration_s=time.monotonic() - started,
         )
+
+    def _write_criu_config(self, *, page_server: bool, lazy: bool) -> None:
+        """haul's options for this checkpoint's CRIU: the network lock and, when pages
+        cross to the destination (its page server, or post-copy this host's lazy page
+        server), TLS and the lazy page server's address, which runc gives CRIU no other
+        way (docs/security.md)."""
+        options = criuconf.dump_options(own_network=self.own_network)
+        if self.tls is not None and (page_server or lazy):
+            options += (self.tls.listening() if lazy else self.tls).config_lines()
+        if lazy and self.lazy_listen is not None and self.lazy_listen.address != EVERY_ADDRESS:
+            options.append(f"address {self.lazy_listen.address}")
+        criuconf.write(self.env_config, options)
+        if self.criu_config is not None:
+            criuconf.write(self.criu_config, options)
 
     @property
     def env_config(self) -> Path:

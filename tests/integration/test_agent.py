@@ -26,7 +26,13 @@ import pytest
 from haul.agent.ca import init_ca, issue
 from haul.agent.client import AgentAccess, AgentClient
 from haul.agent.workloads import start_ticks
-from haul.errors import NoSuchWorkload, PeerError, PeerUnauthorized, TransportError
+from haul.errors import (
+    NoSuchWorkload,
+    PeerError,
+    PeerForbidden,
+    PeerUnauthorized,
+    TransportError,
+)
 from haul.procfs import alive, ns_inode
 
 READY_TIMEOUT_S = 20.0
@@ -37,8 +43,10 @@ STOP_TIMEOUT_S = 15.0
 class Pki:
     ca: Path
     server: tuple[Path, Path]
-    client: tuple[Path, Path]
+    client: tuple[Path, Path]  # the operator's (auth.operators)
     stranger: tuple[Path, Path]  # a client cert from another CA
+    peer: tuple[Path, Path]  # host2's: a peer of the agent
+    nobody: tuple[Path, Path]  # of the CA, but neither an operator nor a peer
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +56,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     init_ca(ours)
     server = issue(ours, "host1", ["127.0.0.1"])
     client = issue(ours, "cli")
+    peer, nobody = issue(ours, "host2"), issue(ours, "host9")
     init_ca(other)
     stranger = issue(other, "cli")
     return Pki(
@@ -55,6 +64,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         server=(server.cert, server.key),
         client=(client.cert, client.key),
         stranger=(stranger.cert, stranger.key),
+        peer=(peer.cert, peer.key),
+        nobody=(nobody.cert, nobody.key),
     )
 
 
@@ -97,8 +108,11 @@ def _write_config(dir: Path, pki: Pki) -> Path:
         "min_free_mib = 1\n"
         "[agent.auth]\n"
         'token_file = "token"\n'
+        'operators = ["cli"]\n'
         "[agent.tls]\n"
         f'ca = "{pki.ca}"\ncert = "{pki.server[0]}"\nkey = "{pki.server[1]}"\n'
+        "[agent.peers.host2]\n"
+        'url = "https://127.0.0.2:7477"\n'
     )
     return config
 
@@ -240,6 +254,25 @@ async def test_a_client_cert_from_another_ca_is_refused(agent: Agent, pki: Pki) 
     ).client() as client:
         with pytest.raises((TransportError, PeerError)):
             await client.info()
+    assert agent.proc.poll() is None
+
+
+@pytest.mark.asyncio
+async def test_a_peers_certificate_may_not_act_as_an_operator(agent: Agent, pki: Pki) -> None:
+    """Any certificate of haul's CA is not enough: a peer's reaches only the peer routes
+    (docs/security.md), one naming no peer and no operator nothing at all."""
+    async with _tls_client(agent, pki, pki.peer) as client:
+        with pytest.raises(PeerForbidden, match="peer host2 may not call POST /v1/workloads"):
+            await client.start_workload("evil", ["sh", "-c", "touch /tmp/haul-pwned"])
+        with pytest.raises(PeerForbidden):
+            await client.adopt(os.getpid())
+        with pytest.raises(PeerForbidden):
+            await client.workloads()
+    async with _tls_client(agent, pki, pki.nobody) as client:
+        with pytest.raises(PeerUnauthorized, match="host9 is neither an operator nor a peer"):
+            await client.workloads()
+    async with _tls_client(agent, pki, pki.client) as client:
+        assert await client.workloads() == []
     assert agent.proc.poll() is None
 
 

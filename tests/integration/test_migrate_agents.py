@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.agents import shared_dir
 from haul.lab.operator import (
     count,
     ps,
@@ -375,12 +376,10 @@ def test_migrate_by_pid(lab_with_agents: tuple[LabSpec, Path], tmp_path: Path) -
     launcher.wait(timeout=10)  # its tree was killed at the commit; it has exited
 
 
-def test_memory_through_a_shared_directory(
-    lab_with_agents: tuple[LabSpec, Path], tmp_path: Path
-) -> None:
+def test_memory_through_a_shared_directory(lab_with_agents: tuple[LabSpec, Path]) -> None:
     lab, inventory = lab_with_agents
-    shared = tmp_path / "shared"  # outside the hosts' private data: both see it
-    shared.mkdir()
+    # outside the hosts' private data, both see it, and their agents let a peer name it
+    shared = shared_dir(lab.prefix)
     run_counter(inventory, lab, "web5", mem_mib=32)
     before = count(lab, "host1", "web5")
     done = run_haul(

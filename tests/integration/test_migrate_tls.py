@@ -1,7 +1,9 @@
 """haul migrate between agents that have certificates: the agents call each other over
 mutual TLS, and so does CRIU for the pages (the destination's page server and the
 source's dump; post-copy, the source's lazy page server and the destination's
-lazy-pages daemon).
+lazy-pages daemon), for process trees and runc containers alike. A certificate of the
+lab's CA is not enough by itself: a peer's may call only what peers may, and a revoked
+one nothing.
 
 What crossed the wire is captured on the destination's port of the lab's bridge
 (wiresniff.py): with TLS, every connection between the hosts starts with a TLS
@@ -14,6 +16,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from haul.agent.ca import init_ca, issue
-from haul.lab.agents import AGENT_PORT, CLI_CERT, agent_config_path, restart_agent
+from haul.agent.ca import init_ca, issue, revoke
+from haul.lab.agents import AGENT_PORT, CLI_CERT, agent_config_path, pki_dir, restart_agent
+from haul.lab.hostrunc import container_ids, host_runc
 from haul.lab.operator import run_haul
 from haul.lab.spec import LabSpec
+from haul.runtime.images import ImageRef
 
 COUNTER = Path(__file__).resolve().parents[2] / "haul" / "lab" / "samples" / "counter.py"
 SNIFFER = Path(__file__).resolve().parent / "wiresniff.py"
@@ -339,3 +344,94 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_moves(
     asyncio.run(restart_agent(lab, "host1"))
     migrate(counter, "host1", "host2", "stop-and-copy")
     assert counter.verdict("host2").startswith("PASS")
+
+
+def test_a_peers_certificate_is_only_a_peer_and_a_revoked_one_nothing(
+    tls_lab: tuple[LabSpec, Path],
+    tmp_path: Path,
+) -> None:
+    """Any certificate of the lab's CA is not enough (docs/security.md): host2's own,
+    used from the client namespace, may not run or list anything on host1; once host1's
+    certificate is revoked, host2 takes nothing from host1's agent, so a migration it
+    drives is refused before anything is touched; a new certificate lets it through."""
+    lab, inventory = tls_lab
+    counter = start_counter(lab, inventory, "web3")
+    pki = pki_dir(lab.prefix)
+    hosts = tomllib.loads(inventory.read_text())["hosts"]
+    as_host2 = tmp_path / "as-host2.toml"
+    as_host2.write_text(
+        f'[hosts.host1]\nurl = "{hosts["host1"]["peer_url"]}"\nca = "{pki / "ca.crt"}"\n'
+        f'cert = "{pki / "host2.crt"}"\nkey = "{pki / "host2.key"}"\n'
+    )
+    ran = run_haul(
+        as_host2, "run", "--name", "evil", "--host", "host1", "--", "true", netns=lab.client.netns
+    )
+    assert ran.returncode != 0 and ran.stderr.count("\n") == 1, ran.stderr
+    assert "peer host2 may not call POST /v1/workloads" in ran.stderr
+    listed = run_haul(as_host2, "ps", "--host", "host1", netns=lab.client.netns)
+    assert listed.returncode != 0 and "peer host2 may not call" in listed.stderr
+    assert counter.where() == [("host1", "web3")], "nothing was started"
+
+    revoke(pki, "host1")  # host2's agent reads the list again at its next request
+    refused = run_haul(inventory, "migrate", "web3", "--to", "host2", "-o", "json")
+    assert refused.returncode in (1, 3), refused.stderr
+    assert "revoked" in refused.stderr + refused.stdout
+    assert counter.where() == [("host1", "web3")]
+    assert not list((lab.host(2).data_backing / "agent").glob("incoming/*")), "host2 is clean"
+    n = counter.count("host1")
+    assert counter.wait_count_above("host1", n) > n
+
+    issue(pki, "host1", [str(lab.host(1).address.ip)], overwrite=True)  # a new serial
+    asyncio.run(restart_agent(lab, "host1"))
+    migrate(counter, "host1", "host2", "stop-and-copy")
+    assert counter.verdict("host2").startswith("PASS")
+
+
+@pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
+def test_a_container_moves_between_tls_agents_with_its_pages_over_tls(
+    tls_lab: tuple[LabSpec, Path],
+    busybox_image: ImageRef,
+    tmp_path: Path,
+    strategy: str,
+) -> None:
+    """runc gives CRIU no TLS options; haul's CRIU configuration files do, so a
+    container's pages cross encrypted too, and a marker in its shell's memory is seen on
+    no connection between the hosts."""
+    lab, inventory = tls_lab
+    layout = lab.root_dir / "images" / "busybox"
+    shutil.copytree(busybox_image.layout, layout)
+    marker = "haulmark" + secrets.token_hex(8)
+    script = f"m={marker}; i=0; while true; do i=$((i+1)); echo $i > /data/count; sleep 0.1; done"
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        "tc1",
+        "--host",
+        "host1",
+        "--runtime",
+        "runc",
+        "--image",
+        f"oci:{layout}",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    src, dst = str(lab.host(1).address.ip), str(lab.host(2).address.ip)
+    with sniffing(lab, "host2", marker, tmp_path) as captured:
+        moved = run_haul(
+            inventory, "migrate", "tc1", "--to", "host2", "--strategy", strategy, "-o", "json"
+        )
+    assert moved.returncode == 0, moved.stderr + moved.stdout
+    assert json.loads(moved.stdout)["outcome"] == "done"
+    assert container_ids(lab, "host2") == ["tc1"] and container_ids(lab, "host1") == []
+    capture = captured[0]
+    assert_all_tls(capture, src, dst)
+    pages = capture.pages(src, dst)
+    assert any(int(v["bytes"]) > 0 for v in pages.values()), f"no page channel: {pages}"  # type: ignore[call-overload]
+    counted = host_runc(lab, "host2", "exec", "tc1", "/bin/cat", "/data/count")
+    assert counted.returncode == 0 and int(counted.stdout.strip()) > 0
+    killed = run_haul(inventory, "kill", "tc1", "--host", "host2")
+    assert killed.returncode == 0, killed.stderr

@@ -13,6 +13,8 @@ from haul.lab.agents import (
     agent_config_toml,
     agent_socket,
     lab_inventory,
+    pair_token,
+    shared_dir,
     stop_agents,
     token_digest,
 )
@@ -40,11 +42,28 @@ def test_each_agent_config_is_as_its_host_sees_it_with_the_others_as_peers(state
     assert config.socket == state / "t1" / "agents" / "host2.sock"
     assert config.state_dir == spec.data_path / "agent"  # the same path on every host
     assert config.host_ns is None and config.tls is None  # it runs inside the host
-    assert config.auth.bearer_token() == "tok"
-    assert {name: (p.url, p.bearer_token()) for name, p in config.peers.items()} == {
-        "host1": ("http://10.77.0.1:7477", "tok"),
-        "host3": ("http://10.77.0.3:7477", "tok"),
+    assert config.auth.bearer_token() == "tok"  # the operator's
+    assert config.insecure_lab  # plain HTTP beyond loopback: a lab only
+    assert config.shared_dirs == [shared_dir("t1")]
+    # each ordered pair of hosts has its own token, none of them the operator's
+    assert {name: (p.url, p.bearer_token(), p.inbound()) for name, p in config.peers.items()} == {
+        "host1": (
+            "http://10.77.0.1:7477",
+            pair_token("tok", "host2", "host1"),
+            pair_token("tok", "host1", "host2"),
+        ),
+        "host3": (
+            "http://10.77.0.3:7477",
+            pair_token("tok", "host2", "host3"),
+            pair_token("tok", "host3", "host2"),
+        ),
     }
+    tokens = {
+        pair_token("tok", a, b) for a in ("host1", "host2", "host3") for b in ("host1", "host3")
+    }
+    assert "tok" not in tokens and len(tokens) == 6
+    host1 = parse_config(tomllib.loads(agent_config_toml(spec, 1, "tok")))
+    assert host1.peers["host2"].bearer_token() == config.peers["host1"].inbound()
 
 
 def test_a_hosts_runc_can_be_another_or_none() -> None:

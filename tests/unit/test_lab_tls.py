@@ -58,6 +58,10 @@ def test_a_tls_agent_config_does_mutual_tls_with_https_peers(state: Path) -> Non
         "host3": "https://10.77.0.3:7477",
     }
     assert config.auth.bearer_token() == "tok"  # the lab's token, as in a plain lab
+    assert config.auth.operators == [CLI_CERT]  # the CLI's certificate is the operator's
+    assert config.tls.crl == pki / "crl.pem" and not config.insecure_lab
+    # peers are known by their certificates: no tokens go between agents
+    assert all(p.bearer_token() is None and p.inbound() is None for p in config.peers.values())
 
 
 def test_the_plain_lab_is_unchanged_by_default(state: Path) -> None:

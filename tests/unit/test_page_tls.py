@@ -15,7 +15,9 @@ from haul.dest.criudest import CriuDestination
 from haul.dest.incoming import IncomingRegistry
 from haul.engine.phases import Strategy
 from haul.errors import ConfigError, UsageError
+from haul.runtime.runc import Runc
 from haul.source.criusource import CriuSource
+from haul.source.runcsource import RuncSource
 from haul.workload.proctree import ProcessTree
 
 TLS = TlsFiles(cacert=Path("/pki/ca.crt"), cert=Path("/pki/host1.crt"), key=Path("/pki/host1.key"))
@@ -34,17 +36,21 @@ def test_every_address_sends_no_address_to_criu() -> None:
     assert named.ps.address == "10.77.0.2"
 
 
-def test_a_tls_page_server_listens_everywhere_and_checks_the_ca(tmp_path: Path) -> None:
-    dest = CriuDestination(CRIU, tmp_path / "m1", listen=PageServer("10.77.0.2", 0), tls=TLS)
+def test_a_tls_page_server_listens_on_its_address_and_checks_the_ca(tmp_path: Path) -> None:
+    """Bound to the address facing the peers; the sender's certificate is checked against
+    the CA and its revocation list, not against the listener's own address."""
+    tls = TlsFiles(TLS.cacert, TLS.cert, TLS.key, cacrl=Path("/pki/crl.pem"))
+    dest = CriuDestination(CRIU, tmp_path / "m1", listen=PageServer("10.77.0.2", 0), tls=tls)
     o = dest.page_server_options(PageServer("10.77.0.2", 0)).to_proto(5, 6)
-    assert not o.ps.HasField("address")
-    assert (o.tls, o.tls_cacert, o.tls_cert, o.tls_key) == (
+    assert o.ps.address == "10.77.0.2"
+    assert (o.tls, o.tls_cacert, o.tls_cert, o.tls_key, o.tls_cacrl) == (
         True,
         "/pki/ca.crt",
         "/pki/host1.crt",
         "/pki/host1.key",
+        "/pki/crl.pem",
     )
-    assert not o.HasField("tls_no_cn_verify")
+    assert o.tls_no_cn_verify
 
 
 def test_a_plain_page_server_listens_on_its_address(tmp_path: Path) -> None:
@@ -54,10 +60,10 @@ def test_a_plain_page_server_listens_on_its_address(tmp_path: Path) -> None:
     assert not o.HasField("tls")
 
 
-def test_a_tls_page_server_on_ipv6_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_a_tls_page_server_on_ipv6_listens_on_its_address(tmp_path: Path) -> None:
     dest = CriuDestination(CRIU, tmp_path / "m1", listen=PageServer("fd00::2", 0), tls=TLS)
-    with pytest.raises(ConfigError, match="needs an IPv4 address, not fd00::2"):
-        dest.page_server_options(PageServer("fd00::2", 0))
+    o = dest.page_server_options(PageServer("fd00::2", 0)).to_proto(5, 6)
+    assert o.ps.address == "fd00::2" and o.tls
 
 
 def test_the_lazy_pages_daemon_checks_the_sources_name(tmp_path: Path) -> None:
@@ -100,9 +106,39 @@ def test_the_final_dump_sends_pages_over_tls(tmp_path: Path) -> None:
     assert o.page_server == DEST and o.tls == TLS
     lazy = _source(tmp_path, TLS).dump_options(lazy=True, dest_page_server=DEST)
     assert lazy.page_server == PageServer("10.77.0.1", 23456) and lazy.lazy_pages
-    assert lazy.tls == TLS
+    assert lazy.tls == TLS.listening()  # it listens: the CA checks the destination
+    assert o.tls is not None and not o.tls.no_cn_verify  # it connects: the name counts
     pre = _source(tmp_path, TLS).pre_dump_options(1, DEST)
     assert pre.tls == TLS and pre.page_server == DEST
+
+
+def test_the_lazy_page_server_is_bound_to_its_address_by_a_config_file(tmp_path: Path) -> None:
+    """CRIU's RPC takes no address for a lazy dump's page server; a CRIU configuration
+    file of the dump's own does."""
+    lazy = _source(tmp_path, TLS).dump_options(lazy=True)
+    assert lazy.config_file == tmp_path / "out" / "work" / "lazy-server.conf"
+    assert lazy.to_proto(5, 6).config_file == str(lazy.config_file)
+    assert (
+        _source(tmp_path, TLS).dump_options(lazy=False, dest_page_server=DEST).config_file is None
+    )
+    everywhere = CriuSource(
+        CRIU, ProcessTree(4242), tmp_path / "o2", lazy_listen=PageServer(EVERY_ADDRESS, 1)
+    )
+    assert everywhere.dump_options(lazy=True).config_file is None
+
+
+def test_tls_as_criu_configuration_file_lines() -> None:
+    tls = TlsFiles(Path("/p/ca.crt"), Path("/p/h.crt"), Path("/p/h.key"), Path("/p/crl.pem"))
+    assert tls.config_lines() == [
+        "tls",
+        "tls-cacert /p/ca.crt",
+        "tls-cert /p/h.crt",
+        "tls-key /p/h.key",
+        "tls-cacrl /p/crl.pem",
+    ]
+    assert tls.listening().config_lines()[-1] == "tls-no-cn-verify"
+    with pytest.raises(ConfigError, match="no blanks"):
+        TlsFiles(Path("/my pki/ca.crt"), Path("/p/h.crt"), Path("/p/h.key")).config_lines()
 
 
 def test_no_tls_when_the_pages_stay_here_or_the_agent_has_no_certificate(
@@ -174,3 +210,59 @@ def test_a_page_server_asks_for_no_notifications(tmp_path: Path) -> None:
     dest = CriuDestination(CRIU, tmp_path / "m1", listen=PageServer("10.77.0.2", 0))
     o = dest.page_server_options(PageServer("10.77.0.2", 0)).to_proto(5, 6)
     assert not o.notify_scripts
+
+
+def _runc_source(tmp_path: Path, tls: TlsFiles | None, owned: bool = True) -> RuncSource:
+    return RuncSource(
+        CRIU,
+        Runc(tmp_path / "runc"),
+        "c1",
+        tmp_path / "out",
+        criu_config=tmp_path / "bundle" / "criu.conf" if owned else None,
+        lazy_listen=PageServer("10.77.0.1", 23456),
+        tls=tls,
+    )
+
+
+def test_a_containers_pages_go_over_tls_through_crius_configuration_files(
+    tmp_path: Path,
+) -> None:
+    """runc gives CRIU no TLS options: haul's CRIU configuration files do, the one in
+    runc's environment (every container) and the one the bundle names (haul's own)."""
+    source = _runc_source(tmp_path, TLS)
+    source._write_criu_config(page_server=True, lazy=False)
+    sent = source.env_config.read_text().splitlines()
+    assert sent[sent.index("tls") :] == [
+        "tls",
+        "tls-cacert /pki/ca.crt",
+        "tls-cert /pki/host1.crt",
+        "tls-key /pki/host1.key",
+    ]  # it connects: the destination's certificate must name its address
+    assert (tmp_path / "bundle" / "criu.conf").read_text() == source.env_config.read_text()
+    source._write_criu_config(page_server=False, lazy=True)
+    served = source.env_config.read_text().splitlines()
+    assert {"tls", "tls-no-cn-verify", "address 10.77.0.1"} <= set(served)
+    source._write_criu_config(page_server=False, lazy=False)  # pages stay here
+    assert "tls" not in source.env_config.read_text().splitlines()
+    plain = _runc_source(tmp_path / "p", None, owned=False)
+    plain._write_criu_config(page_server=True, lazy=True)
+    assert "tls" not in plain.env_config.read_text().splitlines()
+
+
+@pytest.mark.asyncio
+async def test_an_arriving_container_gets_the_agents_tls_when_asked(tmp_path: Path) -> None:
+    from haul.dest.fakes import FakeArrivals
+
+    arrivals = FakeArrivals(CRIU, tmp_path / "homes")
+    registry = IncomingRegistry(
+        CRIU,
+        tmp_path / "incoming",
+        data_root=tmp_path / "data",
+        listen_address="10.77.0.2",
+        tls=TLS,
+        arrivals=arrivals,
+    )
+    await registry.open(
+        "m1", "c1", Strategy.POST_COPY, 0, PageServer("10.77.0.1", 1), page_tls=True, container={}
+    )
+    assert arrivals.tls == TLS

@@ -50,6 +50,8 @@ class AgentAccess:
     key: Path | None = None
     peer: bool = False
     timeout_s: float | None = DEFAULT_TIMEOUT_S
+    #: the CA's revocation list: an agent whose certificate it names is not called
+    crl: Path | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -104,6 +106,7 @@ class AgentAccess:
             key=use.key if use else None,
             peer=True,
             timeout_s=None,
+            crl=use.cacrl if use else None,
         )
 
     @property
@@ -116,7 +119,7 @@ class AgentAccess:
         for the page channels; None when the agent is not called over mutual TLS."""
         if self.ca is None or self.cert is None or self.key is None:
             return None
-        return TlsFiles(cacert=self.ca, cert=self.cert, key=self.key)
+        return TlsFiles(cacert=self.ca, cert=self.cert, key=self.key, cacrl=self.crl)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for an https agent (None: not https, or the system's trust)."""
@@ -131,7 +134,7 @@ class AgentAccess:
             return None
         from haul.agent.ca import client_ssl_context
 
-        return client_ssl_context(self.ca, self.cert, self.key)
+        return client_ssl_context(self.ca, self.cert, self.key, self.crl)
 
     def client(self, name: str = "") -> AgentClient:
         """A client of this agent (no I/O until its first call). ``name`` is how its

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from urllib.parse import quote
 
+from pydantic import BaseModel
+
+from haul.agent.bindings import SECRET_HEADER
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
     ENTRIES_PER_REQUEST,
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 CHUNK = 1 << 20
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 #: a rough bound on one /entries or /remove body (the agent takes up to 1 MiB)
@@ -65,10 +69,36 @@ def _id(migration_id: str) -> str:
 
 class IncomingCalls:
     """The destination side of migrations on one agent (``client.incoming``); its
-    uploads are what haul.transport.http.HttpTransport sends through."""
+    uploads are what haul.transport.http.HttpTransport sends through.
+
+    Each migration's calls carry the secret the destination gave when it was opened
+    (:meth:`bind`; the opener's answer binds it at once): a peer's calls of an
+    incoming migration are refused without it (docs/security.md)."""
 
     def __init__(self, client: AgentClient) -> None:
         self._client = client
+        self._secrets: dict[str, str] = {}
+
+    def bind(self, migration_id: str, secret: str) -> None:
+        """Send ``secret`` with every call of incoming migration ``migration_id``."""
+        self._secrets[migration_id] = secret
+
+    def _headers(self, migration_id: str, **more: str) -> dict[str, str]:
+        secret = self._secrets.get(migration_id)
+        return {**more, SECRET_HEADER: secret} if secret is not None else dict(more)
+
+    async def _call(
+        self,
+        method: str,
+        migration_id: str,
+        tail: str,
+        model: type[M],
+        body: BaseModel | None = None,
+    ) -> M:
+        _, raw = await self._client.request(
+            method, _id(migration_id) + tail, body=body, headers=self._headers(migration_id)
+        )
+        return self._client.parse(model, raw)
 
     async def capabilities(self) -> CapabilitiesView:
         return await self._client.call("GET", "/v1/incoming-capabilities", CapabilitiesView)
@@ -77,14 +107,20 @@ class IncomingCalls:
         await self._client.call("POST", "/v1/incoming-check", Done, body=ask)
 
     async def open(self, ask: IncomingOpen) -> IncomingOpened:
-        return await self._client.call("POST", "/v1/incoming", IncomingOpened, body=ask, ok=(201,))
+        """Open the incoming migration; its later calls carry the secret it answers with."""
+        opened = await self._client.call(
+            "POST", "/v1/incoming", IncomingOpened, body=ask, ok=(201,)
+        )
+        if opened.secret is not None:
+            self.bind(ask.id, opened.secret)
+        return opened
 
     async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None:
         _, raw = await self._client.request(
             "PUT",
             f"{_id(migration_id)}/images/{quote(name, safe='')}",
             data=_file_chunks(path),
-            headers={"X-Haul-SHA256": sha256},
+            headers=self._headers(migration_id, **{"X-Haul-SHA256": sha256}),
         )
         self._client.parse(Received, raw)
 
@@ -94,6 +130,7 @@ class IncomingCalls:
             "PUT",
             f"{_id(migration_id)}/blobs/{quote(digest, safe='')}",
             data=_file_chunks(path),
+            headers=self._headers(migration_id),
         )
         self._client.parse(Received, raw)
 
@@ -110,7 +147,7 @@ class IncomingCalls:
 
     async def unpack_image(self, migration_id: str) -> None:
         """The arriving container's image unpacked there, from the blobs it has."""
-        await self._client.call("POST", f"{_id(migration_id)}/image", Done)
+        await self._call("POST", migration_id, "/image", Done)
 
     async def put_data(
         self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
@@ -122,7 +159,9 @@ class IncomingCalls:
             f"{_id(migration_id)}/data",
             params={"path": rel},
             data=_file_chunks(source),
-            headers={"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"},
+            headers=self._headers(
+                migration_id, **{"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"}
+            ),
         )
         self._client.parse(Received, raw)
 
@@ -134,42 +173,35 @@ class IncomingCalls:
                 DataEntryAsk(path=n.path, kind=n.kind.value, mode=n.mode, target=n.target)
                 for n in batch
             ]
-            await self._client.call(
-                "POST", f"{_id(migration_id)}/entries", Done, body=DataEntries(entries=entries)
-            )
+            await self._call("POST", migration_id, "/entries", Done, DataEntries(entries=entries))
 
     async def remove_entries(self, migration_id: str, paths: Sequence[str]) -> int:
         """Remove these entries of the workload's files, in order; how many were there."""
         removed = 0
         for batch in _batches(paths, len):
-            answer = await self._client.call(
-                "POST",
-                f"{_id(migration_id)}/remove",
-                DataRemoved,
-                body=DataRemoval(paths=list(batch)),
+            answer = await self._call(
+                "POST", migration_id, "/remove", DataRemoved, DataRemoval(paths=list(batch))
             )
             removed += answer.removed
         return removed
 
     async def restore(self, migration_id: str, lazy: bool) -> Restored:
-        return await self._client.call(
-            "POST", f"{_id(migration_id)}/restore", Restored, body=RestoreAsk(lazy=lazy)
-        )
+        return await self._call("POST", migration_id, "/restore", Restored, RestoreAsk(lazy=lazy))
 
     async def resume(self, migration_id: str) -> None:
-        await self._client.call("POST", f"{_id(migration_id)}/resume", Done)
+        await self._call("POST", migration_id, "/resume", Done)
 
     async def wait_pages(self, migration_id: str) -> None:
-        await self._client.call("POST", f"{_id(migration_id)}/wait-pages", Done)
+        await self._call("POST", migration_id, "/wait-pages", Done)
 
     async def discard(self, migration_id: str) -> None:
-        await self._client.call("POST", f"{_id(migration_id)}/discard", Done)
+        await self._call("POST", migration_id, "/discard", Done)
 
     async def finish(self, migration_id: str) -> None:
-        await self._client.call("POST", f"{_id(migration_id)}/finish", Done)
+        await self._call("POST", migration_id, "/finish", Done)
 
     async def get(self, migration_id: str) -> IncomingView:
-        return await self._client.call("GET", _id(migration_id), IncomingView)
+        return await self._call("GET", migration_id, "", IncomingView)
 
     async def all(self) -> list[IncomingView]:
         return (await self._client.call("GET", "/v1/incoming", IncomingList)).incoming

@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob, take_blobs
+from haul.agent.auth import caller_of
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
@@ -29,6 +30,7 @@ from haul.agent.migration_models import (
     RuntimeView,
 )
 from haul.agent.models import NetSpec
+from haul.agent.roles import admit_open, admit_shared
 from haul.agent.routing import RouteTable
 from haul.agent.wire import BadRequest, Conflict
 from haul.agent.workloads import workload_net
@@ -124,9 +126,13 @@ def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None
     response=IncomingOpened,
     status=201,
     name="openIncoming",
-    summary="Prepare for an incoming migration",
+    errors={403: "a peer opening in another's name, or naming a directory not shared here"},
+    summary="Prepare for an incoming migration (opened by a peer: the answer's secret "
+    "goes with its later calls of it)",
 )
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
+    caller = caller_of(request)
+    ask = admit_open(caller, ask, request.app[CONTEXT].config.shared_dirs)
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
     net = _check_net(request, ask.net)
     item = await _incoming(request).open(
@@ -149,11 +155,15 @@ async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpen
         else []
     )
     port = item.dest.page_server_port
+    secret = (
+        None if caller.is_operator else request.app[CONTEXT].bindings.secret(ask.id, caller.name)
+    )
     if port is None:
-        return IncomingOpened(missing_blobs=missing)
+        return IncomingOpened(missing_blobs=missing, secret=secret)
     return IncomingOpened(
         page_server=Endpoint(address=_incoming(request).listen_address, port=port),
         missing_blobs=missing,
+        secret=secret,
     )
 
 
@@ -191,7 +201,11 @@ async def put_blob(request: web.Request) -> web.StreamResponse:
 async def take_blobs_from(request: web.Request, ask: BlobsFrom) -> Received:
     mid = request.match_info["id"]
     move = _arriving(request, mid).move
-    containers = request.app[CONTEXT].workloads.containers
+    context = request.app[CONTEXT]
+    admit_shared(
+        caller_of(request), Path(ask.layout), context.config.shared_dirs, "an image layout"
+    )
+    containers = context.workloads.containers
     size = await _incoming(request).take_blobs(
         mid, lambda: asyncio.to_thread(take_blobs, containers, move, Path(ask.layout))
     )

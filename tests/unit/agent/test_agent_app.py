@@ -332,7 +332,11 @@ async def test_openapi_schemas_come_from_the_handlers_models(
     assert spec["properties"]["runtime"]["enum"] == ["process", "runc"]
     assert spec["properties"]["name"]["pattern"] == "^[a-z0-9][a-z0-9_.-]{0,62}$"
     assert spec["additionalProperties"] is False
-    assert set(start["responses"]) == {"201", "400", "401", "409"}
+    assert set(start["responses"]) == {"201", "400", "401", "403", "409"}
+    assert start["x-haul-callers"] == "operators"  # who may call it (haul/agent/roles.py)
+    opening = doc["paths"]["/v1/incoming"]["post"]
+    assert opening["x-haul-callers"] == "operators and peers"
+    assert "x-haul-callers" not in doc["paths"]["/healthz"]["get"]
     view = resolve(start["responses"]["201"]["content"]["application/json"]["schema"])
     assert {"name", "root_pid", "status", "started_at"} <= set(view["properties"])
     error = resolve(start["responses"]["409"]["content"]["application/json"]["schema"])

@@ -12,6 +12,7 @@ from haul.agent.config import (
     DEFAULT_PORT,
     DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
+    AgentConfig,
     load_config,
     parse_config,
 )
@@ -19,6 +20,8 @@ from haul.errors import ConfigError
 from haul.nsexec import HostNs
 
 REPO = Path(__file__).resolve().parents[3]
+#: a listener on loopback: plain TCP needs no TLS there
+LOCAL = '[agent]\naddress = "127.0.0.1"\n'
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -38,10 +41,16 @@ def _load_error(tmp_path: Path, toml: str) -> str:
 
 
 def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
-    path = _write(tmp_path / "haul.toml", '[agent]\nhost = "host1"\n[agent.auth]\ntoken = "t"\n')
+    path = _write(
+        tmp_path / "haul.toml",
+        '[agent]\nhost = "host1"\naddress = "127.0.0.1"\n[agent.auth]\ntoken = "t"\n',
+    )
     config = load_config(path)
     assert config.host == "host1"
-    assert (config.address, config.port) == ("0.0.0.0", DEFAULT_PORT)
+    assert (config.address, config.port) == ("127.0.0.1", DEFAULT_PORT)
+    assert AgentConfig.model_fields["address"].default == "0.0.0.0"  # with [agent.tls]
+    assert not config.insecure_lab and config.shared_dirs == []
+    assert config.auth.operators == []
     assert config.socket == DEFAULT_SOCKET
     assert config.state_dir == DEFAULT_STATE_DIR
     assert config.auth.bearer_token() == "t"
@@ -52,7 +61,8 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
 
 def test_other_tables_are_left_to_other_parts_of_haul(tmp_path: Path) -> None:
     path = _write(
-        tmp_path / "haul.toml", '[hosts.web]\naddress = "x"\n[agent]\nauth = { token = "t" }\n'
+        tmp_path / "haul.toml",
+        '[hosts.web]\naddress = "x"\n[agent]\naddress = "::1"\nauth = { token = "t" }\n',
     )
     assert load_config(path).auth.bearer_token() == "t"
 
@@ -75,7 +85,7 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     _write(tmp_path / "tok", "abc")
     path = _write(
         tmp_path / "haul.toml",
-        '[agent]\nstate_dir = "state"\nsocket = "a.sock"\n'
+        '[agent]\nstate_dir = "state"\nsocket = "a.sock"\naddress = "127.0.0.1"\n'
         '[agent.auth]\ntoken_file = "tok"\n[agent.host_ns]\nnetns = "lab-host1"\n'
         'mntns = "mnt/host1"\n',
     )
@@ -122,14 +132,14 @@ def test_a_missing_file_is_one_line(tmp_path: Path) -> None:
 
 def test_a_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     _write(tmp_path / "tok", "abc", mode=0o644)
-    message = _load_error(tmp_path, '[agent.auth]\ntoken_file = "tok"\n')
+    message = _load_error(tmp_path, LOCAL + '[agent.auth]\ntoken_file = "tok"\n')
     assert "agent.auth.token_file:" in message and "chmod 600" in message
 
 
 def test_a_missing_or_empty_token_file_is_refused(tmp_path: Path) -> None:
-    assert "cannot read" in _load_error(tmp_path, '[agent.auth]\ntoken_file = "nope"\n')
+    assert "cannot read" in _load_error(tmp_path, LOCAL + '[agent.auth]\ntoken_file = "nope"\n')
     _write(tmp_path / "tok", "\n")
-    assert "is empty" in _load_error(tmp_path, '[agent.auth]\ntoken_file = "tok"\n')
+    assert "is empty" in _load_error(tmp_path, LOCAL + '[agent.auth]\ntoken_file = "tok"\n')
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:
@@ -151,7 +161,9 @@ def test_tls_alone_is_enough_auth(tmp_path: Path) -> None:
 
 def test_criu_path_must_be_executable(tmp_path: Path) -> None:
     criu = _write(tmp_path / "criu", "#!/bin/sh\n", mode=0o644)
-    config = parse_config({"agent": {"criu": str(criu), "auth": {"token": "t"}}})
+    config = parse_config(
+        {"agent": {"criu": str(criu), "address": "127.0.0.1", "auth": {"token": "t"}}}
+    )
     with pytest.raises(ConfigError, match="agent.criu: .* is not an executable file"):
         config.criu_path()
     os.chmod(criu, 0o755)
@@ -159,5 +171,5 @@ def test_criu_path_must_be_executable(tmp_path: Path) -> None:
 
 
 def test_the_token_is_not_shown_in_reprs(tmp_path: Path) -> None:
-    config = parse_config({"agent": {"auth": {"token": "hunter2"}}})
+    config = parse_config({"agent": {"address": "127.0.0.1", "auth": {"token": "hunter2"}}})
     assert "hunter2" not in repr(config)

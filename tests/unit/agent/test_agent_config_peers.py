@@ -15,7 +15,10 @@ AUTH = '[agent.auth]\ntoken = "t"\n'
 def _parse(text: str) -> AgentConfig:
     import tomllib
 
-    return parse_config(tomllib.loads(text), where="haul.toml", base=Path("/etc/haul"))
+    data = tomllib.loads(text)
+    # on loopback, unless the test says where: plain TCP beyond it needs TLS or a lab
+    data.setdefault("agent", {}).setdefault("address", "127.0.0.1")
+    return parse_config(data, where="haul.toml", base=Path("/etc/haul"))
 
 
 def _error(text: str) -> str:
@@ -27,7 +30,16 @@ def _error(text: str) -> str:
 
 
 def test_no_peers_and_the_listening_address_is_advertised() -> None:
-    config = parse_config({"agent": {"host": "h1", "address": "10.0.0.1", "auth": {"token": "t"}}})
+    config = parse_config(
+        {
+            "agent": {
+                "host": "h1",
+                "address": "10.0.0.1",
+                "insecure_lab": True,
+                "auth": {"token": "t"},
+            }
+        }
+    )
     assert config.peers == {}
     assert config.advertise_address is None
     assert config.advertised_address() == "10.0.0.1"
@@ -35,7 +47,8 @@ def test_no_peers_and_the_listening_address_is_advertised() -> None:
 
 @pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
 def test_a_wildcard_listener_advertises_nothing_unless_told(wildcard: str) -> None:
-    config = parse_config({"agent": {"host": "h1", "address": wildcard, "auth": {"token": "t"}}})
+    lab = {"insecure_lab": True, "auth": {"token": "t"}}
+    config = parse_config({"agent": {"host": "h1", "address": wildcard, **lab}})
     assert config.advertised_address() is None
     told = parse_config(
         {
@@ -43,7 +56,7 @@ def test_a_wildcard_listener_advertises_nothing_unless_told(wildcard: str) -> No
                 "host": "h1",
                 "address": wildcard,
                 "advertise_address": "192.0.2.7",
-                "auth": {"token": "t"},
+                **lab,
             }
         }
     )
@@ -56,7 +69,7 @@ def test_peers_by_host_name_with_their_url_and_token(tmp_path: Path) -> None:
     token_file.chmod(0o600)
     path = tmp_path / "haul.toml"
     path.write_text(
-        '[agent]\nhost = "host1"\n'
+        '[agent]\nhost = "host1"\naddress = "127.0.0.1"\n'
         + AUTH
         + '[agent.peers.host2]\nurl = "http://10.77.0.2:7477/"\ntoken_file = "peer2.token"\n'
         + '[agent.peers."host3.example.org"]\nurl = "https://[2001:db8::3]:7477"\n'
@@ -119,7 +132,7 @@ def test_a_peer_token_file_others_can_read_is_refused(tmp_path: Path) -> None:
     token_file.chmod(0o644)
     path = tmp_path / "haul.toml"
     path.write_text(
-        '[agent]\nhost = "h1"\n'
+        '[agent]\nhost = "h1"\naddress = "127.0.0.1"\n'
         + AUTH
         + f'[agent.peers.h2]\nurl = "http://h2:1"\ntoken_file = "{token_file}"\n'
     )

@@ -196,8 +196,10 @@ async def test_a_destination_asks_its_source_over_mutual_tls(
     source, dest = issue(pki, "host1", ["127.0.0.1"]), issue(pki, "host2", ["127.0.0.1"])
     init_ca(tmp_path / "other", name="another CA")
     stranger = issue(tmp_path / "other", "host2", ["127.0.0.1"])
-    ctx = make_ctx(make_config(tmp_path, criu="/bin/true"))
+    peers = {"host2": {"url": "https://127.0.0.1:1"}}  # the asker: a peer, by its certificate
+    ctx = make_ctx(make_config(tmp_path, criu="/bin/true", peers=peers))
     await ctx.journal.append(JournalRecord("m-commit", Phase.COMMIT, "commit"))
+    ctx.bindings.record_destination("m-commit", "host2")  # and the migration's destination
     server = TestServer(make_app(ctx), host="127.0.0.1")
     await server.start_server(ssl=server_ssl_context(pki / "ca.crt", source.cert, source.key))
     try:

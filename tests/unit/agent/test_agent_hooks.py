@@ -37,7 +37,7 @@ def test_hooks_table_takes_paths_from_the_config_files_directory(tmp_path: Path)
     executable(tmp_path, "log-event")
     path = tmp_path / "haul.toml"
     path.write_text(
-        '[agent]\nhost = "host1"\n[agent.auth]\ntoken = "t"\n'
+        '[agent]\nhost = "host1"\naddress = "127.0.0.1"\n[agent.auth]\ntoken = "t"\n'
         '[agent.hooks]\nscripts = ["log-event"]\ntimeout_s = 5\n'
     )
     path.chmod(0o600)

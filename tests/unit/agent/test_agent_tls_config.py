@@ -66,6 +66,7 @@ def test_a_wildcard_listener_with_no_advertised_address_is_not_checked(pki: Path
 def test_a_file_that_is_no_certificate_is_refused_in_one_line(pki: Path) -> None:
     (pki / "junk.crt").write_text("not a certificate\n")
     (pki / "junk.key").write_text("x")
+    (pki / "junk.key").chmod(0o600)
     with pytest.raises(ConfigError) as info:
         _config(pki, cert="junk")
     assert "agent.tls.cert: " in info.value.one_line()
@@ -94,6 +95,7 @@ def test_without_tls_nothing_is_given_to_criu(pki: Path) -> None:
             "agent": {
                 "host": "host1",
                 "address": "10.77.0.1",
+                "insecure_lab": True,
                 "state_dir": str(pki / "state"),
                 "auth": {"token": "t"},
                 "criu": sys.executable,
