@@ -181,11 +181,14 @@ def agent_config_toml(
         *([f"operators = [{_toml_str(CLI_CERT)}]"] if tls else []),
         "",
         # containers may come from anywhere in the lab's directory (images, bundles)
+        # or its shared one (a writable layer or rootfs used in place, --shared-dir)
         # and mount the machine's programs read-only (the demo's runs its Python);
         # hosts share this machine's cgroups, so each has a parent of its own
         "[agent.runc]",
         "allowed_roots = ["
-        + ", ".join(_toml_str(p) for p in (spec.root_dir, *LAB_SYSTEM_ROOTS))
+        + ", ".join(
+            _toml_str(p) for p in (spec.root_dir, shared_dir(spec.prefix), *LAB_SYSTEM_ROOTS)
+        )
         + "]",
         f"cgroup_parent = {_toml_str(lab_cgroup_parent(spec, host.name))}",
     ]

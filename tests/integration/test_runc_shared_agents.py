@@ -22,6 +22,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from haul.lab.agents import shared_dir
 from haul.lab.held import pause_at_restored
 from haul.lab.hostrunc import container_ids, container_leftovers, host_runc, plain_bundle
 from haul.lab.operator import incoming, ps, received_bytes, run_haul, wait_until
@@ -39,8 +40,10 @@ def _lab_image(lab: LabSpec, image: ImageRef) -> ImageRef:
 
 
 def _shared(lab: LabSpec) -> Path:
-    shared = lab.root_dir / "shared"
-    shared.mkdir()
+    """The lab's shared directory: every host sees it, and each agent lets its peers
+    name paths in it ([agent] shared_dirs) and its containers live there (allowed_roots)."""
+    shared = shared_dir(lab.prefix)
+    assert shared.is_dir() and not any(shared.iterdir())
     return shared
 
 

@@ -137,11 +137,8 @@ class IncomingCalls:
     async def take_blobs(self, migration_id: str, layout: Path) -> int:
         """The arriving container's missing blobs, taken there from ``layout`` (an OCI
         layout on storage both hosts see); the bytes it copied."""
-        answer = await self._client.call(
-            "POST",
-            f"{_id(migration_id)}/blobs-from",
-            Received,
-            body=BlobsFrom(layout=str(layout)),
+        answer = await self._call(
+            "POST", migration_id, "/blobs-from", Received, BlobsFrom(layout=str(layout))
         )
         return answer.bytes
 
