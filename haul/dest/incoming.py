@@ -5,12 +5,21 @@ Names coming over the wire are checked here, once: image names are plain file
 names, data paths are relative paths that stay inside the workload's data
 directory (no "..", no absolute paths, no links followed).
 
+Each migration goes through the stages of haul/dest/stages.py (opened, receiving,
+restored and stopped, resumed, finished; or discarded before the resume), and each call
+is taken only in the stages that table gives it: a call asked again gets its first
+answer and does nothing more; a call out of its stage is refused in one line
+(StateError, 409 on the wire) and changes nothing. A discard never kills a copy that
+was resumed (the commit was heard: it may be the only one), ``finish`` never adopts a
+stopped copy, and a second restore never makes a second copy. The restore holds the
+migration's lock, so a discard or a decision that comes meanwhile waits for it.
+
 Once a copy is restored (stopped), the source's ``resume`` (the commit) or
 ``discard`` (the rollback) settles it. If neither comes within the policy's
 deadline, or after this agent restarted, a :class:`~haul.dest.undecided.DecisionWatch`
-asks the source agent and acts on its answer; whichever comes first settles
-the migration, under the migration's lock, and the later call finds it settled
-(``resume`` and ``finish`` of a committed migration then succeed, ``discard``
+asks the source agent and acts on its answer through the same table; whichever comes
+first settles the migration, under the migration's lock, and the later call finds it
+settled (``resume`` and ``finish`` of a committed migration then succeed, ``discard``
 of it is refused).
 
 A runc container arrives through the agent's :class:`ContainerArrivals`; its record
@@ -25,7 +34,7 @@ or resumed and registered as this host's runc container.
 from __future__ import annotations
 
 import asyncio
-import enum
+import contextlib
 import hashlib
 import logging
 import os
@@ -44,6 +53,7 @@ from haul.dest import leftovers
 from haul.dest.criudest import CriuDestination
 from haul.dest.datatree import DataEntry, DataTree
 from haul.dest.leftovers import IncomingRecord, RestoredCopy
+from haul.dest.stages import Answer, Call, IncomingState, Rule, refusal, rule
 from haul.dest.undecided import Act, AskPolicy, AskSource, AskStatus, DecisionWatch
 from haul.engine.figures import RestoreFigures
 from haul.engine.phases import Strategy
@@ -54,6 +64,7 @@ from haul.errors import (
     StateError,
     TransportError,
     UsageError,
+    WorkloadError,
 )
 from haul.net.spec import WorkloadNet
 from haul.workload.proctree import ProcessTree
@@ -83,17 +94,6 @@ def check_image_name(value: str) -> str:
     return value
 
 
-class IncomingState(enum.Enum):
-    #: the images and the workload's files arrive (only now)
-    RECEIVING = "receiving"
-    #: the copy is being restored from what arrived
-    RESTORING = "restoring"
-    #: the copy exists, stopped; the source's decision is not known here yet
-    RESTORED = "restored"
-    #: the commit was heard: the copy runs; the source still finishes the migration
-    RESUMED = "resumed"
-
-
 @dataclass(slots=True)
 class Incoming:
     migration_id: str
@@ -103,18 +103,30 @@ class Incoming:
     argv: list[str] = field(default_factory=list)
     #: a runc container arriving (its image, its home here), or None for a process tree
     arrival: ContainerArrivalPort | None = None
-    received: dict[str, str] = field(default_factory=dict)  # name -> sha256
+    #: image name -> (sha256, size), as received
+    received: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: the workload's own address, for its registry entry here after the commit
     net: WorkloadNet | None = None
     #: the source's host name, as this agent's peers config knows it
     source: str | None = None
-    state: IncomingState = IncomingState.RECEIVING
+    state: IncomingState = IncomingState.OPENED
     #: time.time() when the copy was restored (or found restored at agent start)
     restored_at: float | None = None
+    #: what the source asked when it opened the migration (a replay must ask the same)
+    asked: tuple[Any, ...] = ()
+    #: the restore's answer and what it was asked (lazy), for a restore asked again
+    figures: RestoreFigures | None = None
+    lazy: bool | None = None
+    #: the workload's data directory, when this migration made it (a discard removes it)
+    data: Path | None = None
     asking: AskStatus = field(default_factory=AskStatus)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     watch: asyncio.Task[None] | None = None
 
+
+#: makes a process tree's destination port (CriuDestination's arguments): CriuDestination,
+#: or in tests one that restores no real copy (haul/dest/fakes.py)
+MakeDestination = Callable[..., CriuDestination]
 
 #: adopt(workload, tree, argv, net): register a migrated copy as a workload of this host
 Adopt = Callable[[str, ProcessTree, list[str], WorkloadNet | None], Awaitable[object]]
@@ -256,8 +268,10 @@ class IncomingRegistry:
         adopt: Adopt | None = None,
         policy: AskPolicy | None = None,
         arrivals: ContainerArrivals | None = None,
+        destination: MakeDestination = CriuDestination,
     ) -> None:
         self.criu = criu
+        self._destination = destination
         #: where arriving workloads with their own address get their veth attached
         self.bridge = bridge
         self.root = root
@@ -271,8 +285,10 @@ class IncomingRegistry:
         self.arrivals = arrivals
         self.policy = policy if policy is not None else AskPolicy()
         self._items: dict[str, Incoming] = {}
-        #: migration id -> "committed" or "discarded", once settled here
-        self._settled: OrderedDict[str, str] = OrderedDict()
+        #: ids of migrations being opened right now
+        self._opening: set[str] = set()
+        #: migration id -> FINISHED or DISCARDED, once settled here
+        self._settled: OrderedDict[str, IncomingState] = OrderedDict()
 
     async def sweep(self) -> leftovers.Sweep:
         """At agent start: nothing is in flight yet, so whatever an earlier agent left
@@ -309,15 +325,17 @@ class IncomingRegistry:
         if record.container is not None:
             dest, arrival = self._container_again(copy.workdir, record, copy.pid)
         else:
-            dest = CriuDestination(
+            dest = self._destination(
                 self.criu,
                 copy.workdir,
-                data=self.data_root,
                 workload=record.workload,
                 net=net,
                 bridge=self.bridge if net is not None else None,
             )
             dest.tree = ProcessTree(copy.pid)
+        data = None
+        if record.container is None and self.data_root is not None:
+            data = self.data_root / record.workload  # the migration made it (it held the name)
         return Incoming(
             copy.migration_id,
             record.workload,
@@ -329,6 +347,7 @@ class IncomingRegistry:
             net=net,
             state=IncomingState.RESTORED if copy.stopped else IncomingState.RESUMED,
             restored_at=time.time(),
+            data=data,
         )
 
     def _container_again(
@@ -362,7 +381,10 @@ class IncomingRegistry:
     def start_watches(self) -> None:
         """Ask at once about every migration :meth:`sweep` kept (needs a running loop)."""
         for item in self._items.values():
-            if item.watch is None and item.state is not IncomingState.RECEIVING:
+            if item.watch is None and item.state in (
+                IncomingState.RESTORED,
+                IncomingState.RESUMED,
+            ):
                 self._watch(item, 0.0)
 
     def items(self) -> list[Incoming]:
@@ -398,25 +420,93 @@ class IncomingRegistry:
     ) -> Incoming:
         check_id(migration_id)
         check_workload(workload)
-        if migration_id in self._items or migration_id in self._settled:
-            raise UsageError(f"migration {migration_id} is already open here")
+        asked = (
+            workload,
+            strategy,
+            needed_bytes,
+            lazy_source,
+            list(argv or []),
+            data_mode,
+            shared_images,
+            net,
+            page_tls,
+            source,
+            container,
+        )
+        again = self._open_again(migration_id, asked)
+        if again is not None:
+            return again
         self._check_page_tls(page_tls)
-        if container is not None:
-            return await self._open_container(
-                migration_id,
-                workload,
-                strategy,
-                needed_bytes,
-                lazy_source,
-                container=container,
-                net=net,
-                page_tls=page_tls,
-                source=source,
+        self._opening.add(migration_id)
+        try:
+            if container is not None:
+                item = await self._open_container(
+                    migration_id,
+                    workload,
+                    strategy,
+                    needed_bytes,
+                    lazy_source,
+                    container=container,
+                    net=net,
+                    page_tls=page_tls,
+                    source=source,
+                )
+            else:
+                item = await self._open_tree(
+                    migration_id,
+                    workload,
+                    strategy,
+                    needed_bytes,
+                    lazy_source,
+                    argv=list(argv or []),
+                    data_mode=data_mode,
+                    shared_images=shared_images,
+                    net=net,
+                    page_tls=page_tls,
+                    source=source,
+                )
+        finally:
+            self._opening.discard(migration_id)
+        item.asked = asked
+        self._items[migration_id] = item
+        return item
+
+    def _open_again(self, migration_id: str, asked: tuple[Any, ...]) -> Incoming | None:
+        """The migration, when this open was asked before and nothing arrived since
+        (the same answer again); None when it is new here. Raises StateError otherwise."""
+        if migration_id in self._opening:
+            raise StateError(f"incoming migration {migration_id} is being opened")
+        item, _ = self._find(migration_id, Call.OPEN, unknown_ok=True)
+        if item is None:
+            return None
+        if item.asked != asked:
+            raise StateError(
+                refusal(migration_id, item.state, "it is already open here, for another request")
             )
-        dest = CriuDestination(
+        return item
+
+    async def _open_tree(
+        self,
+        migration_id: str,
+        workload: str,
+        strategy: Strategy,
+        needed_bytes: int,
+        lazy_source: PageServer | None,
+        *,
+        argv: list[str],
+        data_mode: int,
+        shared_images: Path | None,
+        net: WorkloadNet | None,
+        page_tls: bool,
+        source: str | None,
+    ) -> Incoming:
+        """A process tree: its CriuDestination, its record, its data directory (new)."""
+        data = self.data_root / workload if self.data_root is not None else None
+        if data is not None and (data.exists() or data.is_symlink()):
+            raise WorkloadError(f"{data} already exists on the destination")
+        dest = self._destination(
             self.criu,
             self.root / migration_id,
-            data=self.data_root,
             listen=None if shared_images is not None else PageServer(self.listen_address, 0),
             lazy_source=lazy_source,
             shared_images=shared_images,
@@ -426,26 +516,31 @@ class IncomingRegistry:
             tls=self.tls if page_tls else None,
         )
         await dest.check_free(workload, needed_bytes)
-        # What a restarted agent needs: which workload's data this migration may
-        # create (removed after a crash), and whom to ask about a restored copy.
-        self.root.mkdir(parents=True, exist_ok=True)
-        record = IncomingRecord(
-            workload=workload,
-            source=source,
-            argv=list(argv or []),
-            strategy=strategy,
-            **_net_fields(net),
-        )
-        leftovers.write_record(self.root, migration_id, record)
-        await dest.prepare(strategy)
-        if self.data_root is not None:
-            (self.data_root / workload).mkdir(parents=True)
-            os.chmod(self.data_root / workload, data_mode & 0o7777)
-        item = Incoming(
-            migration_id, workload, strategy, dest, argv=list(argv or []), net=net, source=source
-        )
-        self._items[migration_id] = item
+        item = Incoming(migration_id, workload, strategy, dest, argv=argv, net=net, source=source)
+        try:
+            # What a restarted agent needs: which workload's data this migration may
+            # create (removed after a crash), and whom to ask about a restored copy.
+            self.root.mkdir(parents=True, exist_ok=True)
+            leftovers.write_record(self.root, migration_id, _record_of(item))
+            await dest.prepare(strategy)
+            if data is not None:
+                data.mkdir(parents=True)
+                item.data = data
+                os.chmod(data, data_mode & 0o7777)
+        except BaseException:
+            await asyncio.shield(self._undo_open(item))
+            raise
         return item
+
+    async def _undo_open(self, item: Incoming) -> None:
+        """An open that failed part way: whatever it made goes (what cannot is logged)."""
+        try:
+            await item.dest.discard()
+            if item.data is not None:
+                await asyncio.to_thread(shutil.rmtree, item.data, True)
+        except HaulError as exc:
+            log.error("incoming migration %s: %s", item.migration_id, exc.one_line())
+        leftovers.forget_record(self.root, item.migration_id)
 
     async def _open_container(
         self,
@@ -490,7 +585,6 @@ class IncomingRegistry:
             await asyncio.shield(self._release_arrival(dest, arrival, migration_id))
             leftovers.forget_record(self.root, migration_id)
             raise
-        self._items[migration_id] = item
         return item
 
     @staticmethod
@@ -541,30 +635,78 @@ class IncomingRegistry:
                 "over TLS; the source must have certificates too"
             )
 
+    # -- the stages (haul/dest/stages.py) ------------------------------------------
+
+    def _decide(self, migration_id: str, stage: IncomingState, call: Call) -> Rule:
+        """The rule for ``call`` in ``stage``; StateError (one line) when it is refused."""
+        found = rule(stage, call)
+        if found.answer is Answer.REFUSE:
+            raise StateError(refusal(migration_id, stage, found.why))
+        if found.answer is Answer.WAIT:  # only a call that does not wait sees a restore
+            raise StateError(refusal(migration_id, stage, "a restore is under way"))
+        return found
+
+    def _find(
+        self, migration_id: str, call: Call, *, unknown_ok: bool = False
+    ) -> tuple[Incoming | None, Rule]:
+        """The migration (None once settled) and the rule for ``call`` now. An unknown
+        migration is a UsageError, or (``unknown_ok``) None and GO."""
+        item = self._items.get(check_id(migration_id))
+        if item is not None:
+            return item, self._decide(migration_id, item.state, call)
+        settled = self._settled.get(migration_id)
+        if settled is not None:
+            return None, self._decide(migration_id, settled, call)
+        if unknown_ok:
+            return None, Rule(Answer.GO)
+        raise UsageError(f"no incoming migration {migration_id!r} here")
+
+    @contextlib.asynccontextmanager
+    async def _locked(
+        self, migration_id: str, call: Call
+    ) -> AsyncIterator[tuple[Incoming | None, Rule]]:
+        """The migration under its lock (a restore under way ends first) and the rule
+        for ``call`` in the stage it is in then; (None, rule) once it is settled."""
+        item = self._items.get(check_id(migration_id))
+        if item is None:
+            yield self._find(migration_id, call)
+            return
+        async with item.lock:
+            yield item, self._decide(migration_id, item.state, call)
+
     def _receiving(self, migration_id: str) -> Incoming:
         """The migration, if it still takes files (before its copy is restored)."""
-        item = self.get(migration_id)
-        if item.state is not IncomingState.RECEIVING:
-            raise StateError(
-                f"incoming migration {migration_id} is {item.state.value}: it takes no more files"
-            )
+        item, found = self._find(migration_id, Call.RECEIVE)
+        assert item is not None  # a settled migration takes no files
+        if found.then is not None:
+            item.state = found.then
         return item
 
     def _data(self, migration_id: str) -> DataTree:
         item = self._receiving(migration_id)
         if item.arrival is not None:
             return DataTree(item.arrival.files)
-        if self.data_root is None:
+        if item.data is None:
             raise UsageError("this host keeps no workload data directories")
-        return DataTree(self.data_root / item.workload)
+        return DataTree(item.data)
 
     async def receive_image(
         self, migration_id: str, name: str, chunks: AsyncIterator[bytes], sha256: str
     ) -> int:
+        """One image file, checked against ``sha256``; the same file again is taken as
+        received (its size), another one under the same name is refused."""
         item = self._receiving(migration_id)
         check_image_name(name)
+        had = item.received.get(name)
+        if had is not None:
+            if had[0] != sha256.lower():
+                raise StateError(
+                    f"incoming migration {migration_id}: {name} was received already, "
+                    "with other content"
+                )
+            return had[1]
         size = await _write_checked(item.dest.images / name, chunks, sha256)
-        item.received[name] = sha256
+        item.received[name] = (sha256.lower(), size)
         return size
 
     async def receive_data(
@@ -596,68 +738,87 @@ class IncomingRegistry:
         return sum(tree.remove(path) for path in paths)
 
     async def restore(self, migration_id: str, lazy: bool) -> RestoreFigures:
-        item = self._receiving(migration_id)
-        item.state = IncomingState.RESTORING
+        """Restore the copy, stopped; asked again (the same ``lazy``), the first answer.
+        A restore that fails leaves no copy: only a discard is taken after it."""
+        async with self._locked(migration_id, Call.RESTORE) as (item, found):
+            assert item is not None  # a settled migration refuses a restore
+            if found.answer is Answer.AGAIN:
+                if item.figures is None or item.lazy != lazy:
+                    raise StateError(
+                        refusal(migration_id, item.state, "it was restored as asked before")
+                    )
+                return item.figures
+            item.state = IncomingState.RESTORING
+            try:
+                figures = await item.dest.restore(lazy)
+            except BaseException:
+                item.state = IncomingState.RESTORE_FAILED
+                await asyncio.shield(self._kill_copy(item))
+                raise
+            item.state = IncomingState.RESTORED
+            item.figures, item.lazy = figures, lazy
+            item.restored_at = time.time()
+            try:  # which process is the copy, for an agent that restarts (restored.pid too)
+                leftovers.write_record(self.root, migration_id, _record_of(item, figures.dest_pid))
+            except TransportError as exc:
+                log.warning("incoming migration %s: %s", migration_id, exc.one_line())
+            if item.watch is None:
+                self._watch(item, self.policy.deadline_s)
+            return figures
+
+    @staticmethod
+    async def _kill_copy(item: Incoming) -> None:
+        """Whatever a failed restore left running goes (the rest goes with the discard)."""
+        tree = item.dest.tree
+        if tree is None or not tree.alive:
+            return
         try:
-            figures = await item.dest.restore(lazy)
-        except BaseException:
-            item.state = IncomingState.RECEIVING
-            raise
-        item.state = IncomingState.RESTORED
-        item.restored_at = time.time()
-        try:  # which process is the copy, for an agent that restarts (restored.pid says too)
-            leftovers.write_record(self.root, migration_id, _record_of(item, figures.dest_pid))
-        except TransportError as exc:
-            log.warning("incoming migration %s: %s", migration_id, exc.one_line())
-        if item.watch is None:
-            self._watch(item, self.policy.deadline_s)
-        return figures
+            await tree.kill()
+        except HaulError as exc:
+            log.error(
+                "incoming migration %s: what its failed restore left (pid %d) could not be "
+                "killed: %s",
+                item.migration_id,
+                tree.root_pid,
+                exc.one_line(),
+            )
 
     async def resume(self, migration_id: str) -> None:
-        """The commit: let the copy run (again: nothing happens)."""
-        if self._settled.get(check_id(migration_id)) == "committed":
-            return
-        item = self.get(migration_id)
-        async with item.lock:
-            if self._items.get(migration_id) is not item:
-                if self._settled.get(migration_id) == "committed":
-                    return
-                raise UsageError(f"incoming migration {migration_id} was discarded here")
+        """The commit: let the copy run (asked again: nothing happens)."""
+        async with self._locked(migration_id, Call.RESUME) as (item, found):
+            if item is None or found.answer is Answer.AGAIN:
+                return
             self._stop_watch(item)
-            if item.state is not IncomingState.RESUMED:
-                await item.dest.resume()
-                item.state = IncomingState.RESUMED
+            await item.dest.resume()
+            item.state = IncomingState.RESUMED
             # in case the source's finish never comes: ask, and adopt the copy
             self._watch(item, self.policy.deadline_s)
 
     async def wait_pages(self, migration_id: str) -> None:
-        await self.get(migration_id).dest.wait_pages()
+        """Post-copy, after the resume: return once every page has arrived."""
+        item, found = self._find(migration_id, Call.WAIT_PAGES)
+        if item is None or found.answer is Answer.AGAIN:
+            return
+        await item.dest.wait_pages()
 
     async def discard(self, migration_id: str) -> None:
-        """The rollback: kill any restored copy, remove everything (again: nothing happens)."""
-        if self._settled.get(check_id(migration_id)) == "committed":
-            raise UsageError(
-                f"incoming migration {migration_id} was committed here; its copy "
-                "runs and is not discarded"
-            )
-        item = self._items.get(migration_id)
-        if item is None:
+        """The rollback: kill any restored copy, remove what the migration made here
+        (asked again, or never opened here: nothing happens). Refused once the copy was
+        resumed: the commit was heard, and that copy may be the only one."""
+        if check_id(migration_id) not in self._items and migration_id not in self._settled:
             leftovers.forget_record(self.root, migration_id)
             return
-        async with item.lock:
-            if self._items.get(migration_id) is not item:
+        async with self._locked(migration_id, Call.DISCARD) as (item, found):
+            if item is None or found.answer is Answer.AGAIN:
                 return
             self._stop_watch(item)
             await self._discard(item)
 
     async def finish(self, migration_id: str) -> Incoming | None:
-        """After the commit: forget the migration, keep the running copy and adopt it as
+        """After the resume: forget the migration, keep the running copy and adopt it as
         a workload of this host. None when it was finished already."""
-        if self._settled.get(check_id(migration_id)) == "committed":
-            return None
-        item = self.get(migration_id)
-        async with item.lock:
-            if self._items.get(migration_id) is not item:
+        async with self._locked(migration_id, Call.FINISH) as (item, found):
+            if item is None or found.answer is Answer.AGAIN:
                 return None
             self._stop_watch(item)
             await self._finish(item)
@@ -673,33 +834,35 @@ class IncomingRegistry:
 
     # -- settling, under the item's lock -------------------------------------------
 
-    def _settle(self, migration_id: str, how: str) -> None:
-        self._items.pop(migration_id, None)
-        self._settled[migration_id] = how
+    def _settle(self, item: Incoming, stage: IncomingState) -> None:
+        item.state = stage
+        self._items.pop(item.migration_id, None)
+        self._settled[item.migration_id] = stage
         while len(self._settled) > SETTLED_KEPT:
             self._settled.popitem(last=False)
 
     async def _discard(self, item: Incoming) -> None:
-        self._settle(item.migration_id, "discarded")
+        self._settle(item, IncomingState.DISCARDED)
         if item.arrival is not None:
             # kept when something stays: a restarted agent tries again
             if await self._release_arrival(item.dest, item.arrival, item.migration_id):
                 leftovers.forget_record(self.root, item.migration_id)
             return
         await item.dest.discard()
-        if self.data_root is not None:
-            # a copy found at agent start: its CriuDestination did not create the data
-            await asyncio.to_thread(shutil.rmtree, self.data_root / item.workload, True)
+        if item.data is not None:
+            await asyncio.to_thread(shutil.rmtree, item.data, True)
         leftovers.forget_record(self.root, item.migration_id)
 
     async def _finish(self, item: Incoming) -> None:
-        self._settle(item.migration_id, "committed")
-        # adopted before its record goes: an agent that dies in between finds the copy
-        # again, asks again, and adopts it again (which finds it adopted)
+        # adopted before it is settled and its record goes: an adoption that fails
+        # leaves it resumed (finish may be asked again), and an agent that dies in
+        # between finds the copy again, asks again, and adopts it again (which finds
+        # it adopted)
         if item.arrival is not None and item.dest.tree is not None:
             await item.arrival.adopt(item.dest.tree.root_pid)
         elif self.adopt is not None and item.dest.tree is not None:
             await self.adopt(item.workload, item.dest.tree, item.argv, item.net)
+        self._settle(item, IncomingState.FINISHED)
         leftovers.forget_record(self.root, item.migration_id)
         await item.dest.cleanup()
 
@@ -711,6 +874,15 @@ class IncomingRegistry:
                 if self._items.get(item.migration_id) is not item:
                     return True  # the source's own call settled it meanwhile
                 if what is Act.DISCARD:
+                    if rule(item.state, Call.DISCARD).answer is not Answer.GO:
+                        log.error(
+                            "incoming migration %s: its source says rolled back, but %s "
+                            "is %s; it is kept",
+                            item.migration_id,
+                            item.workload,
+                            item.state.value,
+                        )
+                        return True
                     await self._discard(item)
                     log.warning(
                         "incoming migration %s: %s discarded (its source rolled back)",
@@ -718,7 +890,7 @@ class IncomingRegistry:
                         item.workload,
                     )
                     return True
-                if item.state is not IncomingState.RESUMED:
+                if rule(item.state, Call.RESUME).answer is Answer.GO:
                     await item.dest.resume()
                     item.state = IncomingState.RESUMED
                     log.warning(
@@ -726,6 +898,14 @@ class IncomingRegistry:
                         item.migration_id,
                         item.workload,
                     )
+                if item.state is not IncomingState.RESUMED:
+                    log.error(
+                        "incoming migration %s: its source says committed, but %s is %s",
+                        item.migration_id,
+                        item.workload,
+                        item.state.value,
+                    )
+                    return True
                 if what is Act.RESUME:
                     return False
                 await self._finish(item)

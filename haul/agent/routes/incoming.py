@@ -38,6 +38,8 @@ from haul.net.spec import WorkloadNet
 
 table = RouteTable("incoming")
 ID = {"id": "the migration's id"}
+#: each call is taken only in its stages (haul/dest/stages.py, docs/incoming.md)
+OUT_OF_STAGE = "not in this stage of the migration (docs/incoming.md); nothing was done"
 
 
 def _incoming(request: web.Request) -> IncomingRegistry:
@@ -109,7 +111,9 @@ def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None
     response=IncomingOpened,
     status=201,
     name="openIncoming",
-    summary="Prepare for an incoming migration",
+    errors={409: "open already, for another request, or settled; " + OUT_OF_STAGE},
+    summary="Prepare for an incoming migration (the same request again while nothing "
+    "arrived: the same answer)",
 )
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
     lazy = PageServer(ask.lazy_source.address, ask.lazy_source.port) if ask.lazy_source else None
@@ -272,7 +276,9 @@ async def remove_entries(request: web.Request, ask: DataRemoval) -> DataRemoved:
     response=Restored,
     params=ID,
     name="restoreIncoming",
-    summary="Restore the received images, the tree left stopped",
+    errors={409: OUT_OF_STAGE},
+    summary="Restore the received images, the tree left stopped (asked again while it "
+    "waits stopped: the same answer)",
 )
 async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     figures = await _incoming(request).restore(request.match_info["id"], ask.lazy)
@@ -287,7 +293,8 @@ async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     response=Done,
     params=ID,
     name="resumeIncoming",
-    summary="After the commit: let the restored tree run",
+    errors={409: "nothing restored, or discarded; " + OUT_OF_STAGE},
+    summary="After the commit: let the restored tree run (asked again: nothing more)",
 )
 async def resume(request: web.Request) -> Done:
     await _incoming(request).resume(request.match_info["id"])
@@ -300,7 +307,8 @@ async def resume(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="waitPages",
-    summary="Post-copy: return once every page has arrived",
+    errors={409: "not resumed; " + OUT_OF_STAGE},
+    summary="Post-copy, after the resume: return once every page has arrived",
 )
 async def wait_pages(request: web.Request) -> Done:
     await _incoming(request).wait_pages(request.match_info["id"])
@@ -313,7 +321,9 @@ async def wait_pages(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="discardIncoming",
-    summary="Rollback: kill any restored copy, remove everything",
+    errors={409: "its copy was resumed (the commit was heard) or adopted; " + OUT_OF_STAGE},
+    summary="Rollback: kill any restored copy, remove what the migration made here "
+    "(asked again: nothing more); never a copy that was resumed",
 )
 async def discard(request: web.Request) -> Done:
     await _incoming(request).discard(request.match_info["id"])
@@ -326,7 +336,8 @@ async def discard(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="finishIncoming",
-    summary="After the commit: register the workload here",
+    errors={409: "not resumed yet, or discarded; " + OUT_OF_STAGE},
+    summary="After the resume: register the workload here (asked again: nothing more)",
 )
 async def finish(request: web.Request) -> Done:
     await _incoming(request).finish(request.match_info["id"])
