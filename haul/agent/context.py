@@ -91,6 +91,7 @@ class AgentContext:
                     adopt=self._adopt,
                     policy=AskPolicy.from_deadline(self.config.ask_source_after_s),
                     arrivals=Arrivals(self.workloads.containers, criu, self._adopt_container),
+                    names=self.workloads.names,
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host,
@@ -111,26 +112,28 @@ class AgentContext:
         return self._migrations
 
     async def _adopt(
-        self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None
+        self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None, holder: str
     ) -> None:
-        """Register a committed copy as a workload here (already registered: done)."""
+        """Register a committed copy as a workload here (already registered: done); its
+        name passes from ``holder``, the incoming migration."""
         try:
             if self.workloads.get(name).root_pid == tree.root_pid:
                 return  # adopted before this agent restarted
         except NotFound:
             pass
-        await self.workloads.adopt(name, tree, argv, net_spec(net))
+        await self.workloads.adopt(name, tree, argv, net_spec(net), replacing=holder)
 
     async def _adopt_container(
-        self, name: str, started: StartedContainer, net: NetSpec | None
+        self, name: str, started: StartedContainer, net: NetSpec | None, holder: str
     ) -> None:
-        """Register a committed container copy here (already registered: done)."""
+        """Register a committed container copy here (already registered: done); its
+        name passes from ``holder``, the incoming migration."""
         try:
             if self.workloads.get(name).root_pid == started.pid:
                 return  # adopted before this agent restarted
         except NotFound:
             pass
-        await self.workloads.register_container(name, started, net)
+        await self.workloads.register_container(name, started, net, replacing=holder)
 
     @classmethod
     def create(

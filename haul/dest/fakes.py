@@ -162,7 +162,7 @@ class FakeArrival:
             raise ContainerError(self.fail_release)
         shutil.rmtree(self.home, ignore_errors=True)
 
-    async def adopt(self, pid: int) -> None:
+    async def adopt(self, pid: int, holder: str) -> None:
         self.adopted.append(pid)
 
 

@@ -22,6 +22,13 @@ first settles the migration, under the migration's lock, and the later call find
 settled (``resume`` and ``finish`` of a committed migration then succeed, ``discard``
 of it is refused).
 
+An incoming migration holds its workload's name in the host's one registry of names
+(:class:`NameClaims`, the agent's haul/agent/names.py) from its open until it is
+discarded, or until its copy is adopted and the name passes to that workload: no
+workload can be started or adopted under that name meanwhile, so what a discard removes
+(the data directory the open made, the work directory, a container's home) is the
+migration's own.
+
 A runc container arrives through the agent's :class:`ContainerArrivals`; its record
 (haul/dest/leftovers.py) holds what the source said of it, so a restarted agent
 rebuilds its arrival and destination over the home it has here: it removes a
@@ -128,8 +135,26 @@ class Incoming:
 #: or in tests one that restores no real copy (haul/dest/fakes.py)
 MakeDestination = Callable[..., CriuDestination]
 
-#: adopt(workload, tree, argv, net): register a migrated copy as a workload of this host
-Adopt = Callable[[str, ProcessTree, list[str], WorkloadNet | None], Awaitable[object]]
+#: adopt(workload, tree, argv, net, holder): register a migrated copy as a workload of
+#: this host; its name passes from ``holder`` (the incoming migration) to the workload
+Adopt = Callable[[str, ProcessTree, list[str], WorkloadNet | None, str], Awaitable[object]]
+
+
+class NameClaims(Protocol):
+    """The host's one registry of names (the agent's: haul/agent/names.py): an incoming
+    migration holds its workload's name from its open until it is discarded or its copy
+    is adopted; a name held by anyone else is refused (a HaulError, 409 on the wire)."""
+
+    def holder(self, name: str) -> str | None: ...
+
+    def claim(self, name: str, holder: str, *, replacing: str | None = None) -> None: ...
+
+    def release(self, name: str, holder: str) -> None: ...
+
+
+def holder_of(migration_id: str) -> str:
+    """Who holds a name an incoming migration brings, as the registry of names says it."""
+    return f"incoming migration {migration_id}"
 
 
 class ContainerArrivalPort(Protocol):
@@ -148,8 +173,9 @@ class ContainerArrivalPort(Protocol):
 
     async def release(self) -> None: ...
 
-    async def adopt(self, pid: int) -> None:
-        """Register the running copy as a workload of this host."""
+    async def adopt(self, pid: int, holder: str) -> None:
+        """Register the running copy as a workload of this host (the name passes from
+        ``holder``, the incoming migration, to it)."""
         ...
 
 
@@ -269,9 +295,12 @@ class IncomingRegistry:
         policy: AskPolicy | None = None,
         arrivals: ContainerArrivals | None = None,
         destination: MakeDestination = CriuDestination,
+        names: NameClaims | None = None,
     ) -> None:
         self.criu = criu
         self._destination = destination
+        #: the host's names: an incoming migration holds its workload's (None: no check)
+        self.names = names
         #: where arriving workloads with their own address get their veth attached
         self.bridge = bridge
         self.root = root
@@ -296,9 +325,15 @@ class IncomingRegistry:
         it waits for its source's decision (:meth:`start_watches` asks for it). A
         container's migration goes with everything made for it here (its runc
         container too: a copy not marked restored was never announced to its source,
-        which therefore cannot have committed)."""
+        which therefore cannot have committed).
+
+        Names come first: what a workload registered here holds (the agent claims its
+        workloads' names before this) is never removed, whatever a record says."""
         found = leftovers.sweep(
-            self.root, self.data_root, lambda name: MIGRATION_ID.fullmatch(name) is not None
+            self.root,
+            self.data_root,
+            lambda name: MIGRATION_ID.fullmatch(name) is not None,
+            taken=self._taken,
         )
         kept = []
         for copy in found.kept:
@@ -314,9 +349,17 @@ class IncomingRegistry:
             kept.append(copy)
         found.kept = kept
         for left in found.containers:
-            if await self._remove_left(left):
+            if self._taken(left.record.workload):
+                # its home is a registered workload's: only the migration's own files go
+                await asyncio.to_thread(shutil.rmtree, left.workdir, True)
+                leftovers.forget_record(self.root, left.migration_id)
+                found.removed.append(left.migration_id)
+            elif await self._remove_left(left):
                 found.removed.append(left.migration_id)
         return found
+
+    def _taken(self, workload: str) -> bool:
+        return self.names is not None and self.names.holder(workload) is not None
 
     def _reloaded(self, copy: RestoredCopy) -> Incoming:
         record = copy.record
@@ -334,8 +377,20 @@ class IncomingRegistry:
             )
             dest.tree = ProcessTree(copy.pid)
         data = None
-        if record.container is None and self.data_root is not None:
-            data = self.data_root / record.workload  # the migration made it (it held the name)
+        if self._taken(record.workload):
+            # what a race left before names were one registry: the name is a workload's,
+            # so nothing of its files is this migration's to remove
+            log.error(
+                "incoming migration %s: its workload's name %s is taken here (%s)",
+                copy.migration_id,
+                record.workload,
+                self.names.holder(record.workload) if self.names is not None else "",
+            )
+        else:
+            if self.names is not None:
+                self.names.claim(record.workload, holder_of(copy.migration_id))
+            if record.container is None and self.data_root is not None:
+                data = self.data_root / record.workload  # the migration made it
         return Incoming(
             copy.migration_id,
             record.workload,
@@ -437,6 +492,9 @@ class IncomingRegistry:
         if again is not None:
             return again
         self._check_page_tls(page_tls)
+        holder = holder_of(migration_id)
+        if self.names is not None:
+            self.names.claim(workload, holder)  # at once: nobody else can take it meanwhile
         self._opening.add(migration_id)
         try:
             if container is not None:
@@ -465,11 +523,19 @@ class IncomingRegistry:
                     page_tls=page_tls,
                     source=source,
                 )
+        except BaseException:
+            self._release_name(workload, migration_id)
+            raise
         finally:
             self._opening.discard(migration_id)
         item.asked = asked
         self._items[migration_id] = item
         return item
+
+    def _release_name(self, workload: str, migration_id: str) -> None:
+        """The migration's name is free again (if it still holds it)."""
+        if self.names is not None:
+            self.names.release(workload, holder_of(migration_id))
 
     def _open_again(self, migration_id: str, asked: tuple[Any, ...]) -> Incoming | None:
         """The migration, when this open was asked before and nothing arrived since
@@ -844,24 +910,29 @@ class IncomingRegistry:
     async def _discard(self, item: Incoming) -> None:
         self._settle(item, IncomingState.DISCARDED)
         if item.arrival is not None:
-            # kept when something stays: a restarted agent tries again
+            # kept when something stays: a restarted agent tries again (the name stays
+            # held until then: what is left is in the container's home)
             if await self._release_arrival(item.dest, item.arrival, item.migration_id):
                 leftovers.forget_record(self.root, item.migration_id)
+                self._release_name(item.workload, item.migration_id)
             return
         await item.dest.discard()
         if item.data is not None:
             await asyncio.to_thread(shutil.rmtree, item.data, True)
         leftovers.forget_record(self.root, item.migration_id)
+        self._release_name(item.workload, item.migration_id)
 
     async def _finish(self, item: Incoming) -> None:
         # adopted before it is settled and its record goes: an adoption that fails
         # leaves it resumed (finish may be asked again), and an agent that dies in
         # between finds the copy again, asks again, and adopts it again (which finds
         # it adopted)
+        holder = holder_of(item.migration_id)
         if item.arrival is not None and item.dest.tree is not None:
-            await item.arrival.adopt(item.dest.tree.root_pid)
+            await item.arrival.adopt(item.dest.tree.root_pid, holder)
         elif self.adopt is not None and item.dest.tree is not None:
-            await self.adopt(item.workload, item.dest.tree, item.argv, item.net)
+            await self.adopt(item.workload, item.dest.tree, item.argv, item.net, holder)
+        self._release_name(item.workload, item.migration_id)  # unless it passed to the copy
         self._settle(item, IncomingState.FINISHED)
         leftovers.forget_record(self.root, item.migration_id)
         await item.dest.cleanup()

@@ -1,6 +1,7 @@
 """The destination's incoming routes follow the migration's stage (docs/incoming.md), with
 real agents in lab hosts and real CRIU: a call out of its stage is refused and the
 migration goes on as it would have; each test ends with exactly one live copy, intact.
+A name an incoming migration holds is no one else's until it is discarded.
 
 The moments are held with a hook on the source (haul/lab/held.py): at ``post-commit``
 (post-copy: the destination's copy runs while its pages still come from the frozen
@@ -16,10 +17,20 @@ from typing import TypeVar
 import pytest
 
 from haul.agent.client import AgentAccess, AgentClient
+from haul.agent.migration_models import IncomingOpen
 from haul.errors import PeerWrongState
 from haul.lab.agents import agent_socket
 from haul.lab.held import finish_cli, pause_at, pause_at_restored
-from haul.lab.operator import count, incoming, ps, run_counter, verdict, wait_count_above
+from haul.lab.operator import (
+    count,
+    incoming,
+    ps,
+    run_counter,
+    run_haul,
+    state_file,
+    verdict,
+    wait_count_above,
+)
 from haul.lab.spec import LabSpec
 from haul.procfs import alive, state
 
@@ -101,3 +112,28 @@ def test_replays_and_early_calls_at_the_restored_copy_change_nothing(
     n = count(lab, "host1", "big")
     assert wait_count_above(lab, "host1", "big", n) > n
     assert verdict(lab, inventory, "host1", "big").startswith("PASS")
+
+
+def test_a_name_arriving_is_nobody_else_s_and_its_discard_removes_only_its_own(
+    lab_with_agents: tuple[LabSpec, Path],
+) -> None:
+    """Seen on a lab host2: POST /v1/incoming for a name, then POST /v1/workloads with it,
+    then the migration's discard: the new workload ran on with its directory gone."""
+    lab, inventory = lab_with_agents
+    ask = IncomingOpen(id="m-names", workload="w1", strategy="post-copy", needed_bytes=0)
+    on_host(lab, "host2", lambda agent: agent.incoming.open(ask))
+    started = run_haul(inventory, "run", "--name", "w1", "--host", "host2", "--", "sleep", "60")
+    assert started.returncode != 0 and "incoming migration m-names" in started.stderr
+    assert started.stderr.count("\n") == 1, started.stderr
+    on_host(lab, "host2", lambda agent: agent.incoming.discard("m-names"))
+    run_counter(inventory, lab, "w1", host="host2")
+    # a second migration bringing that name now: refused, and the counter's files stay
+    with pytest.raises(Exception, match="a workload holds it"):
+        on_host(
+            lab, "host2", lambda agent: agent.incoming.open(ask.model_copy(update={"id": "m2"}))
+        )
+    on_host(lab, "host2", lambda agent: agent.incoming.discard("m2"))
+    n = count(lab, "host2", "w1")
+    assert wait_count_above(lab, "host2", "w1", n) > n
+    assert state_file(lab, "host2", "w1").exists()
+    assert verdict(lab, inventory, "host2", "w1").startswith("PASS")

@@ -78,7 +78,7 @@ class Adoptions:
         self.done: list[tuple[str, int, list[str]]] = []
 
     async def __call__(
-        self, name: str, tree: ProcessTree, argv: list[str], net: object = None
+        self, name: str, tree: ProcessTree, argv: list[str], net: object, holder: str
     ) -> None:
         self.done.append((name, tree.root_pid, argv))
 

@@ -73,14 +73,16 @@ async def capabilities(request: web.Request) -> CapabilitiesView:
     response=Done,
     name="incomingCheck",
     errors={409: "the name is taken here"},
-    summary="Pre-flight: the workload's name is free here (no workload, and for a "
-    "container no runc container or container directory, of that name) and there is room",
+    summary="Pre-flight: the workload's name is free here (no workload and no incoming "
+    "migration holds it, and for a container no runc container or container directory has "
+    "it) and there is room",
 )
 async def check(request: web.Request, ask: IncomingCheck) -> Done:
     ctx = request.app[CONTEXT]
-    if any(r.name == ask.workload for r in ctx.workloads.records()):
+    holder = ctx.workloads.names.holder(ask.workload)
+    if holder is not None:
         raise Conflict(
-            f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
+            f"the name {ask.workload!r} is taken on {ctx.config.host}: {holder} holds it",
             code="workload_exists",
         )
     if ask.container:
