@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from haul.agent.models import AbsolutePath, NetSpec, WorkloadName, _Answer, _Request
 from haul.engine.phases import Strategy
@@ -107,14 +107,31 @@ ENTRIES_PER_REQUEST = 10_000
 DATA_PATH_MAX = 4095
 
 
+#: the largest uid or gid (the kernel's (uid_t)-1 means "no change")
+ID_MAX = 0xFFFFFFFE
+
+
 class DataEntryAsk(_Request):
     """One entry of the workload's files: a ``dir`` made (or its mode set), a
-    ``symlink`` (with its ``target``) or a ``fifo`` made, or a ``file``'s mode set."""
+    ``symlink`` (with its ``target``), a ``fifo`` or a unix ``socket``'s file made, or a
+    ``file``'s mode set; with ``uid`` and ``gid``, its owner too (else the agent's)."""
 
     path: str = Field(min_length=1, max_length=DATA_PATH_MAX)
-    kind: Literal["dir", "symlink", "fifo", "file"]
+    kind: Literal["dir", "symlink", "fifo", "socket", "file"]
     mode: int = Field(ge=0, le=0o7777)
     target: str | None = Field(default=None, min_length=1, max_length=DATA_PATH_MAX)
+    uid: int | None = Field(default=None, ge=0, le=ID_MAX)
+    gid: int | None = Field(default=None, ge=0, le=ID_MAX)
+
+    @model_validator(mode="after")
+    def _owner_whole(self) -> DataEntryAsk:
+        if (self.uid is None) != (self.gid is None):
+            raise ValueError("uid and gid come together")
+        return self
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        return None if self.uid is None or self.gid is None else (self.uid, self.gid)
 
 
 class DataEntries(_Request):

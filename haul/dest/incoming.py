@@ -782,20 +782,26 @@ class IncomingRegistry:
         chunks: AsyncIterator[bytes],
         sha256: str,
         mode: int = 0o644,
+        owner: tuple[int, int] | None = None,
     ) -> int:
         """One of the workload's files, new or replacing the one there (its directory
         came first), checked against ``sha256`` before it takes its place, and only
         while the migration still takes files (a restore may have begun meanwhile)."""
         return await self._data(migration_id).write_file(
-            path, chunks, sha256, mode, still_open=lambda: self._receiving(migration_id)
+            path,
+            chunks,
+            sha256,
+            mode,
+            still_open=lambda: self._receiving(migration_id),
+            owner=owner,
         )
 
     def make_entries(self, migration_id: str, entries: list[DataEntry]) -> None:
-        """Directories, symbolic links and FIFOs of the workload's files, parents first,
-        or the modes of entries there (haul/dest/datatree.py)."""
+        """Directories, symbolic links, FIFOs and sockets' files of the workload's files,
+        parents first, or the modes and owners of entries there (haul/dest/datatree.py)."""
         tree = self._data(migration_id)
         for e in entries:
-            tree.make(e.path, e.kind, e.mode, e.target)
+            tree.make(e.path, e.kind, e.mode, e.target, e.owner)
 
     def remove_entries(self, migration_id: str, paths: list[str]) -> int:
         """Remove entries of the workload's files, deepest first (a directory must be

@@ -4,9 +4,16 @@ What the rounds (haul/transport/rounds.py) compare from one scan to the next. Th
 tree is read one directory at a time through file descriptors opened with
 O_NOFOLLOW, so a workload that swaps a directory for a link while it is scanned
 or read cannot make haul read outside its tree: a symbolic link is an entry with
-its target, never followed. Unix sockets are skipped (CRIU binds a restored
-socket to its path again); devices are refused. The workload runs while it is
-scanned: what vanishes meanwhile is simply not in the manifest.
+its target, never followed. Every entry carries its permission bits (set-id and
+sticky bits too: CRIU checks the whole mode of a file it opens again at restore)
+and its owner. A unix socket's file is an entry as well: the destination makes a
+socket file there (no socket listens on it), which is what CRIU needs of a bound
+socket's path: its restore removes a socket's file at that path, binds the
+restored socket there and gives it the mode and owner it dumped (a path held by
+anything but a socket's file would make that bind fail), while a socket's file no
+socket of the workload is bound to stays as the source had it. Devices are
+refused. The workload runs while it is scanned: what vanishes meanwhile is simply
+not in the manifest.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class Kind(enum.Enum):
     FILE = "file"
     SYMLINK = "symlink"
     FIFO = "fifo"
+    #: a unix socket's file
+    SOCKET = "socket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +48,7 @@ class Entry:
     """One entry as the scan saw it (size and times matter for regular files only)."""
 
     kind: Kind
-    #: permission bits (stat.S_IMODE)
+    #: permission bits with set-id and sticky bits (stat.S_IMODE)
     mode: int
     size: int = 0
     mtime_ns: int = 0
@@ -47,20 +56,24 @@ class Entry:
     inode: int = 0
     #: a symbolic link's target, as it is written
     target: str | None = None
+    #: the owner, by number (the destination's numbers are the same users)
+    uid: int = 0
+    gid: int = 0
 
 
 #: relative path ("a/b") -> entry; the root itself is not in it
 Manifest = Mapping[str, Entry]
 
 
-def entry_of(st: os.stat_result, target: str | None = None) -> Entry | None:
-    """The entry for an lstat result; None for a socket. Raises for a device."""
+def entry_of(st: os.stat_result, target: str | None = None) -> Entry:
+    """The entry for an lstat result. Raises for a device."""
     mode = st.st_mode
     kinds = (
         (stat.S_ISDIR, Kind.DIR),
         (stat.S_ISREG, Kind.FILE),
         (stat.S_ISLNK, Kind.SYMLINK),
         (stat.S_ISFIFO, Kind.FIFO),
+        (stat.S_ISSOCK, Kind.SOCKET),
     )
     for test, kind in kinds:
         if test(mode):
@@ -72,9 +85,9 @@ def entry_of(st: os.stat_result, target: str | None = None) -> Entry | None:
                 st.st_ctime_ns,
                 st.st_ino,
                 target,
+                st.st_uid,
+                st.st_gid,
             )
-    if stat.S_ISSOCK(mode):
-        return None
     raise TransportError("is a device or special file; a workload's files cannot carry it")
 
 
@@ -107,8 +120,6 @@ def _scan_dir(root: Path, fd: int, rel: PurePosixPath, found: dict[str, Entry]) 
             entry = entry_of(st, target)
         except TransportError as exc:
             raise TransportError(f"{root / path} {exc.message}") from None
-        if entry is None:
-            continue
         found[path.as_posix()] = entry
         if entry.kind is Kind.DIR:
             try:

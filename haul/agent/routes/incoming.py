@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from haul.agent.arrivals import ContainerArrival, missing_blobs, receive_blob
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
+    ID_MAX,
     CapabilitiesView,
     DataEntries,
     DataRemoval,
@@ -185,6 +187,20 @@ async def unpack_image(request: web.Request) -> Done:
     return Done()
 
 
+OWNER = re.compile(r"(\d{1,10}):(\d{1,10})")
+
+
+def _owner(request: web.Request) -> tuple[int, int] | None:
+    """X-Haul-Owner: the file's ``UID:GID`` (none: the agent's own)."""
+    text = request.headers.get("X-Haul-Owner")
+    if text is None:
+        return None
+    found = OWNER.fullmatch(text)
+    if found is None or max(int(found[1]), int(found[2])) > ID_MAX:
+        raise BadRequest("X-Haul-Owner must be UID:GID, two numbers", code="bad_owner")
+    return int(found[1]), int(found[2])
+
+
 def _sha(request: web.Request) -> str:
     sha = request.headers.get("X-Haul-SHA256", "")
     if len(sha) != 64:
@@ -213,9 +229,10 @@ async def put_image(request: web.Request) -> web.StreamResponse:
     "PUT",
     "/v1/incoming/{id}/data",
     name="putData",
-    summary="One file of the workload's data (body; its relative path in ?path=), "
-    "checked against X-Haul-SHA256 before it takes its place (new, or replacing the "
-    "file there); its directory comes first",
+    summary="One file of the workload's data (body; its relative path in ?path=, its "
+    "mode in X-Haul-Mode, its owner in X-Haul-Owner as UID:GID), checked against "
+    "X-Haul-SHA256 before it takes its place (new, or replacing the file there); its "
+    "directory comes first",
     media_type="application/json",
 )
 async def put_data(request: web.Request) -> web.StreamResponse:
@@ -229,6 +246,7 @@ async def put_data(request: web.Request) -> web.StreamResponse:
         request.content.iter_chunked(1 << 20),
         _sha(request),
         mode,
+        _owner(request),
     )
     return web.json_response(Received(bytes=size).model_dump())
 
@@ -245,12 +263,13 @@ NOT_RECEIVING = {409: "the copy is restored or being restored: it takes no more 
     name="makeDataEntries",
     errors=NOT_RECEIVING,
     summary="Entries of the workload's files, parents first: directories made (or their "
-    "mode set), symbolic links and FIFOs made, files' modes set",
+    "mode set), symbolic links, FIFOs and unix sockets' files made, files' modes set; "
+    "each with its owner when given",
 )
 async def make_entries(request: web.Request, ask: DataEntries) -> Done:
     _incoming(request).make_entries(
         request.match_info["id"],
-        [DataEntry(e.path, e.kind, e.mode, e.target) for e in ask.entries],
+        [DataEntry(e.path, e.kind, e.mode, e.target, e.owner) for e in ask.entries],
     )
     return Done()
 
