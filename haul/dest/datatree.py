@@ -13,7 +13,9 @@ sticky bits too: CRIU refuses to restore a process whose open file's mode differ
 the one it dumped. The source can restore any process as root here anyway, so a
 set-id file it sends grants it nothing it did not have. A unix socket's file is made
 as one (no socket listens on it): CRIU's restore replaces it with the socket it binds
-there (haul/transport/treescan.py).
+there (haul/transport/treescan.py). In a container's writable layer, a whiteout (a
+character device 0:0: no device at all) is made where the container removed a file of
+its image, and a directory is marked opaque (``trusted.overlay.opaque``) as on the source.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ PATH_MAX = 4095
 #: the mode bits an entry keeps: all of them (see the module's docstring)
 MODE_BITS = 0o7777
 #: the kinds of entry the source makes here (files are sent; "file" sets a file's mode)
-KINDS = ("dir", "symlink", "fifo", "socket", "file")
+KINDS = ("dir", "symlink", "fifo", "socket", "whiteout", "file")
+#: the attribute that marks an overlay's upper directory opaque, and its values (as
+#: haul/transport/treescan.py reads them on the source)
+OPAQUE = "trusted.overlay.opaque"
+OPAQUE_VALUES = ("y", "x")
 #: (uid, gid) an entry is given, or None: the agent's own
 Owner = tuple[int, int] | None
 
@@ -52,6 +58,8 @@ class DataEntry:
     mode: int
     target: str | None = None
     owner: Owner = None
+    #: a directory's opaque mark (OPAQUE_VALUES), or None
+    opaque: str | None = None
 
 
 def check_data_path(value: str) -> PurePosixPath:
@@ -79,6 +87,8 @@ def _kind_of(mode: int) -> str:
         return "fifo"
     if stat.S_ISSOCK(mode):
         return "socket"
+    if stat.S_ISCHR(mode):
+        return "whiteout"  # a device other than 0:0 is checked where it matters
     return "file" if stat.S_ISREG(mode) else "other"
 
 
@@ -125,14 +135,22 @@ class DataTree:
             return None
 
     def make(
-        self, path: str, kind: str, mode: int, target: str | None = None, owner: Owner = None
+        self,
+        path: str,
+        kind: str,
+        mode: int,
+        target: str | None = None,
+        owner: Owner = None,
+        opaque: str | None = None,
     ) -> None:
-        """A directory (made, or its mode set), a symbolic link, a FIFO or a socket's
-        file (made), or an existing file's mode set; each with ``owner`` (the owner
-        first, then the mode; a link has no mode). What is there already must be of
-        that kind."""
+        """A directory (made, or its mode set; marked ``opaque`` or not), a symbolic
+        link, a FIFO, a socket's file or a whiteout (made), or an existing file's mode
+        set; each with ``owner`` (the owner first, then the mode; a link has no mode).
+        What is there already must be of that kind."""
         if kind not in KINDS:
             raise UsageError(f"bad entry kind {kind!r} for {path!r}")
+        if opaque is not None and (kind != "dir" or opaque not in OPAQUE_VALUES):
+            raise UsageError(f"bad entry {path!r}: only a directory is opaque (y or x)")
         if (kind == "symlink") != (target is not None):
             raise UsageError(f"bad entry {path!r}: a target comes with a symlink, and only then")
         if target is not None and (not target or len(target) > PATH_MAX or "\0" in target):
@@ -148,6 +166,8 @@ class DataTree:
                 if kind != "symlink":
                     # not a link (checked above), so this changes the entry itself
                     os.chmod(name, mode & MODE_BITS, dir_fd=fd)
+                if kind == "dir":
+                    _mark_opaque(fd, name, opaque)
             except OSError as exc:
                 raise TransportError(f"cannot make {kind} {path!r}: {exc.strerror}") from exc
 
@@ -167,6 +187,8 @@ class DataTree:
             os.mkfifo(name, 0o600, dir_fd=fd)
         elif kind == "socket":
             os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=fd)
+        elif kind == "whiteout":
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=fd)
         else:
             raise UsageError(f"file {name!r} is not there; files are sent, not made")
 
@@ -228,6 +250,22 @@ class DataTree:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(part, dir_fd=fd)
             return size
+
+
+def _mark_opaque(fd: int, name: str, opaque: str | None) -> None:
+    """Mark the directory ``name`` (in ``fd``, not a link) opaque, or not."""
+    sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+    try:
+        if opaque is not None:
+            os.setxattr(sub, OPAQUE, opaque.encode())
+            return
+        try:
+            os.removexattr(sub, OPAQUE)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    finally:
+        os.close(sub)
 
 
 async def _write_all(fd: int, chunks: AsyncIterator[bytes], sha256: str, path: str) -> int:

@@ -801,7 +801,7 @@ class IncomingRegistry:
         parents first, or the modes and owners of entries there (haul/dest/datatree.py)."""
         tree = self._data(migration_id)
         for e in entries:
-            tree.make(e.path, e.kind, e.mode, e.target, e.owner)
+            tree.make(e.path, e.kind, e.mode, e.target, e.owner, e.opaque)
 
     def remove_entries(self, migration_id: str, paths: list[str]) -> int:
         """Remove entries of the workload's files, deepest first (a directory must be

@@ -1,10 +1,12 @@
 """Trees of files for tests: described as data, made on disk, changed in place (only
 what differs, so what stays keeps its inode and times), and read back to compare.
 
-A tree is a mapping of names to nodes: :class:`FileNode`, :class:`DirNode`,
-:class:`LinkNode`, :class:`FifoNode`, :class:`SocketNode` (a socket's file, as a
-socket bound there and closed leaves it), each with its mode and owner. Owners other
-than this process's own need root. haul itself never imports this module.
+A tree is a mapping of names to nodes: :class:`FileNode`, :class:`DirNode` (opaque or
+not, as an overlay's upper directory), :class:`LinkNode`, :class:`FifoNode`,
+:class:`SocketNode` (a socket's file, as a socket bound there and closed leaves it),
+:class:`WhiteoutNode` (an overlay's whiteout), each with its mode and owner. Owners
+other than this process's own, whiteouts and opaque marks need root. haul itself never
+imports this module.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import BinaryIO
 
 from haul.transport.http import IncomingUploads
 from haul.transport.treeplan import Node
+from haul.transport.treescan import OPAQUE
 
 #: (uid, gid) of what a test makes unless it says otherwise: this process's own
 ME = (os.geteuid(), os.getegid())
@@ -36,6 +39,8 @@ class DirNode:
     children: Mapping[str, TreeNode] = field(default_factory=dict)
     mode: int = 0o755
     owner: tuple[int, int] = ME
+    #: its trusted.overlay.opaque attribute ("y"), or None
+    opaque: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,13 @@ class SocketNode:
     owner: tuple[int, int] = ME
 
 
-TreeNode = FileNode | DirNode | LinkNode | FifoNode | SocketNode
+@dataclass(frozen=True)
+class WhiteoutNode:
+    mode: int = 0
+    owner: tuple[int, int] = ME
+
+
+TreeNode = FileNode | DirNode | LinkNode | FifoNode | SocketNode | WhiteoutNode
 Tree = Mapping[str, TreeNode]
 
 
@@ -111,6 +122,10 @@ def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
             os.chmod(path, 0o700)
             morph(path, children, node.children, same_tick=same_tick)
             _owned(path, None, node)
+            if node.opaque is not None:
+                os.setxattr(path, OPAQUE, node.opaque.encode())
+            elif isinstance(was, DirNode) and was.opaque is not None:
+                os.removexattr(path, OPAQUE)
             continue
         if isinstance(node, FileNode):
             if not isinstance(was, FileNode) or was.data != node.data:
@@ -128,6 +143,9 @@ def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
         elif isinstance(node, FifoNode):
             if was is None:
                 os.mkfifo(path)
+        elif isinstance(node, WhiteoutNode):
+            if was is None:
+                os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
         elif was is None:
             os.mknod(path, stat.S_IFSOCK | 0o600)
         _owned(path, was, node)
@@ -150,16 +168,25 @@ def snapshot(root: Path) -> dict[str, Seen]:
             if stat.S_ISLNK(mode):
                 seen[rel] = ("symlink", 0, os.readlink(path), *owner)
             elif stat.S_ISDIR(mode):
-                seen[rel] = ("dir", bits, None, *owner)
+                seen[rel] = ("dir", bits, _opaque(path), *owner)
             elif stat.S_ISREG(mode):
                 seen[rel] = ("file", bits, path.read_bytes(), *owner)
             elif stat.S_ISFIFO(mode):
                 seen[rel] = ("fifo", bits, None, *owner)
             elif stat.S_ISSOCK(mode):
                 seen[rel] = ("socket", bits, None, *owner)
+            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                seen[rel] = ("whiteout", bits, None, *owner)
             else:
                 seen[rel] = ("other", bits, None, *owner)
     return seen
+
+
+def _opaque(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, OPAQUE).decode()
+    except OSError:
+        return None
 
 
 @dataclass

@@ -9,6 +9,7 @@ where it landed against that hash. Every entry gets its owner, then its whole mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -19,7 +20,7 @@ from haul.errors import ChecksumMismatch, TransportError
 from haul.transport.imagecopy import CHUNK, sha256_of
 from haul.transport.rounds import Sent
 from haul.transport.treeplan import Node, Plan
-from haul.transport.treescan import Kind, open_inside
+from haul.transport.treescan import OPAQUE, Kind, open_inside
 
 #: the mode bits an entry keeps: all of them (CRIU checks a reopened file's whole mode)
 MODE_BITS = 0o7777
@@ -67,6 +68,8 @@ def _make(target: Path, node: Node) -> None:
         os.mkfifo(target, 0o600)
     elif node.kind is Kind.SOCKET:
         os.mknod(target, stat.S_IFSOCK | 0o600)
+    elif node.kind is Kind.WHITEOUT:
+        os.mknod(target, stat.S_IFCHR, os.makedev(0, 0))
     else:
         raise TransportError(f"cannot make {target}: a {node.kind.value} is sent, not made")
     _set_attrs(target, node)
@@ -80,6 +83,19 @@ def _set_attrs(target: Path, node: Node) -> None:
     os.chown(target, node.uid, node.gid, follow_symlinks=False)
     if not is_link:
         os.chmod(target, node.mode & MODE_BITS)
+    if node.kind is Kind.DIR:
+        _mark_opaque(target, node.opaque)
+
+
+def _mark_opaque(target: Path, opaque: str | None) -> None:
+    if opaque is not None:
+        os.setxattr(target, OPAQUE, opaque.encode(), follow_symlinks=False)
+        return
+    try:
+        os.removexattr(target, OPAQUE, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _copy(src: Path, dst: Path, node: Node) -> int | None:

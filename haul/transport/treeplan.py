@@ -5,15 +5,16 @@ plan that applies cleanly in its own order:
 
 1. ``remove``: entries that are gone or whose kind changed (a symbolic link whose
    target changed too), deepest first, so a directory is empty when it goes;
-2. ``make``: new directories, symbolic links, FIFOs and sockets' files, parents
-   first, each with its owner; a directory is made with its owner's rwx, so what
-   goes into it can;
+2. ``make``: new directories, symbolic links, FIFOs, sockets' files and overlay
+   whiteouts, parents first, each with its owner; a directory is made with its
+   owner's rwx, so what goes into it can;
 3. ``send``: regular files that are new or changed (size, mtime_ns, ctime_ns,
    inode, mode or owner differ: ctime catches a rewrite of the same size within one
    mtime tick), each with its mode and owner;
 4. ``modes``: owners and permission bits set last, deepest first: entries whose mode
-   or owner alone changed (a link's owner only: a link has no mode of its own), and
-   new directories whose mode lacks the owner's rwx.
+   or owner alone changed (a link's owner only: a link has no mode of its own), or a
+   directory whether it is opaque (an overlay's), and new directories whose mode
+   lacks the owner's rwx.
 
 A regular file whose mode or owner changed is sent again (both change its ctime
 anyway). Modes keep their set-id and sticky bits; the owner is set before the mode
@@ -40,6 +41,8 @@ class Node:
     target: str | None = None
     uid: int = 0
     gid: int = 0
+    #: a directory's opaque mark (haul/transport/treescan.py), or None
+    opaque: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +86,10 @@ def file_changed(was: Entry, now: Entry) -> bool:
 
 def attrs_changed(was: Entry, now: Entry) -> bool:
     """The owner, or (but for a link) the mode, of an entry that stays changed."""
-    return (was.uid, was.gid) != (now.uid, now.gid) or (
-        now.kind is not Kind.SYMLINK and was.mode != now.mode
+    return (
+        (was.uid, was.gid) != (now.uid, now.gid)
+        or (now.kind is not Kind.SYMLINK and was.mode != now.mode)
+        or was.opaque != now.opaque
     )
 
 
@@ -96,6 +101,7 @@ def node_of(path: str, entry: Entry, mode: int | None = None) -> Node:
         entry.target,
         entry.uid,
         entry.gid,
+        entry.opaque,
     )
 
 

@@ -11,9 +11,13 @@ socket file there (no socket listens on it), which is what CRIU needs of a bound
 socket's path: its restore removes a socket's file at that path, binds the
 restored socket there and gives it the mode and owner it dumped (a path held by
 anything but a socket's file would make that bind fail), while a socket's file no
-socket of the workload is bound to stays as the source had it. Devices are
-refused. The workload runs while it is scanned: what vanishes meanwhile is simply
-not in the manifest.
+socket of the workload is bound to stays as the source had it. A container's
+writable layer (an overlay's upper directory) also holds what the container removed
+from its image: a whiteout (a character device 0:0) where a file was, and a
+directory made again where one was removed is opaque (its ``trusted.overlay.opaque``
+attribute): both are entries, or the image's files would come back on the
+destination. Other devices are refused. The workload runs while it is scanned: what
+vanishes meanwhile is simply not in the manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from haul.errors import TransportError
@@ -32,6 +36,10 @@ from haul.errors import TransportError
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: errors that mean "not there, or no longer what the scan saw" while the workload runs
 GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO})
+#: the extended attribute that makes an overlay's upper directory opaque ("y")
+OPAQUE = "trusted.overlay.opaque"
+#: what the value of OPAQUE may be (an opaque directory; one that holds xattr whiteouts)
+OPAQUE_VALUES = ("y", "x")
 
 
 class Kind(enum.Enum):
@@ -41,6 +49,8 @@ class Kind(enum.Enum):
     FIFO = "fifo"
     #: a unix socket's file
     SOCKET = "socket"
+    #: an overlay whiteout: a character device 0:0, where a container removed a file
+    WHITEOUT = "whiteout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,8 @@ class Entry:
     #: the owner, by number (the destination's numbers are the same users)
     uid: int = 0
     gid: int = 0
+    #: a directory's OPAQUE attribute (an overlay's upper directory), or None
+    opaque: str | None = None
 
 
 #: relative path ("a/b") -> entry; the root itself is not in it
@@ -74,6 +86,7 @@ def entry_of(st: os.stat_result, target: str | None = None) -> Entry:
         (stat.S_ISLNK, Kind.SYMLINK),
         (stat.S_ISFIFO, Kind.FIFO),
         (stat.S_ISSOCK, Kind.SOCKET),
+        (lambda m: stat.S_ISCHR(m) and st.st_rdev == 0, Kind.WHITEOUT),
     )
     for test, kind in kinds:
         if test(mode):
@@ -129,6 +142,9 @@ def _scan_dir(root: Path, fd: int, rel: PurePosixPath, found: dict[str, Entry]) 
                     continue  # replaced since it was listed: the next round sees what it is
                 raise TransportError(f"cannot read {root / path}: {exc.strerror}") from exc
             try:
+                opaque = _opaque(sub)
+                if opaque is not None:
+                    found[path.as_posix()] = replace(entry, opaque=opaque)
                 _scan_dir(root, sub, path, found)
             finally:
                 os.close(sub)
@@ -145,6 +161,17 @@ def _listing(root: Path, fd: int, rel: PurePosixPath) -> Iterator[tuple[str, os.
             yield name, os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue  # removed since it was listed
+
+
+def _opaque(fd: int) -> str | None:
+    """The OPAQUE attribute of the directory open at ``fd`` (None: none, or no xattrs)."""
+    try:
+        value = os.getxattr(fd, OPAQUE).decode(errors="replace")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return None
+        raise TransportError(f"cannot read {OPAQUE}: {exc.strerror}") from exc
+    return value if value in OPAQUE_VALUES else None
 
 
 def _readlink(name: str, fd: int) -> str | None:

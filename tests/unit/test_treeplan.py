@@ -99,6 +99,19 @@ def test_a_new_owner_alone_is_set_last_and_a_link_keeps_no_mode() -> None:
     )
 
 
+def test_whiteouts_are_made_and_an_opaque_mark_is_set_or_taken_last() -> None:
+    w = Entry(Kind.WHITEOUT, 0)
+    held = {"d": D, "e": replace(D, opaque="y")}
+    now = {"d": replace(D, opaque="y"), "e": D, "e/w": w, "f": w}
+    plan = diff(held, now)
+    assert plan.make == (Node("e/w", Kind.WHITEOUT, 0), Node("f", Kind.WHITEOUT, 0))
+    assert plan.modes == (Node("d", Kind.DIR, 0o755, opaque="y"), Node("e", Kind.DIR, 0o755))
+    # a directory made again where the image had one: made opaque at once
+    assert diff({"x": w}, {"x": replace(D, opaque="y")}) == Plan(
+        remove=("x",), make=(Node("x", Kind.DIR, 0o755, opaque="y"),)
+    )
+
+
 def test_sockets_files_are_made_with_their_owner_and_a_link_that_moved_is_made_again() -> None:
     now = {"s": replace(S, uid=3, gid=4), "d": replace(D, uid=1), "d/s": S}
     plan = diff({}, now)

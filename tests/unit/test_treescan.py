@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from haul.errors import TransportError
-from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, build
+from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, WhiteoutNode, build
 from haul.transport.treescan import Kind, open_inside, scan
 
 
@@ -78,6 +78,25 @@ def test_owners_and_set_id_bits_are_seen(tmp_path: Path) -> None:
     assert (found["f"].mode, found["f"].uid, found["f"].gid) == (0o4755, 1000, 1001)
     assert (found["d"].mode, found["d"].uid, found["d"].gid) == (0o2775, 0, 1002)
     assert (found["l"].uid, found["l"].gid) == (1003, 1003)
+
+
+def test_an_overlay_s_whiteouts_and_opaque_directories_are_entries(tmp_path: Path) -> None:
+    """What a container removed from its image, in its writable layer."""
+    if os.geteuid() != 0:
+        pytest.skip("whiteouts and trusted attributes need root")
+    build(
+        tmp_path,
+        {
+            "gone": WhiteoutNode(),
+            "etc": DirNode({"only": FileNode(b"x")}, opaque="y"),
+            "d": DirNode(),
+        },
+    )
+    found = scan(tmp_path)
+    assert list(found) == ["d", "etc", "etc/only", "gone"]
+    assert (found["gone"].kind, found["gone"].mode) == (Kind.WHITEOUT, 0)
+    assert (found["etc"].kind, found["etc"].opaque) == (Kind.DIR, "y")
+    assert found["d"].opaque is None
 
 
 def test_a_device_is_refused_in_one_line(tmp_path: Path) -> None:

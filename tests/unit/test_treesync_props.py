@@ -1,6 +1,6 @@
 """Properties of the workload's file rounds, on random trees and random changes (files,
 directories, empty ones too, symbolic links, FIFOs and sockets' files, with set-id bits
-and, as root, other owners):
+and, as root, other owners, overlay whiteouts and opaque directories):
 
 - the plan between two scans, applied to a copy of the old tree, gives the new tree;
 - rounds through the lab's transport (haul/transport/local.py) leave the destination
@@ -27,6 +27,7 @@ from haul.transport.fakes import (
     SocketNode,
     Tree,
     TreeNode,
+    WhiteoutNode,
     build,
     morph,
     snapshot,
@@ -43,9 +44,10 @@ NAMES = st.sampled_from(["a", "b", "c", "d.txt"])
 FILE_MODES = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700, 0o4755, 0o2750, 0o1644])
 DIR_MODES = st.sampled_from([0o700, 0o755, 0o750, 0o711, 0o1777, 0o2775])
 #: other owners need root: without it, only this process's own
-OWNERS = st.sampled_from(
-    [ME, (0, 0), (1000, 1000), (65534, 65534), (1000, 0)] if os.geteuid() == 0 else [ME]
-)
+ROOT = os.geteuid() == 0
+OWNERS = st.sampled_from([ME, (0, 0), (1000, 1000), (65534, 65534), (1000, 0)] if ROOT else [ME])
+#: a directory's overlay mark: only root may set trusted attributes
+OPAQUE = st.sampled_from([None, "y"] if ROOT else [None])
 #: short contents: rewrites of the same size are frequent
 DATA = st.binary(max_size=6)
 TARGETS = st.sampled_from(["a", "b/c", "../up", "/etc/passwd", "d.txt"])
@@ -55,11 +57,14 @@ LEAVES: st.SearchStrategy[TreeNode] = st.one_of(
     st.builds(LinkNode, TARGETS, OWNERS),
     st.builds(FifoNode, FILE_MODES, OWNERS),
     st.builds(SocketNode, FILE_MODES, OWNERS),
+    *([st.builds(WhiteoutNode, st.just(0), OWNERS)] if ROOT else []),
 )
 
 
 def _dirs(children: st.SearchStrategy[TreeNode]) -> st.SearchStrategy[TreeNode]:
-    return st.builds(DirNode, st.dictionaries(NAMES, children, max_size=4), DIR_MODES, OWNERS)
+    return st.builds(
+        DirNode, st.dictionaries(NAMES, children, max_size=4), DIR_MODES, OWNERS, OPAQUE
+    )
 
 
 NODES: st.SearchStrategy[TreeNode] = st.recursive(LEAVES, _dirs, max_leaves=24)
@@ -74,11 +79,13 @@ def _edited(draw: st.DrawFn, node: TreeNode) -> TreeNode:
         data = draw(st.one_of(st.binary(min_size=size, max_size=size), DATA))
         return FileNode(data, draw(FILE_MODES), owner)
     if isinstance(node, DirNode):
-        return DirNode(draw(changes(node.children)), draw(DIR_MODES), owner)
+        return DirNode(draw(changes(node.children)), draw(DIR_MODES), owner, draw(OPAQUE))
     if isinstance(node, LinkNode):
         return LinkNode(draw(TARGETS), owner)
     if isinstance(node, FifoNode):
         return FifoNode(draw(FILE_MODES), owner)
+    if isinstance(node, WhiteoutNode):
+        return WhiteoutNode(0, owner)
     return SocketNode(draw(FILE_MODES), owner)
 
 

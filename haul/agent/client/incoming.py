@@ -136,6 +136,7 @@ class IncomingCalls:
                     target=n.target,
                     uid=n.uid,
                     gid=n.gid,
+                    opaque=n.opaque,
                 )
                 for n in batch
             ]

@@ -263,13 +263,13 @@ NOT_RECEIVING = {409: "the copy is restored or being restored: it takes no more 
     name="makeDataEntries",
     errors=NOT_RECEIVING,
     summary="Entries of the workload's files, parents first: directories made (or their "
-    "mode set), symbolic links, FIFOs and unix sockets' files made, files' modes set; "
-    "each with its owner when given",
+    "mode set, and their opaque mark), symbolic links, FIFOs, unix sockets' files and "
+    "overlay whiteouts made, files' modes set; each with its owner when given",
 )
 async def make_entries(request: web.Request, ask: DataEntries) -> Done:
     _incoming(request).make_entries(
         request.match_info["id"],
-        [DataEntry(e.path, e.kind, e.mode, e.target, e.owner) for e in ask.entries],
+        [DataEntry(e.path, e.kind, e.mode, e.target, e.owner, e.opaque) for e in ask.entries],
     )
     return Done()
 

@@ -154,6 +154,8 @@ async def test_nothing_goes_through_a_link(incoming: Receiving, tmp_path: Path) 
         ({"path": "x", "kind": "device", "mode": 0o755}, "kind: Input should be"),
         ({"path": "x", "kind": "dir", "mode": 0o755, "uid": 1}, "uid and gid come together"),
         ({"path": "x", "kind": "dir", "mode": 0o755, "uid": 1, "gid": -1}, "greater than"),
+        ({"path": "x", "kind": "dir", "mode": 0o755, "opaque": "yes"}, "opaque: String should"),
+        ({"path": "x", "kind": "fifo", "mode": 0o755, "opaque": "y"}, "only a directory is"),
         ({"path": "x", "kind": "symlink", "mode": 0o777}, "a target comes with a symlink"),
         ({"path": "x", "kind": "dir", "mode": 0o755, "target": "y"}, "a target comes with"),
         ({"path": "x", "kind": "dir", "mode": 0o10000}, "mode: Input should be less"),
@@ -236,6 +238,8 @@ async def test_sockets_files_owners_and_set_id_bits_are_made_as_sent(incoming: R
         {"path": "d/s", "kind": "socket", "mode": 0o751, "uid": 1002, "gid": 1002},
         {"path": "d/l", "kind": "symlink", "mode": 0o777, "target": "s", "uid": 7, "gid": 8},
         {"path": "p", "kind": "fifo", "mode": 0o1640, "uid": 1000, "gid": 1000},
+        {"path": "etc", "kind": "dir", "mode": 0o755, "opaque": "y"},
+        {"path": "etc/gone", "kind": "whiteout", "mode": 0},
     ) == (200, {"ok": True})
     answer = await r.http.put(
         f"/v1/incoming/{r.migration_id}/data",
@@ -249,9 +253,13 @@ async def test_sockets_files_owners_and_set_id_bits_are_made_as_sent(incoming: R
         r,
         {"path": "d/s", "kind": "socket", "mode": 0o700, "uid": 9, "gid": 9},
         {"path": "d/l", "kind": "symlink", "mode": 0o777, "target": "s", "uid": 3, "gid": 4},
+        {"path": "d", "kind": "dir", "mode": 0o2775, "uid": 1000, "gid": 1001, "opaque": "y"},
+        {"path": "etc", "kind": "dir", "mode": 0o755},  # no longer opaque
     ) == (200, {"ok": True})
     assert snapshot(r.data) == {
-        "d": ("dir", 0o2775, None, 1000, 1001),
+        "d": ("dir", 0o2775, "y", 1000, 1001),
+        "etc": ("dir", 0o755, None, 0, 0),
+        "etc/gone": ("whiteout", 0, None, 0, 0),
         "d/l": ("symlink", 0, "s", 3, 4),
         "d/s": ("socket", 0o700, None, 9, 9),
         "d/suid": ("file", 0o4755, b"x", 5, 6),
