@@ -223,6 +223,12 @@ class NoChecksum(PeerBadRequest):
     codes = ("no_sha256",)
 
 
+class BadFileOwner(PeerBadRequest):
+    """A workload file's owner (X-Haul-Owner) that is not UID:GID."""
+
+    codes = ("bad_owner",)
+
+
 class BadFileMode(PeerBadRequest):
     codes = ("bad_mode",)
 

@@ -78,8 +78,9 @@ from haul.transport.imagecopy import sha256_of
 
 log = logging.getLogger(__name__)
 
-#: register_container(name, started, net) of the workload manager
-Register = Callable[[str, StartedContainer, NetSpec | None], Awaitable[object]]
+#: register_container(name, started, net, holder) of the workload manager: the name
+#: passes from ``holder`` (the incoming migration) to the workload
+Register = Callable[[str, StartedContainer, NetSpec | None, str], Awaitable[object]]
 
 #: the tag under which a received image is known in its layout here
 RECEIVED_TAG = "haul"
@@ -295,10 +296,11 @@ class ContainerArrival:
             await lock.lock(self.dirs.netns)
         return self.rootfs
 
-    async def adopt(self, pid: int) -> None:
-        """The copy runs here now: its workload record (done already: nothing)."""
+    async def adopt(self, pid: int, holder: str) -> None:
+        """The copy runs here now: its workload record (done already: nothing); the
+        name passes from ``holder``, the incoming migration, to it."""
         await self.register(
-            self.name, self.started(self.containers.runc().root, pid), net_spec(self.net)
+            self.name, self.started(self.containers.runc().root, pid), net_spec(self.net), holder
         )
 
     async def release(self) -> None:

@@ -116,6 +116,7 @@ class AgentContext:
                     arrivals=Arrivals(self.workloads.containers, criu, self._adopt_container),
                     limits=intake_limits(self.config.limits),
                     host=self.config.host,
+                    names=self.workloads.names,
                 ),
                 jobs=MigrationJobs(
                     host=self.config.host,
@@ -150,26 +151,28 @@ class AgentContext:
         return item.source or ""
 
     async def _adopt(
-        self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None
+        self, name: str, tree: ProcessTree, argv: list[str], net: WorkloadNet | None, holder: str
     ) -> None:
-        """Register a committed copy as a workload here (already registered: done)."""
+        """Register a committed copy as a workload here (already registered: done); its
+        name passes from ``holder``, the incoming migration."""
         try:
             if self.workloads.get(name).root_pid == tree.root_pid:
                 return  # adopted before this agent restarted
         except NotFound:
             pass
-        await self.workloads.adopt(name, tree, argv, net_spec(net))
+        await self.workloads.adopt(name, tree, argv, net_spec(net), replacing=holder)
 
     async def _adopt_container(
-        self, name: str, started: StartedContainer, net: NetSpec | None
+        self, name: str, started: StartedContainer, net: NetSpec | None, holder: str
     ) -> None:
-        """Register a committed container copy here (already registered: done)."""
+        """Register a committed container copy here (already registered: done); its
+        name passes from ``holder``, the incoming migration."""
         try:
             if self.workloads.get(name).root_pid == started.pid:
                 return  # adopted before this agent restarted
         except NotFound:
             pass
-        await self.workloads.register_container(name, started, net)
+        await self.workloads.register_container(name, started, net, replacing=holder)
 
     @classmethod
     def create(

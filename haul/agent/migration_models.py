@@ -143,14 +143,33 @@ ENTRIES_PER_REQUEST = 10_000
 DATA_PATH_MAX = 4095
 
 
+#: the largest uid or gid (the kernel's (uid_t)-1 means "no change")
+ID_MAX = 0xFFFFFFFE
+
+
 class DataEntryAsk(_Request):
-    """One entry of the workload's files: a ``dir`` made (or its mode set), a
-    ``symlink`` (with its ``target``) or a ``fifo`` made, or a ``file``'s mode set."""
+    """One entry of the workload's files: a ``dir`` made (or its mode set; ``opaque``,
+    an overlay's upper directory's mark), a ``symlink`` (with its ``target``), a
+    ``fifo``, a unix ``socket``'s file or an overlay ``whiteout`` made, or a ``file``'s
+    mode set; with ``uid`` and ``gid``, its owner too (else the agent's)."""
 
     path: str = Field(min_length=1, max_length=DATA_PATH_MAX)
-    kind: Literal["dir", "symlink", "fifo", "file"]
+    kind: Literal["dir", "symlink", "fifo", "socket", "whiteout", "file"]
     mode: int = Field(ge=0, le=0o7777)
     target: str | None = Field(default=None, min_length=1, max_length=DATA_PATH_MAX)
+    uid: int | None = Field(default=None, ge=0, le=ID_MAX)
+    gid: int | None = Field(default=None, ge=0, le=ID_MAX)
+    opaque: str | None = Field(default=None, pattern="^[yx]$")
+
+    @model_validator(mode="after")
+    def _owner_whole(self) -> DataEntryAsk:
+        if (self.uid is None) != (self.gid is None):
+            raise ValueError("uid and gid come together")
+        return self
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        return None if self.uid is None or self.gid is None else (self.uid, self.gid)
 
 
 class DataEntries(_Request):

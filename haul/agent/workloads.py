@@ -9,7 +9,9 @@ kernel's start time of that PID, its command and when it started; it is
 rewritten atomically (temporary file, fsync, rename, fsync of the directory)
 after every change, so a restarted agent still knows what it started, and it
 never mistakes a reused PID for its workload (the start time would differ).
-A name is taken from the moment a start begins until its tree is killed.
+A name is taken from the moment a start begins until its tree is killed, in the host's
+one registry of names (haul/agent/names.py), which incoming migrations share: a name an
+arriving copy holds cannot be started or adopted here, and the other way round.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from haul.agent.models import (
     WorkloadStatus,
     WorkloadView,
 )
+from haul.agent.names import ADOPTING, REMOVING, STARTING, WORKLOAD, Names
 from haul.agent.wire import BadRequest, Conflict, NotFound
 from haul.errors import HaulError, UsageError, WorkloadError
 from haul.net import veth
@@ -269,8 +272,9 @@ class WorkloadManager:
         self._records: dict[str, WorkloadRecord] = {}
         #: trees this agent started (it holds their launchers); others are known by PID only
         self._trees: dict[str, ProcessTree] = {}
-        #: names being started or killed right now
-        self._busy: set[str] = set()
+        #: every name on this host and who holds it: workloads (started, being started,
+        #: adopted or removed) and the copies incoming migrations bring
+        self.names = Names()
         #: addresses of workloads being started right now
         self._addresses_busy: set[str] = set()
         self._lock = asyncio.Lock()
@@ -291,6 +295,7 @@ class WorkloadManager:
         self.workloads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._records = await asyncio.to_thread(self.registry.load)
         for record in self._records.values():
+            self.names.claim(record.name, WORKLOAD)
             log.info(
                 "known workload %s: root pid %d, %s",
                 record.name,
@@ -345,16 +350,11 @@ class WorkloadManager:
 
     async def start(self, spec: WorkloadSpec) -> WorkloadRecord:
         name = check_name(spec.name)
-        async with self._lock:
-            if name in self._records or name in self._busy:
-                raise Conflict(
-                    f"a workload named {name!r} exists on this host", code="workload_exists"
-                )
-            self._busy.add(name)
+        self.names.claim(name, STARTING)
         try:
             return await self._start_registered(name, spec)
         finally:
-            self._busy.discard(name)
+            self.names.release(name, STARTING)  # registered: it holds it as a workload
 
     async def _start_registered(self, name: str, spec: WorkloadSpec) -> WorkloadRecord:
         directory = self.directory(name)
@@ -379,7 +379,7 @@ class WorkloadManager:
     ) -> WorkloadRecord:
         started = await self.containers.start(name, spec, net)
         try:
-            record = await self.register_container(name, started, spec.net)
+            record = await self.register_container(name, started, spec.net, replacing=STARTING)
         except BaseException:
             await asyncio.shield(self._remove_container_quietly(name, started.record))
             raise
@@ -397,10 +397,11 @@ class WorkloadManager:
         return record
 
     async def register_container(
-        self, name: str, started: StartedContainer, net: NetSpec | None
+        self, name: str, started: StartedContainer, net: NetSpec | None, *, replacing: str
     ) -> WorkloadRecord:
         """Register a container running here (started, adopted, or restored by a
-        migration: its record says where everything is); Conflict if the name is taken."""
+        migration: its record says where everything is); the name passes from its holder
+        ``replacing`` to the workload (Conflict if someone else holds it)."""
         ticks = start_ticks(started.pid)
         if ticks is None:
             raise WorkloadError(f"container {name} exited as soon as it started")
@@ -418,15 +419,26 @@ class WorkloadManager:
             runtime="runc",
             container=started.record,
         )
-        async with self._lock:
-            if name in self._records:
-                raise Conflict(
-                    f"a workload named {name!r} exists on this host", code="workload_exists"
-                )
-            records = {**self._records, name: record}
-            await asyncio.to_thread(self.registry.save, records)
-            self._records = records
+        await self._register(record, replacing)
         return record
+
+    async def _register(
+        self, record: WorkloadRecord, replacing: str, tree: ProcessTree | None = None
+    ) -> None:
+        """Write ``record`` into the registry; its name passes from ``replacing`` to the
+        workload at once, and back if the registry cannot be written."""
+        name = record.name
+        async with self._lock:
+            self.names.claim(name, WORKLOAD, replacing=replacing)
+            try:
+                records = {**self._records, name: record}
+                await asyncio.to_thread(self.registry.save, records)
+            except BaseException:
+                self.names.claim(name, replacing, replacing=WORKLOAD)
+                raise
+            self._records = records
+            if tree is not None:
+                self._trees[name] = tree
 
     async def _remove_container_quietly(self, name: str, container: ContainerRecord) -> None:
         try:
@@ -464,11 +476,7 @@ class WorkloadManager:
                 log_path=str(log_path),
                 net=spec.net,
             )
-            async with self._lock:
-                records = {**self._records, name: record}
-                await asyncio.to_thread(self.registry.save, records)
-                self._records = records
-                self._trees[name] = tree
+            await self._register(record, STARTING, tree)
         except BaseException:
             # not registered: nobody would know of this tree, so it must not outlive the start
             await asyncio.shield(self._kill_quietly(tree))
@@ -499,13 +507,14 @@ class WorkloadManager:
 
     async def remove(self, name: str) -> WorkloadView:
         """Kill the workload's tree (when it is still the one this agent started) and forget it."""
-        async with self._lock:
-            record = self.get(name)
-            if name in self._busy:
-                raise Conflict(
-                    f"workload {name!r} is being started or removed", code="workload_busy"
-                )
-            self._busy.add(name)
+        record = self.get(name)
+        try:
+            self.names.claim(name, REMOVING, replacing=WORKLOAD)
+        except Conflict:
+            raise Conflict(
+                f"workload {name!r} is being started or removed", code="workload_busy"
+            ) from None
+        removed = False
         try:
             if record.container is not None:
                 status = await self.containers.status(record.container)
@@ -519,16 +528,27 @@ class WorkloadManager:
                 await asyncio.to_thread(self.registry.save, records)
                 self._records = records
                 self._trees.pop(name, None)
+            removed = True
             await asyncio.to_thread(shutil.rmtree, self.directory(name), True)
         finally:
-            self._busy.discard(name)
+            if removed:
+                self.names.release(name, REMOVING)
+            else:
+                self.names.claim(name, WORKLOAD, replacing=REMOVING)
         log.info("removed workload %s (root pid %d, was %s)", name, record.root_pid, status.value)
         return view_of(record, WorkloadStatus.GONE)
 
     async def adopt(
-        self, name: str, tree: ProcessTree, argv: list[str], net: NetSpec | None = None
+        self,
+        name: str,
+        tree: ProcessTree,
+        argv: list[str],
+        net: NetSpec | None = None,
+        *,
+        replacing: str,
     ) -> WorkloadRecord:
-        """Register a workload that arrived by migration (its files are already here)."""
+        """Register a tree that runs here (arrived by migration, or adopted by PID: its
+        files are here already); the name passes from its holder ``replacing``."""
         name = check_name(name)
         ticks = start_ticks(tree.root_pid)
         if ticks is None:
@@ -545,15 +565,7 @@ class WorkloadManager:
             log_path=str(directory / "log"),
             net=net,
         )
-        async with self._lock:
-            if name in self._records:
-                raise Conflict(
-                    f"a workload named {name!r} exists on this host", code="workload_exists"
-                )
-            records = {**self._records, name: record}
-            await asyncio.to_thread(self.registry.save, records)
-            self._records = records
-            self._trees[name] = tree
+        await self._register(record, replacing, tree)
         log.info("adopted migrated workload %s: root pid %d", name, tree.root_pid)
         return record
 
@@ -580,8 +592,14 @@ class WorkloadManager:
             ]
         except OSError:
             argv = []
-        self.directory(name).mkdir(parents=True, exist_ok=True, mode=0o700)
-        return await self.adopt(name, ProcessTree(pid), argv or [f"pid:{pid}"])
+        self.names.claim(name, ADOPTING)
+        try:
+            self.directory(name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            return await self.adopt(
+                name, ProcessTree(pid), argv or [f"pid:{pid}"], replacing=ADOPTING
+            )
+        finally:
+            self.names.release(name, ADOPTING)
 
     async def adopt_container(
         self, container_id: str, runc_root: Path | None, name: str | None
@@ -605,17 +623,12 @@ class WorkloadManager:
                     f"container {container_id} is workload {other.name} already",
                     code="workload_exists",
                 )
-        async with self._lock:
-            if name in self._records or name in self._busy:
-                raise Conflict(
-                    f"a workload named {name!r} exists on this host", code="workload_exists"
-                )
-            self._busy.add(name)
+        self.names.claim(name, ADOPTING)
         try:
             started = await self.containers.adopt(container_id, runc_root)
-            record = await self.register_container(name, started, None)
+            record = await self.register_container(name, started, None, replacing=ADOPTING)
         finally:
-            self._busy.discard(name)
+            self.names.release(name, ADOPTING)
         log.info("adopted container %s as workload %s: pid %d", container_id, name, started.pid)
         return record
 
@@ -650,6 +663,7 @@ class WorkloadManager:
             await asyncio.to_thread(self.registry.save, records)
             self._records = records
             self._trees.pop(name, None)
+            self.names.release(name, WORKLOAD)
         if gone is not None and gone.container is not None:
             try:
                 await self.containers.release(name, gone.container)

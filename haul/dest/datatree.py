@@ -7,6 +7,15 @@ write outside. A file is written to a temporary name next to its place, checked
 against its SHA-256, and only then renamed into place: a half-written or corrupt
 file never replaces a good one. Nothing runs in this directory until the copy is
 restored, so what is checked here stays true.
+
+Entries keep the owner the source says (by number) and their whole mode, set-id and
+sticky bits too: CRIU refuses to restore a process whose open file's mode differs from
+the one it dumped. The source can restore any process as root here anyway, so a
+set-id file it sends grants it nothing it did not have. A unix socket's file is made
+as one (no socket listens on it): CRIU's restore replaces it with the socket it binds
+there (haul/transport/treescan.py). In a container's writable layer, a whiteout (a
+character device 0:0: no device at all) is made where the container removed a file of
+its image, and a directory is marked opaque (``trusted.overlay.opaque``) as on the source.
 """
 
 from __future__ import annotations
@@ -28,20 +37,30 @@ from haul.errors import ChecksumMismatch, HaulError, TransportError, UsageError
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: the longest path and link target taken (Linux's PATH_MAX less the NUL)
 PATH_MAX = 4095
-#: permission bits a file or FIFO keeps: no set-id bits, as the agent writes as root
-FILE_BITS = 0o777
+#: the mode bits an entry keeps: all of them (see the module's docstring)
+MODE_BITS = 0o7777
 #: the kinds of entry the source makes here (files are sent; "file" sets a file's mode)
-KINDS = ("dir", "symlink", "fifo", "file")
+KINDS = ("dir", "symlink", "fifo", "socket", "whiteout", "file")
+#: the attribute that marks an overlay's upper directory opaque, and its values (as
+#: haul/transport/treescan.py reads them on the source)
+OPAQUE = "trusted.overlay.opaque"
+OPAQUE_VALUES = ("y", "x")
+#: (uid, gid) an entry is given, or None: the agent's own
+Owner = tuple[int, int] | None
 
 
 @dataclass(frozen=True, slots=True)
 class DataEntry:
-    """An entry the source makes here, or sets the mode of (see :meth:`DataTree.make`)."""
+    """An entry the source makes here, or sets the mode and owner of
+    (see :meth:`DataTree.make`)."""
 
     path: str
     kind: str
     mode: int
     target: str | None = None
+    owner: Owner = None
+    #: a directory's opaque mark (OPAQUE_VALUES), or None
+    opaque: str | None = None
 
 
 def check_data_path(value: str) -> PurePosixPath:
@@ -67,6 +86,10 @@ def _kind_of(mode: int) -> str:
         return "symlink"
     if stat.S_ISFIFO(mode):
         return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "whiteout"  # a device other than 0:0 is checked where it matters
     return "file" if stat.S_ISREG(mode) else "other"
 
 
@@ -112,11 +135,23 @@ class DataTree:
         except FileNotFoundError:
             return None
 
-    def make(self, path: str, kind: str, mode: int, target: str | None = None) -> None:
-        """A directory (made, or its mode set), a symbolic link or a FIFO (made), or an
-        existing file's mode set. What is there already must be of that kind."""
+    def make(
+        self,
+        path: str,
+        kind: str,
+        mode: int,
+        target: str | None = None,
+        owner: Owner = None,
+        opaque: str | None = None,
+    ) -> None:
+        """A directory (made, or its mode set; marked ``opaque`` or not), a symbolic
+        link, a FIFO, a socket's file or a whiteout (made), or an existing file's mode
+        set; each with ``owner`` (the owner first, then the mode; a link has no mode).
+        What is there already must be of that kind."""
         if kind not in KINDS:
             raise UsageError(f"bad entry kind {kind!r} for {path!r}")
+        if opaque is not None and (kind != "dir" or opaque not in OPAQUE_VALUES):
+            raise UsageError(f"bad entry {path!r}: only a directory is opaque (y or x)")
         if (kind == "symlink") != (target is not None):
             raise UsageError(f"bad entry {path!r}: a target comes with a symlink, and only then")
         if target is not None and (not target or len(target) > PATH_MAX or "\0" in target):
@@ -126,27 +161,37 @@ class DataTree:
             if found is not None and found != kind:
                 raise UsageError(f"cannot make {kind} {path!r}: a {found} is there")
             try:
-                self._make(fd, name, kind, mode, target, exists=found is not None)
+                self._make(fd, name, kind, target, exists=found is not None)
+                if owner is not None:
+                    os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
+                if kind != "symlink":
+                    # not a link (checked above), so this changes the entry itself
+                    os.chmod(name, mode & MODE_BITS, dir_fd=fd)
+                if kind == "dir":
+                    _mark_opaque(fd, name, opaque)
             except OSError as exc:
                 raise TransportError(f"cannot make {kind} {path!r}: {exc.strerror}") from exc
 
     @staticmethod
-    def _make(fd: int, name: str, kind: str, mode: int, target: str | None, exists: bool) -> None:
+    def _make(fd: int, name: str, kind: str, target: str | None, exists: bool) -> None:
         if kind == "symlink" and target is not None:
             if exists and os.readlink(name, dir_fd=fd) != target:
                 raise UsageError(f"a different symlink {name!r} is there")
             if not exists:
                 os.symlink(target, name, dir_fd=fd)
             return
-        if not exists:
-            if kind == "dir":
-                os.mkdir(name, 0o700, dir_fd=fd)
-            elif kind == "fifo":
-                os.mkfifo(name, 0o600, dir_fd=fd)
-            else:
-                raise UsageError(f"file {name!r} is not there; files are sent, not made")
-        # not a link (checked above), so this changes the entry itself
-        os.chmod(name, mode & (0o7777 if kind == "dir" else FILE_BITS), dir_fd=fd)
+        if exists:
+            return
+        if kind == "dir":
+            os.mkdir(name, 0o700, dir_fd=fd)
+        elif kind == "fifo":
+            os.mkfifo(name, 0o600, dir_fd=fd)
+        elif kind == "socket":
+            os.mknod(name, stat.S_IFSOCK | 0o600, dir_fd=fd)
+        elif kind == "whiteout":
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=fd)
+        else:
+            raise UsageError(f"file {name!r} is not there; files are sent, not made")
 
     def remove(self, path: str) -> bool:
         """Remove one entry (a directory must be empty); False when it was not there."""
@@ -174,10 +219,11 @@ class DataTree:
         sha256: str,
         mode: int,
         still_open: Callable[[], object] = lambda: None,
+        owner: Owner = None,
     ) -> int:
-        """Receive the file ``path`` (new, or replacing a file there); its size.
-        ``still_open`` raises when the file may no longer take its place (it is called
-        right before, once the whole file arrived)."""
+        """Receive the file ``path`` (new, or replacing a file there) with ``owner`` and
+        ``mode``; its size. ``still_open`` raises when the file may no longer take its
+        place (it is called right before, once the whole file arrived)."""
         with self._parent(path) as (fd, name):
             if DataTree._found(fd, name) not in (None, "file"):
                 raise UsageError(f"cannot write file {path!r}: something else is there")
@@ -190,7 +236,9 @@ class DataTree:
                 raise TransportError(f"cannot create {path!r}: {exc.strerror}") from exc
             try:
                 size = await _write_all(out, chunks, sha256, path)
-                os.fchmod(out, mode & FILE_BITS)
+                if owner is not None:
+                    os.fchown(out, *owner)
+                os.fchmod(out, mode & MODE_BITS)
                 os.close(out)
                 out = -1
                 still_open()
@@ -203,6 +251,22 @@ class DataTree:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(part, dir_fd=fd)
             return size
+
+
+def _mark_opaque(fd: int, name: str, opaque: str | None) -> None:
+    """Mark the directory ``name`` (in ``fd``, not a link) opaque, or not."""
+    sub = os.open(name, DIR_FLAGS, dir_fd=fd)
+    try:
+        if opaque is not None:
+            os.setxattr(sub, OPAQUE, opaque.encode())
+            return
+        try:
+            os.removexattr(sub, OPAQUE)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    finally:
+        os.close(sub)
 
 
 async def _write_all(fd: int, chunks: AsyncIterator[bytes], sha256: str, path: str) -> int:

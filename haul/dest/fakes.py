@@ -1,7 +1,10 @@
 """Fakes for the incoming registry's tests: no CRIU, no runc, no mounts.
 
 :class:`StandInCopy` stands for a restored copy: a stopped ``sleep`` in a PID namespace
-of its own, made with an unprivileged user namespace. :class:`FakeArrivals` stands for
+of its own, made with an unprivileged user namespace. :class:`StandIns` makes the
+registry's process-tree destinations (:class:`StandInDestination`): no page server, and
+a restore that starts a stand-in copy (or waits, or fails, as the test says).
+:class:`FakeArrivals` stands for
 the agent's arrivals (haul/agent/arrivals.py): an arrival's home is a directory under
 ``home``; its destination is a
 :class:`FakeContainerDestination`, a CriuDestination whose copy (if any) is a process
@@ -11,6 +14,7 @@ what was asked of it. The agent never imports this module.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -23,7 +27,9 @@ from typing import Any
 
 from haul.criu.options import PageServer, TlsFiles
 from haul.criu.service import Criu
-from haul.dest.criudest import CriuDestination
+from haul.dest.criudest import RESTORED_MARK, CriuDestination
+from haul.engine.figures import DestinationReady, RestoreFigures
+from haul.engine.phases import Strategy
 from haul.errors import ContainerError, WorkloadError
 from haul.net.spec import WorkloadNet
 from haul.procfs import state
@@ -71,6 +77,63 @@ class StandInCopy:
             self.launcher.stderr.close()
 
 
+class StandInDestination(CriuDestination):
+    """A process tree's destination whose restore starts a :class:`StandInCopy`."""
+
+    def __init__(self, makers: StandIns, criu: Criu, workdir: Path, **kwargs: Any) -> None:
+        super().__init__(criu, workdir, **kwargs)
+        self.makers = makers
+        self.restores = 0
+        self.resumes = 0
+        #: set by the test: every page has arrived (wait_pages returns)
+        self.pages = asyncio.Event()
+
+    async def prepare(self, strategy: Strategy, needed_bytes: int = 0) -> DestinationReady:
+        for d in (self.images, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        return DestinationReady(None)
+
+    async def restore(self, lazy: bool) -> RestoreFigures:
+        self.restores += 1
+        if self.makers.hold_restore is not None:
+            await self.makers.hold_restore.wait()
+        copy = await asyncio.to_thread(StandInCopy)
+        self.makers.copies.append(copy)
+        self.tree = ProcessTree(copy.pid)
+        (self.workdir / RESTORED_MARK).write_text(f"{copy.pid}\n")
+        if self.makers.fail_restore is not None:
+            raise WorkloadError(self.makers.fail_restore)
+        return RestoreFigures(dest_pid=copy.pid, duration_s=0.01, pages_bytes=4096)
+
+    async def resume(self) -> None:
+        self.resumes += 1
+        await super().resume()
+
+    async def wait_pages(self) -> None:
+        await self.pages.wait()
+
+
+@dataclass
+class StandIns:
+    """Makes the registry's process-tree destinations (as CriuDestination is called);
+    each restore waits for ``hold_restore`` when set, and raises WorkloadError with
+    ``fail_restore`` (after its copy started) when set. :meth:`close` kills every copy."""
+
+    made: list[StandInDestination] = field(default_factory=list)
+    copies: list[StandInCopy] = field(default_factory=list)
+    hold_restore: asyncio.Event | None = None
+    fail_restore: str | None = None
+
+    def __call__(self, criu: Criu, workdir: Path, **kwargs: Any) -> StandInDestination:
+        dest = StandInDestination(self, criu, workdir, **kwargs)
+        self.made.append(dest)
+        return dest
+
+    def close(self) -> None:
+        for copy in self.copies:
+            copy.close()
+
+
 @dataclass
 class FakeArrival:
     """An arriving container whose home is the directory ``home``."""
@@ -106,7 +169,7 @@ class FakeArrival:
             raise ContainerError(self.fail_release)
         shutil.rmtree(self.home, ignore_errors=True)
 
-    async def adopt(self, pid: int) -> None:
+    async def adopt(self, pid: int, holder: str) -> None:
         self.adopted.append(pid)
 
 

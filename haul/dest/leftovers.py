@@ -193,10 +193,18 @@ def _live_copy(pid: int | None, record: IncomingRecord | None) -> str | None:
     return letter
 
 
-def sweep(root: Path, data_root: Path | None, is_migration_id: Callable[[str], bool]) -> Sweep:
+def sweep(
+    root: Path,
+    data_root: Path | None,
+    is_migration_id: Callable[[str], bool],
+    *,
+    taken: Callable[[str], bool] = lambda workload: False,
+) -> Sweep:
     """At agent start: keep the migrations whose restored copy is alive, remove the rest
     (their work directory, their workload data directory, their record), except a
-    container's, which is listed in :attr:`Sweep.containers` for its arrival to remove."""
+    container's, which is listed in :attr:`Sweep.containers` for its arrival to remove.
+    The data directory of a workload whose name is ``taken`` (a workload registered
+    here holds it) is never removed."""
     found = Sweep()
     if not root.is_dir():
         return found
@@ -222,7 +230,12 @@ def sweep(root: Path, data_root: Path | None, is_migration_id: Callable[[str], b
             found.containers.append(ContainerLeft(mid, workdir, record))
             continue
         shutil.rmtree(workdir, ignore_errors=True)
-        if record is not None and data_root is not None and check_data_name(record.workload):
+        if (
+            record is not None
+            and data_root is not None
+            and check_data_name(record.workload)
+            and not taken(record.workload)
+        ):
             shutil.rmtree(data_root / record.workload, ignore_errors=True)
         forget_record(root, mid)
         found.removed.append(mid)

@@ -27,7 +27,8 @@ import os
 from contextlib import suppress
 
 from haul.dest.criudest import RESTORED_MARK
-from haul.dest.incoming import Incoming, IncomingRegistry, IncomingState
+from haul.dest.incoming import Incoming, IncomingRegistry
+from haul.dest.stages import IncomingState
 from haul.errors import HaulError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,11 @@ log = logging.getLogger(__name__)
 #: the reaper looks this often at most, and at least...
 MIN_EVERY_S = 0.02
 MAX_EVERY_S = 30.0
+
+#: the stages (haul/dest/stages.py) of a migration whose copy does not exist here
+NEVER_RESTORED = frozenset(
+    {IncomingState.OPENED, IncomingState.RECEIVING, IncomingState.RESTORE_FAILED}
+)
 
 
 def _newest_mtime(path: os.PathLike[str] | str) -> float:
@@ -61,9 +67,9 @@ class Reaper:
 
     @staticmethod
     def never_restored(item: Incoming) -> bool:
-        """No copy of it exists here, nor is one being made."""
+        """No copy of it exists here, nor is one being made (a failed restore's went)."""
         return (
-            item.state is IncomingState.RECEIVING
+            item.state in NEVER_RESTORED
             and item.restored_at is None
             and item.dest.tree is None
             and not (item.dest.workdir / RESTORED_MARK).exists()

@@ -1,10 +1,12 @@
-"""A migration held at its ``restored`` hook point, from outside: for tests.
+"""A migration held at one of its hook points, from outside: for tests.
 
 The moment between "the destination restored its copy, stopped" and "the source
 decided" is made deterministic with a hook script on the source: at ``restored`` it
 says so (a file) and waits until the test releases it (another file; with something
 written in it the hook fails and the migration rolls back). Meanwhile the test chooses
-what happens: an agent dies, the source goes on, and so on.
+what happens: an agent dies, the source goes on, and so on. :func:`pause_at` holds a
+migration at another point the same way, e.g. ``post-commit``: the destination's copy
+runs (post-copy: its pages still arriving) and the source waits, frozen.
 
 The ``haul migrate`` processes started here are kept in :data:`STARTED` until
 :func:`end_started` ends and reaps them (a test's fixture calls it, whatever happened).
@@ -23,10 +25,11 @@ from haul.lab.spec import LabSpec
 #: ``haul migrate`` processes started by :func:`pause_at_restored`, not yet reaped
 STARTED: list[subprocess.Popen[str]] = []
 
-WAIT_AT_RESTORED = """#!/bin/sh
-# At "restored", say so, then wait (at most 120 s) until the test releases us; a
-# release file with something in it makes the hook fail (the migration rolls back).
-[ "$1" = restored ] || exit 0
+WAIT_AT = """#!/bin/sh
+# At "{point}", say so, then wait (at most 120 s) until the test releases us; a
+# release file with something in it makes the hook fail (before the commit, the
+# migration then rolls back).
+[ "$1" = {point} ] || exit 0
 touch {reached}
 i=0
 while [ ! -e {release} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
@@ -35,25 +38,26 @@ exit 0
 """
 
 
-def pause_at_restored(
+def pause_at(
     lab: LabSpec,
     inventory: Path,
     name: str,
     release: Path,
     *,
+    point: str,
     source: str = "host1",
     dest: str = "host2",
     strategy: str = "stop-and-copy",
     extra: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.Popen[str]]:
     """Start ``name``'s migration ``source`` -> ``dest`` (``strategy``) with a hook that
-    holds the source at the ``restored`` point until ``release`` exists; return the
-    migration's ID and the ``haul migrate`` process once ``dest`` has restored its copy
-    (stopped) and the source waits in the hook, nothing decided. ``extra``: more
-    arguments of ``haul migrate``."""
+    holds the source at hook point ``point`` until ``release`` exists; return the
+    migration's ID and the ``haul migrate`` process once the source waits in the hook
+    (at ``restored``: ``dest`` has restored its copy, stopped, nothing decided).
+    ``extra``: more arguments of ``haul migrate``."""
     reached = release.with_name("reached")
-    hook = release.with_name("wait-at-restored")
-    hook.write_text(WAIT_AT_RESTORED.format(reached=reached, release=release))
+    hook = release.with_name(f"wait-at-{point}")
+    hook.write_text(WAIT_AT.format(point=point, reached=reached, release=release))
     hook.chmod(0o755)
     before = set(journal_dir(lab, source).glob("*.jsonl"))
     migrating = subprocess.Popen(
@@ -85,7 +89,32 @@ def pause_at_restored(
         "the migration's journal", lambda: set(journal_dir(lab, source).glob("*.jsonl")) - before
     )
     mid = next(iter(path)).stem
-    wait_until("the source to wait at the restored hook", reached.exists, timeout_s=120)
+    wait_until(f"the source to wait at the {point} hook", reached.exists, timeout_s=120)
+    return mid, migrating
+
+
+def pause_at_restored(
+    lab: LabSpec,
+    inventory: Path,
+    name: str,
+    release: Path,
+    *,
+    source: str = "host1",
+    dest: str = "host2",
+    strategy: str = "stop-and-copy",
+) -> tuple[str, subprocess.Popen[str]]:
+    """:func:`pause_at` ``restored``: returns once ``dest`` has restored its copy
+    (stopped) and the source waits in the hook, nothing decided."""
+    mid, migrating = pause_at(
+        lab,
+        inventory,
+        name,
+        release,
+        point="restored",
+        source=source,
+        dest=dest,
+        strategy=strategy,
+    )
     assert journal_phases(lab, source, mid)[-1] == "restore", "nothing is decided yet"
     wait_until(
         f"{dest}'s restored copy",

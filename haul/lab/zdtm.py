@@ -55,6 +55,28 @@ ZDTM_MORE_ARGS: dict[str, list[str]] = {
     "pipe00": [],
     "zombie00": [],
 }
+#: state that lives in the workload's files as well: named pipes (open, unlinked, held
+#: by a pair of processes), bound unix sockets' paths, symbolic links, working
+#: directories; each keeps its files in its run directory, which the file rounds carry
+ZDTM_FILES_ARGS: dict[str, list[str]] = {
+    "fifo": ["--filename=fifo.test"],
+    "fifo_ro": ["--filename=fifo_ro.test"],
+    "fifo_wronly": ["--filename=fifo_wronly.test"],
+    "fifo-rowo-pair": ["--name_master=fifo-rowo-pair.master", "--name_slave=fifo-rowo-pair.slave"],
+    "fifo-ghost": ["--filename=fifo-ghost.test"],
+    "unlink_fifo": ["--filename=unlink_fifo.test"],
+    "unlink_fifo_wronly": ["--filename=unlink_fifo_wronly.test"],
+    "sockets_dgram": ["--filename=sockets_dgram.test"],
+    "sk-unix-rel": ["--filename=sk-unix-rel.test"],
+    "sk-unix-listen01": ["--filename=sk-unix-listen01.test"],
+    "deleted_unix_sock": ["--filename=deleted_unix_sock.test"],
+    "symlink": ["--dirname=symlink.test"],
+    "symlink01": ["--dirname=symlink01.test"],
+    "cwd00": ["--dirname=cwd00.test"],
+    "cwd01": ["--dirname=cwd01.test"],
+}
+#: every program the integration tests move, with its arguments
+ZDTM_PROGRAMS: dict[str, list[str]] = ZDTM_ARGS | ZDTM_MORE_ARGS | ZDTM_FILES_ARGS
 
 
 async def wait_for_file(path: Path, tree: ProcessTree, timeout_s: float = 30.0) -> None:
@@ -78,7 +100,7 @@ def container_argv(name: str) -> list[str]:
         f"{CONTAINER_PROGRAMS}/{name}",
         f"--pidfile={run}/{name}.pid",
         f"--outfile={run}/{name}.out",
-        *(ZDTM_ARGS | ZDTM_MORE_ARGS)[name],
+        *ZDTM_PROGRAMS[name],
     ]
 
 

@@ -2,9 +2,10 @@
 
 The plan of a full round (haul/transport/treeplan.py against nothing) applied
 locally (haul/transport/treeapply.py): regular files copied with a SHA-256 each
-and verified where they land; directories, symbolic links (never followed) and
-FIFOs (empty) made as they are; Unix sockets skipped, as CRIU binds a restored
-socket to its path again; devices refused.
+and verified where they land; directories (empty ones too), symbolic links (never
+followed), FIFOs (empty) and unix sockets' files (no socket listens there: CRIU
+binds a restored socket to its path again, haul/transport/treescan.py) made as they
+are; each with its owner and its whole mode; devices refused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ def sync_tree(src: Path, dst: Path) -> CopyReport:
         raise TransportError(f"data directory {src} does not exist on the source")
     plan = diff({}, scan(src))
     dst.mkdir(parents=True)
-    os.chmod(dst, stat.S_IMODE(src.stat().st_mode))
+    st = src.stat()
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
     sent = apply_plan(src, dst, plan)
     if sent.unsent:
         raise TransportError(f"{src / sent.unsent[0]} changed while it was copied")

@@ -1,8 +1,12 @@
 """Trees of files for tests: described as data, made on disk, changed in place (only
 what differs, so what stays keeps its inode and times), and read back to compare.
 
-A tree is a mapping of names to nodes: :class:`FileNode`, :class:`DirNode`,
-:class:`LinkNode`, :class:`FifoNode`. haul itself never imports this module.
+A tree is a mapping of names to nodes: :class:`FileNode`, :class:`DirNode` (opaque or
+not, as an overlay's upper directory), :class:`LinkNode`, :class:`FifoNode`,
+:class:`SocketNode` (a socket's file, as a socket bound there and closed leaves it),
+:class:`WhiteoutNode` (an overlay's whiteout), each with its mode and owner. Owners
+other than this process's own, whiteouts and opaque marks need root. haul itself never
+imports this module.
 """
 
 from __future__ import annotations
@@ -17,31 +21,53 @@ from typing import BinaryIO
 
 from haul.transport.http import IncomingUploads
 from haul.transport.treeplan import Node
+from haul.transport.treescan import OPAQUE
+
+#: (uid, gid) of what a test makes unless it says otherwise: this process's own
+ME = (os.geteuid(), os.getegid())
 
 
 @dataclass(frozen=True)
 class FileNode:
     data: bytes = b""
     mode: int = 0o644
+    owner: tuple[int, int] = ME
 
 
 @dataclass(frozen=True)
 class DirNode:
     children: Mapping[str, TreeNode] = field(default_factory=dict)
     mode: int = 0o755
+    owner: tuple[int, int] = ME
+    #: its trusted.overlay.opaque attribute ("y"), or None
+    opaque: str | None = None
 
 
 @dataclass(frozen=True)
 class LinkNode:
     target: str
+    owner: tuple[int, int] = ME
 
 
 @dataclass(frozen=True)
 class FifoNode:
     mode: int = 0o644
+    owner: tuple[int, int] = ME
 
 
-TreeNode = FileNode | DirNode | LinkNode | FifoNode
+@dataclass(frozen=True)
+class SocketNode:
+    mode: int = 0o755
+    owner: tuple[int, int] = ME
+
+
+@dataclass(frozen=True)
+class WhiteoutNode:
+    mode: int = 0
+    owner: tuple[int, int] = ME
+
+
+TreeNode = FileNode | DirNode | LinkNode | FifoNode | SocketNode | WhiteoutNode
 Tree = Mapping[str, TreeNode]
 
 
@@ -63,11 +89,23 @@ def _same_kind(a: TreeNode, b: TreeNode) -> bool:
     return type(a) is type(b)
 
 
+def _owned(path: Path, was: TreeNode | None, node: TreeNode) -> None:
+    """Set ``node``'s owner, then its mode (a new owner clears set-id bits), on ``path``
+    when they differ from ``was``'s."""
+    if was is None or was.owner != node.owner:
+        os.chown(path, *node.owner, follow_symlinks=False)
+        was = None
+    if not isinstance(node, LinkNode) and (
+        not isinstance(was, type(node)) or was.mode != node.mode
+    ):
+        os.chmod(path, node.mode)
+
+
 def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
     """Change ``root``, which holds ``old``, into ``new``: remove what went or changed
-    kind, rewrite changed files in place (same inode), set changed modes. With
-    ``same_tick`` a rewritten file keeps its mtime, as a rewrite within one mtime tick
-    does (only its ctime tells)."""
+    kind, rewrite changed files in place (same inode), set changed owners and modes.
+    With ``same_tick`` a rewritten file keeps its mtime, as a rewrite within one mtime
+    tick does (only its ctime tells)."""
     for name, gone in old.items():
         if name not in new or not _same_kind(gone, new[name]):
             _remove(root / name)
@@ -79,11 +117,17 @@ def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
         if isinstance(node, DirNode):
             if was is None:
                 path.mkdir()
-            if not isinstance(was, DirNode) or was.mode != node.mode:
-                os.chmod(path, node.mode)
             children = was.children if isinstance(was, DirNode) else {}
+            # the children first: a directory closed to its owner is closed last
+            os.chmod(path, 0o700)
             morph(path, children, node.children, same_tick=same_tick)
-        elif isinstance(node, FileNode):
+            _owned(path, None, node)
+            if node.opaque is not None:
+                os.setxattr(path, OPAQUE, node.opaque.encode())
+            elif isinstance(was, DirNode) and was.opaque is not None:
+                os.removexattr(path, OPAQUE)
+            continue
+        if isinstance(node, FileNode):
             if not isinstance(was, FileNode) or was.data != node.data:
                 before = os.lstat(path) if was is not None else None
                 with open(path, "r+b" if was is not None else "wb") as f:
@@ -91,20 +135,25 @@ def morph(root: Path, old: Tree, new: Tree, *, same_tick: bool = False) -> None:
                     f.write(node.data)
                 if same_tick and before is not None:
                     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-            if not isinstance(was, FileNode) or was.mode != node.mode:
-                os.chmod(path, node.mode)
+                if isinstance(was, FileNode) and stat.S_IMODE(os.lstat(path).st_mode) != was.mode:
+                    was = None  # writing cleared its set-id bits: set the mode again
         elif isinstance(node, LinkNode):
             if was is None:
                 os.symlink(node.target, path)
-        else:
+        elif isinstance(node, FifoNode):
             if was is None:
                 os.mkfifo(path)
-            if not isinstance(was, FifoNode) or was.mode != node.mode:
-                os.chmod(path, node.mode)
+        elif isinstance(node, WhiteoutNode):
+            if was is None:
+                os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+        elif was is None:
+            os.mknod(path, stat.S_IFSOCK | 0o600)
+        _owned(path, was, node)
 
 
-#: one entry as read back: kind, permission bits, then a file's bytes or a link's target
-Seen = tuple[str, int, bytes | str | None]
+#: one entry as read back: kind, permission bits (a link's: 0), then a file's bytes or a
+#: link's target, then its owner's uid and gid
+Seen = tuple[str, int, bytes | str | None, int, int]
 
 
 def snapshot(root: Path) -> dict[str, Seen]:
@@ -114,19 +163,30 @@ def snapshot(root: Path) -> dict[str, Seen]:
         for name in sorted(dirs) + sorted(files):
             path = Path(current) / name
             rel = path.relative_to(root).as_posix()
-            mode = os.lstat(path).st_mode
-            bits = stat.S_IMODE(mode)
+            st = os.lstat(path)
+            mode, bits, owner = st.st_mode, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
             if stat.S_ISLNK(mode):
-                seen[rel] = ("symlink", 0, os.readlink(path))
+                seen[rel] = ("symlink", 0, os.readlink(path), *owner)
             elif stat.S_ISDIR(mode):
-                seen[rel] = ("dir", bits, None)
+                seen[rel] = ("dir", bits, _opaque(path), *owner)
             elif stat.S_ISREG(mode):
-                seen[rel] = ("file", bits & 0o777, path.read_bytes())
+                seen[rel] = ("file", bits, path.read_bytes(), *owner)
             elif stat.S_ISFIFO(mode):
-                seen[rel] = ("fifo", bits & 0o777, None)
+                seen[rel] = ("fifo", bits, None, *owner)
+            elif stat.S_ISSOCK(mode):
+                seen[rel] = ("socket", bits, None, *owner)
+            elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                seen[rel] = ("whiteout", bits, None, *owner)
             else:
-                seen[rel] = ("other", bits, None)
+                seen[rel] = ("other", bits, None, *owner)
     return seen
+
+
+def _opaque(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, OPAQUE).decode()
+    except OSError:
+        return None
 
 
 @dataclass
@@ -143,12 +203,18 @@ class MeddlingUploads:
         await self.inner.put_image(migration_id, name, path, sha256)
 
     async def put_data(
-        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
+        self,
+        migration_id: str,
+        rel: str,
+        source: Path | BinaryIO,
+        sha256: str,
+        mode: int,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         if rel not in self.meddled:
             self.meddled.append(rel)
             self.meddle(rel)
-        await self.inner.put_data(migration_id, rel, source, sha256, mode)
+        await self.inner.put_data(migration_id, rel, source, sha256, mode, owner)
 
     async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None:
         await self.inner.make_entries(migration_id, nodes)

@@ -37,7 +37,13 @@ class IncomingUploads(Protocol):
     async def put_image(self, migration_id: str, name: str, path: Path, sha256: str) -> None: ...
 
     async def put_data(
-        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
+        self,
+        migration_id: str,
+        rel: str,
+        source: Path | BinaryIO,
+        sha256: str,
+        mode: int,
+        owner: tuple[int, int] | None = None,
     ) -> None: ...
 
     async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None: ...
@@ -153,7 +159,9 @@ class HttpTransport:
         with os.fdopen(fd, "rb") as f:
             digest, size = await asyncio.to_thread(_digest, f)
             try:
-                await self.uploads.put_data(self.migration_id, node.path, f, digest, node.mode)
+                await self.uploads.put_data(
+                    self.migration_id, node.path, f, digest, node.mode, (node.uid, node.gid)
+                )
             except PeerChecksumMismatch:
                 if frozen:
                     raise

@@ -85,4 +85,6 @@ def _make_root(source: Path, dest: Path) -> None:
         raise TransportError(f"data directory {dest} already exists on the destination")
     dest.mkdir(parents=True)
     if source.is_dir():
-        os.chmod(dest, stat.S_IMODE(source.stat().st_mode))
+        st = source.stat()
+        os.chown(dest, st.st_uid, st.st_gid)
+        os.chmod(dest, stat.S_IMODE(st.st_mode))

@@ -5,15 +5,20 @@ plan that applies cleanly in its own order:
 
 1. ``remove``: entries that are gone or whose kind changed (a symbolic link whose
    target changed too), deepest first, so a directory is empty when it goes;
-2. ``make``: new directories, symbolic links and FIFOs, parents first; a directory
-   is made with its owner's rwx, so what goes into it can;
+2. ``make``: new directories, symbolic links, FIFOs, sockets' files and overlay
+   whiteouts, parents first, each with its owner; a directory is made with its
+   owner's rwx, so what goes into it can;
 3. ``send``: regular files that are new or changed (size, mtime_ns, ctime_ns,
-   inode or mode differ: ctime catches a rewrite of the same size within one mtime
-   tick), each with its mode;
-4. ``modes``: permission bits set last, deepest first: entries whose mode alone
-   changed, and new directories whose mode lacks the owner's rwx.
+   inode, mode or owner differ: ctime catches a rewrite of the same size within one
+   mtime tick), each with its mode and owner;
+4. ``modes``: owners and permission bits set last, deepest first: entries whose mode
+   or owner alone changed (a link's owner only: a link has no mode of its own), or a
+   directory whether it is opaque (an overlay's), and new directories whose mode
+   lacks the owner's rwx.
 
-A regular file whose mode changed is sent again (chmod changes its ctime anyway).
+A regular file whose mode or owner changed is sent again (both change its ctime
+anyway). Modes keep their set-id and sticky bits; the owner is set before the mode
+(a new owner clears set-id bits).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ class Node:
     kind: Kind
     mode: int
     target: str | None = None
+    uid: int = 0
+    gid: int = 0
+    #: a directory's opaque mark (haul/transport/treescan.py), or None
+    opaque: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +73,35 @@ def replaced(was: Entry, now: Entry) -> bool:
 
 def file_changed(was: Entry, now: Entry) -> bool:
     """A regular file is sent again when anything the scan saw of it changed."""
-    return (was.size, was.mtime_ns, was.ctime_ns, was.inode, was.mode) != (
+    return (was.size, was.mtime_ns, was.ctime_ns, was.inode, was.mode, was.uid, was.gid) != (
         now.size,
         now.mtime_ns,
         now.ctime_ns,
         now.inode,
         now.mode,
+        now.uid,
+        now.gid,
+    )
+
+
+def attrs_changed(was: Entry, now: Entry) -> bool:
+    """The owner, or (but for a link) the mode, of an entry that stays changed."""
+    return (
+        (was.uid, was.gid) != (now.uid, now.gid)
+        or (now.kind is not Kind.SYMLINK and was.mode != now.mode)
+        or was.opaque != now.opaque
+    )
+
+
+def node_of(path: str, entry: Entry, mode: int | None = None) -> Node:
+    return Node(
+        path,
+        entry.kind,
+        entry.mode if mode is None else mode,
+        entry.target,
+        entry.uid,
+        entry.gid,
+        entry.opaque,
     )
 
 
@@ -81,18 +113,18 @@ def diff(held: Manifest, now: Manifest) -> Plan:
     for path in sorted(now, key=_parts):
         entry = now[path]
         was = held.get(path)
-        node = Node(path, entry.kind, entry.mode, entry.target)
+        node = node_of(path, entry)
         if entry.kind is Kind.FILE:
             if was is None or replaced(was, entry) or file_changed(was, entry):
                 send.append(node)
         elif was is None or replaced(was, entry):
             if entry.kind is Kind.DIR:
-                make.append(Node(path, Kind.DIR, entry.mode | OWNER_RWX))
+                make.append(node_of(path, entry, entry.mode | OWNER_RWX))
                 if entry.mode | OWNER_RWX != entry.mode:
                     modes.append(node)
             else:
                 make.append(node)
-        elif was.mode != entry.mode and entry.kind is not Kind.SYMLINK:
+        elif attrs_changed(was, entry):
             modes.append(node)
     return Plan(
         remove=tuple(sorted(remove, key=_deepest_first)),

@@ -4,9 +4,20 @@ What the rounds (haul/transport/rounds.py) compare from one scan to the next. Th
 tree is read one directory at a time through file descriptors opened with
 O_NOFOLLOW, so a workload that swaps a directory for a link while it is scanned
 or read cannot make haul read outside its tree: a symbolic link is an entry with
-its target, never followed. Unix sockets are skipped (CRIU binds a restored
-socket to its path again); devices are refused. The workload runs while it is
-scanned: what vanishes meanwhile is simply not in the manifest.
+its target, never followed. Every entry carries its permission bits (set-id and
+sticky bits too: CRIU checks the whole mode of a file it opens again at restore)
+and its owner. A unix socket's file is an entry as well: the destination makes a
+socket file there (no socket listens on it), which is what CRIU needs of a bound
+socket's path: its restore removes a socket's file at that path, binds the
+restored socket there and gives it the mode and owner it dumped (a path held by
+anything but a socket's file would make that bind fail), while a socket's file no
+socket of the workload is bound to stays as the source had it. A container's
+writable layer (an overlay's upper directory) also holds what the container removed
+from its image: a whiteout (a character device 0:0) where a file was, and a
+directory made again where one was removed is opaque (its ``trusted.overlay.opaque``
+attribute): both are entries, or the image's files would come back on the
+destination. Other devices are refused. The workload runs while it is scanned: what
+vanishes meanwhile is simply not in the manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from haul.errors import TransportError
@@ -25,6 +36,10 @@ from haul.errors import TransportError
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: errors that mean "not there, or no longer what the scan saw" while the workload runs
 GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO})
+#: the extended attribute that makes an overlay's upper directory opaque ("y")
+OPAQUE = "trusted.overlay.opaque"
+#: what the value of OPAQUE may be (an opaque directory; one that holds xattr whiteouts)
+OPAQUE_VALUES = ("y", "x")
 
 
 class Kind(enum.Enum):
@@ -32,6 +47,10 @@ class Kind(enum.Enum):
     FILE = "file"
     SYMLINK = "symlink"
     FIFO = "fifo"
+    #: a unix socket's file
+    SOCKET = "socket"
+    #: an overlay whiteout: a character device 0:0, where a container removed a file
+    WHITEOUT = "whiteout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +58,7 @@ class Entry:
     """One entry as the scan saw it (size and times matter for regular files only)."""
 
     kind: Kind
-    #: permission bits (stat.S_IMODE)
+    #: permission bits with set-id and sticky bits (stat.S_IMODE)
     mode: int
     size: int = 0
     mtime_ns: int = 0
@@ -47,20 +66,27 @@ class Entry:
     inode: int = 0
     #: a symbolic link's target, as it is written
     target: str | None = None
+    #: the owner, by number (the destination's numbers are the same users)
+    uid: int = 0
+    gid: int = 0
+    #: a directory's OPAQUE attribute (an overlay's upper directory), or None
+    opaque: str | None = None
 
 
 #: relative path ("a/b") -> entry; the root itself is not in it
 Manifest = Mapping[str, Entry]
 
 
-def entry_of(st: os.stat_result, target: str | None = None) -> Entry | None:
-    """The entry for an lstat result; None for a socket. Raises for a device."""
+def entry_of(st: os.stat_result, target: str | None = None) -> Entry:
+    """The entry for an lstat result. Raises for a device."""
     mode = st.st_mode
     kinds = (
         (stat.S_ISDIR, Kind.DIR),
         (stat.S_ISREG, Kind.FILE),
         (stat.S_ISLNK, Kind.SYMLINK),
         (stat.S_ISFIFO, Kind.FIFO),
+        (stat.S_ISSOCK, Kind.SOCKET),
+        (lambda m: stat.S_ISCHR(m) and st.st_rdev == 0, Kind.WHITEOUT),
     )
     for test, kind in kinds:
         if test(mode):
@@ -72,9 +98,9 @@ def entry_of(st: os.stat_result, target: str | None = None) -> Entry | None:
                 st.st_ctime_ns,
                 st.st_ino,
                 target,
+                st.st_uid,
+                st.st_gid,
             )
-    if stat.S_ISSOCK(mode):
-        return None
     raise TransportError("is a device or special file; a workload's files cannot carry it")
 
 
@@ -107,8 +133,6 @@ def _scan_dir(root: Path, fd: int, rel: PurePosixPath, found: dict[str, Entry]) 
             entry = entry_of(st, target)
         except TransportError as exc:
             raise TransportError(f"{root / path} {exc.message}") from None
-        if entry is None:
-            continue
         found[path.as_posix()] = entry
         if entry.kind is Kind.DIR:
             try:
@@ -118,6 +142,9 @@ def _scan_dir(root: Path, fd: int, rel: PurePosixPath, found: dict[str, Entry]) 
                     continue  # replaced since it was listed: the next round sees what it is
                 raise TransportError(f"cannot read {root / path}: {exc.strerror}") from exc
             try:
+                opaque = _opaque(sub)
+                if opaque is not None:
+                    found[path.as_posix()] = replace(entry, opaque=opaque)
                 _scan_dir(root, sub, path, found)
             finally:
                 os.close(sub)
@@ -134,6 +161,17 @@ def _listing(root: Path, fd: int, rel: PurePosixPath) -> Iterator[tuple[str, os.
             yield name, os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue  # removed since it was listed
+
+
+def _opaque(fd: int) -> str | None:
+    """The OPAQUE attribute of the directory open at ``fd`` (None: none, or no xattrs)."""
+    try:
+        value = os.getxattr(fd, OPAQUE).decode(errors="replace")
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+            return None
+        raise TransportError(f"cannot read {OPAQUE}: {exc.strerror}") from exc
+    return value if value in OPAQUE_VALUES else None
 
 
 def _readlink(name: str, fd: int) -> str | None:

@@ -18,10 +18,10 @@ from haul.lab.held import end_started
 from haul.lab.images import build_busybox_image
 from haul.lab.netlab import lab_down, lab_up
 from haul.lab.spec import LabSpec
-from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
+from haul.lab.zdtm import ZDTM_PROGRAMS
 from haul.runtime.images import ImageRef
 
-ZDTM_TESTS = tuple(ZDTM_ARGS | ZDTM_MORE_ARGS)
+ZDTM_TESTS = tuple(ZDTM_PROGRAMS)
 
 
 @pytest.fixture(scope="session")

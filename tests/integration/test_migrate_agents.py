@@ -26,7 +26,7 @@ from haul.lab.operator import (
 )
 from haul.lab.samples import COUNTER
 from haul.lab.spec import LabSpec
-from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS
+from haul.lab.zdtm import ZDTM_PROGRAMS
 
 
 @pytest.mark.parametrize("strategy", ["stop-and-copy", "post-copy"])
@@ -227,7 +227,7 @@ def test_zdtm_programs_through_the_agents(
 ) -> None:
     """CRIU's own oracle, the operator's way: haul run, haul migrate, SIGTERM, PASS."""
     lab, inventory = lab_with_agents
-    programs = ZDTM_ARGS | ZDTM_MORE_ARGS
+    programs = ZDTM_PROGRAMS
     for name in sorted(programs):
         w = f"z-{name.replace('_', '-')}"
         done = run_haul(

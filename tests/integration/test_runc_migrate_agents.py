@@ -106,3 +106,49 @@ def test_a_runc_container_moves_there_and_back_through_the_agents(
     killed = run_haul(inventory, "kill", NAME, "--host", "host1")
     assert killed.returncode == 0, killed.stderr
     assert container_ids(lab, "host1") == []
+
+
+def test_what_a_container_removed_from_its_image_stays_removed(
+    lab_with_agents: tuple[LabSpec, Path], busybox_image: ImageRef
+) -> None:
+    """A file the container deleted from its image is a whiteout in its writable layer (a
+    character device 0:0), and a directory it deleted and made again is opaque (an
+    extended attribute): both go with the layer, or the image's files would come back on
+    the destination. Before, the whiteout was refused as a device and the move rolled back."""
+    lab, inventory = lab_with_agents
+    image = _lab_image(lab, busybox_image)
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        NAME,
+        "--host",
+        "host1",
+        "--runtime",
+        "runc",
+        "--image",
+        f"oci:{image.layout}",
+    )
+    assert done.returncode == 0, done.stderr
+    _counting_on(lab, "host1", 0)
+    changed = host_runc(
+        lab,
+        "host1",
+        "exec",
+        NAME,
+        "/bin/sh",
+        "-c",
+        "rm /bin/ls && rm -r /etc && mkdir /etc && echo mine > /etc/only && echo /etc/*",
+    )
+    assert changed.stdout.strip() == "/etc/only", changed.stdout + changed.stderr
+    moved = run_haul(
+        inventory, "migrate", NAME, "--to", "host2", "--strategy", "stop-and-copy", "-o", "json"
+    )
+    assert moved.returncode == 0, moved.stderr + moved.stdout
+    assert container_ids(lab, "host2") == [NAME]
+    seen = host_runc(
+        lab, "host2", "exec", NAME, "/bin/sh", "-c", "echo /etc/*; test -e /bin/ls || echo gone"
+    )
+    assert seen.stdout.split() == ["/etc/only", "gone"], seen.stdout + seen.stderr
+    killed = run_haul(inventory, "kill", NAME, "--host", "host2")
+    assert killed.returncode == 0, killed.stderr

@@ -12,14 +12,14 @@ from haul.criu.service import Criu
 from haul.engine.phases import Phase, Strategy
 from haul.lab.migrate import migrate_in_lab
 from haul.lab.spec import LabSpec
-from haul.lab.zdtm import ZDTM_ARGS, ZDTM_MORE_ARGS, wait_for_file
+from haul.lab.zdtm import ZDTM_PROGRAMS, wait_for_file
 from haul.procfs import netns_inode, ns_inode
 from haul.workload.proctree import start_tree
 
 pytestmark = pytest.mark.asyncio
 
 
-@pytest.mark.parametrize("name", sorted(ZDTM_ARGS | ZDTM_MORE_ARGS))
+@pytest.mark.parametrize("name", sorted(ZDTM_PROGRAMS))
 async def test_zdtm_program_survives_an_engine_migration(
     name: str, criu: Criu, lab: LabSpec, zdtm_dir: Path
 ) -> None:
@@ -33,7 +33,7 @@ async def test_zdtm_program_survives_an_engine_migration(
             str(zdtm_dir / name),
             f"--pidfile={run}/{name}.pid",
             f"--outfile={run}/{name}.out",
-            *(ZDTM_ARGS | ZDTM_MORE_ARGS)[name],
+            *ZDTM_PROGRAMS[name],
         ],
         log_path=run / "stdio.log",
         host=h1.ns,

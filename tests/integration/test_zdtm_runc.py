@@ -32,8 +32,7 @@ from haul.lab.operator import run_haul, wait_until
 from haul.lab.spec import LabSpec
 from haul.lab.zdtm import (
     CONTAINER_RUN_DIR,
-    ZDTM_ARGS,
-    ZDTM_MORE_ARGS,
+    ZDTM_PROGRAMS,
     container_argv,
     container_mounts,
 )
@@ -74,7 +73,7 @@ def _cases() -> list[object]:
     return [
         pytest.param(strategy, name, id=f"{strategy}-{name}")
         for strategy in STRATEGIES
-        for name in sorted(ZDTM_ARGS | ZDTM_MORE_ARGS)
+        for name in sorted(ZDTM_PROGRAMS)
     ]
 
 
@@ -136,7 +135,7 @@ def zdtm_lab(
         shutil.copytree(busybox_image.layout, image.layout)
         programs = lab.root_dir / "zdtm"  # where the agents may read them
         programs.mkdir()
-        for name in ZDTM_ARGS | ZDTM_MORE_ARGS:
+        for name in ZDTM_PROGRAMS:
             shutil.copy2(zdtm_dir / name, programs / name)
         yield ZdtmLab(lab, inventory, image, programs)
     finally:

@@ -19,7 +19,7 @@ from haul.dest.incoming import IncomingRegistry, IncomingState
 from haul.dest.leftovers import IncomingRecord
 from haul.dest.undecided import AskPolicy, SourceAnswer, Verdict
 from haul.engine.phases import Strategy
-from haul.errors import TransportError, UsageError, WorkloadError
+from haul.errors import StateError, TransportError, WorkloadError
 from haul.procfs import alive, state
 from haul.workload.proctree import ProcessTree
 
@@ -78,7 +78,7 @@ class Adoptions:
         self.done: list[tuple[str, int, list[str]]] = []
 
     async def __call__(
-        self, name: str, tree: ProcessTree, argv: list[str], net: object = None
+        self, name: str, tree: ProcessTree, argv: list[str], net: object, holder: str
     ) -> None:
         self.done.append((name, tree.root_pid, argv))
 
@@ -169,7 +169,7 @@ async def test_committed_resumes_and_adopts_the_kept_copy(tmp_path: Path, copy: 
     # the source's own calls, arriving late, find it done
     await reg.resume("m1")
     assert await reg.finish("m1") is None
-    with pytest.raises(UsageError, match="was committed here"):
+    with pytest.raises(StateError, match="was committed here"):
         await reg.discard("m1")
     await reg.aclose()
 
@@ -185,7 +185,7 @@ async def test_rolled_back_discards_the_kept_copy(tmp_path: Path, copy: Copy) ->
     assert not alive(copy.pid) and adopt.done == []
     assert list(root.iterdir()) == [] and not (data / "web1").exists()
     await reg.discard("m1")  # again: nothing happens
-    with pytest.raises(UsageError):
+    with pytest.raises(StateError, match="discarded"):
         await reg.resume("m1")
     await reg.aclose()
 

@@ -84,6 +84,7 @@ def test_each_host_runs_containers_from_the_labs_directory_in_cgroups_of_its_own
     ]
     assert configs[0].runc.allowed_roots == [
         LabSpec(prefix="t1").root_dir,
+        shared_dir("t1"),  # containers used in place there (--shared-dir)
         Path("/usr"),  # the machine's programs, for read-only mounts
         Path("/lib"),
         Path("/lib64"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from haul.errors import TransportError
-from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, build
+from haul.transport.fakes import DirNode, FifoNode, FileNode, LinkNode, WhiteoutNode, build
 from haul.transport.treescan import Kind, open_inside, scan
 
 
@@ -44,11 +44,59 @@ def test_a_link_to_a_directory_is_an_entry_never_followed(tmp_path: Path) -> Non
     assert list(scan(root)) == ["in"]
 
 
-def test_sockets_are_skipped(tmp_path: Path) -> None:
+def test_a_socket_s_file_is_an_entry_with_its_mode_and_owner(tmp_path: Path) -> None:
+    """CRIU binds a restored socket to its path again and gives the file the mode and
+    owner it dumped; a socket's file that no socket of the workload holds stays as it is
+    (haul/transport/treescan.py)."""
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(str(tmp_path / "sock"))
+        os.chmod(tmp_path / "sock", 0o751)
         (tmp_path / "f").write_text("x")
-        assert list(scan(tmp_path)) == ["f"]
+        found = scan(tmp_path)
+    assert list(found) == ["f", "sock"]
+    sock = found["sock"]
+    assert (sock.kind, sock.mode, sock.uid, sock.gid) == (
+        Kind.SOCKET,
+        0o751,
+        os.geteuid(),
+        os.getegid(),
+    )
+
+
+def test_owners_and_set_id_bits_are_seen(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving files away needs root")
+    build(
+        tmp_path,
+        {
+            "f": FileNode(b"x", 0o4755, owner=(1000, 1001)),
+            "d": DirNode(mode=0o2775, owner=(0, 1002)),
+            "l": LinkNode("f", owner=(1003, 1003)),
+        },
+    )
+    found = scan(tmp_path)
+    assert (found["f"].mode, found["f"].uid, found["f"].gid) == (0o4755, 1000, 1001)
+    assert (found["d"].mode, found["d"].uid, found["d"].gid) == (0o2775, 0, 1002)
+    assert (found["l"].uid, found["l"].gid) == (1003, 1003)
+
+
+def test_an_overlay_s_whiteouts_and_opaque_directories_are_entries(tmp_path: Path) -> None:
+    """What a container removed from its image, in its writable layer."""
+    if os.geteuid() != 0:
+        pytest.skip("whiteouts and trusted attributes need root")
+    build(
+        tmp_path,
+        {
+            "gone": WhiteoutNode(),
+            "etc": DirNode({"only": FileNode(b"x")}, opaque="y"),
+            "d": DirNode(),
+        },
+    )
+    found = scan(tmp_path)
+    assert list(found) == ["d", "etc", "etc/only", "gone"]
+    assert (found["gone"].kind, found["gone"].mode) == (Kind.WHITEOUT, 0)
+    assert (found["etc"].kind, found["etc"].opaque) == (Kind.DIR, "y")
+    assert found["d"].opaque is None
 
 
 def test_a_device_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""Properties of the workload's file rounds, on random trees and random changes:
+"""Properties of the workload's file rounds, on random trees and random changes (files,
+directories, empty ones too, symbolic links, FIFOs and sockets' files, with set-id bits
+and, as root, other owners, overlay whiteouts and opaque directories):
 
 - the plan between two scans, applied to a copy of the old tree, gives the new tree;
 - rounds through the lab's transport (haul/transport/local.py) leave the destination
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import tempfile
 from pathlib import Path
 
@@ -16,12 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from haul.transport.fakes import (
+    ME,
     DirNode,
     FifoNode,
     FileNode,
     LinkNode,
+    SocketNode,
     Tree,
     TreeNode,
+    WhiteoutNode,
     build,
     morph,
     snapshot,
@@ -33,22 +39,32 @@ from haul.transport.treescan import scan
 
 #: few names, so that later trees reuse them with other kinds and contents
 NAMES = st.sampled_from(["a", "b", "c", "d.txt"])
-#: the owner keeps rw (rwx for directories), so the test's own changes never need root
-FILE_MODES = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700])
-DIR_MODES = st.sampled_from([0o700, 0o755, 0o750, 0o711, 0o1777])
+#: the owner keeps rw (rwx for directories), so the test's own changes never need root;
+#: set-id and sticky bits too (CRIU checks the whole mode of a file it reopens)
+FILE_MODES = st.sampled_from([0o600, 0o644, 0o640, 0o755, 0o700, 0o4755, 0o2750, 0o1644])
+DIR_MODES = st.sampled_from([0o700, 0o755, 0o750, 0o711, 0o1777, 0o2775])
+#: other owners need root: without it, only this process's own
+ROOT = os.geteuid() == 0
+OWNERS = st.sampled_from([ME, (0, 0), (1000, 1000), (65534, 65534), (1000, 0)] if ROOT else [ME])
+#: a directory's overlay mark: only root may set trusted attributes
+OPAQUE = st.sampled_from([None, "y"] if ROOT else [None])
 #: short contents: rewrites of the same size are frequent
 DATA = st.binary(max_size=6)
 TARGETS = st.sampled_from(["a", "b/c", "../up", "/etc/passwd", "d.txt"])
 
 LEAVES: st.SearchStrategy[TreeNode] = st.one_of(
-    st.builds(FileNode, DATA, FILE_MODES),
-    st.builds(LinkNode, TARGETS),
-    st.builds(FifoNode, FILE_MODES),
+    st.builds(FileNode, DATA, FILE_MODES, OWNERS),
+    st.builds(LinkNode, TARGETS, OWNERS),
+    st.builds(FifoNode, FILE_MODES, OWNERS),
+    st.builds(SocketNode, FILE_MODES, OWNERS),
+    *([st.builds(WhiteoutNode, st.just(0), OWNERS)] if ROOT else []),
 )
 
 
 def _dirs(children: st.SearchStrategy[TreeNode]) -> st.SearchStrategy[TreeNode]:
-    return st.builds(DirNode, st.dictionaries(NAMES, children, max_size=4), DIR_MODES)
+    return st.builds(
+        DirNode, st.dictionaries(NAMES, children, max_size=4), DIR_MODES, OWNERS, OPAQUE
+    )
 
 
 NODES: st.SearchStrategy[TreeNode] = st.recursive(LEAVES, _dirs, max_leaves=24)
@@ -57,15 +73,20 @@ TREES: st.SearchStrategy[Tree] = st.dictionaries(NAMES, NODES, max_size=4)
 
 def _edited(draw: st.DrawFn, node: TreeNode) -> TreeNode:
     """``node`` changed within its kind: a file rewritten (often to the same size)."""
+    owner = draw(st.one_of(st.just(node.owner), OWNERS))
     if isinstance(node, FileNode):
         size = len(node.data)
         data = draw(st.one_of(st.binary(min_size=size, max_size=size), DATA))
-        return FileNode(data, draw(FILE_MODES))
+        return FileNode(data, draw(FILE_MODES), owner)
     if isinstance(node, DirNode):
-        return DirNode(draw(changes(node.children)), draw(DIR_MODES))
+        return DirNode(draw(changes(node.children)), draw(DIR_MODES), owner, draw(OPAQUE))
     if isinstance(node, LinkNode):
-        return LinkNode(draw(TARGETS))
-    return FifoNode(draw(FILE_MODES))
+        return LinkNode(draw(TARGETS), owner)
+    if isinstance(node, FifoNode):
+        return FifoNode(draw(FILE_MODES), owner)
+    if isinstance(node, WhiteoutNode):
+        return WhiteoutNode(0, owner)
+    return SocketNode(draw(FILE_MODES), owner)
 
 
 @st.composite

@@ -147,27 +147,43 @@ class IncomingCalls:
         await self._call("POST", migration_id, "/image", Done)
 
     async def put_data(
-        self, migration_id: str, rel: str, source: Path | BinaryIO, sha256: str, mode: int
+        self,
+        migration_id: str,
+        rel: str,
+        source: Path | BinaryIO,
+        sha256: str,
+        mode: int,
+        owner: tuple[int, int] | None = None,
     ) -> None:
         """One of the workload's files, from a path or an open file (read from its
-        position on); it takes its place there once its SHA-256 matched."""
+        position on), with its mode and owner (None: the agent's); it takes its place
+        there once its SHA-256 matched."""
+        headers = {"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"}
+        if owner is not None:
+            headers["X-Haul-Owner"] = f"{owner[0]}:{owner[1]}"
         _, raw = await self._client.request(
             "PUT",
             f"{_id(migration_id)}/data",
             params={"path": rel},
             data=_file_chunks(source),
-            headers=self._headers(
-                migration_id, **{"X-Haul-SHA256": sha256, "X-Haul-Mode": f"{mode:o}"}
-            ),
+            headers=self._headers(migration_id, **headers),
         )
         self._client.parse(Received, raw)
 
     async def make_entries(self, migration_id: str, nodes: Sequence[Node]) -> None:
-        """Make these entries of the workload's files, or set their modes, in order
-        (haul/transport/treeplan.py says which)."""
+        """Make these entries of the workload's files, or set their modes and owners, in
+        order (haul/transport/treeplan.py says which)."""
         for batch in _batches(nodes, lambda n: len(n.path) + len(n.target or "")):
             entries = [
-                DataEntryAsk(path=n.path, kind=n.kind.value, mode=n.mode, target=n.target)
+                DataEntryAsk(
+                    path=n.path,
+                    kind=n.kind.value,
+                    mode=n.mode,
+                    target=n.target,
+                    uid=n.uid,
+                    gid=n.gid,
+                    opaque=n.opaque,
+                )
                 for n in batch
             ]
             await self._call("POST", migration_id, "/entries", Done, DataEntries(entries=entries))

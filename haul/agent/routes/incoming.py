@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from haul.agent.auth import caller_of
 from haul.agent.context import CONTEXT
 from haul.agent.decision_models import IncomingList, IncomingView
 from haul.agent.migration_models import (
+    ID_MAX,
     BlobsFrom,
     CapabilitiesView,
     DataEntries,
@@ -42,6 +44,8 @@ from haul.net.spec import WorkloadNet
 
 table = RouteTable("incoming")
 ID = {"id": "the migration's id"}
+#: each call is taken only in its stages (haul/dest/stages.py, docs/incoming.md)
+OUT_OF_STAGE = "not in this stage of the migration (docs/incoming.md); nothing was done"
 
 
 def _incoming(request: web.Request) -> IncomingRegistry:
@@ -88,14 +92,16 @@ async def capabilities(request: web.Request) -> CapabilitiesView:
     response=Done,
     name="incomingCheck",
     errors={409: "the name is taken here"},
-    summary="Pre-flight: the workload's name is free here (no workload, and for a "
-    "container no runc container or container directory, of that name) and there is room",
+    summary="Pre-flight: the workload's name is free here (no workload and no incoming "
+    "migration holds it, and for a container no runc container or container directory has "
+    "it) and there is room",
 )
 async def check(request: web.Request, ask: IncomingCheck) -> Done:
     ctx = request.app[CONTEXT]
-    if any(r.name == ask.workload for r in ctx.workloads.records()):
+    holder = ctx.workloads.names.holder(ask.workload)
+    if holder is not None:
         raise Conflict(
-            f"a workload named {ask.workload!r} already runs on {ctx.config.host}",
+            f"the name {ask.workload!r} is taken on {ctx.config.host}: {holder} holds it",
             code="workload_exists",
         )
     if ask.container:
@@ -126,9 +132,13 @@ def _check_net(request: web.Request, spec: NetSpec | None) -> WorkloadNet | None
     response=IncomingOpened,
     status=201,
     name="openIncoming",
-    errors={403: "a peer opening in another's name, or naming a directory not shared here"},
+    errors={
+        403: "a peer opening in another's name, or naming a directory not shared here",
+        409: "open already, for another request, or settled; " + OUT_OF_STAGE,
+    },
     summary="Prepare for an incoming migration (opened by a peer: the answer's secret "
-    "goes with its later calls of it)",
+    "goes with its later calls of it; the same request again while nothing arrived: the "
+    "same answer)",
 )
 async def open_incoming(request: web.Request, ask: IncomingOpen) -> IncomingOpened:
     caller = caller_of(request)
@@ -226,6 +236,20 @@ async def unpack_image(request: web.Request) -> Done:
     return Done()
 
 
+OWNER = re.compile(r"(\d{1,10}):(\d{1,10})")
+
+
+def _owner(request: web.Request) -> tuple[int, int] | None:
+    """X-Haul-Owner: the file's ``UID:GID`` (none: the agent's own)."""
+    text = request.headers.get("X-Haul-Owner")
+    if text is None:
+        return None
+    found = OWNER.fullmatch(text)
+    if found is None or max(int(found[1]), int(found[2])) > ID_MAX:
+        raise BadRequest("X-Haul-Owner must be UID:GID, two numbers", code="bad_owner")
+    return int(found[1]), int(found[2])
+
+
 def _sha(request: web.Request) -> str:
     sha = request.headers.get("X-Haul-SHA256", "")
     if len(sha) != 64:
@@ -254,9 +278,10 @@ async def put_image(request: web.Request) -> web.StreamResponse:
     "PUT",
     "/v1/incoming/{id}/data",
     name="putData",
-    summary="One file of the workload's data (body; its relative path in ?path=), "
-    "checked against X-Haul-SHA256 before it takes its place (new, or replacing the "
-    "file there); its directory comes first",
+    summary="One file of the workload's data (body; its relative path in ?path=, its "
+    "mode in X-Haul-Mode, its owner in X-Haul-Owner as UID:GID), checked against "
+    "X-Haul-SHA256 before it takes its place (new, or replacing the file there); its "
+    "directory comes first",
     media_type="application/json",
 )
 async def put_data(request: web.Request) -> web.StreamResponse:
@@ -273,6 +298,7 @@ async def put_data(request: web.Request) -> web.StreamResponse:
         request.content.iter_chunked(1 << 20),
         _sha(request),
         mode,
+        _owner(request),
     )
     return _received(request, "data", size)
 
@@ -289,12 +315,13 @@ NOT_RECEIVING = {409: "the copy is restored or being restored: it takes no more 
     name="makeDataEntries",
     errors=NOT_RECEIVING,
     summary="Entries of the workload's files, parents first: directories made (or their "
-    "mode set), symbolic links and FIFOs made, files' modes set",
+    "mode set, and their opaque mark), symbolic links, FIFOs, unix sockets' files and "
+    "overlay whiteouts made, files' modes set; each with its owner when given",
 )
 async def make_entries(request: web.Request, ask: DataEntries) -> Done:
     _incoming(request).make_entries(
         request.match_info["id"],
-        [DataEntry(e.path, e.kind, e.mode, e.target) for e in ask.entries],
+        [DataEntry(e.path, e.kind, e.mode, e.target, e.owner, e.opaque) for e in ask.entries],
     )
     return Done()
 
@@ -322,7 +349,9 @@ async def remove_entries(request: web.Request, ask: DataRemoval) -> DataRemoved:
     response=Restored,
     params=ID,
     name="restoreIncoming",
-    summary="Restore the received images, the tree left stopped",
+    errors={409: OUT_OF_STAGE},
+    summary="Restore the received images, the tree left stopped (asked again while it "
+    "waits stopped: the same answer)",
 )
 async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     figures = await _incoming(request).restore(request.match_info["id"], ask.lazy)
@@ -337,7 +366,8 @@ async def restore(request: web.Request, ask: RestoreAsk) -> Restored:
     response=Done,
     params=ID,
     name="resumeIncoming",
-    summary="After the commit: let the restored tree run",
+    errors={409: "nothing restored, or discarded; " + OUT_OF_STAGE},
+    summary="After the commit: let the restored tree run (asked again: nothing more)",
 )
 async def resume(request: web.Request) -> Done:
     await _incoming(request).resume(request.match_info["id"])
@@ -350,7 +380,8 @@ async def resume(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="waitPages",
-    summary="Post-copy: return once every page has arrived",
+    errors={409: "not resumed; " + OUT_OF_STAGE},
+    summary="Post-copy, after the resume: return once every page has arrived",
 )
 async def wait_pages(request: web.Request) -> Done:
     await _incoming(request).wait_pages(request.match_info["id"])
@@ -363,7 +394,9 @@ async def wait_pages(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="discardIncoming",
-    summary="Rollback: kill any restored copy, remove everything",
+    errors={409: "its copy was resumed (the commit was heard) or adopted; " + OUT_OF_STAGE},
+    summary="Rollback: kill any restored copy, remove what the migration made here "
+    "(asked again: nothing more); never a copy that was resumed",
 )
 async def discard(request: web.Request) -> Done:
     await _incoming(request).discard(request.match_info["id"])
@@ -376,7 +409,8 @@ async def discard(request: web.Request) -> Done:
     response=Done,
     params=ID,
     name="finishIncoming",
-    summary="After the commit: register the workload here",
+    errors={409: "not resumed yet, or discarded; " + OUT_OF_STAGE},
+    summary="After the resume: register the workload here (asked again: nothing more)",
 )
 async def finish(request: web.Request) -> Done:
     await _incoming(request).finish(request.match_info["id"])

@@ -354,12 +354,13 @@ async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path
         url = str(http.make_url("")).rstrip("/")
         async with AgentAccess.of_peer(url, token="peer-token").client("destination h2") as a:
             await a.incoming.put_image("m1", "pages-1.img", image, "ab" * 32)
-            await a.incoming.put_data("m1", "sub/f", image, "cd" * 32, 0o640)
+            await a.incoming.put_data("m1", "sub/f", image, "cd" * 32, 0o640, (1000, 100))
             with image.open("rb") as opened:
                 opened.seek(3)  # an open file goes from where it is
                 await a.incoming.put_data("m1", "sub/g", opened, "ef" * 32, 0o600)
             await a.incoming.make_entries(
-                "m1", [Node("sub", Kind.DIR, 0o750), Node("sub/l", Kind.SYMLINK, 0o777, "../x")]
+                "m1",
+                [Node("sub", Kind.DIR, 0o2750, gid=5), Node("sub/l", Kind.SYMLINK, 0o777, "../x")],
             )
             assert await a.incoming.remove_entries("m1", ["old"]) == 1
             restored = await a.incoming.restore("m1", lazy=True)
@@ -369,11 +370,20 @@ async def test_uploads_stream_the_file_with_its_checksum_and_mode(tmp_path: Path
     assert put_image.headers["X-Haul-SHA256"] == "ab" * 32
     assert put_image.headers["Authorization"] == "Bearer peer-token"
     assert (put_data.query, put_data.headers["X-Haul-Mode"]) == ({"path": "sub/f"}, "640")
+    assert put_data.headers["X-Haul-Owner"] == "1000:100"
     assert put_open.body == image.read_bytes()[3:] and put_open.headers["X-Haul-Mode"] == "600"
+    assert "X-Haul-Owner" not in put_open.headers  # none given: the agent's own
     assert json.loads(entries.body) == {
         "entries": [
-            {"path": "sub", "kind": "dir", "mode": 0o750},
-            {"path": "sub/l", "kind": "symlink", "mode": 0o777, "target": "../x"},
+            {"path": "sub", "kind": "dir", "mode": 0o2750, "uid": 0, "gid": 5},
+            {
+                "path": "sub/l",
+                "kind": "symlink",
+                "mode": 0o777,
+                "target": "../x",
+                "uid": 0,
+                "gid": 0,
+            },
         ]
     }
     assert remove.body == b'{"paths":["old"]}'

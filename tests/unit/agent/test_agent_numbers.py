@@ -69,7 +69,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "container": {"config": {}, "blob_bytes": 4096},
     },
     ("POST", "/v1/incoming/{id}/entries"): {
-        "entries": [{"path": "d", "kind": "dir", "mode": 0o755}]
+        "entries": [{"path": "d", "kind": "dir", "mode": 0o755, "uid": 0, "gid": 0}]
     },
     ("POST", "/v1/incoming/{id}/remove"): {"paths": ["d"]},
     ("POST", "/v1/incoming/{id}/blobs-from"): {"layout": "/srv/shared/layout"},

@@ -168,7 +168,32 @@ async def test_a_peer_cannot_touch_another_peers_incoming_migration(
             "/v1/incoming/m1/discard", headers={**AS_HOST3, SECRET_HEADER: own}
         )
         assert refused.status == 403
-        assert ctx.migrations().incoming.get("m1").state.value == "receiving"
+        assert ctx.migrations().incoming.get("m1").state.value == "opened"
+
+
+@pytest.mark.asyncio
+async def test_after_a_refused_open_the_peers_rollback_finds_nothing_to_discard(
+    make_ctx: MakeCtx, tmp_path: Path
+) -> None:
+    """A refused open gives no secret, and made nothing: the source's rollback discards
+    without one and is told it is done (before, a 403 made the rollback "incomplete").
+    Another peer's discard of a migration open here still needs that migration's
+    secret, and one being opened keeps its record."""
+    ctx = make_ctx(_config(tmp_path))
+    async with agent_client(ctx) as client:
+        refused = await client.post(
+            "/v1/incoming", headers=AS_HOST2, json={**OPEN_M1, "source": "host3"}
+        )
+        assert refused.status == 403
+        discarded = await client.post("/v1/incoming/m1/discard", headers=AS_HOST2)
+        assert discarded.status == 200, await discarded.text()
+        assert await discarded.json() == {"ok": True}
+        opened = await client.post("/v1/incoming", headers=AS_HOST2, json=OPEN_M1)
+        assert opened.status == 201
+        for who in (AS_HOST2, AS_HOST3):
+            refused = await client.post("/v1/incoming/m1/discard", headers=who)
+            assert refused.status == 403
+        assert ctx.migrations().incoming.get("m1").state.value == "opened"
 
 
 @pytest.mark.asyncio

@@ -5,6 +5,7 @@ what changed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ from haul.agent.client import AgentAccess
 from haul.agent.fakes import TOKEN, Receiving
 from haul.errors import PeerChecksumMismatch
 from haul.transport.fakes import (
+    ME,
     DirNode,
     FifoNode,
     FileNode,
     LinkNode,
     MeddlingUploads,
+    SocketNode,
     Tree,
     build,
     morph,
@@ -32,8 +35,11 @@ FIRST: Tree = {
     "becomes-file": DirNode({"x": FileNode(b"x")}),
     "sub": DirNode({"deep": DirNode({"f": FileNode(b"deep")})}, 0o755),
 }
+#: another owner, when this test may give files away (as root)
+OTHER = (1000, 1001) if os.geteuid() == 0 else ME
 #: before round 2: new, modified at the same size in the same mtime tick, deleted,
-#: dir -> file, a symbolic link, a FIFO, an empty directory
+#: dir -> file, a symbolic link, a FIFO, an empty directory, a socket's file, a
+#: set-uid file of another owner
 SECOND: Tree = {
     **FIRST,
     "new.txt": FileNode(b"new!"),
@@ -42,15 +48,20 @@ SECOND: Tree = {
     "link": LinkNode("keep/a.txt"),
     "pipe": FifoNode(0o640),
     "empty": DirNode(mode=0o700),
+    "sock": SocketNode(0o755),
+    "suid": FileNode(b"s", 0o4755, OTHER),
 }
 SECOND = {k: v for k, v in SECOND.items() if k != "gone.txt"}
 #: before the frozen round: one file grows, one comes, one goes, a link points
-#: elsewhere, a directory's mode changes, the FIFO goes
+#: elsewhere, a directory's mode changes, the FIFO goes, the empty directory changes
+#: owner, the socket's file its mode
 THIRD: Tree = {
     **{k: v for k, v in SECOND.items() if k not in ("new.txt", "pipe")},
     "sub": DirNode({"deep": DirNode({"f": FileNode(b"deeper")})}, 0o750),
     "late.txt": FileNode(b"late"),
     "link": LinkNode("mod.txt"),
+    "empty": DirNode(mode=0o700, owner=OTHER),
+    "sock": SocketNode(0o700),
 }
 
 
@@ -84,7 +95,7 @@ async def test_three_rounds_leave_the_same_tree_and_the_last_sends_only_changes(
 
         morph(src, FIRST, SECOND, same_tick=True)
         delta = await transport.sync_files(2)
-        assert (delta.files, delta.bytes_sent) == (3, 4 + 4 + 10)  # new, mod, becomes-file
+        assert (delta.files, delta.bytes_sent) == (4, 4 + 4 + 10 + 1)  # new, mod, ..., suid
         assert delta.removed == 3  # gone.txt, becomes-file/x, becomes-file
         assert snapshot(r.data) == snapshot(src)
 
@@ -95,7 +106,10 @@ async def test_three_rounds_leave_the_same_tree_and_the_last_sends_only_changes(
     assert last.removed == 3  # new.txt, pipe, link (its target changed)
     assert (frozen.files, frozen.bytes_sent) == (2 + 2, 40 + 4096 + 6 + 4)
     assert snapshot(r.data) == snapshot(src)
-    assert snapshot(r.data)["sub"] == ("dir", 0o750, None)
+    assert snapshot(r.data)["sub"] == ("dir", 0o750, None, *ME)
+    assert snapshot(r.data)["suid"] == ("file", 0o4755, b"s", *OTHER)
+    assert snapshot(r.data)["sock"] == ("socket", 0o700, None, *ME)
+    assert snapshot(r.data)["empty"] == ("dir", 0o700, None, *OTHER)
     assert sorted(p.name for p in r.images.iterdir()) == ["core-1.img", "pages-1.img"]
 
 
