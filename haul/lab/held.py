@@ -102,9 +102,11 @@ def pause_at_restored(
     source: str = "host1",
     dest: str = "host2",
     strategy: str = "stop-and-copy",
+    extra: tuple[str, ...] = (),
 ) -> tuple[str, subprocess.Popen[str]]:
     """:func:`pause_at` ``restored``: returns once ``dest`` has restored its copy
-    (stopped) and the source waits in the hook, nothing decided."""
+    (stopped) and the source waits in the hook, nothing decided. ``extra``: more
+    arguments of ``haul migrate``."""
     mid, migrating = pause_at(
         lab,
         inventory,
@@ -114,6 +116,7 @@ def pause_at_restored(
         source=source,
         dest=dest,
         strategy=strategy,
+        extra=extra,
     )
     assert journal_phases(lab, source, mid)[-1] == "restore", "nothing is decided yet"
     wait_until(
