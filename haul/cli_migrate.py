@@ -131,6 +131,25 @@ async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
 
 
 def _result(view: MigrationView, output: str) -> None:
+    """The migration's figures (a table, or JSON on stdout) and, unless it is done, one
+    line on stderr saying how it ended and why, whatever the output format."""
+    _figures(view, output)
+    if view.outcome != "done":
+        err.print(f"haul: {ending_line(view)}", markup=False)
+    for p in view.problems:
+        err.print(f"  {p}", markup=False)
+
+
+def ending_line(view: MigrationView) -> str:
+    """How a migration that is not done ended, in one line (the reason said once)."""
+    outcome = view.outcome or "failed"
+    reason = view.reason.removeprefix(f"{outcome}: ").strip()
+    if not reason:
+        reason = f"migration {view.id} ended in phase {view.phase} with no reason given"
+    return f"{outcome}: {reason}"
+
+
+def _figures(view: MigrationView, output: str) -> None:
     if output == "json":
         s = view.stats
         sys.stdout.write(
@@ -181,11 +200,6 @@ def _result(view: MigrationView, output: str) -> None:
     for phase, ms in phase_times_ms(view).items():
         phases.add_row(phase, f"{ms:.0f}")
     out.print(phases)
-    if view.outcome != "done":
-        reason = view.reason.removeprefix(f"{view.outcome}: ")  # said once is enough
-        err.print(f"haul: {view.outcome}: {reason}", markup=False)
-    for p in view.problems:
-        err.print(f"  {p}", markup=False)
 
 
 async def check(

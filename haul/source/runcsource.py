@@ -23,12 +23,19 @@ haul's to write.
 
 CRIU thaws the container's cgroup once it has seized every task (they wait in ptrace
 stops) and freezes it again only at its end; a CRIU that dies in between lets the
-tasks go, running. So a checkpoint that fails or is cancelled (an abort kills runc and
-its CRIU) pauses the container again at once, and a post-copy checkpoint, which serves
-pages with the tasks seized, has the container paused as soon as its dump is written
-(the freezer takes traced tasks; CRIU needs no ptrace to serve pages): then a CRIU that
-dies lets nothing run. A killed CRIU also leaves its nftables lock in the container's
-namespace; the rollback removes it (haul/net/lock.py).
+tasks go, running. So a checkpoint that fails or is cancelled pauses the container
+again at once, and a post-copy checkpoint, which serves pages with the tasks seized,
+has the container paused as soon as its dump is written (the freezer takes traced
+tasks; CRIU needs no ptrace to serve pages): then a CRIU that dies lets nothing run. A
+killed CRIU also leaves its nftables lock in the container's namespace; the rollback
+removes it (haul/net/lock.py).
+
+A cancelled checkpoint (an abort, Ctrl-C) is not killed while its CRIU dumps: CRIU
+works inside the container's tasks then (system calls it injects over their code, its
+parasite), and tasks it leaves that way die of SIGTRAP once it is gone (seen: an
+abort during the final dump lost the container, 1 run in 5). The abort waits for
+runc to end by itself (haul/runtime/runc.py, OnCancel); a post-copy checkpoint that
+serves its pages is ended at once (its CRIU is out of the tasks by then).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from haul.engine.figures import (
 from haul.errors import ContainerError, HaulError, WorkloadError
 from haul.net import lock
 from haul.runtime import criuconf
-from haul.runtime.runc import CheckpointOptions, Runc
+from haul.runtime.runc import CheckpointOptions, OnCancel, Runc
 from haul.workload.footprint import files_bytes
 from haul.workload.proctree import ProcessTree
 
@@ -163,6 +170,7 @@ class RuncSource:
                 parent_path=f"../pre{iteration - 1}" if iteration > 1 else None,
             ),
             env=self._env(),
+            on_cancel=OnCancel(wait=True),  # CRIU works inside the tasks throughout
         )
         self._rounds = iteration
         written = await asyncio.to_thread(_pages_written, self.logs, images)
@@ -195,7 +203,9 @@ class RuncSource:
             assert self.lazy_listen is not None
             await self._start_serving(self.lazy_listen)
         else:
-            await self._checkpoint(self._options(page_server=_address(page_server)))
+            await self._checkpoint(
+                self._options(page_server=_address(page_server)), OnCancel(wait=True)
+            )
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at,
@@ -228,11 +238,16 @@ class RuncSource:
             parent_path=f"../pre{self._rounds}" if self._rounds else None,
         )
 
-    async def _checkpoint(self, opts: CheckpointOptions, pass_fds: tuple[int, ...] = ()) -> None:
+    async def _checkpoint(
+        self, opts: CheckpointOptions, on_cancel: OnCancel, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         """``runc checkpoint``; one that fails or is cancelled leaves the container paused
-        (its CRIU may have died with the cgroup thawed)."""
+        (its CRIU may have died with the cgroup thawed). Cancelled, it is let end by
+        itself while ``on_cancel`` says so (haul/runtime/runc.py)."""
         try:
-            await self.runc.checkpoint(self.container_id, opts, pass_fds=pass_fds, env=self._env())
+            await self.runc.checkpoint(
+                self.container_id, opts, pass_fds=pass_fds, env=self._env(), on_cancel=on_cancel
+            )
         except BaseException:
             await asyncio.shield(self._pause_again())
             raise
@@ -262,15 +277,20 @@ class RuncSource:
         opts = self._options(
             page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
         )
-        self._serving = asyncio.create_task(self._checkpoint(opts, pass_fds=(write_end,)))
-        ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
+        # cancelled, the checkpoint is let end while CRIU dumps (inside the tasks), and
+        # ended at once when it serves pages (the tasks hold none of its code then)
+        on_cancel = OnCancel(wait=True)
+        self._serving = asyncio.create_task(
+            self._checkpoint(opts, on_cancel, pass_fds=(write_end,))
+        )
+        ready = asyncio.create_task(asyncio.to_thread(_read_one, read_end))
+        ready.add_done_callback(lambda _: setattr(on_cancel, "wait", False))
         try:
             await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             os.close(write_end)  # a runc that died leaves the reader at end of file
-            with contextlib.suppress(OSError):
-                await ready
-            os.close(read_end)
+        with contextlib.suppress(OSError):
+            await ready
         if self._serving.done():
             self._serving.result()  # runc's error
             raise ContainerError("runc ended the lazy checkpoint before serving any page")
@@ -303,6 +323,11 @@ class RuncSource:
         the one a CRIU killed while it dumped left)."""
         await self._stop_serving()
         state = await self.runc.state(self.container_id)
+        if state.status == "stopped":
+            raise ContainerError(
+                f"container {self.container_id} has stopped: its processes are gone, so "
+                "it cannot run again here"
+            )
         if self.own_network:
             for table in await lock.drop_criu_locks(state.pid):
                 log.warning(
@@ -324,6 +349,14 @@ class RuncSource:
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.files is not None:
             await asyncio.to_thread(shutil.rmtree, self.files, True)
+
+
+def _read_one(fd: int) -> bytes:
+    """One byte from ``fd`` (empty at end of file), which is then closed."""
+    try:
+        return os.read(fd, 1)
+    finally:
+        os.close(fd)
 
 
 def _address(page_server: Endpoint | None) -> str | None:
