@@ -70,6 +70,12 @@ from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
 
+#: why a container is paused again: its checkpoint failed or was cancelled (its CRIU
+#: may have died with the cgroup thawed), or its post-copy dump is written and CRIU
+#: serves the pages with the cgroup thawed, as it always does
+PART_WAY = "its checkpoint ended part way"
+SERVING = "its dump is written and its CRIU serves the pages"
+
 
 class RuncSource:
     """Checkpoints container ``container_id`` of ``runc`` into ``workdir``.
@@ -249,23 +255,25 @@ class RuncSource:
                 self.container_id, opts, pass_fds=pass_fds, env=self._env(), on_cancel=on_cancel
             )
         except BaseException:
-            await asyncio.shield(self._pause_again())
+            await asyncio.shield(self._pause_again(PART_WAY))
             raise
 
-    async def _pause_again(self) -> None:
-        """The container back in its freezer, unless it is there (or gone)."""
+    async def _pause_again(self, why: str) -> None:
+        """The container back in its freezer, unless it is there (or gone). ``why``: what
+        left it thawed; a checkpoint that ended part way (:data:`PART_WAY`) is a
+        warning, a post-copy dump that is written and serves its pages
+        (:data:`SERVING`) is the normal path."""
         try:
             state = await self.runc.state(self.container_id)
             if state.status == "running":
                 await self.runc.pause(self.container_id)
-                log.warning(
-                    "container %s: its checkpoint ended part way; paused it again",
-                    self.container_id,
-                )
+                level = logging.WARNING if why == PART_WAY else logging.INFO
+                log.log(level, "container %s: %s; paused it again", self.container_id, why)
         except HaulError as exc:
             log.error(
-                "container %s: could not pause it again after its checkpoint ended part way: %s",
+                "container %s: could not pause it again (%s): %s",
                 self.container_id,
+                why,
                 exc.one_line(),
             )
 
@@ -294,7 +302,7 @@ class RuncSource:
         if self._serving.done():
             self._serving.result()  # runc's error
             raise ContainerError("runc ended the lazy checkpoint before serving any page")
-        await self._pause_again()
+        await self._pause_again(SERVING)
 
     async def release(self, commit: bool) -> None:
         """Nothing holds the dump: the frozen container is the hold. A refused post-copy
