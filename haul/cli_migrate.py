@@ -359,11 +359,20 @@ def register(app: typer.Typer) -> None:
         to: Annotated[str, typer.Option("--to", help="destination host")],
         source: Annotated[str | None, typer.Option("--from", help="source host")] = None,
         strategy: Annotated[Strategy, typer.Option("--strategy")] = Strategy.AUTO,
+        shared_dir: Annotated[
+            Path | None,
+            typer.Option("--shared-dir", help="as haul migrate's: through this directory"),
+        ] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
         """Pre-flight only: would this migration go, and how? Nothing is touched."""
-        ask = MigrateAsk(workload=workload, to=to, strategy=strategy)
+        ask = MigrateAsk(
+            workload=workload,
+            to=to,
+            strategy=strategy,
+            shared_dir=str(shared_dir.resolve()) if shared_dir else None,
+        )
         raise typer.Exit(asyncio.run(check(workload, to, source, ask, hosts, output)))
 
     jobs = typer.Typer(help="Migrations the agents ran or run.", no_args_is_help=True)
