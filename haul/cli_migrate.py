@@ -131,6 +131,25 @@ async def watch(agent: AgentClient, mid: str, *, live: bool) -> MigrationView:
 
 
 def _result(view: MigrationView, output: str) -> None:
+    """The migration's figures (a table, or JSON on stdout) and, unless it is done, one
+    line on stderr saying how it ended and why, whatever the output format."""
+    _figures(view, output)
+    if view.outcome != "done":
+        err.print(f"haul: {ending_line(view)}", markup=False)
+    for p in view.problems:
+        err.print(f"  {p}", markup=False)
+
+
+def ending_line(view: MigrationView) -> str:
+    """How a migration that is not done ended, in one line (the reason said once)."""
+    outcome = view.outcome or "failed"
+    reason = view.reason.removeprefix(f"{outcome}: ").strip()
+    if not reason:
+        reason = f"migration {view.id} ended in phase {view.phase} with no reason given"
+    return f"{outcome}: {reason}"
+
+
+def _figures(view: MigrationView, output: str) -> None:
     if output == "json":
         s = view.stats
         sys.stdout.write(
@@ -181,11 +200,6 @@ def _result(view: MigrationView, output: str) -> None:
     for phase, ms in phase_times_ms(view).items():
         phases.add_row(phase, f"{ms:.0f}")
     out.print(phases)
-    if view.outcome != "done":
-        reason = view.reason.removeprefix(f"{view.outcome}: ")  # said once is enough
-        err.print(f"haul: {view.outcome}: {reason}", markup=False)
-    for p in view.problems:
-        err.print(f"  {p}", markup=False)
 
 
 async def check(
@@ -345,11 +359,20 @@ def register(app: typer.Typer) -> None:
         to: Annotated[str, typer.Option("--to", help="destination host")],
         source: Annotated[str | None, typer.Option("--from", help="source host")] = None,
         strategy: Annotated[Strategy, typer.Option("--strategy")] = Strategy.AUTO,
+        shared_dir: Annotated[
+            Path | None,
+            typer.Option("--shared-dir", help="as haul migrate's: through this directory"),
+        ] = None,
         hosts: HostsOpt = None,
         output: OutputOpt = "text",
     ) -> None:
         """Pre-flight only: would this migration go, and how? Nothing is touched."""
-        ask = MigrateAsk(workload=workload, to=to, strategy=strategy)
+        ask = MigrateAsk(
+            workload=workload,
+            to=to,
+            strategy=strategy,
+            shared_dir=str(shared_dir.resolve()) if shared_dir else None,
+        )
         raise typer.Exit(asyncio.run(check(workload, to, source, ask, hosts, output)))
 
     jobs = typer.Typer(help="Migrations the agents ran or run.", no_args_is_help=True)

@@ -176,28 +176,9 @@ class MigrationJobs:
     ) -> Job:
         if to == self.host:
             raise UsageError(f"{workload} already runs on {to}")
-        if shared_dir is not None:
-            if strategy is Strategy.POST_COPY:
-                raise UsageError(
-                    "post-copy pulls pages from the source; --shared-dir "
-                    "goes with stop-and-copy or pre-copy"
-                )
-            if not shared_dir.is_dir():
-                raise UsageError(f"shared directory {shared_dir} does not exist here")
-            if strategy is Strategy.AUTO:
-                strategy = Strategy.STOP_AND_COPY
         peer = self.peer(to)
         tree = self._tree_of(workload)  # raises when there is no such workload
-        container = self._container_of(workload)
-        if shared_dir is not None and container is not None:
-            in_place(container, shared_dir)  # refused, in one line, when it is not there
-        if shared_dir is None and container is not None and container.shared_layer:
-            # a copy would leave the layer behind on the shared storage, used by no one
-            holder = Path(container.shared_layer).parent.parent
-            raise UsageError(
-                f"{workload}'s writable layer is on shared storage ({container.shared_layer}): "
-                f"move it with --shared-dir {holder}"
-            )
+        strategy = self._how_it_moves(workload, strategy, shared_dir)
         if workload in self._moving:
             raise UsageError(f"{workload} is already being migrated")
         self._admit(workload)
@@ -226,6 +207,33 @@ class MigrationJobs:
         self._moving.add(workload)
         job.task = asyncio.create_task(self._run(job, tree, peer, timeout_s, shared_dir, hooks))
         return job
+
+    def _how_it_moves(self, workload: str, strategy: Strategy, shared_dir: Path | None) -> Strategy:
+        """What a move of ``workload`` with ``shared_dir`` is refused for here, before the
+        pre-flight (UsageError, one line); else its strategy (``auto`` with a shared
+        directory is stop-and-copy). A migration and its check both ask this, so a check
+        passes exactly what a migration would start."""
+        if shared_dir is not None:
+            if strategy is Strategy.POST_COPY:
+                raise UsageError(
+                    "post-copy pulls pages from the source; --shared-dir "
+                    "goes with stop-and-copy or pre-copy"
+                )
+            if not shared_dir.is_dir():
+                raise UsageError(f"shared directory {shared_dir} does not exist here")
+            if strategy is Strategy.AUTO:
+                strategy = Strategy.STOP_AND_COPY
+        container = self._container_of(workload)
+        if shared_dir is not None and container is not None:
+            in_place(container, shared_dir)  # refused, in one line, when it is not there
+        if shared_dir is None and container is not None and container.shared_layer:
+            # a copy would leave the layer behind on the shared storage, used by no one
+            holder = Path(container.shared_layer).parent.parent
+            raise UsageError(
+                f"{workload}'s writable layer is on shared storage ({container.shared_layer}): "
+                f"move it with --shared-dir {holder}"
+            )
+        return strategy
 
     def running(self) -> int:
         return sum(1 for j in self._jobs.values() if j.task is not None and not j.task.done())
@@ -324,8 +332,10 @@ class MigrationJobs:
         # haul rewrites only a CRIU configuration file of its own (haul/runtime/criuconf.py)
         criu_config = container.criu_config if container.owned else None
         workdir = (shared_dir or self.state_dir / "outgoing") / spec.migration_id
-        if shared_dir is not None:
-            # made before the destination is asked: it checks that it sees it
+        # made before the destination is asked: it checks that it sees it (a dry run
+        # asks nothing of the sort and makes nothing)
+        made = shared_dir is not None and not spec.dry_run
+        if made:
             workdir.mkdir(mode=0o700)
         try:
             async with self._runc_ports(
@@ -333,7 +343,7 @@ class MigrationJobs:
             ) as ports:
                 yield ports
         finally:
-            if shared_dir is not None:  # the images and blobs there are no one's now
+            if made:  # the images and blobs there are no one's now
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     @contextlib.asynccontextmanager
@@ -545,16 +555,25 @@ class MigrationJobs:
         return line
 
     async def check(
-        self, workload: str, to: str, strategy: Strategy = Strategy.AUTO
+        self,
+        workload: str,
+        to: str,
+        strategy: Strategy = Strategy.AUTO,
+        shared_dir: Path | None = None,
     ) -> tuple[Strategy | None, str, list[str], PreflightReport | None]:
-        """Pre-flight only (``haul check``, ``--dry-run``): the migration's own machine and
-        ports, run as a dry run that ends after the pre-flight. Touches nothing on either
-        host and journals nothing. Returns the strategy it would use (None: refused)
-        and why, the problems, and the pre-flight's report."""
+        """Pre-flight only (``haul check``, ``--dry-run``): what :meth:`start` refuses
+        before it begins, then the migration's own machine and ports, run as a dry run
+        that ends after the pre-flight. Touches nothing on either host and journals
+        nothing. Returns the strategy it would use (None: refused) and why, the
+        problems, and the pre-flight's report."""
         if to == self.host:
             return None, "", [f"{workload} already runs on {to}"], None
         peer = self.peer(to)
         tree = self._tree_of(workload)
+        try:
+            strategy = self._how_it_moves(workload, strategy, shared_dir)
+        except UsageError as exc:
+            return None, "", [exc.one_line()], None
         spec = MigrationSpec(
             migration_id=f"check-{secrets.token_hex(4)}",
             workload=workload,
@@ -571,7 +590,7 @@ class MigrationJobs:
             if isinstance(event, PreflightFinished):
                 reports.append(event.report)
 
-        async with self._ports(spec, tree, peer, shared_dir=None) as ports:
+        async with self._ports(spec, tree, peer, shared_dir) as ports:
             outcome = await run(
                 migration,
                 source=ports.source,

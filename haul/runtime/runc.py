@@ -8,6 +8,12 @@ errno 0"), the first error line of CRIU's log in the work directory is quoted to
 
 What runc keeps per container is only ``ROOT/ID/state.json``: a restore rebuilds it
 from the bundle and the images (docs/containers.md).
+
+A call whose caller gives up (cancelled) ends runc's process group, runc and the CRIU
+it started, with SIGKILL; at once, or, for a checkpoint (:class:`OnCancel`), once runc
+has ended by itself or its time limit is up: CRIU, killed while it works inside the
+container's tasks (injected system calls, its parasite), leaves them on its code, and
+they die of SIGTRAP (seen: an abort during the final dump lost the container).
 """
 
 from __future__ import annotations
@@ -70,6 +76,17 @@ class CheckpointOptions:
     parent_path: str | None = None
 
 
+@dataclass(slots=True)
+class OnCancel:
+    """What a cancelled runc call does. ``wait``: runc goes on until it ends by itself
+    (within the call's time limit), then the cancellation goes on; else runc and its
+    CRIU are killed at once. A checkpoint waits while its CRIU may be inside the
+    container's tasks, and stops waiting (its owner sets ``wait`` to False) once they
+    hold none of its code: a post-copy dump that is written and serves its pages."""
+
+    wait: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RestoreOptions:
     bundle: Path
@@ -106,11 +123,13 @@ class Runc:
         log_dir: Path | None = None,
         detached_log: Path | None = None,
         env: Mapping[str, str] | None = None,
+        on_cancel: OnCancel | None = None,
     ) -> str:
         """Run runc; its standard output. ``detached_log``: the call leaves a container
         running that would inherit runc's standard streams (``run -d``, ``restore -d``):
         they are /dev/null, and runc logs to this file instead. ``env``: variables added
-        to runc's environment (the CRIU it starts inherits them)."""
+        to runc's environment (the CRIU it starts inherits them). ``on_cancel``: see
+        :class:`OnCancel` (default: killed at once)."""
         argv = [*self.host.prefix(), str(self.binary), "--root", str(self.root)]
         if self.criu is not None:
             argv += ["--criu", str(self.criu)]
@@ -119,18 +138,23 @@ class Runc:
             argv += ["--log", str(detached_log), "--log-format", "json"]
         argv += list(args)
         streams = asyncio.subprocess.DEVNULL if detached_log else asyncio.subprocess.PIPE
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=streams,
-            stderr=streams,
-            pass_fds=tuple(pass_fds),
-            env={**os.environ, **env} if env else None,
-            # its own process group: ending runc ends the CRIU it started too
-            start_new_session=True,
+        call = f"runc {what or args[0]} {args[-1]}"
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        spawning = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=streams,
+                stderr=streams,
+                pass_fds=tuple(pass_fds),
+                env={**os.environ, **env} if env else None,
+                # its own process group: ending runc ends the CRIU it started too
+                start_new_session=True,
+            )
         )
         try:
-            async with asyncio.timeout(timeout_s):
+            proc = await asyncio.shield(spawning)
+            async with asyncio.timeout_at(deadline):
                 out, err = await proc.communicate()
         except TimeoutError:
             await _end(proc)
@@ -138,7 +162,10 @@ class Runc:
                 f"runc {what or args[0]} did not finish within {timeout_s:g} s"
             ) from None
         except asyncio.CancelledError:
-            await asyncio.shield(_end(proc))
+            # runc may run already even when the cancellation came while it started
+            await _unstoppable(
+                asyncio.ensure_future(_end_cancelled(spawning, on_cancel, deadline, call))
+            )
             raise
         if proc.returncode != 0:
             said = err.decode(errors="replace") if err else _log_errors(detached_log)
@@ -223,6 +250,7 @@ class Runc:
         *,
         pass_fds: Sequence[int] = (),
         env: Mapping[str, str] | None = None,
+        on_cancel: OnCancel | None = None,
     ) -> None:
         args = [
             "checkpoint",
@@ -255,6 +283,7 @@ class Runc:
             what="checkpoint",
             log_dir=opts.work_path,
             env=env,
+            on_cancel=on_cancel,
         )
 
     async def restore(self, container_id: str, opts: RestoreOptions) -> None:
@@ -293,6 +322,43 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     await proc.wait()
+
+
+async def _unstoppable(task: asyncio.Future[None]) -> None:
+    """Await ``task`` to its end however often the caller is cancelled meanwhile (the
+    caller is cancelled all the same once it returns)."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
+
+
+async def _end_cancelled(
+    spawning: asyncio.Future[asyncio.subprocess.Process],
+    on_cancel: OnCancel | None,
+    deadline: float,
+    call: str,
+) -> None:
+    """A cancelled call: runc (once started; nothing if it could not start) left to end
+    by itself while ``on_cancel`` says to wait, up to ``deadline``, then ended."""
+    try:
+        proc = await spawning
+    except OSError:
+        return  # it never ran
+    if on_cancel is not None and on_cancel.wait and proc.returncode is None:
+        log.warning(
+            "%s cancelled: waiting for it to end by itself (its CRIU, killed part way, "
+            "could leave its code in the container's tasks)",
+            call,
+        )
+        loop = asyncio.get_running_loop()
+        while proc.returncode is None and on_cancel.wait and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(0.1, max(0.0, deadline - loop.time()))):
+                    await proc.wait()
+        if proc.returncode is None and on_cancel.wait:
+            log.error("%s did not end by its time limit; killing it and its CRIU", call)
+    await _end(proc)
 
 
 def _log_errors(path: Path | None) -> str:

@@ -25,12 +25,19 @@ page server's address, so it listens there and not on every address.
 
 CRIU thaws the container's cgroup once it has seized every task (they wait in ptrace
 stops) and freezes it again only at its end; a CRIU that dies in between lets the
-tasks go, running. So a checkpoint that fails or is cancelled (an abort kills runc and
-its CRIU) pauses the container again at once, and a post-copy checkpoint, which serves
-pages with the tasks seized, has the container paused as soon as its dump is written
-(the freezer takes traced tasks; CRIU needs no ptrace to serve pages): then a CRIU that
-dies lets nothing run. A killed CRIU also leaves its nftables lock in the container's
-namespace; the rollback removes it (haul/net/lock.py).
+tasks go, running. So a checkpoint that fails or is cancelled pauses the container
+again at once, and a post-copy checkpoint, which serves pages with the tasks seized,
+has the container paused as soon as its dump is written (the freezer takes traced
+tasks; CRIU needs no ptrace to serve pages): then a CRIU that dies lets nothing run. A
+killed CRIU also leaves its nftables lock in the container's namespace; the rollback
+removes it (haul/net/lock.py).
+
+A cancelled checkpoint (an abort, Ctrl-C) is not killed while its CRIU dumps: CRIU
+works inside the container's tasks then (system calls it injects over their code, its
+parasite), and tasks it leaves that way die of SIGTRAP once it is gone (seen: an
+abort during the final dump lost the container, 1 run in 5). The abort waits for
+runc to end by itself (haul/runtime/runc.py, OnCancel); a post-copy checkpoint that
+serves its pages is ended at once (its CRIU is out of the tasks by then).
 """
 
 from __future__ import annotations
@@ -59,11 +66,17 @@ from haul.engine.figures import (
 from haul.errors import ContainerError, HaulError, WorkloadError
 from haul.net import lock
 from haul.runtime import criuconf
-from haul.runtime.runc import CheckpointOptions, Runc
+from haul.runtime.runc import CheckpointOptions, OnCancel, Runc
 from haul.workload.footprint import files_bytes
 from haul.workload.proctree import ProcessTree
 
 log = logging.getLogger(__name__)
+
+#: why a container is paused again: its checkpoint failed or was cancelled (its CRIU
+#: may have died with the cgroup thawed), or its post-copy dump is written and CRIU
+#: serves the pages with the cgroup thawed, as it always does
+PART_WAY = "its checkpoint ended part way"
+SERVING = "its dump is written and its CRIU serves the pages"
 
 
 class RuncSource:
@@ -166,6 +179,7 @@ class RuncSource:
                 parent_path=f"../pre{iteration - 1}" if iteration > 1 else None,
             ),
             env=self._env(),
+            on_cancel=OnCancel(wait=True),  # CRIU works inside the tasks throughout
         )
         self._rounds = iteration
         written = await asyncio.to_thread(_pages_written, self.logs, images)
@@ -195,7 +209,9 @@ class RuncSource:
             assert self.lazy_listen is not None
             await self._start_serving(self.lazy_listen)
         else:
-            await self._checkpoint(self._options(page_server=_address(page_server)))
+            await self._checkpoint(
+                self._options(page_server=_address(page_server)), OnCancel(wait=True)
+            )
         pages = sum(p.stat().st_size for p in self.images.glob("pages-*.img"))
         return DumpFigures(
             frozen_at_s=frozen_at,
@@ -242,29 +258,36 @@ class RuncSource:
             parent_path=f"../pre{self._rounds}" if self._rounds else None,
         )
 
-    async def _checkpoint(self, opts: CheckpointOptions, pass_fds: tuple[int, ...] = ()) -> None:
+    async def _checkpoint(
+        self, opts: CheckpointOptions, on_cancel: OnCancel, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         """``runc checkpoint``; one that fails or is cancelled leaves the container paused
-        (its CRIU may have died with the cgroup thawed)."""
+        (its CRIU may have died with the cgroup thawed). Cancelled, it is let end by
+        itself while ``on_cancel`` says so (haul/runtime/runc.py)."""
         try:
-            await self.runc.checkpoint(self.container_id, opts, pass_fds=pass_fds, env=self._env())
+            await self.runc.checkpoint(
+                self.container_id, opts, pass_fds=pass_fds, env=self._env(), on_cancel=on_cancel
+            )
         except BaseException:
-            await asyncio.shield(self._pause_again())
+            await asyncio.shield(self._pause_again(PART_WAY))
             raise
 
-    async def _pause_again(self) -> None:
-        """The container back in its freezer, unless it is there (or gone)."""
+    async def _pause_again(self, why: str) -> None:
+        """The container back in its freezer, unless it is there (or gone). ``why``: what
+        left it thawed; a checkpoint that ended part way (:data:`PART_WAY`) is a
+        warning, a post-copy dump that is written and serves its pages
+        (:data:`SERVING`) is the normal path."""
         try:
             state = await self.runc.state(self.container_id)
             if state.status == "running":
                 await self.runc.pause(self.container_id)
-                log.warning(
-                    "container %s: its checkpoint ended part way; paused it again",
-                    self.container_id,
-                )
+                level = logging.WARNING if why == PART_WAY else logging.INFO
+                log.log(level, "container %s: %s; paused it again", self.container_id, why)
         except HaulError as exc:
             log.error(
-                "container %s: could not pause it again after its checkpoint ended part way: %s",
+                "container %s: could not pause it again (%s): %s",
                 self.container_id,
+                why,
                 exc.one_line(),
             )
 
@@ -276,19 +299,24 @@ class RuncSource:
         opts = self._options(
             page_server=f"{listen.address}:{listen.port}", lazy=True, status_fd=write_end
         )
-        self._serving = asyncio.create_task(self._checkpoint(opts, pass_fds=(write_end,)))
-        ready = asyncio.create_task(asyncio.to_thread(os.read, read_end, 1))
+        # cancelled, the checkpoint is let end while CRIU dumps (inside the tasks), and
+        # ended at once when it serves pages (the tasks hold none of its code then)
+        on_cancel = OnCancel(wait=True)
+        self._serving = asyncio.create_task(
+            self._checkpoint(opts, on_cancel, pass_fds=(write_end,))
+        )
+        ready = asyncio.create_task(asyncio.to_thread(_read_one, read_end))
+        ready.add_done_callback(lambda _: setattr(on_cancel, "wait", False))
         try:
             await asyncio.wait({self._serving, ready}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             os.close(write_end)  # a runc that died leaves the reader at end of file
-            with contextlib.suppress(OSError):
-                await ready
-            os.close(read_end)
+        with contextlib.suppress(OSError):
+            await ready
         if self._serving.done():
             self._serving.result()  # runc's error
             raise ContainerError("runc ended the lazy checkpoint before serving any page")
-        await self._pause_again()
+        await self._pause_again(SERVING)
 
     async def release(self, commit: bool) -> None:
         """Nothing holds the dump: the frozen container is the hold. A refused post-copy
@@ -317,6 +345,11 @@ class RuncSource:
         the one a CRIU killed while it dumped left)."""
         await self._stop_serving()
         state = await self.runc.state(self.container_id)
+        if state.status == "stopped":
+            raise ContainerError(
+                f"container {self.container_id} has stopped: its processes are gone, so "
+                "it cannot run again here"
+            )
         if self.own_network:
             for table in await lock.drop_criu_locks(state.pid):
                 log.warning(
@@ -338,6 +371,14 @@ class RuncSource:
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
         if self.files is not None:
             await asyncio.to_thread(shutil.rmtree, self.files, True)
+
+
+def _read_one(fd: int) -> bytes:
+    """One byte from ``fd`` (empty at end of file), which is then closed."""
+    try:
+        return os.read(fd, 1)
+    finally:
+        os.close(fd)
 
 
 def _address(page_server: Endpoint | None) -> str | None:

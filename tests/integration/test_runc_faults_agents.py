@@ -13,9 +13,11 @@ migration).
   Or it dies while ``runc restore`` runs: the source rolls back, and the restarted agent
   waits for that restore, which outlives it, and removes the copy runc made.
 - An abort (``haul jobs abort``, Ctrl-C) while runc's CRIU dumps the container (held
-  stopped there, so the abort surely lands in the final dump): the container runs on the
-  source again, not left paused, its address answers, and the next migration goes
-  through with its memory intact.
+  stopped there, so the abort surely lands in the final dump): the migration waits for
+  the checkpoint to end by itself (CRIU killed while it works inside the tasks leaves
+  them to die of SIGTRAP), then the same container runs on the source again, not left
+  paused, its address answers, and the next migration goes through with its memory
+  intact.
 - runc's CRIU killed while it dumps the container: the container stays frozen (paused)
   while the migration is held (the destination's agent does not answer, so the rollback
   waits on it), and runs again once the rollback resumes it.
@@ -339,16 +341,25 @@ def test_abort_during_the_final_dump_resumes_the_container(
     migrating = _migrate(inventory, migrations)
     mid = _new_migration(lab, before)
     # CRIU has seized the container and dumps it; held there (stopped), the dump cannot
-    # end before the abort lands, which kills runc and its CRIU
+    # end before the abort lands. CRIU works inside the container's tasks then (killed,
+    # it would leave them on its code, and they would die of SIGTRAP): the abort lets
+    # runc's checkpoint end by itself, and the migration waits for it.
+    log = agent_log_path(lab.host(1))
     with stopped(_seized_criu(lab, init)):
         if how == "jobs-abort":
             aborted = run_haul(inventory, "jobs", "abort", mid)
             assert aborted.returncode == 0, aborted.stderr
         else:
             migrating.send_signal(signal.SIGINT)
-        out, errs = migrating.communicate(timeout=60)
+        wait_until(
+            "the abort to reach runc's checkpoint",
+            lambda: f"runc checkpoint {NAME} cancelled: waiting" in log.read_text(),
+        )
+        assert journal_phases(lab, "host1", mid)[-1] == "freeze", "it waits for CRIU"
+    out, errs = migrating.communicate(timeout=120)
     assert migrating.returncode == 1, errs
     assert json.loads(out)["outcome"] == "rolled-back"
+    assert _init_pid(lab, "host1") == init, "the same container, never restarted"
     phases = journal_phases(lab, "host1", mid)
     assert phases[phases.index("rolling-back") - 1] == "freeze", phases
     assert "commit" not in phases

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from haul.lab.agents import agent_log_path
 from haul.lab.hostrunc import container_ids, container_leftovers, host_runc
 from haul.lab.operator import ps, run_haul, wait_until
 from haul.lab.spec import LabSpec
@@ -41,6 +42,19 @@ def _count(lab: LabSpec, host: str) -> int:
 
 def _counting_on(lab: LabSpec, host: str, above: int) -> int:
     return wait_until(f"{NAME} counting on {host}", lambda: (n := _count(lab, host)) > above and n)
+
+
+def _paused_again(lab: LabSpec, host: str) -> list[tuple[str, str]]:
+    """(level, message) of each time ``host``'s agent paused a container again after
+    runc's CRIU had thawed it (haul/source/runcsource.py)."""
+    said = []
+    for line in agent_log_path(lab.member(host)).read_text().splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("logger") == "haul.source.runcsource" and "paused it again" in str(
+            entry.get("message")
+        ):
+            said.append((str(entry["level"]), str(entry["message"])))
+    return said
 
 
 def _pings(lab: LabSpec, host: str) -> bool:
@@ -102,6 +116,12 @@ def test_a_runc_container_moves_there_and_back_through_the_agents(
         assert seen.stdout.strip() == marker
         assert _pings(lab, src), f"its address answers from {src}, where it is not"
         assert container_leftovers(lab, src, NAME) == []
+        # a post-copy dump serves its pages with the cgroup thawed, and the container
+        # is paused again: the normal path, not a checkpoint that ended part way
+        serving = f"container {NAME}: its dump is written and its CRIU serves the pages"
+        assert _paused_again(lab, src) == (
+            [("info", f"{serving}; paused it again")] if strategy == "post-copy" else []
+        ), "paused again only while its CRIU serves pages, and said so as info"
     assert list(blobs_dir.iterdir()), "host2 lacked the image: its blobs came"
     killed = run_haul(inventory, "kill", NAME, "--host", "host1")
     assert killed.returncode == 0, killed.stderr

@@ -12,7 +12,8 @@ there, the destination's agent received 0 bytes over its API (its own counters),
 host it left keeps nothing of it, and its layer is where it was. A failure before the
 commit (a hook that fails once the copy is restored, both hosts' overlays mounted on the
 layer) leaves it running on the source with its files, nothing on host2. Bad input is
-refused in one line, nothing touched.
+refused in one line, nothing touched, and ``haul check`` (``--shared-dir`` too) refuses
+and passes what ``haul migrate`` does.
 """
 
 from __future__ import annotations
@@ -270,6 +271,25 @@ def test_bad_shared_directories_are_refused_in_one_line(
         assert done.returncode != 0, done.stdout
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and why in lines[0], done.stderr
+    # haul check (and migrate --dry-run) refuse what migrate refuses, with its words
+    checks = [
+        (("--shared-dir", str(shared), "--strategy", "post-copy"), "post-copy pulls pages"),
+        (("--shared-dir", str(lab.root_dir / "nowhere")), "does not exist here"),
+        ((), f"move it with --shared-dir {shared}"),
+    ]
+    for argv, why in checks:
+        for check in (("check", NAME), ("migrate", "--dry-run", NAME)):
+            done = run_haul(inventory, *check, "--to", "host2", *argv)
+            assert done.returncode == 3, done.stdout + done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("haul: refused: "), done.stderr
+            assert why in lines[0], done.stderr
+    plain = run_haul(inventory, "check", "plain1", "--to", "host2", "--shared-dir", str(shared))
+    assert plain.returncode == 3 and "start it with haul run --shared-dir" in plain.stderr
+    # with the flag, the check passes the move that migrate makes, touching nothing
+    passes = run_haul(inventory, "check", NAME, "--to", "host2", "--shared-dir", str(shared))
+    assert passes.returncode == 0, passes.stderr
+    assert "would go by stop-and-copy" in passes.stdout, passes.stdout
     assert container_ids(lab, "host1") == sorted([NAME, "plain1"])
     assert container_ids(lab, "host2") == []
     assert container_leftovers(lab, "host2", NAME) == []

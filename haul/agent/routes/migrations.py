@@ -135,7 +135,12 @@ async def check(request: web.Request, ask: MigrateAsk) -> CheckView:
     ctx = request.app[CONTEXT]
     migration_hooks(ctx.config, ask)  # a hook that cannot run is refused here too
     jobs = ctx.migrations().jobs
-    chosen, why, problems, report = await jobs.check(ask.workload, ask.to, ask.strategy)
+    chosen, why, problems, report = await jobs.check(
+        ask.workload,
+        ask.to,
+        ask.strategy,
+        shared_dir=Path(ask.shared_dir) if ask.shared_dir else None,
+    )
     return CheckView(
         ok=chosen is not None,
         workload=ask.workload,
