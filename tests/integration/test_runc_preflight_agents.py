@@ -134,7 +134,9 @@ def test_a_move_that_cannot_work_is_refused_at_the_preflight_and_changes_nothing
         inventory, "run", "--name", NAME, "--host", "host2", "--", "/bin/sleep", "1000"
     )
     assert other.returncode == 0, other.stderr
-    _refused(run_haul(inventory, *move), f"a workload named '{NAME}' already runs on host2")
+    _refused(
+        run_haul(inventory, *move), f"the name '{NAME}' is taken on host2: a workload holds it"
+    )
     assert run_haul(inventory, "kill", NAME, "--host", "host2").returncode == 0
     count = _unchanged(lab, inventory, count)
 
