@@ -49,6 +49,25 @@ def run_haul(
     )
 
 
+def run_container(inventory: Path, name: str, image: str, *extra: str, host: str = "host1") -> None:
+    """``haul run --runtime runc --image IMAGE`` of ``name`` on ``host`` (``image``:
+    ``oci:LAYOUT[:TAG]``), more of its options in ``extra``; asserts it started."""
+    done = run_haul(
+        inventory,
+        "run",
+        "--name",
+        name,
+        "--host",
+        host,
+        "--runtime",
+        "runc",
+        "--image",
+        image,
+        *extra,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def ps(inventory: Path) -> list[dict[str, Any]]:
     """``haul ps -o json``: every workload of the inventory's hosts that is not gone."""
     done = run_haul(inventory, "ps", "-o", "json")

@@ -26,7 +26,14 @@ from pathlib import Path
 from haul.lab.agents import shared_dir
 from haul.lab.held import pause_at_restored
 from haul.lab.hostrunc import container_ids, container_leftovers, host_runc, plain_bundle
-from haul.lab.operator import incoming, ps, received_bytes, run_haul, wait_until
+from haul.lab.operator import (
+    incoming,
+    ps,
+    received_bytes,
+    run_container,
+    run_haul,
+    wait_until,
+)
 from haul.lab.spec import LabSpec
 from haul.runtime.images import ImageRef
 
@@ -46,23 +53,6 @@ def _shared(lab: LabSpec) -> Path:
     shared = shared_dir(lab.prefix)
     assert shared.is_dir() and not any(shared.iterdir())
     return shared
-
-
-def _run(lab: LabSpec, inventory: Path, image: ImageRef, name: str, *argv: str) -> None:
-    done = run_haul(
-        inventory,
-        "run",
-        "--name",
-        name,
-        "--host",
-        "host1",
-        "--runtime",
-        "runc",
-        "--image",
-        f"oci:{image.layout}",
-        *argv,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def _count(lab: LabSpec, host: str) -> int:
@@ -90,7 +80,9 @@ def test_a_container_on_shared_storage_moves_there_and_back_sending_none_of_it(
     lab, inventory = lab_with_agents
     image = _lab_image(lab, busybox_image)
     shared = _shared(lab)
-    _run(lab, inventory, image, NAME, "--ip", f"{ADDRESS}/24", "--shared-dir", str(shared))
+    run_container(
+        inventory, NAME, f"oci:{image.layout}", "--ip", f"{ADDRESS}/24", "--shared-dir", str(shared)
+    )
     layer = shared / "layers" / NAME
     count = _counting_on(lab, "host1", 0)
     # what it writes is in the shared layer, not in the agent's directory
@@ -196,7 +188,9 @@ def test_a_failure_before_the_commit_leaves_it_on_the_source_with_its_files(
     lab, inventory = lab_with_agents
     image = _lab_image(lab, busybox_image)
     shared = _shared(lab)
-    _run(lab, inventory, image, NAME, "--ip", f"{ADDRESS}/24", "--shared-dir", str(shared))
+    run_container(
+        inventory, NAME, f"oci:{image.layout}", "--ip", f"{ADDRESS}/24", "--shared-dir", str(shared)
+    )
     layer = shared / "layers" / NAME
     count = _counting_on(lab, "host1", 0)
     written = host_runc(lab, "host1", "exec", NAME, "/bin/sh", "-c", "echo kept > /data/m")
@@ -233,8 +227,10 @@ def test_bad_shared_directories_are_refused_in_one_line(
     lab, inventory = lab_with_agents
     image = _lab_image(lab, busybox_image)
     shared = _shared(lab)
-    _run(lab, inventory, image, NAME, "--shared-dir", str(shared))
-    _run(lab, inventory, image, "plain1")  # its writable layer in host1's agent directory
+    run_container(inventory, NAME, f"oci:{image.layout}", "--shared-dir", str(shared))
+    run_container(
+        inventory, "plain1", f"oci:{image.layout}"
+    )  # its writable layer in host1's agent directory
     refusals = [
         (
             _migrate(inventory, "host2", "--shared-dir", str(shared), "--strategy", "post-copy"),

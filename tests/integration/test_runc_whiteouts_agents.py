@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from haul.lab.hostrunc import container_ids, host_runc
-from haul.lab.operator import run_haul
+from haul.lab.operator import run_container, run_haul
 from haul.lab.spec import LabSpec
 from haul.runtime.images import ImageRef
 
@@ -76,19 +76,7 @@ def test_what_a_container_removed_from_its_image_stays_removed_there_and_back(
 ) -> None:
     lab, inventory = lab_with_agents
     image = _image_with_files(lab, busybox_image)
-    ran = run_haul(
-        inventory,
-        "run",
-        "--name",
-        NAME,
-        "--host",
-        "host1",
-        "--runtime",
-        "runc",
-        "--image",
-        f"oci:{image.layout}:{image.tag}",
-    )
-    assert ran.returncode == 0, ran.stderr
+    run_container(inventory, NAME, f"oci:{image.layout}:{image.tag}")
     before = host_runc(lab, "host1", "exec", NAME, "/bin/ls", "/opt/keep")
     assert before.stdout.split() == ["one", "two"], before.stdout + before.stderr
     changed = host_runc(
