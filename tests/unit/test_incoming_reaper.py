@@ -234,8 +234,11 @@ async def test_the_reaper_runs_on_its_own_and_stops(tmp_path: Path) -> None:
     reaper.start()
     try:
         await open_one(reg)
-        async with asyncio.timeout(10):  # gone from the registry, then from the disk
-            while reg.items() or (tmp_path / "incoming" / "m1").exists():
+        # gone from the registry, then from the disk: its images, then its data
+        # directory (the discard settles it first and removes its files after)
+        data = tmp_path / "workloads" / "web1"
+        async with asyncio.timeout(10):
+            while reg.items() or (tmp_path / "incoming" / "m1").exists() or data.exists():
                 await asyncio.sleep(0.01)
         assert not (tmp_path / "workloads" / "web1").exists()
     finally:
