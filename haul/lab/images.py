@@ -24,11 +24,13 @@ from haul.lab.bundles import install_memhog
 from haul.runtime.images import DEFAULT_TAG, TAG_RE, UMOCI, ImageRef, resolve
 
 BUSYBOX = Path("/bin/busybox")
-#: the default command: count into /data/count ten times a second
+#: the default command: count into /data/count ten times a second, each count written
+#: aside and renamed into place (a reader never sees the file empty between two)
 COUNTER_CMD = (
     "/bin/sh",
     "-c",
-    "i=0; while true; do i=$((i+1)); echo $i > /data/count; sleep 0.1; done",
+    "i=0; while true; do i=$((i+1)); echo $i > /data/count.new; "
+    "mv /data/count.new /data/count; sleep 0.1; done",
 )
 ROOTFS_DIRS = ("data", "proc", "sys", "dev", "tmp", "etc", "root")
 
