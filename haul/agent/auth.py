@@ -305,7 +305,8 @@ class AuthPolicy:
             return None
         mid = request.match_info.get("id", "")
         if access is Access.PEER_INCOMING and self.bindings is not None:
-            if self.opener(mid) is None:
+            opener = self.opener(mid)
+            if opener is None:
                 # not open here: nothing of it to guard; the route says so (a rollback
                 # after a refused open discards nothing, and has no secret to send)
                 return None
@@ -314,8 +315,7 @@ class AuthPolicy:
                     f"peer {caller.name} did not open incoming migration {mid} here, or did "
                     f"not send its secret ({SECRET_HEADER})"
                 )
-            opener = self.opener(mid)
-            if opener is not None and opener != caller.name:
+            if opener != caller.name:
                 return (
                     f"incoming migration {mid} was opened by {opener or 'an operator'}, "
                     f"not by peer {caller.name}"
